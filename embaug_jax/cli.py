@@ -1,0 +1,113 @@
+"""The `embaug` command line: `embaug <command> --config=configs/x.py[:variant] --workdir=DIR`.
+
+Config-driven commands take an ml_collections config file and any `--config.a.b=value`
+override (absl flags through `ml_collections.config_flags`). Each command's module is imported
+only when it runs, so `embaug --help` is instant and a missing optional dependency only
+affects the command that needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+# The repository's configs/ folder (present in a checkout; an installed wheel has none).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Command(NamedTuple):
+    target: str  # "module:function"
+    help: str
+    config_driven: bool = True  # function(config, workdir) if True, else function(argv)
+    default_config: str | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "embaug_jax.train:train_and_evaluate",
+        "train and evaluate a sweep (methods x alphas x softness x trials x seeds) from a config",
+    ),
+    "extract": Command(
+        "embaug_jax.extract:run_extraction",
+        "embed a data source (text and/or images) into the embedding dataset format",
+    ),
+    "demo": Command(
+        "embaug_jax.demo:run_demo",
+        "the main job: WordNet -> MiniLM embeddings -> the five Table-1 methods -> table + figures",
+        default_config="configs/demo.py",
+    ),
+    "convert": Command(
+        "embaug_jax.models.convert:main",
+        "convert Keras / PyTorch / timm checkpoints to safetensors that load without torch",
+        config_driven=False,
+    ),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: embaug <command> [flags]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()]
+    lines += ["", "Config-driven commands take --config=PATH[:variant] --workdir=DIR and",
+              "any --config.a.b=value override. `embaug <command> --help` lists the flags."]
+    return "\n".join(lines)
+
+
+def _resolve(target: str) -> Callable:
+    module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
+    from absl import flags, logging
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    default = None
+    if cmd.default_config and (REPO_ROOT / cmd.default_config).exists():
+        default = str(REPO_ROOT / cmd.default_config)
+    config_flags.DEFINE_config_file(
+        "config", default, "Path to a config file, optionally `:variant` (e.g. `:smoke`).",
+        flag_values=fv, lock_config=True)
+    flags.DEFINE_string("workdir", None, "Output directory (created if missing).", flag_values=fv)
+    try:
+        fv(list(argv))
+    except flags.Error as e:
+        print(f"embaug {name}: {e}\n\n{fv.main_module_help() if False else ''}"
+              f"Run `embaug {name} --help` for the flags.", file=sys.stderr)
+        return 2
+    if fv["config"].value is None:
+        print(f"embaug {name}: --config is required (e.g. --config=configs/table1.py:smoke)",
+              file=sys.stderr)
+        return 2
+    if not fv.workdir:
+        print(f"embaug {name}: --workdir is required", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.INFO)
+    logging.use_absl_handler()
+    _resolve(cmd.target)(fv.config, fv.workdir)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name = argv[1]
+    if name not in COMMANDS:
+        print(f"embaug: unknown command {name!r}; choose one of {', '.join(COMMANDS)}.\n",
+              file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return 2
+    cmd = COMMANDS[name]
+    sub_argv = [f"embaug {name}", *argv[2:]]
+    if not cmd.config_driven:
+        return int(_resolve(cmd.target)(sub_argv) or 0)
+    return _run_config_command(name, cmd, sub_argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
