@@ -624,11 +624,17 @@ def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, lab
     # The same key split as `_mix`, so every branch reproduces its named function.
     k_pair, k_lam, k_mask = jax.random.split(key, 3)
     pairs = batch // 2 if pairing == "halve" else batch
+    is_control = params.mix == MIX_CONTROL
     # Control ignores alpha, but under vmap every branch runs: a NaN from a control member's
     # unused alpha would still poison gradients through the select, so give control a safe one.
-    alpha = jnp.where(params.mix == MIX_CONTROL, 1.0, params.alpha)
-    # Drawn once outside the switch: both mixing branches use the same lambdas.
-    lam_a, lam_b = _sample_weights(k_lam, alpha, (pairs, 1 if sizes is None else len(sizes)))
+    alpha = jnp.where(is_control, 1.0, params.alpha)
+    # Drawn once, outside the switch, for both mixing branches; a lone control skips the sampler.
+    lam_shape = (pairs, 1 if sizes is None else len(sizes))
+    lam_a, lam_b = lax.cond(
+        is_control,
+        lambda: (jnp.ones(lam_shape, jnp.float32), jnp.zeros(lam_shape, jnp.float32)),
+        lambda: _sample_weights(k_lam, alpha, lam_shape),
+    )
 
     def control_branch(x, y, lam_a, lam_b):
         return x, y, jnp.ones(batch, jnp.float32)
