@@ -63,6 +63,7 @@ __all__ = [
     "MIX_STITCHUP",
     "MethodParams",
     "PAIRINGS",
+    "UnknownMethodError",
     "augment_batch",
     "control",
     "e_mixup",
@@ -339,7 +340,8 @@ def _segment_mean(values: jax.Array, sizes: tuple[int, ...] | None) -> jax.Array
     if sizes is None:
         return values[:, 0]
     weights = jnp.asarray(sizes, jnp.float32) / sum(sizes)
-    return values @ weights
+    # A sum, not `values @ weights`: matmuls may run at reduced precision on accelerators.
+    return jnp.sum(values * weights, axis=1)
 
 
 def _stitch_mask(key: jax.Array, lam: jax.Array, dim: int, sizes: tuple[int, ...] | None) -> jax.Array:
@@ -535,7 +537,21 @@ def _named(name: str) -> Callable:
     return method
 
 
-METHODS: dict[str, Callable] = {name: _named(name) for name in METHOD_NAMES}
+class UnknownMethodError(KeyError, ValueError):
+    """An unknown method name: a KeyError for `METHODS[...]` that is also a ValueError."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _MethodTable(dict):
+    def __missing__(self, name):
+        raise UnknownMethodError(
+            f"unknown method {name!r}; use one of {', '.join(repr(m) for m in METHOD_NAMES)}"
+        )
+
+
+METHODS: dict[str, Callable] = _MethodTable((name, _named(name)) for name in METHOD_NAMES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,7 +573,8 @@ class MethodParams(NamedTuple):
 
 def method_params(name: str, alpha: float = 0.2, softness: float = 0.05) -> MethodParams:
     """The `MethodParams` of a named method, validated. Control ignores alpha and softness."""
-    _check_name("method", name, METHOD_NAMES)
+    if name not in METHOD_NAMES:
+        METHODS[name]  # raises UnknownMethodError
     _check_alpha(alpha)
     _check_softness(softness, None)
     mix, soft = _MIX_OF_METHOD[name]

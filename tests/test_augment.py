@@ -430,6 +430,7 @@ _KEY = jax.random.key(0)
     (lambda: A.e_mixup(_KEY, _x, _y, 0.2, pairing="shuffle"), "unknown pairing"),
     (lambda: A.e_stitchup(_KEY, _x, _y, 0.2, label_weight="mask"), "unknown label_weight"),
     (lambda: A.method_params("mixup"), "unknown method"),
+    (lambda: A.METHODS["soft_mixup"], "unknown method 'soft_mixup'; use one of 'control'"),
     (lambda: A.method_params("e_mixup", alpha=0.0), "alpha"),
     (lambda: A.method_params("soft_e_mixup", softness=1.5), "softness"),
     (lambda: A.augment_batch(_KEY, _x, _y, ("e_mixup", 0.2)), "MethodParams"),
