@@ -18,13 +18,15 @@ whole job fits in 10 minutes on a 2-core CPU; the learning-rate cycle is the pap
 Variants: `smoke` (100 synsets, a few epochs: what the tests run).
 """
 
+import ml_collections
+
 from configs import default, table1
 from configs.extract import wordnet_minilm
 
 
 def get_config(arg=None):
     args = default.parse_arg(arg, smoke=False)
-    c = default.ml_collections.ConfigDict()
+    c = ml_collections.ConfigDict()
     c.extract = wordnet_minilm.get_config("smoke" if args.smoke else None)
     c.train = table1.get_config()
     t = c.train

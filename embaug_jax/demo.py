@@ -25,7 +25,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     embeddings = run_extraction(config.extract, workdir / "extract")
     extracted = time.perf_counter()
 
-    train_config = ml_collections.ConfigDict(config.train.to_dict())
+    train_config = config.train.copy_and_resolve_references()
     train_config.data.source = "file"
     train_config.data.path = str(embeddings)
     print(f"[2/2] training: {embeddings}", flush=True)
