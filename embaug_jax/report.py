@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -141,8 +142,7 @@ class SweepOutputs:
 @jax.jit
 def _device_metrics(probs, labels, seen_mask, threshold, thresholds):
     acc = metrics.threshold_accuracy(probs, labels, seen_mask, threshold)
-    sweep = metrics.threshold_sweep(probs, labels, seen_mask, thresholds)
-    return acc, sweep, metrics.weighted_auc(probs, labels, seen_mask)
+    return acc, metrics.threshold_sweep(probs, labels, seen_mask, thresholds)
 
 
 def evaluate_members(outputs: SweepOutputs, *, threshold=metrics.DEFAULT_THRESHOLD,
@@ -155,14 +155,14 @@ def evaluate_members(outputs: SweepOutputs, *, threshold=metrics.DEFAULT_THRESHO
         t = int(member["trial"])
         probs, labels, seen = outputs.val_probs[i], outputs.val_labels[t], outputs.seen_mask[t]
         # One member at a time: [Nv, C] fits where the whole [M, Nv, C] sweep might not.
-        acc, sweep, auc = jax.device_get(_device_metrics(
+        acc, sweep = jax.device_get(_device_metrics(
             probs, labels, seen, jnp.float32(threshold), thresholds))
+        roc = metrics.ovr_roc(probs, labels, seen, fpr_grid=fpr_grid)
         none_det = metrics.none_detection(probs, labels, seen)
         calib = metrics.calibration(probs, labels, seen, num_bins=num_bins)
-        _, roc_tpr = metrics.mean_roc_curve(probs, labels, seen, fpr_grid=fpr_grid)
         loss = outputs.history.get("train_loss")
         results.append(dict(
-            weighted_auc=float(auc),
+            weighted_auc=roc.weighted_auc,
             overall_accuracy=float(acc["overall"]),
             none_accuracy=float(acc["none"]),
             seen_accuracy=float(acc["seen"]),
@@ -173,7 +173,7 @@ def evaluate_members(outputs: SweepOutputs, *, threshold=metrics.DEFAULT_THRESHO
             final_train_loss=float(loss[i, -1]) if loss is not None and loss.shape[1] else math.nan,
             sweep_overall=np.asarray(sweep["overall"], np.float64),
             sweep_none=np.asarray(sweep["none"], np.float64),
-            roc_tpr=roc_tpr,
+            roc_tpr=roc.tpr,
             calibration=calib,
         ))
     return results
@@ -213,6 +213,13 @@ def group_variants(members: Sequence[dict]) -> dict[str, dict]:
             for k in ordered}
 
 
+def _nanreduce(fn, a, axis=0):
+    """np.nanmean & co. without the all-NaN warning: an all-NaN slice just gives NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(a, axis=axis)
+
+
 def _nan_or(x, default=-math.inf):
     return default if x is None or not np.isfinite(x) else x
 
@@ -228,10 +235,9 @@ def _build_results(outputs, per_member, variants, threshold, thresholds) -> dict
         for key in SCALAR_METRICS:
             entry[key] = summarize([per_member[i][key] for i in idx])
         sweep = {k: np.stack([per_member[i][f"sweep_{k}"] for i in idx]) for k in ("overall", "none")}
-        with np.errstate(all="ignore"):
-            entry["threshold_sweep"] = dict(
-                thresholds=[float(x) for x in thresholds],
-                **{f"{k}_mean": _json_list(np.nanmean(a, axis=0)) for k, a in sweep.items()})
+        entry["threshold_sweep"] = dict(
+            thresholds=[float(x) for x in thresholds],
+            **{f"{k}_mean": _json_list(_nanreduce(np.nanmean, a)) for k, a in sweep.items()})
         variant_results[name] = entry
     methods = {}
     for name, entry in variant_results.items():
@@ -384,11 +390,10 @@ def _fig3_threshold_sweep(path, results, variants, per_member):
         idx = variants[results["methods"][method]["variant"]]["members"]
         for key, color, label in (("sweep_overall", "C0", "overall"), ("sweep_none", "C1", "none")):
             curves = _stack(per_member, idx, key)
-            with np.errstate(all="ignore"):
-                ax.plot(thresholds, np.nanmean(curves, 0), color=color, label=label)
-                if len(idx) > 1:
-                    ax.plot(thresholds, np.nanmin(curves, 0), ":", color=color, lw=1)
-                    ax.plot(thresholds, np.nanmax(curves, 0), ":", color=color, lw=1)
+            ax.plot(thresholds, _nanreduce(np.nanmean, curves), color=color, label=label)
+            if len(idx) > 1:
+                for fn in (np.nanmin, np.nanmax):
+                    ax.plot(thresholds, _nanreduce(fn, curves), ":", color=color, lw=1)
         ax.set_title(_label(method))
         ax.set_xlabel("confidence threshold")
         ax.set_ylim(-0.02, 1.02)
@@ -406,8 +411,7 @@ def _fig4_roc(path, results, variants, per_member, fpr_grid):
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
     for k, (method, entry) in enumerate(results["methods"].items()):
         idx = variants[entry["variant"]]["members"]
-        with np.errstate(all="ignore"):
-            tpr = np.nanmean(_stack(per_member, idx, "roc_tpr"), axis=0)
+        tpr = _nanreduce(np.nanmean, _stack(per_member, idx, "roc_tpr"))
         auc = entry["weighted_auc"]["mean"]
         ax.plot(np.r_[0.0, fpr_grid], np.r_[0.0, tpr], color=f"C{k}",
                 lw=3.0 if method == "control" else 1.4,
@@ -421,12 +425,10 @@ def _fig4_roc(path, results, variants, per_member, fpr_grid):
 
 
 def _plot_epochs(ax, epochs, curves, **kw):
-    with np.errstate(all="ignore"):
-        mean = np.nanmean(curves, axis=0)
-        line, = ax.plot(epochs, mean, **kw)
-        if curves.shape[0] > 1:
-            ax.fill_between(epochs, np.nanmin(curves, 0), np.nanmax(curves, 0),
-                            color=line.get_color(), alpha=0.15, lw=0)
+    line, = ax.plot(epochs, _nanreduce(np.nanmean, curves), **kw)
+    if curves.shape[0] > 1:
+        ax.fill_between(epochs, _nanreduce(np.nanmin, curves), _nanreduce(np.nanmax, curves),
+                        color=line.get_color(), alpha=0.15, lw=0)
 
 
 def _fig5_training_curves(path, results, variants, outputs):

@@ -9,6 +9,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from embaug_jax import metrics
 
+# Compiling dominates these small problems.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def _problem(seed, n=400, c=9, *, decimals=None, unseen=(2, 5), missing=(7,)):
     """Random sigmoid outputs with unseen classes and a seen class absent from validation."""
@@ -116,6 +119,10 @@ def test_weighted_auc_equals_sklearn(case):
     want = roc_auc_score(truth, scores, average="weighted")
     got = float(metrics.weighted_auc(probs, labels, seen))
     assert abs(got - want) < 1e-6, (got, want)
+    roc = metrics.ovr_roc(probs, labels, seen)  # the float64 numpy route the report takes
+    assert abs(roc.weighted_auc - want) < 1e-12
+    np.testing.assert_allclose(roc.class_auc, [roc_auc_score(truth[:, k], scores[:, k])
+                                               for k in range(truth.shape[1])], atol=1e-12)
     # The columns: seen classes present in validation, then "none" iff any unseen example.
     present_seen = [k for k in range(probs.shape[1]) if seen[k] and np.any(labels == k)]
     has_none = bool(np.any(~seen[labels]))
@@ -142,6 +149,8 @@ def test_weighted_auc_perfect_and_undefined():
     assert float(metrics.weighted_auc(probs, labels, seen)) == 1.0
     # A single class in validation: no negatives, AUC undefined (sklearn raises): NaN.
     assert np.isnan(metrics.weighted_auc(probs[:1].repeat(3, 0), labels[:1].repeat(3), seen))
+    assert metrics.ovr_roc(probs, labels, seen).weighted_auc == 1.0
+    assert np.isnan(metrics.ovr_roc(probs[:1].repeat(3, 0), labels[:1].repeat(3), seen).weighted_auc)
 
 
 def test_mean_roc_curve_matches_sklearn_interpolation_and_auc():
