@@ -107,9 +107,12 @@ def threshold_accuracy(probs, labels, seen_mask, threshold=DEFAULT_THRESHOLD):
       is NaN when there are none of those.
     """
     _check_inputs(probs, labels, seen_mask, where="threshold_accuracy")
-    probs = jnp.asarray(probs)
-    labels = jnp.asarray(labels)
-    seen_mask = jnp.asarray(seen_mask, bool)
+    return _threshold_accuracy(jnp.asarray(probs), jnp.asarray(labels),
+                               jnp.asarray(seen_mask, bool), jnp.asarray(threshold))
+
+
+@jax.jit
+def _threshold_accuracy(probs, labels, seen_mask, threshold):
     predicted, confidence = top_seen_prediction(probs, seen_mask)
     predicted_none = ~(confidence > jnp.asarray(threshold, confidence.dtype))
     truth_seen = seen_mask[labels]
@@ -132,10 +135,17 @@ def threshold_sweep(probs, labels, seen_mask, thresholds=DEFAULT_THRESHOLDS):
     if thresholds.ndim != 1 or thresholds.shape[0] == 0:
         raise ValueError(f"threshold_sweep: thresholds must be a non-empty 1-D array, got shape "
                          f"{thresholds.shape}.")
-    # The argmax does not depend on the threshold, so vmap leaves it unbatched: computed once.
-    out = jax.vmap(threshold_accuracy, in_axes=(None, None, None, 0))(
-        probs, labels, seen_mask, thresholds)
+    _check_inputs(probs, labels, seen_mask, where="threshold_sweep")
+    out = _threshold_sweep(jnp.asarray(probs), jnp.asarray(labels),
+                           jnp.asarray(seen_mask, bool), thresholds)
     return dict(thresholds=thresholds, **out)
+
+
+@jax.jit
+def _threshold_sweep(probs, labels, seen_mask, thresholds):
+    # The argmax does not depend on the threshold, so vmap leaves it unbatched: computed once.
+    return jax.vmap(_threshold_accuracy, in_axes=(None, None, None, 0))(
+        probs, labels, seen_mask, thresholds)
 
 
 # --------------------------------------------------------------------------------------------

@@ -200,13 +200,19 @@ def _variant_name(method: str, alpha: float, softness: float) -> str:
     return f"{method}/alpha={alpha:g}/softness={softness:g}"
 
 
+def _param(value) -> float:
+    """A member's alpha / softness as a grouping key: None or NaN (not applicable, e.g. the
+    control's alpha) reads as 0; rounded so 0.1 from a config and 0.1 from a float32 array
+    land in the same variant."""
+    value = math.nan if value is None else float(value)
+    return 0.0 if math.isnan(value) else round(value, 6)
+
+
 def group_variants(members: Sequence[dict]) -> dict[str, dict]:
     """Members grouped by (method, alpha, softness), in the paper's method order, then alpha."""
     groups: dict[tuple, list[int]] = {}
     for i, member in enumerate(members):
-        # Rounded so 0.1 from a config and 0.1 from a float32 array land in the same variant.
-        key = (str(member["method"]), round(float(member["alpha"]), 6),
-               round(float(member["softness"]), 6))
+        key = (str(member["method"]), _param(member["alpha"]), _param(member["softness"]))
         groups.setdefault(key, []).append(i)
     ordered = sorted(groups, key=lambda k: (_method_rank(k[0]), k[1], k[2]))
     return {_variant_name(*k): dict(method=k[0], alpha=k[1], softness=k[2], members=groups[k])
