@@ -64,6 +64,11 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     from absl import flags, logging
     from ml_collections import config_flags
 
+    # Config files import their siblings (`from configs import default`): in a checkout, make
+    # the repository root importable wherever the command is run from.
+    if (REPO_ROOT / "configs" / "__init__.py").exists() and str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+
     fv = flags.FlagValues()
     default = None
     if cmd.default_config and (REPO_ROOT / cmd.default_config).exists():
@@ -72,11 +77,15 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
         "config", default, "Path to a config file, optionally `:variant` (e.g. `:smoke`).",
         flag_values=fv, lock_config=True)
     flags.DEFINE_string("workdir", None, "Output directory (created if missing).", flag_values=fv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(f"usage: embaug {name} --config=PATH[:variant] --workdir=DIR "
+              f"[--config.a.b=value ...]\n\n{COMMANDS[name].help}\n\nflags:\n"
+              f"{fv.get_help(include_special_flags=False)}")
+        return 0
     try:
         fv(list(argv))
     except flags.Error as e:
-        print(f"embaug {name}: {e}\n\n{fv.main_module_help() if False else ''}"
-              f"Run `embaug {name} --help` for the flags.", file=sys.stderr)
+        print(f"embaug {name}: {e}\nRun `embaug {name} --help` for the flags.", file=sys.stderr)
         return 2
     if fv["config"].value is None:
         print(f"embaug {name}: --config is required (e.g. --config=configs/table1.py:smoke)",
