@@ -385,8 +385,6 @@ def load_table(src: Any) -> SourceData:
     _count(dropped, "missing label", missing.sum())
     ids = ([_cell_text(v) or "" for v in frame[id_column].tolist()] if id_column
            else [str(i) for i in range(n)])
-    if id_column and any(not i for i in ids):
-        raise ValueError(f"Id column {id_column!r} is empty in some rows; every item needs an id.")
     n_keep_before = int(keep.sum())
     texts = _table_texts({c: frame[c].tolist() for c in text_columns}, empty_policy, notes, keep)
     _count(dropped, "empty text", n_keep_before - keep.sum())
@@ -400,6 +398,10 @@ def load_table(src: Any) -> SourceData:
                                                         else Path(value)))
         images[column] = ImageField(paths=tuple(paths))
     rows = np.flatnonzero(keep)
+    empty_ids = [int(r) for r in rows if not ids[r]]
+    if empty_ids:
+        raise ValueError(f"Id column {id_column!r} is empty in {len(empty_ids)} rows (first data "
+                         f"rows {empty_ids[:10]}, 0-based); every item needs an id.")
     kept_labels = [labels[i] for i in rows]
     data = SourceData(
         ids=[ids[i] for i in rows], labels=kept_labels, class_names=sorted(set(kept_labels)),
