@@ -120,19 +120,49 @@ def build_text_embedder(model_cfg: Any, devices):
         devices=devices)
 
 
-def build_image_embedder(model_cfg: Any, devices):
-    """`ImageEmbedder.from_pretrained` on `config.image_model`."""
-    from embaug_jax.models.efficientnet import ImageEmbedder
+def build_image_embedder(model_cfg: Any, devices, workdir: Path):
+    """`ImageEmbedder.from_pretrained` on `config.image_model`.
 
-    path = resolve_model_path(str(model_cfg.get("path", "") or ""))
-    if not path:
+    A checkpoint that is not yet in this package's safetensors form (a Keras `.h5` / `.keras`,
+    a PyTorch `.pth`, a timm `.safetensors`, builtin:lite0) is converted once into
+    `workdir/models/` (keyed by the checkpoint's hash) and loaded from there.
+    """
+    from embaug_jax.models import efficientnet
+    from embaug_jax.models.weights import hash_files
+
+    raw = str(model_cfg.get("path", "") or "")
+    path = Path(resolve_model_path(raw)) if raw else None
+    if path is None:
         raise ValueError("The selected fields include images: set --config.image_model.path to "
                          "EfficientNet weights (or builtin:lite0), or leave the image field out "
                          "of config.fields.")
-    return ImageEmbedder.from_pretrained(
-        path, variant=model_cfg.get("variant", "b4"), origin=model_cfg.get("origin") or None,
-        dtype=model_cfg.get("dtype", "float32"), batch_size=int(model_cfg.get("batch_size", 16)),
-        devices=devices)
+    if not path.is_file():
+        raise FileNotFoundError(f"No image model weights at {path} (config.image_model.path).")
+    origin = str(model_cfg.get("origin", "") or "") or None
+    variant = str(model_cfg.get("variant", "") or "") or None
+    if raw == "builtin:lite0":
+        origin = origin or "lite"
+    if not _is_converted(path):
+        from embaug_jax.models.convert import convert_file
+
+        converted = workdir / "models" / f"{path.stem}.{hash_files([path])[:12]}.safetensors"
+        if not converted.is_file():
+            logging.info("extract: converting %s -> %s", path, converted)
+            convert_file(path, converted, origin=origin, variant=variant)
+        path, origin = converted, None
+    return efficientnet.ImageEmbedder.from_pretrained(
+        path, variant=variant, origin=origin, dtype=model_cfg.get("dtype", "float32"),
+        batch_size=int(model_cfg.get("batch_size", 16)), devices=devices)
+
+
+def _is_converted(path: Path) -> bool:
+    """Whether `path` is a safetensors file written by `embaug convert` (metadata included)."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return "padding" in (f.metadata() or {})
 
 
 def select_fields(data: sources_lib.SourceData, fields: Any) -> tuple[list[str], list[str]]:
@@ -304,7 +334,7 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         text_embedder = build_text_embedder(config.text_model, devices)
     if image_fields and image_embedder is None:
         devices = devices or _devices(config)
-        image_embedder = build_image_embedder(config.image_model, devices)
+        image_embedder = build_image_embedder(config.image_model, devices, workdir)
 
     def model_part(embedder, cfg_name: str, used: bool):
         if not used:
