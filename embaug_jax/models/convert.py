@@ -392,7 +392,10 @@ def _read_keras_h5(f, config: dict | None, source_name: str
         if name not in root:
             continue
         for path, arr in _h5_datasets(root[name]).items():
-            out[f"{name}/{path.split('/')[-1].removesuffix(':0')}"] = arr
+            leaf = path.split("/")[-1].removesuffix(":0")
+            if leaf == "kernel" and name.endswith("_dwconv"):
+                leaf = "depthwise_kernel"  # Keras 3's legacy writer drops the "depthwise_"
+            out[f"{name}/{leaf}"] = arr
     return out, {"layer_names": names, "config": config}
 
 
