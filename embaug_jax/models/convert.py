@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from embaug_jax.models import efficientnet as effnet
-from embaug_jax.models.weights import flatten_tree, merge_strict, save_safetensors
+from embaug_jax.models.weights import flatten_tree, merge_strict, save_safetensors, unflatten_tree
 
 # Transforms from a source layout to the Flax one.
 _CONV_OIHW = lambda a: np.transpose(a, (2, 3, 1, 0))  # noqa: E731  (O,I,H,W) -> (H,W,I,O)
@@ -527,7 +527,7 @@ def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
             flat, info = convert_pytorch(state, variant=variant, source_name=str(src),
                                          lite=True if origin == "lite" else None)
     meta = dict(info.to_metadata(), source=src.name)
-    save_safetensors(dst, flat, meta)
+    save_safetensors(dst, unflatten_tree(flat), meta)
     return info
 
 
