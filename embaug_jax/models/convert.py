@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from embaug_jax.models import efficientnet as effnet
-from embaug_jax.models.weights import flatten_tree, merge_strict, save_safetensors
+from embaug_jax.models.weights import flatten_tree, merge_strict, save_safetensors, unflatten_tree
 
 # Transforms from a source layout to the Flax one.
 _CONV_OIHW = lambda a: np.transpose(a, (2, 3, 1, 0))  # noqa: E731  (O,I,H,W) -> (H,W,I,O)
@@ -392,7 +392,10 @@ def _read_keras_h5(f, config: dict | None, source_name: str
         if name not in root:
             continue
         for path, arr in _h5_datasets(root[name]).items():
-            out[f"{name}/{path.split('/')[-1].removesuffix(':0')}"] = arr
+            leaf = path.split("/")[-1].removesuffix(":0")
+            if leaf == "kernel" and name.endswith("_dwconv"):
+                leaf = "depthwise_kernel"  # Keras 3's legacy writer drops the "depthwise_"
+            out[f"{name}/{leaf}"] = arr
     return out, {"layer_names": names, "config": config}
 
 
@@ -524,7 +527,7 @@ def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
             flat, info = convert_pytorch(state, variant=variant, source_name=str(src),
                                          lite=True if origin == "lite" else None)
     meta = dict(info.to_metadata(), source=src.name)
-    save_safetensors(dst, flat, meta)
+    save_safetensors(dst, unflatten_tree(flat), meta)
     return info
 
 
