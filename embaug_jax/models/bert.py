@@ -38,13 +38,15 @@ import math
 import os
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from embaug_jax.models.weights import hash_files, load_safetensors, merge_strict
 
 POOLINGS = ("mean", "cls", "max")
 # Bump when a change here alters the vectors for the same weights and settings, so caches keyed by
@@ -312,9 +314,7 @@ def _read_state_dict(files: Sequence[Path]) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     for f in files:
         if f.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            state.update(load_file(str(f)))
+            state.update(load_safetensors(f)[0])
         else:
             import torch  # only for legacy pytorch_model.bin checkpoints
 
@@ -336,7 +336,7 @@ def load_pretrained(path: str | os.PathLike) -> tuple[BertConfig, dict]:
     files = _weight_files(folder)
     flat, _ = convert_hf_state_dict(_read_state_dict(files))
     expected = init_shapes(config)
-    params = _merge_strict(expected, flat, source=", ".join(str(f) for f in files))
+    params = merge_strict(expected, flat, source=", ".join(str(f) for f in files))
     return config, params
 
 
@@ -355,40 +355,6 @@ def _checkpoint_folder(path: str | os.PathLike) -> Path:
             "config.json, model.safetensors (or pytorch_model.bin) and tokenizer.json (or vocab.txt)"
         )
     return folder
-
-
-# TODO(bert): replaced by embaug_jax.models.weights.merge_strict once it lands on main.
-def _merge_strict(expected_tree, loaded_flat: Mapping[str, np.ndarray], *, source: str):
-    from flax import traverse_util
-
-    expected = traverse_util.flatten_dict(expected_tree, sep="/")
-    missing = sorted(set(expected) - set(loaded_flat))
-    unexpected = sorted(set(loaded_flat) - set(expected))
-    misshapen = sorted(
-        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(np.shape(loaded_flat[k]))}"
-        for k in set(expected) & set(loaded_flat)
-        if tuple(expected[k].shape) != tuple(np.shape(loaded_flat[k]))
-    )
-    if missing or unexpected or misshapen:
-        lines = [f"{source} does not match the model:"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unexpected: {k}" for k in unexpected]
-        lines += [f"  misshapen: {k}" for k in misshapen]
-        raise ValueError("\n".join(lines))
-    return traverse_util.unflatten_dict(
-        {k: np.asarray(loaded_flat[k], dtype=expected[k].dtype) for k in expected}, sep="/"
-    )
-
-
-# TODO(bert): replaced by embaug_jax.models.weights.hash_files once it lands on main.
-def _hash_files(paths: Iterable[str | os.PathLike]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(Path(p).name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -537,7 +503,8 @@ class TextEmbedder:
         self.tokenizer = tokenizer
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
-        self._files = list(files)
+        # Hashed now, so the fingerprint describes the files as loaded even if they change later.
+        self._files_digest = hash_files(files) if files else None
 
         mesh = Mesh(np.asarray(self.devices), ("batch",))
         self._batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
@@ -548,12 +515,13 @@ class TextEmbedder:
             NamedSharding(mesh, PartitionSpec()),
         )
 
-        def embed_batch(params, input_ids, attention_mask):
-            hidden = self.model.apply({"params": params}, input_ids, attention_mask)
-            return pool_hidden_states(hidden, attention_mask, self.layers, self.pooling)
+        # One compiled program per bucket length (the batch size is fixed).
+        self.embed_batch = jax.jit(self.forward)
 
-        # One program per (bucket length); batch size is fixed. Exposed for recompile checks.
-        self.embed_batch = jax.jit(embed_batch)
+    def forward(self, params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """Pooled embeddings of one padded batch of token ids (traceable; `embed_batch` jits it)."""
+        hidden = self.model.apply({"params": params}, input_ids, attention_mask)
+        return pool_hidden_states(hidden, attention_mask, self.layers, self.pooling)
 
     @classmethod
     def from_pretrained(
@@ -601,9 +569,9 @@ class TextEmbedder:
 
     def fingerprint(self) -> str:
         """sha256 over the weights, tokenizer files, config.json and the pooling settings."""
-        if not self._files:
+        if self._files_digest is None:
             raise ValueError("fingerprint() needs an embedder made by TextEmbedder.from_pretrained")
-        h = hashlib.sha256(_hash_files(self._files).encode())
+        h = hashlib.sha256(self._files_digest.encode())
         h.update(json.dumps(self.settings(), sort_keys=True).encode())
         return h.hexdigest()
 
