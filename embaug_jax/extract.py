@@ -167,7 +167,7 @@ def _is_converted(path: Path) -> bool:
 
 def select_fields(data: sources_lib.SourceData, fields: Any) -> tuple[list[str], list[str]]:
     """(text fields, image fields) to embed: `fields` in the config's order, text fields first."""
-    names = sources_lib._names(fields) or data.fields
+    names = sources_lib.split_names(fields) or data.fields
     unknown = [f for f in names if f not in data.texts and f not in data.images]
     if unknown:
         raise ValueError(f"config.fields names {unknown}, which the source does not have; "

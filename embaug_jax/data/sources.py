@@ -154,7 +154,7 @@ def _count(counter: dict[str, int], reason: str, n: int = 1) -> None:
         counter[reason] = counter.get(reason, 0) + int(n)
 
 
-def _names(value: Any) -> list[str]:
+def split_names(value: Any) -> list[str]:
     """A config list knob: a comma-separated string, a list/tuple, or empty/None."""
     if value is None:
         return []
@@ -356,8 +356,8 @@ def load_table(src: Any) -> SourceData:
                            ("strict", "replace"))
     frame = _read_table(path, fmt, _get(src, "encoding", "utf-8") or "utf-8", errors)
 
-    text_columns = _names(_get(src, "text_columns"))
-    image_columns = _names(_get(src, "image_columns"))
+    text_columns = split_names(_get(src, "text_columns"))
+    image_columns = split_names(_get(src, "image_columns"))
     label_column = str(_get(src, "label_column", "") or "")
     id_column = str(_get(src, "id_column", "") or "")
     if not label_column:
@@ -451,7 +451,7 @@ def load_wordnet(src: Any) -> SourceData:
     words (underscores -> spaces) joined with ", "; "gloss" is the definition with its examples.
     """
     root = Path(str(_get(src, "root", "") or "/usr/share/wordnet"))
-    pos_list = _names(_get(src, "pos", "n")) or ["n"]
+    pos_list = split_names(_get(src, "pos", "n")) or ["n"]
     bad = [p for p in pos_list if p not in _WORDNET_FILES]
     if bad:
         raise ValueError(f"config.source.pos={bad} is not a WordNet part of speech; use any of "
@@ -602,7 +602,7 @@ def load_tfds(src: Any) -> SourceData:
     data_dir = str(_get(src, "data_dir", "") or "") or None
     records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     features = records.dataset_info.features
-    text_features = _names(_get(src, "text_features"))
+    text_features = split_names(_get(src, "text_features"))
     image_feature = str(_get(src, "image_feature", "") or "")
     label_feature = str(_get(src, "label_feature", "label") or "label")
     id_feature = str(_get(src, "id_feature", "") or "")
