@@ -19,6 +19,13 @@ output with the same fingerprint is reused ("cached, skipping"); a different one
 different run, are never reused silently: that is an error naming the parts that differ, until
 `--config.overwrite=True` (which clears them) or another workdir.
 
+Workdir layout:
+
+    <workdir>/embeddings/            the dataset (config.output overrides the place)
+    <workdir>/skipped_images.json    beside the dataset, only when items were skipped
+    <workdir>/shards/                manifest.json + shard_*.npy while a run is unfinished
+    <workdir>/models/                image checkpoints converted to safetensors (kept, reused)
+
 Images are checked before any embedding: every missing, unreadable or corrupt file is listed in
 one error, or, with `config.skip_bad_images=True`, those items are left out and listed in
 `skipped_images.json` next to the output.
@@ -271,7 +278,7 @@ def _read_output_info(output: Path) -> dict[str, Any] | None:
     if not output.exists():
         return None
     try:
-        return load_embeddings(output, mmap=True).info
+        return load_embeddings(output, mmap=True, validate=False).info
     except (ValueError, OSError, KeyError) as e:
         raise ValueError(f"{output} exists but is not a readable embedding dataset ({e}). Pass "
                          "--config.overwrite=True to replace it, or choose another output."
@@ -298,6 +305,75 @@ def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedde
     return out
 
 
+def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Sequence[str],
+                      image_fields: Sequence[str], text_embedder, image_embedder) -> dict:
+    """Everything the output depends on, as JSON: its sha256 is the run's fingerprint.
+
+    Data locations (source paths, model paths) and devices are left out: the content hash and
+    the embedders' fingerprints cover what they point at, so a moved data set or model folder
+    does not invalidate its embeddings.
+    """
+
+    def model(embedder, section: str, used: bool):
+        if not used:
+            return None
+        settings = {k: v for k, v in _cfg_dict(config.get(section)).items()
+                    if k not in _MODEL_LOCATION_KEYS}
+        return {"fingerprint": embedder.fingerprint(), "dim": int(embedder.dim),
+                "settings": settings}
+
+    return _jsonable({
+        "pipeline_version": PIPELINE_VERSION,
+        "source": {k: v for k, v in _cfg_dict(config.source).items() if k not in _LOCATION_KEYS},
+        "source_content": content_hash(data, text_fields, image_fields,
+                                       progress=bool(config.get("progress", True))),
+        "text_fields": list(text_fields),
+        "image_fields": list(image_fields),
+        "text_model": model(text_embedder, "text_model", bool(text_fields)),
+        "image_model": model(image_embedder, "image_model", bool(image_fields)),
+        "shard_size": int(config.get("shard_size", 1024)),
+        "skip_bad_images": bool(config.get("skip_bad_images", False)),
+    })
+
+
+def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any]) -> None:
+    """Errors on shards of other inputs; drops the temporaries of a run killed mid-write."""
+    if not shards_dir.exists():
+        return
+    manifest_path = shards_dir / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if manifest.get("fingerprint") != fingerprint:
+        raise _stale_error("Unfinished shards", shards_dir, manifest.get("fingerprint_parts"),
+                           parts)
+    for tmp in shards_dir.glob(".*.tmp"):
+        _clear(tmp)
+
+
+def _embed_shards(data, keep: np.ndarray, shards_dir: Path, shard_size: int, text_fields,
+                  image_fields, text_embedder, image_embedder, dim: int,
+                  progress: bool) -> list[Path]:
+    """Embeds every unfinished shard of the items `keep`; returns all shard paths in order."""
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(keep), shard_size)
+    paths = [shards_dir / f"shard_{i:05d}.npy" for i in range(len(starts))]
+    done = sum(min(shard_size, len(keep) - s) for s, p in zip(starts, paths) if p.is_file())
+    if done:
+        logging.info("extract: resuming, %d of %d items already embedded.", done, len(keep))
+    with tqdm(total=len(keep), initial=done, desc="extract", unit="item",
+              disable=not progress) as bar:
+        for start, path in zip(starts, paths):
+            if path.is_file():
+                continue
+            rows = keep[start:start + shard_size]
+            shard = _embed_shard(data, rows, text_fields, image_fields, text_embedder,
+                                 image_embedder, dim)
+            with atomic_path(path) as tmp:
+                np.save(tmp, shard)
+            bar.update(len(rows))
+    return paths
+
+
 def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=None,
                    image_embedder=None) -> Path:
     """Embeds `config.source` into an embedding dataset; returns the dataset's path.
@@ -309,150 +385,94 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         `.embed(items)` and `.fingerprint()`), used instead of building them from
         `config.text_model` / `config.image_model` (for notebooks and tests).
     """
-    from tqdm.auto import tqdm
-
     workdir = Path(workdir)
     output = Path(config.get("output", "") or workdir / "embeddings")
+    skipped_path = output.parent / SKIPPED_REPORT
     shards_dir = workdir / SHARDS_DIR
     shard_size = int(config.get("shard_size", 1024))
     if shard_size < 1:
         raise ValueError(f"config.shard_size must be >= 1, got {shard_size}.")
-    progress = bool(config.get("progress", True))
-    skip_bad = bool(config.get("skip_bad_images", False))
+    keep_shards = bool(config.get("keep_shards", False))
 
     data = sources_lib.load_source(config)
     text_fields, image_fields = select_fields(data, config.get("fields", ""))
-    if not text_fields and not image_fields:
-        raise ValueError("Nothing to embed: the source has no fields (check config.fields).")
     logging.info("extract: %d items, %d classes from %s; dropped %s; notes %s", len(data),
                  len(data.class_names), data.info.get("kind"), data.dropped or "nothing",
                  data.notes or "none")
+    if (text_fields and text_embedder is None) or (image_fields and image_embedder is None):
+        devices = _devices(config)
+        if text_fields and text_embedder is None:
+            text_embedder = build_text_embedder(config.text_model, devices)
+        if image_fields and image_embedder is None:
+            image_embedder = build_image_embedder(config.image_model, devices, workdir)
 
-    devices = None
-    if text_fields and text_embedder is None:
-        devices = devices or _devices(config)
-        text_embedder = build_text_embedder(config.text_model, devices)
-    if image_fields and image_embedder is None:
-        devices = devices or _devices(config)
-        image_embedder = build_image_embedder(config.image_model, devices, workdir)
-
-    def model_part(embedder, cfg_name: str, used: bool):
-        if not used:
-            return None
-        settings = {k: v for k, v in _cfg_dict(config.get(cfg_name)).items()
-                    if k not in _MODEL_LOCATION_KEYS}
-        return {"fingerprint": embedder.fingerprint(), "dim": int(embedder.dim),
-                "settings": settings}
-
-    parts = {
-        "pipeline_version": PIPELINE_VERSION,
-        "source": {k: v for k, v in _cfg_dict(config.source).items() if k not in _LOCATION_KEYS},
-        "source_content": content_hash(data, text_fields, image_fields, progress=progress),
-        "text_fields": text_fields,
-        "image_fields": image_fields,
-        "text_model": model_part(text_embedder, "text_model", bool(text_fields)),
-        "image_model": model_part(image_embedder, "image_model", bool(image_fields)),
-        "shard_size": shard_size,
-        "skip_bad_images": skip_bad,
-    }
-    parts = _jsonable(parts)
+    parts = fingerprint_parts(config, data, text_fields, image_fields, text_embedder,
+                              image_embedder)
     fingerprint = _fingerprint(parts)
-
     if config.get("overwrite", False):
-        for stale in (output, shards_dir, output.parent / SKIPPED_REPORT):
+        for stale in (output, shards_dir, skipped_path):
             if stale.exists():
                 logging.info("extract: overwrite=True, removing %s", stale)
                 _clear(stale)
-
     info = _read_output_info(output)
     if info is not None:
         if info.get("fingerprint") != fingerprint:
-            raise _stale_error("An embedding dataset", output, info.get("fingerprint_parts"), parts)
+            raise _stale_error("An embedding dataset", output, info.get("fingerprint_parts"),
+                               parts)
         logging.info("extract: %s is up to date (fingerprint %s): cached, skipping.", output,
                      fingerprint[:12])
-        if shards_dir.exists() and not config.get("keep_shards", False):
+        if shards_dir.exists() and not keep_shards:
             shutil.rmtree(shards_dir)
         return output
+    _check_shards(shards_dir, fingerprint, parts)
 
-    manifest_path = shards_dir / MANIFEST
-    if shards_dir.exists():
-        manifest = None
-        if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
-        if manifest is None or manifest.get("fingerprint") != fingerprint:
-            raise _stale_error("Unfinished shards", shards_dir,
-                               (manifest or {}).get("fingerprint_parts"), parts)
-        # Temporaries of a run killed mid-write: never complete, safe to drop.
-        for tmp in shards_dir.glob(".*.tmp"):
-            _clear(tmp)
-
+    progress = bool(config.get("progress", True))
     bad = find_bad_images(data, image_fields, progress=progress)
-    if bad and not skip_bad:
+    if bad and not config.get("skip_bad_images", False):
         listing = "\n".join(f"  {item_id}: {why}" for item_id, why in sorted(bad.items()))
         raise ValueError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
                          f"{listing}\nFix or remove them, or pass "
                          "--config.skip_bad_images=True to leave those items out.")
-    keep = np.flatnonzero(~np.isin(data.ids, list(bad))) if bad else np.arange(len(data))
+    keep = np.flatnonzero(~np.isin(data.ids, list(bad)))
     if len(keep) == 0:
         raise ValueError("Every item has a bad image; nothing to embed.")
     if bad:
-        logging.warning("extract: skipping %d item(s) with bad images (see %s).", len(bad),
-                        output.parent / SKIPPED_REPORT)
+        logging.warning("extract: leaving out %d item(s) with bad images (listed in %s).",
+                        len(bad), skipped_path)
 
     segments = ([Segment(f, int(text_embedder.dim)) for f in text_fields]
                 + [Segment(f, int(image_embedder.dim)) for f in image_fields])
     dim = sum(s.size for s in segments)
-    starts = list(range(0, len(keep), shard_size))
-    shard_paths = [shards_dir / f"shard_{i:05d}.npy" for i in range(len(starts))]
-    if not manifest_path.is_file():
-        write_json_atomic(manifest_path, {"fingerprint": fingerprint, "fingerprint_parts": parts,
-                                          "items": int(len(keep)), "shards": len(starts),
-                                          "dim": dim})
+    if not (shards_dir / MANIFEST).is_file():
+        write_json_atomic(shards_dir / MANIFEST, {
+            "fingerprint": fingerprint, "fingerprint_parts": parts, "items": int(len(keep)),
+            "shard_size": shard_size, "dim": dim})
+    shard_paths = _embed_shards(data, keep, shards_dir, shard_size, text_fields, image_fields,
+                                text_embedder, image_embedder, dim, progress)
 
-    done = sum(p.is_file() for p in shard_paths)
-    if done:
-        logging.info("extract: resuming, %d of %d shards already done.", done, len(starts))
-    with tqdm(total=len(keep), initial=sum(min(shard_size, len(keep) - starts[i])
-                                           for i, p in enumerate(shard_paths) if p.is_file()),
-              desc="extract", unit="item", disable=not progress) as bar:
-        for start, shard_path in zip(starts, shard_paths):
-            if shard_path.is_file():
-                continue
-            rows = keep[start:start + shard_size]
-            shard = _embed_shard(data, rows, text_fields, image_fields, text_embedder,
-                                 image_embedder, dim)
-            with atomic_path(shard_path) as tmp:
-                np.save(tmp, shard)
-            bar.update(len(rows))
-
+    # Assembly: the report first, then the dataset (atomically): a run killed in between
+    # redoes only the assembly.
     embeddings = np.concatenate([np.load(p) for p in shard_paths], axis=0)
     if embeddings.shape != (len(keep), dim):
         raise ValueError(f"Shards in {shards_dir} hold {embeddings.shape}, expected "
                          f"{(len(keep), dim)}; pass --config.overwrite=True to redo them.")
-    kept = data.subset(keep) if bad else data
-    skipped_path = output.parent / SKIPPED_REPORT
     if bad:
         write_json_atomic(skipped_path, {"count": len(bad), "items": dict(sorted(bad.items()))})
     elif skipped_path.exists():
         skipped_path.unlink()
-    info = {
-        "fingerprint": fingerprint,
-        "fingerprint_parts": parts,
-        "source": _jsonable(data.info),
-        "dropped": data.dropped,
-        "notes": data.notes,
-        "skipped_images": len(bad),
-        "text_model": parts["text_model"],
-        "image_model": parts["image_model"],
-    }
-    # An unused class would be an empty row of every per-class metric: keep only present ones.
-    present = [c for c in kept.class_names if c in set(kept.labels.tolist())]
-    lookup = {c: i for i, c in enumerate(present)}
-    labels = np.array([lookup[label] for label in kept.labels], np.int64)
-    save_embeddings(output, embeddings, labels, present, ids=kept.ids, segments=segments,
-                    info=info)
+    kept = data.subset(keep)
+    # A class left without items would be an empty row of every per-class metric.
+    present = set(kept.labels.tolist())
+    class_names = [c for c in kept.class_names if c in present]
+    lookup = {c: i for i, c in enumerate(class_names)}
+    info = {"fingerprint": fingerprint, "fingerprint_parts": parts,
+            "source": _jsonable(data.info), "dropped": data.dropped, "notes": data.notes,
+            "skipped_images": len(bad), "text_model": parts["text_model"],
+            "image_model": parts["image_model"]}
+    save_embeddings(output, embeddings, np.array([lookup[y] for y in kept.labels], np.int64),
+                    class_names, ids=kept.ids, segments=segments, info=info)
     logging.info("extract: wrote %s: %d items x %d (%s).", output, len(keep), dim,
                  " | ".join(f"{s.name} {s.size}" for s in segments))
-    if not config.get("keep_shards", False):
+    if not keep_shards:
         shutil.rmtree(shards_dir)
     return output
