@@ -304,3 +304,14 @@ def test_fashion_products_smoke_with_real_minilm_and_lite0(tmp_path):
     assert [(s.name, s.size) for s in ds.segments] == [
         ("title", 768), ("description", 768), ("image", 1280)]
     assert np.isfinite(ds.embeddings).all() and ds.info["skipped_images"] == 2
+
+
+@pytest.mark.parametrize("module", [wordnet_minilm, table, fashion_products, fashion_mnist_lite0])
+def test_configs_have_smoke_variants_and_document_their_command(module):
+    name = module.__name__.rsplit(".", 1)[-1]
+    assert module.__doc__.startswith(f"embaug extract --config=configs/extract/{name}.py")
+    full, smoke = module.get_config(), module.get_config("smoke")
+    assert full.keys() == smoke.keys() and full.source.keys() == smoke.source.keys()
+    assert smoke.shard_size < full.shard_size
+    with pytest.raises(ValueError, match="Unknown config variant 'smok'"):
+        module.get_config("smok")

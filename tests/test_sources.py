@@ -281,6 +281,8 @@ def test_tfds_data_source_text_and_images():
         np.testing.assert_array_equal(batch[..., 0], batch[..., 2])
         with pytest.raises(ValueError, match=r"no feature\(s\) \['title'\]"):
             sources.load_source(cfg(kind="tfds", name="imdb_reviews", text_features="title"))
+    with pytest.raises(ValueError, match="cannot be opened: Dataset no_such_set not found"):
+        sources.load_source(cfg(kind="tfds", name="no_such_set", text_features="text"))
 
 
 # ---------------------------------------------------------------------------------- Fashion-MNIST

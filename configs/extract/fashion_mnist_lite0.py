@@ -1,7 +1,7 @@
-"""Fashion-MNIST images embedded with the shipped ImageNet EfficientNet-Lite0 (1,280-d).
+"""embaug extract --config=configs/extract/fashion_mnist_lite0.py --workdir=workdirs/fmnist
+embaug extract --config=configs/extract/fashion_mnist_lite0.py:smoke --workdir=/tmp/fm_smoke
 
-    embaug extract --config=configs/extract/fashion_mnist_lite0.py --workdir=workdirs/fmnist
-    embaug extract --config=configs/extract/fashion_mnist_lite0.py:smoke --workdir=/tmp/fm_smoke
+Fashion-MNIST images embedded with the shipped ImageNet EfficientNet-Lite0 (1,280-d).
 
 Images only: each 28x28 grey image becomes RGB, is resized to Lite0's 224x224 and embedded as
 the global average pool of the last conv layer. The weights are the

@@ -1,10 +1,10 @@
-"""The paper's set-up (section 3.2): Fashion Product Images, BERT-base on title and description
-plus EfficientNet-B4 on the image = 1,536 + 1,536 + 1,792 = 4,864-d.
+r"""embaug extract --config=configs/extract/fashion_products.py --workdir=workdirs/fashion \
+  --config.source.root=/data/fashion-dataset \
+  --config.text_model.path=/models/bert-base-uncased \
+  --config.image_model.path=/models/efficientnetb4_notop.h5
 
-    embaug extract --config=configs/extract/fashion_products.py --workdir=workdirs/fashion \
-      --config.source.root=/data/fashion-dataset \
-      --config.text_model.path=/models/bert-base-uncased \
-      --config.image_model.path=/models/efficientnetb4_notop.h5
+The paper's set-up (section 3.2): Fashion Product Images, BERT-base on title and description
+plus EfficientNet-B4 on the image = 1,536 + 1,536 + 1,792 = 4,864-d.
 
 `source.root` is the Kaggle "Fashion Product Images" folder (styles.csv, styles/<id>.json,
 images/<id>.jpg). `text_model.path` is a Hugging Face BERT-base folder; `image_model.path` is

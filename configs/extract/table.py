@@ -1,9 +1,9 @@
-"""Bring your own data: a CSV / TSV / JSONL / Parquet table of texts (and image paths).
+r"""embaug extract --config=configs/extract/table.py --workdir=workdirs/mydata \
+  --config.source.path=data.csv --config.source.text_columns=title,description \
+  --config.source.label_column=category --config.source.id_column=sku \
+  --config.text_model.path=/models/bert-base-uncased
 
-    embaug extract --config=configs/extract/table.py --workdir=workdirs/mydata \
-      --config.source.path=data.csv --config.source.text_columns=title,description \
-      --config.source.label_column=category --config.source.id_column=sku \
-      --config.text_model.path=/models/bert-base-uncased
+Bring your own data: a CSV / TSV / JSONL / Parquet table of texts (and image paths).
 
 Each text column is one field (embedded separately, concatenated in the given order), each
 image column another (paths relative to the table's folder, or absolute; needs

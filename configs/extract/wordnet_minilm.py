@@ -1,7 +1,7 @@
-"""The demo's embeddings: WordNet noun synsets embedded with MiniLM, lemmas | gloss.
+"""embaug extract --config=configs/extract/wordnet_minilm.py --workdir=workdirs/wordnet
+embaug extract --config=configs/extract/wordnet_minilm.py:smoke --workdir=/tmp/wn_smoke
 
-    embaug extract --config=configs/extract/wordnet_minilm.py --workdir=workdirs/wordnet
-    embaug extract --config=configs/extract/wordnet_minilm.py:smoke --workdir=/tmp/wn_smoke
+The demo's embeddings: WordNet noun synsets embedded with MiniLM, lemmas | gloss.
 
 5,000 synsets of the 24 noun lexicographer classes with >= 100 synsets (noun.Tops and
 noun.motive are smaller), about 208 per class. Each synset gives two text fields, its lemma

@@ -600,7 +600,15 @@ def load_tfds(src: Any) -> SourceData:
         raise ValueError("config.source.name is required for a tfds source (e.g. 'imdb_reviews').")
     split = str(_get(src, "split", "train") or "train")
     data_dir = str(_get(src, "data_dir", "") or "") or None
-    records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    try:
+        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except (NotImplementedError, AssertionError, FileNotFoundError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"TFDS {name!r} (split {split!r}, data_dir {data_dir or 'default'}) cannot be opened: "
+            f"{first_line} tfds.data_source reads sets prepared in ArrayRecord format: run "
+            f"`tfds build {name} --file_format=array_record` once, or point "
+            "config.source.data_dir at a prepared copy.") from e
     features = records.dataset_info.features
     text_features = split_names(_get(src, "text_features"))
     image_feature = str(_get(src, "image_feature", "") or "")
