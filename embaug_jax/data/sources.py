@@ -556,8 +556,11 @@ def load_fashion_products(src: Any) -> SourceData:
     ids = frame["id"].str.strip().tolist()
     titles = frame["productDisplayName"].str.strip().tolist()
     _count(notes, "empty text 'title' (kept as '')", sum(1 for t in titles if not t))
+    from tqdm.auto import tqdm
+
     descriptions = []
-    for item_id in ids:
+    for item_id in tqdm(ids, desc="read descriptions", unit="item", leave=False,
+                        disable=len(ids) < 1000):
         description = _fashion_description(root / "styles" / f"{item_id}.json")
         if description is None:
             _count(notes, "no description JSON / value (kept as '')")
@@ -635,7 +638,9 @@ def load_tfds(src: Any) -> SourceData:
     n = len(records)
     scalar_keys = [*text_features, label_feature, *([id_feature] if id_feature else [])]
     columns: dict[str, list[Any]] = {k: [] for k in scalar_keys}
-    for i in range(n):
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(n), desc=f"read {name}", unit="record", leave=False, disable=n < 1000):
         record = records[i]
         for k in scalar_keys:
             columns[k].append(record[k])
