@@ -197,6 +197,15 @@ def test_table_undecodable_bytes_name_the_line(tmp_path):
                                 label_column="l"))
 
 
+def test_numeric_labels_sort_naturally(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"t": f"x{i}", "l": v}) + "\n"
+                            for i, v in enumerate([10, 2, 1, 2])))
+    data = sources.load_source(cfg(kind="table", path=str(path), text_columns="t", label_column="l"))
+    assert data.class_names == ["1", "2", "10"]
+    assert sources.sort_class_names(["b", "B", "a"]) == ["a", "B", "b"]
+
+
 def test_table_image_columns_resolve_relative_paths(tmp_path):
     (tmp_path / "imgs").mkdir()
     rows = [{"t": "x", "l": "A", "img": "imgs/1.png"}, {"t": "y", "l": "B", "img": "/abs/2.png"},

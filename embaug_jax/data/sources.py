@@ -172,6 +172,14 @@ def _get(cfg: Any, name: str, default: Any = None) -> Any:
     return getattr(cfg, name, default) if name in cfg else default
 
 
+def sort_class_names(labels: Sequence[str]) -> list[str]:
+    """The distinct labels in natural order: "2" before "10", then case-insensitive text."""
+    def key(name: str):
+        return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name.casefold())
+
+    return sorted(set(labels), key=lambda name: (key(name), name))
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"config.source.{name}={value!r} is not one of {list(choices)}.")
@@ -404,7 +412,7 @@ def load_table(src: Any) -> SourceData:
                          f"rows {empty_ids[:10]}, 0-based); every item needs an id.")
     kept_labels = [labels[i] for i in rows]
     data = SourceData(
-        ids=[ids[i] for i in rows], labels=kept_labels, class_names=sorted(set(kept_labels)),
+        ids=[ids[i] for i in rows], labels=kept_labels, class_names=sort_class_names(kept_labels),
         texts={k: [v[i] for i in rows] for k, v in texts.items()},
         images={k: v.subset(rows) for k, v in images.items()},
         info={"kind": "table", "path": str(path.resolve()), "format": fmt, "rows": n})
@@ -571,7 +579,7 @@ def load_fashion_products(src: Any) -> SourceData:
     if _get(src, "images", True):
         images["image"] = ImageField(paths=tuple(str(root / "images" / f"{i}.jpg") for i in ids))
     labels = frame[label_column].str.strip().tolist()
-    data = SourceData(ids=ids, labels=labels, class_names=sorted(set(labels)),
+    data = SourceData(ids=ids, labels=labels, class_names=sort_class_names(labels),
                       texts={"title": titles, "description": descriptions}, images=images,
                       dropped=dropped, notes=notes,
                       info={"kind": "fashion_products", "root": str(root.resolve()),
