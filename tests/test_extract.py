@@ -243,7 +243,7 @@ def test_fashion_mnist_arrays_reach_the_image_embedder(tmp_path):
 
 
 @pytest.mark.skipif(not (WORDNET / "data.noun").exists(), reason="needs wordnet-base")
-def test_wordnet_smoke_with_real_minilm_through_the_cli(tmp_path, monkeypatch):
+def test_wordnet_smoke_with_real_minilm_through_the_cli(tmp_path, monkeypatch, fast_compile):
     from embaug_jax.models.bert import TextEmbedder
 
     argv = ["embaug", "extract", "--config=configs/extract/wordnet_minilm.py:smoke",
@@ -276,7 +276,7 @@ def test_wordnet_smoke_with_real_minilm_through_the_cli(tmp_path, monkeypatch):
     assert cli.main(argv) == 0
 
 
-def test_one_and_four_devices_give_the_same_output(tmp_path):
+def test_one_and_four_devices_give_the_same_output(tmp_path, fast_compile):
     assert jax.local_device_count() == 4  # conftest forces 4 host devices
     path = make_table(tmp_path, n=10)
     outputs = []
@@ -291,7 +291,7 @@ def test_one_and_four_devices_give_the_same_output(tmp_path):
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-6)
 
 
-def test_fashion_products_smoke_with_real_minilm_and_lite0(tmp_path):
+def test_fashion_products_smoke_with_real_minilm_and_lite0(tmp_path, fast_compile):
     ids = write_fashion_products(tmp_path / "data", n=5, corrupt={"1001"}, missing={"1003"})
     config = fashion_products.get_config("smoke")
     config.source.root = str(tmp_path / "data")
