@@ -106,6 +106,10 @@ def test_output_layout_segments_and_values(tmp_path):
     np.testing.assert_array_equal(ds.embeddings, expected)
     assert len(ds.info["fingerprint"]) == 64 and ds.info["source"]["kind"] == "table"
     assert not (tmp_path / "w" / "shards").exists()  # removed after assembly by default
+    npz = extract.run_extraction(table_config(path, fields="description,title",
+                                              output=str(tmp_path / "one.npz")),
+                                 tmp_path / "w3", text_embedder=FakeTextEmbedder())
+    np.testing.assert_array_equal(load_embeddings(npz).embeddings, expected)
     with pytest.raises(ValueError, match=r"config.fields names \['colour'\]"):
         extract.run_extraction(table_config(path, fields="colour"), tmp_path / "w2",
                                text_embedder=FakeTextEmbedder())
@@ -158,6 +162,12 @@ def test_cache_skip_stale_outputs_and_overwrite(tmp_path):
     out = extract.run_extraction(table_config(path), work, text_embedder=again)
     assert again.calls == 0 and out == work / "embeddings"
     assert not (work / "shards").exists()  # keep_shards=False tidies up on a cached run too
+    # Moving the data does not invalidate its embeddings: the content is what counts.
+    moved = tmp_path / "moved" / "items.csv"
+    moved.parent.mkdir()
+    moved.write_bytes(path.read_bytes())
+    extract.run_extraction(table_config(moved), work, text_embedder=again)
+    assert again.calls == 0
 
     with pytest.raises(ValueError, match=r"differs in: text_model\).*overwrite=True"):
         extract.run_extraction(table_config(path), work, text_embedder=FakeTextEmbedder(tag="v2"))
