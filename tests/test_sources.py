@@ -1,4 +1,4 @@
-"""Tests for embaug_jax.data.sources on real data (WordNet, Fashion-MNIST, TFDS mocks) and fixtures."""
+"""Tests for embaug_jax.data.sources: real WordNet and Fashion-MNIST, TFDS mocks, fixtures."""
 
 import collections
 import gzip
@@ -15,8 +15,9 @@ from embaug_jax.data import sources
 
 WORDNET = Path("/usr/share/wordnet")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_wordnet = pytest.mark.skipif(not (WORDNET / "data.noun").exists(),
-                                   reason="needs Debian's wordnet-base (sudo apt-get install wordnet-base)")
+needs_wordnet = pytest.mark.skipif(
+    not (WORDNET / "data.noun").exists(),
+    reason="needs Debian's wordnet-base (sudo apt-get install wordnet-base)")
 needs_fashion_mnist = pytest.mark.skipif(
     not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
     reason="needs Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist)")
@@ -201,7 +202,8 @@ def test_numeric_labels_sort_naturally(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps({"t": f"x{i}", "l": v}) + "\n"
                             for i, v in enumerate([10, 2, 1, 2])))
-    data = sources.load_source(cfg(kind="table", path=str(path), text_columns="t", label_column="l"))
+    data = sources.load_source(cfg(kind="table", path=str(path), text_columns="t",
+                                   label_column="l"))
     assert data.class_names == ["1", "2", "10"]
     assert sources.sort_class_names(["b", "B", "a"]) == ["a", "B", "b"]
 
@@ -217,7 +219,7 @@ def test_table_image_columns_resolve_relative_paths(tmp_path):
     assert data.fields == ["t", "img"]
 
 
-# ---------------------------------------------------------------------------------- Fashion Products
+# ----------------------------------------------------------------------------- Fashion Products
 
 
 def write_fashion_products(root: Path, *, n: int = 6, corrupt=(), missing=()) -> list[str]:

@@ -21,7 +21,6 @@ goes to the others), drawn with `seed`. Kept items stay in source order.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import gzip
 import html
@@ -109,7 +108,8 @@ class SourceData:
         self.ids = np.asarray(self.ids, dtype=str)
         self.labels = np.asarray(self.labels, dtype=str)
         n = len(self.ids)
-        lengths = {"labels": len(self.labels), **{f"text {k!r}": len(v) for k, v in self.texts.items()},
+        lengths = {"labels": len(self.labels),
+                   **{f"text {k!r}": len(v) for k, v in self.texts.items()},
                    **{f"image {k!r}": len(v) for k, v in self.images.items()}}
         bad = {k: v for k, v in lengths.items() if v != n}
         if bad:
