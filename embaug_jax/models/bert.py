@@ -15,8 +15,8 @@ Choices worth knowing:
 - Layer index 0 is the embedding output, index i the i-th transformer layer, negatives count from
   the last, as in Hugging Face's `output_hidden_states`.
 - Texts longer than `max_length` tokens (default 512, clipped to the checkpoint's
-  `max_position_embeddings`) are truncated. Token lengths are bucketed (16, 32, 64, ... up to
-  `max_length`) and every batch is padded to `batch_size` rows, so at most one compiled program
+  `max_position_embeddings`) are truncated. Token lengths are bucketed (16, 24, 32, 48, 64, ...
+  up to `max_length`) and every batch is padded to `batch_size` rows, so at most one compiled program
   per bucket serves any stream of texts.
 - Weights: `model.safetensors` (or its sharded index) is read with numpy; `pytorch_model.bin` is
   read with `torch.load(weights_only=True)` only if no safetensors file exists. A "bert." prefix
@@ -430,12 +430,17 @@ def load_tokenizer(path: str | os.PathLike, *, max_length: int):
 
 
 def length_buckets(max_length: int) -> tuple[int, ...]:
-    """Padded lengths used for batches: powers of two from 16, capped by (and ending at) max_length."""
+    """Padded batch lengths: 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x between), capped
+    by and ending at max_length.
+
+    The 1.5x steps cut padding on short texts (WordNet glosses: 1.40 padded tokens per real token
+    instead of 1.63 with powers of two alone) for at most twice as many compiled shapes.
+    """
     buckets = []
     n = _MIN_BUCKET
     while n < max_length:
         buckets.append(n)
-        n *= 2
+        n = n * 3 // 2 if n & (n - 1) == 0 else n * 4 // 3
     buckets.append(max_length)
     return tuple(buckets)
 
