@@ -231,7 +231,8 @@ def _nan_or(x, default=-math.inf):
     return default if x is None or not np.isfinite(x) else x
 
 
-def _build_results(outputs, per_member, variants, threshold, thresholds) -> dict[str, Any]:
+def _build_results(outputs, per_member, variants, threshold, thresholds,
+                   fpr_grid) -> dict[str, Any]:
     variant_results = {}
     for name, v in variants.items():
         idx = v["members"]
@@ -245,7 +246,12 @@ def _build_results(outputs, per_member, variants, threshold, thresholds) -> dict
                  for k in ("overall", "none")}
         entry["threshold_sweep"] = dict(
             thresholds=[float(x) for x in thresholds],
-            **{f"{k}_mean": _json_list(_nanreduce(np.nanmean, a)) for k, a in sweep.items()})
+            **{f"{k}_mean": _json_list(_nanreduce(np.nanmean, a)) for k, a in sweep.items()},
+            **{f"{k}_min": _json_list(_nanreduce(np.nanmin, a)) for k, a in sweep.items()},
+            **{f"{k}_max": _json_list(_nanreduce(np.nanmax, a)) for k, a in sweep.items()})
+        # Figure 4's curve: the support-weighted mean ROC, averaged over the variant's members.
+        entry["roc"] = dict(fpr=_json_list(fpr_grid), tpr_mean=_json_list(_nanreduce(
+            np.nanmean, np.stack([per_member[i]["roc_tpr"] for i in idx]))))
         variant_results[name] = entry
     methods = {}
     for name, entry in variant_results.items():
@@ -578,7 +584,7 @@ def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
     per_member = evaluate_members(outputs, threshold=threshold, thresholds=thresholds,
                                   fpr_grid=fpr_grid, num_bins=num_bins)
     variants = group_variants(outputs.members)
-    results = _build_results(outputs, per_member, variants, threshold, thresholds)
+    results = _build_results(outputs, per_member, variants, threshold, thresholds, fpr_grid)
 
     figures = []
     _fig3_threshold_sweep(workdir / FIGURES[0], results, variants, per_member)

@@ -177,3 +177,22 @@ def test_bad_sweep_outputs_raise_clear_errors():
         build(class_names=good.class_names[:-1])
     with pytest.raises(ValueError, match="threshold must lie in"):
         report.write_report("/nonexistent/never-written", good, threshold=1.5)
+
+
+def test_results_carry_the_curves_the_studies_redraw(full_report):
+    _, _, results = full_report
+    control = results["methods"]["control"]
+    roc = control["roc"]
+    assert roc["fpr"][0] == 0.0 and roc["fpr"][-1] == 1.0
+    assert roc["tpr_mean"][1] == 1.0  # perfect: full recall at the first positive FPR
+    mixup = results["methods"]["e_mixup"]
+    tpr = np.asarray(mixup["roc"]["tpr_mean"])
+    assert np.all(np.diff(tpr) >= -1e-12) and tpr[-1] == 1.0
+    # The trapezoid area of the stored mean curve is the variant's mean weighted AUC, to the
+    # resolution of the FPR grid.
+    area = np.trapezoid(tpr, mixup["roc"]["fpr"])
+    np.testing.assert_allclose(area, mixup["weighted_auc"]["mean"], atol=5e-3)
+    sweep = mixup["threshold_sweep"]
+    for kind in ("overall", "none"):
+        lo, mean, hi = (np.asarray(sweep[f"{kind}_{s}"], float) for s in ("min", "mean", "max"))
+        assert np.all(lo <= mean + 1e-12) and np.all(mean <= hi + 1e-12)
