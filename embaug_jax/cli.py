@@ -64,6 +64,11 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     from absl import flags, logging
     from ml_collections import config_flags
 
+    # Config files import their siblings (`from configs import default`): in a checkout, make
+    # the repository root importable wherever the command is run from.
+    if (REPO_ROOT / "configs" / "__init__.py").exists() and str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+
     fv = flags.FlagValues()
     default = None
     if cmd.default_config and (REPO_ROOT / cmd.default_config).exists():
@@ -75,8 +80,7 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     try:
         fv(list(argv))
     except flags.Error as e:
-        print(f"embaug {name}: {e}\n\n{fv.main_module_help() if False else ''}"
-              f"Run `embaug {name} --help` for the flags.", file=sys.stderr)
+        print(f"embaug {name}: {e}\nRun `embaug {name} --help` for the flags.", file=sys.stderr)
         return 2
     if fv["config"].value is None:
         print(f"embaug {name}: --config is required (e.g. --config=configs/table1.py:smoke)",

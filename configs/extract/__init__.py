@@ -1,0 +1,1 @@
+"""Extraction configs for `embaug extract`."""
