@@ -8,48 +8,11 @@ become the "none" category, as in the paper.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    name: str
-    size: int
-
-
-@dataclasses.dataclass(frozen=True)
-class SyntheticEmbeddings:
-    """The attributes of `embaug_jax.data.EmbeddingDataset`, held in memory."""
-
-    embeddings: np.ndarray  # float [N, D]
-    labels: np.ndarray  # int32 [N]
-    class_names: list[str]
-    segments: list[Segment] | None = None
-    ids: np.ndarray | None = None
-    info: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def dim(self) -> int:
-        return self.embeddings.shape[1]
-
-    def __len__(self) -> int:
-        return self.embeddings.shape[0]
-
-    def save(self, path) -> None:
-        """Writes the set in the embedding dataset format (`embaug_jax.data.save_embeddings`)."""
-        from embaug_jax.data.dataset import save_embeddings
-
-        segments = None if self.segments is None else [
-            {"name": s.name, "size": s.size} for s in self.segments]
-        save_embeddings(path, self.embeddings, self.labels, self.class_names, ids=self.ids,
-                        segments=segments, info=self.info)
+from embaug_jax.data.dataset import EmbeddingDataset, Segment
 
 
 def _seed_of(key_or_seed) -> int:
@@ -64,7 +27,7 @@ def _seed_of(key_or_seed) -> int:
 def make_synthetic(key_or_seed, n: int, dim: int, num_classes: int, *, class_sep: float = 1.0,
                    noise: float = 1.0, imbalance: float = 0.0,
                    segments: Sequence[int] | None = None, chunk: int = 4096,
-                   dtype=np.float32) -> SyntheticEmbeddings:
+                   dtype=np.float32) -> EmbeddingDataset:
     """Draws `n` points around `num_classes` Gaussian centres in `dim` dimensions.
 
     Args:
@@ -78,7 +41,7 @@ def make_synthetic(key_or_seed, n: int, dim: int, num_classes: int, *, class_sep
       chunk: rows drawn at a time, to bound peak memory at paper scale.
 
     Returns:
-      SyntheticEmbeddings with class names "class_000", ...
+      An in-memory EmbeddingDataset (`save_embeddings` writes it) with class names "class_000", ...
     """
     if n < 1 or dim < 1 or num_classes < 1:
         raise ValueError(f"need n, dim, num_classes >= 1; got {n}, {dim}, {num_classes}.")
@@ -98,4 +61,5 @@ def make_synthetic(key_or_seed, n: int, dim: int, num_classes: int, *, class_sep
     segs = None if segments is None else [Segment(f"part{i}", int(s)) for i, s in enumerate(segments)]
     info = dict(source="synthetic", seed=_seed_of(key_or_seed), class_sep=class_sep, noise=noise,
                 imbalance=imbalance)
-    return SyntheticEmbeddings(x, labels, names, segs, np.arange(n), info)
+    return EmbeddingDataset(x, labels, names, ids=None, segments=segs, info=info).validate(
+        where="synthetic dataset")
