@@ -32,16 +32,16 @@ def make_synthetic(key_or_seed, n: int, dim: int, num_classes: int, *, class_sep
 
     Args:
       key_or_seed: an int seed or a JAX PRNG key (the draw itself is NumPy: fast and exact).
-      class_sep: centres are N(0, class_sep^2 / dim * I) * sqrt(dim), i.e. the expected distance
-        between two centres is about class_sep * sqrt(2 dim); with noise 1 per coordinate the
-        clusters separate well once class_sep is around 1 or more.
+      class_sep: centres are N(0, class_sep^2 I), so two centres lie about class_sep * sqrt(2 dim)
+        apart against a within-class spread of noise * sqrt(2 dim): the ratio class_sep / noise
+        sets how hard the task is, whatever the dimension.
       noise: per-coordinate standard deviation around the centre.
       imbalance: class frequencies are proportional to 1 / (rank + 1) ** imbalance (0: uniform).
       segments: sizes of named parts (e.g. (1536, 1536, 1792)); must sum to dim.
       chunk: rows drawn at a time, to bound peak memory at paper scale.
 
     Returns:
-      An in-memory EmbeddingDataset (`save_embeddings` writes it) with class names "class_000", ...
+      An in-memory EmbeddingDataset (`save_embeddings` writes it), classes "class_000", ...
     """
     if n < 1 or dim < 1 or num_classes < 1:
         raise ValueError(f"need n, dim, num_classes >= 1; got {n}, {dim}, {num_classes}.")
