@@ -77,6 +77,11 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
         "config", default, "Path to a config file, optionally `:variant` (e.g. `:smoke`).",
         flag_values=fv, lock_config=True)
     flags.DEFINE_string("workdir", None, "Output directory (created if missing).", flag_values=fv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(f"usage: embaug {name} --config=PATH[:variant] --workdir=DIR "
+              f"[--config.a.b=value ...]\n\n{COMMANDS[name].help}\n\nflags:\n"
+              f"{fv.get_help(include_special_flags=False)}")
+        return 0
     try:
         fv(list(argv))
     except flags.Error as e:
