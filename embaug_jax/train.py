@@ -49,6 +49,8 @@ DATA_SOURCES = ("file", "synthetic")
 # Config keys whose change makes an existing checkpoint meaningless for this run.
 _FINGERPRINT_KEYS = ("data", "model", "optim", "augment", "sweep", "num_epochs", "batch_size",
                      "eval_every", "seed")
+# The config keys `make_program` reads (the sweep itself enters only as traced arrays).
+_PROGRAM_KEYS = ("model", "optim", "augment", "batch_size", "eval_every", "threshold")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,8 +359,9 @@ def _pad(tree, multiple: int):
 def _compiled_sweep(config_json: str, num_classes: int, n_train: int, segments, mesh: Mesh):
     """The jitted, vmapped, member-sharded init / run / predict of a config.
 
-    Cached on the config's JSON, so a second sweep of the same config in one process (a resume,
-    a test) reuses the compiled executables instead of tracing fresh closures.
+    Cached on the JSON of the config keys the program reads, so another sweep with the same
+    shapes in one process (a resume, a different method list, a test) reuses the compiled
+    executables instead of tracing fresh closures.
     """
     config = ml_collections.ConfigDict(json.loads(config_json))
     program = make_program(config, num_classes, n_train, segments=segments)
@@ -404,8 +407,10 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
     num_members = jax.tree.leaves(hp)[0].shape[0]
     hp = jax.device_put(_pad(hp, len(devices)), by_member)
     data = jax.device_put(data, replicated)
+    program_config = {k: config[k] for k in _PROGRAM_KEYS}
     init, run, predict = _compiled_sweep(
-        config.to_json_best_effort(sort_keys=True), data.seen_mask.shape[1],
+        ml_collections.ConfigDict(program_config).to_json_best_effort(sort_keys=True),
+        data.seen_mask.shape[1],
         data.train_idx.shape[1], None if segments is None else tuple(segments), mesh)
 
     num_epochs, eval_every = int(config.num_epochs), int(config.eval_every)
@@ -431,7 +436,7 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
                 if isinstance(x, jax.Array) else x, target)
             restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
             state = restored["state"]
-            history = {k: np.asarray(v) for k, v in restored["history"].items()}
+            history = {k: np.asarray(restored["history"][k]) for k in metric_names}
             logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
     done = int(np.asarray(state.epoch)[0])
 
