@@ -373,6 +373,26 @@ def _compiled_sweep(config_json: str, num_classes: int, n_train: int, segments, 
     return init, run, predict
 
 
+def _restore(manager, step, state, history, num_members, sharding):
+    """Restores an unpadded checkpoint and pads it again for this run's devices."""
+    import orbax.checkpoint as ocp
+
+    host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: x[:num_members], {"state": state, "history": history})
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host),
+                            target)
+    try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"the checkpoint at {manager.directory} (epoch {step}) does not fit this "
+                         f"run ({e}); use a new workdir or delete the checkpoints.") from e
+    padded = jax.tree.leaves(state)[0].shape[0]
+    state = jax.device_put(_pad(restored["state"], padded), sharding)
+    history = {k: np.array(_pad(jnp.asarray(restored["history"][k]), padded))
+               for k in history}
+    return state, history
+
+
 @dataclasses.dataclass
 class SweepResult:
     state: TrainState  # [M] leading axis (padding dropped)
@@ -427,16 +447,11 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
         manager = ocp.CheckpointManager(
             Path(checkpoint_dir).absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
+                                                 cleanup_tmp_directories=True,
                                                  enable_async_checkpointing=False))
         step = manager.latest_step()
         if step is not None:
-            target = {"state": state, "history": history}
-            abstract = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                if isinstance(x, jax.Array) else x, target)
-            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-            state = restored["state"]
-            history = {k: np.asarray(restored["history"][k]) for k in metric_names}
+            state, history = _restore(manager, step, state, history, num_members, by_member)
             logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
     done = int(np.asarray(state.epoch)[0])
 
@@ -453,8 +468,9 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
             done += periods * eval_every
             chunks += 1
             if manager is not None:
-                manager.save(done, args=ocp.args.StandardSave(
-                    {"state": state, "history": history}))
+                # Saved without the device padding, so a run resumes on any device count.
+                manager.save(done, args=ocp.args.StandardSave(jax.tree.map(
+                    lambda x: x[:num_members], {"state": state, "history": history})))
             if on_chunk is not None:
                 on_chunk({k: v[:num_members] for k, v in history.items()}, done)
             bar.update(periods * eval_every)

@@ -89,3 +89,7 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, monkeypatch, f
                                    whole["methods"]["e_mixup"][key]["mean"], atol=1e-6)
     assert ((tmp_path / "killed" / "metrics.jsonl").read_text()
             == (tmp_path / "whole" / "metrics.jsonl").read_text())
+    # A different sweep in the same workdir must not silently resume the old checkpoints.
+    c.sweep.methods = ("e_stitchup",)
+    with pytest.raises(ValueError, match="different run.*sweep"):
+        train.train_and_evaluate(c, tmp_path / "killed")

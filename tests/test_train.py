@@ -1,6 +1,5 @@
 """Tests for embaug_jax.train: the sweep engine, its invariances, checkpoints and errors."""
 
-import json
 
 import chex
 import jax
@@ -105,7 +104,9 @@ def test_resume_after_kill_equals_uninterrupted(sweep4, tmp_path, fast_compile):
     part = train.run_sweep(c, data, hp, checkpoint_dir=ckpt, max_chunks=1, progress=False)
     assert part.epochs_done == 8 and part.val_probs is None
     assert np.isnan(part.history["train_loss"][:, 1:]).all()
-    resumed = train.run_sweep(c, data, hp, checkpoint_dir=ckpt, progress=False)
+    # Killed on 4 devices, resumed on 1: checkpoints hold no device padding.
+    resumed = train.run_sweep(c, data, hp, checkpoint_dir=ckpt, devices=jax.devices()[:1],
+                              progress=False)
     assert resumed.epochs_done == 24
     for k in full.history:
         np.testing.assert_allclose(resumed.history[k], full.history[k], rtol=1e-6, atol=1e-7)
@@ -205,13 +206,3 @@ def test_bad_data(tmp_path):
     from embaug_jax.data import save_embeddings
     with pytest.raises(ValueError, match="7"):
         save_embeddings(tmp_path / "nan", bad, ds.labels, ds.class_names)
-
-
-def test_resume_refuses_a_different_config(tmp_path, fast_compile):
-    c = _config(**{"sweep.methods": ("control",), "data.trials": 1})
-    assert train.train_and_evaluate(c, tmp_path, max_chunks=1) is None
-    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
-    assert json.loads((tmp_path / "config.json").read_text())["num_epochs"] == 24
-    c.sweep.methods = ("e_mixup",)
-    with pytest.raises(ValueError, match="different run.*sweep"):
-        train.train_and_evaluate(c, tmp_path)
