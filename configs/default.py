@@ -45,9 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.train_fraction = 0.1  # sec. 3.4: 10% train, 90% validation
     c.data.trials = 5  # random splits; the paper reports mean +- max deviation over trials
     c.data.split_seed = 0
-    # Classes that land no training example are the "none" category (sec. 2.5); a count (or
-    # a comma-separated list of class names) forces more out of training.
+    # Classes that land no training example are the "none" category (sec. 2.5); a count of
+    # random classes per trial, or fixed comma-separated class names, forces more out of training.
     c.data.holdout_classes = 0
+    c.data.holdout_names = ""
     c.data.synthetic = ml_collections.ConfigDict(dict(
         seed=0, n=44_000, dim=4864, num_classes=171, class_sep=0.35, noise=1.0, imbalance=1.0,
         segments=(1536, 1536, 1792)))  # title BERT | description BERT | EfficientNet-B4

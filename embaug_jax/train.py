@@ -23,6 +23,7 @@ a resume sees the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -373,6 +374,17 @@ def _compiled_sweep(config_json: str, num_classes: int, n_train: int, segments, 
     return init, run, predict
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs each save and restore step at INFO; the progress bar already tells the story."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 def _restore(manager, step, state, history, num_members, sharding):
     """Restores an unpadded checkpoint and pads it again for this run's devices."""
     import orbax.checkpoint as ocp
@@ -444,14 +456,16 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
     state = init(key, hp, data)
     manager = None
     if checkpoint_dir is not None:
-        manager = ocp.CheckpointManager(
-            Path(checkpoint_dir).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
-                                                 cleanup_tmp_directories=True,
-                                                 enable_async_checkpointing=False))
+        with _quiet_orbax():
+            manager = ocp.CheckpointManager(
+                Path(checkpoint_dir).absolute(),
+                options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
+                                                     cleanup_tmp_directories=True,
+                                                     enable_async_checkpointing=False))
         step = manager.latest_step()
         if step is not None:
-            state, history = _restore(manager, step, state, history, num_members, by_member)
+            with _quiet_orbax():
+                state, history = _restore(manager, step, state, history, num_members, by_member)
             logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
     done = int(np.asarray(state.epoch)[0])
 
@@ -469,8 +483,9 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
             chunks += 1
             if manager is not None:
                 # Saved without the device padding, so a run resumes on any device count.
-                manager.save(done, args=ocp.args.StandardSave(jax.tree.map(
-                    lambda x: x[:num_members], {"state": state, "history": history})))
+                with _quiet_orbax():
+                    manager.save(done, args=ocp.args.StandardSave(jax.tree.map(
+                        lambda x: x[:num_members], {"state": state, "history": history})))
             if on_chunk is not None:
                 on_chunk({k: v[:num_members] for k, v in history.items()}, done)
             bar.update(periods * eval_every)
@@ -480,8 +495,9 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
     finally:
         bar.close()
         if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
+            with _quiet_orbax():
+                manager.wait_until_finished()
+                manager.close()
 
     probs = None
     if done >= num_epochs:
@@ -507,7 +523,9 @@ def _write_metrics_jsonl(path, members, history, eval_epochs, epochs_done):
             break
         for i, m in enumerate(members):
             row = dict(member=i, **m, epoch=int(epoch))
-            row.update({k: float(v[i, e]) for k, v in history.items()})
+            # NaN (e.g. no "none" example in a split) becomes null: metrics.jsonl stays strict JSON.
+            row.update({k: None if np.isnan(v[i, e]) else float(v[i, e])
+                        for k, v in history.items()})
             lines.append(json.dumps(row))
     write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
 
@@ -543,7 +561,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     d = config.data
     splits: Splits = make_splits(dataset.labels, dataset.num_classes, trials=int(d.trials),
                                  train_fraction=float(d.train_fraction), seed=int(d.split_seed),
-                                 holdout_classes=_holdout(d.holdout_classes),
+                                 holdout_classes=_holdout(d),
                                  class_names=dataset.class_names)
     segments = dataset.segment_sizes if config.augment.use_segments else None
     if config.augment.use_segments and segments is None:
@@ -581,9 +599,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     return results
 
 
-def _holdout(value):
-    if isinstance(value, str):  # "a,b" from the command line
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return int(value)
+def _holdout(data_config):
+    """config.data.holdout_names ("a,b": fixed classes) wins over the count holdout_classes."""
+    names = [v.strip() for v in str(data_config.get("holdout_names") or "").split(",")]
+    names = [v for v in names if v]
+    return names if names else int(data_config.holdout_classes)

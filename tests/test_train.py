@@ -206,3 +206,12 @@ def test_bad_data(tmp_path):
     from embaug_jax.data import save_embeddings
     with pytest.raises(ValueError, match="7"):
         save_embeddings(tmp_path / "nan", bad, ds.labels, ds.class_names)
+
+
+def test_holdout_names_win_over_count():
+    import ml_collections
+
+    d = ml_collections.ConfigDict(dict(holdout_classes=2, holdout_names=" class_001, class_004"))
+    assert train._holdout(d) == ["class_001", "class_004"]
+    d.holdout_names = ""
+    assert train._holdout(d) == 2
