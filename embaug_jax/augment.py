@@ -20,7 +20,8 @@ Pairing. A mixing method combines a first parent `a` with a second parent `b`:
 
 One lambda ~ Beta(alpha, alpha) is drawn per pair; lambda is the weight of parent `a` in the
 embedding (mixup: `lam * x_a + (1 - lam) * x_b`; stitchup: each element comes from `x_a` with
-probability lam) and in the label (`lam * y_a + (1 - lam) * y_b`).
+probability lam) and in the label (`lam * y_a + (1 - lam) * y_b`). `1 - lam` is computed without
+cancellation (see `sample_lambda`), so near-one-sided pairs treat both parents alike.
 
 Segments. `segments=(n1, n2, ...)` treats x as the concatenation of segments of those sizes (e.g.
 title | description | image) and draws an independent lambda per segment (stitchup: an independent
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -61,6 +63,7 @@ __all__ = [
     "MIX_STITCHUP",
     "MethodParams",
     "PAIRINGS",
+    "UnknownMethodError",
     "augment_batch",
     "control",
     "e_mixup",
@@ -101,6 +104,15 @@ _MASK_SCALE = float(1 << _MASK_BITS)
 
 def _is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
+
+
+def _holds(check: Callable[[jax.Array], jax.Array], value: Any) -> bool:
+    """Evaluates `check` on a concrete array right away, even while an outer jit traces (where
+    `value` is a closed-over constant); True for traced values, which cannot be checked."""
+    if _is_traced(value):
+        return True
+    with jax.ensure_compile_time_eval():
+        return bool(check(jnp.asarray(value)))
 
 
 def _check_name(kind: str, value: Any, allowed: Sequence[str]) -> None:
@@ -147,7 +159,7 @@ def _check_softness(softness: Any, negative_mass: Any) -> None:
 
 
 def _check_x(x: Any) -> jax.Array:
-    x = jnp.asarray(x)
+    raw, x = x, jnp.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"x must be a [batch, dim] array of embeddings, got shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -156,14 +168,14 @@ def _check_x(x: Any) -> jax.Array:
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"x must be non-empty, got shape {x.shape}")
-    if not _is_traced(x) and not bool(jnp.isfinite(x).all()):
+    if not _holds(lambda v: jnp.isfinite(v).all(), raw):
         raise ValueError("x contains NaN or Inf; clean or drop those embeddings first")
     return x
 
 
 def _labels_to_float(y: Any, batch: int, num_classes: int | None) -> jax.Array:
     """Returns [B, C] float labels from [B] integer ids or [B, C] float labels, validating them."""
-    y = jnp.asarray(y)
+    raw, y = y, jnp.asarray(y)
     if y.ndim == 0 or y.shape[0] != batch:
         raise ValueError(
             f"x and y disagree on the batch size: x has {batch} rows, y has shape {y.shape}; "
@@ -182,13 +194,13 @@ def _labels_to_float(y: Any, batch: int, num_classes: int | None) -> jax.Array:
             )
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not _is_traced(y):
-            lo, hi = int(jnp.min(y)), int(jnp.max(y))
-            if lo < 0 or hi >= num_classes:
-                raise ValueError(
-                    f"labels must lie in [0, num_classes={num_classes}), got values in "
-                    f"[{lo}, {hi}]; fix the labels or raise num_classes"
-                )
+        if not _holds(lambda v: (v >= 0).all() & (v < num_classes).all(), raw):
+            with jax.ensure_compile_time_eval():
+                lo, hi = int(jnp.min(jnp.asarray(raw))), int(jnp.max(jnp.asarray(raw)))
+            raise ValueError(
+                f"labels must lie in [0, num_classes={num_classes}), got values in "
+                f"[{lo}, {hi}]; fix the labels or raise num_classes"
+            )
         return jax.nn.one_hot(y, int(num_classes), dtype=jnp.float32)
     if not jnp.issubdtype(y.dtype, jnp.floating):
         raise ValueError(f"labels must be integer class ids or float [B, C], got dtype {y.dtype}")
@@ -201,11 +213,10 @@ def _labels_to_float(y: Any, batch: int, num_classes: int | None) -> jax.Array:
         raise ValueError(
             f"labels have {y.shape[1]} classes but num_classes={num_classes}; make them agree"
         )
-    if not _is_traced(y):
-        if not bool(jnp.isfinite(y).all()):
-            raise ValueError("labels contain NaN or Inf")
-        if bool((y < 0).any()):
-            raise ValueError("labels must be >= 0 (class probabilities), found negative entries")
+    if not _holds(lambda v: jnp.isfinite(v).all(), raw):
+        raise ValueError("labels contain NaN or Inf")
+    if not _holds(lambda v: (v >= 0).all(), raw):
+        raise ValueError("labels must be >= 0 (class probabilities), found negative entries")
     return y
 
 
@@ -268,18 +279,37 @@ def num_outputs(batch: int, pairing: str = "halve") -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def sample_lambda(key: jax.Array, alpha: Any, shape: Sequence[int] = ()) -> jax.Array:
-    """Draws float32 mixing weights from Beta(alpha, alpha).
+def sample_lambda(key: jax.Array, alpha: Any, shape: Sequence[int] = (), *, complement: bool = False):
+    """Draws float32 mixing weights lam ~ Beta(alpha, alpha), as `jax.random.beta` does.
 
-    JAX samples Beta through log-Gamma variates, so small alphas (0.1, 0.2: U-shaped) are exact
-    too. A concrete `alpha` must be > 0; a traced one is not checked.
+    lam = G_a / (G_a + G_b) from two Gamma(alpha) variates taken in log space, so small alphas
+    (0.1, 0.2: U-shaped, most mass near 0 and 1) are sampled accurately. Near 1, though, float32
+    cannot hold lam precisely (at alpha = 0.1 about 10% of draws lie within 6e-8 of 1 and round
+    to 1.0), and `1 - lam` would then be exactly 0 where it should be tiny; so with
+    `complement=True` this also returns 1 - lam computed as G_b / (G_a + G_b), accurate at both
+    ends. The mixing methods weight the second parent by it, which keeps them symmetric in a/b.
+
+    A concrete `alpha` must be > 0; a traced one is not checked.
+
+    Returns:
+      lam [shape] float32, or (lam, 1 - lam) if `complement`.
     """
     if not _is_traced(alpha):
         a = np.asarray(alpha, dtype=np.float64)
         if not (np.isfinite(a).all() and (a > 0).all()):
             raise ValueError(f"alpha must be finite and > 0 for Beta(alpha, alpha), got {alpha}")
-    alpha = jnp.asarray(alpha, jnp.float32)
-    return jax.random.beta(key, alpha, alpha, tuple(shape), dtype=jnp.float32)
+    shape = tuple(shape)
+    alpha = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), shape)
+    key_a, key_b = jax.random.split(key)
+    log_gamma_a = jax.random.loggamma(key_a, alpha, shape, jnp.float32)
+    log_gamma_b = jax.random.loggamma(key_b, alpha, shape, jnp.float32)
+    log_max = jnp.maximum(log_gamma_a, log_gamma_b)
+    gamma_a = jnp.exp(log_gamma_a - log_max)
+    gamma_b = jnp.exp(log_gamma_b - log_max)
+    lam = gamma_a / (gamma_a + gamma_b)
+    if complement:
+        return lam, gamma_b / (gamma_a + gamma_b)
+    return lam
 
 
 def _pair(key: jax.Array, x: jax.Array, y: jax.Array, pairing: str):
@@ -310,7 +340,8 @@ def _segment_mean(values: jax.Array, sizes: tuple[int, ...] | None) -> jax.Array
     if sizes is None:
         return values[:, 0]
     weights = jnp.asarray(sizes, jnp.float32) / sum(sizes)
-    return values @ weights
+    # A sum, not `values @ weights`: matmuls may run at reduced precision on accelerators.
+    return jnp.sum(values * weights, axis=1)
 
 
 def _stitch_mask(key: jax.Array, lam: jax.Array, dim: int, sizes: tuple[int, ...] | None) -> jax.Array:
@@ -329,28 +360,46 @@ def _stitch_mask(key: jax.Array, lam: jax.Array, dim: int, sizes: tuple[int, ...
     return uniform16 < threshold
 
 
-def _mix(key, x, y, alpha, mode: str, pairing: str, label_weight: str, sizes):
+def _mix(key, x, y, alpha, *, mode: str, pairing: str, label_weight: str, sizes):
     """Pairs, draws lambdas and mixes: the shared core of every mixing method (no checks)."""
     k_pair, k_lam, k_mask = jax.random.split(key, 3)
+    pairs = x.shape[0] // 2 if pairing == "halve" else x.shape[0]
+    shape = (pairs, 1 if sizes is None else len(sizes))
+    lam_a, lam_b = _sample_weights(k_lam, jnp.asarray(alpha, jnp.float32), shape)
+    return _mix_with(k_pair, k_mask, x, y, lam_a, lam_b, mode=mode, pairing=pairing,
+                     label_weight=label_weight, sizes=sizes)
+
+
+# Two compiled pieces rather than one: the Gamma sampler's rejection loops are slow to compile,
+# and split off they compile once per shape instead of once per method and pairing. Under an
+# outer jit both are inlined into one program.
+@partial(jax.jit, static_argnames="shape")
+def _sample_weights(key, alpha, shape):
+    return sample_lambda(key, alpha, shape, complement=True)
+
+
+@partial(jax.jit, static_argnames=("mode", "pairing", "label_weight", "sizes"))
+def _mix_with(k_pair, k_mask, x, y, lam_a, lam_b, *, mode, pairing, label_weight, sizes):
     x_a, x_b, y_a, y_b = _pair(k_pair, x, y, pairing)
-    pairs, dim = x_a.shape
-    lam = sample_lambda(k_lam, alpha, (pairs, 1 if sizes is None else len(sizes)))
+    dim = x.shape[1]
     compute = jnp.promote_types(x.dtype, jnp.float32)
     if mode == "mixup":
-        lam_x = _per_coordinate(lam, sizes, dim).astype(compute)
-        x_mix = lam_x * x_a.astype(compute) + (1 - lam_x) * x_b.astype(compute)
-        x_mix = x_mix.astype(x.dtype)
-        w = _segment_mean(lam, sizes)
+        coord_a = _per_coordinate(lam_a, sizes, dim).astype(compute)
+        coord_b = _per_coordinate(lam_b, sizes, dim).astype(compute)
+        x_mix = (coord_a * x_a.astype(compute) + coord_b * x_b.astype(compute)).astype(x.dtype)
+        w_a, w_b = _segment_mean(lam_a, sizes), _segment_mean(lam_b, sizes)
     else:
-        from_a = _stitch_mask(k_mask, lam, dim, sizes)
+        from_a = _stitch_mask(k_mask, lam_a, dim, sizes)
         x_mix = jnp.where(from_a, x_a, x_b)
         if label_weight == "realized":
-            w = jnp.mean(from_a, axis=1, dtype=jnp.float32)
+            count_a = jnp.sum(from_a, axis=1, dtype=jnp.int32)
+            w_a, w_b = count_a / dim, (dim - count_a) / dim
         else:
-            w = _segment_mean(lam, sizes)
+            w_a, w_b = _segment_mean(lam_a, sizes), _segment_mean(lam_b, sizes)
     label_compute = jnp.promote_types(y.dtype, jnp.float32)
-    w = w[:, None].astype(label_compute)
-    y_mix = w * y_a.astype(label_compute) + (1 - w) * y_b.astype(label_compute)
+    w_a = w_a[:, None].astype(label_compute)
+    w_b = w_b[:, None].astype(label_compute)
+    y_mix = w_a * y_a.astype(label_compute) + w_b * y_b.astype(label_compute)
     return x_mix, y_mix.astype(y.dtype)
 
 
@@ -423,7 +472,7 @@ def e_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None, segments=Non
     """
     _check_alpha(alpha)
     x, y, sizes = _prepare(x, y, num_classes=num_classes, pairing=pairing, segments=segments)
-    return _mix(key, x, y, alpha, "mixup", pairing, "lambda", sizes)
+    return _mix(key, x, y, alpha, mode="mixup", pairing=pairing, label_weight="lambda", sizes=sizes)
 
 
 def e_stitchup(key, x, y, alpha, *, pairing="halve", label_weight="lambda", num_classes=None, segments=None):
@@ -437,7 +486,7 @@ def e_stitchup(key, x, y, alpha, *, pairing="halve", label_weight="lambda", num_
     x, y, sizes = _prepare(
         x, y, num_classes=num_classes, pairing=pairing, label_weight=label_weight, segments=segments
     )
-    return _mix(key, x, y, alpha, "stitchup", pairing, label_weight, sizes)
+    return _mix(key, x, y, alpha, mode="stitchup", pairing=pairing, label_weight=label_weight, sizes=sizes)
 
 
 def soft_e_mixup(key, x, y, alpha, *, softness=0.05, negative_mass=1.0, class_mask=None,
@@ -488,7 +537,21 @@ def _named(name: str) -> Callable:
     return method
 
 
-METHODS: dict[str, Callable] = {name: _named(name) for name in METHOD_NAMES}
+class UnknownMethodError(KeyError, ValueError):
+    """An unknown method name: a KeyError for `METHODS[...]` that is also a ValueError."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _MethodTable(dict):
+    def __missing__(self, name):
+        raise UnknownMethodError(
+            f"unknown method {name!r}; use one of {', '.join(repr(m) for m in METHOD_NAMES)}"
+        )
+
+
+METHODS: dict[str, Callable] = _MethodTable((name, _named(name)) for name in METHOD_NAMES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,7 +573,8 @@ class MethodParams(NamedTuple):
 
 def method_params(name: str, alpha: float = 0.2, softness: float = 0.05) -> MethodParams:
     """The `MethodParams` of a named method, validated. Control ignores alpha and softness."""
-    _check_name("method", name, METHOD_NAMES)
+    if name not in METHOD_NAMES:
+        METHODS[name]  # raises UnknownMethodError
     _check_alpha(alpha)
     _check_softness(softness, None)
     mix, soft = _MIX_OF_METHOD[name]
@@ -556,20 +620,49 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
         raise ValueError(f"params.mix must be 0 (control), 1 (mixup) or 2 (stitchup), got {int(mix_idx)}")
     if not _is_traced(mix_idx) and int(mix_idx) != MIX_CONTROL:
         _check_alpha(params.alpha)
+    params = MethodParams(
+        mix=mix_idx,
+        soft=jnp.asarray(params.soft, jnp.bool_),
+        alpha=jnp.asarray(params.alpha, jnp.float32),
+        softness=jnp.asarray(params.softness, jnp.float32),
+    )
+    class_mask = _check_class_mask(class_mask, y.shape[1])
+    if negative_mass is not None:
+        negative_mass = jnp.asarray(negative_mass, jnp.float32)
+    return _augment_batch(key, x, y, params, class_mask, negative_mass, pairing=pairing,
+                          label_weight=label_weight, sizes=sizes)
+
+
+# Jitted so that eager calls compile once per shape and configuration (an eager lax.switch would
+# recompile on every call); inside a caller's jit it is simply inlined.
+@partial(jax.jit, static_argnames=("pairing", "label_weight", "sizes"))
+def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, label_weight, sizes):
     batch = x.shape[0]
+    # The same key split as `_mix`, so every branch reproduces its named function.
+    k_pair, k_lam, k_mask = jax.random.split(key, 3)
+    pairs = batch // 2 if pairing == "halve" else batch
+    is_control = params.mix == MIX_CONTROL
     # Control ignores alpha, but under vmap every branch runs: a NaN from a control member's
     # unused alpha would still poison gradients through the select, so give control a safe one.
-    alpha = jnp.where(mix_idx == MIX_CONTROL, 1.0, jnp.asarray(params.alpha, jnp.float32))
+    alpha = jnp.where(is_control, 1.0, params.alpha)
+    # Drawn once, outside the switch, for both mixing branches; a lone control skips the sampler.
+    lam_shape = (pairs, 1 if sizes is None else len(sizes))
+    lam_a, lam_b = lax.cond(
+        is_control,
+        lambda: (jnp.ones(lam_shape, jnp.float32), jnp.zeros(lam_shape, jnp.float32)),
+        lambda: _sample_weights(k_lam, alpha, lam_shape),
+    )
 
-    def control_branch(x, y, alpha):
+    def control_branch(x, y, lam_a, lam_b):
         return x, y, jnp.ones(batch, jnp.float32)
 
     def mixing_branch(mode):
-        def branch(x, y, alpha):
-            x_mix, y_mix = _mix(key, x, y, alpha, mode, pairing, label_weight, sizes)
-            weight = jnp.ones(x_mix.shape[0], jnp.float32)
-            pad = batch - x_mix.shape[0]
-            if pad:
+        def branch(x, y, lam_a, lam_b):
+            x_mix, y_mix = _mix_with(k_pair, k_mask, x, y, lam_a, lam_b, mode=mode,
+                                     pairing=pairing, label_weight=label_weight, sizes=sizes)
+            weight = jnp.ones(pairs, jnp.float32)
+            if pairs < batch:
+                pad = batch - pairs
                 x_mix = jnp.concatenate([x_mix, jnp.zeros((pad,) + x_mix.shape[1:], x_mix.dtype)])
                 y_mix = jnp.concatenate([y_mix, jnp.zeros((pad,) + y_mix.shape[1:], y_mix.dtype)])
                 weight = jnp.concatenate([weight, jnp.zeros(pad, jnp.float32)])
@@ -577,10 +670,9 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
 
         return branch
 
-    x_out, y_out, weight = lax.switch(
-        mix_idx, [control_branch, mixing_branch("mixup"), mixing_branch("stitchup")], x, y, alpha
-    )
+    branches = [control_branch, mixing_branch("mixup"), mixing_branch("stitchup")]
+    x_out, y_out, weight = lax.switch(params.mix, branches, x, y, lam_a, lam_b)
     y_soft = soften_labels(y_out, params.softness, negative_mass, class_mask=class_mask)
     # Padding rows stay zero (and weight 0) whether or not labels are softened.
-    y_out = jnp.where(jnp.asarray(params.soft, jnp.bool_) & (weight[:, None] > 0), y_soft, y_out)
+    y_out = jnp.where(params.soft & (weight[:, None] > 0), y_soft, y_out)
     return x_out, y_out, weight

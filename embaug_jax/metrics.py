@@ -92,7 +92,8 @@ def _masked_mean(values, mask):
 def threshold_accuracy(probs, labels, seen_mask, threshold=DEFAULT_THRESHOLD):
     """Overall, "none" and seen accuracy at a confidence threshold, as the paper's sec. 3.5.
 
-    The predicted class is the argmax over the seen classes; its probability must be strictly
+    The predicted class is the argmax over the seen classes (a tie goes to the lowest class
+    id, as `jnp.argmax`); its probability must be strictly
     *higher than* `threshold` (the paper's words), otherwise the prediction is "none": a
     probability exactly equal to the threshold predicts "none". An example is correct iff its
     class is seen and predicted, or its class is unseen and "none" is predicted.
@@ -216,9 +217,10 @@ def _binary_auc(is_positive, score):
     """ROC AUC of one column by the Mann-Whitney statistic, ties counted one half.
 
     For every positive, (#negatives below it) + (#negatives at or below it) is an integer
-    count, so the sum is exact in int32 (the trapezoidal ROC area sklearn computes is the same
-    number). One sort of (score, label) pairs: ~4x faster on CPU than searchsorted. NaN when
-    the column has no positive or no negative.
+    count; their sum (twice the Mann-Whitney U, the trapezoidal ROC area sklearn computes times
+    2PN) is exact in int32, and only the final float32 division rounds. One sort of
+    (score, label) pairs: ~4x faster on CPU than searchsorted. NaN when the column has no
+    positive or no negative.
     """
     n = score.shape[0]
     score, is_positive = jax.lax.sort((score, is_positive), num_keys=1)

@@ -106,7 +106,8 @@ class SweepOutputs:
             raise ValueError(f"SweepOutputs.val_labels must be [T, Nv] = [T, {nv}], got shape "
                              f"{self.val_labels.shape}.")
         if not np.issubdtype(self.val_labels.dtype, np.integer):
-            raise ValueError(f"SweepOutputs.val_labels must be integer, got {self.val_labels.dtype}.")
+            raise ValueError(f"SweepOutputs.val_labels must be integer, got "
+                             f"{self.val_labels.dtype}.")
         t = self.val_labels.shape[0]
         if self.seen_mask.shape != (t, c):
             raise ValueError(f"SweepOutputs.seen_mask must be [T, C] = [{t}, {c}], got shape "
@@ -240,7 +241,8 @@ def _build_results(outputs, per_member, variants, threshold, thresholds) -> dict
                      seeds=sorted({int(outputs.members[i]["seed"]) for i in idx}))
         for key in SCALAR_METRICS:
             entry[key] = summarize([per_member[i][key] for i in idx])
-        sweep = {k: np.stack([per_member[i][f"sweep_{k}"] for i in idx]) for k in ("overall", "none")}
+        sweep = {k: np.stack([per_member[i][f"sweep_{k}"] for i in idx])
+                 for k in ("overall", "none")}
         entry["threshold_sweep"] = dict(
             thresholds=[float(x) for x in thresholds],
             **{f"{k}_mean": _json_list(_nanreduce(np.nanmean, a)) for k, a in sweep.items()})

@@ -133,7 +133,8 @@ def test_weighted_auc_equals_sklearn(case):
 
 
 def test_weighted_auc_vmaps_over_trials_with_different_seen_classes():
-    problems = [_problem(s, n=200, unseen=u, decimals=1) for s, u in [(0, (1,)), (1, (2, 6)), (2, ())]]
+    problems = [_problem(s, n=200, unseen=u, decimals=1)
+                for s, u in [(0, (1,)), (1, (2, 6)), (2, ())]]
     probs, labels, seen = (np.stack(x) for x in zip(*problems))
     batched = jax.jit(jax.vmap(metrics.weighted_auc))(probs, labels, seen)
     for t in range(3):
@@ -150,7 +151,8 @@ def test_weighted_auc_perfect_and_undefined():
     # A single class in validation: no negatives, AUC undefined (sklearn raises): NaN.
     assert np.isnan(metrics.weighted_auc(probs[:1].repeat(3, 0), labels[:1].repeat(3), seen))
     assert metrics.ovr_roc(probs, labels, seen).weighted_auc == 1.0
-    assert np.isnan(metrics.ovr_roc(probs[:1].repeat(3, 0), labels[:1].repeat(3), seen).weighted_auc)
+    single = metrics.ovr_roc(probs[:1].repeat(3, 0), labels[:1].repeat(3), seen)
+    assert np.isnan(single.weighted_auc)
 
 
 def test_mean_roc_curve_matches_sklearn_interpolation_and_auc():
@@ -165,7 +167,8 @@ def test_mean_roc_curve_matches_sklearn_interpolation_and_auc():
     np.testing.assert_allclose(tpr, want / support.sum(), atol=1e-12)
     # Area under the mean curve = weighted AUC (integration is linear), up to the grid.
     fine, tpr_fine = metrics.mean_roc_curve(probs, labels, seen, fpr_grid=np.linspace(0, 1, 4001))
-    assert abs(np.trapezoid(tpr_fine, fine) - float(metrics.weighted_auc(probs, labels, seen))) < 2e-4
+    area = np.trapezoid(tpr_fine, fine)
+    assert abs(area - float(metrics.weighted_auc(probs, labels, seen))) < 2e-4
     assert np.all(np.diff(tpr_fine) >= -1e-12) and tpr_fine[-1] == 1.0
 
 
