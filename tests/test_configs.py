@@ -67,14 +67,7 @@ def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
             assert on_disk["methods"][method]["alpha"] in c.sweep.alphas
 
 
-def _cli(monkeypatch, args):
-    # config_flags finds `--config.a.b` overrides in sys.argv (cli.main passes no sys_argv), so
-    # the in-process call sees exactly what `python -m embaug_jax ...` would.
-    monkeypatch.setattr("sys.argv", list(args))
-    return cli.main(args)
-
-
-def test_command_line_with_overrides_and_resume(tmp_path, capsys, monkeypatch, fast_compile):
+def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
     """`embaug train` killed after one chunk and rerun ends where an uninterrupted run ends."""
     args = ["embaug", "train", "--config=configs/e_mixup.py:smoke",
             "--config.sweep.alphas=(0.3,)", "--config.data.trials=2"]
@@ -82,9 +75,9 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, monkeypatch, f
     c.sweep.alphas = (0.3,)
     assert train.train_and_evaluate(c, tmp_path / "killed", max_chunks=1) is None
     assert not (tmp_path / "killed" / "results.json").exists()
-    assert _cli(monkeypatch, args + [f"--workdir={tmp_path / 'killed'}"]) == 0
+    assert cli.main(args + [f"--workdir={tmp_path / 'killed'}"]) == 0
     assert "E-Mixup" in capsys.readouterr().out
-    assert _cli(monkeypatch, args + [f"--workdir={tmp_path / 'whole'}"]) == 0
+    assert cli.main(args + [f"--workdir={tmp_path / 'whole'}"]) == 0
     killed = json.loads((tmp_path / "killed" / "results.json").read_text())
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert killed["methods"]["e_mixup"]["alpha"] == pytest.approx(0.3)
