@@ -90,3 +90,20 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
     c.sweep.methods = ("e_stitchup",)
     with pytest.raises(ValueError, match="different run.*sweep"):
         train.train_and_evaluate(c, tmp_path / "killed")
+
+
+def test_file_source_with_segments(tmp_path, fast_compile):
+    """A dataset on disk (the extraction format), mixed segment by segment."""
+    c = _load("soft_e_mixup")
+    from embaug_jax.data import save_embeddings
+
+    d = train.load_data(c)  # the smoke clusters, with segments (8, 16)
+    save_embeddings(tmp_path / "emb", d.embeddings, d.labels, d.class_names,
+                    segments=[{"name": s.name, "size": s.size} for s in d.segments])
+    c.data.source = "file"
+    c.data.path = str(tmp_path / "emb")
+    c.augment.use_segments = True
+    results = train.train_and_evaluate(c, tmp_path / "run")
+    assert results["methods"]["soft_e_mixup"]["weighted_auc"]["mean"] > 0.7
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["path"] == str(tmp_path / "emb") and saved["augment"]["use_segments"]
