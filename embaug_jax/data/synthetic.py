@@ -1,6 +1,6 @@
 """Synthetic embedding sets: Gaussian class clusters, for smoke configs, tests and timing.
 
-`make_synthetic(0, 44_000, 4864, 171, imbalance=1.0)` has the shape of the paper's Fashion
+`make_synthetic(0, 44_000, 4864, 171, imbalance=1.5)` has the shape of the paper's Fashion
 Product Images embeddings (two 1536-d BERT vectors and one 1792-d EfficientNet-B4 vector); with
 a long-tailed class distribution many rare classes land no example in a 10% training split and
 become the "none" category, as in the paper.
@@ -58,7 +58,8 @@ def make_synthetic(key_or_seed, n: int, dim: int, num_classes: int, *, class_sep
             (stop - start, dim), dtype=np.float32)
     width = len(str(num_classes - 1))
     names = [f"class_{i:0{max(3, width)}d}" for i in range(num_classes)]
-    segs = None if segments is None else [Segment(f"part{i}", int(s)) for i, s in enumerate(segments)]
+    segs = None if segments is None else [
+        Segment(f"part{i}", int(s)) for i, s in enumerate(segments)]
     info = dict(source="synthetic", seed=_seed_of(key_or_seed), class_sep=class_sep, noise=noise,
                 imbalance=imbalance)
     return EmbeddingDataset(x, labels, names, ids=None, segments=segs, info=info).validate(
