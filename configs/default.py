@@ -77,6 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Validation metrics (Figure 5 curves) every 16 epochs, inside the program: 36 points. An
     # evaluation runs the MLP on all N rows (~3x a training epoch's FLOPs at 10% training data).
     c.eval_every = 16
+    # Rows per block of an evaluation: bounds its activations to members x rows x (250 + 250 +
+    # C) floats (105 members x 8192 rows: ~2.3 GB) instead of members x N x ... for all N rows.
+    c.eval_block_rows = 8192
     c.checkpoint_every = 48  # epochs per compiled chunk: one progress tick and checkpoint each
     c.threshold = 0.6  # sec. 3.5 confidence threshold for the accuracy metrics
 

@@ -51,7 +51,8 @@ DATA_SOURCES = ("file", "synthetic")
 _FINGERPRINT_KEYS = ("data", "model", "optim", "augment", "sweep", "num_epochs", "batch_size",
                      "eval_every", "seed")
 # The config keys `make_program` reads (the sweep itself enters only as traced arrays).
-_PROGRAM_KEYS = ("model", "optim", "augment", "batch_size", "eval_every", "threshold")
+_PROGRAM_KEYS = ("model", "optim", "augment", "batch_size", "eval_every", "eval_block_rows",
+                 "threshold")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +183,7 @@ def make_program(config, num_classes: int, n_train: int, *, segments=None) -> Pr
     aug = config.augment
     threshold = float(config.threshold)
     eval_every = int(config.eval_every)
+    eval_block = int(config.get("eval_block_rows", 8192))
     segments = None if segments is None else tuple(int(s) for s in segments)
 
     from embaug_jax.metrics import threshold_accuracy  # the metrics module owns the definition
@@ -219,10 +221,27 @@ def make_program(config, num_classes: int, n_train: int, *, segments=None) -> Pr
             step, (state.params, state.opt_state), jnp.arange(steps_per_epoch))
         return TrainState(params, opt_state, state.epoch + 1), losses.mean()
 
+    def all_logits(params, x):
+        # The MLP runs on all N rows (shared by every member) and each member then picks its
+        # validation rows: under vmap, gathering x[val_idx[trial]] first would copy [M, n_val, D]
+        # embeddings. Blocks of `eval_block` rows bound the [M, rows, hidden] activations.
+        n = x.shape[0]
+        if n <= eval_block:
+            return model.apply(params, x)
+        blocks, rest = divmod(n, eval_block)
+
+        def block(_, i):
+            return None, model.apply(params, jax.lax.dynamic_slice_in_dim(x, i * eval_block,
+                                                                          eval_block))
+
+        _, out = jax.lax.scan(block, None, jnp.arange(blocks))
+        out = out.reshape(blocks * eval_block, -1)
+        if rest:
+            out = jnp.concatenate([out, model.apply(params, x[blocks * eval_block:])])
+        return out
+
     def val_probs(params, hp, data):
-        # The first layer runs on all N rows and the validation rows are picked afterwards: under
-        # vmap, gathering x[val_idx[trial]] first would copy [M, n_val, D] embeddings.
-        logits = model.apply(params, data.x)[data.val_idx[hp.trial]]
+        logits = all_logits(params, data.x)[data.val_idx[hp.trial]]
         return probabilities(logits, head, data.seen_mask[hp.trial]).astype(jnp.float32)
 
     def evaluate(params, hp, data):
@@ -320,6 +339,7 @@ def validate_config(config) -> None:
              f"config.eval_every={ee} (evaluations happen at the end of every eval_every epochs).")
     _require(ce % ee == 0, f"config.checkpoint_every={ce} must be a multiple of "
              f"config.eval_every={ee}.")
+    _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
              "in (0, 1).")
 

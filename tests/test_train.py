@@ -128,6 +128,15 @@ def test_control_and_mixing_share_one_program(fast_compile):
         assert np.isfinite(np.asarray(metrics["train_loss"])).all()
 
 
+@pytest.mark.parametrize("block", [64, 100])
+def test_blockwise_evaluation_equals_one_shot(sweep4, block, fast_compile):
+    c, data, hp, r = sweep4  # 320 rows: 5 blocks of 64, or 3 blocks of 100 and 20 more rows
+    c = _config(eval_block_rows=block)
+    program = train.make_program(c, 6, data.train_idx.shape[1])
+    probs = jax.jit(jax.vmap(program.predict, in_axes=(0, 0, None)))(r.state, hp, data)
+    np.testing.assert_allclose(probs, r.val_probs, atol=1e-6)
+
+
 def test_unseen_classes_never_get_loss(sweep4):
     # A class with no gradient keeps Adam's first and second moments at exactly zero; AdamW's
     # decoupled weight decay does not touch them. Every other class must have moved them.
@@ -183,6 +192,7 @@ def test_sweep_members_grid():
     ("eval_every", 5, "multiple of"),
     ("checkpoint_every", 12, "multiple of"),
     ("threshold", 1.2, "threshold"),
+    ("eval_block_rows", 0, "eval_block_rows"),
 ])
 def test_bad_config_values(key, value, match):
     c = _config(**{"sweep.methods": ("control", "soft_e_mixup"), key: value})
