@@ -1,6 +1,6 @@
 """The sweep engine: a whole sweep (method x alpha x softness x trial x seed) in one program.
 
-`make_train(config, num_classes)` returns a pure `train(key, hparams, data)` for ONE member
+`make_train(config, num_classes, n_train)` returns a pure `train(key, hp, data)` for ONE member
 (purejaxrl style): epochs and steps are `lax.scan`s, shuffling and augmentation happen on device,
 and the validation metrics are computed every `eval_every` epochs inside the program. Everything
 a sweep varies -- the augmentation method, alpha, softness, the trial's split, the seed -- is a
@@ -18,7 +18,9 @@ Keys: member key = fold_in(fold_in(root, seed), trial); its first split initiali
 second drives training: epoch key = fold_in(train_key, epoch) splits into the shuffle key and a
 steps key, and step key = fold_in(steps key, step). Nothing random depends on how many members
 run or on the chunking, so a member trained alone, inside a sweep, on 1 or 4 devices, or across
-a resume sees the same numbers.
+a resume sees the same numbers. Members that differ only in method or alpha share their
+initialisation and shuffles (common random numbers), so a comparison of methods within a trial
+is not confounded by the draw; trials get independent initialisations as well as splits.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ def triangular_schedule(low: float, high: float, half_cycle_steps: int) -> optax
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """AdamW (decoupled weight decay) or SGD with momentum and L2, on the triangular cycle."""
     o = config.optim
     lr = triangular_schedule(o.lr_min, o.lr_max, o.half_cycle_epochs * steps_per_epoch)
     if o.optimizer == "adamw":
