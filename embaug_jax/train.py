@@ -370,6 +370,16 @@ def load_data(config):
 # The driver: devices, chunks, checkpoints.
 
 
+def _host(x) -> np.ndarray:
+    """A device array as numpy on this host. Across several hosts (`jax.distributed`) the member
+    axis is sharded over every process's devices, so it is gathered from all of them first."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def _pad(tree, multiple: int):
     """Pads the leading axis to a multiple by repeating the last entry (dropped afterwards)."""
     m = jax.tree.leaves(tree)[0].shape[0]
@@ -490,7 +500,7 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
             with _quiet_orbax():
                 state, history = _restore(manager, step, state, history, num_members, by_member)
             logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
-    done = int(np.asarray(state.epoch)[0])
+    done = int(_host(state.epoch)[0])
 
     bar = tqdm(total=num_epochs, initial=done, unit="epoch", disable=not progress,
                desc=f"training {num_members} members on {len(devices)} device(s)")
@@ -501,7 +511,7 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
             state, metrics = run(key, hp, state, data, periods)
             first = done // eval_every
             for k in metric_names:
-                history[k][:, first:first + periods] = np.asarray(metrics[k])
+                history[k][:, first:first + periods] = _host(metrics[k])
             done += periods * eval_every
             chunks += 1
             if manager is not None:
@@ -524,7 +534,7 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
 
     probs = None
     if done >= num_epochs:
-        probs = np.asarray(predict(state, hp, data))[:num_members]
+        probs = _host(predict(state, hp, data))[:num_members]
     state = jax.tree.map(lambda x: x[:num_members], state)
     return SweepResult(state, {k: v[:num_members] for k, v in history.items()}, eval_epochs,
                        probs, done)
@@ -553,6 +563,26 @@ def _write_metrics_jsonl(path, members, history, eval_epochs, epochs_done):
     write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
+def prepare_data(config) -> tuple[Any, Splits, TrainData, tuple[int, ...] | None]:
+    """The config's dataset, its trial splits, the device-ready `TrainData` and the segment
+    sizes the augmentation mixes independently (None unless `config.augment.use_segments`)."""
+    dataset = load_data(config)
+    if dataset.num_classes < 2:
+        raise ValueError(f"the dataset has {dataset.num_classes} class(es); need at least 2.")
+    d = config.data
+    splits: Splits = make_splits(dataset.labels, dataset.num_classes, trials=int(d.trials),
+                                 train_fraction=float(d.train_fraction), seed=int(d.split_seed),
+                                 holdout_classes=_holdout(d),
+                                 class_names=dataset.class_names)
+    segments = dataset.segment_sizes if config.augment.use_segments else None
+    if config.augment.use_segments and segments is None:
+        raise ValueError("config.augment.use_segments=True but the dataset records no segments.")
+    data = TrainData(jnp.asarray(dataset.embeddings, jnp.float32),
+                     jnp.asarray(dataset.labels, jnp.int32), jnp.asarray(splits.train_idx),
+                     jnp.asarray(splits.val_idx), jnp.asarray(splits.seen_mask))
+    return dataset, splits, data, segments
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                        devices=None, max_chunks: int | None = None) -> dict | None:
     """Runs a config's sweep end to end in `workdir`; returns the results dict.
@@ -578,20 +608,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
     write_json_atomic(fp_path, fingerprint)
 
-    dataset = load_data(config)
-    if dataset.num_classes < 2:
-        raise ValueError(f"the dataset has {dataset.num_classes} class(es); need at least 2.")
-    d = config.data
-    splits: Splits = make_splits(dataset.labels, dataset.num_classes, trials=int(d.trials),
-                                 train_fraction=float(d.train_fraction), seed=int(d.split_seed),
-                                 holdout_classes=_holdout(d),
-                                 class_names=dataset.class_names)
-    segments = dataset.segment_sizes if config.augment.use_segments else None
-    if config.augment.use_segments and segments is None:
-        raise ValueError("config.augment.use_segments=True but the dataset records no segments.")
-    data = TrainData(jnp.asarray(dataset.embeddings, jnp.float32),
-                     jnp.asarray(dataset.labels, jnp.int32), jnp.asarray(splits.train_idx),
-                     jnp.asarray(splits.val_idx), jnp.asarray(splits.seen_mask))
+    dataset, splits, data, segments = prepare_data(config)
     members = sweep_members(config)
     hp = member_hparams(members)
     logging.info("%d members, %d training / %d validation rows per trial, %d unseen classes "
