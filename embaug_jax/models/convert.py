@@ -543,9 +543,17 @@ def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`embaug convert efficientnet SRC DST [--from ...] [--variant ...]`."""
+    """`embaug convert efficientnet SRC DST [--from ...] [--variant ...]`.
+
+    Args:
+      argv: the program name then the arguments, as `sys.argv` (the CLI dispatcher passes
+        ["embaug convert", ...]).
+    Returns:
+      The exit status: 0 on success, 1 on a bad checkpoint or file, 2 on bad arguments.
+    """
+    argv = list(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(
-        prog="embaug convert",
+        prog=argv[0] if argv else "embaug convert",
         description="Convert pretrained checkpoints to safetensors that load without the "
                     "original framework.")
     sub = parser.add_subparsers(dest="model", required=True)
@@ -557,7 +565,10 @@ def main(argv: list[str] | None = None) -> int:
                         "timm_tf = timm's tf_efficientnet_* ports")
     p.add_argument("--variant", default=None,
                    help=f"one of {', '.join(effnet.VARIANTS)} (default: inferred from shapes)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv[1:])
+    except SystemExit as e:  # argparse exits on --help (0) and on bad arguments (2)
+        return int(e.code or 0)
     try:
         info = convert_file(args.src, args.dst, origin=args.origin, variant=args.variant)
     except (ValueError, FileNotFoundError, ImportError) as e:
