@@ -269,7 +269,7 @@ def test_lite0_fashion_mnist_linear_probe(lite0_file):
     y_train = _read_idx(FASHION_MNIST / "train-labels-idx1-ubyte.gz")[:2000]
     x_test = _read_idx(FASHION_MNIST / "t10k-images-idx3-ubyte.gz")[:1000]
     y_test = _read_idx(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz")[:1000]
-    embedder = E.ImageEmbedder.from_pretrained(lite0_file[1], variant="lite0", batch_size=50)
+    embedder = E.ImageEmbedder.from_pretrained(lite0_file[1], variant="lite0", batch_size=16)
     rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)  # noqa: E731  28x28 gray -> RGB
     f_train, f_test = embedder.embed(rgb(x_train)), embedder.embed(rgb(x_test))
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.1))
