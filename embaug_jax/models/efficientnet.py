@@ -308,8 +308,8 @@ class MBConv(nn.Module):
         x = _activate(bn(name="dw_bn")(x), act)
         if spec.se_filters:
             s = jnp.mean(x, axis=(1, 2), keepdims=True)
-            s = PointwiseConv(spec.se_filters, True, self.dtype, name="se_reduce")(s)
-            s = PointwiseConv(spec.mid_filters, True, self.dtype, name="se_expand")(_activate(s, act))
+            s = _activate(PointwiseConv(spec.se_filters, True, self.dtype, name="se_reduce")(s), act)
+            s = PointwiseConv(spec.mid_filters, True, self.dtype, name="se_expand")(s)
             x = x * nn.sigmoid(s)
         x = PointwiseConv(spec.out_filters, dtype=self.dtype, name="project_conv")(x)
         x = bn(name="project_bn")(x)
