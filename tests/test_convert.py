@@ -226,3 +226,17 @@ def test_cli_errors(tmp_path, capsys):
     assert not (tmp_path / "o.st").exists()  # nothing half-written
     assert convert.main(["embaug convert", "efficientnet", "a", "b", "--from", "caffe"]) == 2
     assert convert.main(["embaug convert", "--help"]) == 0
+
+
+def test_keras_imagenet_normalisation_without_config():
+    """Keras's ImageNet files store std (not std^2) as the Normalization variance and add a
+    Rescaling(1 / sqrt(std)) layer; a weights-only file must still give (x - mean) / std."""
+    std = np.array([0.229, 0.224, 0.225])
+    weights = {"normalization/mean": np.array([0.485, 0.456, 0.406]),
+               "normalization/variance": std}
+    mean255, std255 = convert._keras_normalisation(weights, {"config": None})
+    np.testing.assert_allclose(mean255, E.IMAGENET_MEAN, rtol=1e-6)
+    np.testing.assert_allclose(std255, E.IMAGENET_STD, rtol=1e-6)
+    weights["normalization/variance"] = std ** 2  # a model whose layer holds the true variance
+    np.testing.assert_allclose(convert._keras_normalisation(weights, {"config": None})[1],
+                               E.IMAGENET_STD, rtol=1e-6)

@@ -201,12 +201,36 @@ def _keras_model(variant: str, seed: int = 0):
     return model
 
 
+def _write_keras2_weights(legacy_h5: Path, dst: Path) -> None:
+    """Rewrites a Keras 3 legacy `.h5` in the layout of Keras 2's `save_weights` (the layout of
+    the official `efficientnetb*_notop.h5` downloads): layer groups at the root, weights named
+    "layer/kernel:0", depthwise kernels "depthwise_kernel:0"."""
+    import h5py
+
+    with h5py.File(legacy_h5, "r") as src, h5py.File(dst, "w") as out:
+        groups = src["model_weights"]
+        names = [n.decode() if isinstance(n, bytes) else n for n in groups.attrs["layer_names"]]
+        out.attrs["layer_names"] = [n.encode() for n in names]
+        for name in names:
+            layer = out.create_group(name)
+            weight_names = []
+            for leaf, value in groups[name][name].items() if name in groups[name] else []:
+                leaf = "depthwise_kernel" if name.endswith("_dwconv") and leaf == "kernel" else leaf
+                layer[f"{name}/{leaf}:0"] = value[()]
+                weight_names.append(f"{name}/{leaf}:0".encode())
+            layer.attrs["weight_names"] = weight_names
+
+
 @pytest.mark.parametrize("variant,fmt,batch", [("b0", ".weights.h5", 2), ("b0", ".h5", 2),
-                                               ("b4", ".keras", 1)])
+                                               ("b0", "keras2.h5", 2), ("b4", ".keras", 1)])
 def test_keras_parity_random_weights(variant, fmt, batch, tmp_path, fast_compile):
     model = _keras_model(variant)
     src = tmp_path / f"model{fmt}"
-    model.save_weights(src) if fmt == ".weights.h5" else model.save(src)
+    if fmt == "keras2.h5":
+        model.save(tmp_path / "legacy.h5")
+        _write_keras2_weights(tmp_path / "legacy.h5", src)
+    else:
+        model.save_weights(src) if fmt == ".weights.h5" else model.save(src)
     dst = tmp_path / "flax.safetensors"
     info = convert.convert_file(src, dst)
     assert (info.origin, info.variant) == ("keras", variant)
