@@ -11,6 +11,7 @@ import gzip
 import io
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -392,7 +393,8 @@ def test_embedder_sharded_over_four_devices_matches_one(random_lite0):
     four_embedder = E.ImageEmbedder.from_pretrained(random_lite0, variant="lite0", batch_size=4,
                                                     devices=devices[:4])
     four = four_embedder.embed(images)
-    np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-6)
+    assert len(four_embedder.variables["params"]["stem"]["conv"]["kernel"].sharding.device_set) == 4
+    chex.assert_trees_all_close(four, one, rtol=1e-5, atol=1e-6)
 
 
 def test_embedder_fingerprint_and_validation(random_lite0, tmp_path):
