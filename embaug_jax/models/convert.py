@@ -178,15 +178,20 @@ def check_strict(arch: effnet.Architecture, flat: Mapping[str, np.ndarray], *,
     return flatten_tree(tree)
 
 
-def _infer_variant(*, num_blocks: int, stem: int, head: int, has_se: bool,
+def _signature(arch: effnet.Architecture) -> tuple[int, int, int, int, bool]:
+    return (arch.num_blocks, arch.stem_filters, arch.stages[-1][-1].out_filters,
+            arch.head_filters, arch.activation == "swish")
+
+
+def _infer_variant(*, num_blocks: int, stem: int, head_in: int, head: int, has_se: bool,
                    source_name: str) -> str:
+    """The variant whose block count and stem/head widths these are (unique per variant)."""
     for v in effnet.VARIANTS:
-        a = effnet.architecture(v)
-        if (a.num_blocks, a.stem_filters, a.head_filters, a.activation == "swish") == \
-                (num_blocks, stem, head, has_se):
+        if _signature(effnet.architecture(v)) == (num_blocks, stem, head_in, head, has_se):
             return v
     raise ValueError(f"{source_name}: no EfficientNet variant has {num_blocks} blocks, stem "
-                     f"{stem}, head {head}{'' if has_se else ' without SE'}; pass --variant")
+                     f"{stem}, head {head_in}->{head}{'' if has_se else ' without SE'}; "
+                     "pass --variant")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +242,7 @@ def convert_pytorch(state: Mapping[str, np.ndarray], *, variant: str | None = No
     if variant is None:
         blocks = {int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\.", k))}
         variant = _infer_variant(num_blocks=len(blocks), stem=state["_conv_stem.weight"].shape[0],
+                                 head_in=state["_conv_head.weight"].shape[1],
                                  head=state["_conv_head.weight"].shape[0],
                                  has_se=any("_se_reduce" in k for k in state),
                                  source_name=source_name)
@@ -263,6 +269,7 @@ def convert_timm(state: Mapping[str, np.ndarray], *, tf_ported: bool, variant: s
     if variant is None:
         blocks = {m.group(1, 2) for k in state if (m := re.match(r"blocks\.(\d+)\.(\d+)\.", k))}
         variant = _infer_variant(num_blocks=len(blocks), stem=state["conv_stem.weight"].shape[0],
+                                 head_in=state["conv_head.weight"].shape[1],
                                  head=state["conv_head.weight"].shape[0],
                                  has_se=any(".se." in k for k in state), source_name=source_name)
     variant = effnet._check_variant(variant)
@@ -336,7 +343,7 @@ def _h5_datasets(group) -> dict[str, np.ndarray]:
 
 def _read_keras_h5(f, config: dict | None, source_name: str
                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """-> ({"layer/weight": array}, {"layer_names": [...], "config": model config or None})."""
+    """-> ({"layer/weight": array}, {"config": model config or None, ...})."""
     import h5py
 
     if "layers" in f and isinstance(f["layers"], h5py.Group):
@@ -362,6 +369,7 @@ def _read_keras_h5(f, config: dict | None, source_name: str
             # The stem is the first Conv2D and the head conv the last.
             variant = _infer_variant(
                 num_blocks=n_blocks, stem=f[f"layers/{convs[0][1]}/vars/0"].shape[-1],
+                head_in=f[f"layers/{convs[-1][1]}/vars/0"].shape[-2],
                 head=f[f"layers/{convs[-1][1]}/vars/0"].shape[-1],
                 has_se=len(convs) > 2 * n_blocks + 2, source_name=source_name)
             keys = _native_keys(_keras_layer_sequence(effnet.architecture(variant), False))
@@ -372,13 +380,13 @@ def _read_keras_h5(f, config: dict | None, source_name: str
             vars_group = f[f"layers/{key}"].get("vars")
             if vars_group is None:
                 continue
+            if cls == "Normalization":
+                name = "normalization"  # auto-named (normalization_1, ...) when Keras built several
             for i, wname in enumerate(_KERAS_VARS[cls]):
                 if str(i) in vars_group:
                     out[f"{name}/{wname}"] = vars_group[str(i)][()]
-        layer_names = [n for n, _ in keys.items()]
-        if config is None and "rescaling_1" in groups:
-            layer_names.append("rescaling_1")
-        return out, {"layer_names": layer_names, "config": config}
+        # Group names count per class, so a second Rescaling group is Keras's ImageNet one.
+        return out, {"config": config, "imagenet_rescaling": "rescaling_1" in groups}
     # Legacy HDF5 (Keras 2 weights files, Keras 3 `model.save("x.h5")`).
     root = f["model_weights"] if "model_weights" in f else f
     if config is None and "model_config" in f.attrs:
@@ -391,12 +399,15 @@ def _read_keras_h5(f, config: dict | None, source_name: str
     for name in names:
         if name not in root:
             continue
-        for path, arr in _h5_datasets(root[name]).items():
+        leaves = _h5_datasets(root[name])
+        if {p.split("/")[-1].removesuffix(":0") for p in leaves} >= {"mean", "variance"}:
+            name = "normalization"  # auto-named (normalization_1, ...) when Keras built several
+        for path, arr in leaves.items():
             leaf = path.split("/")[-1].removesuffix(":0")
             if leaf == "kernel" and name.endswith("_dwconv"):
                 leaf = "depthwise_kernel"  # Keras 3's legacy writer drops the "depthwise_"
             out[f"{name}/{leaf}"] = arr
-    return out, {"layer_names": names, "config": config}
+    return out, {"config": config}
 
 
 def read_keras(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -442,8 +453,7 @@ def _keras_normalisation(weights: Mapping[str, np.ndarray], layout: dict[str, An
                 raise ValueError("the Keras model's first Rescaling has an offset; unsupported")
         if len(rescalings) > 1:
             scale_out = np.broadcast_to(np.asarray(rescalings[1]["scale"], np.float64), (3,))
-    elif "rescaling_1" in layout["layer_names"] or np.allclose(
-            var, [0.229, 0.224, 0.225], atol=1e-6):
+    elif layout.get("imagenet_rescaling") or np.allclose(var, [0.229, 0.224, 0.225], atol=1e-6):
         # Keras's ImageNet files store std (not std^2) as the variance and add this layer.
         scale_out = 1.0 / np.sqrt(np.asarray([0.229, 0.224, 0.225]))
     std = np.sqrt(np.maximum(var, 0)) / scale_out
@@ -462,6 +472,7 @@ def convert_keras(path: str | Path, *, variant: str | None = None
             raise ValueError(f"{path} has no stem_conv kernel: not a keras.applications "
                              "EfficientNet")
         variant = _infer_variant(num_blocks=n_blocks, stem=weights["stem_conv/kernel"].shape[-1],
+                                 head_in=weights["top_conv/kernel"].shape[-2],
                                  head=weights["top_conv/kernel"].shape[-1], has_se=True,
                                  source_name=source_name)
     variant = effnet._check_variant(variant)
@@ -532,9 +543,17 @@ def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`embaug convert efficientnet SRC DST [--from ...] [--variant ...]`."""
+    """`embaug convert efficientnet SRC DST [--from ...] [--variant ...]`.
+
+    Args:
+      argv: the program name then the arguments, as `sys.argv` (the CLI dispatcher passes
+        ["embaug convert", ...]).
+    Returns:
+      The exit status: 0 on success, 1 on a bad checkpoint or file, 2 on bad arguments.
+    """
+    argv = list(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(
-        prog="embaug convert",
+        prog=argv[0] if argv else "embaug convert",
         description="Convert pretrained checkpoints to safetensors that load without the "
                     "original framework.")
     sub = parser.add_subparsers(dest="model", required=True)
@@ -546,7 +565,10 @@ def main(argv: list[str] | None = None) -> int:
                         "timm_tf = timm's tf_efficientnet_* ports")
     p.add_argument("--variant", default=None,
                    help=f"one of {', '.join(effnet.VARIANTS)} (default: inferred from shapes)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv[1:])
+    except SystemExit as e:  # argparse exits on --help (0) and on bad arguments (2)
+        return int(e.code or 0)
     try:
         info = convert_file(args.src, args.dst, origin=args.origin, variant=args.variant)
     except (ValueError, FileNotFoundError, ImportError) as e:

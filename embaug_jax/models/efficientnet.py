@@ -308,8 +308,8 @@ class MBConv(nn.Module):
         x = _activate(bn(name="dw_bn")(x), act)
         if spec.se_filters:
             s = jnp.mean(x, axis=(1, 2), keepdims=True)
-            s = PointwiseConv(spec.se_filters, True, self.dtype, name="se_reduce")(s)
-            s = PointwiseConv(spec.mid_filters, True, self.dtype, name="se_expand")(_activate(s, act))
+            s = _activate(PointwiseConv(spec.se_filters, True, self.dtype, name="se_reduce")(s), act)
+            s = PointwiseConv(spec.mid_filters, True, self.dtype, name="se_expand")(s)
             x = x * nn.sigmoid(s)
         x = PointwiseConv(spec.out_filters, dtype=self.dtype, name="project_conv")(x)
         x = bn(name="project_bn")(x)
@@ -350,32 +350,27 @@ class EfficientNet(nn.Module):
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def init_variables(arch: Architecture, key: jax.Array | None = None, *, padding: str = "tf",
-                   randomize_stats: bool = False) -> dict:
-    """Randomly initialised variables {"params", "batch_stats"} as numpy arrays.
+def init_variables(arch: Architecture, seed: int = 0, *, randomize_stats: bool = False
+                   ) -> dict:
+    """Random variables {"params", "batch_stats"} as numpy arrays, without compiling anything.
 
-    With `randomize_stats`, batch-norm scale/bias/mean/var are drawn away from the identity so a
-    parity test exercises every one of them.
+    Kernels are He-normal (fan-in), biases zero, batch norms identity. With `randomize_stats`,
+    batch-norm scales, shifts and statistics and the biases are drawn away from those values,
+    so tests and benchmarks exercise every leaf.
     """
-    key = jax.random.key(0) if key is None else key
-    model = EfficientNet(arch, padding=padding)
-    shape = (1, 32, 32, 3)
-    variables = jax.jit(model.init)(key, jnp.zeros(shape, jnp.float32))
-    variables = jax.tree.map(np.asarray, variables)
-    if randomize_stats:
-        rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
-        flat = _flatten(variables)
-        for path, v in flat.items():
-            if path.endswith("bn/scale") or path.endswith("_bn/scale"):
-                flat[path] = rng.uniform(0.5, 1.5, v.shape).astype(v.dtype)
-            elif path.endswith("/mean"):
-                flat[path] = rng.normal(0, 0.1, v.shape).astype(v.dtype)
-            elif path.endswith("/var"):
-                flat[path] = rng.uniform(0.5, 1.5, v.shape).astype(v.dtype)
-            elif path.endswith("/bias"):
-                flat[path] = rng.normal(0, 0.1, v.shape).astype(v.dtype)
-        variables = _unflatten(flat)
-    return variables
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for path, leaf in _flatten(expected_variables(arch)).items():
+        shape, dtype = leaf.shape, leaf.dtype
+        name = path.rsplit("/", 1)[-1]
+        if name == "kernel":  # [kh, kw, in (per group), out]: fan-in is all but the last axis
+            value = rng.normal(0, np.sqrt(2.0 / max(1, math.prod(shape[:-1]))), shape)
+        elif name in ("scale", "var"):
+            value = rng.uniform(0.5, 1.5, shape) if randomize_stats else np.ones(shape)
+        else:  # bias, mean
+            value = rng.normal(0, 0.1, shape) if randomize_stats else np.zeros(shape)
+        flat[path] = value.astype(dtype)
+    return _unflatten(flat)
 
 
 def _flatten(tree: dict) -> dict[str, Any]:
@@ -516,6 +511,24 @@ def default_weights_info(variant: str, origin: str) -> WeightsInfo:
     raise ValueError(f"unknown weights origin {origin!r}; choose one of {ORIGINS}")
 
 
+_TRACE_COUNTS: dict[tuple, int] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_forward(arch: Architecture, padding: str, bn_epsilon: float, depthwise: str,
+                      dtype: str, mean: tuple[float, ...], std: tuple[float, ...]):
+    """One jitted uint8 -> features program per setting, shared by every embedder using it."""
+    key = (arch, padding, bn_epsilon, depthwise, dtype, mean, std)
+    model = EfficientNet(arch, padding=padding, bn_epsilon=bn_epsilon, depthwise=depthwise,
+                         dtype=jnp.dtype(dtype))
+
+    def forward(variables, images):
+        _TRACE_COUNTS[key] = _TRACE_COUNTS.get(key, 0) + 1  # runs once per trace, not per call
+        return model.apply(variables, normalize(images, mean, std, jnp.dtype(dtype)))
+
+    return jax.jit(forward)
+
+
 class ImageEmbedder:
     """Images -> pooled EfficientNet features, batched and sharded across devices.
 
@@ -550,17 +563,9 @@ class ImageEmbedder:
         self._data_sharding = jax.sharding.NamedSharding(
             self.mesh, jax.sharding.PartitionSpec("batch"))
         self.variables = jax.device_put(variables, replicated)
-        model = EfficientNet(self.arch, padding=info.padding, bn_epsilon=info.bn_epsilon,
-                             depthwise=self.depthwise, dtype=jnp.dtype(dtype))
-        mean, std = info.mean, info.std
-
-        self.trace_count = 0  # how many times `forward` was traced (tests catch recompiles)
-
-        def forward(variables, images):
-            self.trace_count += 1
-            return model.apply(variables, normalize(images, mean, std, jnp.dtype(dtype)))
-
-        self._forward = jax.jit(forward, out_shardings=replicated)
+        self._forward_key = (self.arch, info.padding, info.bn_epsilon, self.depthwise, dtype,
+                             tuple(info.mean), tuple(info.std))
+        self._forward = _compiled_forward(*self._forward_key)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -600,13 +605,17 @@ class ImageEmbedder:
                **kwargs: Any) -> "ImageEmbedder":
         """Randomly initialised weights (batch-norm statistics randomised too): tests, benches."""
         info = dataclasses.replace(default_weights_info(variant, origin), origin="random")
-        arch = architecture(variant)
-        variables = init_variables(arch, jax.random.key(seed), randomize_stats=True)
+        variables = init_variables(architecture(variant), seed, randomize_stats=True)
         embedder = cls(variables, info, **kwargs)
         embedder._random_seed = seed
         return embedder
 
     # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def trace_count(self) -> int:
+        """How often this embedder's program was traced (tests use it to catch recompiles)."""
+        return _TRACE_COUNTS.get(self._forward_key, 0)
 
     @property
     def dim(self) -> int:
