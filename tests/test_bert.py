@@ -164,12 +164,16 @@ def test_random_config_matches_hf(tmp_path, hf_minilm, head, fmt, act):
 # Batching, sharding, compiles
 
 
-def test_padded_batch_equals_texts_one_by_one(minilm):
+def test_padded_batch_equals_texts_one_by_one(minilm, monkeypatch):
     together = minilm.embed(TEXTS)
     alone = np.concatenate([minilm.embed([t]) for t in TEXTS])
     chex.assert_trees_all_close(together, alone, atol=1e-5, rtol=0)
     assert together.dtype == np.float32 and together.shape == (len(TEXTS), minilm.dim)
     assert minilm.embed([]).shape == (0, minilm.dim)
+    # Tokenised in chunks of one batch (8 texts): rows still land in their input order.
+    monkeypatch.setattr(bert, "_BATCHES_PER_CHUNK", 1)
+    chex.assert_trees_all_close(minilm.embed(TEXTS[::-1] * 2), np.concatenate([alone[::-1]] * 2),
+                                atol=1e-5, rtol=0)
 
 
 def test_sharded_over_four_devices_equals_one_device(minilm):
@@ -218,6 +222,18 @@ def test_strict_merge_names_every_bad_leaf(tmp_path):
     for name in ("layer_1/query/kernel", "layer_2/output/kernel", "layer_2/output/wieght",
                  "embeddings/LayerNorm/bias: expected (96,), got (95,)", "model.safetensors"):
         assert name in message, message
+
+
+def test_bfloat16_and_foreign_checkpoints(tmp_path):
+    model = _random_checkpoint(tmp_path).to(torch.bfloat16)
+    model.save_pretrained(tmp_path)  # numpy cannot read bf16 safetensors; we must
+    _, params = bert.load_pretrained(tmp_path)
+    expected = model.encoder.layer[2].intermediate.dense.weight.detach().float().numpy().T
+    np.testing.assert_array_equal(params["layers"]["intermediate"]["kernel"][2], expected)
+    assert params["layers"]["intermediate"]["kernel"].dtype == np.float32
+    save_safetensors(tmp_path / "model.safetensors", {"roberta.embeddings.x": np.zeros(3)})
+    with pytest.raises(ValueError, match="no BERT encoder weights.*roberta.embeddings.x"):
+        bert.load_pretrained(tmp_path)
 
 
 def test_fingerprint_tracks_files_and_settings(tmp_path, minilm):

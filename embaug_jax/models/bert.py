@@ -61,6 +61,7 @@ POOLINGS = ("mean", "cls", "max")
 # `TextEmbedder.fingerprint()` are invalidated.
 _EMBEDDING_VERSION = "embaug_jax.bert/1"
 _MIN_BUCKET = 16
+_BATCHES_PER_CHUNK = 64
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -330,7 +331,7 @@ def _read_state_dict(files: Sequence[Path]) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     for f in files:
         if f.suffix == ".safetensors":
-            state.update(load_safetensors(f)[0])
+            state.update(_read_safetensors(f))
         else:
             import torch  # only for legacy pytorch_model.bin checkpoints
 
@@ -338,6 +339,19 @@ def _read_state_dict(files: Sequence[Path]) -> dict[str, np.ndarray]:
             state.update({k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
                           for k, v in loaded.items()})
     return state
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        return load_safetensors(path)[0]
+    except ValueError as e:
+        if "bfloat16" not in str(e):
+            raise
+    # numpy alone has no bfloat16; JAX's loader reads it (as ml_dtypes.bfloat16), and the merge
+    # casts every tensor to the model's float32 anyway.
+    from safetensors.flax import load_file
+
+    return {k: np.asarray(v) for k, v in load_file(str(path)).items()}
 
 
 def load_pretrained(path: str | os.PathLike) -> tuple[BertConfig, dict]:
@@ -350,7 +364,14 @@ def load_pretrained(path: str | os.PathLike) -> tuple[BertConfig, dict]:
     folder = _checkpoint_folder(path)
     config = BertConfig.from_json(folder / "config.json")
     files = _weight_files(folder)
-    flat, _ = convert_hf_state_dict(_read_state_dict(files))
+    state = _read_state_dict(files)
+    flat, _ = convert_hf_state_dict(state)
+    if not flat:
+        raise ValueError(
+            f"{files[0]} holds no BERT encoder weights (expected names like "
+            f"'embeddings.word_embeddings.weight' or 'bert.encoder.layer.0...'); its first names "
+            f"are {sorted(state)[:5]}"
+        )
     # Merged per layer, so an error names the layer ("layer_3/query/kernel"), then stacked.
     expected = flatten_tree(init_shapes(config))
     per_layer = {k: v for k, v in expected.items() if not k.startswith("layers/")}
@@ -618,24 +639,27 @@ class TextEmbedder:
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Embeds texts; returns float32 [len(texts), dim] in the order given.
 
-        Texts are sorted by token length so each batch pads little; batches are dispatched
-        without waiting, and at most two are in flight before their results are copied back.
+        Texts are tokenised a chunk at a time (bounded memory) and sorted by token length within
+        it, so each batch pads little. Batches are dispatched without waiting for results; at
+        most two are in flight before the oldest is copied back.
         """
         from tqdm.auto import tqdm
 
-        ids = self.tokenize(texts)
-        out = np.empty((len(ids), self.dim), np.float32)
-        order = np.argsort([len(t) for t in ids], kind="stable")
-        starts = range(0, len(order), self.batch_size)
+        texts = _check_texts(texts)
+        out = np.empty((len(texts), self.dim), np.float32)
+        chunk = self.batch_size * _BATCHES_PER_CHUNK
         pending: deque = deque()
-        with tqdm(total=len(ids), desc="embed texts", unit="text", disable=not progress) as bar:
-            for start in starts:
-                rows = order[start:start + self.batch_size]
-                input_ids, mask = self._pad_batch([ids[i] for i in rows])
-                result = self.embed_batch(self.params, *jax.device_put((input_ids, mask), self._batch_sharding))
-                pending.append((rows, result))
-                if len(pending) > 2:
-                    self._collect(pending.popleft(), out, bar)
+        with tqdm(total=len(texts), desc="embed texts", unit="text", disable=not progress) as bar:
+            for offset in range(0, len(texts), chunk):
+                ids = [e.ids for e in self.tokenizer.encode_batch(texts[offset:offset + chunk])]
+                order = np.argsort([len(t) for t in ids], kind="stable")
+                for start in range(0, len(order), self.batch_size):
+                    rows = order[start:start + self.batch_size]
+                    batch = jax.device_put(self._pad_batch([ids[i] for i in rows]),
+                                           self._batch_sharding)
+                    pending.append((offset + rows, self.embed_batch(self.params, *batch)))
+                    if len(pending) > 2:
+                        self._collect(pending.popleft(), out, bar)
             while pending:
                 self._collect(pending.popleft(), out, bar)
         return out
