@@ -23,6 +23,13 @@ Choices worth knowing:
   (BertFor* checkpoints) is stripped. The pooler and any task head (`cls.*`, `classifier.*`, ...)
   are ignored, as are the `position_ids`/`token_type_ids` buffers; everything under `embeddings.`
   and `encoder.` is merged strictly: a missing, extra or misshapen tensor is a ValueError naming it.
+- Devices: each batch is split over `devices` (NamedSharding on the batch axis, weights
+  replicated; the batch size is rounded up to a multiple of the device count). The vectors agree
+  with a single device's to float32 rounding (~1e-6), not bit for bit: XLA picks its matmul
+  kernels by the per-device shape.
+- Parity with Hugging Face's PyTorch `BertModel`: every hidden state at the real tokens and every
+  pooled vector agree to ~1e-5 (tests/test_bert.py checks 1e-4). Hidden states at padding
+  positions are meaningless in both and are not compared.
 - bfloat16 (`dtype="bfloat16"`): weights and matmuls in bf16; LayerNorm statistics, attention
   scores, softmax and pooling in float32. Measured on all-MiniLM-L6-v2 over 256 WordNet noun
   glosses, layers (-2, -1), mean pooling (`python benchmarks/text_bench.py --models=minilm
@@ -520,7 +527,12 @@ def normalize_layers(layers: Sequence[int], num_hidden_layers: int) -> tuple[int
 
 
 class TextEmbedder:
-    """Turns texts into pooled BERT embeddings with a few compiled shapes, sharded over devices."""
+    """Turns texts into pooled BERT embeddings with a few compiled shapes, sharded over devices.
+
+    Build it with `from_pretrained`; the constructor takes an already loaded config, float32
+    parameter tree and tokenizer (to reuse one loaded model under other settings), and `files`,
+    the checkpoint files the fingerprint hashes.
+    """
 
     def __init__(
         self,
