@@ -5,8 +5,8 @@
 
 Both sides embed the same texts in the same length-sorted batches of the same size and produce
 the same vectors (mean of the last two layers; the max abs difference is printed as a check).
-PyTorch pads each batch to its longest text; the Flax side pads to its length buckets (16, 24,
-32, 48, ...) so that a few compiled programs serve every batch. Compilation happens in a warm-up pass
+PyTorch pads each batch to its longest text; the Flax side pads to its length buckets (8, 12,
+16, 24, ...) so that a few compiled programs serve every batch. Compilation happens in a warm-up pass
 and is reported separately ("1st pass s"); the contenders then run in turn, `--repeats` rounds,
 and each side's rate is its best pass.
 """
