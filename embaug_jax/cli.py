@@ -75,8 +75,21 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
         default = str(REPO_ROOT / cmd.default_config)
     config_flags.DEFINE_config_file(
         "config", default, "Path to a config file, optionally `:variant` (e.g. `:smoke`).",
-        flag_values=fv, lock_config=True)
+        flag_values=fv, lock_config=True,
+        # Overrides are read from this argv, not sys.argv, so `main([...])` works in-process.
+        sys_argv=list(argv))
     flags.DEFINE_string("workdir", None, "Output directory (created if missing).", flag_values=fv)
+    flags.DEFINE_bool("distributed", False,
+                      "Call jax.distributed.initialize() first: one process per host, each "
+                      "running the same command. Cloud TPU pods, SLURM, Open MPI and Kubernetes "
+                      "are detected automatically; elsewhere pass the three flags below.",
+                      flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (--distributed).",
+                         flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index (--distributed).",
+                         flag_values=fv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(f"usage: embaug {name} --config=PATH[:variant] --workdir=DIR "
               f"[--config.a.b=value ...]\n\n{COMMANDS[name].help}\n\nflags:\n"
@@ -94,6 +107,11 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     if not fv.workdir:
         print(f"embaug {name}: --workdir is required", file=sys.stderr)
         return 2
+    if fv.distributed:
+        import jax
+
+        jax.distributed.initialize(coordinator_address=fv.coordinator_address,
+                                   num_processes=fv.num_processes, process_id=fv.process_id)
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
     _resolve(cmd.target)(fv.config, fv.workdir)

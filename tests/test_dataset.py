@@ -107,6 +107,9 @@ def test_load_validates_files_written_by_hand(tmp_path):
         load_embeddings(tmp_path / "ds")
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_embeddings(tmp_path / "nowhere")
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError, match="expected a dataset directory .* or a .npz"):
+        load_embeddings(tmp_path / "x.npy")
 
 
 def test_load_rejects_foreign_metadata(tmp_path):

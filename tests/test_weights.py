@@ -48,6 +48,10 @@ def test_safetensors_round_trip_is_atomic(tmp_path):
     assert meta == {"variant": "b4"}
     np.testing.assert_array_equal(flat["a/w"], tree["a"]["w"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    weights.save_safetensors(tmp_path / "flat.safetensors", flat)  # an already flat dict
+    again, _ = weights.load_safetensors(tmp_path / "flat.safetensors")
+    assert again.keys() == flat.keys()
+    (tmp_path / "flat.safetensors").unlink()
     with pytest.raises(ValueError, match="a: dtype object"):  # fails before anything is written
         weights.save_safetensors(tmp_path / "x.safetensors", {"a": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]

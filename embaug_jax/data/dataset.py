@@ -245,6 +245,9 @@ def load_embeddings(path: str | os.PathLike, *, mmap: bool = True,
     if not path.exists():
         raise FileNotFoundError(f"{where}: no such file or directory. Create one with "
                                 "`embaug extract` or `embaug_jax.data.save_embeddings`.")
+    if not path.is_dir() and path.suffix != ".npz":
+        raise ValueError(f"{where}: expected a dataset directory (embeddings.npy, labels.npy, "
+                         "meta.json) or a .npz file written by save_embeddings.")
     if path.is_dir():
         missing = [f for f in (_EMBEDDINGS, _LABELS, _META) if not (path / f).exists()]
         if missing:

@@ -95,7 +95,8 @@ def save_safetensors(path: str | os.PathLike, tree_or_flat: Mapping[str, Any],
     """Writes a tree (or an already flat dict) of arrays to a safetensors file, atomically."""
     from safetensors.numpy import save_file
 
-    flat = flatten_tree(tree_or_flat)
+    nested = any(isinstance(v, Mapping) for v in tree_or_flat.values())
+    flat = flatten_tree(tree_or_flat) if nested else dict(tree_or_flat)
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flat.items()}
     bad = [f"{k}: dtype {a.dtype}" for k, a in arrays.items() if a.dtype.kind not in "biufc"]
     if bad:

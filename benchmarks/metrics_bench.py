@@ -1,0 +1,113 @@
+"""Evaluation cost at the paper's scale, side by side in one run.
+
+One member: 39,600 validation examples (90% of 44,000) x 171 classes, ~10% of the classes
+unseen. Times Table 1's weighted AUC three ways (sklearn on `ovr_scores`; `metrics.ovr_roc`,
+float64 numpy, what the report uses; `metrics.weighted_auc`, jnp, what a compiled program can
+call), the Figure-3 threshold sweep (jnp vs a numpy loop), and `report.write_report` for a small
+sweep, per member.
+
+    python benchmarks/metrics_bench.py [--members 10] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+
+
+def _time(fn, repeats):
+    fn()  # warm-up: compilation, caches
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _member(rng, labels, seen, num_classes, sharpness):
+    logits = rng.normal(size=(len(labels), num_classes)) - 3.0
+    logits[np.arange(len(labels)), labels] += sharpness
+    probs = 1 / (1 + np.exp(-logits))
+    return np.round(probs, 3).astype(np.float32)  # rounded like real outputs saturate: ties
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-val", type=int, default=39_600)
+    parser.add_argument("--num-classes", type=int, default=171)
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import jax
+    from sklearn.metrics import roc_auc_score
+
+    from embaug_jax import metrics, report
+
+    rng = np.random.default_rng(0)
+    n, c = args.num_val, args.num_classes
+    labels = rng.integers(0, c, n)
+    seen = rng.random(c) > 0.1
+    probs = _member(rng, labels, seen, c, sharpness=5.0)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; one member: N={n}, C={c}, "
+          f"{int((~seen).sum())} unseen classes; best of {args.repeats}")
+
+    def sklearn_auc():
+        truth, scores, _, _ = metrics.ovr_scores(probs, labels, seen)
+        return roc_auc_score(truth, scores, average="weighted")
+
+    want = sklearn_auc()
+    got_np = metrics.ovr_roc(probs, labels, seen).weighted_auc
+    got_jnp = float(metrics.weighted_auc(probs, labels, seen))
+    t_sk = _time(sklearn_auc, args.repeats)
+    t_np = _time(lambda: metrics.ovr_roc(probs, labels, seen), args.repeats)
+    t_jnp = _time(lambda: metrics.weighted_auc(probs, labels, seen).block_until_ready(),
+                  args.repeats)
+    print(f"weighted AUC  sklearn          {t_sk:7.3f} s  (1.00x)  auc={want:.8f}")
+    print(f"weighted AUC  ovr_roc (numpy)  {t_np:7.3f} s  ({t_sk / t_np:.2f}x)  "
+          f"|diff|={abs(got_np - want):.1e}  (also computes the Figure-4 curve)")
+    print(f"weighted AUC  weighted_auc jnp {t_jnp:7.3f} s  ({t_sk / t_jnp:.2f}x)  "
+          f"|diff|={abs(got_jnp - want):.1e}")
+
+    thresholds = metrics.DEFAULT_THRESHOLDS
+
+    def numpy_sweep():
+        masked = np.where(seen, probs, -np.inf)
+        pred, conf = masked.argmax(1), masked.max(1)
+        truth_seen = seen[labels]
+        return [np.mean(np.where(truth_seen, (conf > t) & (pred == labels), ~(conf > t)))
+                for t in thresholds]
+
+    t_sweep_np = _time(numpy_sweep, args.repeats)
+    t_sweep_jnp = _time(lambda: metrics.threshold_sweep(probs, labels, seen)["overall"]
+                        .block_until_ready(), args.repeats)
+    print(f"threshold sweep ({len(thresholds)} thresholds)  numpy {t_sweep_np:.3f} s, "
+          f"jnp {t_sweep_jnp:.3f} s  ({t_sweep_np / t_sweep_jnp:.2f}x)")
+
+    trials = max(1, args.members // 2)
+    val_labels = np.stack([rng.integers(0, c, n) for _ in range(trials)])
+    seen_mask = np.stack([rng.random(c) > 0.1 for _ in range(trials)])
+    members, val_probs = [], []
+    for method, sharpness in (("control", 4.0), ("e_mixup", 5.0)):
+        for t in range(trials):
+            members.append(dict(method=method, alpha=0.2, softness=0.0, trial=t, seed=0))
+            val_probs.append(_member(rng, val_labels[t], seen_mask[t], c, sharpness))
+    epochs = np.arange(12, 577, 12)
+    history = {k: rng.random((len(members), len(epochs))) for k in
+               ("overall_accuracy", "none_accuracy", "train_loss")}
+    outputs = report.SweepOutputs(members, epochs, history, np.stack(val_probs), val_labels,
+                                  seen_mask, [f"class_{k}" for k in range(c)])
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        report.write_report(workdir, outputs)
+        t_report = time.perf_counter() - t0
+    print(f"write_report  {len(members)} members  {t_report:.2f} s  "
+          f"({t_report / len(members):.2f} s per member, figures included)")
+
+
+if __name__ == "__main__":
+    main()

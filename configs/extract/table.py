@@ -1,0 +1,41 @@
+r"""embaug extract --config=configs/extract/table.py --workdir=workdirs/mydata \
+  --config.source.path=data.csv --config.source.text_columns=title,description \
+  --config.source.label_column=category --config.source.id_column=sku \
+  --config.text_model.path=/models/bert-base-uncased
+
+Bring your own data: a CSV / TSV / JSONL / Parquet table of texts (and image paths).
+
+Each text column is one field (embedded separately, concatenated in the given order), each
+image column another (paths relative to the table's folder, or absolute; needs
+--config.image_model.path). `:smoke` embeds at most 64 rows with the shipped MiniLM (still needs
+--config.source.path and the column names).
+"""
+
+import ml_collections
+
+from configs.extract import common
+
+
+def get_config(arg=None):
+    args = common.parse_arg(arg)
+    c = common.base_config()
+    c.source = ml_collections.ConfigDict({"kind": "table"})
+    c.source.path = ""  # the table file
+    c.source.format = ""  # csv | tsv | jsonl | parquet; "" = from the extension
+    c.source.text_columns = ""  # comma-separated, e.g. "title,description"
+    c.source.image_columns = ""  # comma-separated columns of image paths
+    c.source.label_column = ""  # class names
+    c.source.id_column = ""  # "" = row numbers
+    c.source.missing_labels = "drop"  # drop (counted) | error
+    c.source.empty_texts = "keep"  # keep as "" (counted) | drop | error
+    c.source.encoding = "utf-8"
+    c.source.encoding_errors = "strict"  # strict (error naming the line) | replace
+    common.sampling(c.source)
+    c.text_model.path = ""  # a Hugging Face BERT folder
+    if args.smoke:
+        c.source.max_items = 64
+        c.text_model.path = "builtin:minilm"
+        c.text_model.max_length = 128
+        c.text_model.batch_size = 16
+        c.shard_size = 32
+    return c

@@ -1,0 +1,22 @@
+"""Table 1: the control and the four methods, each over an alpha grid, over 5 random splits.
+
+  python -m embaug_jax train --config=configs/table1.py --workdir=/tmp/embaug/table1 \
+      --config.data.path=/path/to/embeddings
+
+The paper searched alpha in (0, 0.5] and reported the best alpha per method; results.json names
+the alpha that won (results["methods"][NAME]["alpha"]) and results.md lists the whole grid.
+Control appears once per trial (it has no alpha): 5 + 4 x 5 x 5 = 105 members in one program.
+Variants as configs/default.py (`:smoke`, `:synthetic`, `trials=N`).
+"""
+
+from configs import default
+
+
+def get_config(arg=None):
+    c = default.get_config(arg)
+    c.sweep.methods = default.METHODS
+    c.sweep.alphas = (0.1, 0.2, 0.3, 0.4, 0.5)
+    c.sweep.softness = (0.05,)
+    if c.data.source == "synthetic" and c.num_epochs < 576:  # smoke: a 2-point grid
+        c.sweep.alphas = (0.2, 0.4)
+    return c

@@ -1,0 +1,678 @@
+"""The paper's embedding augmentations (sections 2.2-2.4) as pure JAX functions.
+
+Two forms of the same mathematics:
+
+* Named functions -- `e_mixup`, `e_stitchup`, `soft_e_mixup`, `soft_e_stitchup`, `control` and
+  `soften_labels` -- and `METHODS`, which puts the five methods behind one signature.
+* A traced form -- `MethodParams`, `method_params`, `augment_batch` -- in which the method itself,
+  alpha and softness are arrays, every method returns the same shapes, and so one compiled program
+  (and one `jax.vmap` over sweep members) serves every method and hyperparameter. For the same key
+  it returns what the named function returns.
+
+Pairing. A mixing method combines a first parent `a` with a second parent `b`:
+  "halve"   (the paper) shuffles the batch and pairs its first half with its second: B/2 outputs,
+            every example used exactly once. B must be even.
+  "permute" pairs every example (as `a`) with a partner drawn uniformly from the other B - 1
+            examples (never itself; a row may be a partner several times): B outputs.
+  "flip"    pairs row i with row B - 1 - i (no randomness in the pairing): B outputs. For odd B
+            the middle row is paired with itself, so it comes out as it went in (up to rounding
+            in mixup) with its own label.
+
+One lambda ~ Beta(alpha, alpha) is drawn per pair; lambda is the weight of parent `a` in the
+embedding (mixup: `lam * x_a + (1 - lam) * x_b`; stitchup: each element comes from `x_a` with
+probability lam) and in the label (`lam * y_a + (1 - lam) * y_b`). `1 - lam` is computed without
+cancellation (see `sample_lambda`), so near-one-sided pairs treat both parents alike.
+
+Segments. `segments=(n1, n2, ...)` treats x as the concatenation of segments of those sizes (e.g.
+title | description | image) and draws an independent lambda per segment (stitchup: an independent
+mask rate). The label is then mixed by the size-weighted mean of the segment lambdas, i.e. by the
+average over coordinates of parent `a`'s per-coordinate weight. That is the expected share of the
+vector that comes from `a` (the same quantity "realized" measures exactly in stitchup), and it
+reduces to the paper's rule when every segment draws the same lambda.
+
+Labels. `y` is either [B, C] float (one-hot or already soft; its dtype is kept) or [B] integer
+class ids with `num_classes=` given (they become float32 one-hot: targets stay float32 even for
+bfloat16 embeddings, where e.g. 0.1 is not representable). Embeddings keep their dtype; bfloat16 is
+mixed in float32 and rounded once.
+
+Validation. Shapes, ranks and names are checked always. Values (alpha > 0, softness in [0, 1),
+labels in [0, num_classes), finite inputs) can only be checked on concrete arrays: under
+`jax.jit`/`jax.vmap` tracing they are not, so a traced alpha <= 0 yields NaN, a traced
+out-of-range class id an all-zero label row and a traced method index outside {0, 1, 2} is
+clamped by `lax.switch`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = [
+    "LABEL_WEIGHTS",
+    "METHODS",
+    "METHOD_NAMES",
+    "MIX_CONTROL",
+    "MIX_MIXUP",
+    "MIX_STITCHUP",
+    "MethodParams",
+    "PAIRINGS",
+    "UnknownMethodError",
+    "augment_batch",
+    "control",
+    "e_mixup",
+    "e_stitchup",
+    "method_params",
+    "num_outputs",
+    "sample_lambda",
+    "soft_e_mixup",
+    "soft_e_stitchup",
+    "soften_labels",
+]
+
+METHOD_NAMES = ("control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup")
+PAIRINGS = ("halve", "permute", "flip")
+LABEL_WEIGHTS = ("lambda", "realized")
+
+# Values of `MethodParams.mix`: the branch index of `lax.switch` in `augment_batch`.
+MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP = 0, 1, 2
+_MIX_OF_METHOD = {
+    "control": (MIX_CONTROL, False),
+    "e_mixup": (MIX_MIXUP, False),
+    "e_stitchup": (MIX_STITCHUP, False),
+    "soft_e_mixup": (MIX_MIXUP, True),
+    "soft_e_stitchup": (MIX_STITCHUP, True),
+}
+
+# Stitchup compares 16-bit uniforms with a per-row threshold: one 32-bit random word serves two
+# elements, which halves the threefry work that dominates stitchup's run time (see
+# benchmarks/README.md, section "augment").
+_MASK_BITS = 16
+_MASK_SCALE = float(1 << _MASK_BITS)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _holds(check: Callable[[jax.Array], jax.Array], value: Any) -> bool:
+    """Evaluates `check` on a concrete array right away, even while an outer jit traces (where
+    `value` is a closed-over constant); True for traced values, which cannot be checked."""
+    if _is_traced(value):
+        return True
+    with jax.ensure_compile_time_eval():
+        return bool(check(jnp.asarray(value)))
+
+
+def _check_name(kind: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"unknown {kind} {value!r}; use one of {', '.join(repr(a) for a in allowed)}"
+        )
+
+
+def _check_alpha(alpha: Any) -> None:
+    if np.ndim(alpha) != 0:
+        raise ValueError(
+            f"alpha must be a scalar (one Beta(alpha, alpha) for the batch), got shape "
+            f"{np.shape(alpha)}; vmap over alphas instead of passing an array"
+        )
+    if not _is_traced(alpha):
+        a = float(np.asarray(alpha))
+        if not (math.isfinite(a) and a > 0):
+            raise ValueError(
+                f"alpha must be a finite number > 0 (Beta(alpha, alpha) needs it), got {a}; "
+                "the paper uses alpha in (0, 0.5]"
+            )
+
+
+def _check_softness(softness: Any, negative_mass: Any) -> None:
+    if np.ndim(softness) != 0:
+        raise ValueError(f"softness must be a scalar, got shape {np.shape(softness)}")
+    if not _is_traced(softness):
+        s = float(np.asarray(softness))
+        if not (0.0 <= s < 1.0):
+            raise ValueError(
+                f"softness must lie in [0, 1), got {s}; it is subtracted from every positive "
+                "class (the paper uses 0.05)"
+            )
+    if negative_mass is not None:
+        if np.ndim(negative_mass) != 0:
+            raise ValueError(f"negative_mass must be a scalar or None, got shape {np.shape(negative_mass)}")
+        if not _is_traced(negative_mass):
+            m = float(np.asarray(negative_mass))
+            if not (math.isfinite(m) and m >= 0):
+                raise ValueError(
+                    f"negative_mass must be a finite number >= 0 or None (mass-conserving), got {m}"
+                )
+
+
+def _check_x(x: Any) -> jax.Array:
+    raw, x = x, jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"x must be a [batch, dim] array of embeddings, got shape {x.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"x must be floating point, got {x.dtype}; cast it, e.g. x.astype(jnp.float32)"
+        )
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"x must be non-empty, got shape {x.shape}")
+    if not _holds(lambda v: jnp.isfinite(v).all(), raw):
+        raise ValueError("x contains NaN or Inf; clean or drop those embeddings first")
+    return x
+
+
+def _labels_to_float(y: Any, batch: int, num_classes: int | None) -> jax.Array:
+    """Returns [B, C] float labels from [B] integer ids or [B, C] float labels, validating them."""
+    raw, y = y, jnp.asarray(y)
+    if y.ndim == 0 or y.shape[0] != batch:
+        raise ValueError(
+            f"x and y disagree on the batch size: x has {batch} rows, y has shape {y.shape}; "
+            "pass one label (row) per embedding"
+        )
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        if y.ndim != 1:
+            raise ValueError(
+                f"integer labels must be [batch] class ids, got shape {y.shape}; pass [B, C] "
+                "labels as floats"
+            )
+        if num_classes is None:
+            raise ValueError(
+                "integer labels need num_classes=C to build one-hot targets; pass num_classes "
+                "or [B, C] float labels"
+            )
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not _holds(lambda v: (v >= 0).all() & (v < num_classes).all(), raw):
+            with jax.ensure_compile_time_eval():
+                lo, hi = int(jnp.min(jnp.asarray(raw))), int(jnp.max(jnp.asarray(raw)))
+            raise ValueError(
+                f"labels must lie in [0, num_classes={num_classes}), got values in "
+                f"[{lo}, {hi}]; fix the labels or raise num_classes"
+            )
+        return jax.nn.one_hot(y, int(num_classes), dtype=jnp.float32)
+    if not jnp.issubdtype(y.dtype, jnp.floating):
+        raise ValueError(f"labels must be integer class ids or float [B, C], got dtype {y.dtype}")
+    if y.ndim != 2:
+        raise ValueError(
+            f"float labels must be [batch, classes], got shape {y.shape}; pass integer class "
+            "ids with num_classes= for [batch] labels"
+        )
+    if num_classes is not None and y.shape[1] != num_classes:
+        raise ValueError(
+            f"labels have {y.shape[1]} classes but num_classes={num_classes}; make them agree"
+        )
+    if not _holds(lambda v: jnp.isfinite(v).all(), raw):
+        raise ValueError("labels contain NaN or Inf")
+    if not _holds(lambda v: (v >= 0).all(), raw):
+        raise ValueError("labels must be >= 0 (class probabilities), found negative entries")
+    return y
+
+
+def _check_segments(segments: Sequence[int] | None, dim: int) -> tuple[int, ...] | None:
+    if segments is None:
+        return None
+    try:
+        sizes = tuple(int(s) for s in segments)
+    except TypeError as err:
+        raise ValueError(
+            f"segments must be a sequence of segment sizes like (384, 384, 1280), got {segments!r}"
+        ) from err
+    if not sizes or any(s <= 0 for s in sizes) or any(int(s) != s for s in segments):
+        raise ValueError(f"segments must be positive integer sizes, got {segments!r}")
+    if sum(sizes) != dim:
+        raise ValueError(
+            f"segments {sizes} sum to {sum(sizes)} but the embeddings have dim {dim}; the sizes "
+            "must add up to the embedding width"
+        )
+    return sizes
+
+
+def _check_batch(batch: int, pairing: str) -> None:
+    if pairing == "halve" and (batch % 2 or batch < 2):
+        raise ValueError(
+            f'pairing="halve" pairs the first half of the batch with the second, so the batch '
+            f"size must be even, got {batch}; use an even batch size or "
+            'pairing="permute"/"flip"'
+        )
+    if pairing == "permute" and batch < 2:
+        raise ValueError('pairing="permute" needs at least 2 examples to pair each with another')
+
+
+def _check_class_mask(class_mask: Any, num_classes: int) -> jax.Array | None:
+    if class_mask is None:
+        return None
+    class_mask = jnp.asarray(class_mask)
+    if class_mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"class_mask must be a boolean array (True = valid class), got dtype "
+            f"{class_mask.dtype}; build it with e.g. jnp.zeros(C, bool).at[valid_ids].set(True)"
+        )
+    if class_mask.ndim == 0 or class_mask.shape[-1] != num_classes:
+        raise ValueError(
+            f"class_mask must have {num_classes} classes in its last axis, got shape "
+            f"{class_mask.shape}"
+        )
+    return class_mask
+
+
+def num_outputs(batch: int, pairing: str = "halve") -> int:
+    """Rows a mixing method returns for a batch of `batch` examples (B/2 under "halve", else B)."""
+    _check_name("pairing", pairing, PAIRINGS)
+    _check_batch(batch, pairing)
+    return batch // 2 if pairing == "halve" else batch
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def sample_lambda(key: jax.Array, alpha: Any, shape: Sequence[int] = (), *, complement: bool = False):
+    """Draws float32 mixing weights lam ~ Beta(alpha, alpha), as `jax.random.beta` does.
+
+    lam = G_a / (G_a + G_b) from two Gamma(alpha) variates taken in log space, so small alphas
+    (0.1, 0.2: U-shaped, most mass near 0 and 1) are sampled accurately. Near 1, though, float32
+    cannot hold lam precisely (at alpha = 0.1 about 10% of draws lie within 6e-8 of 1 and round
+    to 1.0), and `1 - lam` would then be exactly 0 where it should be tiny; so with
+    `complement=True` this also returns 1 - lam computed as G_b / (G_a + G_b), accurate at both
+    ends. The mixing methods weight the second parent by it, which keeps them symmetric in a/b.
+
+    A concrete `alpha` must be > 0; a traced one is not checked.
+
+    Returns:
+      lam [shape] float32, or (lam, 1 - lam) if `complement`.
+    """
+    if not _is_traced(alpha):
+        a = np.asarray(alpha, dtype=np.float64)
+        if not (np.isfinite(a).all() and (a > 0).all()):
+            raise ValueError(f"alpha must be finite and > 0 for Beta(alpha, alpha), got {alpha}")
+    shape = tuple(shape)
+    alpha = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), shape)
+    key_a, key_b = jax.random.split(key)
+    log_gamma_a = jax.random.loggamma(key_a, alpha, shape, jnp.float32)
+    log_gamma_b = jax.random.loggamma(key_b, alpha, shape, jnp.float32)
+    log_max = jnp.maximum(log_gamma_a, log_gamma_b)
+    gamma_a = jnp.exp(log_gamma_a - log_max)
+    gamma_b = jnp.exp(log_gamma_b - log_max)
+    lam = gamma_a / (gamma_a + gamma_b)
+    if complement:
+        return lam, gamma_b / (gamma_a + gamma_b)
+    return lam
+
+
+def _pair(key: jax.Array, x: jax.Array, y: jax.Array, pairing: str):
+    """Returns (x_a, x_b, y_a, y_b): the parents of every output row."""
+    batch = x.shape[0]
+    if pairing == "halve":
+        perm = jax.random.permutation(key, batch)
+        xs, ys = x[perm], y[perm]
+        half = batch // 2
+        return xs[:half], xs[half:], ys[:half], ys[half:]
+    if pairing == "permute":
+        # A uniform offset in [1, B) makes the partner uniform over the other B - 1 rows.
+        offset = jax.random.randint(key, (batch,), 1, batch)
+        partner = (jnp.arange(batch) + offset) % batch
+        return x, x[partner], y, y[partner]
+    return x, x[::-1], y, y[::-1]
+
+
+def _per_coordinate(values: jax.Array, sizes: tuple[int, ...] | None, dim: int) -> jax.Array:
+    """Broadcasts per-segment values [P, S] to per-coordinate [P, D] (or [P, 1] without segments)."""
+    if sizes is None:
+        return values
+    return jnp.repeat(values, np.asarray(sizes), axis=1, total_repeat_length=dim)
+
+
+def _segment_mean(values: jax.Array, sizes: tuple[int, ...] | None) -> jax.Array:
+    """Size-weighted mean over segments: [P, S] -> [P] (exactly values[:, 0] without segments)."""
+    if sizes is None:
+        return values[:, 0]
+    weights = jnp.asarray(sizes, jnp.float32) / sum(sizes)
+    # A sum, not `values @ weights`: matmuls may run at reduced precision on accelerators.
+    return jnp.sum(values * weights, axis=1)
+
+
+def _stitch_mask(key: jax.Array, lam: jax.Array, dim: int, sizes: tuple[int, ...] | None) -> jax.Array:
+    """[P, D] bool, True where the element comes from parent `a`: P(True) = lam of its segment.
+
+    A 16-bit uniform u per element is compared with t = floor(2^16 lam + U), U ~ U[0, 1) per row
+    and segment. That stochastic rounding makes E[t] = 2^16 lam, so P(u < t) = lam exactly (not
+    just to 2^-16), and t = 2^16 at lam = 1 takes every element from `a`.
+    """
+    pairs = lam.shape[0]
+    k_bits, k_round = jax.random.split(key)
+    threshold = jnp.floor(lam * _MASK_SCALE + jax.random.uniform(k_round, lam.shape))
+    threshold = _per_coordinate(threshold.astype(jnp.uint32), sizes, dim)
+    words = jax.random.bits(k_bits, (pairs, (dim + 1) // 2), jnp.uint32)
+    uniform16 = jnp.concatenate([words & 0xFFFF, words >> 16], axis=1)[:, :dim]
+    return uniform16 < threshold
+
+
+def _mix(key, x, y, alpha, *, mode: str, pairing: str, label_weight: str, sizes):
+    """Pairs, draws lambdas and mixes: the shared core of every mixing method (no checks)."""
+    k_pair, k_lam, k_mask = jax.random.split(key, 3)
+    pairs = x.shape[0] // 2 if pairing == "halve" else x.shape[0]
+    shape = (pairs, 1 if sizes is None else len(sizes))
+    lam_a, lam_b = _sample_weights(k_lam, jnp.asarray(alpha, jnp.float32), shape)
+    return _mix_with(k_pair, k_mask, x, y, lam_a, lam_b, mode=mode, pairing=pairing,
+                     label_weight=label_weight, sizes=sizes)
+
+
+# Two compiled pieces rather than one: the Gamma sampler's rejection loops are slow to compile,
+# and split off they compile once per shape instead of once per method and pairing. Under an
+# outer jit both are inlined into one program.
+@partial(jax.jit, static_argnames="shape")
+def _sample_weights(key, alpha, shape):
+    return sample_lambda(key, alpha, shape, complement=True)
+
+
+@partial(jax.jit, static_argnames=("mode", "pairing", "label_weight", "sizes"))
+def _mix_with(k_pair, k_mask, x, y, lam_a, lam_b, *, mode, pairing, label_weight, sizes):
+    x_a, x_b, y_a, y_b = _pair(k_pair, x, y, pairing)
+    dim = x.shape[1]
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    if mode == "mixup":
+        coord_a = _per_coordinate(lam_a, sizes, dim).astype(compute)
+        coord_b = _per_coordinate(lam_b, sizes, dim).astype(compute)
+        x_mix = (coord_a * x_a.astype(compute) + coord_b * x_b.astype(compute)).astype(x.dtype)
+        w_a, w_b = _segment_mean(lam_a, sizes), _segment_mean(lam_b, sizes)
+    else:
+        from_a = _stitch_mask(k_mask, lam_a, dim, sizes)
+        x_mix = jnp.where(from_a, x_a, x_b)
+        if label_weight == "realized":
+            count_a = jnp.sum(from_a, axis=1, dtype=jnp.int32)
+            w_a, w_b = count_a / dim, (dim - count_a) / dim
+        else:
+            w_a, w_b = _segment_mean(lam_a, sizes), _segment_mean(lam_b, sizes)
+    label_compute = jnp.promote_types(y.dtype, jnp.float32)
+    w_a = w_a[:, None].astype(label_compute)
+    w_b = w_b[:, None].astype(label_compute)
+    y_mix = w_a * y_a.astype(label_compute) + w_b * y_b.astype(label_compute)
+    return x_mix, y_mix.astype(y.dtype)
+
+
+def _prepare(x, y, *, num_classes=None, pairing="halve", label_weight="lambda", segments=None):
+    _check_name("pairing", pairing, PAIRINGS)
+    _check_name("label_weight", label_weight, LABEL_WEIGHTS)
+    x = _check_x(x)
+    y = _labels_to_float(y, x.shape[0], num_classes)
+    _check_batch(x.shape[0], pairing)
+    sizes = _check_segments(segments, x.shape[1])
+    return x, y, sizes
+
+
+# --------------------------------------------------------------------------------------------
+# The named augmentations
+# --------------------------------------------------------------------------------------------
+
+
+def soften_labels(y: Any, softness: Any = 0.05, negative_mass: Any = 1.0, *, class_mask: Any = None) -> jax.Array:
+    """The paper's label softening (section 2.4).
+
+    Subtracts `softness` from every positive class (clamped at 0) and spreads `negative_mass`
+    evenly over the classes that were exactly 0. `negative_mass=None` conserves mass: the zero
+    classes share exactly what was removed, so a distribution stays one. A row with no zero class
+    has nowhere to put the mass and loses it.
+
+    Args:
+      y: [..., C] float labels (one-hot or mixed); dtype kept.
+      softness: scalar in [0, 1), may be traced. The paper adds the negative mass even at 0.
+      negative_mass: total mass for the zero classes (the paper: 1.0, the binomial output lets
+        the target sum exceed one), or None for the mass-conserving variant.
+      class_mask: optional bool [C] (or broadcastable [..., C]); negative mass goes only to valid
+        zero classes, so invalid classes (e.g. unseen in this split) stay exactly 0.
+    """
+    y = jnp.asarray(y)
+    if y.ndim < 1 or not jnp.issubdtype(y.dtype, jnp.floating):
+        raise ValueError(
+            f"soften_labels needs float labels [..., C], got {y.dtype} of shape {y.shape}; "
+            "one-hot integer ids first (jax.nn.one_hot)"
+        )
+    _check_softness(softness, negative_mass)
+    class_mask = _check_class_mask(class_mask, y.shape[-1])
+    compute = jnp.promote_types(y.dtype, jnp.float32)
+    yc = y.astype(compute)
+    softness = jnp.asarray(softness, compute)
+    positive = yc > 0
+    softened = jnp.where(positive, jnp.maximum(yc - softness, 0), yc)
+    receives = ~positive if class_mask is None else (~positive) & class_mask
+    n_receive = jnp.sum(receives, axis=-1, keepdims=True, dtype=compute)
+    if negative_mass is None:
+        mass = jnp.sum(yc - softened, axis=-1, keepdims=True)
+    else:
+        mass = jnp.asarray(negative_mass, compute)
+    share = mass / jnp.maximum(n_receive, 1)
+    return jnp.where(receives, softened + share, softened).astype(y.dtype)
+
+
+def e_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None, segments=None):
+    """E-Mixup (section 2.2): `x_mix = lam * x_a + (1 - lam) * x_b`, labels alike.
+
+    Args:
+      key: PRNG key.
+      x: [B, D] float embeddings.
+      y: [B, C] float labels, or [B] integer ids with `num_classes`.
+      alpha: Beta(alpha, alpha) parameter, > 0 (may be traced).
+      pairing: "halve" (B/2 outputs), "permute" or "flip" (B outputs); see the module docstring.
+      segments: optional segment sizes summing to D: an independent lambda per segment.
+    Returns:
+      (x_mix [P, D] in x's dtype, y_mix [P, C] float).
+    """
+    _check_alpha(alpha)
+    x, y, sizes = _prepare(x, y, num_classes=num_classes, pairing=pairing, segments=segments)
+    return _mix(key, x, y, alpha, mode="mixup", pairing=pairing, label_weight="lambda", sizes=sizes)
+
+
+def e_stitchup(key, x, y, alpha, *, pairing="halve", label_weight="lambda", num_classes=None, segments=None):
+    """E-Stitchup (section 2.3): each element from `x_a` with probability lam, else from `x_b`.
+
+    Labels are mixed by lam (`label_weight="lambda"`, the paper) or by the fraction of elements
+    actually taken from `x_a` (`"realized"`). Arguments as in `e_mixup`; with `segments` each
+    segment has its own mask rate.
+    """
+    _check_alpha(alpha)
+    x, y, sizes = _prepare(
+        x, y, num_classes=num_classes, pairing=pairing, label_weight=label_weight, segments=segments
+    )
+    return _mix(key, x, y, alpha, mode="stitchup", pairing=pairing, label_weight=label_weight, sizes=sizes)
+
+
+def soft_e_mixup(key, x, y, alpha, *, softness=0.05, negative_mass=1.0, class_mask=None,
+                 pairing="halve", num_classes=None, segments=None):
+    """Soft E-Mixup (section 2.4): `e_mixup` followed by `soften_labels`."""
+    _check_softness(softness, negative_mass)
+    x_mix, y_mix = e_mixup(key, x, y, alpha, pairing=pairing, num_classes=num_classes, segments=segments)
+    return x_mix, soften_labels(y_mix, softness, negative_mass, class_mask=class_mask)
+
+
+def soft_e_stitchup(key, x, y, alpha, *, softness=0.05, negative_mass=1.0, class_mask=None,
+                    pairing="halve", label_weight="lambda", num_classes=None, segments=None):
+    """Soft E-Stitchup (section 2.4): `e_stitchup` followed by `soften_labels`."""
+    _check_softness(softness, negative_mass)
+    x_mix, y_mix = e_stitchup(
+        key, x, y, alpha, pairing=pairing, label_weight=label_weight, num_classes=num_classes,
+        segments=segments,
+    )
+    return x_mix, soften_labels(y_mix, softness, negative_mass, class_mask=class_mask)
+
+
+def control(key, x, y, alpha=None, *, num_classes=None, **ignored):
+    """The paper's control: no augmentation. Returns (x, y as float labels); key/alpha unused."""
+    del key, alpha, ignored
+    x = _check_x(x)
+    return x, _labels_to_float(y, x.shape[0], num_classes)
+
+
+def _named(name: str) -> Callable:
+    def method(key, x, y, alpha, *, softness=0.05, negative_mass=1.0, class_mask=None,
+               pairing="halve", label_weight="lambda", num_classes=None, segments=None):
+        common = dict(pairing=pairing, num_classes=num_classes, segments=segments)
+        soft = dict(softness=softness, negative_mass=negative_mass, class_mask=class_mask)
+        if name == "control":
+            return control(key, x, y, alpha, num_classes=num_classes)
+        if name == "e_mixup":
+            return e_mixup(key, x, y, alpha, **common)
+        if name == "e_stitchup":
+            return e_stitchup(key, x, y, alpha, label_weight=label_weight, **common)
+        if name == "soft_e_mixup":
+            return soft_e_mixup(key, x, y, alpha, **soft, **common)
+        return soft_e_stitchup(key, x, y, alpha, label_weight=label_weight, **soft, **common)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (
+        f"`{name}` behind the common signature of `METHODS` (arguments it does not use are ignored)."
+    )
+    return method
+
+
+class UnknownMethodError(KeyError, ValueError):
+    """An unknown method name: a KeyError for `METHODS[...]` that is also a ValueError."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _MethodTable(dict):
+    def __missing__(self, name):
+        raise UnknownMethodError(
+            f"unknown method {name!r}; use one of {', '.join(repr(m) for m in METHOD_NAMES)}"
+        )
+
+
+METHODS: dict[str, Callable] = _MethodTable((name, _named(name)) for name in METHOD_NAMES)
+
+
+# --------------------------------------------------------------------------------------------
+# The traced form
+# --------------------------------------------------------------------------------------------
+
+
+class MethodParams(NamedTuple):
+    """An augmentation method as arrays, so sweeps vmap over methods without recompiling.
+
+    Every field is a (possibly traced) scalar array; stack them along a leading axis to vmap.
+    """
+
+    mix: jax.Array  # int32: MIX_CONTROL (0), MIX_MIXUP (1) or MIX_STITCHUP (2)
+    soft: jax.Array  # bool: apply soften_labels after mixing (its own switch: softness 0 still adds mass)
+    alpha: jax.Array  # float32 > 0
+    softness: jax.Array  # float32 in [0, 1)
+
+
+def method_params(name: str, alpha: float = 0.2, softness: float = 0.05) -> MethodParams:
+    """The `MethodParams` of a named method, validated. Control ignores alpha and softness."""
+    if name not in METHOD_NAMES:
+        METHODS[name]  # raises UnknownMethodError
+    _check_alpha(alpha)
+    _check_softness(softness, None)
+    mix, soft = _MIX_OF_METHOD[name]
+    return MethodParams(
+        mix=jnp.asarray(mix, jnp.int32),
+        soft=jnp.asarray(soft, jnp.bool_),
+        alpha=jnp.asarray(alpha, jnp.float32),
+        softness=jnp.asarray(softness, jnp.float32),
+    )
+
+
+def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="halve",
+                  negative_mass=1.0, label_weight="lambda", segments=None, num_classes=None):
+    """Applies the method `params` describes, with the same output shapes for every method.
+
+    The method is chosen by `lax.switch` on `params.mix` and softening by `jnp.where` on
+    `params.soft`, so changing params never retraces, and under `jax.vmap` over params every
+    member runs in one program. For the same key the rows equal the named function's output.
+
+    Returns:
+      (x_out [B, D], y_out [B, C] float, weight [B] float32). Under "halve" a mixing method puts
+      its B/2 mixed rows first with weight 1 and B/2 zero rows with weight 0; control returns the
+      B original rows (the paper's control trains on the full batch), all weight 1. Under
+      "permute"/"flip" every row has weight 1. Use the weight in the loss (weighted mean).
+    """
+    if not isinstance(params, MethodParams):
+        raise ValueError(
+            f"params must be a MethodParams (build one with method_params(name, alpha, "
+            f"softness)), got {type(params).__name__}"
+        )
+    for field in MethodParams._fields:
+        if np.ndim(getattr(params, field)) != 0:
+            raise ValueError(
+                f"params.{field} must be a scalar, got shape {np.shape(getattr(params, field))}; "
+                "vmap over stacked params instead of passing arrays"
+            )
+    x, y, sizes = _prepare(
+        x, y, num_classes=num_classes, pairing=pairing, label_weight=label_weight, segments=segments
+    )
+    _check_softness(params.softness, negative_mass)
+    mix_idx = jnp.asarray(params.mix, jnp.int32)
+    if not _is_traced(mix_idx) and int(mix_idx) not in (MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP):
+        raise ValueError(f"params.mix must be 0 (control), 1 (mixup) or 2 (stitchup), got {int(mix_idx)}")
+    if not _is_traced(mix_idx) and int(mix_idx) != MIX_CONTROL:
+        _check_alpha(params.alpha)
+    params = MethodParams(
+        mix=mix_idx,
+        soft=jnp.asarray(params.soft, jnp.bool_),
+        alpha=jnp.asarray(params.alpha, jnp.float32),
+        softness=jnp.asarray(params.softness, jnp.float32),
+    )
+    class_mask = _check_class_mask(class_mask, y.shape[1])
+    if negative_mass is not None:
+        negative_mass = jnp.asarray(negative_mass, jnp.float32)
+    return _augment_batch(key, x, y, params, class_mask, negative_mass, pairing=pairing,
+                          label_weight=label_weight, sizes=sizes)
+
+
+# Jitted so that eager calls compile once per shape and configuration (an eager lax.switch would
+# recompile on every call); inside a caller's jit it is simply inlined.
+@partial(jax.jit, static_argnames=("pairing", "label_weight", "sizes"))
+def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, label_weight, sizes):
+    batch = x.shape[0]
+    # The same key split as `_mix`, so every branch reproduces its named function.
+    k_pair, k_lam, k_mask = jax.random.split(key, 3)
+    pairs = batch // 2 if pairing == "halve" else batch
+    is_control = params.mix == MIX_CONTROL
+    # Control ignores alpha, but under vmap every branch runs: a NaN from a control member's
+    # unused alpha would still poison gradients through the select, so give control a safe one.
+    alpha = jnp.where(is_control, 1.0, params.alpha)
+    # Drawn once, outside the switch, for both mixing branches; a lone control skips the sampler.
+    lam_shape = (pairs, 1 if sizes is None else len(sizes))
+    lam_a, lam_b = lax.cond(
+        is_control,
+        lambda: (jnp.ones(lam_shape, jnp.float32), jnp.zeros(lam_shape, jnp.float32)),
+        lambda: _sample_weights(k_lam, alpha, lam_shape),
+    )
+
+    def control_branch(x, y, lam_a, lam_b):
+        return x, y, jnp.ones(batch, jnp.float32)
+
+    def mixing_branch(mode):
+        def branch(x, y, lam_a, lam_b):
+            x_mix, y_mix = _mix_with(k_pair, k_mask, x, y, lam_a, lam_b, mode=mode,
+                                     pairing=pairing, label_weight=label_weight, sizes=sizes)
+            weight = jnp.ones(pairs, jnp.float32)
+            if pairs < batch:
+                pad = batch - pairs
+                x_mix = jnp.concatenate([x_mix, jnp.zeros((pad,) + x_mix.shape[1:], x_mix.dtype)])
+                y_mix = jnp.concatenate([y_mix, jnp.zeros((pad,) + y_mix.shape[1:], y_mix.dtype)])
+                weight = jnp.concatenate([weight, jnp.zeros(pad, jnp.float32)])
+            return x_mix, y_mix, weight
+
+        return branch
+
+    branches = [control_branch, mixing_branch("mixup"), mixing_branch("stitchup")]
+    x_out, y_out, weight = lax.switch(params.mix, branches, x, y, lam_a, lam_b)
+    y_soft = soften_labels(y_out, params.softness, negative_mass, class_mask=class_mask)
+    # Padding rows stay zero (and weight 0) whether or not labels are softened.
+    y_out = jnp.where(params.soft & (weight[:, None] > 0), y_soft, y_out)
+    return x_out, y_out, weight

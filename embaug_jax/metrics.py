@@ -1,0 +1,420 @@
+"""Evaluation of a classifier with a "none" category (paper sec. 2.5, 3.5, 4).
+
+Conventions shared by every function here:
+
+- `probs` float [N, C]: sigmoid outputs over ALL classes of the dataset.
+- `labels` int [N]: true class ids in [0, C).
+- `seen_mask` bool [C]: the classes present in the training split. An example whose class is
+  unseen is a "none" example; predictions ignore unseen classes (their columns are masked out
+  before any max / argmax), exactly as if the classifier had never had those outputs.
+
+The threshold metrics and `weighted_auc` are jnp, jit- and vmap-able (the training program calls
+them on device for its learning curves). The curve-shaped metrics (ROC points, "none" detection,
+calibration) are float64 numpy: they run once per member in the report.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.6
+# np.arange(0.05, 0.951, 0.05) rounded, so 0.15 prints as 0.15 and not 0.15000000000000002.
+DEFAULT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+DEFAULT_FPR_GRID = np.linspace(0.0, 1.0, 201)
+NONE_NAME = "none"
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _check_inputs(probs, labels, seen_mask, *, where: str) -> None:
+    """Raises ValueError on inconsistent shapes, and on bad values when they are concrete."""
+    p_shape, l_shape, s_shape = np.shape(probs), np.shape(labels), np.shape(seen_mask)
+    if len(p_shape) != 2:
+        raise ValueError(f"{where}: probs must be [N, C], got shape {p_shape}.")
+    n, c = p_shape
+    if l_shape != (n,):
+        raise ValueError(f"{where}: labels must be [N] = [{n}] to match probs {p_shape}, "
+                         f"got shape {l_shape}.")
+    if s_shape != (c,):
+        raise ValueError(f"{where}: seen_mask must be [C] = [{c}] to match probs {p_shape}, "
+                         f"got shape {s_shape}.")
+    if n == 0:
+        raise ValueError(f"{where}: no examples (probs has N = 0 rows).")
+    labels_dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
+    if not np.issubdtype(labels_dtype, np.integer):
+        raise ValueError(f"{where}: labels must be integer class ids, got dtype {labels_dtype}.")
+    if any(_is_traced(x) for x in (probs, labels, seen_mask)):
+        return
+    labels_np = np.asarray(labels)
+    bad = np.flatnonzero((labels_np < 0) | (labels_np >= c))
+    if bad.size:
+        raise ValueError(f"{where}: labels must lie in [0, {c}); rows {bad[:10].tolist()} hold "
+                         f"{labels_np[bad[:10]].tolist()}.")
+    probs_np = np.asarray(probs)
+    bad_rows = np.flatnonzero(~np.isfinite(probs_np).all(axis=1))
+    if bad_rows.size:
+        raise ValueError(f"{where}: probs has NaN/Inf in rows {bad_rows[:10].tolist()} "
+                         f"({bad_rows.size} rows in all); the model diverged or the input is bad.")
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy against a confidence threshold (paper sec. 3.5; Figures 3 and 5)
+# --------------------------------------------------------------------------------------------
+
+
+def top_seen_prediction(probs, seen_mask):
+    """Returns (predicted class [N], its probability [N]) over the seen classes only.
+
+    With no seen class at all the confidence is -inf, so every example is predicted "none".
+    """
+    masked = jnp.where(jnp.asarray(seen_mask, bool)[None, :], probs, -jnp.inf)
+    return jnp.argmax(masked, axis=-1), jnp.max(masked, axis=-1)
+
+
+def _masked_mean(values, mask):
+    """Mean of `values` over `mask`; NaN (not a division warning) when the mask is empty."""
+    count = jnp.sum(mask)
+    total = jnp.sum(jnp.where(mask, values, 0.0))
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+def threshold_accuracy(probs, labels, seen_mask, threshold=DEFAULT_THRESHOLD):
+    """Overall, "none" and seen accuracy at a confidence threshold, as the paper's sec. 3.5.
+
+    The predicted class is the argmax over the seen classes (a tie goes to the lowest class
+    id, as `jnp.argmax`); its probability must be strictly
+    *higher than* `threshold` (the paper's words), otherwise the prediction is "none": a
+    probability exactly equal to the threshold predicts "none". An example is correct iff its
+    class is seen and predicted, or its class is unseen and "none" is predicted.
+
+    jnp throughout; `threshold` may be a traced scalar, so this vmaps over members and
+    thresholds alike.
+
+    Returns:
+      dict(overall=, none=, seen=) float32 scalars. `none` is the accuracy over the "none"
+      examples (the fraction of unseen-class examples predicted "none") and is NaN when the
+      split has no unseen-class example; `seen` is the accuracy over the other examples and
+      is NaN when there are none of those.
+    """
+    _check_inputs(probs, labels, seen_mask, where="threshold_accuracy")
+    return _threshold_accuracy(jnp.asarray(probs), jnp.asarray(labels),
+                               jnp.asarray(seen_mask, bool), jnp.asarray(threshold))
+
+
+@jax.jit
+def _threshold_accuracy(probs, labels, seen_mask, threshold):
+    predicted, confidence = top_seen_prediction(probs, seen_mask)
+    predicted_none = ~(confidence > jnp.asarray(threshold, confidence.dtype))
+    truth_seen = seen_mask[labels]
+    correct = jnp.where(truth_seen, ~predicted_none & (predicted == labels), predicted_none)
+    correct = correct.astype(jnp.float32)
+    return dict(
+        overall=jnp.mean(correct),
+        none=_masked_mean(correct, ~truth_seen),
+        seen=_masked_mean(correct, truth_seen),
+    )
+
+
+def threshold_sweep(probs, labels, seen_mask, thresholds=DEFAULT_THRESHOLDS):
+    """`threshold_accuracy` at every threshold (Figure 3).
+
+    Returns:
+      dict(thresholds=[T], overall=[T], none=[T], seen=[T]).
+    """
+    thresholds = jnp.asarray(thresholds)
+    if thresholds.ndim != 1 or thresholds.shape[0] == 0:
+        raise ValueError(f"threshold_sweep: thresholds must be a non-empty 1-D array, got shape "
+                         f"{thresholds.shape}.")
+    _check_inputs(probs, labels, seen_mask, where="threshold_sweep")
+    out = _threshold_sweep(jnp.asarray(probs), jnp.asarray(labels),
+                           jnp.asarray(seen_mask, bool), thresholds)
+    return dict(thresholds=thresholds, **out)
+
+
+@jax.jit
+def _threshold_sweep(probs, labels, seen_mask, thresholds):
+    # The argmax does not depend on the threshold, so vmap leaves it unbatched: computed once.
+    return jax.vmap(_threshold_accuracy, in_axes=(None, None, None, 0))(
+        probs, labels, seen_mask, thresholds)
+
+
+# --------------------------------------------------------------------------------------------
+# One-vs-rest ROC over the seen classes plus "none" (Table 1, Figure 4)
+# --------------------------------------------------------------------------------------------
+
+
+def none_score(probs, seen_mask):
+    """Score of the "none" column: 1 - the highest seen-class probability (1 with no seen class)."""
+    xp = jnp if any(_is_traced(x) or isinstance(x, jax.Array) for x in (probs, seen_mask)) else np
+    top = xp.max(xp.where(xp.asarray(seen_mask, bool)[None, :], probs, 0), axis=-1)
+    return 1 - top
+
+
+class OvrScores(NamedTuple):
+    """The one-vs-rest problem Table 1 scores, in sklearn's multilabel-indicator form."""
+
+    onehot_truth: np.ndarray  # bool [N, K]
+    scores: np.ndarray        # float [N, K]
+    support: np.ndarray       # int [K]: positives per column
+    names: list[str]          # [K]: class names (or ids) and finally "none"
+
+
+def ovr_scores(probs, labels, seen_mask, *, class_names: Sequence[str] | None = None) -> OvrScores:
+    """Builds the one-vs-rest columns: seen classes with validation support > 0, plus "none".
+
+    A seen class's score is its probability; the "none" column's positives are the unseen-class
+    examples and its score is 1 - max seen probability. Columns without a single positive are
+    left out (their AUC is undefined); "none" too when every class was seen in training.
+    `sklearn.metrics.roc_auc_score(onehot_truth, scores, average="weighted")` is then Table 1.
+    """
+    _check_inputs(probs, labels, seen_mask, where="ovr_scores")
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    seen_mask = np.asarray(seen_mask, bool)
+    c = probs.shape[1]
+    if class_names is not None and len(class_names) != c:
+        raise ValueError(f"ovr_scores: {len(class_names)} class_names for {c} classes.")
+    truth_seen = seen_mask[labels]
+    support_all = np.bincount(labels, minlength=c)
+    columns = np.flatnonzero(seen_mask & (support_all > 0))
+    onehot = labels[:, None] == columns[None, :]
+    scores = probs[:, columns]
+    support = support_all[columns]
+    names = [str(class_names[k]) if class_names is not None else str(k) for k in columns]
+    num_none = int(np.sum(~truth_seen))
+    if num_none:
+        onehot = np.concatenate([onehot, ~truth_seen[:, None]], axis=1)
+        scores = np.concatenate([scores, none_score(probs, seen_mask)[:, None]], axis=1)
+        support = np.append(support, num_none)
+        names.append(NONE_NAME)
+    return OvrScores(onehot, scores, support, names)
+
+
+def _int_sum_exact(x):
+    """Sums int32 `x` [N] without overflow: exact while N * max|x| < 2**31, chunked beyond."""
+    n = x.shape[0]
+    # A count here is at most 2N, so a chunk of 2**30 // N rows sums below 2**31.
+    chunk = max(1, min(n, (2**30) // max(n, 1)))
+    if chunk >= n:
+        return jnp.sum(x).astype(jnp.float32)
+    pad = (-n) % chunk
+    x = jnp.pad(x, (0, pad)).reshape(-1, chunk)
+    return jnp.sum(jnp.sum(x, axis=1).astype(jnp.float32))
+
+
+def _binary_auc(is_positive, score):
+    """ROC AUC of one column by the Mann-Whitney statistic, ties counted one half.
+
+    For every positive, (#negatives below it) + (#negatives at or below it) is an integer
+    count; their sum (twice the Mann-Whitney U, the trapezoidal ROC area sklearn computes times
+    2PN) is exact in int32, and only the final float32 division rounds. One sort of
+    (score, label) pairs: ~4x faster on CPU than searchsorted. NaN when the column has no
+    positive or no negative.
+    """
+    n = score.shape[0]
+    score, is_positive = jax.lax.sort((score, is_positive), num_keys=1)
+    negatives_through = jnp.cumsum(~is_positive)
+    index = jnp.arange(n)
+    differs = score[1:] != score[:-1]
+    # First and last sorted index of each example's run of tied scores.
+    first = jax.lax.cummax(jnp.where(jnp.r_[True, differs], index, 0))
+    last = jax.lax.cummin(jnp.where(jnp.r_[differs, True], index, n - 1), reverse=True)
+    below = jnp.where(first > 0, negatives_through[jnp.maximum(first - 1, 0)], 0)
+    twice_rank = jnp.where(is_positive, below + negatives_through[last], 0).astype(jnp.int32)
+    num_pos = jnp.sum(is_positive)
+    num_neg = n - num_pos
+    pairs = 2.0 * num_pos.astype(jnp.float32) * num_neg.astype(jnp.float32)
+    return jnp.where((num_pos > 0) & (num_neg > 0), _int_sum_exact(twice_rank) / pairs, jnp.nan)
+
+
+@jax.jit
+def _weighted_auc(probs, labels, seen_mask):
+    c = probs.shape[1]
+    truth_seen = seen_mask[labels]
+    # Fixed shape [N, C + 1] (every class, then "none") so the function vmaps across trials
+    # whose seen classes differ; columns that ovr_scores would drop get weight 0.
+    truth = jnp.concatenate([labels[:, None] == jnp.arange(c)[None, :], ~truth_seen[:, None]], 1)
+    scores = jnp.concatenate([probs, none_score(probs, seen_mask)[:, None]], axis=1)
+    support = jnp.sum(truth, axis=0)
+    in_problem = jnp.append(seen_mask, True) & (support > 0)
+    aucs = jax.vmap(_binary_auc, in_axes=(1, 1))(truth, scores)
+    weights = jnp.where(in_problem, support, 0).astype(jnp.float32)
+    weighted = jnp.sum(jnp.where(in_problem, weights * aucs, 0.0))
+    # A column that is all positives (a validation split of a single class) has no AUC:
+    # NaN, where sklearn raises.
+    total = jnp.sum(weights)
+    undefined = jnp.any(in_problem & jnp.isnan(aucs)) | (total == 0)
+    return jnp.where(undefined, jnp.nan, weighted / jnp.maximum(total, 1.0))
+
+
+def weighted_auc(probs, labels, seen_mask):
+    """Support-weighted one-vs-rest ROC AUC over the seen classes plus "none" (Table 1).
+
+    Equals `sklearn.metrics.roc_auc_score(*ovr_scores(...)[:2], average="weighted")` (exact
+    tie handling; integer arithmetic up to ~65k examples). jnp: jit- and vmap-able, for use
+    inside a compiled program; outside one, `ovr_roc` computes the same number faster on CPU.
+    """
+    _check_inputs(probs, labels, seen_mask, where="weighted_auc")
+    return _weighted_auc(jnp.asarray(probs), jnp.asarray(labels), jnp.asarray(seen_mask, bool))
+
+
+def binary_roc(is_positive, score):
+    """ROC operating points at every distinct score, highest first, from (0, 0) (float64 numpy).
+
+    The same points as `sklearn.metrics.roc_curve(..., drop_intermediate=False)`.
+
+    Returns:
+      (fpr, tpr, thresholds, num_positives, num_negatives); fpr / tpr are NaN when there are no
+      negatives / positives.
+    """
+    is_positive = np.asarray(is_positive, bool)
+    score = np.asarray(score)
+    order = np.argsort(-score)  # tie order is irrelevant: ties collapse to one point
+    score, is_positive = score[order], is_positive[order]
+    # The last index of each run of equal scores: one operating point per distinct threshold.
+    ends = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
+    tps = np.r_[0, np.cumsum(is_positive)[ends]].astype(np.float64)
+    fps = np.r_[0, ends + 1].astype(np.float64) - tps
+    num_pos, num_neg = tps[-1], fps[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fpr, tpr = fps / num_neg, tps / num_pos
+    return fpr, tpr, np.r_[np.inf, score[ends]], int(num_pos), int(num_neg)
+
+
+def interpolate_roc(fpr_grid, fpr, tpr):
+    """The ROC curve's TPR at each grid FPR; at a vertical segment, the top of it.
+
+    Between operating points the curve is the straight line the trapezoidal AUC integrates.
+    """
+    fpr_grid = np.asarray(fpr_grid, np.float64)
+    last = len(fpr) - 1
+    i = np.clip(np.searchsorted(fpr, fpr_grid, side="right") - 1, 0, last)
+    j = np.minimum(i + 1, last)
+    x0, x1, y0, y1 = fpr[i], fpr[j], tpr[i], tpr[j]
+    on_point = (x0 >= fpr_grid) | (i == last)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(on_point, 0.0, (fpr_grid - x0) / (x1 - x0))
+    return np.where(on_point, y0, y0 + t * (y1 - y0))
+
+
+class OvrRoc(NamedTuple):
+    """Table 1 and Figure 4 of one model, from one sort per column (float64 numpy)."""
+
+    weighted_auc: float     # support-weighted mean of class_auc (NaN if any is undefined)
+    fpr: np.ndarray         # [G] the common FPR grid
+    tpr: np.ndarray         # [G] support-weighted mean TPR on it
+    class_auc: np.ndarray   # [K] per column, in ovr_scores order
+    support: np.ndarray     # [K]
+    names: list[str]        # [K]
+
+
+def ovr_roc(probs, labels, seen_mask, *, fpr_grid=DEFAULT_FPR_GRID,
+            class_names: Sequence[str] | None = None) -> OvrRoc:
+    """Per-column ROC curves of the one-vs-rest problem: their AUCs and their weighted mean.
+
+    `weighted_auc` is the trapezoidal area in float64, the number sklearn computes; on CPU this
+    is several times faster than `weighted_auc` (XLA's sort is slow there), so the report uses
+    it. The mean curve's area tends to `weighted_auc` as the grid gets finer (integration is
+    linear).
+    """
+    truth, scores, support, names = ovr_scores(probs, labels, seen_mask, class_names=class_names)
+    fpr_grid = np.asarray(fpr_grid, np.float64)
+    class_auc = np.full(truth.shape[1], np.nan)
+    total = np.zeros_like(fpr_grid)
+    for k in range(truth.shape[1]):
+        fpr, tpr, _, _, num_neg = binary_roc(truth[:, k], scores[:, k])
+        if num_neg == 0:  # every example in this column: no ROC (sklearn raises)
+            continue
+        class_auc[k] = np.trapezoid(tpr, fpr)
+        total += support[k] * interpolate_roc(fpr_grid, fpr, tpr)
+    weight = support.sum()
+    if weight == 0 or np.isnan(class_auc).any():
+        return OvrRoc(np.nan, fpr_grid, np.full_like(fpr_grid, np.nan), class_auc, support, names)
+    return OvrRoc(float(np.sum(support * class_auc) / weight), fpr_grid, total / weight,
+                  class_auc, support, names)
+
+
+def mean_roc_curve(probs, labels, seen_mask, *, fpr_grid=DEFAULT_FPR_GRID):
+    """Support-weighted mean of the one-vs-rest ROC curves on a common FPR grid (Figure 4).
+
+    Returns:
+      (fpr_grid [G], tpr [G]); tpr is NaN where the weighted AUC is undefined.
+    """
+    roc = ovr_roc(probs, labels, seen_mask, fpr_grid=fpr_grid)
+    return roc.fpr, roc.tpr
+
+
+# --------------------------------------------------------------------------------------------
+# Beyond the paper: "none" detection as its own task, and calibration
+# --------------------------------------------------------------------------------------------
+
+
+def none_detection(probs, labels, seen_mask, *, target_tpr=0.95):
+    """Detecting unseen-class examples by score = 1 - max seen prob (positives = "none").
+
+    Returns:
+      dict(auroc=, aupr=, fpr_at_95_tpr=, num_none=, num_seen=). `aupr` is average precision
+      (sklearn's `average_precision_score`, no interpolation); `fpr_at_95_tpr` is the lowest
+      FPR among operating points whose TPR >= `target_tpr`. All three are NaN without both
+      "none" and seen examples.
+    """
+    _check_inputs(probs, labels, seen_mask, where="none_detection")
+    seen_mask = np.asarray(seen_mask, bool)
+    is_none = ~seen_mask[np.asarray(labels)]
+    fpr, tpr, _, num_pos, num_neg = binary_roc(is_none, none_score(np.asarray(probs), seen_mask))
+    result = dict(auroc=np.nan, aupr=np.nan, fpr_at_95_tpr=np.nan, num_none=num_pos,
+                  num_seen=num_neg)
+    if num_pos == 0 or num_neg == 0:
+        return result
+    tps, fps = tpr * num_pos, fpr * num_neg
+    precision = tps[1:] / (tps[1:] + fps[1:])
+    result["auroc"] = float(np.trapezoid(tpr, fpr))
+    result["aupr"] = float(np.sum(np.diff(tpr) * precision))
+    result["fpr_at_95_tpr"] = float(np.min(fpr[tpr >= target_tpr]))
+    return result
+
+
+def calibration(probs, labels, seen_mask, *, num_bins=15):
+    """Top-label calibration over the seen classes: ECE and the reliability-diagram data.
+
+    Confidence is the highest seen-class probability, and the prediction is correct iff that
+    class is the true one, so an unseen-class example always counts as wrong: a model sure of
+    itself on classes it never saw is overconfident. Bins are equal-width and right-closed,
+    (lo, hi], the first also holding 0 (Guo et al., 2017).
+
+    Returns:
+      dict(ece=float, edges=[B+1], confidence=[B], accuracy=[B], count=[B]) with NaN
+      confidence / accuracy in empty bins. ECE = sum_b count_b / N * |accuracy_b - confidence_b|.
+    """
+    _check_inputs(probs, labels, seen_mask, where="calibration")
+    if int(num_bins) < 1:
+        raise ValueError(f"calibration: num_bins must be >= 1, got {num_bins}.")
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels)
+    seen_mask = np.asarray(seen_mask, bool)
+    if not seen_mask.any():
+        raise ValueError("calibration: seen_mask has no seen class, so there is no prediction.")
+    masked = np.where(seen_mask[None, :], probs, -np.inf)
+    predicted = np.argmax(masked, axis=1)
+    confidence = masked[np.arange(len(labels)), predicted]
+    correct = (predicted == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, int(num_bins) + 1)
+    bins = np.clip(np.searchsorted(edges[1:-1], confidence, side="left"), 0, num_bins - 1)
+    count = np.bincount(bins, minlength=num_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(bins, confidence, minlength=num_bins) / count
+        mean_acc = np.bincount(bins, correct, minlength=num_bins) / count
+    gaps = np.where(count > 0, np.abs(mean_acc - mean_conf), 0.0)
+    ece = float(np.sum(count / len(labels) * gaps))
+    return dict(ece=ece, edges=edges, confidence=mean_conf, accuracy=mean_acc, count=count)

@@ -1,0 +1,74 @@
+"""The paper's downstream classifier (sec. 3.3) and its loss over a split's seen classes."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+HEADS = ("sigmoid", "softmax")
+
+
+class MLP(nn.Module):
+    """Fully connected classifier: each hidden Dense -> Dropout -> ReLU, then a Dense to logits.
+
+    The paper's order (Dense, Dropout(0.3), ReLU) is kept; for ReLU with inverted dropout the
+    order does not change the function, only which zeros the mask hits.
+    `head` only records how logits become probabilities (`probabilities`) and which loss
+    applies (`classification_loss`); the network itself returns logits.
+    """
+
+    num_classes: int
+    hidden: Sequence[int] = (250, 250)
+    dropout: float = 0.3
+    head: str = "sigmoid"
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        for i, width in enumerate(self.hidden):
+            x = nn.Dense(width, name=f"hidden_{i}")(x)
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = nn.relu(x)
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+def probabilities(logits, head: str = "sigmoid", class_mask=None):
+    """Sigmoid (element-wise, the paper's binomial output) or softmax over `class_mask` classes."""
+    if head == "sigmoid":
+        return jax.nn.sigmoid(logits)
+    if head == "softmax":
+        return jax.nn.softmax(logits, where=class_mask) if class_mask is not None else (
+            jax.nn.softmax(logits))
+    raise ValueError(f"unknown head {head!r}; choose one of {HEADS}.")
+
+
+def classification_loss(logits, targets, weights, class_mask, head: str = "sigmoid"):
+    """Mean loss over the examples of a batch, ignoring classes outside `class_mask`.
+
+    Args:
+      logits: float [B, C].
+      targets: float [B, C] (soft) targets.
+      weights: float [B] per-example weights (0 drops a row: the padding rows of halved batches).
+      class_mask: bool [C] the split's seen classes; unseen classes get no loss and no gradient.
+      head: "sigmoid": binary cross-entropy per class averaged over the seen classes (the paper);
+        "softmax": cross-entropy against the targets renormalised over the seen classes.
+
+    Returns:
+      scalar sum_b w_b * loss_b / max(sum_b w_b, eps).
+    """
+    mask = class_mask.astype(logits.dtype)
+    if head == "sigmoid":
+        per_class = optax.sigmoid_binary_cross_entropy(logits, targets)
+        per_example = (per_class * mask).sum(-1) / jnp.maximum(mask.sum(), 1.0)
+    elif head == "softmax":
+        t = targets * mask
+        t = t / jnp.maximum(t.sum(-1, keepdims=True), 1e-12)
+        log_p = jax.nn.log_softmax(logits, where=class_mask)
+        per_example = -jnp.where(class_mask, t * log_p, 0.0).sum(-1)
+    else:
+        raise ValueError(f"unknown head {head!r}; choose one of {HEADS}.")
+    weights = weights.astype(per_example.dtype)
+    return (weights * per_example).sum() / jnp.maximum(weights.sum(), 1e-12)

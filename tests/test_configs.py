@@ -1,0 +1,109 @@
+"""Every config's smoke variant end to end, the command line, and resume through a workdir."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import default
+from embaug_jax import cli, train
+
+CONFIGS = ["default", "control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup",
+           "table1", "softness"]
+
+
+def _load(name, arg="smoke"):
+    import importlib
+
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def test_default_holds_the_papers_settings():
+    c = default.get_config()
+    assert c.model.hidden == (250, 250) and c.model.dropout == 0.3 and c.model.head == "sigmoid"
+    assert (c.optim.optimizer, c.optim.lr_min, c.optim.lr_max) == ("adamw", 3e-4, 3e-3)
+    assert c.optim.half_cycle_epochs == 12 and c.optim.weight_decay == 1e-4
+    assert c.num_epochs == 576 and c.data.train_fraction == 0.1 and c.threshold == 0.6
+    assert c.num_epochs % c.eval_every == 0 and c.checkpoint_every % c.eval_every == 0
+    train.validate_config(c)
+    t = _load("table1", None)
+    assert t.sweep.methods == default.METHODS and max(t.sweep.alphas) <= 0.5
+    assert len(train.sweep_members(t)) == 5 + 4 * 5 * 5
+    s = _load("softness", None)
+    assert s.sweep.alphas == (0.3,) and s.sweep.softness == (0.01, 0.05, 0.1, 0.2)
+    assert default.get_config("smoke,trials=3").data.trials == 3
+    with pytest.raises(ValueError, match="unknown config variant 'smok'"):
+        default.get_config("smok")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
+    c = _load(name)
+    assert c.data.source == "synthetic" and c.num_epochs <= 16
+    results = train.train_and_evaluate(c, tmp_path)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert set(on_disk["methods"]) == set(c.sweep.methods)
+    for method, entry in on_disk["methods"].items():
+        assert 0.0 <= entry["weighted_auc"]["mean"] <= 1.0 and "std" in entry["weighted_auc"]
+        assert "mean" in entry["overall_accuracy"] and "mean" in entry["none_accuracy"]
+        assert "alpha" in entry
+    assert results["methods"].keys() == on_disk["methods"].keys()
+    for f in ("config.json", "results.md", "fig3_threshold_sweep.png", "fig4_roc.png",
+              "fig5_training_curves.png", "reliability.png"):
+        assert (tmp_path / f).stat().st_size > 0, f
+    assert (tmp_path / "fig6_softness.png").exists() == (name == "softness")
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    members = train.sweep_members(c)
+    assert len(lines) == len(members) * (c.num_epochs // c.eval_every)
+    def no_nan(name):
+        raise AssertionError(f"metrics.jsonl holds {name}: not strict JSON")
+
+    rows = [json.loads(line, parse_constant=no_nan) for line in lines]
+    row = rows[-1]
+    assert {"member", "method", "alpha", "softness", "trial", "seed", "epoch", "train_loss",
+            "overall_accuracy", "none_accuracy"} <= set(row)
+    if name == "table1":  # the paper's protocol: the best alpha per method from the grid
+        for method in ("e_mixup", "soft_e_stitchup"):
+            assert on_disk["methods"][method]["alpha"] in c.sweep.alphas
+
+
+def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
+    """`embaug train` killed after one chunk and rerun ends where an uninterrupted run ends."""
+    args = ["embaug", "train", "--config=configs/e_mixup.py:smoke",
+            "--config.sweep.alphas=(0.3,)", "--config.data.trials=2"]
+    c = _load("e_mixup")
+    c.sweep.alphas = (0.3,)
+    assert train.train_and_evaluate(c, tmp_path / "killed", max_chunks=1) is None
+    assert not (tmp_path / "killed" / "results.json").exists()
+    assert cli.main(args + [f"--workdir={tmp_path / 'killed'}"]) == 0
+    assert "E-Mixup" in capsys.readouterr().out
+    assert cli.main(args + [f"--workdir={tmp_path / 'whole'}"]) == 0
+    killed = json.loads((tmp_path / "killed" / "results.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert killed["methods"]["e_mixup"]["alpha"] == pytest.approx(0.3)
+    for key in ("weighted_auc", "overall_accuracy", "none_accuracy"):
+        np.testing.assert_allclose(killed["methods"]["e_mixup"][key]["mean"],
+                                   whole["methods"]["e_mixup"][key]["mean"], atol=1e-6)
+    assert ((tmp_path / "killed" / "metrics.jsonl").read_text()
+            == (tmp_path / "whole" / "metrics.jsonl").read_text())
+    # A different sweep in the same workdir must not silently resume the old checkpoints.
+    c.sweep.methods = ("e_stitchup",)
+    with pytest.raises(ValueError, match="different run.*sweep"):
+        train.train_and_evaluate(c, tmp_path / "killed")
+
+
+def test_file_source_with_segments(tmp_path, fast_compile):
+    """A dataset on disk (the extraction format), mixed segment by segment."""
+    c = _load("soft_e_mixup")
+    from embaug_jax.data import save_embeddings
+
+    d = train.load_data(c)  # the smoke clusters, with segments (8, 16)
+    save_embeddings(tmp_path / "emb", d.embeddings, d.labels, d.class_names,
+                    segments=[{"name": s.name, "size": s.size} for s in d.segments])
+    c.data.source = "file"
+    c.data.path = str(tmp_path / "emb")
+    c.augment.use_segments = True
+    results = train.train_and_evaluate(c, tmp_path / "run")
+    assert results["methods"]["soft_e_mixup"]["weighted_auc"]["mean"] > 0.7
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["path"] == str(tmp_path / "emb") and saved["augment"]["use_segments"]

@@ -1,0 +1,89 @@
+"""Tests for embaug_jax.models.mlp against a PyTorch oracle."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from embaug_jax.models.mlp import MLP, classification_loss, probabilities
+
+
+def _setup(b=6, d=10, c=7, seed=0):
+    model = MLP(num_classes=c, hidden=(8, 5), dropout=0.3)
+    x = jax.random.normal(jax.random.key(seed), (b, d))
+    params = model.init(jax.random.key(1), x)
+    rng = np.random.default_rng(seed)
+    targets = rng.dirichlet(np.ones(c), size=b).astype(np.float32)
+    weights = np.array([1, 1, 0, 1, 0.5, 1], np.float32)[:b]
+    mask = np.ones(c, bool)
+    mask[[1, 4]] = False
+    return model, params, x, targets, weights, mask
+
+
+def _torch_mlp(params):
+    p = params["params"]
+    layers = []
+    for name in ("hidden_0", "hidden_1"):
+        lin = torch.nn.Linear(*p[name]["kernel"].shape)
+        lin.weight.data = torch.tensor(np.asarray(p[name]["kernel"]).T)
+        lin.bias.data = torch.tensor(np.asarray(p[name]["bias"]))
+        layers += [lin, torch.nn.Dropout(0.3), torch.nn.ReLU()]
+    head = torch.nn.Linear(*p["head"]["kernel"].shape)
+    head.weight.data = torch.tensor(np.asarray(p["head"]["kernel"]).T)
+    head.bias.data = torch.tensor(np.asarray(p["head"]["bias"]))
+    return torch.nn.Sequential(*layers, head).eval()
+
+
+def test_logits_match_torch_and_dropout_only_in_training():
+    model, params, x, *_ = _setup()
+    logits = model.apply(params, x)
+    ref = _torch_mlp(params)(torch.tensor(np.asarray(x))).detach().numpy()
+    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-6)
+    a = model.apply(params, x, train=True, rngs={"dropout": jax.random.key(2)})
+    b = model.apply(params, x, train=True, rngs={"dropout": jax.random.key(3)})
+    assert not np.allclose(a, b) and not np.allclose(a, logits)
+    assert jax.tree.map(jnp.shape, params["params"]["hidden_1"]) == {"bias": (5,), "kernel": (8, 5)}
+
+
+def test_sigmoid_loss_matches_torch_bce_over_seen_classes():
+    model, params, x, targets, weights, mask = _setup()
+    logits = model.apply(params, x)
+    loss = classification_loss(logits, targets, weights, mask, "sigmoid")
+    lt = torch.tensor(np.asarray(logits))[:, mask]
+    per_ex = torch.nn.functional.binary_cross_entropy_with_logits(
+        lt, torch.tensor(targets)[:, mask], reduction="none").mean(1).numpy()
+    np.testing.assert_allclose(loss, (weights * per_ex).sum() / weights.sum(), rtol=1e-6)
+
+
+def test_softmax_loss_matches_torch_ce_renormalised():
+    model, params, x, targets, weights, mask = _setup()
+    logits = model.apply(params, x)
+    loss = classification_loss(logits, targets, weights, mask, "softmax")
+    t = targets[:, mask] / targets[:, mask].sum(1, keepdims=True)
+    per_ex = torch.nn.functional.cross_entropy(
+        torch.tensor(np.asarray(logits))[:, mask], torch.tensor(t), reduction="none").numpy()
+    np.testing.assert_allclose(loss, (weights * per_ex).sum() / weights.sum(), rtol=1e-5)
+    p = probabilities(logits, "softmax", mask)
+    np.testing.assert_allclose(np.asarray(p)[:, mask].sum(1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "softmax"])
+def test_unseen_classes_and_zero_weight_rows_get_no_gradient(head):
+    model, params, x, targets, weights, mask = _setup()
+
+    def loss_of_logits(logits):
+        return classification_loss(logits, targets, weights, mask, head)
+
+    g = jax.grad(loss_of_logits)(model.apply(params, x))
+    chex.assert_tree_all_finite(g)
+    assert np.all(np.asarray(g)[:, ~mask] == 0)
+    assert np.all(np.asarray(g)[weights == 0] == 0)
+    assert np.abs(np.asarray(g)[weights > 0][:, mask]).min() > 0
+
+
+def test_unknown_head():
+    with pytest.raises(ValueError, match="unknown head"):
+        classification_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.ones(2),
+                            jnp.ones(3, bool), "tanh")

@@ -1,0 +1,326 @@
+"""Tests for embaug_jax.data.sources: real WordNet and Fashion-MNIST, TFDS mocks, fixtures."""
+
+import collections
+import gzip
+import json
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from embaug_jax.data import sources
+
+WORDNET = Path("/usr/share/wordnet")
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_wordnet = pytest.mark.skipif(
+    not (WORDNET / "data.noun").exists(),
+    reason="needs Debian's wordnet-base (sudo apt-get install wordnet-base)")
+needs_fashion_mnist = pytest.mark.skipif(
+    not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="needs Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist)")
+
+
+def cfg(**source):
+    return ml_collections.ConfigDict({"source": source})
+
+
+# ---------------------------------------------------------------------------------- sampling
+
+
+def test_select_items_water_fills_and_is_deterministic():
+    labels = ["a"] * 50 + ["b"] * 7 + ["c"] * 30 + ["d"] * 2
+    idx, dropped = sources.select_items(labels, min_class_size=3, max_items=40, seed=1)
+    counts = collections.Counter(np.asarray(labels)[idx])
+    # d is dropped (< 3); b keeps all 7; a and c share the remaining 33 evenly.
+    assert counts == {"a": 17, "b": 7, "c": 16}
+    assert sum(dropped.values()) == len(labels) - 40
+    assert np.all(np.diff(idx) > 0)  # source order kept
+    again, _ = sources.select_items(labels, min_class_size=3, max_items=40, seed=1)
+    other, _ = sources.select_items(labels, min_class_size=3, max_items=40, seed=2)
+    np.testing.assert_array_equal(idx, again)
+    assert not np.array_equal(idx, other)
+    capped, _ = sources.select_items(labels, per_class=5)
+    assert collections.Counter(np.asarray(labels)[capped]) == {"a": 5, "b": 5, "c": 5, "d": 2}
+    # A class's choice does not depend on which other classes exist.
+    alone, _ = sources.select_items(labels[:50], per_class=5, seed=1)
+    with_others, _ = sources.select_items(labels, per_class=5, seed=1)
+    np.testing.assert_array_equal(alone, with_others[with_others < 50])
+    with pytest.raises(ValueError, match="max_items must be >= 0"):
+        sources.select_items(labels, max_items=-1)
+
+
+# ---------------------------------------------------------------------------------- WordNet
+
+
+@needs_wordnet
+def test_wordnet_items_agree_with_the_index_files():
+    data = sources.load_source(cfg(kind="wordnet", pos="n"))
+    assert len(data) == 82115  # every noun synset of WordNet 3.0
+    by_id = dict(zip(data.ids.tolist(), range(len(data))))
+    first = by_id["n.00001740"]
+    assert data.texts["lemmas"][first] == "entity"
+    assert data.labels[first] == "noun.Tops"
+    assert data.texts["gloss"][first].startswith("that which is perceived or known")
+    dog = by_id["n.02084071"]
+    assert data.texts["lemmas"][dog] == "dog, domestic dog, Canis familiaris"
+    assert data.labels[dog] == "noun.animal"
+    assert data.class_names[0] == "noun.Tops" and len(data.class_names) == 26
+    # Oracle: index.noun lists, for every lemma, the synsets holding it.
+    lemma_sets = [set(s.lower().split(", ")) for s in data.texts["lemmas"]]
+    checked = 0
+    for line in (WORDNET / "index.noun").read_text().splitlines():
+        if line.startswith("  "):
+            continue
+        fields = line.split()
+        lemma, n_synsets = fields[0].replace("_", " "), int(fields[2])
+        for offset in fields[-n_synsets:]:
+            assert lemma in lemma_sets[by_id[f"n.{offset}"]], (lemma, offset)
+            checked += 1
+    assert checked > 140_000
+
+
+@needs_wordnet
+def test_wordnet_adjectives_strip_syntactic_markers():
+    data = sources.load_source(cfg(kind="wordnet", pos="a"))
+    assert set(data.class_names) == {"adj.all", "adj.pert", "adj.ppl"}
+    assert not any("(a)" in s or "(p)" in s or "(ip)" in s for s in data.texts["lemmas"])
+    assert data.texts["lemmas"][list(data.ids).index("a.00020103")] == "outback, remote"
+    assert sources.WORDNET_LEXNAMES[3] == "noun.Tops" and sources.WORDNET_LEXNAMES[44] == "adj.ppl"
+
+
+@needs_wordnet
+def test_wordnet_demo_config_sampling():
+    from configs.extract import wordnet_minilm
+
+    data = sources.load_source(wordnet_minilm.get_config())
+    counts = collections.Counter(data.labels.tolist())
+    assert len(data) == 5000 and len(counts) >= 20
+    assert max(counts.values()) - min(counts.values()) <= 1
+    assert "noun.Tops" not in counts  # 51 synsets < min_class_size=100
+    smoke = sources.load_source(wordnet_minilm.get_config("smoke"))
+    assert 90 <= len(smoke) <= 110
+
+
+def test_wordnet_missing_install_says_what_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install wordnet-base"):
+        sources.load_source(cfg(kind="wordnet", root=str(tmp_path)))
+    with pytest.raises(ValueError, match="part of speech"):
+        sources.load_source(cfg(kind="wordnet", pos="x"))
+
+
+# ---------------------------------------------------------------------------------- tables
+
+ROWS = [
+    {"sku": "a1", "title": "red shirt", "description": "cotton, soft", "category": "Shirts"},
+    {"sku": "a2", "title": "blue jeans", "description": "", "category": "Jeans"},
+    {"sku": "a3", "title": "green shirt", "description": "linen", "category": "Shirts"},
+    {"sku": "a4", "title": "lost label", "description": "x", "category": ""},
+    {"sku": "a5", "title": "black jeans", "description": "stretch \u00e9", "category": "Jeans"},
+]
+
+
+def write_table(path: Path, rows, fmt: str) -> Path:
+    frame = pd.DataFrame(rows)
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "tsv":
+        frame.to_csv(path, index=False, sep="\t")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        frame.to_parquet(path)
+    return path
+
+
+def table_cfg(path, **kw):
+    base = dict(kind="table", path=str(path), text_columns="title,description",
+                label_column="category", id_column="sku")
+    base.update(kw)
+    return cfg(**base)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+def test_table_formats_read_the_same_items(tmp_path, fmt):
+    path = write_table(tmp_path / f"items.{fmt}", ROWS, fmt)
+    data = sources.load_source(table_cfg(path))
+    assert data.ids.tolist() == ["a1", "a2", "a3", "a5"]
+    assert data.texts["title"] == ["red shirt", "blue jeans", "green shirt", "black jeans"]
+    assert data.texts["description"] == ["cotton, soft", "", "linen", "stretch \u00e9"]
+    assert data.labels.tolist() == ["Shirts", "Jeans", "Shirts", "Jeans"]
+    assert data.class_names == ["Jeans", "Shirts"]
+    np.testing.assert_array_equal(data.label_indices, [1, 0, 1, 0])
+    assert data.dropped == {"missing label": 1}
+    assert data.notes == {"empty text 'description' (kept as '')": 1}
+
+
+def test_table_bad_input(tmp_path):
+    path = write_table(tmp_path / "items.csv", ROWS, "csv")
+    with pytest.raises(ValueError, match=r"no column\(s\) \['titel'\].*'sku', 'title'"):
+        sources.load_source(table_cfg(path, text_columns="titel"))
+    with pytest.raises(ValueError, match="empty in 1 rows"):
+        sources.load_source(table_cfg(path, missing_labels="error"))
+    with pytest.raises(ValueError, match="'description' is empty"):
+        sources.load_source(table_cfg(path, empty_texts="error"))
+    dropped = sources.load_source(table_cfg(path, empty_texts="drop"))
+    assert dropped.ids.tolist() == ["a1", "a3", "a5"] and dropped.dropped["empty text"] == 1
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sources.load_source(table_cfg(tmp_path / "nope.csv"))
+    (tmp_path / "items.xyz").write_text("a")
+    with pytest.raises(ValueError, match="config.source.format"):
+        sources.load_source(table_cfg(tmp_path / "items.xyz"))
+    with pytest.raises(ValueError, match="unique"):
+        sources.load_source(table_cfg(path, id_column="category", missing_labels="drop"))
+    with pytest.raises(ValueError, match="not a known source"):
+        sources.load_source(cfg(kind="spreadsheet"))
+    # Row numbers as ids when there is no id column.
+    assert sources.load_source(table_cfg(path, id_column="")).ids.tolist() == ["0", "1", "2", "4"]
+
+
+def test_table_undecodable_bytes_name_the_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("title,category\nok,A\nalso ok,B\ncaf\u00e9,A\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="line 4 is not valid utf-8.*encoding_errors=replace"):
+        sources.load_source(cfg(kind="table", path=str(path), text_columns="title",
+                                label_column="category"))
+    replaced = sources.load_source(cfg(kind="table", path=str(path), text_columns="title",
+                                       label_column="category", encoding_errors="replace"))
+    assert replaced.texts["title"][2] == "caf\ufffd"
+    latin = sources.load_source(cfg(kind="table", path=str(path), text_columns="title",
+                                    label_column="category", encoding="latin-1"))
+    assert latin.texts["title"][2] == "caf\u00e9"
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"t": "a", "l": "x"}\n{"t": oops}\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        sources.load_source(cfg(kind="table", path=str(bad_json), text_columns="t",
+                                label_column="l"))
+
+
+def test_numeric_labels_sort_naturally(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"t": f"x{i}", "l": v}) + "\n"
+                            for i, v in enumerate([10, 2, 1, 2])))
+    data = sources.load_source(cfg(kind="table", path=str(path), text_columns="t",
+                                   label_column="l"))
+    assert data.class_names == ["1", "2", "10"]
+    assert sources.sort_class_names(["b", "B", "a"]) == ["a", "B", "b"]
+
+
+def test_table_image_columns_resolve_relative_paths(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    rows = [{"t": "x", "l": "A", "img": "imgs/1.png"}, {"t": "y", "l": "B", "img": "/abs/2.png"},
+            {"t": "z", "l": "B", "img": ""}]
+    path = write_table(tmp_path / "t.csv", rows, "csv")
+    data = sources.load_source(cfg(kind="table", path=str(path), text_columns="t",
+                                   label_column="l", image_columns="img"))
+    assert data.images["img"].paths == (str(tmp_path / "imgs" / "1.png"), "/abs/2.png", None)
+    assert data.fields == ["t", "img"]
+
+
+# ----------------------------------------------------------------------------- Fashion Products
+
+
+def write_fashion_products(root: Path, *, n: int = 6, corrupt=(), missing=()) -> list[str]:
+    """A tiny data set in the Kaggle "Fashion Product Images" layout; returns the ids."""
+    (root / "styles").mkdir(parents=True)
+    (root / "images").mkdir()
+    header = ("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,"
+              "productDisplayName")
+    lines, ids = [header], []
+    kinds = ["Tshirts", "Shirts", "Watches"]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        item = str(1000 + i)
+        ids.append(item)
+        name = f"Item {i} Casual Top" if i != 2 else "Puma Men, Women Unisex Tee, Black"
+        lines.append(f"{item},Men,Apparel,Topwear,{kinds[i % 3]},Blue,Summer,2012,Casual,{name}")
+        if i != 3:  # item 3 has no JSON
+            (root / "styles" / f"{item}.json").write_text(json.dumps({"data": {
+                "productDescriptors": {"description": {
+                    "value": f"<p>Soft <b>cotton</b> &amp; more {i}</p><br/>"}}}}))
+        if item in missing:
+            continue
+        image_path = root / "images" / f"{item}.jpg"
+        if item in corrupt:
+            image_path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        else:
+            size = (40 + 4 * i, 60)
+            Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(image_path)
+    lines.append("2000,Men,Apparel,Topwear,,Blue,Summer,2012,Casual,No label")
+    (root / "styles.csv").write_text("\n".join(lines) + "\n")
+    return ids
+
+
+def test_fashion_products_layout(tmp_path):
+    ids = write_fashion_products(tmp_path)
+    data = sources.load_source(cfg(kind="fashion_products", root=str(tmp_path)))
+    assert data.ids.tolist() == ids
+    assert data.texts["title"][2] == "Puma Men, Women Unisex Tee, Black"  # repaired row
+    assert data.texts["description"][0] == "Soft cotton & more 0"
+    assert data.texts["description"][3] == ""
+    assert data.labels.tolist() == ["Tshirts", "Shirts", "Watches"] * 2
+    assert data.notes == {"styles.csv rows with extra commas (repaired)": 1,
+                          "no description JSON / value (kept as '')": 1}
+    assert data.dropped == {"missing label": 1}
+    assert data.images["image"].paths[0] == str(tmp_path / "images" / "1000.jpg")
+    by_gender = sources.load_source(cfg(kind="fashion_products", root=str(tmp_path),
+                                        label_column="gender", images=False))
+    assert by_gender.class_names == ["Men"] and not by_gender.images
+    with pytest.raises(ValueError, match=r"no column\(s\) \['colour'\]"):
+        sources.load_source(cfg(kind="fashion_products", root=str(tmp_path), label_column="colour"))
+    with pytest.raises(FileNotFoundError, match="styles.csv"):
+        sources.load_source(cfg(kind="fashion_products", root=str(tmp_path / "nope")))
+
+
+# ---------------------------------------------------------------------------------- TFDS
+
+
+def test_tfds_data_source_text_and_images():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=6):
+        text = sources.load_source(cfg(kind="tfds", name="imdb_reviews", split="train",
+                                       text_features="text"))
+        assert len(text) == 6 and text.class_names == ["neg", "pos"]
+        assert all(isinstance(t, str) and t for t in text.texts["text"])
+        images = sources.load_source(cfg(kind="tfds", name="mnist", split="test",
+                                         image_feature="image", max_items=4))
+        assert len(images) <= 4 and set(images.class_names) <= set("0123456789")
+        batch = images.images["image"].loader(np.arange(len(images)))
+        assert batch.shape == (len(images), 28, 28, 3) and batch.dtype == np.uint8
+        np.testing.assert_array_equal(batch[..., 0], batch[..., 2])
+        with pytest.raises(ValueError, match=r"no feature\(s\) \['title'\]"):
+            sources.load_source(cfg(kind="tfds", name="imdb_reviews", text_features="title"))
+    with pytest.raises(ValueError, match="cannot be opened: Dataset no_such_set not found"):
+        sources.load_source(cfg(kind="tfds", name="no_such_set", text_features="text"))
+
+
+# ---------------------------------------------------------------------------------- Fashion-MNIST
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_test_split():
+    data = sources.load_source(cfg(kind="fashion_mnist", split="test"))
+    assert len(data) == 10000 and data.class_names[0] == "T-shirt/top"
+    # The test split is balanced: 1,000 images per class.
+    assert set(collections.Counter(data.labels.tolist()).values()) == {1000}
+    images = data.images["image"].loader(np.array([0, 9999]))
+    assert images.shape == (2, 28, 28, 3) and images.dtype == np.uint8
+    assert images.max() > 0 and (images[..., 0] == images[..., 1]).all()
+    small = sources.load_source(cfg(kind="fashion_mnist", split="test", max_items=50))
+    assert len(small) == 50 and set(collections.Counter(small.labels.tolist()).values()) == {5}
+    np.testing.assert_array_equal(small.images["image"].loader([0]),
+                                  data.images["image"].loader([int(small.ids[0][5:])]))
+
+
+def test_fashion_mnist_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        sources.load_source(cfg(kind="fashion_mnist", root=str(tmp_path)))
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + (5).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+                + b"\0" * 100)
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + (5).to_bytes(4, "big") + b"\0" * 5)
+    with pytest.raises(ValueError, match="truncated"):
+        sources.load_source(cfg(kind="fashion_mnist", root=str(tmp_path), split="test"))

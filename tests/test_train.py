@@ -1,0 +1,227 @@
+"""Tests for embaug_jax.train: the sweep engine, its invariances, checkpoints and errors."""
+
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import default
+from embaug_jax import train
+from embaug_jax.data.splits import make_splits
+from embaug_jax.data.synthetic import make_synthetic
+
+
+def _config(**overrides):
+    c = default.get_config("smoke")
+    c.data.synthetic.update(dict(n=320, dim=12, num_classes=6, class_sep=2.0, segments=(4, 8)))
+    c.model.hidden = (32,)
+    c.batch_size = 8
+    c.num_epochs, c.eval_every, c.checkpoint_every = 24, 8, 8
+    c.data.holdout_classes = 1
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def _data(c):
+    ds = train.load_data(c)
+    s = make_splits(ds.labels, ds.num_classes, trials=c.data.trials,
+                    train_fraction=c.data.train_fraction, holdout_classes=c.data.holdout_classes)
+    return train.TrainData(jnp.asarray(ds.embeddings), jnp.asarray(ds.labels),
+                           jnp.asarray(s.train_idx), jnp.asarray(s.val_idx),
+                           jnp.asarray(s.seen_mask))
+
+
+MEMBERS = [dict(method="control", alpha=0.0, softness=0.0, trial=0, seed=0),
+           dict(method="e_mixup", alpha=0.3, softness=0.0, trial=1, seed=0),
+           dict(method="soft_e_stitchup", alpha=0.2, softness=0.05, trial=0, seed=1)]
+
+
+@pytest.fixture(scope="module")
+def sweep4():
+    """The three members above on all 4 (forced) CPU devices: padded to 4 members."""
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        c = _config()
+        data = _data(c)
+        hp = train.member_hparams(MEMBERS)
+        yield c, data, hp, train.run_sweep(c, data, hp, progress=False)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)
+
+
+def test_loss_falls_and_clusters_are_learnt(sweep4):
+    c, data, hp, r = sweep4
+    loss = r.history["train_loss"]
+    # Soft targets have an entropy floor, so ask for a steady fall rather than a ratio.
+    assert np.all(np.diff(loss, axis=1) < 0) and np.all(loss[:, 0] - loss[:, -1] > 0.05), loss
+    assert np.all(np.diff(r.history["seen_accuracy"], axis=1) >= 0), r.history["seen_accuracy"]
+    # Separable clusters: top-1 over the seen classes (no threshold) is far above chance.
+    trials = np.asarray(hp.trial)
+    labels = np.asarray(data.labels)[np.asarray(data.val_idx)[trials]]
+    seen = np.asarray(data.seen_mask)[trials]
+    top1 = np.where(seen[:, None], r.val_probs, -1).argmax(-1)
+    truth_seen = np.take_along_axis(seen, labels, 1)
+    acc = [(top1[i] == labels[i])[truth_seen[i]].mean() for i in range(3)]
+    assert min(acc) > 0.8, acc
+    assert r.val_probs.shape == (3, data.val_idx.shape[1], 6)
+    np.testing.assert_array_equal(r.eval_epochs, [8, 16, 24])
+    assert r.epochs_done == 24 and np.all(np.asarray(r.state.epoch) == 24)
+
+
+def test_sweep_member_equals_lone_member(sweep4, fast_compile):
+    c, data, hp, r = sweep4
+    lone = jax.jit(train.make_train(c, 6, data.train_idx.shape[1]))
+    for i in (0, 2):
+        one = jax.tree.map(lambda x: x[i], hp)
+        state, metrics = lone(jax.random.key(c.seed), one, data)
+        chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[i], r.state.params),
+                                    atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(metrics["train_loss"], r.history["train_loss"][i],
+                                   rtol=1e-5)
+        np.testing.assert_allclose(metrics["overall_accuracy"], r.history["overall_accuracy"][i])
+
+
+def test_one_and_four_devices_agree(sweep4, fast_compile):
+    c, data, hp, r4 = sweep4
+    assert len(jax.devices()) == 4
+    r1 = train.run_sweep(c, data, hp, devices=jax.devices()[:1], progress=False)
+    for k in r1.history:
+        np.testing.assert_allclose(r1.history[k], r4.history[k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r1.val_probs, r4.val_probs, atol=1e-5)
+
+
+def test_resume_after_kill_equals_uninterrupted(sweep4, tmp_path, fast_compile):
+    c, data, hp, full = sweep4
+    ckpt = tmp_path / "ckpt"
+    part = train.run_sweep(c, data, hp, checkpoint_dir=ckpt, max_chunks=1, progress=False)
+    assert part.epochs_done == 8 and part.val_probs is None
+    assert np.isnan(part.history["train_loss"][:, 1:]).all()
+    # Killed on 4 devices, resumed on 1: checkpoints hold no device padding.
+    resumed = train.run_sweep(c, data, hp, checkpoint_dir=ckpt, devices=jax.devices()[:1],
+                              progress=False)
+    assert resumed.epochs_done == 24
+    for k in full.history:
+        np.testing.assert_allclose(resumed.history[k], full.history[k], rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(resumed.state.params, full.state.params, atol=1e-6)
+    np.testing.assert_allclose(resumed.val_probs, full.val_probs, atol=1e-6)
+
+
+def test_control_and_mixing_share_one_program(fast_compile):
+    c = _config()
+    data = _data(c)
+    program = train.make_program(c, 6, data.train_idx.shape[1])
+    run = jax.jit(jax.vmap(chex.assert_max_traces(program.run, n=1),
+                           in_axes=(None, 0, 0, None, None)), static_argnums=4)
+    init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)))
+    key = jax.random.key(0)
+    for members in ([MEMBERS[0], MEMBERS[0]], [MEMBERS[1], MEMBERS[2]]):
+        hp = train.member_hparams(members)
+        _, metrics = run(key, hp, init(key, hp, data), data, 1)
+        assert np.isfinite(np.asarray(metrics["train_loss"])).all()
+
+
+@pytest.mark.parametrize("block", [64, 100])
+def test_blockwise_evaluation_equals_one_shot(sweep4, block, fast_compile):
+    c, data, hp, r = sweep4  # 320 rows: 5 blocks of 64, or 3 blocks of 100 and 20 more rows
+    c = _config(eval_block_rows=block)
+    program = train.make_program(c, 6, data.train_idx.shape[1])
+    probs = jax.jit(jax.vmap(program.predict, in_axes=(0, 0, None)))(r.state, hp, data)
+    np.testing.assert_allclose(probs, r.val_probs, atol=1e-6)
+
+
+def test_unseen_classes_never_get_loss(sweep4):
+    # A class with no gradient keeps Adam's first and second moments at exactly zero; AdamW's
+    # decoupled weight decay does not touch them. Every other class must have moved them.
+    c, data, hp, r = sweep4
+    moments = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(r.state.opt_state)
+               if "head" in jax.tree_util.keystr(path) and "kernel" in jax.tree_util.keystr(path)]
+    assert len(moments) == 2  # mu and nu
+    seen = np.asarray(data.seen_mask)[np.asarray(hp.trial)]  # [M, C]
+    assert (~seen).sum(1).min() >= 1  # the held-out class
+    for m in moments:
+        m = np.abs(np.asarray(m))  # [M, hidden, C]
+        for i in range(len(MEMBERS)):
+            assert np.all(m[i][:, ~seen[i]] == 0)
+            assert np.all(m[i][:, seen[i]].max(0) > 0)
+
+
+def test_triangular_schedule_matches_optax_linear_pieces():
+    sched = train.triangular_schedule(3e-4, 3e-3, 5)
+    pieces = [optax.linear_schedule(3e-4, 3e-3, 5), optax.linear_schedule(3e-3, 3e-4, 5)] * 3
+    ref = optax.join_schedules(pieces, boundaries=[5 * i for i in range(1, 6)])
+    steps = jnp.arange(30)
+    np.testing.assert_allclose(jax.vmap(sched)(steps), jax.vmap(ref)(steps), rtol=1e-6)
+    assert float(sched(0)) == pytest.approx(3e-4) and float(sched(5)) == pytest.approx(3e-3)
+
+
+def test_sweep_members_grid():
+    c = default.get_config("smoke")
+    c.sweep.methods = default.METHODS
+    c.sweep.alphas = (0.1, 0.3)
+    c.sweep.softness = (0.05, 0.1)
+    c.sweep.seeds = (0, 1)
+    members = train.sweep_members(c)
+    # control once per trial x seed; 2 non-soft x 2 alphas; 2 soft x 2 alphas x 2 softness.
+    assert len(members) == (1 + 2 * 2 + 2 * 2 * 2) * 2 * 2
+    assert {(m["alpha"], m["softness"]) for m in members if m["method"] == "control"} == {(0, 0)}
+    hp = train.member_hparams(members)
+    assert hp.method.mix.shape == (len(members),)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("sweep.methods", ("control", "mixup"), "unknown method 'mixup'"),
+    ("sweep.alphas", (0.2, 0.0), "alpha=0.0"),
+    ("sweep.alphas", (-1.0,), "must be > 0"),
+    ("sweep.softness", (1.5,), "softness=1.5"),
+    ("data.train_fraction", 1.0, "train_fraction"),
+    ("data.trials", 0, "trials"),
+    ("data.source", "s3", "data.source"),
+    ("model.head", "tanh", "head"),
+    ("optim.optimizer", "lion", "optimizer"),
+    ("optim.lr_min", 1.0, "lr_min"),
+    ("augment.pairing", "zip", "pairing"),
+    ("batch_size", 15, "batch_size"),
+    ("eval_every", 5, "multiple of"),
+    ("checkpoint_every", 12, "multiple of"),
+    ("threshold", 1.2, "threshold"),
+    ("eval_block_rows", 0, "eval_block_rows"),
+])
+def test_bad_config_values(key, value, match):
+    c = _config(**{"sweep.methods": ("control", "soft_e_mixup"), key: value})
+    with pytest.raises(ValueError, match=match):
+        train.validate_config(c)
+
+
+def test_bad_data(tmp_path):
+    c = _config(**{"data.source": "file"})
+    with pytest.raises(ValueError, match="config.data.path is not set"):
+        train.train_and_evaluate(c, tmp_path / "a")
+    c.data.path = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        train.train_and_evaluate(c, tmp_path / "b")
+    c = _config(batch_size=128)
+    with pytest.raises(ValueError, match="batch_size=128 exceeds"):
+        train.make_program(c, 6, 80)
+    ds = make_synthetic(0, 40, 4, 3)
+    bad = ds.embeddings.copy()
+    bad[7, 1] = np.nan
+    from embaug_jax.data import save_embeddings
+    with pytest.raises(ValueError, match="7"):
+        save_embeddings(tmp_path / "nan", bad, ds.labels, ds.class_names)
+
+
+def test_holdout_names_win_over_count():
+    import ml_collections
+
+    d = ml_collections.ConfigDict(dict(holdout_classes=2, holdout_names=" class_001, class_004"))
+    assert train._holdout(d) == ["class_001", "class_004"]
+    d.holdout_names = ""
+    assert train._holdout(d) == 2
