@@ -30,7 +30,8 @@ def _hf_hidden_states(model, tokenizer, texts, **tok_kwargs):
     enc = tokenizer(texts, padding=True, return_tensors="pt", **tok_kwargs)
     with torch.no_grad():
         out = model(**enc, output_hidden_states=True)
-    return [h.numpy() for h in out.hidden_states], enc["input_ids"].numpy(), enc["attention_mask"].numpy()
+    hidden = [h.numpy() for h in out.hidden_states]
+    return hidden, enc["input_ids"].numpy(), enc["attention_mask"].numpy()
 
 
 def _hf_pool(hidden, mask, layers, pooling):
@@ -104,7 +105,7 @@ def test_tokenizer_matches_hf_including_truncation(minilm, hf_minilm, tmp_path):
     _, tokenizer = hf_minilm
     assert minilm.tokenize(TEXTS) == tokenizer(TEXTS)["input_ids"]
     short = _variant(minilm, max_length=12)
-    assert short.buckets == (12,)
+    assert short.buckets == (8, 12)
     assert short.tokenize(TEXTS) == tokenizer(TEXTS, truncation=True, max_length=12)["input_ids"]
     # Without tokenizer.json the WordPiece tokenizer is rebuilt from vocab.txt + do_lower_case.
     for name in ("vocab.txt", "tokenizer_config.json"):
@@ -117,7 +118,7 @@ def test_tokenizer_matches_hf_including_truncation(minilm, hf_minilm, tmp_path):
 def test_max_length_is_clipped_to_position_embeddings(minilm):
     long = _variant(minilm, max_length=100_000)
     assert long.max_length == 512
-    assert long.buckets == (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    assert long.buckets == (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
     ids = long.tokenize(["word " * 2000])
     assert len(ids[0]) == 512 and ids[0][-1] == 102  # truncated, still ends with [SEP]
 
@@ -153,10 +154,12 @@ def test_random_config_matches_hf(tmp_path, hf_minilm, head, fmt, act):
         tmp_path, layers=(1, -1), devices=jax.devices()[:1], batch_size=4)
     assert embedder.config.layer_norm_eps == 1e-7 and embedder.config.hidden_act == act
     assert embedder.max_length == 64
-    hidden, input_ids, mask = _hf_hidden_states(model, hf_minilm[1], TEXTS, truncation=True,
+    texts = TEXTS + ["a text longer than the 64 positions of this model " * 8]  # truncated
+    hidden, input_ids, mask = _hf_hidden_states(model, hf_minilm[1], texts, truncation=True,
                                                 max_length=64)
+    assert input_ids.shape[1] == 64
     _assert_hidden_states_match(embedder, hidden, input_ids, mask)
-    np.testing.assert_allclose(embedder.embed(TEXTS), _hf_pool(hidden, mask, (1, -1), "mean"),
+    np.testing.assert_allclose(embedder.embed(texts), _hf_pool(hidden, mask, (1, -1), "mean"),
                                atol=ATOL, rtol=0)
 
 
@@ -164,12 +167,16 @@ def test_random_config_matches_hf(tmp_path, hf_minilm, head, fmt, act):
 # Batching, sharding, compiles
 
 
-def test_padded_batch_equals_texts_one_by_one(minilm):
+def test_padded_batch_equals_texts_one_by_one(minilm, monkeypatch):
     together = minilm.embed(TEXTS)
     alone = np.concatenate([minilm.embed([t]) for t in TEXTS])
     chex.assert_trees_all_close(together, alone, atol=1e-5, rtol=0)
     assert together.dtype == np.float32 and together.shape == (len(TEXTS), minilm.dim)
     assert minilm.embed([]).shape == (0, minilm.dim)
+    # Tokenised in chunks of one batch (8 texts): rows still land in their input order.
+    monkeypatch.setattr(bert, "_BATCHES_PER_CHUNK", 1)
+    chex.assert_trees_all_close(minilm.embed(TEXTS[::-1] * 2), np.concatenate([alone[::-1]] * 2),
+                                atol=1e-5, rtol=0)
 
 
 def test_sharded_over_four_devices_equals_one_device(minilm):
@@ -179,6 +186,8 @@ def test_sharded_over_four_devices_equals_one_device(minilm):
     texts = TEXTS * 3  # 15 texts: two batches, the second one padded
     # Equal to float32 rounding, not bitwise: XLA picks its GEMM kernels by the per-device shape.
     chex.assert_trees_all_close(sharded.embed(texts), minilm.embed(texts), atol=1e-5, rtol=0)
+    batch = jax.device_put(sharded._pad_batch(sharded.tokenize(texts[:8])), sharded._batch_sharding)
+    assert len(sharded.embed_batch(sharded.params, *batch).sharding.device_set) == 4
 
 
 def test_one_compile_per_length_bucket(minilm):
@@ -188,7 +197,7 @@ def test_one_compile_per_length_bucket(minilm):
     embedder.embed(short, progress=True)
     embedder.embed(short[::-1] + [TEXTS[-1]])  # one new bucket only
     embedder.embed([TEXTS[-1], "x"])
-    assert sorted({embedder._pad_batch([t])[0].shape[1] for t in embedder.tokenize(short)}) == [16]
+    assert sorted({embedder._pad_batch([t])[0].shape[1] for t in embedder.tokenize(short)}) == [8]
 
 
 def test_bfloat16_stays_close_to_float32(minilm):
@@ -218,6 +227,18 @@ def test_strict_merge_names_every_bad_leaf(tmp_path):
     for name in ("layer_1/query/kernel", "layer_2/output/kernel", "layer_2/output/wieght",
                  "embeddings/LayerNorm/bias: expected (96,), got (95,)", "model.safetensors"):
         assert name in message, message
+
+
+def test_bfloat16_and_foreign_checkpoints(tmp_path):
+    model = _random_checkpoint(tmp_path).to(torch.bfloat16)
+    model.save_pretrained(tmp_path)  # numpy cannot read bf16 safetensors; we must
+    _, params = bert.load_pretrained(tmp_path)
+    expected = model.encoder.layer[2].intermediate.dense.weight.detach().float().numpy().T
+    np.testing.assert_array_equal(params["layers"]["intermediate"]["kernel"][2], expected)
+    assert params["layers"]["intermediate"]["kernel"].dtype == np.float32
+    save_safetensors(tmp_path / "model.safetensors", {"roberta.embeddings.x": np.zeros(3)})
+    with pytest.raises(ValueError, match="no BERT encoder weights.*roberta.embeddings.x"):
+        bert.load_pretrained(tmp_path)
 
 
 def test_fingerprint_tracks_files_and_settings(tmp_path, minilm):

@@ -15,20 +15,28 @@ Choices worth knowing:
 - Layer index 0 is the embedding output, index i the i-th transformer layer, negatives count from
   the last, as in Hugging Face's `output_hidden_states`.
 - Texts longer than `max_length` tokens (default 512, clipped to the checkpoint's
-  `max_position_embeddings`) are truncated. Token lengths are bucketed (16, 24, 32, 48, 64, ...
-  up to `max_length`) and every batch is padded to `batch_size` rows, so at most one compiled program
-  per bucket serves any stream of texts.
+  `max_position_embeddings`) are truncated. Token lengths are bucketed (8, 12, 16, 24, 32, 48,
+  ... up to `max_length`) and every batch is padded to `batch_size` rows, so at most one compiled
+  program per bucket serves any stream of texts.
 - Weights: `model.safetensors` (or its sharded index) is read with numpy; `pytorch_model.bin` is
   read with `torch.load(weights_only=True)` only if no safetensors file exists. A "bert." prefix
   (BertFor* checkpoints) is stripped. The pooler and any task head (`cls.*`, `classifier.*`, ...)
   are ignored, as are the `position_ids`/`token_type_ids` buffers; everything under `embeddings.`
   and `encoder.` is merged strictly: a missing, extra or misshapen tensor is a ValueError naming it.
+- Devices: each batch is split over `devices` (NamedSharding on the batch axis, weights
+  replicated; the batch size is rounded up to a multiple of the device count). The vectors agree
+  with a single device's to float32 rounding (~1e-6), not bit for bit: XLA picks its matmul
+  kernels by the per-device shape.
+- Parity with Hugging Face's PyTorch `BertModel`: every hidden state at the real tokens and every
+  pooled vector agree to ~1e-5 (tests/test_bert.py checks 1e-4). Hidden states at padding
+  positions are meaningless in both and are not compared.
 - bfloat16 (`dtype="bfloat16"`): weights and matmuls in bf16; LayerNorm statistics, attention
-  scores, softmax and pooling in float32. Measured on all-MiniLM-L6-v2 over 256 WordNet noun
-  glosses, layers (-2, -1), mean pooling (`python benchmarks/text_bench.py --models=minilm
-  --texts=256`): max abs deviation from float32 0.015 (values up to 4.3), relative L2 deviation
-  per vector 0.64% on average and 0.94% at most, cosine similarity to the float32 vector >= 0.99995.
-  Keeping the residual stream in float32 did not reduce this (the bf16 matmuls dominate it).
+  scores, softmax and pooling in float32. Measured on all-MiniLM-L6-v2 over 512 WordNet noun
+  glosses, layers (-2, -1), mean pooling (`python benchmarks/text_bench.py`): max abs deviation
+  from float32 0.0175 (values up to 4.3), relative L2 deviation per vector 0.66% on average and
+  0.99% at most, cosine similarity to the float32 vector >= 0.99995 (BERT-base-sized, random
+  weights: 0.52% / 0.77%). Keeping the residual stream in float32 did not reduce this (the bf16
+  matmuls dominate it). On the CPU it was not faster than float32 (benchmarks/README.md, "bert").
 """
 
 from __future__ import annotations
@@ -60,7 +68,8 @@ POOLINGS = ("mean", "cls", "max")
 # Bump when a change here alters the vectors for the same weights and settings, so caches keyed by
 # `TextEmbedder.fingerprint()` are invalidated.
 _EMBEDDING_VERSION = "embaug_jax.bert/1"
-_MIN_BUCKET = 16
+_MIN_BUCKET = 8
+_BATCHES_PER_CHUNK = 64
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -140,7 +149,8 @@ class BertConfig:
         """Reads a Hugging Face `config.json`."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no BERT config file at {path} (expected a Hugging Face config.json)")
+            raise FileNotFoundError(
+                f"no BERT config file at {path} (expected a Hugging Face config.json)")
         return cls.from_dict(json.loads(path.read_text()), source=str(path))
 
     @property
@@ -318,7 +328,7 @@ def _weight_files(folder: Path) -> list[Path]:
             files = [folder / f for f in sorted(set(weight_map.values()))]
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
-                raise FileNotFoundError(f"{folder / index} names shards that are missing: {missing}")
+                raise FileNotFoundError(f"{folder / index} names missing shards: {missing}")
             return files
     raise FileNotFoundError(
         f"no weights in {folder}: expected model.safetensors (or model.safetensors.index.json with "
@@ -330,7 +340,7 @@ def _read_state_dict(files: Sequence[Path]) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     for f in files:
         if f.suffix == ".safetensors":
-            state.update(load_safetensors(f)[0])
+            state.update(_read_safetensors(f))
         else:
             import torch  # only for legacy pytorch_model.bin checkpoints
 
@@ -338,6 +348,19 @@ def _read_state_dict(files: Sequence[Path]) -> dict[str, np.ndarray]:
             state.update({k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
                           for k, v in loaded.items()})
     return state
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        return load_safetensors(path)[0]
+    except ValueError as e:
+        if "bfloat16" not in str(e):
+            raise
+    # numpy alone has no bfloat16; JAX's loader reads it (as ml_dtypes.bfloat16), and the merge
+    # casts every tensor to the model's float32 anyway.
+    from safetensors.flax import load_file
+
+    return {k: np.asarray(v) for k, v in load_file(str(path)).items()}
 
 
 def load_pretrained(path: str | os.PathLike) -> tuple[BertConfig, dict]:
@@ -350,7 +373,14 @@ def load_pretrained(path: str | os.PathLike) -> tuple[BertConfig, dict]:
     folder = _checkpoint_folder(path)
     config = BertConfig.from_json(folder / "config.json")
     files = _weight_files(folder)
-    flat, _ = convert_hf_state_dict(_read_state_dict(files))
+    state = _read_state_dict(files)
+    flat, _ = convert_hf_state_dict(state)
+    if not flat:
+        raise ValueError(
+            f"{files[0]} holds no BERT encoder weights (expected names like "
+            f"'embeddings.word_embeddings.weight' or 'bert.encoder.layer.0...'); its first names "
+            f"are {sorted(state)[:5]}"
+        )
     # Merged per layer, so an error names the layer ("layer_3/query/kernel"), then stacked.
     expected = flatten_tree(init_shapes(config))
     per_layer = {k: v for k, v in expected.items() if not k.startswith("layers/")}
@@ -430,11 +460,12 @@ def load_tokenizer(path: str | os.PathLike, *, max_length: int):
 
 
 def length_buckets(max_length: int) -> tuple[int, ...]:
-    """Padded batch lengths: 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x between), capped
+    """Padded batch lengths: 8, 12, 16, 24, 32, 48, ... (powers of two and 1.5x between), capped
     by and ending at max_length.
 
-    The 1.5x steps cut padding on short texts (WordNet glosses: 1.40 padded tokens per real token
-    instead of 1.63 with powers of two alone) for at most twice as many compiled shapes.
+    The 1.5x steps and the short first buckets cut padding (5000 WordNet glosses, batches of 64:
+    1.29 padded tokens per real token, against 1.63 with powers of two from 16) for a few more
+    compiled shapes.
     """
     buckets = []
     n = _MIN_BUCKET
@@ -450,9 +481,12 @@ def length_buckets(max_length: int) -> tuple[int, ...]:
 
 
 def pool_hidden_states(
-    hidden_states: Sequence[jax.Array], attention_mask: jax.Array, layers: Sequence[int], pooling: str
+    hidden_states: Sequence[jax.Array],
+    attention_mask: jax.Array,
+    layers: Sequence[int],
+    pooling: str,
 ) -> jax.Array:
-    """Pools each chosen layer over its tokens and concatenates: float32 [batch, len(layers) * hidden].
+    """Pools each chosen layer over its tokens, concatenated: float32 [batch, len(layers) * hidden].
 
     "mean" averages over non-padding tokens ([CLS] and [SEP] included), "max" takes the maximum
     over them, "cls" takes the first token.
@@ -499,7 +533,12 @@ def normalize_layers(layers: Sequence[int], num_hidden_layers: int) -> tuple[int
 
 
 class TextEmbedder:
-    """Turns texts into pooled BERT embeddings with a few compiled shapes, sharded over devices."""
+    """Turns texts into pooled BERT embeddings with a few compiled shapes, sharded over devices.
+
+    Build it with `from_pretrained`; the constructor takes an already loaded config, float32
+    parameter tree and tokenizer (to reuse one loaded model under other settings), and `files`,
+    the checkpoint files the fingerprint hashes.
+    """
 
     def __init__(
         self,
@@ -618,24 +657,27 @@ class TextEmbedder:
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Embeds texts; returns float32 [len(texts), dim] in the order given.
 
-        Texts are sorted by token length so each batch pads little; batches are dispatched
-        without waiting, and at most two are in flight before their results are copied back.
+        Texts are tokenised a chunk at a time (bounded memory) and sorted by token length within
+        it, so each batch pads little. Batches are dispatched without waiting for results; at
+        most two are in flight before the oldest is copied back.
         """
         from tqdm.auto import tqdm
 
-        ids = self.tokenize(texts)
-        out = np.empty((len(ids), self.dim), np.float32)
-        order = np.argsort([len(t) for t in ids], kind="stable")
-        starts = range(0, len(order), self.batch_size)
+        texts = _check_texts(texts)
+        out = np.empty((len(texts), self.dim), np.float32)
+        chunk = self.batch_size * _BATCHES_PER_CHUNK
         pending: deque = deque()
-        with tqdm(total=len(ids), desc="embed texts", unit="text", disable=not progress) as bar:
-            for start in starts:
-                rows = order[start:start + self.batch_size]
-                input_ids, mask = self._pad_batch([ids[i] for i in rows])
-                result = self.embed_batch(self.params, *jax.device_put((input_ids, mask), self._batch_sharding))
-                pending.append((rows, result))
-                if len(pending) > 2:
-                    self._collect(pending.popleft(), out, bar)
+        with tqdm(total=len(texts), desc="embed texts", unit="text", disable=not progress) as bar:
+            for offset in range(0, len(texts), chunk):
+                ids = [e.ids for e in self.tokenizer.encode_batch(texts[offset:offset + chunk])]
+                order = np.argsort([len(t) for t in ids], kind="stable")
+                for start in range(0, len(order), self.batch_size):
+                    rows = order[start:start + self.batch_size]
+                    batch = jax.device_put(self._pad_batch([ids[i] for i in rows]),
+                                           self._batch_sharding)
+                    pending.append((offset + rows, self.embed_batch(self.params, *batch)))
+                    if len(pending) > 2:
+                        self._collect(pending.popleft(), out, bar)
             while pending:
                 self._collect(pending.popleft(), out, bar)
         return out
