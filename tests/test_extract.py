@@ -298,7 +298,8 @@ def test_one_and_four_devices_give_the_same_output(tmp_path, fast_compile):
         out = extract.run_extraction(c, tmp_path / f"d{n}")
         outputs.append(load_embeddings(out).embeddings)
     assert outputs[0].shape == (10, 2 * 768)
-    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-6)
+    # Equal up to float32 rounding: XLA picks its matmul kernels by the per-device batch shape.
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
 
 
 def test_fashion_products_smoke_with_real_minilm_and_lite0(tmp_path, fast_compile):
