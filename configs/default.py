@@ -81,6 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # C) floats (105 members x 8192 rows: ~2.3 GB) instead of members x N x ... for all N rows.
     c.eval_block_rows = 8192
     c.checkpoint_every = 48  # epochs per compiled chunk: one progress tick and checkpoint each
+    # Devices the member axis is sharded over (0 = all visible ones); results do not depend on
+    # it, and a run may resume on a different count.
+    c.num_devices = 0
     c.threshold = 0.6  # sec. 3.5 confidence threshold for the accuracy metrics
 
     c.augment = ml_collections.ConfigDict()

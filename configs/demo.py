@@ -41,7 +41,7 @@ def get_config(arg=None):
         default.smoke(t)
         t.data.source = "file"
         t.data.trials = 2
-        t.data.holdout_classes = 0
+        t.data.holdout_classes = 2
         t.data.train_fraction = 0.5
         t.sweep.alphas = (0.2,)
         t.batch_size = 16

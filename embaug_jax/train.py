@@ -298,6 +298,9 @@ def _require(ok: bool, message: str) -> None:
 def validate_config(config) -> None:
     """Raises ValueError naming the first bad value and how to fix it."""
     s, d, o, m, a = config.sweep, config.data, config.optim, config.model, config.augment
+    n_dev = int(config.get("num_devices", 0))
+    _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
+             f"{jax.device_count()} device(s) are visible; use 0 (all) or at most that many.")
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
              f"{augment.METHOD_NAMES}.")
     for method in s.methods:
@@ -621,6 +624,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     eval_epochs = np.arange(1, int(config.num_epochs) // int(config.eval_every) + 1) * int(
         config.eval_every)
+    if devices is None and int(config.get("num_devices", 0)):
+        devices = jax.devices()[:int(config.num_devices)]
     result = run_sweep(config, data, hp, devices=devices, checkpoint_dir=ckpt_dir,
                        max_chunks=max_chunks, segments=segments, on_chunk=on_chunk)
     on_chunk(result.history, result.epochs_done)

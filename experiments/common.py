@@ -43,7 +43,7 @@ def run_study(config_file: str, args: argparse.Namespace, overrides: Sequence[st
 
     arg = ",".join(filter(None, ["smoke" if args.smoke else None, variant]))
     config = str(REPO_ROOT / "configs" / config_file) + (f":{arg}" if arg else "")
-    argv = ["embaug train", f"--config={config}", f"--workdir={args.workdir}", *overrides]
+    argv = ["embaug", "train", f"--config={config}", f"--workdir={args.workdir}", *overrides]
     if args.data:
         argv += ["--config.data.source=file", f"--config.data.path={args.data}"]
     code = cli.main(argv)

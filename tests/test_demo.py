@@ -1,0 +1,51 @@
+"""The main job end to end on its smoke config: real WordNet synsets through the real MiniLM,
+the five methods in one sweep, the report -- on 1 and on 4 devices, and cached on a rerun."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embaug_jax import cli
+from embaug_jax.models.bert import TextEmbedder
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").exists(),
+                                reason="needs Debian's wordnet-base (apt-get install wordnet-base)")
+METRICS = ("weighted_auc", "overall_accuracy", "none_accuracy", "ece")
+
+
+def _demo(workdir: Path, devices: int) -> dict:
+    argv = ["embaug", "demo", f"--config={REPO / 'configs' / 'demo.py'}:smoke",
+            f"--workdir={workdir}", f"--config.extract.num_devices={devices}",
+            f"--config.train.num_devices={devices}", "--config.extract.progress=False"]
+    assert cli.main(argv) == 0
+    return json.loads((workdir / "train" / "results.json").read_text())
+
+
+def test_demo_smoke_same_metrics_on_one_and_four_devices_and_cached_rerun(
+        tmp_path, capsys, monkeypatch):
+    one = _demo(tmp_path / "one", 1)
+    out = capsys.readouterr().out
+    assert "| Control |" in out and "| Soft E-Stitchup |" in out and "figures:" in out
+    train_dir = tmp_path / "one" / "train"
+    for name in ("results.md", "metrics.jsonl", "fig3_threshold_sweep.png", "fig4_roc.png",
+                 "fig5_training_curves.png", "reliability.png"):
+        assert (train_dir / name).stat().st_size > 0, name
+    assert one["num_none_examples"] and min(one["num_none_examples"]) > 0
+    assert list(one["methods"]) == ["control", "e_mixup", "e_stitchup", "soft_e_mixup",
+                                    "soft_e_stitchup"]
+
+    four = _demo(tmp_path / "four", 4)
+    for method, entry in one["methods"].items():
+        for key in METRICS:
+            got, want = (np.asarray(r["methods"][method][key]["values"], float)  # None -> NaN
+                         for r in (four, one))
+            np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{method} {key}")
+
+    # A second run embeds nothing and trains nothing more: same results from the caches.
+    monkeypatch.setattr(TextEmbedder, "embed", lambda *a, **k: pytest.fail("re-embedded"))
+    again = _demo(tmp_path / "one", 1)
+    for method, entry in one["methods"].items():
+        assert again["methods"][method]["weighted_auc"] == entry["weighted_auc"]

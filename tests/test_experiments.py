@@ -1,0 +1,73 @@
+"""The study scripts in experiments/ on their smoke configs: Table 1 trains once, the
+Figure 3-5 scripts read the same finished sweep, and their CSVs agree with results.json."""
+
+import csv
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    return lambda name: importlib.import_module(name)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_table1_and_the_figure_scripts_share_one_sweep(tmp_path, scripts, capsys, monkeypatch):
+    workdir = tmp_path / "table1"
+    scripts("table1").main(["--smoke", f"--workdir={workdir}"])
+    assert "<- best" in capsys.readouterr().out
+    results = json.loads((workdir / "results.json").read_text())
+
+    # The readers resume the finished sweep: nothing is trained again.
+    from embaug_jax import train
+    real_run_sweep = train.run_sweep
+
+    def no_training(*args, **kwargs):
+        result = real_run_sweep(*args, **kwargs)
+        assert result.epochs_done == args[0].num_epochs
+        return result
+    monkeypatch.setattr(train, "run_sweep", no_training)
+
+    scripts("threshold_sweep").main(["--smoke", f"--workdir={workdir}"])
+    rows = _rows(workdir / "threshold_sweep.csv")
+    control = [r for r in rows if r["method"] == "control"]
+    want = results["methods"]["control"]["threshold_sweep"]["overall_mean"]
+    np.testing.assert_allclose([float(r["overall_mean"]) for r in control], want, rtol=1e-9)
+    assert scripts("threshold_sweep").crossing([0.1, 0.2, 0.3], [0.8, 0.6, 0.4],
+                                               [0.2, 0.5, 0.9]) == pytest.approx(0.2 + 0.1 / 6)
+
+    scripts("roc_curves").main(["--smoke", f"--workdir={workdir}"])
+    rows = _rows(workdir / "roc_curves.csv")
+    for method, entry in results["methods"].items():
+        curve = [r for r in rows if r["method"] == method]
+        area = np.trapezoid([float(r["tpr_mean"]) for r in curve], [float(r["fpr"]) for r in curve])
+        assert area == pytest.approx(entry["weighted_auc"]["mean"], abs=5e-3)
+
+    scripts("training_curves").main(["--smoke", f"--workdir={workdir}"])
+    rows = _rows(workdir / "training_curves.csv")
+    assert {r["method"] for r in rows} == set(results["methods"])
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    assert epochs == sorted({json.loads(line)["epoch"] for line in
+                             (workdir / "metrics.jsonl").read_text().splitlines()})
+
+
+def test_softness_study_and_bad_arguments(tmp_path, scripts, capsys):
+    scripts("softness").main(["--smoke", f"--workdir={tmp_path}"])
+    out = capsys.readouterr().out
+    for s in ("0.01", "0.05", "0.1", "0.2"):
+        assert f"soft_e_stitchup/alpha=0.3/softness={s} " in out
+    assert (tmp_path / "fig6_softness.png").exists()
+    with pytest.raises(SystemExit):
+        scripts("softness").main([f"--workdir={tmp_path}", "--epochs=3"])
+    assert "overrides look like --config.a.b=value" in capsys.readouterr().err
