@@ -107,6 +107,7 @@ def test_tokenizer_matches_hf_including_truncation(minilm, hf_minilm, tmp_path):
     short = _variant(minilm, max_length=12)
     assert short.buckets == (8, 12)
     assert short.tokenize(TEXTS) == tokenizer(TEXTS, truncation=True, max_length=12)["input_ids"]
+    assert minilm.tokenize(TEXTS) == tokenizer(TEXTS)["input_ids"]  # the variant shares nothing
     # Without tokenizer.json the WordPiece tokenizer is rebuilt from vocab.txt + do_lower_case.
     for name in ("vocab.txt", "tokenizer_config.json"):
         shutil.copy(MINILM / name, tmp_path / name)

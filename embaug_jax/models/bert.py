@@ -574,7 +574,10 @@ class TextEmbedder:
         # Every batch must split evenly over the devices.
         self.batch_size = -(-int(batch_size) // n_dev) * n_dev
         self.buckets = length_buckets(self.max_length)
-        self.tokenizer = tokenizer
+        # A private copy: truncation is tokenizer state, and embedders may share one tokenizer.
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
         # Hashed now, so the fingerprint describes the files as loaded even if they change later.
