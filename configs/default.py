@@ -15,23 +15,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import parse_arg
+
 # The paper's Table-1 methods, in its order.
 METHODS = ("control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup")
-
-
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """Parses "smoke,trials=2" into {smoke: True, trials: 2} over typed `defaults`."""
-    out = ml_collections.ConfigDict(defaults)
-    for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        if key not in defaults:
-            raise ValueError(f"unknown config variant {key!r}; known: {', '.join(defaults)}.")
-        kind = type(defaults[key])
-        if kind is bool:
-            out[key] = value.lower() not in ("0", "false", "no") if value else True
-        else:
-            out[key] = kind(value)
-    return out
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

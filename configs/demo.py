@@ -20,12 +20,12 @@ Variants: `smoke` (100 synsets, a few epochs: what the tests run).
 
 import ml_collections
 
-from configs import default, table1
+from configs import default, parse_arg, table1
 from configs.extract import wordnet_minilm
 
 
 def get_config(arg=None):
-    args = default.parse_arg(arg, smoke=False)
+    args = parse_arg(arg, smoke=False)
     c = ml_collections.ConfigDict()
     c.extract = wordnet_minilm.get_config("smoke" if args.smoke else None)
     c.train = table1.get_config()

@@ -107,3 +107,14 @@ def test_file_source_with_segments(tmp_path, fast_compile):
     assert results["methods"]["soft_e_mixup"]["weighted_auc"]["mean"] > 0.7
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["path"] == str(tmp_path / "emb") and saved["augment"]["use_segments"]
+
+
+def test_variant_strings_parse_strictly():
+    from configs import parse_arg
+
+    args = parse_arg(" smoke , trials=3,flag=no", smoke=False, trials=0, flag=True)
+    assert (args.smoke, args.trials, args.flag) == (True, 3, False)
+    for arg, message in [("smoke=maybe", "use true or false"), ("trials", "needs a value"),
+                         ("trials=two", "not a valid int"), ("trails=2", "unknown config variant")]:
+        with pytest.raises(ValueError, match=message):
+            parse_arg(arg, smoke=False, trials=0)

@@ -7,21 +7,12 @@ from __future__ import annotations
 
 import ml_collections
 
+import configs
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """"smoke,variant=b4" -> {smoke: True, variant: "b4"} over `defaults` (unknown keys: error)."""
-    out = ml_collections.ConfigDict({"smoke": False, **defaults})
-    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-        key, eq, value = item.partition("=")
-        if key not in out:
-            raise ValueError(f"Unknown config variant {key!r}; known: {sorted(out)}.")
-        if not eq:
-            out[key] = True
-        elif isinstance(out[key], bool):
-            out[key] = value.lower() in ("1", "true", "yes")
-        else:
-            out[key] = type(out[key])(value)
-    return out
+    """"smoke,variant=b4" -> {smoke: True, variant: "b4"}: `configs.parse_arg` with `smoke`."""
+    return configs.parse_arg(arg, smoke=False, **defaults)
 
 
 def base_config() -> ml_collections.ConfigDict:
