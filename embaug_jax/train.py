@@ -373,6 +373,12 @@ def load_data(config):
 # The driver: devices, chunks, checkpoints.
 
 
+def evaluation_epochs(config) -> np.ndarray:
+    """The epochs after which the program evaluates: every `eval_every`, up to `num_epochs`."""
+    every = int(config.eval_every)
+    return np.arange(1, int(config.num_epochs) // every + 1) * every
+
+
 def _host(x) -> np.ndarray:
     """A device array as numpy on this host. Across several hosts (`jax.distributed`) the member
     axis is sharded over every process's devices, so it is gathered from all of them first."""
@@ -484,7 +490,7 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
     num_epochs, eval_every = int(config.num_epochs), int(config.eval_every)
     num_evals = num_epochs // eval_every
     chunk_periods = int(config.checkpoint_every) // eval_every
-    eval_epochs = np.arange(1, num_evals + 1) * eval_every
+    eval_epochs = evaluation_epochs(config)
     padded = jax.tree.leaves(hp)[0].shape[0]
     metric_names = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
     history = {k: np.full((padded, num_evals), np.nan, np.float32) for k in metric_names}
@@ -622,8 +628,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
                              epochs_done)
 
-    eval_epochs = np.arange(1, int(config.num_epochs) // int(config.eval_every) + 1) * int(
-        config.eval_every)
+    eval_epochs = evaluation_epochs(config)
     if devices is None and int(config.get("num_devices", 0)):
         devices = jax.devices()[:int(config.num_devices)]
     result = run_sweep(config, data, hp, devices=devices, checkpoint_dir=ckpt_dir,
