@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs.extract import wordnet_minilm  # noqa: E402
-from embaug_jax import extract  # noqa: E402
-from embaug_jax.data.sources import load_source  # noqa: E402
+from embaug_jax.embed import pipeline as extract  # noqa: E402
+from embaug_jax.sources import load_source  # noqa: E402
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from embaug_jax.models import bert  # noqa: E402
+from embaug_jax.embed import bert  # noqa: E402
 
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
 

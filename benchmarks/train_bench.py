@@ -31,9 +31,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs import default  # noqa: E402
-from embaug_jax import train  # noqa: E402
-from embaug_jax.data.splits import make_splits  # noqa: E402
-from embaug_jax.data.synthetic import make_synthetic  # noqa: E402
+from embaug_jax.train import engine as train  # noqa: E402
+from embaug_jax.train.splits import make_splits  # noqa: E402
+from embaug_jax.train.synthetic import make_synthetic  # noqa: E402
 
 
 def matmul_peak(n=2048, repeats=10) -> float:

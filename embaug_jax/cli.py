@@ -26,11 +26,11 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "embaug_jax.train:train_and_evaluate",
+        "embaug_jax.train.command:train_and_evaluate",
         "train and evaluate a sweep (methods x alphas x softness x trials x seeds) from a config",
     ),
     "extract": Command(
-        "embaug_jax.extract:run_extraction",
+        "embaug_jax.embed.pipeline:run_extraction",
         "embed a data source (text and/or images) into the embedding dataset format",
     ),
     "demo": Command(
@@ -39,7 +39,7 @@ COMMANDS: dict[str, Command] = {
         default_config="configs/demo.py",
     ),
     "convert": Command(
-        "embaug_jax.models.convert:main",
+        "embaug_jax.embed.convert:main",
         "convert Keras / PyTorch / timm checkpoints to safetensors that load without torch",
         config_driven=False,
     ),

@@ -15,8 +15,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     Both stages cache: a second run finds the embeddings (same fingerprint) and the finished
     checkpoints, and only rewrites the report. Returns the results dict of the sweep.
     """
-    from embaug_jax.extract import run_extraction
-    from embaug_jax.train import train_and_evaluate
+    from embaug_jax.embed.pipeline import run_extraction
+    from embaug_jax.train.command import train_and_evaluate
 
     workdir = Path(workdir)
     start = time.perf_counter()

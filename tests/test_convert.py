@@ -17,9 +17,9 @@ import torch
 from safetensors.numpy import save_file
 
 from embaug_jax import cli
-from embaug_jax.models import convert
-from embaug_jax.models import efficientnet as E
-from embaug_jax.models.weights import load_safetensors, unflatten_tree
+from embaug_jax.embed import convert
+from embaug_jax.embed import efficientnet as E
+from embaug_jax.embed.weights import load_safetensors, unflatten_tree
 
 # Stage layout of EfficientNet-B0 (repeats, expand ratio) and timm's per-variant depth scaling.
 _B0_STAGES = ((1, 1), (2, 6), (2, 6), (3, 6), (3, 6), (4, 6), (1, 6))

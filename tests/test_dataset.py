@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from embaug_jax.data import EmbeddingDataset, Segment, load_embeddings, save_embeddings
+from embaug_jax.dataset import EmbeddingDataset, Segment, load_embeddings, save_embeddings
 
 
 def _arrays(n=12, d=6, c=3, seed=0):
@@ -125,7 +125,7 @@ def test_load_rejects_foreign_metadata(tmp_path):
 
 
 def test_nan_check_is_chunked_for_large_files(tmp_path, monkeypatch):
-    import embaug_jax.data.dataset as dataset
+    import embaug_jax.dataset as dataset
 
     monkeypatch.setattr(dataset, "_CHUNK_ROWS", 4)
     x, y, names = _arrays(n=30)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embaug_jax import cli
-from embaug_jax.models.bert import TextEmbedder
+from embaug_jax.embed.bert import TextEmbedder
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").exists(),

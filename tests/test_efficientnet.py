@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from embaug_jax.models import convert
-from embaug_jax.models import efficientnet as E
+from embaug_jax.embed import convert
+from embaug_jax.embed import efficientnet as E
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -360,7 +360,7 @@ def test_resize_center_crop_keeps_the_center():
 def random_lite0(tmp_path_factory):
     variables = E.init_variables(E.architecture("lite0"), 3, randomize_stats=True)
     path = tmp_path_factory.mktemp("rand") / "lite0.safetensors"
-    from embaug_jax.models.weights import save_safetensors
+    from embaug_jax.embed.weights import save_safetensors
     save_safetensors(path, variables, E.default_weights_info("lite0", "lite").to_metadata())
     return path
 

@@ -30,7 +30,7 @@ def test_table1_and_the_figure_scripts_share_one_sweep(tmp_path, scripts, capsys
     results = json.loads((workdir / "results.json").read_text())
 
     # The readers resume the finished sweep: nothing is trained again.
-    from embaug_jax import train
+    from embaug_jax.train import engine as train
     real_run_sweep = train.run_sweep
 
     def no_training(*args, **kwargs):

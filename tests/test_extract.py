@@ -1,4 +1,4 @@
-"""Tests for embaug_jax.extract: resume, atomicity, fingerprints and caching (with fake embedders
+"""Tests for embaug_jax.embed.pipeline: resume, atomicity, fingerprints and caching (with fake embedders
 that count their calls), bad images, and real MiniLM / Lite0 runs of the smoke configs."""
 
 import hashlib
@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from configs.extract import fashion_mnist_lite0, fashion_products, table, wordnet_minilm
-from embaug_jax import cli, extract
-from embaug_jax.data.dataset import load_embeddings
-from embaug_jax.models.efficientnet import decode_image
+from embaug_jax import cli
+from embaug_jax.embed import pipeline as extract
+from embaug_jax.dataset import load_embeddings
+from embaug_jax.embed.efficientnet import decode_image
 from test_sources import FASHION_MNIST, WORDNET, write_fashion_products
 
 
@@ -254,7 +255,7 @@ def test_fashion_mnist_arrays_reach_the_image_embedder(tmp_path):
 
 @pytest.mark.skipif(not (WORDNET / "data.noun").exists(), reason="needs wordnet-base")
 def test_wordnet_smoke_with_real_minilm_through_the_cli(tmp_path, monkeypatch, fast_compile):
-    from embaug_jax.models.bert import TextEmbedder
+    from embaug_jax.embed.bert import TextEmbedder
 
     argv = ["embaug", "extract", "--config=configs/extract/wordnet_minilm.py:smoke",
             "--config.source.max_items=30", "--config.progress=False",
@@ -267,7 +268,7 @@ def test_wordnet_smoke_with_real_minilm_through_the_cli(tmp_path, monkeypatch, f
     assert len(ds) == 30 and ds.num_classes >= 20
 
     # Oracle: the same model embedding each field on its own, outside the pipeline.
-    from embaug_jax.data.sources import load_source
+    from embaug_jax.sources import load_source
 
     config = wordnet_minilm.get_config("smoke")
     config.source.max_items = 30

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from embaug_jax.io import atomic_path, write_json_atomic, write_text_atomic
+from embaug_jax.util import atomic_path, write_json_atomic, write_text_atomic
 
 
 def test_file_written_only_on_success(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for embaug_jax.models.mlp against a PyTorch oracle."""
+"""Tests for embaug_jax.train.mlp against a PyTorch oracle."""
 
 import chex
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from embaug_jax.models.mlp import MLP, classification_loss, probabilities
+from embaug_jax.train.mlp import MLP, classification_loss, probabilities
 
 
 def _setup(b=6, d=10, c=7, seed=0):

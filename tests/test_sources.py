@@ -1,4 +1,4 @@
-"""Tests for embaug_jax.data.sources: real WordNet and Fashion-MNIST, TFDS mocks, fixtures."""
+"""Tests for embaug_jax.sources: real WordNet and Fashion-MNIST, TFDS mocks, fixtures."""
 
 import collections
 import gzip
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from embaug_jax.data import sources
+from embaug_jax import sources
 
 WORDNET = Path("/usr/share/wordnet")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -1,10 +1,10 @@
-"""Tests for embaug_jax.data.splits and embaug_jax.data.synthetic."""
+"""Tests for embaug_jax.train.splits and embaug_jax.train.synthetic."""
 
 import numpy as np
 import pytest
 
-from embaug_jax.data.splits import make_splits
-from embaug_jax.data.synthetic import make_synthetic
+from embaug_jax.train.splits import make_splits
+from embaug_jax.train.synthetic import make_synthetic
 
 
 def _labels(n=500, c=12, seed=0):

@@ -1,4 +1,4 @@
-"""Tests for embaug_jax.train: the sweep engine, its invariances, checkpoints and errors."""
+"""Tests for embaug_jax.train.engine: the sweep engine, its invariances, checkpoints and errors."""
 
 
 import chex
@@ -9,9 +9,10 @@ import optax
 import pytest
 
 from configs import default
-from embaug_jax import train
-from embaug_jax.data.splits import make_splits
-from embaug_jax.data.synthetic import make_synthetic
+from embaug_jax.train import command
+from embaug_jax.train import engine as train
+from embaug_jax.train.splits import make_splits
+from embaug_jax.train.synthetic import make_synthetic
 
 
 def _config(**overrides):
@@ -31,7 +32,7 @@ def _config(**overrides):
 
 
 def _data(c):
-    ds = train.load_data(c)
+    ds = command.load_data(c)
     s = make_splits(ds.labels, ds.num_classes, trials=c.data.trials,
                     train_fraction=c.data.train_fraction, holdout_classes=c.data.holdout_classes)
     return train.TrainData(jnp.asarray(ds.embeddings), jnp.asarray(ds.labels),
@@ -197,23 +198,23 @@ def test_sweep_members_grid():
 def test_bad_config_values(key, value, match):
     c = _config(**{"sweep.methods": ("control", "soft_e_mixup"), key: value})
     with pytest.raises(ValueError, match=match):
-        train.validate_config(c)
+        command.validate_config(c)
 
 
 def test_bad_data(tmp_path):
     c = _config(**{"data.source": "file"})
     with pytest.raises(ValueError, match="config.data.path is not set"):
-        train.train_and_evaluate(c, tmp_path / "a")
+        command.train_and_evaluate(c, tmp_path / "a")
     c.data.path = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="missing"):
-        train.train_and_evaluate(c, tmp_path / "b")
+        command.train_and_evaluate(c, tmp_path / "b")
     c = _config(batch_size=128)
     with pytest.raises(ValueError, match="batch_size=128 exceeds"):
         train.make_program(c, 6, 80)
     ds = make_synthetic(0, 40, 4, 3)
     bad = ds.embeddings.copy()
     bad[7, 1] = np.nan
-    from embaug_jax.data import save_embeddings
+    from embaug_jax.dataset import save_embeddings
     with pytest.raises(ValueError, match="7"):
         save_embeddings(tmp_path / "nan", bad, ds.labels, ds.class_names)
 
@@ -222,6 +223,6 @@ def test_holdout_names_win_over_count():
     import ml_collections
 
     d = ml_collections.ConfigDict(dict(holdout_classes=2, holdout_names=" class_001, class_004"))
-    assert train._holdout(d) == ["class_001", "class_004"]
+    assert command._holdout(d) == ["class_001", "class_004"]
     d.holdout_names = ""
-    assert train._holdout(d) == 2
+    assert command._holdout(d) == 2

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from embaug_jax.models import weights
+from embaug_jax.embed import weights
 
 
 def _expected():

@@ -43,9 +43,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from embaug_jax.data import sources as sources_lib
-from embaug_jax.data.dataset import Segment, load_embeddings, save_embeddings
-from embaug_jax.io import atomic_path, write_json_atomic
+from embaug_jax import sources as sources_lib
+from embaug_jax.dataset import Segment, load_embeddings, save_embeddings
+from embaug_jax.util import atomic_path, write_json_atomic
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
@@ -114,7 +114,7 @@ def _devices(config: Any):
 
 def build_text_embedder(model_cfg: Any, devices):
     """`TextEmbedder.from_pretrained` on `config.text_model`."""
-    from embaug_jax.models.bert import TextEmbedder
+    from embaug_jax.embed.bert import TextEmbedder
 
     path = resolve_model_path(str(model_cfg.get("path", "") or ""))
     if not path:
@@ -134,8 +134,8 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
     a PyTorch `.pth`, a timm `.safetensors`, builtin:lite0) is converted once into
     `workdir/models/` (keyed by the checkpoint's hash) and loaded from there.
     """
-    from embaug_jax.models import efficientnet
-    from embaug_jax.models.weights import hash_files
+    from embaug_jax.embed import efficientnet
+    from embaug_jax.embed.weights import hash_files
 
     raw = str(model_cfg.get("path", "") or "")
     path = Path(resolve_model_path(raw)) if raw else None
@@ -150,7 +150,7 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
     if raw == "builtin:lite0":
         origin = origin or "lite"
     if not _is_converted(path):
-        from embaug_jax.models.convert import convert_file
+        from embaug_jax.embed.convert import convert_file
 
         converted = workdir / "models" / f"{path.stem}.{hash_files([path])[:12]}.safetensors"
         if not converted.is_file():
@@ -230,7 +230,7 @@ def find_bad_images(data: sources_lib.SourceData, image_fields: Sequence[str], *
         field = data.images[name]
         if field.paths is None:
             continue  # in-memory arrays: validated when the source built them
-        from embaug_jax.models.efficientnet import decode_image
+        from embaug_jax.embed.images import decode_image
 
         for item_id, p in tqdm(zip(data.ids.tolist(), field.paths), total=len(field),
                                desc=f"check images '{name}'", unit="img", disable=not progress,

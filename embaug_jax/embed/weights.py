@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from embaug_jax.io import atomic_path
+from embaug_jax.util import atomic_path
 
 _MAX_LISTED = 20
 

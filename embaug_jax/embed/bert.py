@@ -56,10 +56,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from embaug_jax.models.weights import (
+from embaug_jax.embed.convert import (
+    _read_state_dict,
+    _weight_files,
+    convert_hf_state_dict,
+)
+from embaug_jax.embed.weights import (
     flatten_tree,
     hash_files,
-    load_safetensors,
     merge_strict,
     unflatten_tree,
 )
@@ -245,122 +249,6 @@ class BertModel(nn.Module):
                          in_axes=nn.broadcast, length=self.config.num_hidden_layers)
         _, stacked = layers(BertLayer(self.config, self.dtype, name="layers"), x, attention_mask)
         return (x, *(stacked[i] for i in range(self.config.num_hidden_layers)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Hugging Face checkpoint conversion
-
-# Hugging Face sub-module name inside `encoder.layer.{i}.` -> our module name inside `layer_{i}/`.
-_HF_LAYER_MODULES = {
-    "attention.self.query": "query",
-    "attention.self.key": "key",
-    "attention.self.value": "value",
-    "attention.output.dense": "attention_output",
-    "attention.output.LayerNorm": "attention_norm",
-    "intermediate.dense": "intermediate",
-    "output.dense": "output",
-    "output.LayerNorm": "output_norm",
-}
-_HF_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
-
-
-def convert_hf_state_dict(
-    state: Mapping[str, np.ndarray],
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Converts a Hugging Face BERT state dict to our flat {"a/b/c": array} parameter layout.
-
-    Linear weights [out, in] become Dense kernels [in, out]; LayerNorm weight/gamma -> scale and
-    bias/beta -> bias; embedding weight -> embedding. Names this function does not know are passed
-    through (dots -> slashes), so a strict merge reports them as unexpected rather than losing them.
-
-    Returns:
-        (flat parameters, the Hugging Face names that were ignored: pooler, task heads, buffers).
-    """
-    prefixed = any(k.startswith("bert.") for k in state)
-    flat: dict[str, np.ndarray] = {}
-    ignored: list[str] = []
-    for hf_name, value in state.items():
-        name = hf_name
-        if prefixed:
-            if not name.startswith("bert."):
-                ignored.append(hf_name)  # a task head of a BertFor* checkpoint
-                continue
-            name = name[len("bert."):]
-        if name in _HF_BUFFERS or not name.startswith(("embeddings.", "encoder.")):
-            ignored.append(hf_name)  # buffers, the pooler, heads of a head-only layout
-            continue
-        flat[_flax_name(name, np.ndim(value))] = _flax_value(name, np.asarray(value))
-    return flat, ignored
-
-
-def _flax_name(name: str, ndim: int) -> str:
-    module, _, leaf = name.rpartition(".")
-    is_norm = module.endswith("LayerNorm")
-    if module.startswith("encoder.layer."):
-        index, _, sub = module[len("encoder.layer."):].partition(".")
-        module = f"layer_{index}/{_HF_LAYER_MODULES.get(sub, sub.replace('.', '/'))}"
-    else:
-        module = module.replace(".", "/")
-    if is_norm:
-        leaf = {"weight": "scale", "gamma": "scale", "beta": "bias"}.get(leaf, leaf)
-    elif module.endswith("_embeddings") and leaf == "weight":
-        leaf = "embedding"
-    elif leaf == "weight" and ndim == 2:
-        leaf = "kernel"
-    return f"{module}/{leaf}"
-
-
-def _flax_value(name: str, value: np.ndarray) -> np.ndarray:
-    module, _, leaf = name.rpartition(".")
-    if leaf == "weight" and value.ndim == 2 and not module.endswith(("_embeddings", "LayerNorm")):
-        return np.ascontiguousarray(value.T)
-    return value
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    """The checkpoint's weight files, safetensors preferred; raises if there are none."""
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if (folder / single).is_file():
-            return [folder / single]
-        if (folder / index).is_file():
-            weight_map = json.loads((folder / index).read_text()).get("weight_map", {})
-            files = [folder / f for f in sorted(set(weight_map.values()))]
-            missing = [str(f) for f in files if not f.is_file()]
-            if missing:
-                raise FileNotFoundError(f"{folder / index} names missing shards: {missing}")
-            return files
-    raise FileNotFoundError(
-        f"no weights in {folder}: expected model.safetensors (or model.safetensors.index.json with "
-        "its shards), or pytorch_model.bin"
-    )
-
-
-def _read_state_dict(files: Sequence[Path]) -> dict[str, np.ndarray]:
-    state: dict[str, np.ndarray] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            state.update(_read_safetensors(f))
-        else:
-            import torch  # only for legacy pytorch_model.bin checkpoints
-
-            loaded = torch.load(str(f), map_location="cpu", weights_only=True)
-            state.update({k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-                          for k, v in loaded.items()})
-    return state
-
-
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    try:
-        return load_safetensors(path)[0]
-    except ValueError as e:
-        if "bfloat16" not in str(e):
-            raise
-    # numpy alone has no bfloat16; JAX's loader reads it (as ml_dtypes.bfloat16), and the merge
-    # casts every tensor to the model's float32 anyway.
-    from safetensors.flax import load_file
-
-    return {k: np.asarray(v) for k, v in load_file(str(path)).items()}
 
 
 def load_pretrained(path: str | os.PathLike) -> tuple[BertConfig, dict]:

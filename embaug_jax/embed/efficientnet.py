@@ -3,7 +3,7 @@
 The paper (section 3.2) embeds each product image as the global average pool of the last
 convolutional layer of EfficientNet-B4 (1792 values). The model here reproduces the reference
 implementations (Keras applications, efficientnet-pytorch, timm, efficientnet-lite-pytorch) on
-their converted weights; `embaug_jax.models.convert` writes those weights to safetensors.
+their converted weights; `embaug_jax.embed.convert` writes those weights to safetensors.
 
 Weights' origin decides three numerical details, all recorded in the converted file's metadata:
   * padding: "tf" (TensorFlow "SAME": asymmetric for stride 2, what Keras, efficientnet-pytorch
@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import math
 import os
@@ -29,6 +28,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from embaug_jax.embed.images import (
+    decode_image,
+    normalize,
+    resize_center_crop,
+)
+from embaug_jax.embed.weights import flatten_tree, unflatten_tree
 
 # ---------------------------------------------------------------------------------------------
 # Architecture
@@ -360,7 +366,7 @@ def init_variables(arch: Architecture, seed: int = 0, *, randomize_stats: bool =
     """
     rng = np.random.default_rng(seed)
     flat = {}
-    for path, leaf in _flatten(expected_variables(arch)).items():
+    for path, leaf in flatten_tree(expected_variables(arch)).items():
         shape, dtype = leaf.shape, leaf.dtype
         name = path.rsplit("/", 1)[-1]
         if name == "kernel":  # [kh, kw, in (per group), out]: fan-in is all but the last axis
@@ -370,16 +376,6 @@ def init_variables(arch: Architecture, seed: int = 0, *, randomize_stats: bool =
         else:  # bias, mean
             value = rng.normal(0, 0.1, shape) if randomize_stats else np.zeros(shape)
         flat[path] = value.astype(dtype)
-    return _unflatten(flat)
-
-
-def _flatten(tree: dict) -> dict[str, Any]:
-    from embaug_jax.models.weights import flatten_tree
-    return flatten_tree(tree)
-
-
-def _unflatten(flat: dict[str, Any]) -> dict:
-    from embaug_jax.models.weights import unflatten_tree
     return unflatten_tree(flat)
 
 
@@ -387,78 +383,6 @@ def expected_variables(arch: Architecture) -> dict:
     """The variable tree (shapes and dtypes only) for `arch`, without computing anything."""
     model = EfficientNet(arch)
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
-
-
-# ---------------------------------------------------------------------------------------------
-# Preprocessing
-# ---------------------------------------------------------------------------------------------
-
-
-class BadImageError(ValueError):
-    """An image that is missing, unreadable or corrupt; the message names it."""
-
-
-def decode_image(source: str | os.PathLike | bytes) -> np.ndarray:
-    """Decodes a file (path) or encoded bytes into uint8 RGB [H, W, 3].
-
-    Grayscale, palette, CMYK and alpha images are converted to RGB (alpha composited onto
-    white, as a viewer shows it). Raises BadImageError naming the source if it cannot be read.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    label = f"{len(source)} bytes" if isinstance(source, (bytes, bytearray)) else str(source)
-    try:
-        if isinstance(source, (bytes, bytearray)):
-            handle = io.BytesIO(source)
-        else:
-            if not Path(source).is_file():
-                raise BadImageError(f"image {label}: no such file")
-            handle = source
-        with Image.open(handle) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, img)
-            img = img.convert("RGB")
-            arr = np.asarray(img, dtype=np.uint8)
-    except BadImageError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(f"image {label} could not be decoded: {e}") from e
-    if arr.ndim != 3 or arr.shape[-1] != 3 or 0 in arr.shape:
-        raise BadImageError(f"image {label} decoded to an unusable shape {arr.shape}")
-    return arr
-
-
-def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """Center-crops the largest square and resizes it to size x size (bicubic, antialiased).
-
-    Equivalent to "resize the shorter side to `size`, then center-crop", without the
-    intermediate image. Accepts uint8 [H, W, 3] or [H, W] (grayscale) arrays.
-    """
-    from PIL import Image
-
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image [H, W, 3], got {image.dtype} {image.shape}")
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return image
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = Image.fromarray(image[top:top + side, left:left + side])
-    return np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
-
-
-def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float],
-              dtype: Any = jnp.float32) -> jax.Array:
-    """uint8 (or float 0..255) [N, H, W, 3] -> (images - mean) / std per channel."""
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
-    return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,8 +479,8 @@ class ImageEmbedder:
         # Every device gets the same share, so the global batch is a multiple of their count.
         self.batch_size = -(-batch_size // n_dev) * n_dev
         self.weights_path = Path(weights_path) if weights_path is not None else None
-        from embaug_jax.models.weights import merge_strict
-        variables = merge_strict(expected_variables(self.arch), _flatten(variables),
+        from embaug_jax.embed.weights import merge_strict
+        variables = merge_strict(expected_variables(self.arch), flatten_tree(variables),
                                  source=str(weights_path or "variables"))
         self.mesh = jax.sharding.Mesh(np.array(self.devices), ("batch",))
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
@@ -583,7 +507,7 @@ class ImageEmbedder:
             ("keras", "pytorch", "timm", "timm_tf", "lite") imposes that origin's conventions
             (use for safetensors written elsewhere in this module's naming).
         """
-        from embaug_jax.models.weights import load_safetensors
+        from embaug_jax.embed.weights import load_safetensors
 
         path = Path(path)
         flat, meta = load_safetensors(path)
@@ -597,7 +521,7 @@ class ImageEmbedder:
         if variant is not None and _check_variant(variant) != info.variant:
             raise ValueError(f"{path} holds EfficientNet-{info.variant} weights but variant="
                              f"{variant!r} was asked for; pass variant={info.variant!r} or None")
-        return cls(_unflatten(flat), info, dtype=dtype, batch_size=batch_size, devices=devices,
+        return cls(unflatten_tree(flat), info, dtype=dtype, batch_size=batch_size, devices=devices,
                    depthwise=depthwise, weights_path=path)
 
     @classmethod
@@ -627,7 +551,7 @@ class ImageEmbedder:
 
     def fingerprint(self) -> str:
         """sha256 over the weights file and every setting that changes the features."""
-        from embaug_jax.models.weights import hash_files
+        from embaug_jax.embed.weights import hash_files
 
         settings = dict(self.info.to_metadata(), dtype=self.dtype,
                         resolution=self.resolution, resize="center-square-crop+bicubic")

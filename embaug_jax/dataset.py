@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from embaug_jax.io import atomic_path
+from embaug_jax.util import atomic_path
 
 FORMAT_VERSION = 1
 _EMBEDDINGS, _LABELS, _IDS, _META = "embeddings.npy", "labels.npy", "ids.npy", "meta.json"
@@ -244,7 +244,7 @@ def load_embeddings(path: str | os.PathLike, *, mmap: bool = True,
     where = f"load_embeddings({path})"
     if not path.exists():
         raise FileNotFoundError(f"{where}: no such file or directory. Create one with "
-                                "`embaug extract` or `embaug_jax.data.save_embeddings`.")
+                                "`embaug extract` or `embaug_jax.save_embeddings`.")
     if not path.is_dir() and path.suffix != ".npz":
         raise ValueError(f"{where}: expected a dataset directory (embeddings.npy, labels.npy, "
                          "meta.json) or a .npz file written by save_embeddings.")

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from embaug_jax.data.dataset import EmbeddingDataset, Segment
+from embaug_jax.dataset import EmbeddingDataset, Segment
 
 
 def _seed_of(key_or_seed) -> int:

@@ -1,0 +1,190 @@
+"""Figures 3-6 and the reliability diagram (matplotlib's object API with the Agg canvas: no pyplot state, no display needed)."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from embaug_jax.report.results import DISPLAY_NAMES, _nanreduce
+from embaug_jax.util import atomic_path
+
+FIGURES = ("fig3_threshold_sweep.png", "fig4_roc.png", "fig5_training_curves.png",
+           "fig6_softness.png", "reliability.png")
+
+
+def _new_figure(nrows, ncols, *, width=4.0, height=3.2, **kw):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False, **kw))
+    return fig, axes
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def _label(method: str) -> str:
+    return DISPLAY_NAMES.get(method, method)
+
+
+def _stack(per_member, idx, key):
+    return np.stack([per_member[i][key] for i in idx])
+
+
+def _fig3_threshold_sweep(path, results, variants, per_member):
+    methods = list(results["methods"])
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig, axes = _new_figure(nrows, ncols, sharey=True)
+    thresholds = np.asarray(results["thresholds"])
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, method in zip(axes.flat, methods):
+        idx = variants[results["methods"][method]["variant"]]["members"]
+        for key, color, label in (("sweep_overall", "C0", "overall"), ("sweep_none", "C1", "none")):
+            curves = _stack(per_member, idx, key)
+            ax.plot(thresholds, _nanreduce(np.nanmean, curves), color=color, label=label)
+            if len(idx) > 1:
+                for fn in (np.nanmin, np.nanmax):
+                    ax.plot(thresholds, _nanreduce(fn, curves), ":", color=color, lw=1)
+        ax.set_title(_label(method))
+        ax.set_xlabel("confidence threshold")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    axes.flat[0].legend(loc="lower left", fontsize="small")
+    fig.suptitle("Accuracy vs confidence threshold (mean solid; min / max over trials dotted)")
+    _save(fig, path)
+
+
+def _fig4_roc(path, results, variants, per_member, fpr_grid):
+    fig, axes = _new_figure(1, 1, width=5.5, height=5.0)
+    ax = axes[0, 0]
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
+    for k, (method, entry) in enumerate(results["methods"].items()):
+        idx = variants[entry["variant"]]["members"]
+        tpr = _nanreduce(np.nanmean, _stack(per_member, idx, "roc_tpr"))
+        auc = entry["weighted_auc"]["mean"]
+        ax.plot(np.r_[0.0, fpr_grid], np.r_[0.0, tpr], color=f"C{k}",
+                lw=3.0 if method == "control" else 1.4,
+                label=f"{_label(method)} (AUC {auc:.4f})" if auc is not None else _label(method))
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("Weighted mean one-vs-rest ROC\n(seen classes + \"none\", weights = support)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _plot_epochs(ax, epochs, curves, **kw):
+    line, = ax.plot(epochs, _nanreduce(np.nanmean, curves), **kw)
+    if curves.shape[0] > 1:
+        ax.fill_between(epochs, _nanreduce(np.nanmin, curves), _nanreduce(np.nanmax, curves),
+                        color=line.get_color(), alpha=0.15, lw=0)
+
+
+def _fig5_training_curves(path, results, variants, outputs):
+    fig, axes = _new_figure(1, 2, width=5.0, height=3.8)
+    epochs = outputs.eval_epochs
+    for k, (method, entry) in enumerate(results["methods"].items()):
+        idx = variants[entry["variant"]]["members"]
+        for ax, key in zip(axes[0], ("overall_accuracy", "none_accuracy")):
+            if key in outputs.history:
+                _plot_epochs(ax, epochs, outputs.history[key][idx], color=f"C{k}",
+                             lw=2.5 if method == "control" else 1.4, label=_label(method))
+    for ax, title in zip(axes[0], ("overall accuracy", "\"none\" accuracy")):
+        ax.set_title(f"{title} during training (mean; band: min-max)")
+        ax.set_xlabel("epoch")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize="small")
+    _save(fig, path)
+
+
+def _softness_sweeps(results: dict) -> list[tuple[str, float, list[str]]]:
+    """(soft method, alpha, its variants by softness) for each soft method that ran >= 2
+    softness values at one alpha (the alpha with the most; ties: the best variant's alpha)."""
+    found = []
+    for method in results["methods"]:
+        if not method.startswith("soft_"):
+            continue
+        by_alpha: dict[float, list[str]] = {}
+        for name, e in results["variants"].items():
+            if e["method"] == method:
+                by_alpha.setdefault(e["alpha"], []).append(name)
+        best_alpha = results["methods"][method]["alpha"]
+        alpha = max(by_alpha, key=lambda a: (len(by_alpha[a]), a == best_alpha))
+        if len(by_alpha[alpha]) >= 2:
+            found.append((method, alpha, by_alpha[alpha]))
+    return found
+
+
+def _fig6_softness(path, results, variants, outputs, sweeps):
+    fig, axes = _new_figure(2, len(sweeps), width=5.0, height=3.4, sharex=True)
+    epochs = outputs.eval_epochs
+    for col, (method, alpha, names) in enumerate(sweeps):
+        base = method[len("soft_"):]
+        base_names = [n for n, e in results["variants"].items()
+                      if e["method"] == base and e["alpha"] == alpha]
+        if not base_names and base in results["methods"]:
+            base_names = [results["methods"][base]["variant"]]
+        for row, key in enumerate(("overall_accuracy", "none_accuracy")):
+            ax = axes[row, col]
+            if key not in outputs.history:
+                continue
+            for k, name in enumerate(names):
+                e = results["variants"][name]
+                _plot_epochs(ax, epochs, outputs.history[key][variants[name]["members"]],
+                             color=f"C{k}", lw=1.4, label=f"softness {e['softness']:g}")
+            for name in base_names[:1]:
+                e = results["variants"][name]
+                _plot_epochs(ax, epochs, outputs.history[key][variants[name]["members"]],
+                             color="black", ls="--", lw=1.4,
+                             label=f"{_label(base)} (alpha {e['alpha']:g})")
+            ax.set_title(f"{_label(method)}, alpha {alpha:g}: "
+                         f"{'overall' if row == 0 else 'none'} accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        axes[1, col].set_xlabel("epoch")
+        axes[0, col].legend(fontsize="small")
+    _save(fig, path)
+
+
+def _reliability(path, results, variants, per_member):
+    methods = list(results["methods"])
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig, axes = _new_figure(nrows, ncols, sharey=True)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, method in zip(axes.flat, methods):
+        entry = results["methods"][method]
+        calibs = [per_member[i]["calibration"] for i in variants[entry["variant"]]["members"]]
+        edges = calibs[0]["edges"]
+        # Pooled over trials: bin means weighted by each trial's bin count.
+        count = np.sum([c["count"] for c in calibs], axis=0)
+        with np.errstate(all="ignore"):
+            acc = np.sum([np.nan_to_num(c["accuracy"]) * c["count"] for c in calibs], 0) / count
+            conf = np.sum([np.nan_to_num(c["confidence"]) * c["count"] for c in calibs], 0) / count
+        centers = (edges[:-1] + edges[1:]) / 2
+        width = np.diff(edges)
+        ax.bar(centers, np.nan_to_num(acc), width=width, edgecolor="black", lw=0.5,
+               color="C0", alpha=0.8, label="accuracy")
+        # The gap between a bar and its marker is the bin's calibration error.
+        ax.plot(centers[count > 0], conf[count > 0], "_", color="C3", ms=14, mew=2,
+                label="mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
+        ece = entry["ece"]["mean"]
+        ax.set_title(f"{_label(method)} (ECE {ece:.3f})" if ece is not None else _label(method))
+        ax.set_xlabel("confidence (max seen-class probability)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    axes.flat[0].legend(loc="upper left", fontsize="small")
+    _save(fig, path)
+
+

@@ -1,0 +1,1 @@
+"""Training: the downstream MLP, the trial splits, synthetic data and the sweep engine."""

@@ -1,0 +1,226 @@
+"""`embaug train`: a config's sweep end to end in a workdir (validate, load, split, train, report).
+
+`train_and_evaluate(config, workdir)` validates the config, loads the data, draws the splits, runs
+the sweep engine (`embaug_jax.train.engine.run_sweep`: a tqdm bar, an orbax checkpoint and a
+rewritten `metrics.jsonl` per chunk; rerunning the same command resumes from the last checkpoint)
+and hands the final validation probabilities to `embaug_jax.report.write_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from embaug_jax import augment
+from embaug_jax.train.engine import (
+    _FINGERPRINT_KEYS,
+    OPTIMIZERS,
+    TrainData,
+    evaluation_epochs,
+    member_hparams,
+    run_sweep,
+    sweep_members,
+)
+from embaug_jax.train.mlp import HEADS
+from embaug_jax.train.splits import Splits, make_splits
+from embaug_jax.util import write_json_atomic, write_text_atomic
+
+DATA_SOURCES = ("file", "synthetic")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config validation and data.
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"bad config: {message}")
+
+
+def validate_config(config) -> None:
+    """Raises ValueError naming the first bad value and how to fix it."""
+    s, d, o, m, a = config.sweep, config.data, config.optim, config.model, config.augment
+    n_dev = int(config.get("num_devices", 0))
+    _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
+             f"{jax.device_count()} device(s) are visible; use 0 (all) or at most that many.")
+    _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
+             f"{augment.METHOD_NAMES}.")
+    for method in s.methods:
+        _require(method in augment.METHOD_NAMES, f"unknown method {method!r} in "
+                 f"config.sweep.methods; choose from {augment.METHOD_NAMES}.")
+    _require(len(set(s.methods)) == len(s.methods), "config.sweep.methods has duplicates.")
+    if any(mth != "control" for mth in s.methods):
+        _require(len(s.alphas) > 0, "config.sweep.alphas is empty.")
+        for alpha in s.alphas:
+            _require(float(alpha) > 0, f"alpha={alpha} in config.sweep.alphas must be > 0 (the "
+                     "Beta(alpha, alpha) parameter; the paper searched (0, 0.5]).")
+    if any(mth.startswith("soft_") for mth in s.methods):
+        _require(len(s.softness) > 0, "config.sweep.softness is empty.")
+        for sm in s.softness:
+            _require(0 <= float(sm) < 1, f"softness={sm} in config.sweep.softness must be in "
+                     "[0, 1) (the paper's default is 0.05).")
+    _require(len(s.seeds) > 0, "config.sweep.seeds is empty.")
+    _require(d.source in DATA_SOURCES, f"config.data.source={d.source!r}; choose one of "
+             f"{DATA_SOURCES}.")
+    _require(0 < float(d.train_fraction) < 1, f"config.data.train_fraction={d.train_fraction} "
+             "must be in (0, 1) (the paper uses 0.1).")
+    _require(int(d.trials) >= 1, f"config.data.trials={d.trials} must be >= 1.")
+    _require(m.head in HEADS, f"config.model.head={m.head!r}; choose one of {HEADS}.")
+    _require(0 <= float(m.dropout) < 1, f"config.model.dropout={m.dropout} must be in [0, 1).")
+    _require(all(int(h) > 0 for h in m.hidden), f"config.model.hidden={m.hidden} must be "
+             "positive widths.")
+    _require(o.optimizer in OPTIMIZERS, f"config.optim.optimizer={o.optimizer!r}; choose one "
+             f"of {OPTIMIZERS}.")
+    _require(0 < float(o.lr_min) <= float(o.lr_max), f"need 0 < config.optim.lr_min "
+             f"({o.lr_min}) <= config.optim.lr_max ({o.lr_max}).")
+    _require(float(o.weight_decay) >= 0, "config.optim.weight_decay must be >= 0.")
+    _require(int(o.half_cycle_epochs) >= 1, "config.optim.half_cycle_epochs must be >= 1.")
+    _require(a.pairing in augment.PAIRINGS, f"config.augment.pairing={a.pairing!r}; choose one of "
+             f"{augment.PAIRINGS}.")
+    bs = int(config.batch_size)
+    _require(bs >= 2 and (bs % 2 == 0 or a.pairing != "halve"), f"config.batch_size={bs} must "
+             "be >= 2 and even (halving pairs the two halves of a batch).")
+    ne, ee, ce = int(config.num_epochs), int(config.eval_every), int(config.checkpoint_every)
+    _require(ne >= 1 and ee >= 1 and ce >= 1, "num_epochs, eval_every and checkpoint_every "
+             "must be >= 1.")
+    _require(ne % ee == 0, f"config.num_epochs={ne} must be a multiple of "
+             f"config.eval_every={ee} (evaluations happen at the end of every eval_every epochs).")
+    _require(ce % ee == 0, f"config.checkpoint_every={ce} must be a multiple of "
+             f"config.eval_every={ee}.")
+    _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
+    _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
+             "in (0, 1).")
+
+
+def load_data(config):
+    """The config's embedding dataset: a file (`config.data.path`) or synthetic clusters."""
+    d = config.data
+    if d.source == "synthetic":
+        from embaug_jax.train.synthetic import make_synthetic
+
+        sy = d.synthetic
+        return make_synthetic(sy.seed, sy.n, sy.dim, sy.num_classes, class_sep=sy.class_sep,
+                              noise=sy.noise, imbalance=sy.imbalance,
+                              segments=tuple(sy.segments) if sy.segments else None)
+    if not d.path:
+        raise ValueError("bad config: config.data.source='file' but config.data.path is not "
+                         "set; pass --config.data.path=DIR (a dataset written by `embaug "
+                         "extract`) or use --config.data.source=synthetic.")
+    from embaug_jax.dataset import load_embeddings
+
+    return load_embeddings(os.path.expanduser(d.path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command.
+
+
+def _fingerprint(config) -> dict:
+    full = json.loads(config.to_json_best_effort())
+    return {k: full[k] for k in _FINGERPRINT_KEYS if k in full}
+
+
+def _write_metrics_jsonl(path, members, history, eval_epochs, epochs_done):
+    lines = []
+    for e, epoch in enumerate(eval_epochs):
+        if epoch > epochs_done:
+            break
+        for i, m in enumerate(members):
+            row = dict(member=i, **m, epoch=int(epoch))
+            # NaN (e.g. no "none" example in a split) becomes null: metrics.jsonl stays strict JSON.
+            row.update({k: None if np.isnan(v[i, e]) else float(v[i, e])
+                        for k, v in history.items()})
+            lines.append(json.dumps(row))
+    write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def prepare_data(config) -> tuple[Any, Splits, TrainData, tuple[int, ...] | None]:
+    """The config's dataset, its trial splits, the device-ready `TrainData` and the segment
+    sizes the augmentation mixes independently (None unless `config.augment.use_segments`)."""
+    dataset = load_data(config)
+    if dataset.num_classes < 2:
+        raise ValueError(f"the dataset has {dataset.num_classes} class(es); need at least 2.")
+    d = config.data
+    splits: Splits = make_splits(dataset.labels, dataset.num_classes, trials=int(d.trials),
+                                 train_fraction=float(d.train_fraction), seed=int(d.split_seed),
+                                 holdout_classes=_holdout(d),
+                                 class_names=dataset.class_names)
+    segments = dataset.segment_sizes if config.augment.use_segments else None
+    if config.augment.use_segments and segments is None:
+        raise ValueError("config.augment.use_segments=True but the dataset records no segments.")
+    data = TrainData(jnp.asarray(dataset.embeddings, jnp.float32),
+                     jnp.asarray(dataset.labels, jnp.int32), jnp.asarray(splits.train_idx),
+                     jnp.asarray(splits.val_idx), jnp.asarray(splits.seen_mask))
+    return dataset, splits, data, segments
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       devices=None, max_chunks: int | None = None) -> dict | None:
+    """Runs a config's sweep end to end in `workdir`; returns the results dict.
+
+    Writes config.json, metrics.jsonl, checkpoints/ and (via `report.write_report`)
+    results.json, results.md and the figures. Rerunning with the same config resumes.
+    `max_chunks` stops after that many chunks as if killed (returns None; for tests).
+    """
+    validate_config(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = workdir / "checkpoints"
+    fingerprint = _fingerprint(config)
+    fp_path = workdir / "fingerprint.json"
+    if ckpt_dir.exists() and any(ckpt_dir.iterdir()) and fp_path.exists():
+        previous = json.loads(fp_path.read_text())
+        if previous != fingerprint:
+            changed = sorted(k for k in set(previous) | set(fingerprint)
+                             if previous.get(k) != fingerprint.get(k))
+            raise ValueError(
+                f"{workdir} holds checkpoints of a different run (config differs in: "
+                f"{', '.join(changed)}); use a new --workdir or delete {ckpt_dir} to start over.")
+    write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    write_json_atomic(fp_path, fingerprint)
+
+    dataset, splits, data, segments = prepare_data(config)
+    members = sweep_members(config)
+    hp = member_hparams(members)
+    logging.info("%d members, %d training / %d validation rows per trial, %d unseen classes "
+                 "on average", len(members), splits.train_idx.shape[1], splits.val_idx.shape[1],
+                 int((~splits.seen_mask).sum(1).mean()))
+
+    def on_chunk(history, epochs_done):
+        _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
+                             epochs_done)
+
+    eval_epochs = evaluation_epochs(config)
+    if devices is None and int(config.get("num_devices", 0)):
+        devices = jax.devices()[:int(config.num_devices)]
+    result = run_sweep(config, data, hp, devices=devices, checkpoint_dir=ckpt_dir,
+                       max_chunks=max_chunks, segments=segments, on_chunk=on_chunk)
+    on_chunk(result.history, result.epochs_done)
+    if result.val_probs is None:
+        return None
+
+    from embaug_jax import report
+
+    outputs = report.SweepOutputs(
+        members=members, eval_epochs=result.eval_epochs, history=result.history,
+        val_probs=result.val_probs,
+        val_labels=np.asarray(dataset.labels)[splits.val_idx], seen_mask=splits.seen_mask,
+        class_names=list(dataset.class_names))
+    results = report.write_report(workdir, outputs, threshold=float(config.threshold))
+    print(report.format_table(results))
+    return results
+
+
+def _holdout(data_config):
+    """config.data.holdout_names ("a,b": fixed classes) wins over the count holdout_classes."""
+    names = [v.strip() for v in str(data_config.get("holdout_names") or "").split(",")]
+    names = [v for v in names if v]
+    return names if names else int(data_config.holdout_classes)
