@@ -156,6 +156,59 @@ def test_table_formats_read_the_same_items(tmp_path, fmt):
     assert data.notes == {"empty text 'description' (kept as '')": 1}
 
 
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+@pytest.mark.parametrize("compression", ["gzip", "bz2", "xz", "zip"])
+def test_compressed_tables_read_as_pandas_does(tmp_path, fmt, compression):
+    import gzip
+    import shutil
+
+    plain = write_table(tmp_path / f"items.{fmt}", ROWS, fmt)
+    suffix = {"gzip": ".gz", "bz2": ".bz2", "xz": ".xz", "zip": ".zip"}[compression]
+    packed = tmp_path / f"items.{fmt}{suffix}"
+    # pandas writes the compressed file; it must also be what pandas itself reads back.
+    frame = pd.read_json(plain, lines=True, dtype=False) if fmt == "jsonl" else pd.read_csv(
+        plain, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+    if fmt == "jsonl":
+        frame.to_json(packed, orient="records", lines=True, compression=compression)
+    else:
+        frame.to_csv(packed, index=False, sep="\t" if fmt == "tsv" else ",",
+                     compression=compression)
+    want = sources.load_source(table_cfg(plain))
+    got = sources.load_source(table_cfg(packed))
+    assert got.info["format"] == fmt and got.info["compression"] == compression
+    assert got.ids.tolist() == want.ids.tolist()
+    assert got.texts == want.texts
+    assert got.labels.tolist() == want.labels.tolist()
+    if compression == "gzip":
+        # Compressed bytes under a plain name are refused, and the message never suggests
+        # decoding them anyway (encoding_errors=replace would feed the tokenizer garbage).
+        disguised = tmp_path / f"disguised.{fmt}"
+        shutil.copy(packed, disguised)
+        for errors in ("strict", "replace"):
+            with pytest.raises(ValueError, match="holds gzip data") as info:
+                sources.load_source(table_cfg(disguised, encoding_errors=errors))
+            assert "encoding_errors" not in str(info.value)
+            assert f"compression=gzip" in str(info.value)
+        # ... and read once the compression is named.
+        named = sources.load_source(table_cfg(disguised, compression="gzip"))
+        assert named.texts == want.texts
+        # A gz name on a truncated file is a clear error, not a crash deep in pandas.
+        broken = tmp_path / f"broken.{fmt}.gz"
+        broken.write_bytes(gzip.compress(plain.read_bytes())[:20])
+        with pytest.raises(ValueError, match="cannot decompress it as gzip"):
+            sources.load_source(table_cfg(broken))
+
+
+def test_parquet_named_csv_is_not_decoded(tmp_path):
+    wrong = write_table(tmp_path / "items.csv", ROWS, "parquet")
+    with pytest.raises(ValueError, match="holds parquet data.*format=parquet") as info:
+        sources.load_source(table_cfg(wrong, encoding_errors="replace"))
+    assert "encoding_errors" not in str(info.value)
+    assert len(sources.load_source(table_cfg(wrong, format="parquet"))) == 4
+    with pytest.raises(ValueError, match="compression='rar'"):
+        sources.load_source(table_cfg(wrong, compression="rar"))
+
+
 def test_table_bad_input(tmp_path):
     path = write_table(tmp_path / "items.csv", ROWS, "csv")
     with pytest.raises(ValueError, match=r"no column\(s\) \['titel'\].*'sku', 'title'"):

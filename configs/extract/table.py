@@ -3,7 +3,8 @@ r"""embaug extract --config=configs/extract/table.py --workdir=workdirs/mydata \
   --config.source.label_column=category --config.source.id_column=sku \
   --config.text_model.path=/models/bert-base-uncased
 
-Bring your own data: a CSV / TSV / JSONL / Parquet table of texts (and image paths).
+Bring your own data: a CSV / TSV / JSONL / Parquet table of texts (and image paths), optionally
+compressed (items.csv.gz, .jsonl.gz, .tsv.gz, .bz2, .xz, .zip, .zst) as pandas reads it.
 
 Each text column is one field (embedded separately, concatenated in the given order), each
 image column another (paths relative to the table's folder, or absolute; needs
@@ -22,6 +23,8 @@ def get_config(arg=None):
     c.source = ml_collections.ConfigDict({"kind": "table"})
     c.source.path = ""  # the table file
     c.source.format = ""  # csv | tsv | jsonl | parquet; "" = from the extension
+    # gzip | bz2 | zip | xz | zstd | none; "" = from the extension as pandas infers it (.csv.gz)
+    c.source.compression = ""
     c.source.text_columns = ""  # comma-separated, e.g. "title,description"
     c.source.image_columns = ""  # comma-separated columns of image paths
     c.source.label_column = ""  # class names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 from pathlib import Path
@@ -22,9 +23,75 @@ from embaug_jax.sources.sampling import finish
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
                   ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+# The compressions pandas infers from a file name (`compression="infer"`), by suffix.
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}
+# Leading bytes of each compressed format, and of binary tables: a text decoder fed these would
+# turn them into garbage tokens, so the error must never suggest decoding them anyway.
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"PK\x03\x04", "zip"),
+          (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"PAR1", "parquet"))
+
+
+def table_format(path: Path, fmt: str = "", compression: str = "") -> tuple[str, str | None]:
+    """(format, compression or None) of a table file: as given, else from its name.
+
+    "items.csv.gz" is gzip-compressed CSV, "items.jsonl.zst" zstd-compressed JSONL, as in pandas'
+    `compression="infer"`; compression "none" reads the file as it is.
+    """
+    suffixes = [s.lower() for s in path.suffixes]
+    inferred = _COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    if inferred:
+        suffixes = suffixes[:-1]
+    compression = str(compression or "").lower()
+    if compression in ("", "infer"):
+        compression = inferred
+    elif compression == "none":
+        compression = None
+    elif compression not in _COMPRESSIONS.values():
+        raise ValueError(f"config.source.compression={compression!r} is not one of "
+                         f"{sorted(set(_COMPRESSIONS.values()))}, 'none' or '' (from the name).")
+    fmt = str(fmt or "").lower() or (_TABLE_FORMATS.get(suffixes[-1]) if suffixes else None)
+    if fmt not in ("csv", "tsv", "jsonl", "parquet"):
+        raise ValueError(f"Cannot tell the format of {path.name} from its extension; set "
+                         "config.source.format to one of csv, tsv, jsonl, parquet (a compressed "
+                         "table is named like items.csv.gz).")
+    return fmt, compression
+
+
+def _read_bytes(path: Path, compression: str | None) -> bytes:
+    """The file's bytes, decompressed the way pandas does (`pandas.io.common.get_handle`)."""
+    if compression is None:
+        return path.read_bytes()
+    from pandas.io.common import get_handle
+
+    try:
+        with get_handle(path, "rb", compression=compression, is_text=False) as handles:
+            return handles.handle.read()
+    except ImportError as e:  # zstd needs the zstandard package
+        raise ImportError(f"{path}: reading {compression} needs an extra package: {e}") from e
+    except (OSError, EOFError, ValueError) as e:  # bad gzip/xz/bz2 data, zip of several files
+        raise ValueError(f"{path}: cannot decompress it as {compression} ({e}). Check the file "
+                         "(is it complete?), or set config.source.compression to how it is "
+                         "really compressed ('none' if it is not).") from None
+
+
+def _binary_kind(raw: bytes, encoding: str) -> str | None:
+    """What binary data `raw` starts with (a compression, parquet), None if it may be text."""
+    for magic, kind in _MAGIC:
+        if raw.startswith(magic):
+            return kind
+    wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))  # NULs are text there
+    return "binary" if not wide and b"\0" in raw[:8192] else None
 
 
 def _decode_bytes(raw: bytes, path: Path, encoding: str, errors: str) -> str:
+    kind = _binary_kind(raw, encoding)
+    if kind is not None:
+        # Never decode these, not even with errors="replace": the tokenizer would get garbage.
+        suffix = {v: k for k, v in _COMPRESSIONS.items()}.get(kind)
+        fix = (f"name it {path.name}{suffix} or set config.source.compression={kind}" if suffix
+               else "name it .parquet or set config.source.format=parquet" if kind == "parquet"
+               else "give the table itself (CSV, TSV, JSONL or Parquet)")
+        raise ValueError(f"{path} holds {kind} data, not text: {fix}.")
     try:
         return raw.decode(encoding, errors=errors)
     except UnicodeDecodeError as e:
@@ -35,12 +102,15 @@ def _decode_bytes(raw: bytes, path: Path, encoding: str, errors: str) -> str:
             f"--config.source.encoding_errors=replace to replace undecodable bytes.") from None
 
 
-def _read_table(path: Path, fmt: str, encoding: str, encoding_errors: str):
+def _read_table(path: Path, fmt: str, encoding: str, encoding_errors: str,
+                compression: str | None = None):
     import pandas as pd
 
+    raw = _read_bytes(path, compression)
     if fmt == "parquet":
-        return pd.read_parquet(path)
-    text = _decode_bytes(path.read_bytes(), path, encoding, encoding_errors)
+        return pd.read_parquet(io.BytesIO(raw))
+    text = _decode_bytes(raw, path, encoding, encoding_errors)
+    del raw
     if fmt in ("csv", "tsv"):
         # Every cell as a string, empty cells as "" (not NaN), so ids like "007" survive.
         try:
@@ -97,7 +167,8 @@ def _table_texts(columns: dict[str, list[Any]], policy: str, notes: dict[str, in
 def load_table(src: Any) -> SourceData:
     """A CSV / TSV / JSONL / Parquet table with text, label, optional id and image-path columns.
 
-    Knobs (`config.source.*`): `path`; `format` ("" = from the extension); `text_columns`;
+    Knobs (`config.source.*`): `path`; `format` ("" = from the extension); `compression` ("" =
+    from the extension as pandas infers it: .gz, .bz2, .zip, .xz, .zst; or "none"); `text_columns`;
     `label_column`; `id_column` ("" = row numbers "0", "1", ...); `image_columns` (paths relative
     to the table's folder, or absolute); `missing_labels`: "drop" (default; counted) or "error";
     `empty_texts`: "keep" (default; embedded as "" -- [CLS][SEP] only -- and counted), "drop"
@@ -110,17 +181,15 @@ def load_table(src: Any) -> SourceData:
                          "(--config.source.path=data.csv).")
     if not path.is_file():
         raise FileNotFoundError(f"Table {path} does not exist (config.source.path).")
-    fmt = str(_get(src, "format", "") or "").lower() or _TABLE_FORMATS.get(path.suffix.lower())
-    if fmt not in ("csv", "tsv", "jsonl", "parquet"):
-        raise ValueError(f"Cannot tell the format of {path.name} from its extension; set "
-                         "config.source.format to one of csv, tsv, jsonl, parquet.")
+    fmt, compression = table_format(path, _get(src, "format", ""), _get(src, "compression", ""))
     missing_policy = _check_choice("missing_labels", _get(src, "missing_labels", "drop"),
                                    ("drop", "error"))
     empty_policy = _check_choice("empty_texts", _get(src, "empty_texts", "keep"),
                                  ("keep", "drop", "error"))
     errors = _check_choice("encoding_errors", _get(src, "encoding_errors", "strict"),
                            ("strict", "replace"))
-    frame = _read_table(path, fmt, _get(src, "encoding", "utf-8") or "utf-8", errors)
+    frame = _read_table(path, fmt, _get(src, "encoding", "utf-8") or "utf-8", errors,
+                        compression)
 
     text_columns = split_names(_get(src, "text_columns"))
     image_columns = split_names(_get(src, "image_columns"))
@@ -173,7 +242,8 @@ def load_table(src: Any) -> SourceData:
         ids=[ids[i] for i in rows], labels=kept_labels, class_names=sort_class_names(kept_labels),
         texts={k: [v[i] for i in rows] for k, v in texts.items()},
         images={k: v.subset(rows) for k, v in images.items()},
-        info={"kind": "table", "path": str(path.resolve()), "format": fmt, "rows": n})
+        info={"kind": "table", "path": str(path.resolve()), "format": fmt,
+              "compression": compression or "none", "rows": n})
     data.dropped.update(dropped)
     data.notes.update(notes)
     return finish(data, src)
