@@ -109,7 +109,9 @@ def _nonfinite_rows(embeddings: np.ndarray) -> np.ndarray:
     return np.concatenate(bad) if bad else np.zeros((0,), np.int64)
 
 
-def _validate(ds: EmbeddingDataset, where: str) -> None:
+def _validate(ds: EmbeddingDataset, where: str, *, values: bool = True) -> None:
+    """Checks shapes, labels, ids and segments; `values=False` skips the NaN/Inf scan (done
+    block by block by the caller)."""
     emb, labels = ds.embeddings, ds.labels
     if not isinstance(emb, np.ndarray) or emb.ndim != 2:
         raise ValueError(f"{where}: `embeddings` must be a 2-D array [N, D]; got shape "
@@ -141,7 +143,7 @@ def _validate(ds: EmbeddingDataset, where: str) -> None:
     if bad.size:
         raise ValueError(f"{where}: labels outside [0, {len(names)}) in rows {_list_rows(bad)} "
                          f"(values {np.unique(labels[bad])[:_MAX_LISTED].tolist()}).")
-    bad = _nonfinite_rows(emb)
+    bad = _nonfinite_rows(emb) if values else np.zeros((0,), np.int64)
     if bad.size:
         raise ValueError(f"{where}: NaN or Inf embeddings in {bad.size} row(s): {_list_rows(bad)}. "
                          "Re-extract those items or drop them before saving.")
@@ -187,8 +189,16 @@ def save_embeddings(
 ) -> EmbeddingDataset:
     """Validates and writes a dataset atomically; `path` ending in `.npz` writes one file.
 
-    Returns the dataset as written (in memory).
+    `embeddings` is an array [N, D], or a list of `.npy` files of row blocks [n_i, D] (an
+    extraction's shards), which are concatenated into the dataset directory one block at a time:
+    memory stays bounded by the largest block however large N is.
+
+    Returns the dataset as written (in memory; memory-mapped when given blocks).
     """
+    if isinstance(embeddings, (list, tuple)) and embeddings and all(
+            isinstance(b, (str, os.PathLike)) for b in embeddings):
+        return _save_blocks(path, [Path(b) for b in embeddings], labels, class_names, ids=ids,
+                            segments=segments, info=info)
     ds = EmbeddingDataset(
         embeddings=np.asarray(embeddings),
         labels=np.asarray(labels),
@@ -221,6 +231,61 @@ def save_embeddings(
             np.save(tmp / _IDS, ds.ids)
         (tmp / _META).write_text(json.dumps(_meta(ds), indent=2) + "\n")
     return ds
+
+
+def _save_blocks(path: Path, blocks: list[Path], labels, class_names, *, ids, segments,
+                 info) -> EmbeddingDataset:
+    """`save_embeddings` from row blocks stored as .npy files: same bytes, one block in memory."""
+    where = f"save_embeddings({path})"
+    path = Path(path)
+    if path.suffix == ".npz":  # a zip member cannot be streamed block by block
+        return save_embeddings(path, np.concatenate([np.load(b) for b in blocks]), labels,
+                               class_names, ids=ids, segments=segments, info=info)
+    shapes = [np.load(b, mmap_mode="r") for b in blocks]  # headers only
+    dims = {m.shape[1:] for m in shapes}
+    dtypes = {m.dtype for m in shapes}
+    if any(m.ndim != 2 for m in shapes) or len(dims) != 1 or len(dtypes) != 1:
+        raise ValueError(f"{where}: the blocks must be 2-D with equal widths and dtypes; got "
+                         f"{[(str(b), m.shape, str(m.dtype)) for b, m in zip(blocks, shapes)]}.")
+    n, dim, dtype = sum(m.shape[0] for m in shapes), shapes[0].shape[1], shapes[0].dtype
+    del shapes
+    # A zero-stride stand-in of the right shape for the checks that need no values.
+    ds = EmbeddingDataset(
+        embeddings=np.broadcast_to(np.zeros((1, dim), dtype), (n, dim)),
+        labels=np.asarray(labels), class_names=[str(c) for c in class_names],
+        ids=None if ids is None else np.asarray([str(i) for i in ids]),
+        segments=_as_segments(segments), info=dict(info or {}))
+    _validate(ds, where, values=False)
+    try:
+        json.dumps(ds.info)
+    except TypeError as e:
+        raise ValueError(f"{where}: `info` must be JSON-serialisable: {e}") from e
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"save_embeddings: {path} exists and is not a directory.")
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        with open(tmp / _EMBEDDINGS, "wb") as f:
+            # The header np.save writes for the whole array, then the rows block after block.
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                "shape": (n, dim)})
+            start = 0
+            for block_path in blocks:
+                block = np.ascontiguousarray(np.load(block_path))
+                bad = _nonfinite_rows(block)
+                if bad.size:
+                    raise ValueError(
+                        f"{where}: NaN or Inf embeddings in {bad.size} row(s): "
+                        f"{_list_rows(bad + start)}. Re-extract those items or drop them before "
+                        "saving.")
+                f.write(block.data)
+                start += block.shape[0]
+                del block
+        np.save(tmp / _LABELS, ds.labels)
+        if ds.ids is not None:
+            np.save(tmp / _IDS, ds.ids)
+        (tmp / _META).write_text(json.dumps(_meta(ds), indent=2) + "\n")
+    return dataclasses.replace(ds, embeddings=np.load(path / _EMBEDDINGS, mmap_mode="r"))
 
 
 def _from_meta(meta: Any, where: str) -> tuple[list[str], list[Segment] | None, dict]:

@@ -132,3 +132,33 @@ def test_nan_check_is_chunked_for_large_files(tmp_path, monkeypatch):
     x[29, 5] = np.nan  # in the last, partial chunk
     with pytest.raises(ValueError, match=r"row\(s\): 29"):
         EmbeddingDataset(x, y, names).validate()
+
+
+def test_blocks_stream_into_the_same_bytes(tmp_path):
+    x, y, names = _arrays(n=10)
+    blocks = []
+    for i, (start, stop) in enumerate([(0, 4), (4, 5), (5, 10)]):
+        blocks.append(tmp_path / f"block{i}.npy")
+        np.save(blocks[-1], x[start:stop])
+    ids = [f"item{i}" for i in range(len(y))]
+    save_embeddings(tmp_path / "whole", x, y, names, ids=ids, segments=[("a", 6)])
+    written = save_embeddings(tmp_path / "streamed", blocks, y, names, ids=ids,
+                              segments=[("a", 6)])
+    np.testing.assert_array_equal(written.embeddings, x)
+    for f in ("embeddings.npy", "labels.npy", "ids.npy", "meta.json"):
+        assert (tmp_path / "streamed" / f).read_bytes() == (tmp_path / "whole" / f).read_bytes()
+    # Every check still runs: a NaN names its row in the whole array, not in its block.
+    bad = x[5:10].copy()
+    bad[2, 1] = np.nan
+    np.save(blocks[2], bad)
+    with pytest.raises(ValueError, match=r"NaN or Inf embeddings in 1 row\(s\): 7"):
+        save_embeddings(tmp_path / "nan", blocks, y, names)
+    assert not (tmp_path / "nan").exists()
+    np.save(blocks[2], x[5:10, :5])
+    with pytest.raises(ValueError, match="equal widths"):
+        save_embeddings(tmp_path / "ragged", blocks, y, names)
+    np.save(blocks[2], x[5:10])
+    with pytest.raises(ValueError, match="mismatched lengths"):
+        save_embeddings(tmp_path / "short", blocks, y[:9], names)
+    npz = save_embeddings(tmp_path / "one.npz", blocks, y, names)
+    np.testing.assert_array_equal(npz.embeddings, x)

@@ -22,7 +22,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -585,11 +585,13 @@ class ImageEmbedder:
             out.append(resize_center_crop(np.asarray(item), r))
         return np.stack(out) if out else np.zeros((0, r, r, 3), np.uint8)
 
-    def embed(self, images: Any, *, progress: bool = False) -> np.ndarray:
+    def embed(self, images: Any, *, progress: bool = False,
+              on_batch: Callable[[int], Any] | None = None) -> np.ndarray:
         """Pooled features float32 [N, dim] of uint8 images [N, H, W, 3] or paths/arrays.
 
         Images are preprocessed batch by batch (so a long list of paths is never decoded all
-        at once); the last batch is padded to the compiled batch size.
+        at once); the last batch is padded to the compiled batch size. `on_batch(n)` is called
+        as each batch of n images is done (a caller's progress bar).
         """
         from tqdm.auto import tqdm
 
@@ -607,6 +609,8 @@ class ImageEmbedder:
                 batch = np.concatenate([batch, np.zeros((bs - m,) + batch.shape[1:], np.uint8)])
             x = jax.device_put(batch, self._data_sharding)
             out[start:start + m] = np.asarray(self._forward(self.variables, x))[:m]
+            if on_batch is not None:
+                on_batch(m)
         if not np.all(np.isfinite(out)):
             raise ValueError("the model produced non-finite features; check the weights file")
         return out

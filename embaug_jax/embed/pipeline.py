@@ -285,16 +285,29 @@ def _read_output_info(output: Path) -> dict[str, Any] | None:
                          ) from e
 
 
+def _embed_with_progress(embedder, items, bar) -> np.ndarray:
+    """`embedder.embed(items)`, advancing `bar` per batch if the embedder reports batches
+    (`on_batch`, as TextEmbedder and ImageEmbedder do), else once when it returns."""
+    import inspect
+
+    if "on_batch" in inspect.signature(embedder.embed).parameters:
+        return embedder.embed(items, on_batch=bar.update)
+    out = embedder.embed(items)
+    bar.update(len(items))
+    return out
+
+
 def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedder,
-                 image_embedder, dim: int) -> np.ndarray:
+                 image_embedder, dim: int, bar) -> np.ndarray:
     parts = []
     for name in text_fields:
-        parts.append(text_embedder.embed([data.texts[name][i] for i in rows]))
+        parts.append(_embed_with_progress(text_embedder, [data.texts[name][i] for i in rows],
+                                          bar))
     for name in image_fields:
         field = data.images[name]
         images = ([field.paths[i] for i in rows] if field.paths is not None
                   else field.loader(rows))
-        parts.append(image_embedder.embed(images))
+        parts.append(_embed_with_progress(image_embedder, images, bar))
     out = np.concatenate([np.asarray(p, np.float32) for p in parts], axis=1)
     if out.shape != (len(rows), dim):
         raise ValueError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
@@ -360,17 +373,19 @@ def _embed_shards(data, keep: np.ndarray, shards_dir: Path, shard_size: int, tex
     done = sum(min(shard_size, len(keep) - s) for s, p in zip(starts, paths) if p.is_file())
     if done:
         logging.info("extract: resuming, %d of %d items already embedded.", done, len(keep))
-    with tqdm(total=len(keep), initial=done, desc="extract", unit="item",
-              disable=not progress) as bar:
+    # Counted in embeddings (items x fields) and advanced per embedder batch, so items/s and
+    # the ETA show within seconds of the start, not after the first shard.
+    fields = len(text_fields) + len(image_fields)
+    with tqdm(total=len(keep) * fields, initial=done * fields, unit="emb", disable=not progress,
+              desc=f"extract ({fields} field{'s' if fields > 1 else ''} per item)") as bar:
         for start, path in zip(starts, paths):
             if path.is_file():
                 continue
             rows = keep[start:start + shard_size]
             shard = _embed_shard(data, rows, text_fields, image_fields, text_embedder,
-                                 image_embedder, dim)
+                                 image_embedder, dim, bar)
             with atomic_path(path) as tmp:
                 np.save(tmp, shard)
-            bar.update(len(rows))
     return paths
 
 
@@ -451,11 +466,14 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
                                 text_embedder, image_embedder, dim, progress)
 
     # Assembly: the report first, then the dataset (atomically): a run killed in between
-    # redoes only the assembly.
-    embeddings = np.concatenate([np.load(p) for p in shard_paths], axis=0)
-    if embeddings.shape != (len(keep), dim):
-        raise ValueError(f"Shards in {shards_dir} hold {embeddings.shape}, expected "
-                         f"{(len(keep), dim)}; pass --config.overwrite=True to redo them.")
+    # redoes only the assembly. The shards are streamed into the output one at a time, so
+    # memory stays bounded by the shard size however many items there are.
+    shapes = [np.load(p, mmap_mode="r").shape for p in shard_paths]  # headers only
+    rows = sum(s[0] for s in shapes)
+    widths = sorted({s[1] if len(s) == 2 else -1 for s in shapes})
+    if rows != len(keep) or widths != [dim]:
+        raise ValueError(f"Shards in {shards_dir} hold {rows} rows of width(s) {widths}, expected "
+                         f"{len(keep)} x {dim}; pass --config.overwrite=True to redo them.")
     if bad:
         write_json_atomic(skipped_path, {"count": len(bad), "items": dict(sorted(bad.items()))})
     elif skipped_path.exists():
@@ -469,7 +487,7 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
             "source": _jsonable(data.info), "dropped": data.dropped, "notes": data.notes,
             "skipped_images": len(bad), "text_model": parts["text_model"],
             "image_model": parts["image_model"]}
-    save_embeddings(output, embeddings, np.array([lookup[y] for y in kept.labels], np.int64),
+    save_embeddings(output, shard_paths, np.array([lookup[y] for y in kept.labels], np.int64),
                     class_names, ids=kept.ids, segments=segments, info=info)
     logging.info("extract: wrote %s: %d items x %d (%s).", output, len(keep), dim,
                  " | ".join(f"{s.name} {s.size}" for s in segments))
