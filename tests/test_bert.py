@@ -72,7 +72,8 @@ def hf_minilm():
 def _variant(embedder, **kwargs):
     """An embedder sharing `embedder`'s loaded weights and tokenizer, with other settings."""
     settings = dict(layers=embedder.layers, pooling=embedder.pooling, max_length=embedder.max_length,
-                    dtype=embedder.dtype, batch_size=embedder.batch_size, devices=embedder.devices)
+                    dtype=embedder.dtype, batch_size=embedder.batch_size, devices=embedder.devices,
+                    pack=embedder.pack)
     settings.update(kwargs)
     params = jax.tree.map(np.asarray, embedder.params)
     return bert.TextEmbedder(embedder.config, params, embedder.tokenizer, **settings)
@@ -187,18 +188,70 @@ def test_sharded_over_four_devices_equals_one_device(minilm):
     texts = TEXTS * 3  # 15 texts: two batches, the second one padded
     # Equal to float32 rounding, not bitwise: XLA picks its GEMM kernels by the per-device shape.
     chex.assert_trees_all_close(sharded.embed(texts), minilm.embed(texts), atol=1e-5, rtol=0)
-    batch = jax.device_put(sharded._pad_batch(sharded.tokenize(texts[:8])), sharded._batch_sharding)
+    ids = sharded.tokenize(texts)
+    arrays, _ = sharded._pack_batch(ids, sharded.plan_batches([len(t) for t in ids])[0])
+    batch = jax.device_put(arrays, sharded._batch_sharding)
     assert len(sharded.embed_batch(sharded.params, *batch).sharding.device_set) == 4
 
 
 def test_one_compile_per_length_bucket(minilm):
-    embedder = _variant(minilm, batch_size=2)
+    embedder = _variant(minilm, batch_size=2, pack=False)
     embedder.embed_batch = jax.jit(chex.assert_max_traces(embedder.forward, n=2))
     short = ["shirt", "red boots", "a blue dress", "wool hat", "green socks"]
     embedder.embed(short, progress=True)
     embedder.embed(short[::-1] + [TEXTS[-1]])  # one new bucket only
     embedder.embed([TEXTS[-1], "x"])
-    assert sorted({embedder._pad_batch([t])[0].shape[1] for t in embedder.tokenize(short)}) == [8]
+    assert {embedder.bucket(len(t)) for t in embedder.tokenize(short)} == {8}
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing several texts into one row
+
+
+def _hf_alone(model, tokenizer, texts, layers=(-2, -1), pooling="mean"):
+    """Hugging Face's vector of each text embedded on its own (no padding at all)."""
+    out = []
+    for text in texts:
+        hidden, _, mask = _hf_hidden_states(model, tokenizer, [text])
+        out.append(_hf_pool(hidden, mask, layers, pooling)[0])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("pooling,layers", [("mean", (-2, -1)), ("cls", (0, -1))])
+def test_packed_texts_equal_hf_embedding_each_alone(minilm, hf_minilm, pooling, layers):
+    model, tokenizer = hf_minilm
+    rng = np.random.default_rng(0)
+    words = TEXTS[-1].split() + ["shirt", "linen", "café", "漢字"]
+    # Many short texts (several per row), the empty text, and texts of 60-130 tokens.
+    texts = [" ".join(rng.choice(words, rng.integers(0, 12))) for _ in range(40)]
+    texts += [" ".join(rng.choice(words, rng.integers(50, 120))) for _ in range(4)] + TEXTS
+    packed = _variant(minilm, pooling=pooling, layers=layers, batch_size=4)
+    lengths = [len(t) for t in packed.tokenize(texts)]
+    rows = [row for batch in packed.plan_batches(lengths) for row in batch]
+    assert sorted(i for row in rows for i in row) == list(range(len(texts)))
+    assert max(len(row) for row in rows) > 4  # short texts really share rows
+    assert all(sum(lengths[i] for i in row) <= 128 or len(row) == 1 for row in rows)
+    got = packed.embed(texts)
+    np.testing.assert_allclose(got, _hf_alone(model, tokenizer, texts, layers, pooling),
+                               atol=ATOL, rtol=0)
+    # The same as without packing, and as each text embedded on its own, to float32 rounding.
+    chex.assert_trees_all_close(got, _variant(packed, pack=False).embed(texts), atol=1e-5, rtol=0)
+    alone = np.concatenate([packed.embed([t]) for t in texts[::7]])
+    chex.assert_trees_all_close(got[::7], alone, atol=1e-5, rtol=0)
+
+
+def test_long_rows_come_in_smaller_batches(minilm):
+    embedder = _variant(minilm, batch_size=64, max_length=512)
+    assert [embedder.rows_per_batch(n) for n in (8, 64, 128, 256, 512)] == [64, 64, 32, 16, 8]
+    # Batches take rows shortest first and never exceed their bucket's row count.
+    lengths = list(range(2, 300, 3)) * 5
+    batches = embedder.plan_batches(lengths)
+    for batch in batches:
+        fill = max(sum(lengths[i] for i in row) for row in batch)
+        assert len(batch) <= embedder.rows_per_batch(embedder.bucket(fill))
+    assert sorted(i for b in batches for row in b for i in row) == list(range(len(lengths)))
+    assert embedder.slots(128) == 16 and embedder.slots(8) == 4
+    assert _variant(minilm, pooling="max").pack is False
 
 
 def test_bfloat16_stays_close_to_float32(minilm):

@@ -71,9 +71,16 @@ from embaug_jax.embed.weights import (
 POOLINGS = ("mean", "cls", "max")
 # Bump when a change here alters the vectors for the same weights and settings, so caches keyed by
 # `TextEmbedder.fingerprint()` are invalidated.
-_EMBEDDING_VERSION = "embaug_jax.bert/1"
+_EMBEDDING_VERSION = "embaug_jax.bert/2"
 _MIN_BUCKET = 8
 _BATCHES_PER_CHUNK = 64
+# Short texts are packed into rows of up to this many tokens, at most _MAX_TEXTS_PER_ROW per
+# row. A 128-token row costs a little more attention per token than a short padded row (its
+# scores grow with the row length) and saves the padding of every text but the row's last.
+_PACK_LENGTH = 128
+_MAX_TEXTS_PER_ROW = 16
+# Batches hold about batch_size * _ROW_TOKENS tokens (see TextEmbedder.rows_per_batch).
+_ROW_TOKENS = 64
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -173,10 +180,11 @@ class BertEmbeddings(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids):
+    def __call__(self, input_ids, token_type_ids, position_ids=None):
         cfg = self.config
         embed = lambda n, name: nn.Embed(n, cfg.hidden_size, dtype=self.dtype, name=name)
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        positions = (jnp.arange(input_ids.shape[-1])[None, :] if position_ids is None
+                     else position_ids)
         # Summed in Hugging Face's order (word + type, then + position) to keep parity tight.
         x = embed(cfg.vocab_size, "word_embeddings")(input_ids)
         x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
@@ -192,6 +200,8 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, attention_mask):
+        """`attention_mask`: bool [batch, length] (keys to attend to) or [batch, length, length]
+        (query x key, e.g. block-diagonal for packed rows)."""
         cfg = self.config
         dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
         batch, length, _ = x.shape
@@ -204,7 +214,9 @@ class BertLayer(nn.Module):
         # of all-padding keys (a padding query) stays finite.
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         scores = scores / np.float32(math.sqrt(cfg.head_dim))
-        scores = jnp.where(attention_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+        mask = (attention_mask[:, None, None, :] if attention_mask.ndim == 2
+                else attention_mask[:, None, :, :])
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, cfg.hidden_size)
         x = _layer_norm(cfg, self.dtype, "attention_norm")(
@@ -222,6 +234,10 @@ def _layer_norm(cfg: BertConfig, dtype, name: str) -> nn.LayerNorm:
 class BertModel(nn.Module):
     """The BERT encoder; returns every hidden state like Hugging Face's `output_hidden_states`.
 
+    `attention_mask` is [batch, length] (1 = a real token) or [batch, length, length] (which
+    keys each query sees); `position_ids` default to 0, 1, ... in every row. A row holding
+    several texts (packing) gives each text its own block of the mask and positions from 0.
+
     The layers run under `nn.scan`, so XLA compiles one layer body however deep the model is
     (BERT-base compiles about 3x faster than unrolled, at the same run time). Their parameters
     are stacked under "layers/" with a leading layer axis; `load_pretrained` builds that layout.
@@ -235,11 +251,12 @@ class BertModel(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         attention_mask = attention_mask.astype(bool)
-        x = BertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids)
+        x = BertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids,
+                                                                       position_ids)
 
         def layer_step(layer, carry, mask):
             out = layer(carry, mask)
@@ -395,6 +412,40 @@ def pool_hidden_states(
     return jnp.concatenate(pooled, axis=-1)
 
 
+def pool_segments(
+    hidden_states: Sequence[jax.Array],
+    segment_ids: jax.Array,
+    slots: int,
+    layers: Sequence[int],
+    pooling: str,
+) -> jax.Array:
+    """Pools each text of packed rows: float32 [batch, slots, len(layers) * hidden].
+
+    `segment_ids` [batch, length] numbers the texts of a row 1, 2, ... (0 = padding); slot j
+    holds text j + 1 (zeros where a row has fewer texts). Pooling as in `pool_hidden_states`,
+    per text: "mean" over its tokens, "max" over them, "cls" its first token.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+    member = segment_ids[..., None] == jnp.arange(1, slots + 1)  # [batch, length, slots]
+    weights = member.astype(jnp.float32)
+    if pooling == "mean":
+        weights = weights / jnp.maximum(weights.sum(axis=1, keepdims=True), 1.0)
+    elif pooling == "cls":  # the first token of each text
+        weights = weights * (jnp.cumsum(weights, axis=1) == 1)
+    pooled = []
+    for layer in layers:
+        h = hidden_states[layer].astype(jnp.float32)
+        if pooling == "max":
+            masked = jnp.where(member[..., None], h[:, :, None, :], -jnp.inf)
+            pooled.append(jnp.where(member.any(axis=1)[..., None], masked.max(axis=1), 0.0))
+        else:
+            # HIGHEST: an exact float32 weighted sum, as the reference's masked mean is.
+            pooled.append(jnp.einsum("bls,blh->bsh", weights, h,
+                                     precision=jax.lax.Precision.HIGHEST))
+    return jnp.concatenate(pooled, axis=-1)
+
+
 def normalize_layers(layers: Sequence[int], num_hidden_layers: int) -> tuple[int, ...]:
     """Turns layer indices (0 = embedding output, negatives from the last) into non-negative ones."""
     if isinstance(layers, (int, np.integer)):
@@ -441,6 +492,7 @@ class TextEmbedder:
         batch_size: int = 64,
         devices: Sequence[jax.Device] | None = None,
         files: Sequence[Path] = (),
+        pack: bool = True,
     ):
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
@@ -462,6 +514,8 @@ class TextEmbedder:
         # Every batch must split evenly over the devices.
         self.batch_size = -(-int(batch_size) // n_dev) * n_dev
         self.buckets = length_buckets(self.max_length)
+        # Max pooling over packed rows would hold [rows, length, slots, hidden] at once.
+        self.pack = bool(pack) and pooling != "max"
         # A private copy: truncation is tokenizer state, and embedders may share one tokenizer.
         from tokenizers import Tokenizer
 
@@ -480,13 +534,45 @@ class TextEmbedder:
             NamedSharding(mesh, PartitionSpec()),
         )
 
-        # One compiled program per bucket length (the batch size is fixed).
+        # One compiled program per bucket length (each bucket has a fixed number of rows).
         self.embed_batch = jax.jit(self.forward)
 
-    def forward(self, params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """Pooled embeddings of one padded batch of token ids (traceable; `embed_batch` jits it)."""
-        hidden = self.model.apply({"params": params}, input_ids, attention_mask)
-        return pool_hidden_states(hidden, attention_mask, self.layers, self.pooling)
+    def forward(self, params, input_ids: jax.Array, segment_ids: jax.Array,
+                position_ids: jax.Array) -> jax.Array:
+        """Pooled embeddings of one batch of packed rows (traceable; `embed_batch` jits it).
+
+        Args:
+            input_ids, segment_ids, position_ids: int32 [rows, length] from `_pack_batch`: the
+                token ids of each row's texts one after another, the text each token belongs to
+                (1, 2, ...; 0 = padding) and its position within its text.
+
+        Returns:
+            float32 [rows, slots, dim]: slot j of a row is the embedding of its text j + 1.
+        """
+        # Block-diagonal: a token sees only the tokens of its own text, so a packed text gets
+        # exactly the hidden states it would get alone.
+        mask = ((segment_ids[:, :, None] == segment_ids[:, None, :])
+                & (segment_ids[:, None, :] > 0))
+        hidden = self.model.apply({"params": params}, input_ids, mask,
+                                  position_ids=position_ids)
+        return pool_segments(hidden, segment_ids, self.slots(input_ids.shape[1]), self.layers,
+                             self.pooling)
+
+    def slots(self, length: int) -> int:
+        """How many texts a row of `length` tokens may hold (each text has >= 2 tokens)."""
+        return max(1, min(length // 2, _MAX_TEXTS_PER_ROW)) if self.pack else 1
+
+    def rows_per_batch(self, length: int) -> int:
+        """Rows of a batch of `length`-token rows: `batch_size` up to _ROW_TOKENS tokens, fewer
+        beyond, so a batch holds about batch_size * _ROW_TOKENS tokens whatever its length.
+
+        Long rows in full-size batches make XLA's per-call buffers (attention scores alone:
+        rows x heads x length^2 floats) so large that the allocator maps fresh pages for them on
+        every call: page faults and system time instead of work.
+        """
+        n_dev = len(self.devices)
+        rows = max(1, min(self.batch_size, self.batch_size * _ROW_TOKENS // length))
+        return -(-rows // n_dev) * n_dev
 
     @classmethod
     def from_pretrained(
@@ -499,6 +585,7 @@ class TextEmbedder:
         dtype: str = "float32",
         batch_size: int = 64,
         devices: Sequence[jax.Device] | None = None,
+        pack: bool = True,
     ) -> "TextEmbedder":
         """Loads a local Hugging Face BERT folder (config.json, weights, tokenizer files).
 
@@ -511,6 +598,8 @@ class TextEmbedder:
             dtype: "float32", or "bfloat16" for faster, slightly deviating inference.
             batch_size: rows per compiled batch (rounded up to a multiple of the device count).
             devices: devices to shard each batch over; default all local devices.
+            pack: pack several short texts into one row (each text's vector stays that of the
+                text alone, to float32 rounding); ignored for "max" pooling.
         """
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
@@ -520,7 +609,7 @@ class TextEmbedder:
         files = [folder / "config.json", *_weight_files(folder), *tokenizer_files]
         return cls(config, params, tokenizer, layers=layers, pooling=pooling,
                    max_length=max_length, dtype=dtype, batch_size=batch_size, devices=devices,
-                   files=files)
+                   files=files, pack=pack)
 
     @property
     def dim(self) -> int:
@@ -545,12 +634,14 @@ class TextEmbedder:
         texts = _check_texts(texts)
         return [e.ids for e in self.tokenizer.encode_batch(texts)] if texts else []
 
-    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, progress: bool = False,
+              on_batch: Callable[[int], Any] | None = None) -> np.ndarray:
         """Embeds texts; returns float32 [len(texts), dim] in the order given.
 
-        Texts are tokenised a chunk at a time (bounded memory) and sorted by token length within
-        it, so each batch pads little. Batches are dispatched without waiting for results; at
-        most two are in flight before the oldest is copied back.
+        Texts are tokenised a chunk at a time (bounded memory), sorted by token length within
+        it and packed into rows (`plan_rows`), so each batch pads little. Batches are dispatched
+        without waiting for results; at most two are in flight before the oldest is copied
+        back. `on_batch(n)` is called as each batch's n texts are done (a caller's progress bar).
         """
         from tqdm.auto import tqdm
 
@@ -559,35 +650,89 @@ class TextEmbedder:
         chunk = self.batch_size * _BATCHES_PER_CHUNK
         pending: deque = deque()
         with tqdm(total=len(texts), desc="embed texts", unit="text", disable=not progress) as bar:
+            def collect():
+                where, slot_of, result = pending.popleft()
+                out[where] = np.asarray(result)[slot_of]
+                bar.update(len(where))
+                if on_batch is not None:
+                    on_batch(len(where))
+
             for offset in range(0, len(texts), chunk):
                 ids = [e.ids for e in self.tokenizer.encode_batch(texts[offset:offset + chunk])]
-                order = np.argsort([len(t) for t in ids], kind="stable")
-                for start in range(0, len(order), self.batch_size):
-                    rows = order[start:start + self.batch_size]
-                    batch = jax.device_put(self._pad_batch([ids[i] for i in rows]),
-                                           self._batch_sharding)
-                    pending.append((offset + rows, self.embed_batch(self.params, *batch)))
+                for rows in self.plan_batches([len(t) for t in ids]):
+                    arrays, slot_of = self._pack_batch(ids, rows)
+                    batch = jax.device_put(arrays, self._batch_sharding)
+                    where = offset + np.concatenate([np.asarray(r, np.int64) for r in rows])
+                    pending.append((where, slot_of, self.embed_batch(self.params, *batch)))
                     if len(pending) > 2:
-                        self._collect(pending.popleft(), out, bar)
+                        collect()
             while pending:
-                self._collect(pending.popleft(), out, bar)
+                collect()
         return out
 
-    def _pad_batch(self, token_ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        longest = max(len(t) for t in token_ids)
-        length = next(b for b in self.buckets if b >= longest)
-        input_ids = np.full((self.batch_size, length), self.config.pad_token_id, np.int32)
-        mask = np.zeros((self.batch_size, length), np.int32)
-        for r, t in enumerate(token_ids):
-            input_ids[r, :len(t)] = t
-            mask[r, :len(t)] = 1
-        return input_ids, mask
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[list[int]]]:
+        """Groups texts of the given token lengths into batches of rows of texts.
 
-    @staticmethod
-    def _collect(item, out: np.ndarray, bar) -> None:
-        rows, result = item
-        out[rows] = np.asarray(result)[: len(rows)]
-        bar.update(len(rows))
+        Texts are sorted by length and packed, shortest first, into rows of up to
+        _PACK_LENGTH tokens and `slots` texts (a longer text gets a row of its own); without
+        packing each text is a row. Rows, sorted by how full they are, fill batches of
+        `rows_per_batch(bucket)` rows, so only a batch at a bucket boundary is short of rows.
+
+        Returns:
+            batches, each a list of rows, each a list of indices into `lengths`.
+        """
+        lengths = np.asarray(lengths, np.int64)
+        capacity = min(_PACK_LENGTH, self.max_length) if self.pack else 0
+        most = self.slots(capacity)
+        rows, fills, current, fill = [], [], [], 0
+        for i in np.argsort(lengths, kind="stable").tolist():
+            if current and (fill + lengths[i] > capacity or len(current) == most):
+                rows.append(current)
+                fills.append(fill)
+                current, fill = [], 0
+            current.append(i)
+            fill += int(lengths[i])
+        if current:
+            rows.append(current)
+            fills.append(fill)
+        order = np.argsort(fills, kind="stable")
+        rows = [rows[i] for i in order]
+        limits = [self.rows_per_batch(self.bucket(fills[i])) for i in order]
+        batches, start = [], 0
+        while start < len(rows):
+            end = start + 1
+            while end < len(rows) and end - start < limits[end]:
+                end += 1
+            batches.append(rows[start:end])
+            start = end
+        return batches
+
+    def bucket(self, tokens: int) -> int:
+        """The padded length of a row of `tokens` tokens."""
+        return next(b for b in self.buckets if b >= tokens)
+
+    def _pack_batch(self, ids: list[list[int]], rows: list[list[int]]):
+        """The arrays `forward` takes for `rows` (lists of indices into `ids`), padded to the
+        rows' bucket and its `rows_per_batch`, and where each text's vector lands: the flat
+        index into the [rows, slots] output, in the order the rows list the texts."""
+        length = self.bucket(max(sum(len(ids[i]) for i in row) for row in rows))
+        shape = (self.rows_per_batch(length), length)
+        input_ids = np.full(shape, self.config.pad_token_id, np.int32)
+        segment_ids = np.zeros(shape, np.int32)
+        position_ids = np.zeros(shape, np.int32)
+        slots = self.slots(length)
+        slot_of = []
+        for r, row in enumerate(rows):
+            at = 0
+            for j, i in enumerate(row):
+                n = len(ids[i])
+                input_ids[r, at:at + n] = ids[i]
+                segment_ids[r, at:at + n] = j + 1
+                position_ids[r, at:at + n] = np.arange(n)
+                slot_of.append((r, j))
+                at += n
+        slot_of = np.asarray(slot_of, np.int64).reshape(-1, 2)
+        return (input_ids, segment_ids, position_ids), (slot_of[:, 0], slot_of[:, 1])
 
 
 def _check_texts(texts) -> list[str]:
