@@ -202,6 +202,10 @@ def test_one_compile_per_length_bucket(minilm):
     embedder.embed(short[::-1] + [TEXTS[-1]])  # one new bucket only
     embedder.embed([TEXTS[-1], "x"])
     assert {embedder.bucket(len(t)) for t in embedder.tokenize(short)} == {8}
+    # on_batch hears of every batch as it is collected (a caller's per-batch progress).
+    calls = []
+    embedder.embed(short + [TEXTS[-1]], on_batch=calls.append)
+    assert calls == [2, 2, 2]
 
 
 # ---------------------------------------------------------------------------------------------

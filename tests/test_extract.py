@@ -153,6 +153,43 @@ def test_resume_redoes_no_finished_shard_and_matches_byte_for_byte(tmp_path, mon
     assert dir_bytes(out) == dir_bytes(ref_out)
 
 
+class BatchedTextEmbedder(FakeTextEmbedder):
+    """Reports its work in batches of 2 texts, as TextEmbedder does through `on_batch`."""
+
+    def embed(self, texts, *, progress=False, on_batch=None):
+        out = super().embed(texts)
+        for start in range(0, len(texts), 2):
+            on_batch(min(2, len(texts) - start))
+        return out
+
+
+def test_progress_advances_per_batch_with_rate_and_eta(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    seen = []
+
+    class Recorder(tqdm.auto.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            if self.desc.startswith("extract"):
+                seen.append((n, self.n, self.total, str(self)))
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    path = make_table(tmp_path)  # 11 items in shards of 3, 2 text fields, batches of 2 texts
+    extract.run_extraction(table_config(path, progress=True), tmp_path / "w",
+                           text_embedder=BatchedTextEmbedder())
+    # Shards of 3, 3, 3, 2 items: 2 + 2 + 2 + 1 batches per field, 2 fields.
+    assert [n for n, *_ in seen] == [2, 1] * 6 + [2, 2]
+    assert seen[-1][1] == seen[-1][2] == 22  # every item x field
+    first = seen[0][3]  # the bar after the first batch, long before the first shard is done
+    assert "2/22" in first and "emb/s" in first and "?" not in first, first
+    # An embedder without `on_batch` still advances the bar, once per call.
+    seen.clear()
+    extract.run_extraction(table_config(path, progress=True), tmp_path / "w2",
+                           text_embedder=FakeTextEmbedder())
+    assert [n for n, *_ in seen] == [3, 3] * 3 + [2, 2]
+
+
 def test_cache_skip_stale_outputs_and_overwrite(tmp_path):
     path = make_table(tmp_path)
     work = tmp_path / "w"
