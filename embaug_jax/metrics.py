@@ -643,7 +643,7 @@ def resampled_metrics(probs, labels, seen_mask, counts, *, threshold=DEFAULT_THR
         out["seen_accuracy"] = ((counts @ (correct & truth_seen).astype(np.int64))
                                 / (rows - none_rows))
 
-        # ECE = sum over bins of |sum of (correct - confidence) in the bin| / rows, as `calibration`.
+        # ECE = sum over bins of |sum of (correct - confidence) in it| / rows, as `calibration`.
         probs64 = np.where(seen_mask[None, :], probs_np.astype(np.float64), -np.inf)
         top = np.argmax(probs64, axis=1)
         top_conf = probs64[np.arange(n), top]

@@ -37,7 +37,8 @@ def _outputs(seed=0, *, all_seen=False, trials=TRIALS, seeds=(0,)):
     m = len(members)
     return report.SweepOutputs(
         members=members, eval_epochs=np.array([2, 4]),
-        history={k: rng.random((m, 2)) for k in ("overall_accuracy", "none_accuracy", "train_loss")},
+        history={k: rng.random((m, 2))
+                 for k in ("overall_accuracy", "none_accuracy", "train_loss")},
         val_probs=np.stack(probs).astype(np.float32), val_labels=labels, seen_mask=seen,
         class_names=[f"c{k}" for k in range(C)],
         val_idx=np.stack([rng.permutation(1000)[:NV] for _ in range(trials)]),
@@ -123,7 +124,8 @@ def test_compare_with_control_marks_what_noise_explains():
     members = [dict(method=m, trial=t, seed=0) for m in ("control", "a", "b") for t in range(4)]
     chosen = {"control": [0, 1, 2, 3], "a": [4, 5, 6, 7], "b": [8, 9, 10, 11]}
     base = [0.90, 0.92, 0.91, 0.93]
-    auc = base + [x + 0.02 for x in base] + [x + d for x, d in zip(base, (0.01, -0.01, 0.02, -0.02))]
+    noise = (0.01, -0.01, 0.02, -0.02)
+    auc = base + [x + 0.02 for x in base] + [x + d for x, d in zip(base, noise)]
     values = [{k: auc[i] for k in statistics.HEADLINE_METRICS} for i in range(12)]
     got = statistics.compare_with_control(members, chosen, values, None)
     assert set(got) == {"a", "b"}
