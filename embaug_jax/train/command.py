@@ -101,6 +101,11 @@ def validate_config(config) -> None:
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
              "in (0, 1).")
+    r = config.report
+    _require(0 <= float(r.selection_fraction) < 1, f"config.report.selection_fraction="
+             f"{r.selection_fraction} must be in [0, 1) (0: choose alpha the paper's way only).")
+    _require(int(r.bootstrap_resamples) >= 0, f"config.report.bootstrap_resamples="
+             f"{r.bootstrap_resamples} must be >= 0 (0: no bootstrap intervals).")
 
 
 def load_data(config):
@@ -192,6 +197,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     primary = distributed.is_primary()
     if primary:
         write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    from embaug_jax import report
+
+    predictions = workdir / report.PREDICTIONS
+    if predictions.exists() and fp_path.exists() and json.loads(fp_path.read_text()) == fingerprint:
+        # A finished run: its saved predictions are all the report needs, no checkpoint restore.
+        logging.info("%s is finished; re-reporting from %s", workdir, predictions)
+        return _report(config, workdir, report.load_predictions(predictions)) if primary else None
+    if primary:
         write_json_atomic(fp_path, fingerprint)
 
     dataset, splits, data, segments = prepare_data(config)
@@ -215,15 +228,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if result.val_probs is None or not primary:
         return None
 
-    from embaug_jax import report
-
     outputs = report.SweepOutputs(
         members=members, eval_epochs=result.eval_epochs, history=result.history,
         val_probs=result.val_probs,
         val_labels=np.asarray(dataset.labels)[splits.val_idx], seen_mask=splits.seen_mask,
-        class_names=list(dataset.class_names))
-    results = report.write_report(workdir, outputs, threshold=float(config.threshold))
-    print(report.format_table(results))
+        class_names=list(dataset.class_names), val_idx=splits.val_idx,
+        train_idx=splits.train_idx)
+    return _report(config, workdir, outputs)
+
+
+def _report(config, workdir: Path, outputs) -> dict:
+    from embaug_jax import report
+
+    r = config.report
+    results = report.write_report(workdir, outputs, threshold=float(config.threshold),
+                                  selection_fraction=float(r.selection_fraction),
+                                  bootstrap_resamples=int(r.bootstrap_resamples),
+                                  seed=int(r.seed))
+    print(report.format_summary(results))
     return results
 
 
