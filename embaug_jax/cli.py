@@ -125,6 +125,8 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     try:
         _resolve(cmd.target)(fv.config, fv.workdir)
     except BaseException as e:
+        # Exit now rather than wait at JAX's shutdown barrier for processes that may be blocked
+        # in a collective with this one; they are stopped within the heartbeat timeout.
         import traceback
 
         import jax
@@ -133,7 +135,11 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
         print(f"embaug {name}: process {jax.process_index()} of {jax.process_count()} failed "
               f"({type(e).__name__}: {e}); the other processes stop within "
               f"--heartbeat_timeout={fv.heartbeat_timeout} s.", file=sys.stderr)
-        distributed.abandon(1)
+        if isinstance(e, SystemExit):
+            code = e.code if isinstance(e.code, int) else 1
+        else:
+            code = 130 if isinstance(e, KeyboardInterrupt) else 1
+        distributed.abandon(code)
     return 0
 
 
