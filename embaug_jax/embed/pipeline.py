@@ -48,7 +48,7 @@ from absl import logging
 from embaug_jax import distributed
 from embaug_jax import sources as sources_lib
 from embaug_jax.dataset import Segment, load_embeddings, save_embeddings
-from embaug_jax.util import atomic_path, write_json_atomic
+from embaug_jax.util import atomic_path, reuse_freed_memory, write_json_atomic
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
@@ -417,6 +417,9 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         `.embed(items)` and `.fingerprint()`), used instead of building them from
         `config.text_model` / `config.image_model` (for notebooks and tests).
     """
+    # First, before JAX starts its CPU backend: batches then reuse memory instead of faulting
+    # fresh pages in (see util.reuse_freed_memory).
+    reuse_freed_memory()
     workdir = Path(workdir)
     output = Path(config.get("output", "") or workdir / "embeddings")
     skipped_path = output.parent / SKIPPED_REPORT
