@@ -13,7 +13,8 @@ Every contender embeds the same texts into the same vectors (mean of the last tw
 - torch: Hugging Face `BertModel` under `inference_mode`, length-sorted batches of
   `--batch-size`, each padded to its longest text (the fastest way to call it);
 - flax: `TextEmbedder.embed` as shipped (short texts packed several to a row);
-- flax_unpacked: the same with `pack=False` (one text per row, padded to its length bucket);
+- flax_unpacked (`--unpacked`, short texts by default): the same with `pack=False` (one text
+  per row, padded to its length bucket), to show what packing gains;
 - pipeline (`--pipeline`, on by default for MiniLM): `run_extraction` -- what `embaug extract`
   runs after loading the model -- on a CSV of the same texts, with the same warm embedder.
 Each contender is warmed up once (compiling every bucket), then they run in turn, `--repeats`
@@ -154,7 +155,7 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
     runners = {"torch": lambda: torch_embed(hf_model, hf_tokenizer, texts, args.batch_size,
                                             args.max_length, order),
                "flax": lambda: packed.embed(texts)}
-    if not args.no_unpacked:
+    if set_name in args.unpacked.split(","):
         unpacked = make(False)
         runners["flax_unpacked"] = lambda: unpacked.embed(texts)
     if args.pipeline == "all" or (args.pipeline == "minilm" and model_name == "minilm"):
@@ -213,7 +214,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pipeline", choices=("minilm", "all", "none"), default="minilm")
-    parser.add_argument("--no-unpacked", action="store_true", help="skip flax with pack=False")
+    parser.add_argument("--unpacked", default="short",
+                        help="sets on which flax with pack=False runs too ('' = none)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (no util.reuse_freed_memory)")
     args = parser.parse_args(argv)
