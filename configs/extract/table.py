@@ -1,10 +1,14 @@
 r"""embaug extract --config=configs/extract/table.py --workdir=workdirs/mydata \
   --config.source.path=data.csv --config.source.text_columns=title,description \
   --config.source.label_column=category --config.source.id_column=sku \
-  --config.text_model.path=/models/bert-base-uncased
+  --config.text_model.path=builtin:minilm
 
 Bring your own data: a CSV / TSV / JSONL / Parquet table of texts (and image paths), optionally
 compressed (items.csv.gz, .jsonl.gz, .tsv.gz, .bz2, .xz, .zip, .zst) as pandas reads it.
+
+`builtin:minilm` is all-MiniLM-L6-v2, shipped as a pip package: nothing to download. For the
+paper's model give a Hugging Face BERT folder instead
+(--config.text_model.path=/models/bert-base-uncased).
 
 Each text column is one field (embedded separately, concatenated in the given order), each
 image column another (paths relative to the table's folder, or absolute; needs
@@ -34,7 +38,7 @@ def get_config(arg=None):
     c.source.encoding = "utf-8"
     c.source.encoding_errors = "strict"  # strict (error naming the line) | replace
     common.sampling(c.source)
-    c.text_model.path = ""  # a Hugging Face BERT folder
+    c.text_model.path = ""  # a Hugging Face BERT folder, or builtin:minilm (shipped)
     if args.smoke:
         c.source.max_items = 64
         c.text_model.path = "builtin:minilm"

@@ -15,9 +15,17 @@ Choices worth knowing:
 - Layer index 0 is the embedding output, index i the i-th transformer layer, negatives count from
   the last, as in Hugging Face's `output_hidden_states`.
 - Texts longer than `max_length` tokens (default 512, clipped to the checkpoint's
-  `max_position_embeddings`) are truncated. Token lengths are bucketed (8, 12, 16, 24, 32, 48,
-  ... up to `max_length`) and every batch is padded to `batch_size` rows, so at most one compiled
-  program per bucket serves any stream of texts.
+  `max_position_embeddings`) are truncated. Row lengths are bucketed (8, 12, 16, 24, 32, 48,
+  ... up to `max_length`) and each bucket has a fixed number of rows per batch (`batch_size` up
+  to 64 tokens, proportionally fewer beyond, so a batch holds about `batch_size` x 64 tokens),
+  so at most one compiled program per bucket serves any stream of texts.
+- Packing (`pack=True`, the default; not for "max" pooling): short texts share a row of up to
+  128 tokens, one after another, each with its own [CLS] ... [SEP], positions from 0 and a
+  block-diagonal attention mask, and are pooled separately. A text's vector is the one it gets
+  alone, to float32 rounding (tests compare with Hugging Face's to 1e-4); what it saves is the
+  padding of every text but a row's last.
+- Memory: the embedder calls `util.reuse_freed_memory()` (glibc keeps freed memory), because
+  XLA allocates every batch's buffers afresh and would otherwise fault them in each time.
 - Weights: `model.safetensors` (or its sharded index) is read with numpy; `pytorch_model.bin` is
   read with `torch.load(weights_only=True)` only if no safetensors file exists. A "bert." prefix
   (BertFor* checkpoints) is stripped. The pooler and any task head (`cls.*`, `classifier.*`, ...)
