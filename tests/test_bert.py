@@ -120,7 +120,8 @@ def test_tokenizer_matches_hf_including_truncation(minilm, hf_minilm, tmp_path):
 def test_max_length_is_clipped_to_position_embeddings(minilm):
     long = _variant(minilm, max_length=100_000)
     assert long.max_length == 512
-    assert long.buckets == (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    assert long.buckets == (8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256,
+                            320, 384, 448, 512)
     ids = long.tokenize(["word " * 2000])
     assert len(ids[0]) == 512 and ids[0][-1] == 102  # truncated, still ends with [SEP]
 
@@ -189,7 +190,7 @@ def test_sharded_over_four_devices_equals_one_device(minilm):
     # Equal to float32 rounding, not bitwise: XLA picks its GEMM kernels by the per-device shape.
     chex.assert_trees_all_close(sharded.embed(texts), minilm.embed(texts), atol=1e-5, rtol=0)
     ids = sharded.tokenize(texts)
-    arrays, _ = sharded._pack_batch(ids, sharded.plan_batches([len(t) for t in ids])[0])
+    arrays, _ = sharded._pack_batch(ids, sharded.plan([len(t) for t in ids])[0])
     batch = jax.device_put(arrays, sharded._batch_sharding)
     assert len(sharded.embed_batch(sharded.params, *batch).sharding.device_set) == 4
 
@@ -231,7 +232,7 @@ def test_packed_texts_equal_hf_embedding_each_alone(minilm, hf_minilm, pooling, 
     texts += [" ".join(rng.choice(words, rng.integers(50, 120))) for _ in range(4)] + TEXTS
     packed = _variant(minilm, pooling=pooling, layers=layers, batch_size=4)
     lengths = [len(t) for t in packed.tokenize(texts)]
-    rows = [row for batch in packed.plan_batches(lengths) for row in batch]
+    rows = [row for batch in packed.plan(lengths) for row in batch]  # what embed will run
     assert sorted(i for row in rows for i in row) == list(range(len(texts)))
     assert max(len(row) for row in rows) > 4  # short texts really share rows
     assert all(sum(lengths[i] for i in row) <= 128 or len(row) == 1 for row in rows)
@@ -246,15 +247,25 @@ def test_packed_texts_equal_hf_embedding_each_alone(minilm, hf_minilm, pooling, 
 
 def test_long_rows_come_in_smaller_batches(minilm):
     embedder = _variant(minilm, batch_size=64, max_length=512)
-    assert [embedder.rows_per_batch(n) for n in (8, 64, 128, 256, 512)] == [64, 64, 32, 16, 8]
+    assert [embedder.rows_per_batch(n) for n in (8, 64, 96, 128, 256, 512)] == [64, 64, 42, 32, 16,
+                                                                                    8]
     # Batches take rows shortest first and never exceed their bucket's row count.
     lengths = list(range(2, 300, 3)) * 5
-    batches = embedder.plan_batches(lengths)
+    batches = embedder.plan_batches(lengths, pack_length=128)
     for batch in batches:
         fill = max(sum(lengths[i] for i in row) for row in batch)
         assert len(batch) <= embedder.rows_per_batch(embedder.bucket(fill))
     assert sorted(i for b in batches for row in b for i in row) == list(range(len(lengths)))
     assert embedder.slots(128) == 16 and embedder.slots(8) == 4
+    # Packing only where it is estimated cheaper than padding: many short texts are packed, a
+    # few (one half-empty packed batch against a small padded one) are not.
+    many, few = [10] * 400, [6, 7, 6]
+    assert max(len(row) for b in embedder.plan(many) for row in b) > 1
+    assert embedder.plan(few) == embedder.plan_batches(few)
+    for lengths in (many, few):
+        costs = [embedder.plan_cost(embedder.plan_batches(lengths, pack_length=n), lengths)
+                 for n in (0, 32, 64, 128)]
+        assert embedder.plan_cost(embedder.plan(lengths), lengths) == min(costs)
     assert _variant(minilm, pooling="max").pack is False
 
 

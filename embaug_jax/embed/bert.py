@@ -19,11 +19,13 @@ Choices worth knowing:
   ... up to `max_length`) and each bucket has a fixed number of rows per batch (`batch_size` up
   to 64 tokens, proportionally fewer beyond, so a batch holds about `batch_size` x 64 tokens),
   so at most one compiled program per bucket serves any stream of texts.
-- Packing (`pack=True`, the default; not for "max" pooling): short texts share a row of up to
-  128 tokens, one after another, each with its own [CLS] ... [SEP], positions from 0 and a
-  block-diagonal attention mask, and are pooled separately. A text's vector is the one it gets
-  alone, to float32 rounding (tests compare with Hugging Face's to 1e-4); what it saves is the
-  padding of every text but a row's last.
+- Packing (`pack=True`, the default; not for "max" pooling): short texts may share a row of up
+  to 32, 64 or 128 tokens, one after another, each with its own [CLS] ... [SEP], positions from
+  0 and a block-diagonal attention mask, and are pooled separately. A text's vector is the one
+  it gets alone, to float32 rounding (tests compare with Hugging Face's to 1e-4). Packing saves
+  the padding of every text but a row's last and costs attention over longer rows; each chunk
+  of texts is packed only as far as an estimate of the compute (`TextEmbedder.plan_cost`) says
+  it pays.
 - Memory: the embedder calls `util.reuse_freed_memory()` (glibc keeps freed memory), because
   XLA allocates every batch's buffers afresh and would otherwise fault them in each time.
 - Weights: `model.safetensors` (or its sharded index) is read with numpy; `pytorch_model.bin` is
@@ -83,10 +85,11 @@ POOLINGS = ("mean", "cls", "max")
 _EMBEDDING_VERSION = "embaug_jax.bert/2"
 _MIN_BUCKET = 8
 _BATCHES_PER_CHUNK = 64
-# Short texts are packed into rows of up to this many tokens, at most _MAX_TEXTS_PER_ROW per
-# row. A 128-token row costs a little more attention per token than a short padded row (its
-# scores grow with the row length) and saves the padding of every text but the row's last.
-_PACK_LENGTH = 128
+# Short texts may be packed into rows of up to one of these many tokens, at most
+# _MAX_TEXTS_PER_ROW per row: a long row costs more attention per token than a short padded
+# one (its scores grow with the row length) and saves the padding of every text but the
+# row's last; `TextEmbedder.plan` picks whichever costs least.
+_PACK_LENGTHS = (32, 64, 128)
 _MAX_TEXTS_PER_ROW = 16
 # Batches hold about batch_size * _ROW_TOKENS tokens (see TextEmbedder.rows_per_batch).
 _ROW_TOKENS = 64
@@ -374,18 +377,22 @@ def load_tokenizer(path: str | os.PathLike, *, max_length: int):
 
 
 def length_buckets(max_length: int) -> tuple[int, ...]:
-    """Padded batch lengths: 8, 12, 16, 24, 32, 48, ... (powers of two and 1.5x between), capped
-    by and ending at max_length.
+    """Padded row lengths: 8, 12, 16, 24, 32, 48, 64 (powers of two and 1.5x between), then
+    quarter steps, 80, 96, 112, 128, 160, 192, ...; capped by and ending at max_length.
 
     The 1.5x steps and the short first buckets cut padding (5000 WordNet glosses, batches of 64:
     1.29 padded tokens per real token, against 1.63 with powers of two from 16) for a few more
-    compiled shapes.
+    compiled shapes. From 64 tokens on, quarter steps keep the padding of long texts near 10%
+    (README paragraphs of 50-256 tokens: 1.28 padded tokens per real one with 1.5x steps).
     """
     buckets = []
     n = _MIN_BUCKET
     while n < max_length:
         buckets.append(n)
-        n = n * 3 // 2 if n & (n - 1) == 0 else n * 4 // 3
+        if n < 64:
+            n = n * 3 // 2 if n & (n - 1) == 0 else n * 4 // 3
+        else:
+            n += (1 << (n.bit_length() - 1)) // 4
     buckets.append(max_length)
     return tuple(buckets)
 
@@ -669,7 +676,7 @@ class TextEmbedder:
 
             for offset in range(0, len(texts), chunk):
                 ids = [e.ids for e in self.tokenizer.encode_batch(texts[offset:offset + chunk])]
-                for rows in self.plan_batches([len(t) for t in ids]):
+                for rows in self.plan([len(t) for t in ids]):
                     arrays, slot_of = self._pack_batch(ids, rows)
                     batch = jax.device_put(arrays, self._batch_sharding)
                     where = offset + np.concatenate([np.asarray(r, np.int64) for r in rows])
@@ -680,19 +687,42 @@ class TextEmbedder:
                 collect()
         return out
 
-    def plan_batches(self, lengths: Sequence[int]) -> list[list[list[int]]]:
+    def plan(self, lengths: Sequence[int]) -> list[list[list[int]]]:
+        """The batches `embed` runs for texts of these token lengths: the cheapest (by
+        `plan_cost`) of one text per row and packing into rows of each of _PACK_LENGTHS."""
+        plans = [self.plan_batches(lengths, pack_length=0)]
+        if self.pack:
+            plans += [self.plan_batches(lengths, pack_length=n) for n in _PACK_LENGTHS
+                      if n <= self.max_length]
+        return min(plans, key=lambda batches: self.plan_cost(batches, lengths))  # first if tied
+
+    def plan_cost(self, batches: list[list[list[int]]], lengths: Sequence[int]) -> float:
+        """Estimated compute of `batches`: per padded token, the dense layers (~12 hidden^2
+        multiply-adds) plus attention over the row (2 x length x hidden, counted 4x for the
+        softmax and masking around it); in units of hidden multiply-adds."""
+        if not batches:
+            return 0.0
+        hidden = self.config.hidden_size
+        cost = 0.0
+        for batch in batches:
+            length = self.bucket(max(sum(lengths[i] for i in row) for row in batch))
+            cost += self.rows_per_batch(length) * length * (12 * hidden + 8 * length)
+        return cost
+
+    def plan_batches(self, lengths: Sequence[int], *, pack_length: int = 0
+                     ) -> list[list[list[int]]]:
         """Groups texts of the given token lengths into batches of rows of texts.
 
         Texts are sorted by length and packed, shortest first, into rows of up to
-        _PACK_LENGTH tokens and `slots` texts (a longer text gets a row of its own); without
-        packing each text is a row. Rows, sorted by how full they are, fill batches of
-        `rows_per_batch(bucket)` rows, so only a batch at a bucket boundary is short of rows.
+        `pack_length` tokens and `slots` texts (a longer text gets a row of its own); with
+        `pack_length=0` each text is a row. Rows, fullest first, fill batches of
+        `rows_per_batch(bucket)` rows.
 
         Returns:
             batches, each a list of rows, each a list of indices into `lengths`.
         """
         lengths = np.asarray(lengths, np.int64)
-        capacity = min(_PACK_LENGTH, self.max_length) if self.pack else 0
+        capacity = min(int(pack_length), self.max_length)
         most = self.slots(capacity)
         rows, fills, current, fill = [], [], [], 0
         for i in np.argsort(lengths, kind="stable").tolist():
@@ -705,16 +735,15 @@ class TextEmbedder:
         if current:
             rows.append(current)
             fills.append(fill)
-        order = np.argsort(fills, kind="stable")
-        rows = [rows[i] for i in order]
-        limits = [self.rows_per_batch(self.bucket(fills[i])) for i in order]
+        # Fullest rows first: each batch takes as many rows as its longest row's bucket allows,
+        # so at a bucket boundary shorter rows pad up rather than a batch running short of
+        # rows; only the last (shortest) batch may be short.
+        order = np.argsort(fills, kind="stable")[::-1]
         batches, start = [], 0
-        while start < len(rows):
-            end = start + 1
-            while end < len(rows) and end - start < limits[end]:
-                end += 1
-            batches.append(rows[start:end])
-            start = end
+        while start < len(order):
+            limit = self.rows_per_batch(self.bucket(fills[order[start]]))
+            batches.append([rows[i] for i in order[start:start + limit]])
+            start += limit
         return batches
 
     def bucket(self, tokens: int) -> int:
