@@ -62,7 +62,8 @@ def eval_flops(rows, dims) -> float:
 
 def jax_runner(config, data):
     """A compiled `go(hp)`: init + train + evaluate the members of `hp` (one program per M)."""
-    program = train.make_program(config, data.seen_mask.shape[1], data.train_idx.shape[1])
+    program = train.make_program(train.ProgramSpec.from_config(
+        config, data.seen_mask.shape[1], data.train_idx.shape[1]))
     init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)))
     run = jax.jit(jax.vmap(program.run, in_axes=(None, 0, 0, None, None)), static_argnums=4)
     key = jax.random.key(0)
@@ -128,7 +129,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     c = default.get_config()
-    c.num_epochs = c.eval_every = c.checkpoint_every = args.epochs
+    c.num_epochs = c.eval_every = c.chunk_epochs = c.checkpoint_every = args.epochs
     n = args.train_rows + args.train_rows // 10
     ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
     s = make_splits(ds.labels, args.classes, trials=5, train_fraction=args.train_rows / n)

@@ -67,7 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Rows per block of an evaluation: bounds its activations to members x rows x (250 + 250 +
     # C) floats (105 members x 8192 rows: ~2.3 GB) instead of members x N x ... for all N rows.
     c.eval_block_rows = 8192
-    c.checkpoint_every = 48  # epochs per compiled chunk: one progress tick and checkpoint each
+    # Epochs per compiled call: a progress tick and a metrics.jsonl rewrite each; num_epochs must
+    # be a multiple, so that every chunk reuses one compiled program.
+    c.chunk_epochs = 16
+    c.checkpoint_every = 48  # epochs between checkpoints (a multiple of chunk_epochs)
     # Devices the member axis is sharded over (0 = all visible ones); results do not depend on
     # it, and a run may resume on a different count.
     c.num_devices = 0
@@ -107,5 +110,6 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.num_epochs = 16
     c.batch_size = 16
     c.eval_every = 4
+    c.chunk_epochs = 8
     c.checkpoint_every = 8
     return c

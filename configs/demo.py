@@ -35,6 +35,7 @@ def get_config(arg=None):
     t.data.holdout_classes = 2
     t.num_epochs = 96  # 4 full learning-rate cycles
     t.eval_every = 8
+    t.chunk_epochs = 8
     t.checkpoint_every = 24
     t.batch_size = 64  # ~500 training rows: 7 updates an epoch
     if args.smoke:

@@ -22,12 +22,14 @@ class Command(NamedTuple):
     help: str
     config_driven: bool = True  # function(config, workdir) if True, else function(argv)
     default_config: str | None = None
+    show: str | None = None  # "module:function" turning the return value into terminal text
 
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
         "embaug_jax.train.command:train_and_evaluate",
         "train and evaluate a sweep (methods x alphas x softness x trials x seeds) from a config",
+        show="embaug_jax.report:format_table",
     ),
     "extract": Command(
         "embaug_jax.embed.pipeline:run_extraction",
@@ -114,7 +116,9 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
                                    num_processes=fv.num_processes, process_id=fv.process_id)
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
-    _resolve(cmd.target)(fv.config, fv.workdir)
+    result = _resolve(cmd.target)(fv.config, fv.workdir)
+    if cmd.show and result is not None:
+        print(_resolve(cmd.show)(result))
     return 0
 
 

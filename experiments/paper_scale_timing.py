@@ -30,13 +30,13 @@ from embaug_jax.train import command
 from embaug_jax.train import engine as train  # noqa: E402
 
 
-def chunk_seconds(config, data, hp, epochs: int, repeats: int) -> float:
+def chunk_seconds(config, data, members, epochs: int, repeats: int) -> float:
     """Best wall time of one compiled chunk of `epochs` epochs + one evaluation."""
     c = config.copy_and_resolve_references()
     c.num_epochs = epochs * (repeats + 1)  # one warm-up chunk (compiles), then `repeats`
-    c.eval_every = c.checkpoint_every = epochs
+    c.eval_every = c.chunk_epochs = c.checkpoint_every = epochs
     stamps = []
-    train.run_sweep(c, data, hp, progress=False,
+    train.run_sweep(c, data, members, progress=False,
                     on_chunk=lambda history, done: stamps.append(time.perf_counter()))
     return float(np.min(np.diff(stamps)))
 
@@ -63,9 +63,8 @@ def main(argv):
         members = [dict(method=meth, alpha=0.0 if meth == "control" else 0.2,
                         softness=0.05 if meth.startswith("soft_") else 0.0, trial=0, seed=i)
                    for i, meth in enumerate(methods[:m])]
-        hp = train.member_hparams(members)
-        one = chunk_seconds(config, data, hp, 1, args.repeats)
-        two = chunk_seconds(config, data, hp, 2, args.repeats)
+        one = chunk_seconds(config, data, members, 1, args.repeats)
+        two = chunk_seconds(config, data, members, 2, args.repeats)
         t_epoch, t_eval = two - one, max(2 * one - two, 0.0)
         total = args.epochs * t_epoch + (args.epochs // args.eval_every) * t_eval
         print(f"{m:>7} {t_epoch:>8.2f} {t_eval:>7.2f} {t_epoch / m:>15.3f} "

@@ -26,7 +26,8 @@ def test_default_holds_the_papers_settings():
     assert (c.optim.optimizer, c.optim.lr_min, c.optim.lr_max) == ("adamw", 3e-4, 3e-3)
     assert c.optim.half_cycle_epochs == 12 and c.optim.weight_decay == 1e-4
     assert c.num_epochs == 576 and c.data.train_fraction == 0.1 and c.threshold == 0.6
-    assert c.num_epochs % c.eval_every == 0 and c.checkpoint_every % c.eval_every == 0
+    assert c.num_epochs % c.chunk_epochs == 0 and c.chunk_epochs % c.eval_every == 0
+    assert c.checkpoint_every % c.chunk_epochs == 0
     command.validate_config(c)
     t = _load("table1", None)
     assert t.sweep.methods == default.METHODS and max(t.sweep.alphas) <= 0.5
@@ -75,7 +76,9 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
             "--config.sweep.alphas=(0.3,)", "--config.data.trials=2"]
     c = _load("e_mixup")
     c.sweep.alphas = (0.3,)
-    assert command.train_and_evaluate(c, tmp_path / "killed", max_chunks=1) is None
+    stop_after_first_chunk = lambda history, epochs_done: True  # noqa: E731
+    assert command.train_and_evaluate(c, tmp_path / "killed",
+                                      on_chunk=stop_after_first_chunk) is None
     assert not (tmp_path / "killed" / "results.json").exists()
     assert cli.main(args + [f"--workdir={tmp_path / 'killed'}"]) == 0
     assert "E-Mixup" in capsys.readouterr().out

@@ -29,15 +29,17 @@ def test_table1_and_the_figure_scripts_share_one_sweep(tmp_path, scripts, capsys
     assert "<- best" in capsys.readouterr().out
     results = json.loads((workdir / "results.json").read_text())
 
-    # The readers resume the finished sweep: nothing is trained again.
-    from embaug_jax.train import engine as train
-    real_run_sweep = train.run_sweep
+    # The readers resume the finished sweep: a chunk trained again would raise.
+    from embaug_jax.train import command
+    real_run_sweep, resumed = command.run_sweep, []
 
-    def no_training(*args, **kwargs):
-        result = real_run_sweep(*args, **kwargs)
-        assert result.epochs_done == args[0].num_epochs
+    def no_training(*args, on_chunk=None, **kwargs):
+        def trained(history, epochs_done):
+            raise AssertionError(f"the finished sweep was trained again (to epoch {epochs_done})")
+        result = real_run_sweep(*args, on_chunk=trained, **kwargs)
+        resumed.append(result.epochs_done)
         return result
-    monkeypatch.setattr(train, "run_sweep", no_training)
+    monkeypatch.setattr(command, "run_sweep", no_training)
 
     scripts("threshold_sweep").main(["--smoke", f"--workdir={workdir}"])
     rows = _rows(workdir / "threshold_sweep.csv")
@@ -60,6 +62,8 @@ def test_table1_and_the_figure_scripts_share_one_sweep(tmp_path, scripts, capsys
     epochs = sorted({int(r["epoch"]) for r in rows})
     assert epochs == sorted({json.loads(line)["epoch"] for line in
                              (workdir / "metrics.jsonl").read_text().splitlines()})
+    num_epochs = json.loads((workdir / "config.json").read_text())["num_epochs"]
+    assert resumed == [num_epochs] * 3  # each reader went through the (patched) sweep
 
 
 def test_softness_study_and_bad_arguments(tmp_path, scripts, capsys):

@@ -5,18 +5,22 @@
 variant, i.e. the alpha grid), each metric as {mean, std, max_dev, min, max, n, values}.
 """
 
-import dataclasses
+from __future__ import annotations
+
 import math
 import warnings
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from embaug_jax import metrics
+from embaug_jax import augment, metrics
 
-# The paper's Table-1 order, display names and numbers (weighted AUC, mean +- max deviation).
-METHOD_ORDER = ("control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup")
+if TYPE_CHECKING:
+    from embaug_jax.train.engine import SweepResult
+
+# The paper's display names and numbers (weighted AUC, mean +- max deviation); methods are
+# listed in `augment.METHOD_NAMES` order.
 DISPLAY_NAMES = {
     "control": "Control",
     "e_mixup": "E-Mixup",
@@ -31,97 +35,11 @@ PAPER_TABLE1 = {
     "soft_e_mixup": (0.9795, 0.0001),
     "soft_e_stitchup": (0.9812, 0.0004),
 }
-MEMBER_KEYS = ("method", "alpha", "softness", "trial", "seed")
 # Per-member scalar metrics, in the order results.json lists them.
 SCALAR_METRICS = ("weighted_auc", "overall_accuracy", "none_accuracy", "seen_accuracy",
                   "none_auroc", "none_aupr", "none_fpr_at_95_tpr", "ece", "final_train_loss")
-FIGURES = ("fig3_threshold_sweep.png", "fig4_roc.png", "fig5_training_curves.png",
-           "fig6_softness.png", "reliability.png")
 
-
-@dataclasses.dataclass
-class SweepOutputs:
-    """What the sweep engine hands over (numpy arrays; validated on construction).
-
-    Attributes:
-      members: per member {"method": str, "alpha": float, "softness": float, "trial": int,
-        "seed": int}.
-      eval_epochs: int [E], the epochs at which `history` was recorded.
-      history: "overall_accuracy", "none_accuracy", "train_loss" (and anything else) float
-        [M, E], accuracies at the training run's threshold.
-      val_probs: float [M, Nv, C], each member's final probabilities on its trial's validation
-        split.
-      val_labels: int [T, Nv] (all trials have equal validation size).
-      seen_mask: bool [T, C], the classes in each trial's training split.
-      class_names: [C].
-    """
-
-    members: list[dict]
-    eval_epochs: np.ndarray
-    history: dict[str, np.ndarray]
-    val_probs: np.ndarray
-    val_labels: np.ndarray
-    seen_mask: np.ndarray
-    class_names: list[str]
-
-    def __post_init__(self):
-        self.eval_epochs = np.asarray(self.eval_epochs).reshape(-1)
-        self.val_probs = np.asarray(self.val_probs)
-        self.val_labels = np.asarray(self.val_labels)
-        self.seen_mask = np.asarray(self.seen_mask)
-        self.history = {k: np.asarray(v) for k, v in dict(self.history).items()}
-        self.class_names = [str(c) for c in self.class_names]
-        self.members = [dict(m) for m in self.members]
-        self._validate()
-
-    def _validate(self):
-        if self.val_probs.ndim != 3:
-            raise ValueError(f"SweepOutputs.val_probs must be [M, Nv, C], got shape "
-                             f"{self.val_probs.shape}.")
-        m, nv, c = self.val_probs.shape
-        if len(self.members) != m:
-            raise ValueError(f"SweepOutputs: {len(self.members)} members but val_probs holds {m}.")
-        if m == 0:
-            raise ValueError("SweepOutputs: no members to report on.")
-        for i, member in enumerate(self.members):
-            missing = [k for k in MEMBER_KEYS if k not in member]
-            if missing:
-                raise ValueError(f"SweepOutputs.members[{i}] lacks {missing}; every member needs "
-                                 f"{list(MEMBER_KEYS)}.")
-        if self.val_labels.ndim != 2 or self.val_labels.shape[1] != nv:
-            raise ValueError(f"SweepOutputs.val_labels must be [T, Nv] = [T, {nv}], got shape "
-                             f"{self.val_labels.shape}.")
-        if not np.issubdtype(self.val_labels.dtype, np.integer):
-            raise ValueError(f"SweepOutputs.val_labels must be integer, got "
-                             f"{self.val_labels.dtype}.")
-        t = self.val_labels.shape[0]
-        if self.seen_mask.shape != (t, c):
-            raise ValueError(f"SweepOutputs.seen_mask must be [T, C] = [{t}, {c}], got shape "
-                             f"{self.seen_mask.shape}.")
-        self.seen_mask = self.seen_mask.astype(bool)
-        if len(self.class_names) != c:
-            raise ValueError(f"SweepOutputs: {len(self.class_names)} class_names for C = {c}.")
-        trials = np.array([int(mb["trial"]) for mb in self.members])
-        bad = np.flatnonzero((trials < 0) | (trials >= t))
-        if bad.size:
-            raise ValueError(f"SweepOutputs: members {bad.tolist()} name trials "
-                             f"{trials[bad].tolist()}, outside [0, {t}).")
-        bad = np.argwhere((self.val_labels < 0) | (self.val_labels >= c))
-        if bad.size:
-            raise ValueError(f"SweepOutputs.val_labels must lie in [0, {c}); bad (trial, row) "
-                             f"{bad[:5].tolist()}.")
-        bad = np.flatnonzero(~np.isfinite(self.val_probs).reshape(m, -1).all(axis=1))
-        if bad.size:
-            raise ValueError(f"SweepOutputs.val_probs has NaN/Inf for members {bad.tolist()} "
-                             f"(e.g. {self.members[bad[0]]}): training diverged.")
-        e = self.eval_epochs.shape[0]
-        for name, values in self.history.items():
-            if values.shape != (m, e):
-                raise ValueError(f"SweepOutputs.history[{name!r}] must be [M, E] = [{m}, {e}], "
-                                 f"got shape {values.shape}.")
-
-
-def evaluate_members(outputs: SweepOutputs, *, threshold=metrics.DEFAULT_THRESHOLD,
+def evaluate_members(outputs: SweepResult, *, threshold=metrics.DEFAULT_THRESHOLD,
                      thresholds=metrics.DEFAULT_THRESHOLDS, fpr_grid=metrics.DEFAULT_FPR_GRID,
                      num_bins=15) -> list[dict[str, Any]]:
     """`metrics.evaluate_member` for every member, plus its final training loss."""
@@ -153,7 +71,8 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
 
 
 def _method_rank(method: str) -> tuple:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    order = augment.METHOD_NAMES
+    return (order.index(method) if method in order else len(order), method)
 
 
 def _variant_name(method: str, alpha: float, softness: float) -> str:

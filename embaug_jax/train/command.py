@@ -23,9 +23,9 @@ from embaug_jax import augment
 from embaug_jax.train.engine import (
     _FINGERPRINT_KEYS,
     OPTIMIZERS,
+    OnChunk,
     TrainData,
     evaluation_epochs,
-    member_hparams,
     run_sweep,
     sweep_members,
 )
@@ -48,7 +48,7 @@ def _require(ok: bool, message: str) -> None:
 def validate_config(config) -> None:
     """Raises ValueError naming the first bad value and how to fix it."""
     s, d, o, m, a = config.sweep, config.data, config.optim, config.model, config.augment
-    n_dev = int(config.get("num_devices", 0))
+    n_dev = int(config.num_devices)
     _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
              f"{jax.device_count()} device(s) are visible; use 0 (all) or at most that many.")
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
@@ -88,13 +88,19 @@ def validate_config(config) -> None:
     bs = int(config.batch_size)
     _require(bs >= 2 and (bs % 2 == 0 or a.pairing != "halve"), f"config.batch_size={bs} must "
              "be >= 2 and even (halving pairs the two halves of a batch).")
-    ne, ee, ce = int(config.num_epochs), int(config.eval_every), int(config.checkpoint_every)
-    _require(ne >= 1 and ee >= 1 and ce >= 1, "num_epochs, eval_every and checkpoint_every "
-             "must be >= 1.")
+    ne, ee = int(config.num_epochs), int(config.eval_every)
+    ch, ce = int(config.chunk_epochs), int(config.checkpoint_every)
+    _require(min(ne, ee, ch, ce) >= 1, "num_epochs, eval_every, chunk_epochs and "
+             "checkpoint_every must be >= 1.")
     _require(ne % ee == 0, f"config.num_epochs={ne} must be a multiple of "
              f"config.eval_every={ee} (evaluations happen at the end of every eval_every epochs).")
-    _require(ce % ee == 0, f"config.checkpoint_every={ce} must be a multiple of "
-             f"config.eval_every={ee}.")
+    _require(ch % ee == 0, f"config.chunk_epochs={ch} must be a multiple of "
+             f"config.eval_every={ee} (a compiled chunk ends with an evaluation).")
+    # Every chunk is then one length: a shorter last chunk would compile a second program.
+    _require(ne % ch == 0, f"config.num_epochs={ne} must be a multiple of "
+             f"config.chunk_epochs={ch}, so the last chunk reuses the compiled program.")
+    _require(ce % ch == 0, f"config.checkpoint_every={ce} must be a multiple of "
+             f"config.chunk_epochs={ch} (checkpoints are written between chunks).")
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
              "in (0, 1).")
@@ -163,12 +169,12 @@ def prepare_data(config) -> tuple[Any, Splits, TrainData, tuple[int, ...] | None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                       devices=None, max_chunks: int | None = None) -> dict | None:
+                       on_chunk: OnChunk | None = None) -> dict | None:
     """Runs a config's sweep end to end in `workdir`; returns the results dict.
 
     Writes config.json, metrics.jsonl, checkpoints/ and (via `report.write_report`)
     results.json, results.md and the figures. Rerunning with the same config resumes.
-    `max_chunks` stops after that many chunks as if killed (returns None; for tests).
+    `on_chunk` is `run_sweep`'s: a truthy return stops the sweep as if killed (returns None).
     """
     validate_config(config)
     workdir = Path(workdir)
@@ -189,34 +195,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     dataset, splits, data, segments = prepare_data(config)
     members = sweep_members(config)
-    hp = member_hparams(members)
     logging.info("%d members, %d training / %d validation rows per trial, %d unseen classes "
                  "on average", len(members), splits.train_idx.shape[1], splits.val_idx.shape[1],
                  int((~splits.seen_mask).sum(1).mean()))
+    eval_epochs = evaluation_epochs(config)
 
-    def on_chunk(history, epochs_done):
+    def write_metrics(history, epochs_done):
         _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
                              epochs_done)
+        return on_chunk(history, epochs_done) if on_chunk is not None else None
 
-    eval_epochs = evaluation_epochs(config)
-    if devices is None and int(config.get("num_devices", 0)):
+    devices = None
+    if int(config.num_devices):
         devices = jax.devices()[:int(config.num_devices)]
-    result = run_sweep(config, data, hp, devices=devices, checkpoint_dir=ckpt_dir,
-                       max_chunks=max_chunks, segments=segments, on_chunk=on_chunk)
-    on_chunk(result.history, result.epochs_done)
-    if result.val_probs is None:
+    result = run_sweep(config, data, members, class_names=dataset.class_names, devices=devices,
+                       checkpoint_dir=ckpt_dir, segments=segments, on_chunk=write_metrics)
+    # A resumed, finished sweep runs no chunk: metrics.jsonl is still rewritten from the
+    # checkpoint's history.
+    _write_metrics_jsonl(workdir / "metrics.jsonl", members, result.history, eval_epochs,
+                         result.epochs_done)
+    if not result.finished:
         return None
 
-    from embaug_jax import report
+    from embaug_jax.report import write_report
 
-    outputs = report.SweepOutputs(
-        members=members, eval_epochs=result.eval_epochs, history=result.history,
-        val_probs=result.val_probs,
-        val_labels=np.asarray(dataset.labels)[splits.val_idx], seen_mask=splits.seen_mask,
-        class_names=list(dataset.class_names))
-    results = report.write_report(workdir, outputs, threshold=float(config.threshold))
-    print(report.format_table(results))
-    return results
+    return write_report(workdir, result)
 
 
 def _holdout(data_config):
