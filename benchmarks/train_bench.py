@@ -20,7 +20,6 @@ included (on a validation split of 10% of the training size, so it stays small).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -28,12 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from embaug_jax import augment, configlib
+from embaug_jax.train import engine as train
+from embaug_jax.train.splits import make_splits
+from embaug_jax.train.synthetic import make_synthetic
 
-from configs import default  # noqa: E402
-from embaug_jax.train import engine as train  # noqa: E402
-from embaug_jax.train.splits import make_splits  # noqa: E402
-from embaug_jax.train.synthetic import make_synthetic  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def matmul_peak(n=2048, repeats=10) -> float:
@@ -128,7 +127,7 @@ def main(argv=None):
                    help="how many of the 25 members to run one after another (time scaled to 25)")
     args = p.parse_args(argv)
 
-    c = default.get_config()
+    c = configlib.get_config(REPO / "configs" / "default.py")
     c.num_epochs = c.eval_every = c.chunk_epochs = c.checkpoint_every = args.epochs
     n = args.train_rows + args.train_rows // 10
     ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
@@ -138,7 +137,7 @@ def main(argv=None):
                            jnp.asarray(s.seen_mask))
     members = [dict(method=m, alpha=0.2 if m != "control" else 0.0,
                     softness=0.05 if m.startswith("soft") else 0.0, trial=t, seed=0)
-               for m in default.METHODS for t in range(5)]
+               for m in augment.METHOD_NAMES for t in range(5)]
     one = [members[5]]  # e_mixup, trial 0
 
     peak = matmul_peak()

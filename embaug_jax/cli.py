@@ -66,11 +66,6 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     from absl import flags, logging
     from ml_collections import config_flags
 
-    # Config files import their siblings (`from configs import default`): in a checkout, make
-    # the repository root importable wherever the command is run from.
-    if (REPO_ROOT / "configs" / "__init__.py").exists() and str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-
     fv = flags.FlagValues()
     default = None
     if cmd.default_config and (REPO_ROOT / cmd.default_config).exists():

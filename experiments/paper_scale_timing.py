@@ -20,14 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import default  # noqa: E402
+from embaug_jax import augment, configlib
 from embaug_jax.train import command
-from embaug_jax.train import engine as train  # noqa: E402
+from embaug_jax.train import engine as train
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def chunk_seconds(config, data, members, epochs: int, repeats: int) -> float:
@@ -49,7 +49,7 @@ def main(argv):
     parser.add_argument("--epochs", type=int, default=576)
     args = parser.parse_args(argv)
 
-    config = default.get_config("synthetic")
+    config = configlib.get_config(f"{REPO / 'configs' / 'default.py'}:synthetic")
     config.data.trials = 1
     t0 = time.perf_counter()
     dataset, splits, data, _ = command.prepare_data(config)
@@ -59,7 +59,7 @@ def main(argv):
     print(f"{'members':>7} {'s/epoch':>8} {'s/eval':>7} {'s/epoch/member':>15} "
           f"{f'total for {args.epochs} epochs':>24}")
     for m in (int(x) for x in args.members.split(",")):
-        methods = default.METHODS * (m // len(default.METHODS) + 1)
+        methods = augment.METHOD_NAMES * (m // len(augment.METHOD_NAMES) + 1)
         members = [dict(method=meth, alpha=0.0 if meth == "control" else 0.2,
                         softness=0.05 if meth.startswith("soft_") else 0.0, trial=0, seed=i)
                    for i, meth in enumerate(methods[:m])]

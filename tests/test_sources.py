@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from embaug_jax import sources
+from embaug_jax import configlib, sources
 
 WORDNET = Path("/usr/share/wordnet")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -93,7 +93,8 @@ def test_wordnet_adjectives_strip_syntactic_markers():
 
 @needs_wordnet
 def test_wordnet_demo_config_sampling():
-    from configs.extract import wordnet_minilm
+    wordnet_minilm = configlib.load_module(
+        Path(__file__).resolve().parent.parent / "configs" / "extract" / "wordnet_minilm.py")
 
     data = sources.load_source(wordnet_minilm.get_config())
     counts = collections.Counter(data.labels.tolist())

@@ -1,5 +1,6 @@
 """Tests for embaug_jax.train.engine: the sweep engine, its invariances, checkpoints and errors."""
 
+from pathlib import Path
 
 import chex
 import jax
@@ -8,11 +9,12 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from embaug_jax import augment, configlib
 from embaug_jax.train import command
 from embaug_jax.train import engine as train
-from embaug_jax.train.splits import make_splits
 from embaug_jax.train.synthetic import make_synthetic
+
+default = configlib.load_module(Path(__file__).resolve().parent.parent / "configs" / "default.py")
 
 
 def _config(**overrides):
@@ -21,7 +23,7 @@ def _config(**overrides):
     c.model.hidden = (32,)
     c.batch_size = 8
     c.num_epochs, c.eval_every, c.chunk_epochs, c.checkpoint_every = 24, 8, 8, 8
-    c.data.holdout_classes = 1
+    c.data.holdout_classes = "1"
     for k, v in overrides.items():
         node = c
         *path, last = k.split(".")
@@ -199,7 +201,7 @@ def test_triangular_schedule_matches_optax_linear_pieces():
 
 def test_sweep_members_grid():
     c = default.get_config("smoke")
-    c.sweep.methods = default.METHODS
+    c.sweep.methods = augment.METHOD_NAMES
     c.sweep.alphas = (0.1, 0.3)
     c.sweep.softness = (0.05, 0.1)
     c.sweep.seeds = (0, 1)
@@ -256,10 +258,14 @@ def test_bad_data(tmp_path):
         save_embeddings(tmp_path / "nan", bad, ds.labels, ds.class_names)
 
 
-def test_holdout_names_win_over_count():
+def test_holdout_classes_is_a_count_or_class_names():
     import ml_collections
 
-    d = ml_collections.ConfigDict(dict(holdout_classes=2, holdout_names=" class_001, class_004"))
+    d = ml_collections.ConfigDict(dict(holdout_classes=" class_001, class_004"))
     assert command._holdout(d) == ["class_001", "class_004"]
-    d.holdout_names = ""
+    d.holdout_classes = "2"
     assert command._holdout(d) == 2
+    d.holdout_classes = "7,"  # one class whose name is a number
+    assert command._holdout(d) == ["7"]
+    d.holdout_classes = ""
+    assert command._holdout(d) == []

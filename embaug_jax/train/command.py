@@ -222,8 +222,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     return write_report(workdir, result)
 
 
-def _holdout(data_config):
-    """config.data.holdout_names ("a,b": fixed classes) wins over the count holdout_classes."""
-    names = [v.strip() for v in str(data_config.get("holdout_names") or "").split(",")]
-    names = [v for v in names if v]
-    return names if names else int(data_config.holdout_classes)
+def _holdout(data_config) -> int | list[str]:
+    """config.data.holdout_classes: a whole number is a count of random classes per trial,
+    anything else comma-separated class names ("7," names the one class "7")."""
+    value = str(data_config.holdout_classes).strip()
+    if value.isdigit():
+        return int(value)
+    return [v.strip() for v in value.split(",") if v.strip()]
