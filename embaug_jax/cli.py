@@ -29,7 +29,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         "embaug_jax.train.command:train_and_evaluate",
         "train and evaluate a sweep (methods x alphas x softness x trials x seeds) from a config",
-        show="embaug_jax.report:format_table",
+        show="embaug_jax.report:format_summary",
     ),
     "extract": Command(
         "embaug_jax.embed.pipeline:run_extraction",

@@ -104,6 +104,11 @@ def validate_config(config) -> None:
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
              "in (0, 1).")
+    r = config.report
+    _require(0 <= float(r.selection_fraction) < 1, f"config.report.selection_fraction="
+             f"{r.selection_fraction} must be in [0, 1) (0: choose alpha the paper's way only).")
+    _require(int(r.bootstrap_resamples) >= 0, f"config.report.bootstrap_resamples="
+             f"{r.bootstrap_resamples} must be >= 0 (0: no bootstrap intervals).")
 
 
 def load_data(config):
@@ -191,6 +196,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 f"{workdir} holds checkpoints of a different run (config differs in: "
                 f"{', '.join(changed)}); use a new --workdir or delete {ckpt_dir} to start over.")
     write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    from embaug_jax import report
+
+    predictions = workdir / report.PREDICTIONS
+    if predictions.exists() and fp_path.exists() and json.loads(fp_path.read_text()) == fingerprint:
+        # A finished run: its saved predictions are all the report needs, no checkpoint restore.
+        logging.info("%s is finished; re-reporting from %s", workdir, predictions)
+        return _report(config, workdir, report.load_predictions(predictions))
     write_json_atomic(fp_path, fingerprint)
 
     dataset, splits, data, segments = prepare_data(config)
@@ -217,9 +229,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if not result.finished:
         return None
 
-    from embaug_jax.report import write_report
+    return _report(config, workdir, result)
 
-    return write_report(workdir, result)
+
+def _report(config, workdir: Path, result) -> dict:
+    from embaug_jax import report
+
+    r = config.report
+    return report.write_report(workdir, result, threshold=float(config.threshold),
+                               selection_fraction=float(r.selection_fraction),
+                               bootstrap_resamples=int(r.bootstrap_resamples), seed=int(r.seed))
 
 
 def _holdout(data_config) -> int | list[str]:

@@ -423,6 +423,9 @@ class SweepResult:
       seen_mask: bool [T, C], the classes in each trial's training split.
       class_names: [C].
       threshold: the confidence threshold of the accuracies (`config.threshold`).
+      val_idx, train_idx: optional int [T, Nv] / [T, n_train], the dataset rows of each trial's
+        validation and training split (saved with the predictions, so an analysis can go back to
+        the embeddings).
       epochs_done: epochs trained (default: the last evaluation epoch).
       state: the members' final `TrainState` ([M] leading axis), when the engine made it.
     """
@@ -435,6 +438,8 @@ class SweepResult:
     seen_mask: np.ndarray
     class_names: list[str]
     threshold: float = DEFAULT_THRESHOLD
+    val_idx: np.ndarray | None = None
+    train_idx: np.ndarray | None = None
     epochs_done: int | None = None
     state: TrainState | None = None
 
@@ -491,6 +496,16 @@ class SweepResult:
         if bad.size:
             raise ValueError(f"SweepResult.val_labels must lie in [0, {c}); bad (trial, row) "
                              f"{list_first(bad.tolist(), 5)}.")
+        for name, shape in (("val_idx", (t, nv)), ("train_idx", None)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = np.asarray(value)
+            setattr(self, name, value)
+            if value.ndim != 2 or value.shape[0] != t or (shape and value.shape != shape):
+                raise ValueError(f"SweepResult.{name} must be [T, rows] with T = {t}"
+                                 + (f" and rows = {nv}" if shape else "")
+                                 + f", got shape {value.shape}.")
         e = self.eval_epochs.shape[0]
         for name, values in self.history.items():
             if values.shape != (m, e):
@@ -543,7 +558,8 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     members = [dict(m) for m in members]
     num_members = len(members)
     hp = jax.device_put(_pad(member_hparams(members), len(devices)), by_member)
-    val_labels = np.asarray(data.labels)[np.asarray(data.val_idx)]
+    val_idx, train_idx = np.asarray(data.val_idx), np.asarray(data.train_idx)
+    val_labels = np.asarray(data.labels)[val_idx]
     seen_mask = np.asarray(data.seen_mask)
     num_classes = seen_mask.shape[1]
     data = jax.device_put(data, replicated)
@@ -615,5 +631,6 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
         val_labels=val_labels, seen_mask=seen_mask,
         class_names=(list(class_names) if class_names is not None
                      else [str(i) for i in range(num_classes)]),
-        threshold=float(config.threshold), epochs_done=done,
+        threshold=float(config.threshold), val_idx=val_idx, train_idx=train_idx,
+        epochs_done=done,
         state=jax.tree.map(lambda x: x[:num_members], state))
