@@ -44,8 +44,8 @@ import numpy as np
 from absl import logging
 
 from embaug_jax import sources as sources_lib
-from embaug_jax.dataset import Segment, load_embeddings, save_embeddings
-from embaug_jax.util import atomic_path, write_json_atomic
+from embaug_jax.dataset import Segment, class_ids, load_embeddings, save_embeddings
+from embaug_jax.util import atomic_path, list_first, write_json_atomic
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
@@ -299,9 +299,9 @@ def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedde
     if out.shape != (len(rows), dim):
         raise ValueError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
     if not np.isfinite(out).all():
-        bad = data.ids[rows[~np.isfinite(out).all(axis=1)]][:10].tolist()
-        raise ValueError(f"Embeddings of items {bad} are not finite (NaN/Inf): check the model "
-                         "weights and the dtype.")
+        bad = data.ids[rows[~np.isfinite(out).all(axis=1)]]
+        raise ValueError(f"Embeddings of items {list_first(bad)} are not finite (NaN/Inf): check "
+                         "the model weights and the dtype.")
     return out
 
 
@@ -464,12 +464,11 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     # A class left without items would be an empty row of every per-class metric.
     present = set(kept.labels.tolist())
     class_names = [c for c in kept.class_names if c in present]
-    lookup = {c: i for i, c in enumerate(class_names)}
     info = {"fingerprint": fingerprint, "fingerprint_parts": parts,
             "source": _jsonable(data.info), "dropped": data.dropped, "notes": data.notes,
             "skipped_images": len(bad), "text_model": parts["text_model"],
             "image_model": parts["image_model"]}
-    save_embeddings(output, embeddings, np.array([lookup[y] for y in kept.labels], np.int64),
+    save_embeddings(output, embeddings, class_ids(kept.labels, class_names),
                     class_names, ids=kept.ids, segments=segments, info=info)
     logging.info("extract: wrote %s: %d items x %d (%s).", output, len(keep), dim,
                  " | ".join(f"{s.name} {s.size}" for s in segments))
