@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import jax
 from absl import logging
@@ -56,6 +57,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def is_primary() -> bool:
     """Whether this process writes the shared outputs (process 0; always true in one process)."""
     return jax.process_index() == 0
+
+
+def patient_timeout(started: float) -> float:
+    """A barrier's timeout after work that began at `started` (`time.monotonic()`): 600 s plus
+    4x the time spent so far, as the processes wait for the slowest of them at the end of
+    similar work. A dead process is caught sooner, by the heartbeat."""
+    return 600 + 4 * (time.monotonic() - started)
 
 
 def barrier(name: str, timeout_s: float) -> None:

@@ -181,6 +181,10 @@ def test_train_two_processes_equal_one(train_reference, tmp_path):
     assert "process 1 of 2 joined; 2 local of 4 devices" in err1
     assert "Soft E-Stitchup" not in out1 and "training 3 members" not in err1
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["4", "8"]
+    # The same command on the finished workdir re-reports (it used to hang in the restore).
+    (_, out0, _, _), (_, out1, _, _) = ok(launch("train", TRAIN, tmp_path / "two", processes=2))
+    assert "Soft E-Stitchup" in out0 and "Soft E-Stitchup" not in out1
+    assert_same_results(tmp_path / "two", train_reference)
 
 
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])

@@ -59,9 +59,6 @@ SKIPPED_REPORT = "skipped_images.json"
 # data itself, so moving a data set does not invalidate its embeddings.
 _LOCATION_KEYS = ("path", "root", "data_dir")
 _MODEL_LOCATION_KEYS = ("path", "devices", "num_devices")
-# Seconds (plus 4x the time spent so far) a process waits for the others at a stage boundary
-# under --distributed.
-_WAIT_S = 600
 
 
 def _cfg_dict(cfg: Any) -> dict[str, Any]:
@@ -429,9 +426,8 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     started = time.monotonic()
 
     def wait_for_all(stage: str) -> None:
-        # Bounded: a dead process stops everyone sooner (heartbeat); this catches a stuck one.
         distributed.barrier(f"extract {fingerprint[:16]} {stage}",
-                            _WAIT_S + 4 * (time.monotonic() - started))
+                            distributed.patient_timeout(started))
 
     if config.get("overwrite", False) and primary:
         for stale in (output, shards_dir, skipped_path):

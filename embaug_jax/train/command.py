@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     results.json, results.md and the figures. Rerunning with the same config resumes.
     `max_chunks` stops after that many chunks as if killed (returns None; for tests).
     """
+    started = time.monotonic()
     validate_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +205,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if predictions.exists() and fp_path.exists() and json.loads(fp_path.read_text()) == fingerprint:
         # A finished run: its saved predictions are all the report needs, no checkpoint restore.
         logging.info("%s is finished; re-reporting from %s", workdir, predictions)
-        return _report(config, workdir, report.load_predictions(predictions)) if primary else None
+        results = None
+        if primary:
+            results = _report(config, workdir, report.load_predictions(predictions))
+        _wait_for_report(started)
+        return results
     if primary:
         write_json_atomic(fp_path, fingerprint)
 
@@ -225,7 +231,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     result = run_sweep(config, data, hp, devices=devices, checkpoint_dir=ckpt_dir,
                        max_chunks=max_chunks, segments=segments, on_chunk=on_chunk)
     on_chunk(result.history, result.epochs_done)
-    if result.val_probs is None or not primary:
+    if result.val_probs is None:
+        return None
+    if not primary:
+        _wait_for_report(started)
         return None
 
     outputs = report.SweepOutputs(
@@ -234,7 +243,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         val_labels=np.asarray(dataset.labels)[splits.val_idx], seen_mask=splits.seen_mask,
         class_names=list(dataset.class_names), val_idx=splits.val_idx,
         train_idx=splits.train_idx)
-    return _report(config, workdir, outputs)
+    results = _report(config, workdir, outputs)
+    _wait_for_report(started)
+    return results
+
+
+def _wait_for_report(started: float) -> None:
+    """Under --distributed, keeps every process until process 0 has written the report: one
+    that finished long before would fail at JAX's shutdown barrier (bounded by its own timeout),
+    taking the others down with it."""
+    distributed.barrier("train: reported", distributed.patient_timeout(started))
 
 
 def _report(config, workdir: Path, outputs) -> dict:
