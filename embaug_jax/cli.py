@@ -119,9 +119,13 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
         return 0
     from embaug_jax import distributed
 
-    distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
-                           initialization_timeout=fv.initialization_timeout,
-                           heartbeat_timeout=fv.heartbeat_timeout)
+    try:
+        distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                               initialization_timeout=fv.initialization_timeout,
+                               heartbeat_timeout=fv.heartbeat_timeout)
+    except ValueError as e:
+        print(f"embaug {name}: {e}", file=sys.stderr)
+        return 2
     try:
         _resolve(cmd.target)(fv.config, fv.workdir)
     except BaseException as e:

@@ -45,10 +45,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                  "?" if process_id is None else process_id,
                  "?" if num_processes is None else num_processes, where,
                  initialization_timeout, heartbeat_timeout)
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               initialization_timeout=int(initialization_timeout),
-                               heartbeat_timeout_seconds=int(heartbeat_timeout))
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id,
+                                   initialization_timeout=int(initialization_timeout),
+                                   heartbeat_timeout_seconds=int(heartbeat_timeout))
+    except ValueError as e:  # nothing detected and something not given
+        raise ValueError(
+            f"--distributed: {e} No cluster (Cloud TPU, SLURM, Open MPI, Kubernetes) was "
+            "detected, so pass --coordinator_address=HOST:PORT (process 0's host), "
+            "--num_processes and --process_id to every process.") from e
     logging.info("distributed: process %d of %d joined; %d local of %d devices.",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())

@@ -263,3 +263,21 @@ def test_a_process_that_never_joins_stops_the_others(tmp_path):
     assert code != 0 and "waiting up to 5 s for every process" in err and seconds < 5 + 60
     assert "DEADLINE_EXCEEDED" in err, err[-3000:]
     assert not (tmp_path / "w").exists()
+
+
+def test_distributed_flags_errors(tmp_path, capsys):
+    from embaug_jax import cli
+
+    assert cli.main(["embaug", "train", "--config=configs/default.py:smoke",
+                     f"--workdir={tmp_path}", "--distributed", "--heartbeat_timeout=0"]) == 2
+    assert "--heartbeat_timeout=0 must be >= 1" in capsys.readouterr().err
+    # No cluster to detect and no coordinator given: told which flags to pass, before any work.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "KUBERNETES"))}
+    done = subprocess.run([sys.executable, "-m", "embaug_jax", "train",
+                           "--config=configs/default.py:smoke", f"--workdir={tmp_path / 'w'}",
+                           "--distributed"], cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "pass --coordinator_address=HOST:PORT" in done.stderr
+    assert not (tmp_path / "w").exists()
