@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from embaug_jax import augment
+from embaug_jax import augment, distributed
 from embaug_jax.train.engine import (
     _FINGERPRINT_KEYS,
     OPTIMIZERS,
@@ -51,6 +52,9 @@ def validate_config(config) -> None:
     n_dev = int(config.num_devices)
     _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
              f"{jax.device_count()} device(s) are visible; use 0 (all) or at most that many.")
+    _require(n_dev == 0 or jax.process_count() == 1, f"config.num_devices={n_dev} but "
+             f"{jax.process_count()} processes run (--distributed): each must take part, so use "
+             "0 (every device of every process).")
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
              f"{augment.METHOD_NAMES}.")
     for method in s.methods:
@@ -181,6 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     results.json, results.md and the figures. Rerunning with the same config resumes.
     `on_chunk` is `run_sweep`'s: a truthy return stops the sweep as if killed (returns None).
     """
+    started = time.monotonic()
     validate_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -195,15 +200,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             raise ValueError(
                 f"{workdir} holds checkpoints of a different run (config differs in: "
                 f"{', '.join(changed)}); use a new --workdir or delete {ckpt_dir} to start over.")
-    write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    # Under --distributed every process runs this command; process 0 alone writes the
+    # workdir's files (orbax coordinates the checkpoints itself).
+    primary = distributed.is_primary()
+    if primary:
+        write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
     from embaug_jax import report
 
     predictions = workdir / report.PREDICTIONS
     if predictions.exists() and fp_path.exists() and json.loads(fp_path.read_text()) == fingerprint:
         # A finished run: its saved predictions are all the report needs, no checkpoint restore.
         logging.info("%s is finished; re-reporting from %s", workdir, predictions)
-        return _report(config, workdir, report.load_predictions(predictions))
-    write_json_atomic(fp_path, fingerprint)
+        results = None
+        if primary:
+            results = _report(config, workdir, report.load_predictions(predictions))
+        _wait_for_report(started)
+        return results
+    if primary:
+        write_json_atomic(fp_path, fingerprint)
 
     dataset, splits, data, segments = prepare_data(config)
     members = sweep_members(config)
@@ -213,8 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     eval_epochs = evaluation_epochs(config)
 
     def write_metrics(history, epochs_done):
-        _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
-                             epochs_done)
+        if primary:
+            _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
+                                 epochs_done)
         return on_chunk(history, epochs_done) if on_chunk is not None else None
 
     devices = None
@@ -228,8 +243,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                          result.epochs_done)
     if not result.finished:
         return None
+    if not primary:
+        _wait_for_report(started)
+        return None
 
-    return _report(config, workdir, result)
+    results = _report(config, workdir, result)
+    _wait_for_report(started)
+    return results
+
+
+def _wait_for_report(started: float) -> None:
+    """Under --distributed, keeps every process until process 0 has written the report: one
+    that finished long before would fail at JAX's shutdown barrier (bounded by its own timeout),
+    taking the others down with it."""
+    distributed.barrier("train: reported", distributed.patient_timeout(started))
 
 
 def _report(config, workdir: Path, result) -> dict:
