@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,13 +96,14 @@ def launch(command: str, args: list[str], workdir: Path, *, processes: int,
            env: dict | None = None, timeout: float = TIMEOUT_S, missing: tuple = (),
            init_timeout: int = 120):
     """Runs `embaug command args` as `processes` processes of 2 CPU devices each; returns
-    [(returncode, stdout, stderr, seconds)] per process. Processes numbered in `missing` are
-    not started (they never join)."""
+    [(returncode, stdout, stderr, seconds until it exited)] per process. Processes numbered in
+    `missing` are not started (they never join)."""
     full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                     JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu",
                     PYTHONPATH=str(REPO), **_CACHE, **(env or {}))
     port = _free_port()
-    procs, start = {}, time.monotonic()
+    logs = Path(tempfile.mkdtemp(prefix="logs.", dir=workdir.parent))
+    procs, ended, start = {}, {}, time.monotonic()
     for i in range(processes):
         if i in missing:
             continue
@@ -109,21 +111,24 @@ def launch(command: str, args: list[str], workdir: Path, *, processes: int,
                 ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
                  f"--num_processes={processes}", f"--process_id={i}",
                  f"--heartbeat_timeout={HEARTBEAT_S}", f"--initialization_timeout={init_timeout}"])
-        procs[i] = subprocess.Popen(
-            [sys.executable, "-c", HOOK, command, *args, f"--workdir={workdir}", *dist],
-            cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    results = []
-    try:
+        # Output to files, not pipes: a full pipe would block a process nobody reads yet.
+        with open(logs / f"{i}.out", "w") as out, open(logs / f"{i}.err", "w") as err:
+            procs[i] = subprocess.Popen(
+                [sys.executable, "-c", HOOK, command, *args, f"--workdir={workdir}", *dist],
+                cwd=REPO, env=full_env, stdout=out, stderr=err, text=True)
+    while len(ended) < len(procs) and time.monotonic() - start < timeout:
         for i, p in procs.items():
-            out, err = p.communicate(timeout=max(1.0, timeout - (time.monotonic() - start)))
-            results.append((p.returncode, out, err, time.monotonic() - start))
-    except subprocess.TimeoutExpired:
+            if i not in ended and p.poll() is not None:
+                ended[i] = time.monotonic() - start
+        time.sleep(0.2)
+    read = {i: ((logs / f"{i}.out").read_text(), (logs / f"{i}.err").read_text()) for i in procs}
+    if len(ended) < len(procs):
         for p in procs.values():
             p.kill()
-        logs = "\n".join(f"--- process {i}:\n{p.communicate()[1][-3000:]}"
-                         for i, p in procs.items())
-        pytest.fail(f"embaug {command} on {processes} processes ran over {timeout} s:\n{logs}")
-    return results
+            p.wait()
+        tails = "\n".join(f"--- process {i}:\n{read[i][1][-3000:]}" for i in procs)
+        pytest.fail(f"embaug {command} on {processes} processes ran over {timeout} s:\n{tails}")
+    return [(procs[i].returncode, *read[i], ended[i]) for i in procs]
 
 
 def ok(results):
@@ -240,7 +245,7 @@ def test_extract_process_dies_others_stop_then_resume_on_one(extract_reference, 
         env={"FAIL_IN": "1", "FAIL_AFTER": "0"})
     assert code1 == 1 and "process 1 of 2 failed (RuntimeError: test: embedder killed)" in err1
     assert code0 != 0 and "stopped sending heartbeats" in err0, err0[-3000:]
-    assert t0 < t1 + HEARTBEAT_S + 60
+    assert t1 < t0 < t1 + HEARTBEAT_S + 60, (t0, t1)
     shards = sorted(p.name for p in (workdir / "shards").glob("shard_*.npy"))
     assert shards == ["shard_00000.npy", "shard_00002.npy", "shard_00004.npy"]
     ok(launch("extract", _extract_args(table), workdir, processes=1))
