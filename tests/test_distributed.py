@@ -4,8 +4,8 @@ command; resumes across process counts; a process that dies or never joins.
 
 Each process is a subprocess of the checkout's own code (cwd and PYTHONPATH = the repository
 root), bounded by a timeout. Commands that must stop part-way run through a hook that registers
-a test command in `embaug_jax.cli` (train stopped by `on_chunk` after one chunk; extract with an embedder that
-fails after some calls), so the CLI's whole `--distributed` path still runs.
+a test command in `embaug_jax.cli` (train stopped by `on_chunk` after one chunk; extract with an
+embedder that fails after some calls), so the CLI's whole `--distributed` path still runs.
 """
 
 from __future__ import annotations
