@@ -230,7 +230,10 @@ def extract_reference(tmp_path_factory):
 
 def test_extract_two_processes_byte_identical(extract_reference, tmp_path):
     table, want = extract_reference
-    ok(launch("extract", _extract_args(table), tmp_path / "two", processes=2))
+    (_, _, err0, _), (_, _, err1, _) = ok(
+        launch("extract", _extract_args(table), tmp_path / "two", processes=2))
+    assert "process 0 of 2 embeds shards [0, 2, 4] (5 unfinished of 5)" in err0
+    assert "process 1 of 2 embeds shards [1, 3] (5 unfinished of 5)" in err1
     assert dir_bytes(tmp_path / "two" / "embeddings") == want
     assert not (tmp_path / "two" / "shards").exists()
 
@@ -260,7 +263,10 @@ def test_extract_killed_on_one_resumes_on_two(extract_reference, tmp_path):
                                 env={"FAIL_IN": "0", "FAIL_AFTER": "4"})
     assert code != 0 and "test: embedder killed" in err
     assert len(list((workdir / "shards").glob("shard_*.npy"))) == 2
-    ok(launch("extract", _extract_args(table), workdir, processes=2))
+    (_, _, err0, _), (_, _, err1, _) = ok(
+        launch("extract", _extract_args(table), workdir, processes=2))
+    assert "process 0 of 2 embeds shards [2, 4] (3 unfinished of 5)" in err0
+    assert "process 1 of 2 embeds shards [3] (3 unfinished of 5)" in err1
     assert dir_bytes(workdir / "embeddings") == want
 
 

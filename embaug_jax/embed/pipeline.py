@@ -473,9 +473,13 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     unfinished = [i for i, p in enumerate(_shard_paths(shards_dir, len(keep), shard_size))
                   if not p.is_file()]
     wait_for_all("listed")
+    todo = unfinished[jax.process_index()::jax.process_count()]
+    if jax.process_count() > 1:
+        logging.info("extract: process %d of %d embeds shards %s (%d unfinished of %d).",
+                     jax.process_index(), jax.process_count(), todo, len(unfinished),
+                     len(_shard_paths(shards_dir, len(keep), shard_size)))
     shard_paths = _embed_shards(data, keep, shards_dir, shard_size, text_fields, image_fields,
-                                text_embedder, image_embedder, dim, progress,
-                                todo=unfinished[jax.process_index()::jax.process_count()])
+                                text_embedder, image_embedder, dim, progress, todo=todo)
     wait_for_all("embedded")
     if not primary:
         wait_for_all("assembled")
