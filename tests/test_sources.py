@@ -24,7 +24,15 @@ needs_fashion_mnist = pytest.mark.skipif(
     reason="needs Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist)")
 
 
-def cfg(**source):
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+common = configlib.load_module(CONFIGS / "extract" / "common.py")
+
+
+def cfg(kind, **knobs):
+    """An extract config whose source is `kind` with every knob at its default but `knobs`."""
+    source = (common.source(kind) if kind in sources.SOURCE_KINDS
+              else ml_collections.ConfigDict({"kind": kind}))
+    source.update(knobs)
     return ml_collections.ConfigDict({"source": source})
 
 
@@ -94,8 +102,7 @@ def test_wordnet_adjectives_strip_syntactic_markers():
 
 @needs_wordnet
 def test_wordnet_demo_config_sampling():
-    wordnet_minilm = configlib.load_module(
-        Path(__file__).resolve().parent.parent / "configs" / "extract" / "wordnet_minilm.py")
+    wordnet_minilm = configlib.load_module(CONFIGS / "extract" / "wordnet_minilm.py")
 
     data = sources.load_source(wordnet_minilm.get_config())
     counts = collections.Counter(data.labels.tolist())
