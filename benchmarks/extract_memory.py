@@ -41,9 +41,9 @@ def make_table(path: Path, rows: int, seed: int = 0) -> Path:
     import pandas as pd
     from text_bench import readme_paragraphs
 
-    sentences = [s for p in readme_paragraphs() for s in re.split(r"(?<=[.!?]) ", p)
-                 if 30 <= len(s) <= 300]
-    words = sorted({w for s in sentences for w in re.findall(r"[A-Za-z]{4,}", s)})
+    sentences = np.array([s for p in readme_paragraphs() for s in re.split(r"(?<=[.!?]) ", p)
+                          if 30 <= len(s) <= 300])
+    words = np.array(sorted({w for s in sentences for w in re.findall(r"[A-Za-z]{4,}", s)}))
     rng = np.random.default_rng(seed)
     n_words = rng.integers(3, 9, rows)
     n_sent = rng.integers(1, 5, rows)
