@@ -259,7 +259,7 @@ def test_long_rows_come_in_smaller_batches(minilm):
     assert embedder.slots(128) == 16 and embedder.slots(8) == 4
     # Packing only where it is estimated cheaper than padding: many short texts are packed, a
     # few (one half-empty packed batch against a small padded one) are not.
-    many, few = [10] * 400, [6, 7, 6]
+    many, few = [10] * 64 * 30, [6, 7, 6]
     assert max(len(row) for b in embedder.plan(many) for row in b) > 1
     assert embedder.plan(few) == embedder.plan_batches(few)
     for lengths in (many, few):
