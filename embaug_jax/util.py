@@ -66,10 +66,10 @@ def reuse_freed_memory() -> bool:
 
     XLA's CPU runtime allocates each call's buffers afresh (with BERT at 128-256 tokens, 100 MB
     to 1 GB per batch). By default glibc serves blocks over 32 MB with fresh mmaps, unmaps them
-    on free and drops whole per-thread heaps, so every batch faults its memory in again: the
-    issue-14 run spent 27% of its time in the kernel. One arena, no mmap and no trimming make
-    later batches reuse the same pages (measured on MiniLM, 16 x 256 tokens: 250,000 -> ~0
-    minor faults per call, -20% CPU time). The process's RSS then stays at its high-water mark.
+    on free and drops whole per-thread heaps, so every batch faults its memory in again, in
+    system time. One arena, no mmap and no trimming make later batches reuse the same pages
+    (measured in benchmarks/README.md, section "text"). The process's RSS then stays at its
+    high-water mark.
 
     Process-wide, and fully effective only before JAX starts its CPU backend (its threads keep
     the arenas they already have); a no-op returning False off glibc. Idempotent.
