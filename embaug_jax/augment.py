@@ -676,3 +676,137 @@ def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, lab
     # Padding rows stay zero (and weight 0) whether or not labels are softened.
     y_out = jnp.where(params.soft & (weight[:, None] > 0), y_soft, y_out)
     return x_out, y_out, weight
+
+
+# --------------------------------------------------------------------------------------------
+# Ablation baselines: "is it the mixing or the soft labels?"
+# --------------------------------------------------------------------------------------------
+#
+# Not in the paper: each isolates one ingredient of its methods, or is the standard alternative
+# to it. Same signature convention as the named methods (key first, x [B, D], y [B, C] float or
+# [B] ids with num_classes); all but manifold mixup return B rows, like the control.
+
+BASELINE_NAMES = ("soft_control", "label_smoothing", "gaussian_noise", "feature_dropout",
+                  "manifold_mixup")
+
+
+def _check_rate(name: str, value: Any, *, upper_open: bool) -> None:
+    if np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
+    if not _is_traced(value):
+        v = float(np.asarray(value))
+        ok = math.isfinite(v) and v >= 0 and (v < 1 if upper_open else True)
+        if not ok:
+            bound = "[0, 1)" if upper_open else ">= 0"
+            raise ValueError(f"{name} must be a finite number {bound}, got {v}")
+
+
+def soft_control(key, x, y, *, softness=0.05, negative_mass=1.0, class_mask=None,
+                 num_classes=None):
+    """The paper's label softening without mixing: the control's rows, `soften_labels`'d.
+
+    Separates what Soft E-Mixup / Soft E-Stitchup owe to the softening from what they owe to
+    the mixing. `key` is unused.
+    """
+    del key
+    _check_softness(softness, negative_mass)
+    x = _check_x(x)
+    y = _labels_to_float(y, x.shape[0], num_classes)
+    return x, soften_labels(y, softness, negative_mass, class_mask=class_mask)
+
+
+def smooth_labels(y: Any, smoothing: Any = 0.1, *, class_mask: Any = None) -> jax.Array:
+    """Standard label smoothing (Szegedy et al., 2016): (1 - eps) y + eps / K.
+
+    K is the number of classes, or of valid classes when `class_mask` is given (invalid classes,
+    e.g. unseen in this split, stay exactly 0). Unlike the paper's softening it keeps a
+    distribution a distribution and treats positive and negative classes alike.
+    """
+    y = jnp.asarray(y)
+    if y.ndim < 1 or not jnp.issubdtype(y.dtype, jnp.floating):
+        raise ValueError(f"smooth_labels needs float labels [..., C], got {y.dtype} of shape "
+                         f"{y.shape}; one-hot integer ids first (jax.nn.one_hot)")
+    _check_rate("smoothing", smoothing, upper_open=True)
+    class_mask = _check_class_mask(class_mask, y.shape[-1])
+    compute = jnp.promote_types(y.dtype, jnp.float32)
+    eps = jnp.asarray(smoothing, compute)
+    valid = jnp.ones(y.shape[-1], bool) if class_mask is None else class_mask
+    k = jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True, dtype=compute), 1)
+    smoothed = (1 - eps) * y.astype(compute) + eps / k
+    return jnp.where(valid, smoothed, 0).astype(y.dtype)
+
+
+def label_smoothing(key, x, y, smoothing=0.1, *, class_mask=None, num_classes=None):
+    """The control's rows with `smooth_labels`: the standard way to soften targets. `key` unused."""
+    del key
+    x = _check_x(x)
+    y = _labels_to_float(y, x.shape[0], num_classes)
+    return x, smooth_labels(y, smoothing, class_mask=class_mask)
+
+
+def _row_rms(x: jax.Array) -> jax.Array:
+    xc = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return jnp.sqrt(jnp.mean(xc * xc, axis=1, keepdims=True))
+
+
+def gaussian_noise(key, x, y, noise_std=0.1, *, num_classes=None):
+    """x + noise_std * rms(x_row) * N(0, I): isotropic noise scaled to each embedding's size.
+
+    Scaling by the row's root mean square makes `noise_std` a noise-to-signal ratio, comparable
+    across embedders (MiniLM rows have RMS ~0.05, EfficientNet pools ~0.5). Labels unchanged.
+    """
+    _check_rate("noise_std", noise_std, upper_open=False)
+    x = _check_x(x)
+    y = _labels_to_float(y, x.shape[0], num_classes)
+    return _add_noise(key, x, jnp.asarray(noise_std, jnp.float32)), y
+
+
+def _add_noise(key, x, noise_std):
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    noise = jax.random.normal(key, x.shape, compute)
+    return (x.astype(compute) + noise_std * _row_rms(x) * noise).astype(x.dtype)
+
+
+def feature_dropout(key, x, y, rate=0.1, *, num_classes=None):
+    """Each embedding element zeroed with probability `rate`, the rest scaled by 1 / (1 - rate)
+    (inverted dropout on the input, so the expected input is unchanged). Labels unchanged."""
+    _check_rate("rate", rate, upper_open=True)
+    x = _check_x(x)
+    y = _labels_to_float(y, x.shape[0], num_classes)
+    return _drop_features(key, x, jnp.asarray(rate, jnp.float32)), y
+
+
+def _drop_features(key, x, rate):
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    keep = jax.random.uniform(key, x.shape) >= rate
+    return jnp.where(keep, x.astype(compute) / (1 - rate), 0).astype(x.dtype)
+
+
+class ManifoldPairs(NamedTuple):
+    """Manifold mixup's pairs: the model mixes its first hidden layer, h = lam_a h(x_a) +
+    lam_b h(x_b), and trains on y (mixed with the same weights)."""
+
+    x_a: jax.Array    # [P, D]
+    x_b: jax.Array    # [P, D]
+    lam_a: jax.Array  # [P, 1] float32
+    lam_b: jax.Array  # [P, 1] float32 (1 - lam_a, computed without cancellation)
+    y: jax.Array      # [P, C]
+
+
+def manifold_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None) -> ManifoldPairs:
+    """Manifold mixup (Verma et al., 2019) at the first hidden layer, fixed there.
+
+    The same pairs and lambdas as `e_mixup(key, ...)`: the only difference from E-Mixup is where
+    the convex combination is taken (after the first Dense -> Dropout -> ReLU instead of on the
+    embedding), which the model applies (`embaug_jax.train.mlp.MLP(..., mix=)`).
+    """
+    _check_alpha(alpha)
+    x, y, _ = _prepare(x, y, num_classes=num_classes, pairing=pairing)
+    k_pair, k_lam, _ = jax.random.split(key, 3)
+    pairs = x.shape[0] // 2 if pairing == "halve" else x.shape[0]
+    lam_a, lam_b = _sample_weights(k_lam, jnp.asarray(alpha, jnp.float32), (pairs, 1))
+    x_a, x_b, y_a, y_b = _pair(k_pair, x, y, pairing)
+    compute = jnp.promote_types(y.dtype, jnp.float32)
+    y_mix = lam_a.astype(compute) * y_a.astype(compute) + lam_b.astype(compute) * y_b.astype(
+        compute)
+    return ManifoldPairs(x_a, x_b, lam_a, lam_b, y_mix.astype(y.dtype))
