@@ -810,3 +810,20 @@ def manifold_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None) -> Ma
     y_mix = lam_a.astype(compute) * y_a.astype(compute) + lam_b.astype(compute) * y_b.astype(
         compute)
     return ManifoldPairs(x_a, x_b, lam_a, lam_b, y_mix.astype(y.dtype))
+
+# Every method a sweep can run, and the hyperparameters each one reads (the sweep config holds a
+# grid for each: config.sweep.alphas, .softness, .smoothing, .noise_std, .drop_rate).
+ALL_METHOD_NAMES = METHOD_NAMES + BASELINE_NAMES
+HPARAM_NAMES = ("alpha", "softness", "smoothing", "noise_std", "drop_rate")
+METHOD_HPARAMS = {
+    "control": (),
+    "e_mixup": ("alpha",),
+    "e_stitchup": ("alpha",),
+    "soft_e_mixup": ("alpha", "softness"),
+    "soft_e_stitchup": ("alpha", "softness"),
+    "soft_control": ("softness",),
+    "label_smoothing": ("smoothing",),
+    "gaussian_noise": ("noise_std",),
+    "feature_dropout": ("drop_rate",),
+    "manifold_mixup": ("alpha",),
+}

@@ -22,6 +22,7 @@ from absl import logging
 from embaug_jax import augment
 from embaug_jax.train.engine import (
     _FINGERPRINT_KEYS,
+    HPARAM_GRIDS,
     OPTIMIZERS,
     TrainData,
     evaluation_epochs,
@@ -52,21 +53,27 @@ def validate_config(config) -> None:
     _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
              f"{jax.device_count()} device(s) are visible; use 0 (all) or at most that many.")
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
-             f"{augment.METHOD_NAMES}.")
+             f"{augment.ALL_METHOD_NAMES}.")
     for method in s.methods:
-        _require(method in augment.METHOD_NAMES, f"unknown method {method!r} in "
-                 f"config.sweep.methods; choose from {augment.METHOD_NAMES}.")
+        _require(method in augment.ALL_METHOD_NAMES, f"unknown method {method!r} in "
+                 f"config.sweep.methods; choose from {augment.ALL_METHOD_NAMES}.")
     _require(len(set(s.methods)) == len(s.methods), "config.sweep.methods has duplicates.")
-    if any(mth != "control" for mth in s.methods):
-        _require(len(s.alphas) > 0, "config.sweep.alphas is empty.")
-        for alpha in s.alphas:
-            _require(float(alpha) > 0, f"alpha={alpha} in config.sweep.alphas must be > 0 (the "
-                     "Beta(alpha, alpha) parameter; the paper searched (0, 0.5]).")
-    if any(mth.startswith("soft_") for mth in s.methods):
-        _require(len(s.softness) > 0, "config.sweep.softness is empty.")
-        for sm in s.softness:
-            _require(0 <= float(sm) < 1, f"softness={sm} in config.sweep.softness must be in "
-                     "[0, 1) (the paper's default is 0.05).")
+    # Each hyperparameter grid a listed method reads: non-empty, every value in range.
+    ranges = dict(alpha=(lambda v: v > 0, "> 0 (the Beta(alpha, alpha) parameter; the paper "
+                                          "searched (0, 0.5])"),
+                  softness=(lambda v: 0 <= v < 1, "in [0, 1) (the paper's default is 0.05)"),
+                  smoothing=(lambda v: 0 <= v < 1, "in [0, 1)"),
+                  noise_std=(lambda v: v >= 0, ">= 0 (noise std relative to a row's RMS)"),
+                  drop_rate=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    for name, (ok, text) in ranges.items():
+        users = [mth for mth in s.methods if name in augment.METHOD_HPARAMS[mth]]
+        if not users:
+            continue
+        grid = HPARAM_GRIDS[name]
+        values = s.get(grid, ())
+        _require(len(values) > 0, f"config.sweep.{grid} is empty but {users[0]} needs it.")
+        for v in values:
+            _require(ok(float(v)), f"{name}={v} in config.sweep.{grid} must be {text}.")
     _require(len(s.seeds) > 0, "config.sweep.seeds is empty.")
     _require(d.source in DATA_SOURCES, f"config.data.source={d.source!r}; choose one of "
              f"{DATA_SOURCES}.")

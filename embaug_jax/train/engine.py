@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 from pathlib import Path
@@ -82,26 +83,29 @@ class TrainState(NamedTuple):
     epoch: jax.Array  # int32: epochs completed
 
 
-def sweep_members(config) -> list[dict]:
-    """The members of a sweep, in order: method, then (alpha, softness), then trial, then seed.
+# The sweep config's grid of each method hyperparameter (augment.METHOD_HPARAMS).
+HPARAM_GRIDS = {"alpha": "alphas", "softness": "softness", "smoothing": "smoothing",
+                "noise_std": "noise_std", "drop_rate": "drop_rate"}
 
-    Control ignores alpha and softness, so it appears once per trial and seed (recorded with
-    alpha = softness = 0); a non-soft method ignores softness (recorded 0).
+
+def sweep_members(config) -> list[dict]:
+    """The members of a sweep, in order: method, then its hyperparameter grid, then trial, then
+    seed.
+
+    A method runs the product of the grids of the hyperparameters it reads
+    (`augment.METHOD_HPARAMS`: control none, so it appears once per trial and seed; a soft method
+    alpha x softness); every member records all of `augment.HPARAM_NAMES`, 0 where unused.
     """
     s = config.sweep
     members = []
     for method in s.methods:
-        if method == "control":
-            variants = [(0.0, 0.0)]
-        elif method.startswith("soft_"):
-            variants = [(float(a), float(sm)) for a in s.alphas for sm in s.softness]
-        else:
-            variants = [(float(a), 0.0) for a in s.alphas]
-        for alpha, softness in variants:
+        names = augment.METHOD_HPARAMS[method]
+        grids = [[float(v) for v in s.get(HPARAM_GRIDS[n], ())] for n in names]
+        for values in itertools.product(*grids):
+            setting = {**dict.fromkeys(augment.HPARAM_NAMES, 0.0), **dict(zip(names, values))}
             for trial in range(config.data.trials):
                 for seed in s.seeds:
-                    members.append(dict(method=method, alpha=alpha, softness=softness,
-                                        trial=trial, seed=int(seed)))
+                    members.append(dict(method=method, **setting, trial=trial, seed=int(seed)))
     return members
 
 
