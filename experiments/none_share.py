@@ -106,8 +106,8 @@ def main(argv):
     for k in counts:
         print(f"\n=== {k} classes held out of training per trial ===", flush=True)
         args.workdir = str(workdir / f"holdout_{k}")
-        results_by_k[k] = run_study("table1.py", args, [
-            *overrides, f"--config.data.holdout_classes={k}", "--config.data.holdout_names="])
+        results_by_k[k] = run_study("table1.py", args,
+                                    [*overrides, f"--config.data.holdout_classes={k}"])
     rows = collect(results_by_k)
     header = list(rows[0])
     write_csv(workdir / "none_share.csv", header, [[r[h] for h in header] for r in rows])
