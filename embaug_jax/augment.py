@@ -82,12 +82,22 @@ LABEL_WEIGHTS = ("lambda", "realized")
 
 # Values of `MethodParams.mix`: the branch index of `lax.switch` in `augment_batch`.
 MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP = 0, 1, 2
+# Manifold mixup (an ablation baseline) mixes inside the model, so only the training engine
+# runs it (`augment_rows` gives it its pairs); `augment_batch` refuses it.
+MIX_MANIFOLD = 3
 _MIX_OF_METHOD = {
     "control": (MIX_CONTROL, False),
     "e_mixup": (MIX_MIXUP, False),
     "e_stitchup": (MIX_STITCHUP, False),
     "soft_e_mixup": (MIX_MIXUP, True),
     "soft_e_stitchup": (MIX_STITCHUP, True),
+    # The baselines: the control's rows with a traced transform (soft, smoothing, noise_std,
+    # drop_rate; each a no-op at its zero), and manifold mixup.
+    "soft_control": (MIX_CONTROL, True),
+    "label_smoothing": (MIX_CONTROL, False),
+    "gaussian_noise": (MIX_CONTROL, False),
+    "feature_dropout": (MIX_CONTROL, False),
+    "manifold_mixup": (MIX_MANIFOLD, False),
 }
 
 # Stitchup compares 16-bit uniforms with a per-row threshold: one 32-bit random word serves two
@@ -565,24 +575,43 @@ class MethodParams(NamedTuple):
     Every field is a (possibly traced) scalar array; stack them along a leading axis to vmap.
     """
 
-    mix: jax.Array  # int32: MIX_CONTROL (0), MIX_MIXUP (1) or MIX_STITCHUP (2)
+    mix: jax.Array  # int32: MIX_CONTROL (0), MIX_MIXUP (1), MIX_STITCHUP (2) or MIX_MANIFOLD (3)
     soft: jax.Array  # bool: apply soften_labels after mixing (its own switch: softness 0 still adds mass)
     alpha: jax.Array  # float32 > 0
     softness: jax.Array  # float32 in [0, 1)
+    # The ablation baselines' transforms of the control's rows, each a no-op at 0
+    # (`control_transforms`): label smoothing, Gaussian noise, feature dropout.
+    smoothing: Any = 0.0  # float32 in [0, 1)
+    noise_std: Any = 0.0  # float32 >= 0, relative to each row's RMS
+    drop_rate: Any = 0.0  # float32 in [0, 1)
 
 
-def method_params(name: str, alpha: float = 0.2, softness: float = 0.05) -> MethodParams:
-    """The `MethodParams` of a named method, validated. Control ignores alpha and softness."""
-    if name not in METHOD_NAMES:
-        METHODS[name]  # raises UnknownMethodError
+def method_params(name: str, alpha: float = 0.2, softness: float = 0.05, *,
+                  smoothing: float = 0.0, noise_std: float = 0.0,
+                  drop_rate: float = 0.0) -> MethodParams:
+    """The `MethodParams` of a named method (the paper's five or a baseline), validated.
+
+    Each method reads only its own hyperparameters (`METHOD_HPARAMS`); the others are zeroed, so
+    e.g. a control never smooths whatever `smoothing` says.
+    """
+    if name not in _MIX_OF_METHOD:
+        raise UnknownMethodError(f"unknown method {name!r}; use one of "
+                                 f"{', '.join(repr(m) for m in ALL_METHOD_NAMES)}")
     _check_alpha(alpha)
     _check_softness(softness, None)
+    _check_rate("smoothing", smoothing, upper_open=True)
+    _check_rate("noise_std", noise_std, upper_open=False)
+    _check_rate("drop_rate", drop_rate, upper_open=True)
     mix, soft = _MIX_OF_METHOD[name]
+    used = METHOD_HPARAMS[name]
     return MethodParams(
         mix=jnp.asarray(mix, jnp.int32),
         soft=jnp.asarray(soft, jnp.bool_),
         alpha=jnp.asarray(alpha, jnp.float32),
         softness=jnp.asarray(softness, jnp.float32),
+        smoothing=jnp.asarray(smoothing if "smoothing" in used else 0.0, jnp.float32),
+        noise_std=jnp.asarray(noise_std if "noise_std" in used else 0.0, jnp.float32),
+        drop_rate=jnp.asarray(drop_rate if "drop_rate" in used else 0.0, jnp.float32),
     )
 
 
@@ -617,7 +646,11 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
     _check_softness(params.softness, negative_mass)
     mix_idx = jnp.asarray(params.mix, jnp.int32)
     if not _is_traced(mix_idx) and int(mix_idx) not in (MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP):
-        raise ValueError(f"params.mix must be 0 (control), 1 (mixup) or 2 (stitchup), got {int(mix_idx)}")
+        raise ValueError(
+            f"params.mix must be 0 (control), 1 (mixup) or 2 (stitchup), got {int(mix_idx)}"
+            + ("; manifold mixup (3) mixes inside the model: train it with the sweep engine"
+               if int(mix_idx) == MIX_MANIFOLD else "")
+        )
     if not _is_traced(mix_idx) and int(mix_idx) != MIX_CONTROL:
         _check_alpha(params.alpha)
     params = MethodParams(
@@ -625,6 +658,9 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
         soft=jnp.asarray(params.soft, jnp.bool_),
         alpha=jnp.asarray(params.alpha, jnp.float32),
         softness=jnp.asarray(params.softness, jnp.float32),
+        smoothing=jnp.asarray(params.smoothing, jnp.float32),
+        noise_std=jnp.asarray(params.noise_std, jnp.float32),
+        drop_rate=jnp.asarray(params.drop_rate, jnp.float32),
     )
     class_mask = _check_class_mask(class_mask, y.shape[1])
     if negative_mass is not None:
@@ -654,6 +690,7 @@ def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, lab
     )
 
     def control_branch(x, y, lam_a, lam_b):
+        x, y = control_transforms(k_mask, x, y, params, class_mask=class_mask)
         return x, y, jnp.ones(batch, jnp.float32)
 
     def mixing_branch(mode):
@@ -780,6 +817,25 @@ def _drop_features(key, x, rate):
     compute = jnp.promote_types(x.dtype, jnp.float32)
     keep = jax.random.uniform(key, x.shape) >= rate
     return jnp.where(keep, x.astype(compute) / (1 - rate), 0).astype(x.dtype)
+
+
+def control_transforms(key, x, y, params: MethodParams, *, class_mask=None):
+    """The control-kind baselines' traced transforms of B rows: Gaussian noise, feature dropout
+    and label smoothing at `params`' noise_std, drop_rate and smoothing (0: unchanged).
+
+    For the same key each equals its named function (`gaussian_noise(k_noise, ...)`,
+    `feature_dropout(k_drop, ...)` with k_noise, k_drop = split(key)). Alone, `lax.cond` skips the
+    random draws a member does not use; under `jax.vmap` both sides run, so a control in a sweep
+    with these baselines pays for their draws (O(B x D), small beside the MLP's matmuls).
+    """
+    k_noise, k_drop = jax.random.split(key)
+    noise_std = jnp.asarray(params.noise_std, jnp.float32)
+    drop_rate = jnp.asarray(params.drop_rate, jnp.float32)
+    x = lax.cond(noise_std > 0, lambda: _add_noise(k_noise, x, noise_std), lambda: x)
+    x = lax.cond(drop_rate > 0, lambda: _drop_features(k_drop, x, drop_rate), lambda: x)
+    smoothing = jnp.asarray(params.smoothing, jnp.float32)
+    y = jnp.where(smoothing > 0, smooth_labels(y, smoothing, class_mask=class_mask), y)
+    return x, y
 
 
 class ManifoldPairs(NamedTuple):

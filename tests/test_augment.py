@@ -519,3 +519,33 @@ def test_manifold_mixup_pairs_are_e_mixups(pairing):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pairs.y, y_mix, rtol=1e-6)
     np.testing.assert_allclose(pairs.lam_a + pairs.lam_b, 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method,kw", [("soft_control", {}), ("label_smoothing",
+                                                                dict(smoothing=0.1)),
+                                        ("gaussian_noise", dict(noise_std=0.3)),
+                                        ("feature_dropout", dict(drop_rate=0.2))])
+def test_traced_baselines_agree_with_their_named_functions(method, kw):
+    x, y = _data(11)
+    key = jax.random.key(12)
+    params = A.method_params(method, softness=0.05, **kw)
+    x_t, y_t, w = A.augment_batch(key, x, y, params, class_mask=MASK)
+    np.testing.assert_array_equal(w, 1.0)
+    k_noise, k_drop = jax.random.split(jax.random.split(key, 3)[2])
+    want = {"soft_control": lambda: A.soft_control(key, x, y, softness=0.05, class_mask=MASK),
+            "label_smoothing": lambda: A.label_smoothing(key, x, y, 0.1, class_mask=MASK),
+            "gaussian_noise": lambda: A.gaussian_noise(k_noise, x, y, 0.3),
+            "feature_dropout": lambda: A.feature_dropout(k_drop, x, y, 0.2)}[method]()
+    np.testing.assert_allclose(x_t, want[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y_t, want[1], rtol=1e-6, atol=1e-7)
+    # A method ignores the other baselines' settings: the control stays the identity.
+    control = A.method_params("control", smoothing=0.1, noise_std=0.3, drop_rate=0.2)
+    x_c, y_c, _ = A.augment_batch(key, x, y, control, class_mask=MASK)
+    np.testing.assert_array_equal(x_c, x)
+    np.testing.assert_array_equal(y_c, y)
+
+
+def test_manifold_mixup_is_refused_by_the_padded_traced_form():
+    x, y = _data(13)
+    with pytest.raises(ValueError, match="mixes inside the model"):
+        A.augment_batch(jax.random.key(0), x, y, A.method_params("manifold_mixup", 0.2))

@@ -94,8 +94,10 @@ def format_decomposition(results: dict, section: str = "methods") -> str:
     """Weighted AUC = seen part + "none" part, with the AUCs and the weight behind each part."""
     header = ["Method", "Weighted AUC", "= seen part", "+ \"none\" part", "Seen-class AUC",
               "\"None\" AUC", "\"None\" weight"]
+    absent = "absent" if _no_none(results) else "n/a"
     rows = [[DISPLAY_NAMES.get(m, m), _fmt(e["weighted_auc"]), _fmt(e["seen_part"]),
-             _fmt(e["none_part"]), _fmt(e["seen_auc"]), _fmt(e["none_auroc"]),
+             _fmt(e["none_part"]), _fmt(e["seen_auc"]),
+             _fmt(e["none_auroc"]) if e["none_auroc"]["mean"] is not None else absent,
              _fmt(e["none_weight"])] for m, e in results[section].items()]
     return _markdown(header, rows)
 
@@ -109,6 +111,8 @@ def format_paired(results: dict) -> str:
     for method, entry in paired["methods"].items():
         for key, label, scale, unit in PAIRED_ROWS:
             d = entry[key]
+            if d["mean"] is None:  # e.g. no "none" example in any trial: nothing to compare
+                continue
             digits = 2 if unit else 4
             rows.append([
                 DISPLAY_NAMES.get(method, method), label + (f" ({unit.strip()})" if unit else ""),

@@ -113,10 +113,12 @@ def member_hparams(members: Sequence[dict]) -> MemberHParams:
     """Stacks members into one MemberHParams with a leading [M] axis."""
 
     def one(m):
-        # Control's alpha is never used; any valid value keeps method_params' checks happy.
-        alpha = m["alpha"] if m["method"] != "control" else 1.0
-        return MemberHParams(augment.method_params(m["method"], alpha, m["softness"]),
-                             jnp.int32(m["trial"]), jnp.int32(m["seed"]))
+        # An unused alpha is never read; any valid value keeps method_params' checks happy.
+        alpha = m["alpha"] if "alpha" in augment.METHOD_HPARAMS[m["method"]] else 1.0
+        params = augment.method_params(
+            m["method"], alpha, m["softness"], smoothing=m.get("smoothing", 0.0),
+            noise_std=m.get("noise_std", 0.0), drop_rate=m.get("drop_rate", 0.0))
+        return MemberHParams(params, jnp.int32(m["trial"]), jnp.int32(m["seed"]))
 
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]),
                         *[one(m) for m in members])
