@@ -54,6 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from embaug_jax.util import is_traced
+
 __all__ = [
     "LABEL_WEIGHTS",
     "METHODS",
@@ -112,14 +114,10 @@ _MASK_SCALE = float(1 << _MASK_BITS)
 # --------------------------------------------------------------------------------------------
 
 
-def _is_traced(value: Any) -> bool:
-    return isinstance(value, jax.core.Tracer)
-
-
 def _holds(check: Callable[[jax.Array], jax.Array], value: Any) -> bool:
     """Evaluates `check` on a concrete array right away, even while an outer jit traces (where
     `value` is a closed-over constant); True for traced values, which cannot be checked."""
-    if _is_traced(value):
+    if is_traced(value):
         return True
     with jax.ensure_compile_time_eval():
         return bool(check(jnp.asarray(value)))
@@ -138,7 +136,7 @@ def _check_alpha(alpha: Any) -> None:
             f"alpha must be a scalar (one Beta(alpha, alpha) for the batch), got shape "
             f"{np.shape(alpha)}; vmap over alphas instead of passing an array"
         )
-    if not _is_traced(alpha):
+    if not is_traced(alpha):
         a = float(np.asarray(alpha))
         if not (math.isfinite(a) and a > 0):
             raise ValueError(
@@ -150,7 +148,7 @@ def _check_alpha(alpha: Any) -> None:
 def _check_softness(softness: Any, negative_mass: Any) -> None:
     if np.ndim(softness) != 0:
         raise ValueError(f"softness must be a scalar, got shape {np.shape(softness)}")
-    if not _is_traced(softness):
+    if not is_traced(softness):
         s = float(np.asarray(softness))
         if not (0.0 <= s < 1.0):
             raise ValueError(
@@ -160,7 +158,7 @@ def _check_softness(softness: Any, negative_mass: Any) -> None:
     if negative_mass is not None:
         if np.ndim(negative_mass) != 0:
             raise ValueError(f"negative_mass must be a scalar or None, got shape {np.shape(negative_mass)}")
-        if not _is_traced(negative_mass):
+        if not is_traced(negative_mass):
             m = float(np.asarray(negative_mass))
             if not (math.isfinite(m) and m >= 0):
                 raise ValueError(
@@ -304,7 +302,7 @@ def sample_lambda(key: jax.Array, alpha: Any, shape: Sequence[int] = (), *, comp
     Returns:
       lam [shape] float32, or (lam, 1 - lam) if `complement`.
     """
-    if not _is_traced(alpha):
+    if not is_traced(alpha):
         a = np.asarray(alpha, dtype=np.float64)
         if not (np.isfinite(a).all() and (a > 0).all()):
             raise ValueError(f"alpha must be finite and > 0 for Beta(alpha, alpha), got {alpha}")
@@ -645,13 +643,13 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
     )
     _check_softness(params.softness, negative_mass)
     mix_idx = jnp.asarray(params.mix, jnp.int32)
-    if not _is_traced(mix_idx) and int(mix_idx) not in (MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP):
+    if not is_traced(mix_idx) and int(mix_idx) not in (MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP):
         raise ValueError(
             f"params.mix must be 0 (control), 1 (mixup) or 2 (stitchup), got {int(mix_idx)}"
             + ("; manifold mixup (3) mixes inside the model: train it with the sweep engine"
                if int(mix_idx) == MIX_MANIFOLD else "")
         )
-    if not _is_traced(mix_idx) and int(mix_idx) != MIX_CONTROL:
+    if not is_traced(mix_idx) and int(mix_idx) != MIX_CONTROL:
         _check_alpha(params.alpha)
     params = MethodParams(
         mix=mix_idx,
@@ -730,7 +728,7 @@ BASELINE_NAMES = ("soft_control", "label_smoothing", "gaussian_noise", "feature_
 def _check_rate(name: str, value: Any, *, upper_open: bool) -> None:
     if np.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
-    if not _is_traced(value):
+    if not is_traced(value):
         v = float(np.asarray(value))
         ok = math.isfinite(v) and v >= 0 and (v < 1 if upper_open else True)
         if not ok:
