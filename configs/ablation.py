@@ -16,21 +16,21 @@ alpha, and compares each with the control trial by trial. Variants as configs/de
 (`:smoke`, `:synthetic`, `trials=N`).
 """
 
-from configs import default
+from embaug_jax import augment, configlib
 
-BASELINES = ("soft_control", "label_smoothing", "gaussian_noise", "feature_dropout",
-             "manifold_mixup")
+default = configlib.sibling(__file__, "default")
 
 
 def get_config(arg=None):
+    args = configlib.parse_arg(arg, **default.VARIANTS)
     c = default.get_config(arg)
-    c.sweep.methods = default.METHODS + BASELINES
+    c.sweep.methods = augment.ALL_METHOD_NAMES  # the paper's five, then the five baselines
     c.sweep.alphas = (0.2, 0.4)
     c.sweep.softness = (0.05,)
     c.sweep.smoothing = (0.05, 0.1)
     c.sweep.noise_std = (0.1, 0.3)
     c.sweep.drop_rate = (0.1, 0.3)
-    if c.data.source == "synthetic" and c.num_epochs < 576:  # smoke: one setting each
+    if args.smoke:  # one setting each
         c.sweep.alphas, c.sweep.smoothing = (0.2,), (0.1,)
         c.sweep.noise_std, c.sweep.drop_rate = (0.1,), (0.1,)
     return c

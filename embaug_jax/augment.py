@@ -847,6 +847,32 @@ class ManifoldPairs(NamedTuple):
     y: jax.Array      # [P, C]
 
 
+def manifold_rows(key, x, y, alpha, *, pairing="halve"):
+    """`manifold_mixup`'s pairs in the traced form's fixed shape: B rows, weight 0 on padding.
+
+    No checks (call it inside a program whose inputs were validated); `alpha` may be traced.
+    Returns (ManifoldPairs with [B, ...] fields, weight [B] float32); under "halve" the B/2 pairs
+    come first and the padding rows are zeros with lam_a = 1, lam_b = 0.
+    """
+    batch = x.shape[0]
+    k_pair, k_lam, _ = jax.random.split(key, 3)
+    pairs = batch // 2 if pairing == "halve" else batch
+    lam_a, lam_b = _sample_weights(k_lam, jnp.asarray(alpha, jnp.float32), (pairs, 1))
+    x_a, x_b, y_a, y_b = _pair(k_pair, x, y, pairing)
+    compute = jnp.promote_types(y.dtype, jnp.float32)
+    y_mix = (lam_a.astype(compute) * y_a.astype(compute)
+             + lam_b.astype(compute) * y_b.astype(compute)).astype(y.dtype)
+    weight = jnp.ones(pairs, jnp.float32)
+    pad = batch - pairs
+    if pad:
+        def grow(v, fill=0.0):
+            return jnp.concatenate([v, jnp.full((pad,) + v.shape[1:], fill, v.dtype)])
+
+        x_a, x_b, y_mix, weight = grow(x_a), grow(x_b), grow(y_mix), grow(weight)
+        lam_a, lam_b = grow(lam_a, 1.0), grow(lam_b)
+    return ManifoldPairs(x_a, x_b, lam_a, lam_b, y_mix), weight
+
+
 def manifold_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None) -> ManifoldPairs:
     """Manifold mixup (Verma et al., 2019) at the first hidden layer, fixed there.
 

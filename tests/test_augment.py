@@ -519,6 +519,12 @@ def test_manifold_mixup_pairs_are_e_mixups(pairing):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pairs.y, y_mix, rtol=1e-6)
     np.testing.assert_allclose(pairs.lam_a + pairs.lam_b, 1.0, rtol=1e-6)
+    # The traced form's fixed shape: the same pairs first, then weight-0 padding.
+    padded, weight = jax.jit(lambda k, a: A.manifold_rows(k, x, y, a, pairing=pairing))(
+        key, jnp.float32(0.4))
+    for got, want in zip(padded, pairs):
+        np.testing.assert_allclose(got[:rows], want, rtol=1e-6)
+    np.testing.assert_array_equal(weight, np.arange(B) < rows)
 
 
 @pytest.mark.parametrize("method,kw", [("soft_control", {}), ("label_smoothing",

@@ -105,6 +105,13 @@ def test_manifold_mixup_mixes_the_first_hidden_layer_as_torch_does():
     plain = model.apply(params, x, mix_with=x_b, mix_weights=(jnp.ones_like(lam_a),
                                                              jnp.zeros_like(lam_a)))
     np.testing.assert_allclose(plain, model.apply(params, x), rtol=1e-6, atol=1e-6)
-    trained = model.apply(params, x, mix_with=x, mix_weights=(lam_a, 1 - lam_a), train=True,
-                          rngs={"dropout": jax.random.key(3)})
-    assert not np.allclose(trained, model.apply(params, x))
+    # In training the second parents draw their own dropout ("dropout_b"): weights (1, 0) give
+    # exactly the unmixed network's training output.
+    rngs = {"dropout": jax.random.key(3), "dropout_b": jax.random.key(4)}
+    alone = model.apply(params, x, train=True, rngs={"dropout": jax.random.key(3)})
+    ones = (jnp.ones_like(lam_a), jnp.zeros_like(lam_a))
+    np.testing.assert_array_equal(
+        model.apply(params, x, mix_with=x_b, mix_weights=ones, train=True, rngs=rngs), alone)
+    mixed = model.apply(params, x, mix_with=x, mix_weights=(lam_a, 1 - lam_a), train=True,
+                        rngs=rngs)
+    assert not np.allclose(mixed, alone)  # the same input, dropped out twice differently

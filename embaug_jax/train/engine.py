@@ -165,10 +165,14 @@ class ProgramSpec:
     eval_every: int
     eval_block_rows: int
     threshold: float
+    # Some member is manifold mixup: every member then runs the model's mixing path (lam_b = 0
+    # for the others, which leaves their numbers exactly as without it), at the cost of a second
+    # first-layer pass.
+    manifold: bool = False
 
     @classmethod
     def from_config(cls, config, num_classes: int, n_train: int, *,
-                    segments=None) -> "ProgramSpec":
+                    segments=None, manifold: bool = False) -> "ProgramSpec":
         m, o, a = config.model, config.optim, config.augment
         return cls(
             num_classes=int(num_classes), n_train=int(n_train),
@@ -181,7 +185,7 @@ class ProgramSpec:
             label_weight=str(a.label_weight),
             segments=None if segments is None else tuple(int(s) for s in segments),
             eval_every=int(config.eval_every), eval_block_rows=int(config.eval_block_rows),
-            threshold=float(config.threshold))
+            threshold=float(config.threshold), manifold=bool(manifold))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -242,8 +246,14 @@ def make_program(spec: ProgramSpec) -> Program:
         params = model.init(init_key, jnp.zeros((1, data.x.shape[1]), data.x.dtype))
         return TrainState(params, tx.init(params), jnp.int32(0))
 
-    def loss_fn(params, x, y, w, seen, dropout_key):
-        logits = model.apply(params, x, train=True, rngs={"dropout": dropout_key})
+    def loss_fn(params, x, y, w, seen, dropout_key, mix=None):
+        if mix is None:
+            logits = model.apply(params, x, train=True, rngs={"dropout": dropout_key})
+        else:  # manifold mixup's pairs, mixed after the first hidden layer
+            x_b, lam_a, lam_b = mix
+            logits = model.apply(params, x, train=True, mix_with=x_b, mix_weights=(lam_a, lam_b),
+                                 rngs={"dropout": dropout_key,
+                                       "dropout_b": jax.random.fold_in(dropout_key, 1)})
         return classification_loss(logits, y, w, seen, head)
 
     def train_epoch(train_key, hp, data, state):
@@ -258,11 +268,23 @@ def make_program(spec: ProgramSpec) -> Program:
             idx = jax.lax.dynamic_slice_in_dim(order, i * batch, batch)
             x = data.x[idx]
             y = jax.nn.one_hot(data.labels[idx], num_classes, dtype=x.dtype)
+            x_in, y_in = x, y
             x, y, w = augment.augment_batch(
                 aug_key, x, y, hp.method, class_mask=seen, pairing=spec.pairing,
                 negative_mass=spec.negative_mass, label_weight=spec.label_weight,
                 segments=spec.segments)
-            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, w, seen, dropout_key)
+            mix = None
+            if spec.manifold:
+                is_manifold = hp.method.mix == augment.MIX_MANIFOLD
+                pairs, w_m = augment.manifold_rows(
+                    aug_key, x_in, y_in, jnp.where(is_manifold, hp.method.alpha, 1.0),
+                    pairing=spec.pairing)
+                x, y = jnp.where(is_manifold, pairs.x_a, x), jnp.where(is_manifold, pairs.y, y)
+                w = jnp.where(is_manifold, w_m, w)
+                mix = (jnp.where(is_manifold, pairs.x_b, x),
+                       jnp.where(is_manifold, pairs.lam_a, 1.0),
+                       jnp.where(is_manifold, pairs.lam_b, 0.0))
+            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, w, seen, dropout_key, mix)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -574,8 +596,9 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     seen_mask = np.asarray(data.seen_mask)
     num_classes = seen_mask.shape[1]
     data = jax.device_put(data, replicated)
-    spec = ProgramSpec.from_config(config, num_classes, data.train_idx.shape[1],
-                                   segments=segments)
+    spec = ProgramSpec.from_config(
+        config, num_classes, data.train_idx.shape[1], segments=segments,
+        manifold=any(m["method"] == "manifold_mixup" for m in members))
     init, run, predict = _compiled_sweep(spec, mesh)
 
     num_epochs, eval_every = int(config.num_epochs), spec.eval_every
