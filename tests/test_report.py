@@ -124,7 +124,16 @@ def test_results_markdown(full_report):
     workdir, _, results = full_report
     md = (workdir / "results.md").read_text()
     assert md.startswith("# synthetic sweep")
-    assert report.format_table(results) in md
+    # The Table-1 rows, rebuilt from results.json's numbers: one per method, in the paper's order.
+    names = {"control": "Control", "e_mixup": "E-Mixup", "e_stitchup": "E-Stitchup",
+             "soft_e_stitchup": "Soft E-Stitchup"}
+    table = md[md.index("| Method |"):].split("\n\n")[0].splitlines()[2:]
+    assert [row.split(" | ")[0][2:] for row in table] == list(names.values())
+    for row, (method, e) in zip(table, results["methods"].items()):
+        auc, alpha = e["weighted_auc"], e["alpha"]
+        alpha = "-" if method == "control" else f"{alpha:g}"
+        assert row.startswith(f"| {names[method]} | {alpha} |")
+        assert f" {auc['mean']:.4f} ± {auc['max_dev']:.4f} |" in row
     assert ("| Control | - | - | 1.0000 ± 0.0000 | 100.00 ± 0.00 | 100.00 ± 0.00 "
             "| 0.9582 ± 0.0015 |") in md
     assert "| E-Mixup | 0.2 | - |" in report.format_table(results)
