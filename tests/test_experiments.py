@@ -72,6 +72,7 @@ def test_softness_study_and_bad_arguments(tmp_path, scripts, capsys):
 
 def test_none_share_study(tmp_path, scripts, capsys):
     fast = ["--config.num_epochs=4", "--config.eval_every=4", "--config.checkpoint_every=4",
+            "--config.chunk_epochs=4",
             "--config.sweep.alphas=(0.2,)"]
     scripts("none_share").main(["--smoke", f"--workdir={tmp_path}", "--holdout=2,0", *fast])
     rows = _rows(tmp_path / "none_share.csv")
