@@ -78,23 +78,27 @@ __all__ = [
     "soften_labels",
 ]
 
-METHOD_NAMES = ("control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup")
 PAIRINGS = ("halve", "permute", "flip")
 LABEL_WEIGHTS = ("lambda", "realized")
 
 # Values of `MethodParams.mix`: the branch index of `lax.switch` in `augment_batch`.
 MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP = 0, 1, 2
 # Manifold mixup (an ablation baseline) mixes inside the model, so only the training engine
-# runs it (`augment_rows` gives it its pairs); `augment_batch` refuses it.
+# runs it (`manifold_rows` gives it its pairs); `augment_batch` refuses it.
 MIX_MANIFOLD = 3
+# Each method as (mix, soft), in the paper's Table-1 order: the one list of the method names.
 _MIX_OF_METHOD = {
     "control": (MIX_CONTROL, False),
     "e_mixup": (MIX_MIXUP, False),
     "e_stitchup": (MIX_STITCHUP, False),
     "soft_e_mixup": (MIX_MIXUP, True),
     "soft_e_stitchup": (MIX_STITCHUP, True),
-    # The baselines: the control's rows with a traced transform (soft, smoothing, noise_std,
-    # drop_rate; each a no-op at its zero), and manifold mixup.
+}
+METHOD_NAMES = tuple(_MIX_OF_METHOD)
+# The ablation baselines likewise (see "Ablation baselines" below): the control's rows with a
+# traced transform (soft, smoothing, noise_std, drop_rate; each a no-op at its zero), and
+# manifold mixup.
+_MIX_OF_BASELINE = {
     "soft_control": (MIX_CONTROL, True),
     "label_smoothing": (MIX_CONTROL, False),
     "gaussian_noise": (MIX_CONTROL, False),
@@ -592,7 +596,8 @@ def method_params(name: str, alpha: float = 0.2, softness: float = 0.05, *,
     Each method reads only its own hyperparameters (`METHOD_HPARAMS`); the others are zeroed, so
     e.g. a control never smooths whatever `smoothing` says.
     """
-    if name not in _MIX_OF_METHOD:
+    mix_of = {**_MIX_OF_METHOD, **_MIX_OF_BASELINE}
+    if name not in mix_of:
         raise UnknownMethodError(f"unknown method {name!r}; use one of "
                                  f"{', '.join(repr(m) for m in ALL_METHOD_NAMES)}")
     _check_alpha(alpha)
@@ -600,7 +605,7 @@ def method_params(name: str, alpha: float = 0.2, softness: float = 0.05, *,
     _check_rate("smoothing", smoothing, upper_open=True)
     _check_rate("noise_std", noise_std, upper_open=False)
     _check_rate("drop_rate", drop_rate, upper_open=True)
-    mix, soft = _MIX_OF_METHOD[name]
+    mix, soft = mix_of[name]
     used = METHOD_HPARAMS[name]
     return MethodParams(
         mix=jnp.asarray(mix, jnp.int32),
@@ -721,8 +726,7 @@ def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, lab
 # to it. Same signature convention as the named methods (key first, x [B, D], y [B, C] float or
 # [B] ids with num_classes); all but manifold mixup return B rows, like the control.
 
-BASELINE_NAMES = ("soft_control", "label_smoothing", "gaussian_noise", "feature_dropout",
-                  "manifold_mixup")
+BASELINE_NAMES = tuple(_MIX_OF_BASELINE)
 
 
 def _check_rate(name: str, value: Any, *, upper_open: bool) -> None:
