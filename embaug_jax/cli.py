@@ -241,6 +241,9 @@ def _configure_logging(verbose: bool, debug: bool) -> None:
     absl_logging.set_verbosity(absl_logging.DEBUG if debug else absl_logging.INFO)
     absl_logging.use_absl_handler()
     handler = absl_logging.get_absl_handler()
+    # The handler keeps the stderr of its creation; in-process reruns (tests, notebooks) may
+    # have replaced sys.stderr since.
+    handler.python_handler.setStream(sys.stderr)
     for f in [f for f in handler.filters if isinstance(f, _OnlyOurInfo)]:
         handler.removeFilter(f)
     if not (verbose or debug):

@@ -120,11 +120,17 @@ def build_text_embedder(model_cfg: Any, devices):
     if not path:
         raise UserError("The selected fields include text: set --config.text_model.path to a "
                         "Hugging Face BERT folder (or builtin:minilm).")
-    return TextEmbedder.from_pretrained(
-        path, layers=tuple(model_cfg.get("layers", (-2, -1))),
-        pooling=model_cfg.get("pooling", "mean"), max_length=int(model_cfg.get("max_length", 512)),
-        dtype=model_cfg.get("dtype", "float32"), batch_size=int(model_cfg.get("batch_size", 64)),
-        devices=devices)
+    try:
+        return TextEmbedder.from_pretrained(
+            path, layers=tuple(model_cfg.get("layers", (-2, -1))),
+            pooling=model_cfg.get("pooling", "mean"),
+            max_length=int(model_cfg.get("max_length", 512)),
+            dtype=model_cfg.get("dtype", "float32"),
+            batch_size=int(model_cfg.get("batch_size", 64)), devices=devices)
+    except UserError:
+        raise
+    except ValueError as e:  # the folder or a setting: config.text_model, not a bug
+        raise UserError(f"config.text_model (path {path}): {e}") from e
 
 
 def build_image_embedder(model_cfg: Any, devices, workdir: Path):
@@ -149,17 +155,22 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
     variant = str(model_cfg.get("variant", "") or "") or None
     if raw == "builtin:lite0":
         origin = origin or "lite"
-    if not _is_converted(path):
-        from embaug_jax.embed.convert import convert_file
+    try:
+        if not _is_converted(path):
+            from embaug_jax.embed.convert import convert_file
 
-        converted = workdir / "models" / f"{path.stem}.{hash_files([path])[:12]}.safetensors"
-        if not converted.is_file():
-            logging.info("extract: converting %s -> %s", path, converted)
-            convert_file(path, converted, origin=origin, variant=variant)
-        path, origin = converted, None
-    return efficientnet.ImageEmbedder.from_pretrained(
-        path, variant=variant, origin=origin, dtype=model_cfg.get("dtype", "float32"),
-        batch_size=int(model_cfg.get("batch_size", 16)), devices=devices)
+            converted = workdir / "models" / f"{path.stem}.{hash_files([path])[:12]}.safetensors"
+            if not converted.is_file():
+                logging.info("extract: converting %s -> %s", path, converted)
+                convert_file(path, converted, origin=origin, variant=variant)
+            path, origin = converted, None
+        return efficientnet.ImageEmbedder.from_pretrained(
+            path, variant=variant, origin=origin, dtype=model_cfg.get("dtype", "float32"),
+            batch_size=int(model_cfg.get("batch_size", 16)), devices=devices)
+    except UserError:
+        raise
+    except ValueError as e:  # the weights or a setting: config.image_model, not a bug
+        raise UserError(f"config.image_model (path {path}): {e}") from e
 
 
 def _is_converted(path: Path) -> bool:
@@ -168,8 +179,12 @@ def _is_converted(path: Path) -> bool:
         return False
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="numpy") as f:
-        return "padding" in (f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return "padding" in (f.metadata() or {})
+    except Exception as e:  # safetensors' own error types for a corrupt header
+        raise UserError(f"{path} is not a readable safetensors file ({e}); check "
+                        "config.image_model.path.") from e
 
 
 def select_fields(data: sources_lib.SourceData, fields: Any) -> tuple[list[str], list[str]]:
