@@ -147,7 +147,8 @@ def load_config(spec: str):
     return config
 
 
-def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
+def _run_config_command(name: str, cmd: Command, argv: Sequence[str], *,
+                        verbose: bool = False) -> int:
     from absl import flags
     from ml_collections import config_flags
 
@@ -184,6 +185,11 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
                          flag_values=fv)
     flags.DEFINE_integer("process_id", None, "This process's index (--distributed).",
                          flag_values=fv)
+    flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for every process to "
+                         "join (--distributed); then every process stops.", flag_values=fv)
+    flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds without a heartbeat after which a "
+                         "process counts as dead and every process stops (--distributed).",
+                         flag_values=fv)
     if helping:
         print(f"usage: embaug {name} --config=PATH[:variant] --workdir=DIR "
               f"[--config.a.b=value ...] [--verbose]\n\n{COMMANDS[name].help}\n\nflags:\n"
@@ -207,12 +213,36 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     if ("data.path" in overrides and "data.source" not in overrides
             and "data" in config and "source" in config.data):
         config.data.source = "file"
-    if fv.distributed:
+    if not fv.distributed:
+        _resolve(cmd.target)(config, fv.workdir)
+        return 0
+    from embaug_jax import distributed
+
+    try:
+        distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                               initialization_timeout=fv.initialization_timeout,
+                               heartbeat_timeout=fv.heartbeat_timeout)
+    except ValueError as e:
+        print(f"embaug {name}: {e}", file=sys.stderr)
+        return 2
+    try:
+        _resolve(cmd.target)(config, fv.workdir)
+    except BaseException as e:
+        # Exit now rather than wait at JAX's shutdown barrier for processes that may be blocked
+        # in a collective with this one; they are stopped within the heartbeat timeout.
         import jax
 
-        jax.distributed.initialize(coordinator_address=fv.coordinator_address,
-                                   num_processes=fv.num_processes, process_id=fv.process_id)
-    _resolve(cmd.target)(config, fv.workdir)
+        message = _user_message(e)
+        if message is None or verbose:
+            traceback.print_exc()
+        print(f"embaug {name}: process {jax.process_index()} of {jax.process_count()} failed "
+              f"({message or f'{type(e).__name__}: {e}'}); the other processes stop within "
+              f"--heartbeat_timeout={fv.heartbeat_timeout} s.", file=sys.stderr)
+        if isinstance(e, SystemExit):
+            code = e.code if isinstance(e.code, int) else 1
+        else:
+            code = 2 if message else 130 if isinstance(e, KeyboardInterrupt) else 1
+        distributed.abandon(code)
     return 0
 
 
@@ -251,11 +281,13 @@ def _configure_logging(verbose: bool, debug: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose or debug else "2")
 
 
-def _report(name: str, message: str, exc: BaseException, verbose: bool) -> int:
-    if verbose:
-        traceback.print_exception(exc)
-    print(f"embaug {name}: error: {message}", file=sys.stderr)
-    return 2
+def _user_message(e: BaseException) -> str | None:
+    """The one-line message of a user's mistake or an environment fault; None for a bug."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError):
+        return _os_error_message(e)
+    return None
 
 
 def _os_error_message(e: OSError) -> str | None:
@@ -301,14 +333,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not cmd.config_driven:
             return int(_resolve(cmd.target)(sub_argv) or 0)
-        return _run_config_command(name, cmd, sub_argv)
-    except UserError as e:
-        return _report(name, str(e), e, verbose)
-    except OSError as e:
-        message = _os_error_message(e)
+        return _run_config_command(name, cmd, sub_argv, verbose=verbose)
+    except (UserError, OSError) as e:
+        message = _user_message(e)
         if message is None:
             raise
-        return _report(name, message, e, verbose)
+        if verbose:
+            traceback.print_exception(e)
+        print(f"embaug {name}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

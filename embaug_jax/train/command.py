@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from embaug_jax import augment
+from embaug_jax import augment, distributed
 from embaug_jax.train.engine import (
     _FINGERPRINT_KEYS,
     OPTIMIZERS,
@@ -52,6 +53,9 @@ def validate_config(config) -> None:
     n_dev = int(config.get("num_devices", 0))
     _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
              f"{jax.device_count()} device(s) are visible; use 0 (all) or at most that many.")
+    _require(n_dev == 0 or jax.process_count() == 1, f"config.num_devices={n_dev} but "
+             f"{jax.process_count()} processes run (--distributed): each must take part, so use "
+             "0 (every device of every process).")
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
              f"{augment.METHOD_NAMES}.")
     for method in s.methods:
@@ -105,6 +109,11 @@ def validate_config(config) -> None:
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
              "in (0, 1).")
+    r = config.report
+    _require(0 <= float(r.selection_fraction) < 1, f"config.report.selection_fraction="
+             f"{r.selection_fraction} must be in [0, 1) (0: choose alpha the paper's way only).")
+    _require(int(r.bootstrap_resamples) >= 0, f"config.report.bootstrap_resamples="
+             f"{r.bootstrap_resamples} must be >= 0 (0: no bootstrap intervals).")
 
 
 def load_data(config):
@@ -163,9 +172,12 @@ def _fingerprint(config, dataset) -> dict:
 
 
 def _check_fingerprint(workdir: Path, fingerprint: dict) -> None:
-    """Refuses to resume checkpoints of another config or other data."""
+    """Refuses to resume (or re-report) a run of another config or other data."""
+    from embaug_jax.report import PREDICTIONS
+
     ckpt_dir, fp_path = workdir / "checkpoints", workdir / "fingerprint.json"
-    if not (ckpt_dir.exists() and any(ckpt_dir.iterdir()) and fp_path.exists()):
+    started = (ckpt_dir.exists() and any(ckpt_dir.iterdir())) or (workdir / PREDICTIONS).exists()
+    if not (started and fp_path.exists()):
         return
     try:
         previous = json.loads(fp_path.read_text())
@@ -232,23 +244,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     results.json, results.md and the figures. Rerunning with the same config resumes.
     `max_chunks` stops after that many chunks as if killed (returns None; for tests).
     """
+    started = time.monotonic()
     validate_config(config)
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
-    # Only process 0 of a multi-process run writes, so only it holds the workdir.
-    with workdir_lock(workdir, "train", take=jax.process_index() == 0):
+    # Under --distributed every process runs this command; process 0 alone holds the workdir
+    # and writes its files (orbax coordinates the checkpoints itself).
+    primary = distributed.is_primary()
+    with workdir_lock(workdir, "train", take=primary):
         # Everything checkable is checked before anything is written: a run that fails here
         # leaves no config.json / fingerprint.json behind.
         dataset, splits, data, segments = prepare_data(config)
         fingerprint = _fingerprint(config, dataset)
         _check_fingerprint(workdir, fingerprint)
+        from embaug_jax import report
+
+        predictions = workdir / report.PREDICTIONS
+        fp_path = workdir / "fingerprint.json"
+        if predictions.exists() and fp_path.exists() and _read_json(fp_path) == fingerprint:
+            # A finished run: its saved predictions are all the report needs, no checkpoint
+            # restore.
+            logging.info("%s is finished; re-reporting from %s", workdir, predictions)
+            results = None
+            if primary:
+                results = _report(config, workdir, report.load_predictions(predictions))
+            _wait_for_report(started)
+            return results
         return _train_and_report(config, workdir, fingerprint, dataset, splits, data, segments,
-                                 devices=devices, max_chunks=max_chunks)
+                                 devices=devices, max_chunks=max_chunks, primary=primary,
+                                 started=started)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _train_and_report(config, workdir: Path, fingerprint: dict, dataset, splits, data,
-                      segments, *, devices, max_chunks) -> dict | None:
+                      segments, *, devices, max_chunks, primary: bool,
+                      started: float) -> dict | None:
     ckpt_dir = workdir / "checkpoints"
     members = sweep_members(config)
     hp = member_hparams(members)
@@ -257,27 +294,32 @@ def _train_and_report(config, workdir: Path, fingerprint: dict, dataset, splits,
                  int((~splits.seen_mask).sum(1).mean()))
 
     def on_chunk(history, epochs_done):
-        _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
-                             epochs_done)
+        if primary:
+            _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
+                                 epochs_done)
 
     eval_epochs = evaluation_epochs(config)
     if devices is None and int(config.get("num_devices", 0)):
         devices = jax.devices()[:int(config.num_devices)]
     written = [workdir / "config.json", workdir / "fingerprint.json"]
     fresh = not any(p.exists() for p in written)
-    write_json_atomic(written[0], json.loads(config.to_json_best_effort()))
-    write_json_atomic(written[1], fingerprint)
+    if primary:
+        write_json_atomic(written[0], json.loads(config.to_json_best_effort()))
+        write_json_atomic(written[1], fingerprint)
     try:
         result = run_sweep(config, data, hp, devices=devices, checkpoint_dir=ckpt_dir,
                            max_chunks=max_chunks, segments=segments, on_chunk=on_chunk)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing that claims otherwise.
-        if fresh and not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+        if primary and fresh and not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
             for p in written:
                 p.unlink(missing_ok=True)
         raise
     on_chunk(result.history, result.epochs_done)
     if result.val_probs is None:
+        return None
+    if not primary:
+        _wait_for_report(started)
         return None
 
     from embaug_jax import report
@@ -286,9 +328,29 @@ def _train_and_report(config, workdir: Path, fingerprint: dict, dataset, splits,
         members=members, eval_epochs=result.eval_epochs, history=result.history,
         val_probs=result.val_probs,
         val_labels=np.asarray(dataset.labels)[splits.val_idx], seen_mask=splits.seen_mask,
-        class_names=list(dataset.class_names))
-    results = report.write_report(workdir, outputs, threshold=float(config.threshold))
-    print(report.format_table(results))
+        class_names=list(dataset.class_names), val_idx=splits.val_idx,
+        train_idx=splits.train_idx)
+    results = _report(config, workdir, outputs)
+    _wait_for_report(started)
+    return results
+
+
+def _wait_for_report(started: float) -> None:
+    """Under --distributed, keeps every process until process 0 has written the report: one
+    that finished long before would fail at JAX's shutdown barrier (bounded by its own timeout),
+    taking the others down with it."""
+    distributed.barrier("train: reported", distributed.patient_timeout(started))
+
+
+def _report(config, workdir: Path, outputs) -> dict:
+    from embaug_jax import report
+
+    r = config.report
+    results = report.write_report(workdir, outputs, threshold=float(config.threshold),
+                                  selection_fraction=float(r.selection_fraction),
+                                  bootstrap_resamples=int(r.bootstrap_resamples),
+                                  seed=int(r.seed))
+    print(report.format_summary(results))
     return results
 
 

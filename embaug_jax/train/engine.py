@@ -344,22 +344,27 @@ def _quiet_orbax():
 
 
 def _restore(manager, step, state, history, num_members, sharding):
-    """Restores an unpadded checkpoint and pads it again for this run's devices."""
+    """Restores an unpadded checkpoint and pads it again for this run's devices.
+
+    Every process reads the whole (small) checkpoint into host memory and places its own shards
+    from there, so a checkpoint written by any number of processes and devices restores onto any
+    other number.
+    """
     import orbax.checkpoint as ocp
 
-    host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: x[:num_members], {"state": state, "history": history})
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host),
-                            target)
+    target = jax.tree.map(lambda x: np.zeros((num_members, *x.shape[1:]), x.dtype),
+                          {"state": state, "history": history})
     try:
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"the checkpoint at {manager.directory} (epoch {step}) does not fit this "
                          f"run ({e}); use a new workdir or delete the checkpoints.") from e
     padded = jax.tree.leaves(state)[0].shape[0]
-    state = jax.device_put(_pad(restored["state"], padded), sharding)
-    history = {k: np.array(_pad(jnp.asarray(restored["history"][k]), padded))
-               for k in history}
+    # Padded on the host: device_put then places only this process's shards.
+    restored = jax.tree.map(lambda x: np.concatenate(
+        [x, np.repeat(x[-1:], padded - x.shape[0], 0)]), restored)
+    state = jax.device_put(restored["state"], sharding)
+    history = {k: np.asarray(restored["history"][k]) for k in history}
     return state, history
 
 
@@ -427,7 +432,8 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
             logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
     done = int(_host(state.epoch)[0])
 
-    bar = tqdm(total=num_epochs, initial=done, unit="epoch", disable=not progress,
+    bar = tqdm(total=num_epochs, initial=done, unit="epoch",
+               disable=not progress or jax.process_index() != 0,
                desc=f"training {num_members} members on {len(devices)} device(s)")
     chunks = 0
     try:
