@@ -593,18 +593,21 @@ class _DeviceFake:
         return np.stack([np.full(4, len(t), np.float32) for t in texts])
 
 
-def test_extract_resumed_on_another_device_count_is_refused(tmp_path):
+def test_extract_redoes_shards_of_another_device_count(tmp_path, caplog):
     from configs.extract import table
     from embaug_jax.embed import pipeline
 
     c = table.get_config()
-    c.source.path = str(table_csv(tmp_path))
+    c.source.path = str(table_csv(tmp_path))  # 6 rows in shards of 2: three shards
     c.source.text_columns, c.source.label_column, c.source.id_column = "title", "category", "sku"
     c.shard_size, c.progress = 2, False
-    with pytest.raises(RuntimeError, match="killed"):
-        pipeline.run_extraction(c, tmp_path / "w", text_embedder=_DeviceFake(4, fail_after=1))
-    with pytest.raises(UserError, match=r"embedded on \{'text': 4\} device\(s\), this run uses "
-                                        r"\{'text': 1\}"):
-        pipeline.run_extraction(c, tmp_path / "w", text_embedder=_DeviceFake(1))
-    out = pipeline.run_extraction(c, tmp_path / "w", text_embedder=_DeviceFake(4))
-    assert len(load_embeddings(out)) == 6
+    for workdir, resume_devices, redone in (("same", 4, 2), ("other", 1, 3)):
+        with pytest.raises(RuntimeError, match="killed"):
+            pipeline.run_extraction(c, tmp_path / workdir,
+                                    text_embedder=_DeviceFake(4, fail_after=1))
+        assert len(list((tmp_path / workdir / "shards").glob("shard_*.npy"))) == 1
+        resumed = _DeviceFake(resume_devices)
+        caplog.clear()
+        out = pipeline.run_extraction(c, tmp_path / workdir, text_embedder=resumed)
+        assert resumed.calls == redone and len(load_embeddings(out)) == 6
+        assert ("so they are redone" in caplog.text) == (resume_devices != 4)

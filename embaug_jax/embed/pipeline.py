@@ -362,8 +362,8 @@ def _device_counts(text_embedder, image_embedder) -> dict[str, int]:
 
 def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any],
                   devices: Mapping[str, int], *, clean: bool = True) -> None:
-    """Errors on shards of other inputs or another device count; drops the temporaries of a
-    run killed mid-write (if `clean`: one process does that)."""
+    """Errors on shards of other inputs; redoes those of another device count; drops the
+    temporaries of a run killed mid-write (if `clean`: one process does that)."""
     if not shards_dir.exists():
         return
     manifest_path = shards_dir / MANIFEST
@@ -372,14 +372,15 @@ def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any],
         raise _stale_error("Unfinished shards", shards_dir, manifest.get("fingerprint_parts"),
                            parts)
     # Vectors differ in the last bits across device counts (XLA picks kernels by the per-device
-    # batch), so one dataset's shards must all come from one count.
+    # batch), so a dataset's shards all come from one count: the others are redone.
     before = manifest.get("devices")
-    if before is not None and before != dict(devices) and any(shards_dir.glob("shard_*.npy")):
-        raise UserError(
-            f"Unfinished shards at {shards_dir} were embedded on {before} device(s), this run "
-            f"uses {dict(devices)}; embeddings differ in the last bits across device counts, so "
-            f"one dataset is not assembled from both. Resume with the same "
-            "--config.num_devices, or pass --config.overwrite=True to start over.")
+    if before is not None and before != dict(devices):
+        if clean:
+            logging.warning("extract: the unfinished shards in %s were embedded on %s device(s), "
+                            "this run uses %s; embeddings differ in the last bits across device "
+                            "counts, so they are redone.", shards_dir, before, dict(devices))
+            _clear(shards_dir)
+        return
     for tmp in shards_dir.glob(".*.tmp") if clean else ():
         _clear(tmp)
 
@@ -492,6 +493,7 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
     devices = _device_counts(text_embedder if text_fields else None,
                              image_embedder if image_fields else None)
     _check_shards(shards_dir, fingerprint, parts, devices, clean=primary)
+    wait_for_all("checked")
 
     progress = bool(config.get("progress", True))
     bad = find_bad_images(data, image_fields, progress=progress)
