@@ -20,7 +20,6 @@ included (on a validation split of 10% of the training size, so it stays small).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -28,12 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from embaug_jax import augment, configlib
+from embaug_jax.train import engine as train
+from embaug_jax.train.splits import make_splits
+from embaug_jax.train.synthetic import make_synthetic
 
-from configs import default  # noqa: E402
-from embaug_jax.train import engine as train  # noqa: E402
-from embaug_jax.train.splits import make_splits  # noqa: E402
-from embaug_jax.train.synthetic import make_synthetic  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def matmul_peak(n=2048, repeats=10) -> float:
@@ -62,7 +61,8 @@ def eval_flops(rows, dims) -> float:
 
 def jax_runner(config, data):
     """A compiled `go(hp)`: init + train + evaluate the members of `hp` (one program per M)."""
-    program = train.make_program(config, data.seen_mask.shape[1], data.train_idx.shape[1])
+    program = train.make_program(train.ProgramSpec.from_config(
+        config, data.seen_mask.shape[1], data.train_idx.shape[1]))
     init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)))
     run = jax.jit(jax.vmap(program.run, in_axes=(None, 0, 0, None, None)), static_argnums=4)
     key = jax.random.key(0)
@@ -127,8 +127,8 @@ def main(argv=None):
                    help="how many of the 25 members to run one after another (time scaled to 25)")
     args = p.parse_args(argv)
 
-    c = default.get_config()
-    c.num_epochs = c.eval_every = c.checkpoint_every = args.epochs
+    c = configlib.get_config(REPO / "configs" / "default.py")
+    c.num_epochs = c.eval_every = c.chunk_epochs = c.checkpoint_every = args.epochs
     n = args.train_rows + args.train_rows // 10
     ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
     s = make_splits(ds.labels, args.classes, trials=5, train_fraction=args.train_rows / n)
@@ -137,7 +137,7 @@ def main(argv=None):
                            jnp.asarray(s.seen_mask))
     members = [dict(method=m, alpha=0.2 if m != "control" else 0.0,
                     softness=0.05 if m.startswith("soft") else 0.0, trial=t, seed=0)
-               for m in default.METHODS for t in range(5)]
+               for m in augment.METHOD_NAMES for t in range(5)]
     one = [members[5]]  # e_mixup, trial 0
 
     peak = matmul_peak()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import errno
 import importlib
-import importlib.util
 import logging
 import os
 import re
@@ -33,12 +32,14 @@ class Command(NamedTuple):
     help: str
     config_driven: bool = True  # function(config, workdir) if True, else function(argv)
     default_config: str | None = None
+    show: str | None = None  # "module:function" turning the return value into terminal text
 
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
         "embaug_jax.train.command:train_and_evaluate",
         "train and evaluate a sweep (methods x alphas x softness x trials x seeds) from a config",
+        show="embaug_jax.report:format_summary",
     ),
     "extract": Command(
         "embaug_jax.embed.pipeline:run_extraction",
@@ -128,16 +129,16 @@ def load_config(spec: str):
     Raises:
       UserError: the file does not exist, has no get_config, or rejects the variant.
     """
-    path, _, variant = spec.partition(":")
+    from embaug_jax import configlib
+
+    path, dot_py, variant = spec.partition(".py:")
+    path += ".py" if dot_py else ""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"config file {path} does not exist" +
                         (" (it is a directory)" if file.is_dir() else "") +
                         "; configs live in configs/ (e.g. --config=configs/default.py:smoke).")
-    module_spec = importlib.util.spec_from_file_location(
-        f"embaug_config_{abs(hash(str(file.resolve())))}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = configlib.load_module(file)
     if not callable(getattr(module, "get_config", None)):
         raise UserError(f"config file {path} defines no get_config(); every config file has one.")
     try:
@@ -147,15 +148,16 @@ def load_config(spec: str):
     return config
 
 
+def _run(cmd: Command, config, workdir: str) -> None:
+    result = _resolve(cmd.target)(config, workdir)
+    if cmd.show and result is not None:
+        print(_resolve(cmd.show)(result))
+
+
 def _run_config_command(name: str, cmd: Command, argv: Sequence[str], *,
                         verbose: bool = False) -> int:
     from absl import flags
     from ml_collections import config_flags
-
-    # Config files import their siblings (`from configs import default`): in a checkout, make
-    # the repository root importable wherever the command is run from.
-    if (REPO_ROOT / "configs" / "__init__.py").exists() and str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
 
     spec, argv = _split_config_flag(argv)
     if spec is None and cmd.default_config and (REPO_ROOT / cmd.default_config).exists():
@@ -214,7 +216,7 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str], *,
             and "data" in config and "source" in config.data):
         config.data.source = "file"
     if not fv.distributed:
-        _resolve(cmd.target)(config, fv.workdir)
+        _run(cmd, config, fv.workdir)
         return 0
     from embaug_jax import distributed
 
@@ -226,7 +228,7 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str], *,
         print(f"embaug {name}: {e}", file=sys.stderr)
         return 2
     try:
-        _resolve(cmd.target)(config, fv.workdir)
+        _run(cmd, config, fv.workdir)
     except BaseException as e:
         # Exit now rather than wait at JAX's shutdown barrier for processes that may be blocked
         # in a collective with this one; they are stopped within the heartbeat timeout.

@@ -20,23 +20,23 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import default  # noqa: E402
+from embaug_jax import augment, configlib
 from embaug_jax.train import command
-from embaug_jax.train import engine as train  # noqa: E402
+from embaug_jax.train import engine as train
+
+REPO = Path(__file__).resolve().parent.parent
 
 
-def chunk_seconds(config, data, hp, epochs: int, repeats: int) -> float:
+def chunk_seconds(config, data, members, epochs: int, repeats: int) -> float:
     """Best wall time of one compiled chunk of `epochs` epochs + one evaluation."""
     c = config.copy_and_resolve_references()
     c.num_epochs = epochs * (repeats + 1)  # one warm-up chunk (compiles), then `repeats`
-    c.eval_every = c.checkpoint_every = epochs
+    c.eval_every = c.chunk_epochs = c.checkpoint_every = epochs
     stamps = []
-    train.run_sweep(c, data, hp, progress=False,
+    train.run_sweep(c, data, members, progress=False,
                     on_chunk=lambda history, done: stamps.append(time.perf_counter()))
     return float(np.min(np.diff(stamps)))
 
@@ -49,7 +49,7 @@ def main(argv):
     parser.add_argument("--epochs", type=int, default=576)
     args = parser.parse_args(argv)
 
-    config = default.get_config("synthetic")
+    config = configlib.get_config(f"{REPO / 'configs' / 'default.py'}:synthetic")
     config.data.trials = 1
     t0 = time.perf_counter()
     dataset, splits, data, _ = command.prepare_data(config)
@@ -59,13 +59,12 @@ def main(argv):
     print(f"{'members':>7} {'s/epoch':>8} {'s/eval':>7} {'s/epoch/member':>15} "
           f"{f'total for {args.epochs} epochs':>24}")
     for m in (int(x) for x in args.members.split(",")):
-        methods = default.METHODS * (m // len(default.METHODS) + 1)
+        methods = augment.METHOD_NAMES * (m // len(augment.METHOD_NAMES) + 1)
         members = [dict(method=meth, alpha=0.0 if meth == "control" else 0.2,
                         softness=0.05 if meth.startswith("soft_") else 0.0, trial=0, seed=i)
                    for i, meth in enumerate(methods[:m])]
-        hp = train.member_hparams(members)
-        one = chunk_seconds(config, data, hp, 1, args.repeats)
-        two = chunk_seconds(config, data, hp, 2, args.repeats)
+        one = chunk_seconds(config, data, members, 1, args.repeats)
+        two = chunk_seconds(config, data, members, 2, args.repeats)
         t_epoch, t_eval = two - one, max(2 * one - two, 0.0)
         total = args.epochs * t_epoch + (args.epochs // args.eval_every) * t_eval
         print(f"{m:>7} {t_epoch:>8.2f} {t_eval:>7.2f} {t_epoch / m:>15.3f} "

@@ -594,10 +594,10 @@ class _DeviceFake:
 
 
 def test_extract_redoes_shards_of_another_device_count(tmp_path, caplog):
-    from configs.extract import table
+    from embaug_jax import configlib
     from embaug_jax.embed import pipeline
 
-    c = table.get_config()
+    c = configlib.get_config(TABLE)
     c.source.path = str(table_csv(tmp_path))  # 6 rows in shards of 2: three shards
     c.source.text_columns, c.source.label_column, c.source.id_column = "title", "category", "sku"
     c.shard_size, c.progress = 2, False

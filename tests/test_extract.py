@@ -12,13 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
-from configs.extract import fashion_mnist_lite0, fashion_products, table, wordnet_minilm
-from embaug_jax import cli
-from embaug_jax.embed import pipeline as extract
-from embaug_jax.dataset import load_embeddings
-from embaug_jax.embed.efficientnet import decode_image
 from test_sources import FASHION_MNIST, WORDNET, write_fashion_products
+
+from embaug_jax import cli, configlib
+from embaug_jax.dataset import load_embeddings
+from embaug_jax.embed import pipeline as extract
+from embaug_jax.embed.efficientnet import decode_image
+
+EXTRACT_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "extract"
+fashion_mnist_lite0, fashion_products, table, wordnet_minilm = (
+    configlib.load_module(EXTRACT_CONFIGS / f"{name}.py")
+    for name in ("fashion_mnist_lite0", "fashion_products", "table", "wordnet_minilm"))
 
 
 def text_vector(text: str, dim: int) -> np.ndarray:
@@ -318,9 +322,10 @@ def test_fashion_products_smoke_with_real_minilm_and_lite0(tmp_path, fast_compil
     assert np.isfinite(ds.embeddings).all() and ds.info["skipped_images"] == 2
 
 
-@pytest.mark.parametrize("module", [wordnet_minilm, table, fashion_products, fashion_mnist_lite0])
+@pytest.mark.parametrize("module", [wordnet_minilm, table, fashion_products, fashion_mnist_lite0],
+                         ids=lambda module: Path(module.__file__).stem)
 def test_configs_have_smoke_variants_and_document_their_command(module):
-    name = module.__name__.rsplit(".", 1)[-1]
+    name = Path(module.__file__).stem
     assert module.__doc__.startswith(f"embaug extract --config=configs/extract/{name}.py")
     full, smoke = module.get_config(), module.get_config("smoke")
     assert full.keys() == smoke.keys() and full.source.keys() == smoke.source.keys()

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from embaug_jax import metrics, report
+from embaug_jax.train.engine import SweepResult
 
 C = 6
 TRIALS = 3
@@ -41,10 +42,10 @@ def _sweep(rng, plan, *, epochs=4, all_seen_trials=()):
     m = len(members)
     history = {k: rng.random((m, epochs)) for k in ("overall_accuracy", "none_accuracy",
                                                     "train_loss")}
-    return report.SweepOutputs(members=members, eval_epochs=np.arange(1, epochs + 1) * 3,
-                               history=history, val_probs=np.stack(probs).astype(np.float32),
-                               val_labels=labels, seen_mask=seen,
-                               class_names=[f"class_{k}" for k in range(C)])
+    return SweepResult(members=members, eval_epochs=np.arange(1, epochs + 1) * 3,
+                       history=history, val_probs=np.stack(probs).astype(np.float32),
+                       val_labels=labels, seen_mask=seen,
+                       class_names=[f"class_{k}" for k in range(C)])
 
 
 def _strict_json(path):
@@ -156,7 +157,7 @@ def test_no_none_examples_and_no_history(tmp_path):
     assert _strict_json(tmp_path / "results.json")["threshold"] == 0.5
 
 
-def test_bad_sweep_outputs_raise_clear_errors():
+def test_bad_sweep_results_raise_clear_errors():
     rng = np.random.default_rng(2)
     good = _sweep(rng, [("control", 0.0, 0.0, 0.3)])
     fields = dict(members=good.members, eval_epochs=good.eval_epochs, history=good.history,
@@ -164,7 +165,7 @@ def test_bad_sweep_outputs_raise_clear_errors():
                   seen_mask=good.seen_mask, class_names=good.class_names)
 
     def build(**changes):
-        return report.SweepOutputs(**{**fields, **changes})
+        return SweepResult(**{**fields, **changes})
 
     with pytest.raises(ValueError, match="2 members but val_probs holds 3"):
         build(members=good.members[:2])

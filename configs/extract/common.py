@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import ml_collections
 
-import configs
+from embaug_jax import configlib
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """"smoke,variant=b4" -> {smoke: True, variant: "b4"}: `configs.parse_arg` with `smoke`."""
-    return configs.parse_arg(arg, smoke=False, **defaults)
+    """"smoke,variant=b4" -> {smoke: True, variant: "b4"}: `configlib.parse_arg` with `smoke`."""
+    return configlib.parse_arg(arg, smoke=False, **defaults)
 
 
 def base_config() -> ml_collections.ConfigDict:

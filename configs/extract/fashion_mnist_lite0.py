@@ -12,7 +12,9 @@ Needs Debian's dataset-fashion-mnist.
 
 import ml_collections
 
-from configs.extract import common
+from embaug_jax import configlib
+
+common = configlib.sibling(__file__, "common")
 
 
 def get_config(arg=None):

@@ -18,7 +18,9 @@ all; `--config.skip_bad_images=True` leaves them out (listed in skipped_images.j
 
 import ml_collections
 
-from configs.extract import common
+from embaug_jax import configlib
+
+common = configlib.sibling(__file__, "common")
 
 
 def get_config(arg=None):

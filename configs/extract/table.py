@@ -13,7 +13,9 @@ image column another (paths relative to the table's folder, or absolute; needs
 
 import ml_collections
 
-from configs.extract import common
+from embaug_jax import configlib
+
+common = configlib.sibling(__file__, "common")
 
 
 def get_config(arg=None):

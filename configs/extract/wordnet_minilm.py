@@ -12,7 +12,9 @@ Needs Debian's wordnet-base (`sudo apt-get install wordnet-base`).
 
 import ml_collections
 
-from configs.extract import common
+from embaug_jax import configlib
+
+common = configlib.sibling(__file__, "common")
 
 
 def get_config(arg=None):

@@ -47,8 +47,8 @@ from absl import logging
 
 from embaug_jax import distributed
 from embaug_jax import sources as sources_lib
-from embaug_jax.dataset import Segment, load_embeddings, save_embeddings
-from embaug_jax.util import UserError, atomic_path, workdir_lock, write_json_atomic
+from embaug_jax.dataset import Segment, class_ids, load_embeddings, save_embeddings
+from embaug_jax.util import UserError, atomic_path, list_first, workdir_lock, write_json_atomic
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
@@ -317,9 +317,9 @@ def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedde
     if out.shape != (len(rows), dim):
         raise UserError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
     if not np.isfinite(out).all():
-        bad = data.ids[rows[~np.isfinite(out).all(axis=1)]][:10].tolist()
-        raise UserError(f"Embeddings of items {bad} are not finite (NaN/Inf): check the model "
-                        "weights and the dtype.")
+        bad = data.ids[rows[~np.isfinite(out).all(axis=1)]]
+        raise UserError(f"Embeddings of items {list_first(bad)} are not finite (NaN/Inf): check "
+                        "the model weights and the dtype.")
     return out
 
 
@@ -521,9 +521,13 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
     unfinished = [i for i, p in enumerate(_shard_paths(shards_dir, len(keep), shard_size))
                   if not p.is_file()]
     wait_for_all("listed")
+    todo = unfinished[jax.process_index()::jax.process_count()]
+    if jax.process_count() > 1:
+        logging.info("extract: process %d of %d embeds shards %s (%d unfinished of %d).",
+                     jax.process_index(), jax.process_count(), todo, len(unfinished),
+                     len(_shard_paths(shards_dir, len(keep), shard_size)))
     shard_paths = _embed_shards(data, keep, shards_dir, shard_size, text_fields, image_fields,
-                                text_embedder, image_embedder, dim, progress,
-                                todo=unfinished[jax.process_index()::jax.process_count()])
+                                text_embedder, image_embedder, dim, progress, todo=todo)
     wait_for_all("embedded")
     if not primary:
         wait_for_all("assembled")
@@ -543,12 +547,11 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
     # A class left without items would be an empty row of every per-class metric.
     present = set(kept.labels.tolist())
     class_names = [c for c in kept.class_names if c in present]
-    lookup = {c: i for i, c in enumerate(class_names)}
     info = {"fingerprint": fingerprint, "fingerprint_parts": parts,
             "source": _jsonable(data.info), "dropped": data.dropped, "notes": data.notes,
             "skipped_images": len(bad), "text_model": parts["text_model"],
             "image_model": parts["image_model"]}
-    save_embeddings(output, embeddings, np.array([lookup[y] for y in kept.labels], np.int64),
+    save_embeddings(output, embeddings, class_ids(kept.labels, class_names),
                     class_names, ids=kept.ids, segments=segments, info=info)
     logging.info("extract: wrote %s: %d items x %d (%s).", output, len(keep), dim,
                  " | ".join(f"{s.name} {s.size}" for s in segments))

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from embaug_jax.util import UserError
+from embaug_jax.util import UserError, list_first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,24 +74,17 @@ class SourceData:
             raise UserError(f"Source fields disagree on the number of items: ids has {n}, {bad}.")
         unique, counts = np.unique(self.ids, return_counts=True)
         if len(unique) != n:
-            dupes = unique[counts > 1][:10].tolist()
-            raise UserError(f"Item ids must be unique; repeated: {dupes}. Pick another id column "
+            raise UserError(f"Item ids must be unique; repeated: {list_first(unique[counts > 1])}. Pick another id column "
                             "(or none: row numbers are used).")
         unknown = sorted(set(self.labels.tolist()) - set(self.class_names))
         if unknown:
-            raise UserError(f"Labels {unknown[:10]} are not among class_names.")
+            raise UserError(f"Labels {list_first(unknown)} are not among class_names.")
         overlap = set(self.texts) & set(self.images)
         if overlap:
             raise UserError(f"Field names used for both text and images: {sorted(overlap)}.")
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    @property
-    def label_indices(self) -> np.ndarray:
-        """[N] int32 index of each item's label in `class_names`."""
-        lookup = {name: i for i, name in enumerate(self.class_names)}
-        return np.array([lookup[label] for label in self.labels], np.int32).reshape(len(self))
 
     @property
     def fields(self) -> list[str]:

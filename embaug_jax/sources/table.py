@@ -20,7 +20,7 @@ from embaug_jax.sources.items import (
     split_names,
 )
 from embaug_jax.sources.sampling import finish
-from embaug_jax.util import UserError
+from embaug_jax.util import UserError, list_first
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
                   ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -107,9 +107,8 @@ def _table_texts(columns: dict[str, list[Any]], policy: str, notes: dict[str, in
                             "leaves them out.", path.name, name, n_empty, n_rows)
         if empty.any():
             if policy == "error":
-                rows = np.flatnonzero(empty)[:10].tolist()
                 raise UserError(f"Text column {name!r} is empty in {int(empty.sum())} rows "
-                                f"(first data rows {rows}, 0-based). Fill them, or set "
+                                f"(data rows {list_first(np.flatnonzero(empty))}, 0-based). Fill them, or set "
                                 "config.source.empty_texts to 'keep' or 'drop'.")
             if policy == "drop":
                 keep &= ~empty
@@ -170,9 +169,8 @@ def load_table(src: Any) -> SourceData:
     labels = [_cell_text(v) for v in frame[label_column].tolist()]
     missing = np.array([label is None for label in labels], bool)
     if missing.any() and missing_policy == "error":
-        rows = np.flatnonzero(missing)[:10].tolist()
         raise UserError(f"Label column {label_column!r} is empty in {int(missing.sum())} rows "
-                        f"(first data rows {rows}, 0-based). Fill them, or set "
+                        f"(data rows {list_first(np.flatnonzero(missing))}, 0-based). Fill them, or set "
                         "config.source.missing_labels=drop to leave those rows out.")
     keep = ~missing
     _count(dropped, "missing label", missing.sum())
@@ -194,8 +192,8 @@ def load_table(src: Any) -> SourceData:
     rows = np.flatnonzero(keep)
     empty_ids = [int(r) for r in rows if not ids[r]]
     if empty_ids:
-        raise UserError(f"Id column {id_column!r} is empty in {len(empty_ids)} rows (first data "
-                        f"rows {empty_ids[:10]}, 0-based); every item needs an id.")
+        raise UserError(f"Id column {id_column!r} is empty in {len(empty_ids)} rows (data rows "
+                        f"{list_first(empty_ids)}, 0-based); every item needs an id.")
     kept_labels = [labels[i] for i in rows]
     data = SourceData(
         ids=[ids[i] for i in rows], labels=kept_labels, class_names=sort_class_names(kept_labels),

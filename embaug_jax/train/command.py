@@ -25,9 +25,9 @@ from embaug_jax import augment, distributed
 from embaug_jax.train.engine import (
     _FINGERPRINT_KEYS,
     OPTIMIZERS,
+    OnChunk,
     TrainData,
     evaluation_epochs,
-    member_hparams,
     run_sweep,
     sweep_members,
 )
@@ -50,7 +50,7 @@ def _require(ok: bool, message: str) -> None:
 def validate_config(config) -> None:
     """Raises UserError (a ValueError) naming the first bad value and how to fix it."""
     s, d, o, m, a = config.sweep, config.data, config.optim, config.model, config.augment
-    n_dev = int(config.get("num_devices", 0))
+    n_dev = int(config.num_devices)
     _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
              f"{jax.device_count()} device(s) are visible; use 0 (all) or at most that many.")
     _require(n_dev == 0 or jax.process_count() == 1, f"config.num_devices={n_dev} but "
@@ -99,13 +99,19 @@ def validate_config(config) -> None:
     bs = int(config.batch_size)
     _require(bs >= 2 and (bs % 2 == 0 or a.pairing != "halve"), f"config.batch_size={bs} must "
              "be >= 2 and even (halving pairs the two halves of a batch).")
-    ne, ee, ce = int(config.num_epochs), int(config.eval_every), int(config.checkpoint_every)
-    _require(ne >= 1 and ee >= 1 and ce >= 1, "num_epochs, eval_every and checkpoint_every "
-             "must be >= 1.")
+    ne, ee = int(config.num_epochs), int(config.eval_every)
+    ch, ce = int(config.chunk_epochs), int(config.checkpoint_every)
+    _require(min(ne, ee, ch, ce) >= 1, "num_epochs, eval_every, chunk_epochs and "
+             "checkpoint_every must be >= 1.")
     _require(ne % ee == 0, f"config.num_epochs={ne} must be a multiple of "
              f"config.eval_every={ee} (evaluations happen at the end of every eval_every epochs).")
-    _require(ce % ee == 0, f"config.checkpoint_every={ce} must be a multiple of "
-             f"config.eval_every={ee}.")
+    _require(ch % ee == 0, f"config.chunk_epochs={ch} must be a multiple of "
+             f"config.eval_every={ee} (a compiled chunk ends with an evaluation).")
+    # Every chunk is then one length: a shorter last chunk would compile a second program.
+    _require(ne % ch == 0, f"config.num_epochs={ne} must be a multiple of "
+             f"config.chunk_epochs={ch}, so the last chunk reuses the compiled program.")
+    _require(ce % ch == 0, f"config.checkpoint_every={ce} must be a multiple of "
+             f"config.chunk_epochs={ch} (checkpoints are written between chunks).")
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
              "in (0, 1).")
@@ -128,8 +134,8 @@ def load_data(config):
                               segments=tuple(sy.segments) if sy.segments else None)
     if not d.path:
         raise UserError("bad config: config.data.source='file' but config.data.path is not "
-                         "set; pass --config.data.path=DIR (a dataset written by `embaug "
-                         "extract`) or use --config.data.source=synthetic.")
+                        "set; pass --config.data.path=DIR (a dataset written by `embaug "
+                        "extract`) or use --config.data.source=synthetic.")
     from embaug_jax.dataset import load_embeddings
 
     return load_embeddings(os.path.expanduser(d.path))
@@ -237,12 +243,12 @@ def prepare_data(config) -> tuple[Any, Splits, TrainData, tuple[int, ...] | None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                       devices=None, max_chunks: int | None = None) -> dict | None:
+                       on_chunk: OnChunk | None = None) -> dict | None:
     """Runs a config's sweep end to end in `workdir`; returns the results dict.
 
     Writes config.json, metrics.jsonl, checkpoints/ and (via `report.write_report`)
     results.json, results.md and the figures. Rerunning with the same config resumes.
-    `max_chunks` stops after that many chunks as if killed (returns None; for tests).
+    `on_chunk` is `run_sweep`'s: a truthy return stops the sweep as if killed (returns None).
     """
     started = time.monotonic()
     validate_config(config)
@@ -272,8 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             _wait_for_report(started)
             return results
         return _train_and_report(config, workdir, fingerprint, dataset, splits, data, segments,
-                                 devices=devices, max_chunks=max_chunks, primary=primary,
-                                 started=started)
+                                 on_chunk=on_chunk, primary=primary, started=started)
 
 
 def _read_json(path: Path) -> Any:
@@ -284,22 +289,23 @@ def _read_json(path: Path) -> Any:
 
 
 def _train_and_report(config, workdir: Path, fingerprint: dict, dataset, splits, data,
-                      segments, *, devices, max_chunks, primary: bool,
+                      segments, *, on_chunk: OnChunk | None, primary: bool,
                       started: float) -> dict | None:
     ckpt_dir = workdir / "checkpoints"
     members = sweep_members(config)
-    hp = member_hparams(members)
     logging.info("%d members, %d training / %d validation rows per trial, %d unseen classes "
                  "on average", len(members), splits.train_idx.shape[1], splits.val_idx.shape[1],
                  int((~splits.seen_mask).sum(1).mean()))
+    eval_epochs = evaluation_epochs(config)
 
-    def on_chunk(history, epochs_done):
+    def write_metrics(history, epochs_done):
         if primary:
             _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
                                  epochs_done)
+        return on_chunk(history, epochs_done) if on_chunk is not None else None
 
-    eval_epochs = evaluation_epochs(config)
-    if devices is None and int(config.get("num_devices", 0)):
+    devices = None
+    if int(config.num_devices):
         devices = jax.devices()[:int(config.num_devices)]
     written = [workdir / "config.json", workdir / "fingerprint.json"]
     fresh = not any(p.exists() for p in written)
@@ -307,30 +313,27 @@ def _train_and_report(config, workdir: Path, fingerprint: dict, dataset, splits,
         write_json_atomic(written[0], json.loads(config.to_json_best_effort()))
         write_json_atomic(written[1], fingerprint)
     try:
-        result = run_sweep(config, data, hp, devices=devices, checkpoint_dir=ckpt_dir,
-                           max_chunks=max_chunks, segments=segments, on_chunk=on_chunk)
+        result = run_sweep(config, data, members, class_names=dataset.class_names,
+                           devices=devices, checkpoint_dir=ckpt_dir, segments=segments,
+                           on_chunk=write_metrics)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing that claims otherwise.
         if primary and fresh and not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
             for p in written:
                 p.unlink(missing_ok=True)
         raise
-    on_chunk(result.history, result.epochs_done)
-    if result.val_probs is None:
+    # A resumed, finished sweep runs no chunk: metrics.jsonl is still rewritten from the
+    # checkpoint's history.
+    if primary:
+        _write_metrics_jsonl(workdir / "metrics.jsonl", members, result.history, eval_epochs,
+                             result.epochs_done)
+    if not result.finished:
         return None
     if not primary:
         _wait_for_report(started)
         return None
 
-    from embaug_jax import report
-
-    outputs = report.SweepOutputs(
-        members=members, eval_epochs=result.eval_epochs, history=result.history,
-        val_probs=result.val_probs,
-        val_labels=np.asarray(dataset.labels)[splits.val_idx], seen_mask=splits.seen_mask,
-        class_names=list(dataset.class_names), val_idx=splits.val_idx,
-        train_idx=splits.train_idx)
-    results = _report(config, workdir, outputs)
+    results = _report(config, workdir, result)
     _wait_for_report(started)
     return results
 
@@ -342,20 +345,19 @@ def _wait_for_report(started: float) -> None:
     distributed.barrier("train: reported", distributed.patient_timeout(started))
 
 
-def _report(config, workdir: Path, outputs) -> dict:
+def _report(config, workdir: Path, result) -> dict:
     from embaug_jax import report
 
     r = config.report
-    results = report.write_report(workdir, outputs, threshold=float(config.threshold),
-                                  selection_fraction=float(r.selection_fraction),
-                                  bootstrap_resamples=int(r.bootstrap_resamples),
-                                  seed=int(r.seed))
-    print(report.format_summary(results))
-    return results
+    return report.write_report(workdir, result, threshold=float(config.threshold),
+                               selection_fraction=float(r.selection_fraction),
+                               bootstrap_resamples=int(r.bootstrap_resamples), seed=int(r.seed))
 
 
-def _holdout(data_config):
-    """config.data.holdout_names ("a,b": fixed classes) wins over the count holdout_classes."""
-    names = [v.strip() for v in str(data_config.get("holdout_names") or "").split(",")]
-    names = [v for v in names if v]
-    return names if names else int(data_config.holdout_classes)
+def _holdout(data_config) -> int | list[str]:
+    """config.data.holdout_classes: a whole number is a count of random classes per trial,
+    anything else comma-separated class names ("7," names the one class "7")."""
+    value = str(data_config.holdout_classes).strip()
+    if value.isdigit():
+        return int(value)
+    return [v.strip() for v in value.split(",") if v.strip()]

@@ -1,18 +1,17 @@
 """The sweep engine: a whole sweep (method x alpha x softness x trial x seed) in one program.
 
-`make_train(config, num_classes, n_train)` returns a pure `train(key, hp, data)` for ONE member
-(purejaxrl style): epochs and steps are `lax.scan`s, shuffling and augmentation happen on device,
-and the validation metrics are computed every `eval_every` epochs inside the program. Everything
+`make_train(spec, num_epochs)` returns a pure `train(key, hp, data)` for ONE member (purejaxrl
+style; `ProgramSpec.from_config` holds everything the program reads): epochs and steps are
+`lax.scan`s, shuffling and augmentation happen on device, and the validation metrics are computed every `eval_every` epochs inside the program. Everything
 a sweep varies -- the augmentation method, alpha, softness, the trial's split, the seed -- is a
 traced array in `MemberHParams`, so `jax.jit(jax.vmap(train, in_axes=(None, 0, None)))` trains
 every member at once with one compilation. Control and mixing share that program: the augment
 step always returns a fixed-size batch with per-example loss weights (`augment.augment_batch`).
 
-`train_and_evaluate(config, workdir)` is what `embaug train` runs: it validates the config, loads
-the data, draws the splits, shards the member axis over the devices, trains in chunks of epochs
-(a tqdm bar, an orbax checkpoint and a rewritten `metrics.jsonl` per chunk; rerunning the same
-command resumes from the last checkpoint) and hands the final validation probabilities to
-`report.write_report`.
+`run_sweep(config, data, members)` is the driver: it shards the member axis over the devices,
+trains in compiled chunks of `config.chunk_epochs` epochs (a tqdm tick and an `on_chunk` call
+each; an orbax checkpoint every `config.checkpoint_every` epochs, resumed when present) and
+returns a `SweepResult`, which `report.write_report(workdir, result)` turns into the report.
 
 Keys: member key = fold_in(fold_in(root, seed), trial); its first split initialises the MLP, the
 second drives training: epoch key = fold_in(train_key, epoch) splits into the shuffle key and a
@@ -28,14 +27,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -43,15 +40,15 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from embaug_jax import augment
+from embaug_jax.metrics import DEFAULT_THRESHOLD, threshold_accuracy
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
+from embaug_jax.util import list_first
 
 OPTIMIZERS = ("adamw", "sgd")
 # Config keys whose change makes an existing checkpoint meaningless for this run.
 _FINGERPRINT_KEYS = ("data", "model", "optim", "augment", "sweep", "num_epochs", "batch_size",
                      "eval_every", "seed")
-# The config keys `make_program` reads (the sweep itself enters only as traced arrays).
-_PROGRAM_KEYS = ("model", "optim", "augment", "batch_size", "eval_every", "eval_block_rows",
-                 "threshold")
+METRIC_NAMES = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,16 +131,67 @@ def triangular_schedule(low: float, high: float, half_cycle_steps: int) -> optax
     return schedule
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+@dataclasses.dataclass(frozen=True)
+class ProgramSpec:
+    """Everything the compiled program reads besides the traced members and the data arrays.
+
+    `make_program` reads nothing else, and the compile cache is keyed on the spec itself, so a
+    new knob the program depends on has to become a field here and can never reuse a stale
+    program. Build one from a config with `ProgramSpec.from_config`.
+    """
+
+    num_classes: int
+    n_train: int  # training rows per trial
+    hidden: tuple[int, ...]
+    dropout: float
+    head: str
+    optimizer: str
+    lr_min: float
+    lr_max: float
+    half_cycle_epochs: int
+    weight_decay: float
+    momentum: float
+    batch_size: int
+    pairing: str
+    negative_mass: float | None
+    label_weight: str
+    segments: tuple[int, ...] | None  # sizes mixed independently; None: one lambda per pair
+    eval_every: int
+    eval_block_rows: int
+    threshold: float
+
+    @classmethod
+    def from_config(cls, config, num_classes: int, n_train: int, *,
+                    segments=None) -> "ProgramSpec":
+        m, o, a = config.model, config.optim, config.augment
+        return cls(
+            num_classes=int(num_classes), n_train=int(n_train),
+            hidden=tuple(int(h) for h in m.hidden), dropout=float(m.dropout), head=str(m.head),
+            optimizer=str(o.optimizer), lr_min=float(o.lr_min), lr_max=float(o.lr_max),
+            half_cycle_epochs=int(o.half_cycle_epochs), weight_decay=float(o.weight_decay),
+            momentum=float(o.momentum), batch_size=int(config.batch_size),
+            pairing=str(a.pairing),
+            negative_mass=None if a.negative_mass is None else float(a.negative_mass),
+            label_weight=str(a.label_weight),
+            segments=None if segments is None else tuple(int(s) for s in segments),
+            eval_every=int(config.eval_every), eval_block_rows=int(config.eval_block_rows),
+            threshold=float(config.threshold))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
+
+
+def make_optimizer(spec: ProgramSpec) -> optax.GradientTransformation:
     """AdamW (decoupled weight decay) or SGD with momentum and L2, on the triangular cycle."""
-    o = config.optim
-    lr = triangular_schedule(o.lr_min, o.lr_max, o.half_cycle_epochs * steps_per_epoch)
-    if o.optimizer == "adamw":
-        return optax.adamw(lr, weight_decay=o.weight_decay)
-    if o.optimizer == "sgd":
-        return optax.chain(optax.add_decayed_weights(o.weight_decay),
-                           optax.sgd(lr, momentum=o.momentum))
-    raise ValueError(f"unknown optimizer {o.optimizer!r}; choose one of {OPTIMIZERS}.")
+    lr = triangular_schedule(spec.lr_min, spec.lr_max,
+                             spec.half_cycle_epochs * spec.steps_per_epoch)
+    if spec.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        return optax.chain(optax.add_decayed_weights(spec.weight_decay),
+                           optax.sgd(lr, momentum=spec.momentum))
+    raise ValueError(f"unknown optimizer {spec.optimizer!r}; choose one of {OPTIMIZERS}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,26 +217,19 @@ def _member_keys(key, hp: MemberHParams):
     return init_key, train_key
 
 
-def make_program(config, num_classes: int, n_train: int, *, segments=None) -> Program:
-    """Builds the per-member init / run / predict functions for a config (shapes are static)."""
-    model = MLP(num_classes=num_classes, hidden=tuple(config.model.hidden),
-                dropout=float(config.model.dropout), head=config.model.head)
-    batch = int(config.batch_size)
-    steps_per_epoch = n_train // batch
+def make_program(spec: ProgramSpec) -> Program:
+    """Builds the per-member init / run / predict functions of a spec (shapes are static)."""
+    if not isinstance(spec, ProgramSpec):
+        raise TypeError(f"make_program takes a ProgramSpec (ProgramSpec.from_config(config, "
+                        f"num_classes, n_train)), got {type(spec).__name__}.")
+    num_classes, head, batch = spec.num_classes, spec.head, spec.batch_size
+    model = MLP(num_classes=num_classes, hidden=spec.hidden, dropout=spec.dropout, head=head)
+    steps_per_epoch = spec.steps_per_epoch
     if steps_per_epoch < 1:
-        raise ValueError(f"batch_size={batch} exceeds the {n_train} training rows of a split; "
-                         "lower config.batch_size or raise config.data.train_fraction.")
-    tx = make_optimizer(config, steps_per_epoch)
-    head = config.model.head
-    aug = config.augment
-    threshold = float(config.threshold)
-    eval_every = int(config.eval_every)
-    eval_block = int(config.get("eval_block_rows", 8192))
-    segments = None if segments is None else tuple(int(s) for s in segments)
-
-    from embaug_jax.metrics import (
-        threshold_accuracy,  # the metrics module owns the definition
-    )
+        raise ValueError(f"batch_size={batch} exceeds the {spec.n_train} training rows of a "
+                         "split; lower config.batch_size or raise config.data.train_fraction.")
+    tx = make_optimizer(spec)
+    threshold, eval_every, eval_block = spec.threshold, spec.eval_every, spec.eval_block_rows
 
     def init(key, hp, data):
         init_key, _ = _member_keys(key, hp)
@@ -212,9 +253,9 @@ def make_program(config, num_classes: int, n_train: int, *, segments=None) -> Pr
             x = data.x[idx]
             y = jax.nn.one_hot(data.labels[idx], num_classes, dtype=x.dtype)
             x, y, w = augment.augment_batch(
-                aug_key, x, y, hp.method, class_mask=seen, pairing=aug.pairing,
-                negative_mass=aug.negative_mass, label_weight=aug.label_weight,
-                segments=segments)
+                aug_key, x, y, hp.method, class_mask=seen, pairing=spec.pairing,
+                negative_mass=spec.negative_mass, label_weight=spec.label_weight,
+                segments=spec.segments)
             loss, grads = jax.value_and_grad(loss_fn)(params, x, y, w, seen, dropout_key)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
@@ -270,14 +311,14 @@ def make_program(config, num_classes: int, n_train: int, *, segments=None) -> Pr
     return Program(init, run, predict, model, steps_per_epoch)
 
 
-def make_train(config, num_classes: int, n_train: int, *, segments=None) -> Callable:
+def make_train(spec: ProgramSpec, num_epochs: int) -> Callable:
     """Returns the pure `train(key, hp, data) -> (state, metrics)` of one member, all epochs.
 
     `jax.jit(jax.vmap(train, in_axes=(None, 0, None)))` trains a whole sweep; metrics hold one
     entry per evaluation ([num_epochs // eval_every]).
     """
-    program = make_program(config, num_classes, n_train, segments=segments)
-    num_periods = int(config.num_epochs) // int(config.eval_every)
+    program = make_program(spec)
+    num_periods = int(num_epochs) // spec.eval_every
 
     def train(key, hp, data):
         return program.run(key, hp, program.init(key, hp, data), data, num_periods)
@@ -315,15 +356,14 @@ def _pad(tree, multiple: int):
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_sweep(config_json: str, num_classes: int, n_train: int, segments, mesh: Mesh):
-    """The jitted, vmapped, member-sharded init / run / predict of a config.
+def _compiled_sweep(spec: ProgramSpec, mesh: Mesh):
+    """The jitted, vmapped, member-sharded init / run / predict of a spec.
 
-    Cached on the JSON of the config keys the program reads, so another sweep with the same
-    shapes in one process (a resume, a different method list, a test) reuses the compiled
-    executables instead of tracing fresh closures.
+    Cached on the spec (all the program reads), so another sweep with the same spec in one
+    process (a resume, a different method list, a test) reuses the compiled executables instead
+    of tracing fresh closures.
     """
-    config = ml_collections.ConfigDict(json.loads(config_json))
-    program = make_program(config, num_classes, n_train, segments=segments)
+    program = make_program(spec)
     by_member = NamedSharding(mesh, P("members"))
     init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)), out_shardings=by_member)
     run = jax.jit(jax.vmap(program.run, in_axes=(None, 0, 0, None, None)),
@@ -368,27 +408,148 @@ def _restore(manager, step, state, history, num_members, sharding):
     return state, history
 
 
+MEMBER_KEYS = ("method", "alpha", "softness", "trial", "seed")
+
+
 @dataclasses.dataclass
 class SweepResult:
-    state: TrainState  # [M] leading axis (padding dropped)
-    history: dict[str, np.ndarray]  # [M, E] per metric
-    eval_epochs: np.ndarray  # int [E]
-    val_probs: np.ndarray | None  # float32 [M, n_val, C] (None if stopped early)
-    epochs_done: int
+    """What a sweep produced: all `report.write_report(workdir, result)` needs (numpy arrays;
+    validated on construction).
+
+    Attributes:
+      members: per member {"method": str, "alpha": float, "softness": float, "trial": int,
+        "seed": int}, in the sweep's order.
+      eval_epochs: int [E], the epochs at which `history` was recorded.
+      history: "overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss" (and anything
+        else) float [M, E], accuracies at `threshold`; NaN where not trained yet.
+      val_probs: float [M, Nv, C], each member's final probabilities on its trial's validation
+        split; None when the sweep stopped before its last epoch.
+      val_labels: int [T, Nv], the validation labels of each trial (all trials have equal size).
+      seen_mask: bool [T, C], the classes in each trial's training split.
+      class_names: [C].
+      threshold: the confidence threshold of the accuracies (`config.threshold`).
+      val_idx, train_idx: optional int [T, Nv] / [T, n_train], the dataset rows of each trial's
+        validation and training split (saved with the predictions, so an analysis can go back to
+        the embeddings).
+      epochs_done: epochs trained (default: the last evaluation epoch).
+      state: the members' final `TrainState` ([M] leading axis), when the engine made it.
+    """
+
+    members: list[dict]
+    eval_epochs: np.ndarray
+    history: dict[str, np.ndarray]
+    val_probs: np.ndarray | None
+    val_labels: np.ndarray
+    seen_mask: np.ndarray
+    class_names: list[str]
+    threshold: float = DEFAULT_THRESHOLD
+    val_idx: np.ndarray | None = None
+    train_idx: np.ndarray | None = None
+    epochs_done: int | None = None
+    state: TrainState | None = None
+
+    def __post_init__(self):
+        self.eval_epochs = np.asarray(self.eval_epochs).reshape(-1)
+        self.val_probs = None if self.val_probs is None else np.asarray(self.val_probs)
+        self.val_labels = np.asarray(self.val_labels)
+        self.seen_mask = np.asarray(self.seen_mask)
+        self.history = {k: np.asarray(v) for k, v in dict(self.history).items()}
+        self.class_names = [str(c) for c in self.class_names]
+        self.members = [dict(m) for m in self.members]
+        if self.epochs_done is None:
+            self.epochs_done = int(self.eval_epochs[-1]) if self.eval_epochs.size else 0
+        self._validate()
+
+    @property
+    def finished(self) -> bool:
+        return self.val_probs is not None
+
+    def _validate(self):
+        m = len(self.members)
+        if m == 0:
+            raise ValueError("SweepResult: no members to report on.")
+        for i, member in enumerate(self.members):
+            missing = [k for k in MEMBER_KEYS if k not in member]
+            if missing:
+                raise ValueError(f"SweepResult.members[{i}] lacks {missing}; every member needs "
+                                 f"{list(MEMBER_KEYS)}.")
+        probs = self.val_probs
+        if probs is not None and (probs.ndim != 3 or probs.shape[0] != m):
+            raise ValueError(f"SweepResult: {m} members but val_probs holds "
+                             f"{probs.shape[0] if probs.ndim else 0} (shape {probs.shape}; want "
+                             "[M, Nv, C]).")
+        if self.val_labels.ndim != 2:
+            raise ValueError(f"SweepResult.val_labels must be [T, Nv], got shape "
+                             f"{self.val_labels.shape}.")
+        if not np.issubdtype(self.val_labels.dtype, np.integer):
+            raise ValueError(f"SweepResult.val_labels must be integer, got "
+                             f"{self.val_labels.dtype}.")
+        t, nv = self.val_labels.shape
+        c = probs.shape[2] if probs is not None else np.shape(self.seen_mask)[-1]
+        if self.seen_mask.shape != (t, c):
+            raise ValueError(f"SweepResult.seen_mask must be [T, C] = [{t}, {c}], got shape "
+                             f"{self.seen_mask.shape}.")
+        self.seen_mask = self.seen_mask.astype(bool)
+        if len(self.class_names) != c:
+            raise ValueError(f"SweepResult: {len(self.class_names)} class_names for C = {c}.")
+        trials = np.array([int(mb["trial"]) for mb in self.members])
+        bad = np.flatnonzero((trials < 0) | (trials >= t))
+        if bad.size:
+            raise ValueError(f"SweepResult: members {bad.tolist()} name trials "
+                             f"{trials[bad].tolist()}, outside [0, {t}).")
+        bad = np.argwhere((self.val_labels < 0) | (self.val_labels >= c))
+        if bad.size:
+            raise ValueError(f"SweepResult.val_labels must lie in [0, {c}); bad (trial, row) "
+                             f"{list_first(bad.tolist(), 5)}.")
+        for name, shape in (("val_idx", (t, nv)), ("train_idx", None)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = np.asarray(value)
+            setattr(self, name, value)
+            if value.ndim != 2 or value.shape[0] != t or (shape and value.shape != shape):
+                raise ValueError(f"SweepResult.{name} must be [T, rows] with T = {t}"
+                                 + (f" and rows = {nv}" if shape else "")
+                                 + f", got shape {value.shape}.")
+        e = self.eval_epochs.shape[0]
+        for name, values in self.history.items():
+            if values.shape != (m, e):
+                raise ValueError(f"SweepResult.history[{name!r}] must be [M, E] = [{m}, {e}], "
+                                 f"got shape {values.shape}.")
+        if self.val_probs is None:
+            return
+        if self.val_probs.shape != (m, nv, c):
+            raise ValueError(f"SweepResult.val_probs must be [M, Nv, C] = [{m}, {nv}, {c}], got "
+                             f"shape {self.val_probs.shape}.")
+        bad = np.flatnonzero(~np.isfinite(self.val_probs).reshape(m, -1).all(axis=1))
+        if bad.size:
+            raise ValueError(f"SweepResult.val_probs has NaN/Inf for members {bad.tolist()} "
+                             f"(e.g. {self.members[bad[0]]}): training diverged.")
 
 
-def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=None,
-              checkpoint_dir: str | os.PathLike | None = None, max_chunks: int | None = None,
-              segments=None, progress: bool = True,
-              on_chunk: Callable[[dict[str, np.ndarray], int], None] | None = None) -> SweepResult:
-    """Trains every member of `hp` (leading axis M) on `data`, chunk by chunk.
+OnChunk = Callable[[dict[str, np.ndarray], int], Any]
+
+
+def run_sweep(config, data: TrainData, members: Sequence[dict], *,
+              class_names: Sequence[str] | None = None, key=None, devices=None,
+              checkpoint_dir: str | os.PathLike | None = None, segments=None,
+              progress: bool = True, on_chunk: OnChunk | None = None) -> SweepResult:
+    """Trains every member (`sweep_members(config)` or any list like it) on `data`, chunk by chunk.
+
+    A chunk is `config.chunk_epochs` epochs in one compiled call; a checkpoint is written every
+    `config.checkpoint_every` epochs and at the end.
 
     Args:
+      members: dicts with method, alpha, softness, trial, seed (see `sweep_members`).
+      class_names: [C] names for the report (default "0", "1", ...).
       key: root PRNG key (default `jax.random.key(config.seed)`).
       devices: the devices the member axis is sharded over (default all).
-      checkpoint_dir: orbax checkpoints per chunk; an existing one is resumed.
-      max_chunks: stop after this many chunks in this call (as if killed); no predictions.
-      on_chunk: called with (history so far, epochs done) after every chunk.
+      checkpoint_dir: orbax checkpoints; an existing one is resumed.
+      segments: sizes mixed independently by the augmentation (None: the whole vector).
+      progress: show a tqdm bar.
+      on_chunk: called as on_chunk(history so far [M, E] per metric, epochs done) after every
+        chunk; a truthy return stops the sweep there, as if killed (the result then has no
+        `val_probs`).
     """
     import orbax.checkpoint as ocp
     from tqdm.auto import tqdm
@@ -399,22 +560,24 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
     by_member = NamedSharding(mesh, P("members"))
     replicated = NamedSharding(mesh, P())
 
-    num_members = jax.tree.leaves(hp)[0].shape[0]
-    hp = jax.device_put(_pad(hp, len(devices)), by_member)
+    members = [dict(m) for m in members]
+    num_members = len(members)
+    hp = jax.device_put(_pad(member_hparams(members), len(devices)), by_member)
+    val_idx, train_idx = np.asarray(data.val_idx), np.asarray(data.train_idx)
+    val_labels = np.asarray(data.labels)[val_idx]
+    seen_mask = np.asarray(data.seen_mask)
+    num_classes = seen_mask.shape[1]
     data = jax.device_put(data, replicated)
-    program_config = {k: config[k] for k in _PROGRAM_KEYS}
-    init, run, predict = _compiled_sweep(
-        ml_collections.ConfigDict(program_config).to_json_best_effort(sort_keys=True),
-        data.seen_mask.shape[1],
-        data.train_idx.shape[1], None if segments is None else tuple(segments), mesh)
+    spec = ProgramSpec.from_config(config, num_classes, data.train_idx.shape[1],
+                                   segments=segments)
+    init, run, predict = _compiled_sweep(spec, mesh)
 
-    num_epochs, eval_every = int(config.num_epochs), int(config.eval_every)
+    num_epochs, eval_every = int(config.num_epochs), spec.eval_every
+    chunk_epochs, ckpt_every = int(config.chunk_epochs), int(config.checkpoint_every)
     num_evals = num_epochs // eval_every
-    chunk_periods = int(config.checkpoint_every) // eval_every
     eval_epochs = evaluation_epochs(config)
     padded = jax.tree.leaves(hp)[0].shape[0]
-    metric_names = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
-    history = {k: np.full((padded, num_evals), np.nan, np.float32) for k in metric_names}
+    history = {k: np.full((padded, num_evals), np.nan, np.float32) for k in METRIC_NAMES}
 
     state = init(key, hp, data)
     manager = None
@@ -435,27 +598,29 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
     bar = tqdm(total=num_epochs, initial=done, unit="epoch",
                disable=not progress or jax.process_index() != 0,
                desc=f"training {num_members} members on {len(devices)} device(s)")
-    chunks = 0
     try:
-        while done < num_epochs and (max_chunks is None or chunks < max_chunks):
-            periods = min(chunk_periods, (num_epochs - done) // eval_every)
+        while done < num_epochs:
+            # Every chunk is `chunk_epochs` long (one compiled program), except that a resume
+            # from a checkpoint written under another chunk length first realigns.
+            epochs = min(chunk_epochs - done % chunk_epochs, num_epochs - done)
+            periods = epochs // eval_every
             state, metrics = run(key, hp, state, data, periods)
             first = done // eval_every
-            for k in metric_names:
+            for k in METRIC_NAMES:
                 history[k][:, first:first + periods] = _host(metrics[k])
-            done += periods * eval_every
-            chunks += 1
-            if manager is not None:
+            done += epochs
+            if manager is not None and (done % ckpt_every == 0 or done == num_epochs):
                 # Saved without the device padding, so a run resumes on any device count.
                 with _quiet_orbax():
                     manager.save(done, args=ocp.args.StandardSave(jax.tree.map(
                         lambda x: x[:num_members], {"state": state, "history": history})))
-            if on_chunk is not None:
-                on_chunk({k: v[:num_members] for k, v in history.items()}, done)
-            bar.update(periods * eval_every)
+            bar.update(epochs)
             last = first + periods - 1
             bar.set_postfix(loss=f"{np.nanmean(history['train_loss'][:, last]):.4f}",
                             overall=f"{np.nanmean(history['overall_accuracy'][:, last]):.3f}")
+            if on_chunk is not None and on_chunk(
+                    {k: v[:num_members] for k, v in history.items()}, done):
+                break
     finally:
         bar.close()
         if manager is not None:
@@ -466,8 +631,12 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
     probs = None
     if done >= num_epochs:
         probs = _host(predict(state, hp, data))[:num_members]
-    state = jax.tree.map(lambda x: x[:num_members], state)
-    return SweepResult(state, {k: v[:num_members] for k, v in history.items()}, eval_epochs,
-                       probs, done)
-
-
+    return SweepResult(
+        members=members, eval_epochs=eval_epochs,
+        history={k: v[:num_members] for k, v in history.items()}, val_probs=probs,
+        val_labels=val_labels, seen_mask=seen_mask,
+        class_names=(list(class_names) if class_names is not None
+                     else [str(i) for i in range(num_classes)]),
+        threshold=float(config.threshold), val_idx=val_idx, train_idx=train_idx,
+        epochs_done=done,
+        state=jax.tree.map(lambda x: x[:num_members], state))
