@@ -34,8 +34,8 @@ DEFAULT = str(REPO / "configs" / "default.py")
 TABLE = str(REPO / "configs" / "extract" / "table.py")
 DEMO = str(REPO / "configs" / "demo.py")
 # Small enough that a run that does train finishes in seconds.
-TINY = ["--config.num_epochs=4", "--config.eval_every=4", "--config.checkpoint_every=4",
-        "--config.data.trials=1"]
+TINY = ["--config.num_epochs=4", "--config.eval_every=4", "--config.chunk_epochs=4",
+        "--config.checkpoint_every=4", "--config.data.trials=1"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ CLI_CASES = [
     Case("synthetic source with a path", lambda t: train_argv(
         t, "--config.data.source=synthetic", f"--config.data.path={dataset_dir(t)}"),
         ("data.path", "synthetic", "data.source='file'")),
-    Case("unknown holdout class", lambda t: file_train(t, "--config.data.holdout_names=zebra"),
+    Case("unknown holdout class", lambda t: file_train(t, "--config.data.holdout_classes=zebra"),
          ("holdout class 'zebra'", "class_000")),
     # the data
     Case("file source without a path", lambda t: train_argv(t, "--config.data.source=file"),
