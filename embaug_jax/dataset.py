@@ -73,9 +73,6 @@ class EmbeddingDataset:
     def segment_sizes(self) -> tuple[int, ...] | None:
         return None if self.segments is None else tuple(s.size for s in self.segments)
 
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(np.asarray(self.labels), minlength=self.num_classes)
-
     def validate(self, *, where: str = "dataset") -> "EmbeddingDataset":
         """Raises UserError (a ValueError) naming every problem found; returns self if valid."""
         _validate(self, where)

@@ -44,6 +44,7 @@ def test_default_holds_the_papers_settings():
         default.get_config("smok")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
     c = _load(name)

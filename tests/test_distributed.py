@@ -19,10 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from test_extract import make_table
 
 pytestmark = pytest.mark.slow
 
@@ -221,7 +218,7 @@ def dir_bytes(path: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def extract_reference(tmp_path_factory):
+def extract_reference(tmp_path_factory, make_table):
     root = tmp_path_factory.mktemp("extract")
     table = make_table(root, n=10)
     ok(launch("extract", _extract_args(table), root / "one", processes=1))

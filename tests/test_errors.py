@@ -15,11 +15,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
-import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -457,19 +455,24 @@ def test_smoke_variant_with_data_path_trains_on_that_file_and_changed_data_is_re
 
 def test_an_all_empty_text_column_is_an_error_and_a_mostly_empty_one_a_warning(tmp_path,
                                                                                 caplog):
+    from embaug_jax import configlib
     from embaug_jax.sources import load_table
 
-    src = dict(text_columns="title,description", label_column="category", id_column="sku")
+    def source(rows, **knobs):
+        src = configlib.get_config(TABLE).source
+        src.update(dict(path=str(table_csv(tmp_path, rows)), text_columns="title,description",
+                        label_column="category", id_column="sku", **knobs))
+        return src
+
     rows = [{"sku": i, "title": f"t{i}", "description": "" if i < 3 else "d",
              "category": "a"} for i in range(5)]
     caplog.set_level("WARNING")
-    data = load_table(dict(src, path=str(table_csv(tmp_path, rows))))
-    assert len(data) == 5
+    assert len(load_table(source(rows))) == 5
     assert "'description' is empty in 3 of 5 rows" in caplog.text
     rows = [dict(r, description="") for r in rows]
     for policy in ("keep", "drop"):
         with pytest.raises(UserError, match="'description' is empty in all 5 rows"):
-            load_table(dict(src, path=str(table_csv(tmp_path, rows)), empty_texts=policy))
+            load_table(source(rows, empty_texts=policy))
 
 
 # ---------------------------------------------------------------------------------------------

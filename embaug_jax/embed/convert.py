@@ -234,7 +234,7 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         from embaug_jax.embed.weights import load_safetensors
         return load_safetensors(path)[0]
     try:
-        import torch
+        import torch  # noqa: F401  (only to say how to install it)
     except ImportError as e:  # pragma: no cover - torch is a test/convert extra
         raise ImportError("reading .pth checkpoints needs torch (pip install "
                           "'embaug_jax[convert]'), or convert them to safetensors") from e

@@ -107,7 +107,7 @@ def resolve_model_path(path: str) -> str:
 def _devices(config: Any):
     import jax
 
-    n = int(config.get("num_devices", 0) or 0)
+    n = int(config.num_devices)
     devices = jax.local_devices()
     if n < 0 or n > len(devices):
         raise UserError(f"config.num_devices={n}, but {len(devices)} local devices exist "
@@ -119,17 +119,15 @@ def build_text_embedder(model_cfg: Any, devices):
     """`TextEmbedder.from_pretrained` on `config.text_model`."""
     from embaug_jax.embed.bert import TextEmbedder
 
-    path = resolve_model_path(str(model_cfg.get("path", "") or ""))
+    path = resolve_model_path(str(model_cfg.path))
     if not path:
         raise UserError("The selected fields include text: set --config.text_model.path to a "
                         "Hugging Face BERT folder (or builtin:minilm).")
     try:
         return TextEmbedder.from_pretrained(
-            path, layers=tuple(model_cfg.get("layers", (-2, -1))),
-            pooling=model_cfg.get("pooling", "mean"),
-            max_length=int(model_cfg.get("max_length", 512)),
-            dtype=model_cfg.get("dtype", "float32"),
-            batch_size=int(model_cfg.get("batch_size", 64)), devices=devices)
+            path, layers=tuple(model_cfg.layers), pooling=model_cfg.pooling,
+            max_length=int(model_cfg.max_length), dtype=model_cfg.dtype,
+            batch_size=int(model_cfg.batch_size), devices=devices)
     except UserError:
         raise
     except ValueError as e:  # the folder or a setting: config.text_model, not a bug
@@ -146,7 +144,7 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
     from embaug_jax.embed import efficientnet
     from embaug_jax.embed.weights import hash_files
 
-    raw = str(model_cfg.get("path", "") or "")
+    raw = str(model_cfg.path)
     path = Path(resolve_model_path(raw)) if raw else None
     if path is None:
         raise UserError("The selected fields include images: set --config.image_model.path to "
@@ -154,8 +152,8 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
                         "of config.fields.")
     if not path.is_file():
         raise FileNotFoundError(f"No image model weights at {path} (config.image_model.path).")
-    origin = str(model_cfg.get("origin", "") or "") or None
-    variant = str(model_cfg.get("variant", "") or "") or None
+    origin = str(model_cfg.origin) or None
+    variant = str(model_cfg.variant) or None
     if raw == "builtin:lite0":
         origin = origin or "lite"
     try:
@@ -168,8 +166,8 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
                 convert_file(path, converted, origin=origin, variant=variant)
             path, origin = converted, None
         return efficientnet.ImageEmbedder.from_pretrained(
-            path, variant=variant, origin=origin, dtype=model_cfg.get("dtype", "float32"),
-            batch_size=int(model_cfg.get("batch_size", 16)), devices=devices)
+            path, variant=variant, origin=origin, dtype=model_cfg.dtype,
+            batch_size=int(model_cfg.batch_size), devices=devices)
     except UserError:
         raise
     except ValueError as e:  # the weights or a setting: config.image_model, not a bug
@@ -335,7 +333,7 @@ def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Se
     def model(embedder, section: str, used: bool):
         if not used:
             return None
-        settings = {k: v for k, v in _cfg_dict(config.get(section)).items()
+        settings = {k: v for k, v in _cfg_dict(config[section]).items()
                     if k not in _MODEL_LOCATION_KEYS}
         return {"fingerprint": embedder.fingerprint(), "dim": int(embedder.dim),
                 "settings": settings}
@@ -344,13 +342,13 @@ def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Se
         "pipeline_version": PIPELINE_VERSION,
         "source": {k: v for k, v in _cfg_dict(config.source).items() if k not in _LOCATION_KEYS},
         "source_content": content_hash(data, text_fields, image_fields,
-                                       progress=bool(config.get("progress", True))),
+                                       progress=bool(config.progress)),
         "text_fields": list(text_fields),
         "image_fields": list(image_fields),
         "text_model": model(text_embedder, "text_model", bool(text_fields)),
         "image_model": model(image_embedder, "image_model", bool(image_fields)),
-        "shard_size": int(config.get("shard_size", 1024)),
-        "skip_bad_images": bool(config.get("skip_bad_images", False)),
+        "shard_size": int(config.shard_size),
+        "skip_bad_images": bool(config.skip_bad_images),
     })
 
 
@@ -428,8 +426,8 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         `config.text_model` / `config.image_model` (for notebooks and tests).
     """
     workdir = Path(workdir)
-    output = Path(config.get("output", "") or workdir / "embeddings")
-    shard_size = int(config.get("shard_size", 1024))
+    output = Path(config.output or workdir / "embeddings")
+    shard_size = int(config.shard_size)
     if shard_size < 1:
         raise UserError(f"config.shard_size must be >= 1, got {shard_size}.")
     if workdir.exists() and not workdir.is_dir():
@@ -448,10 +446,10 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
                     image_embedder) -> Path:
     skipped_path = output.parent / SKIPPED_REPORT
     shards_dir = workdir / SHARDS_DIR
-    keep_shards = bool(config.get("keep_shards", False))
+    keep_shards = bool(config.keep_shards)
 
     data = sources_lib.load_source(config)
-    text_fields, image_fields = select_fields(data, config.get("fields", ""))
+    text_fields, image_fields = select_fields(data, config.fields)
     logging.info("extract: %d items, %d classes from %s; dropped %s; notes %s", len(data),
                  len(data.class_names), data.info.get("kind"), data.dropped or "nothing",
                  data.notes or "none")
@@ -474,7 +472,7 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
         distributed.barrier(f"extract {fingerprint[:16]} {stage}",
                             distributed.patient_timeout(started))
 
-    if config.get("overwrite", False) and primary:
+    if config.overwrite and primary:
         for stale in (output, shards_dir, skipped_path):
             if stale.exists():
                 logging.info("extract: overwrite=True, removing %s", stale)
@@ -495,9 +493,9 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
     _check_shards(shards_dir, fingerprint, parts, devices, clean=primary)
     wait_for_all("checked")
 
-    progress = bool(config.get("progress", True))
+    progress = bool(config.progress)
     bad = find_bad_images(data, image_fields, progress=progress)
-    if bad and not config.get("skip_bad_images", False):
+    if bad and not config.skip_bad_images:
         listing = "\n".join(f"  {item_id}: {why}" for item_id, why in sorted(bad.items()))
         raise UserError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
                         f"{listing}\nFix or remove them, or pass "

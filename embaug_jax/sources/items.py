@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -112,15 +112,6 @@ def split_names(value: Any) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return [str(v).strip() for v in value]
-
-
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-    """`cfg.name`, tolerating ConfigDicts and plain dicts that leave optional knobs out."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default) if name in cfg else default
 
 
 def sort_class_names(labels: Sequence[str]) -> list[str]:

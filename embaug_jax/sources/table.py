@@ -15,7 +15,6 @@ from embaug_jax.sources.items import (
     SourceData,
     _check_choice,
     _count,
-    _get,
     sort_class_names,
     split_names,
 )
@@ -128,28 +127,28 @@ def load_table(src: Any) -> SourceData:
     or "error"; `encoding` (default "utf-8") and `encoding_errors`: "strict" (default: an error
     naming the line) or "replace".
     """
-    path = Path(str(_get(src, "path", "") or ""))
-    if not str(_get(src, "path", "") or ""):
+    path = Path(str(src.path))
+    if not str(src.path):
         raise UserError("config.source.path is required for a table source "
                         "(--config.source.path=data.csv).")
     if not path.is_file():
         raise FileNotFoundError(f"Table {path} does not exist (config.source.path).")
-    fmt = str(_get(src, "format", "") or "").lower() or _TABLE_FORMATS.get(path.suffix.lower())
+    fmt = str(src.format).lower() or _TABLE_FORMATS.get(path.suffix.lower())
     if fmt not in ("csv", "tsv", "jsonl", "parquet"):
         raise UserError(f"Cannot tell the format of {path.name} from its extension; set "
                         "config.source.format to one of csv, tsv, jsonl, parquet.")
-    missing_policy = _check_choice("missing_labels", _get(src, "missing_labels", "drop"),
+    missing_policy = _check_choice("missing_labels", src.missing_labels,
                                    ("drop", "error"))
-    empty_policy = _check_choice("empty_texts", _get(src, "empty_texts", "keep"),
+    empty_policy = _check_choice("empty_texts", src.empty_texts,
                                  ("keep", "drop", "error"))
-    errors = _check_choice("encoding_errors", _get(src, "encoding_errors", "strict"),
+    errors = _check_choice("encoding_errors", src.encoding_errors,
                            ("strict", "replace"))
-    frame = _read_table(path, fmt, _get(src, "encoding", "utf-8") or "utf-8", errors)
+    frame = _read_table(path, fmt, src.encoding, errors)
 
-    text_columns = split_names(_get(src, "text_columns"))
-    image_columns = split_names(_get(src, "image_columns"))
-    label_column = str(_get(src, "label_column", "") or "")
-    id_column = str(_get(src, "id_column", "") or "")
+    text_columns = split_names(src.text_columns)
+    image_columns = split_names(src.image_columns)
+    label_column = str(src.label_column)
+    id_column = str(src.id_column)
     if not label_column:
         raise UserError("config.source.label_column is required (the column with class names).")
     if not text_columns and not image_columns:

@@ -2,9 +2,10 @@
 
 `make_train(spec, num_epochs)` returns a pure `train(key, hp, data)` for ONE member (purejaxrl
 style; `ProgramSpec.from_config` holds everything the program reads): epochs and steps are
-`lax.scan`s, shuffling and augmentation happen on device, and the validation metrics are computed every `eval_every` epochs inside the program. Everything
-a sweep varies -- the augmentation method, alpha, softness, the trial's split, the seed -- is a
-traced array in `MemberHParams`, so `jax.jit(jax.vmap(train, in_axes=(None, 0, None)))` trains
+`lax.scan`s, shuffling and augmentation happen on device, and the validation metrics are
+computed every `eval_every` epochs inside the program. Everything a sweep varies -- the
+augmentation method, alpha, softness, the trial's split, the seed -- is a traced array in
+`MemberHParams`, so `jax.jit(jax.vmap(train, in_axes=(None, 0, None)))` trains
 every member at once with one compilation. Control and mixing share that program: the augment
 step always returns a fixed-size batch with per-example loss weights (`augment.augment_batch`).
 
