@@ -127,6 +127,15 @@ def _holds(check: Callable[[jax.Array], jax.Array], value: Any) -> bool:
         return bool(check(jnp.asarray(value)))
 
 
+def _check_key(key: Any) -> None:
+    """A plain integer seed is not a key: say how to make one instead of JAX's shape error."""
+    if isinstance(key, (int, np.integer)) or (
+            hasattr(key, "dtype") and np.ndim(key) == 0
+            and not jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise TypeError(f"key must be a JAX PRNG key, got the plain integer {key!r}; pass "
+                        f"jax.random.key({key!r}) (and split it for each call).")
+
+
 def _check_name(kind: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(
@@ -306,6 +315,7 @@ def sample_lambda(key: jax.Array, alpha: Any, shape: Sequence[int] = (), *, comp
     Returns:
       lam [shape] float32, or (lam, 1 - lam) if `complement`.
     """
+    _check_key(key)
     if not is_traced(alpha):
         a = np.asarray(alpha, dtype=np.float64)
         if not (np.isfinite(a).all() and (a > 0).all()):
@@ -482,6 +492,7 @@ def e_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None, segments=Non
     Returns:
       (x_mix [P, D] in x's dtype, y_mix [P, C] float).
     """
+    _check_key(key)
     _check_alpha(alpha)
     x, y, sizes = _prepare(x, y, num_classes=num_classes, pairing=pairing, segments=segments)
     return _mix(key, x, y, alpha, mode="mixup", pairing=pairing, label_weight="lambda", sizes=sizes)
@@ -494,6 +505,7 @@ def e_stitchup(key, x, y, alpha, *, pairing="halve", label_weight="lambda", num_
     actually taken from `x_a` (`"realized"`). Arguments as in `e_mixup`; with `segments` each
     segment has its own mask rate.
     """
+    _check_key(key)
     _check_alpha(alpha)
     x, y, sizes = _prepare(
         x, y, num_classes=num_classes, pairing=pairing, label_weight=label_weight, segments=segments
@@ -632,6 +644,7 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
       B original rows (the paper's control trains on the full batch), all weight 1. Under
       "permute"/"flip" every row has weight 1. Use the weight in the loss (weighted mean).
     """
+    _check_key(key)
     if not isinstance(params, MethodParams):
         raise ValueError(
             f"params must be a MethodParams (build one with method_params(name, alpha, "
