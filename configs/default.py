@@ -101,6 +101,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sweep.methods = ("soft_e_stitchup",)
     c.sweep.alphas = (0.2,)  # Beta(alpha, alpha); the paper searched (0, 0.5]
     c.sweep.softness = (0.05,)  # sec. 2.4 default
+    # The grids of the ablation baselines (configs/ablation.py), read only by the methods that
+    # use them: label smoothing's epsilon, Gaussian noise's std relative to an embedding's RMS,
+    # feature dropout's rate.
+    c.sweep.smoothing = (0.1,)
+    c.sweep.noise_std = (0.1,)
+    c.sweep.drop_rate = (0.1,)
     c.sweep.seeds = (0,)
 
     if arg.method:

@@ -83,6 +83,9 @@ LABEL_WEIGHTS = ("lambda", "realized")
 
 # Values of `MethodParams.mix`: the branch index of `lax.switch` in `augment_batch`.
 MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP = 0, 1, 2
+# Manifold mixup (an ablation baseline) mixes inside the model, so only the training engine
+# runs it (`manifold_rows` gives it its pairs); `augment_batch` refuses it.
+MIX_MANIFOLD = 3
 # Each method as (mix, soft), in the paper's Table-1 order: the one list of the method names.
 _MIX_OF_METHOD = {
     "control": (MIX_CONTROL, False),
@@ -92,6 +95,16 @@ _MIX_OF_METHOD = {
     "soft_e_stitchup": (MIX_STITCHUP, True),
 }
 METHOD_NAMES = tuple(_MIX_OF_METHOD)
+# The ablation baselines likewise (see "Ablation baselines" below): the control's rows with a
+# traced transform (soft, smoothing, noise_std, drop_rate; each a no-op at its zero), and
+# manifold mixup.
+_MIX_OF_BASELINE = {
+    "soft_control": (MIX_CONTROL, True),
+    "label_smoothing": (MIX_CONTROL, False),
+    "gaussian_noise": (MIX_CONTROL, False),
+    "feature_dropout": (MIX_CONTROL, False),
+    "manifold_mixup": (MIX_MANIFOLD, False),
+}
 
 # Stitchup compares 16-bit uniforms with a per-row threshold: one 32-bit random word serves two
 # elements, which halves the threefry work that dominates stitchup's run time (see
@@ -112,6 +125,15 @@ def _holds(check: Callable[[jax.Array], jax.Array], value: Any) -> bool:
         return True
     with jax.ensure_compile_time_eval():
         return bool(check(jnp.asarray(value)))
+
+
+def _check_key(key: Any) -> None:
+    """A plain integer seed is not a key: say how to make one instead of JAX's shape error."""
+    if isinstance(key, (int, np.integer)) or (
+            hasattr(key, "dtype") and np.ndim(key) == 0
+            and not jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise TypeError(f"key must be a JAX PRNG key, got the plain integer {key!r}; pass "
+                        f"jax.random.key({key!r}) (and split it for each call).")
 
 
 def _check_name(kind: str, value: Any, allowed: Sequence[str]) -> None:
@@ -293,6 +315,7 @@ def sample_lambda(key: jax.Array, alpha: Any, shape: Sequence[int] = (), *, comp
     Returns:
       lam [shape] float32, or (lam, 1 - lam) if `complement`.
     """
+    _check_key(key)
     if not is_traced(alpha):
         a = np.asarray(alpha, dtype=np.float64)
         if not (np.isfinite(a).all() and (a > 0).all()):
@@ -469,6 +492,7 @@ def e_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None, segments=Non
     Returns:
       (x_mix [P, D] in x's dtype, y_mix [P, C] float).
     """
+    _check_key(key)
     _check_alpha(alpha)
     x, y, sizes = _prepare(x, y, num_classes=num_classes, pairing=pairing, segments=segments)
     return _mix(key, x, y, alpha, mode="mixup", pairing=pairing, label_weight="lambda", sizes=sizes)
@@ -481,6 +505,7 @@ def e_stitchup(key, x, y, alpha, *, pairing="halve", label_weight="lambda", num_
     actually taken from `x_a` (`"realized"`). Arguments as in `e_mixup`; with `segments` each
     segment has its own mask rate.
     """
+    _check_key(key)
     _check_alpha(alpha)
     x, y, sizes = _prepare(
         x, y, num_classes=num_classes, pairing=pairing, label_weight=label_weight, segments=segments
@@ -564,24 +589,44 @@ class MethodParams(NamedTuple):
     Every field is a (possibly traced) scalar array; stack them along a leading axis to vmap.
     """
 
-    mix: jax.Array  # int32: MIX_CONTROL (0), MIX_MIXUP (1) or MIX_STITCHUP (2)
+    mix: jax.Array  # int32: MIX_CONTROL (0), MIX_MIXUP (1), MIX_STITCHUP (2) or MIX_MANIFOLD (3)
     soft: jax.Array  # bool: apply soften_labels after mixing (its own switch: softness 0 still adds mass)
     alpha: jax.Array  # float32 > 0
     softness: jax.Array  # float32 in [0, 1)
+    # The ablation baselines' transforms of the control's rows, each a no-op at 0
+    # (`control_transforms`): label smoothing, Gaussian noise, feature dropout.
+    smoothing: Any = 0.0  # float32 in [0, 1)
+    noise_std: Any = 0.0  # float32 >= 0, relative to each row's RMS
+    drop_rate: Any = 0.0  # float32 in [0, 1)
 
 
-def method_params(name: str, alpha: float = 0.2, softness: float = 0.05) -> MethodParams:
-    """The `MethodParams` of a named method, validated. Control ignores alpha and softness."""
-    if name not in METHOD_NAMES:
-        METHODS[name]  # raises UnknownMethodError
+def method_params(name: str, alpha: float = 0.2, softness: float = 0.05, *,
+                  smoothing: float = 0.0, noise_std: float = 0.0,
+                  drop_rate: float = 0.0) -> MethodParams:
+    """The `MethodParams` of a named method (the paper's five or a baseline), validated.
+
+    Each method reads only its own hyperparameters (`METHOD_HPARAMS`); the others are zeroed, so
+    e.g. a control never smooths whatever `smoothing` says.
+    """
+    mix_of = {**_MIX_OF_METHOD, **_MIX_OF_BASELINE}
+    if name not in mix_of:
+        raise UnknownMethodError(f"unknown method {name!r}; use one of "
+                                 f"{', '.join(repr(m) for m in ALL_METHOD_NAMES)}")
     _check_alpha(alpha)
     _check_softness(softness, None)
-    mix, soft = _MIX_OF_METHOD[name]
+    _check_rate("smoothing", smoothing, upper_open=True)
+    _check_rate("noise_std", noise_std, upper_open=False)
+    _check_rate("drop_rate", drop_rate, upper_open=True)
+    mix, soft = mix_of[name]
+    used = METHOD_HPARAMS[name]
     return MethodParams(
         mix=jnp.asarray(mix, jnp.int32),
         soft=jnp.asarray(soft, jnp.bool_),
         alpha=jnp.asarray(alpha, jnp.float32),
         softness=jnp.asarray(softness, jnp.float32),
+        smoothing=jnp.asarray(smoothing if "smoothing" in used else 0.0, jnp.float32),
+        noise_std=jnp.asarray(noise_std if "noise_std" in used else 0.0, jnp.float32),
+        drop_rate=jnp.asarray(drop_rate if "drop_rate" in used else 0.0, jnp.float32),
     )
 
 
@@ -599,6 +644,7 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
       B original rows (the paper's control trains on the full batch), all weight 1. Under
       "permute"/"flip" every row has weight 1. Use the weight in the loss (weighted mean).
     """
+    _check_key(key)
     if not isinstance(params, MethodParams):
         raise ValueError(
             f"params must be a MethodParams (build one with method_params(name, alpha, "
@@ -616,7 +662,11 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
     _check_softness(params.softness, negative_mass)
     mix_idx = jnp.asarray(params.mix, jnp.int32)
     if not is_traced(mix_idx) and int(mix_idx) not in (MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP):
-        raise ValueError(f"params.mix must be 0 (control), 1 (mixup) or 2 (stitchup), got {int(mix_idx)}")
+        raise ValueError(
+            f"params.mix must be 0 (control), 1 (mixup) or 2 (stitchup), got {int(mix_idx)}"
+            + ("; manifold mixup (3) mixes inside the model: train it with the sweep engine"
+               if int(mix_idx) == MIX_MANIFOLD else "")
+        )
     if not is_traced(mix_idx) and int(mix_idx) != MIX_CONTROL:
         _check_alpha(params.alpha)
     params = MethodParams(
@@ -624,6 +674,9 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
         soft=jnp.asarray(params.soft, jnp.bool_),
         alpha=jnp.asarray(params.alpha, jnp.float32),
         softness=jnp.asarray(params.softness, jnp.float32),
+        smoothing=jnp.asarray(params.smoothing, jnp.float32),
+        noise_std=jnp.asarray(params.noise_std, jnp.float32),
+        drop_rate=jnp.asarray(params.drop_rate, jnp.float32),
     )
     class_mask = _check_class_mask(class_mask, y.shape[1])
     if negative_mass is not None:
@@ -653,6 +706,7 @@ def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, lab
     )
 
     def control_branch(x, y, lam_a, lam_b):
+        x, y = control_transforms(k_mask, x, y, params, class_mask=class_mask)
         return x, y, jnp.ones(batch, jnp.float32)
 
     def mixing_branch(mode):
@@ -675,3 +729,198 @@ def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, lab
     # Padding rows stay zero (and weight 0) whether or not labels are softened.
     y_out = jnp.where(params.soft & (weight[:, None] > 0), y_soft, y_out)
     return x_out, y_out, weight
+
+
+# --------------------------------------------------------------------------------------------
+# Ablation baselines: "is it the mixing or the soft labels?"
+# --------------------------------------------------------------------------------------------
+#
+# Not in the paper: each isolates one ingredient of its methods, or is the standard alternative
+# to it. Same signature convention as the named methods (key first, x [B, D], y [B, C] float or
+# [B] ids with num_classes); all but manifold mixup return B rows, like the control.
+
+BASELINE_NAMES = tuple(_MIX_OF_BASELINE)
+
+
+def _check_rate(name: str, value: Any, *, upper_open: bool) -> None:
+    if np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
+    if not is_traced(value):
+        v = float(np.asarray(value))
+        ok = math.isfinite(v) and v >= 0 and (v < 1 if upper_open else True)
+        if not ok:
+            bound = "[0, 1)" if upper_open else ">= 0"
+            raise ValueError(f"{name} must be a finite number {bound}, got {v}")
+
+
+def soft_control(key, x, y, *, softness=0.05, negative_mass=1.0, class_mask=None,
+                 num_classes=None):
+    """The paper's label softening without mixing: the control's rows, `soften_labels`'d.
+
+    Separates what Soft E-Mixup / Soft E-Stitchup owe to the softening from what they owe to
+    the mixing. `key` is unused.
+    """
+    del key
+    _check_softness(softness, negative_mass)
+    x = _check_x(x)
+    y = _labels_to_float(y, x.shape[0], num_classes)
+    return x, soften_labels(y, softness, negative_mass, class_mask=class_mask)
+
+
+def smooth_labels(y: Any, smoothing: Any = 0.1, *, class_mask: Any = None) -> jax.Array:
+    """Standard label smoothing (Szegedy et al., 2016): (1 - eps) y + eps / K.
+
+    K is the number of classes, or of valid classes when `class_mask` is given (invalid classes,
+    e.g. unseen in this split, stay exactly 0). Unlike the paper's softening it keeps a
+    distribution a distribution and treats positive and negative classes alike.
+    """
+    y = jnp.asarray(y)
+    if y.ndim < 1 or not jnp.issubdtype(y.dtype, jnp.floating):
+        raise ValueError(f"smooth_labels needs float labels [..., C], got {y.dtype} of shape "
+                         f"{y.shape}; one-hot integer ids first (jax.nn.one_hot)")
+    _check_rate("smoothing", smoothing, upper_open=True)
+    class_mask = _check_class_mask(class_mask, y.shape[-1])
+    compute = jnp.promote_types(y.dtype, jnp.float32)
+    eps = jnp.asarray(smoothing, compute)
+    valid = jnp.ones(y.shape[-1], bool) if class_mask is None else class_mask
+    k = jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True, dtype=compute), 1)
+    smoothed = (1 - eps) * y.astype(compute) + eps / k
+    return jnp.where(valid, smoothed, 0).astype(y.dtype)
+
+
+def label_smoothing(key, x, y, smoothing=0.1, *, class_mask=None, num_classes=None):
+    """The control's rows with `smooth_labels`: the standard way to soften targets. `key` unused."""
+    del key
+    x = _check_x(x)
+    y = _labels_to_float(y, x.shape[0], num_classes)
+    return x, smooth_labels(y, smoothing, class_mask=class_mask)
+
+
+def _row_rms(x: jax.Array) -> jax.Array:
+    xc = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return jnp.sqrt(jnp.mean(xc * xc, axis=1, keepdims=True))
+
+
+def gaussian_noise(key, x, y, noise_std=0.1, *, num_classes=None):
+    """x + noise_std * rms(x_row) * N(0, I): isotropic noise scaled to each embedding's size.
+
+    Scaling by the row's root mean square makes `noise_std` a noise-to-signal ratio, comparable
+    across embedders (MiniLM rows have RMS ~0.05, EfficientNet pools ~0.5). Labels unchanged.
+    """
+    _check_rate("noise_std", noise_std, upper_open=False)
+    x = _check_x(x)
+    y = _labels_to_float(y, x.shape[0], num_classes)
+    return _add_noise(key, x, jnp.asarray(noise_std, jnp.float32)), y
+
+
+def _add_noise(key, x, noise_std):
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    noise = jax.random.normal(key, x.shape, compute)
+    return (x.astype(compute) + noise_std * _row_rms(x) * noise).astype(x.dtype)
+
+
+def feature_dropout(key, x, y, rate=0.1, *, num_classes=None):
+    """Each embedding element zeroed with probability `rate`, the rest scaled by 1 / (1 - rate)
+    (inverted dropout on the input, so the expected input is unchanged). Labels unchanged."""
+    _check_rate("rate", rate, upper_open=True)
+    x = _check_x(x)
+    y = _labels_to_float(y, x.shape[0], num_classes)
+    return _drop_features(key, x, jnp.asarray(rate, jnp.float32)), y
+
+
+def _drop_features(key, x, rate):
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    keep = jax.random.uniform(key, x.shape) >= rate
+    return jnp.where(keep, x.astype(compute) / (1 - rate), 0).astype(x.dtype)
+
+
+def control_transforms(key, x, y, params: MethodParams, *, class_mask=None):
+    """The control-kind baselines' traced transforms of B rows: Gaussian noise, feature dropout
+    and label smoothing at `params`' noise_std, drop_rate and smoothing (0: unchanged).
+
+    For the same key each equals its named function (`gaussian_noise(k_noise, ...)`,
+    `feature_dropout(k_drop, ...)` with k_noise, k_drop = split(key)). Alone, `lax.cond` skips the
+    random draws a member does not use; under `jax.vmap` both sides run, so a control in a sweep
+    with these baselines pays for their draws (O(B x D), small beside the MLP's matmuls).
+    """
+    k_noise, k_drop = jax.random.split(key)
+    noise_std = jnp.asarray(params.noise_std, jnp.float32)
+    drop_rate = jnp.asarray(params.drop_rate, jnp.float32)
+    x = lax.cond(noise_std > 0, lambda: _add_noise(k_noise, x, noise_std), lambda: x)
+    x = lax.cond(drop_rate > 0, lambda: _drop_features(k_drop, x, drop_rate), lambda: x)
+    smoothing = jnp.asarray(params.smoothing, jnp.float32)
+    y = jnp.where(smoothing > 0, smooth_labels(y, smoothing, class_mask=class_mask), y)
+    return x, y
+
+
+class ManifoldPairs(NamedTuple):
+    """Manifold mixup's pairs: the model mixes its first hidden layer, h = lam_a h(x_a) +
+    lam_b h(x_b), and trains on y (mixed with the same weights)."""
+
+    x_a: jax.Array    # [P, D]
+    x_b: jax.Array    # [P, D]
+    lam_a: jax.Array  # [P, 1] float32
+    lam_b: jax.Array  # [P, 1] float32 (1 - lam_a, computed without cancellation)
+    y: jax.Array      # [P, C]
+
+
+def manifold_rows(key, x, y, alpha, *, pairing="halve"):
+    """`manifold_mixup`'s pairs in the traced form's fixed shape: B rows, weight 0 on padding.
+
+    No checks (call it inside a program whose inputs were validated); `alpha` may be traced.
+    Returns (ManifoldPairs with [B, ...] fields, weight [B] float32); under "halve" the B/2 pairs
+    come first and the padding rows are zeros with lam_a = 1, lam_b = 0.
+    """
+    batch = x.shape[0]
+    k_pair, k_lam, _ = jax.random.split(key, 3)
+    pairs = batch // 2 if pairing == "halve" else batch
+    lam_a, lam_b = _sample_weights(k_lam, jnp.asarray(alpha, jnp.float32), (pairs, 1))
+    x_a, x_b, y_a, y_b = _pair(k_pair, x, y, pairing)
+    compute = jnp.promote_types(y.dtype, jnp.float32)
+    y_mix = (lam_a.astype(compute) * y_a.astype(compute)
+             + lam_b.astype(compute) * y_b.astype(compute)).astype(y.dtype)
+    weight = jnp.ones(pairs, jnp.float32)
+    pad = batch - pairs
+    if pad:
+        def grow(v, fill=0.0):
+            return jnp.concatenate([v, jnp.full((pad,) + v.shape[1:], fill, v.dtype)])
+
+        x_a, x_b, y_mix, weight = grow(x_a), grow(x_b), grow(y_mix), grow(weight)
+        lam_a, lam_b = grow(lam_a, 1.0), grow(lam_b)
+    return ManifoldPairs(x_a, x_b, lam_a, lam_b, y_mix), weight
+
+
+def manifold_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None) -> ManifoldPairs:
+    """Manifold mixup (Verma et al., 2019) at the first hidden layer, fixed there.
+
+    The same pairs and lambdas as `e_mixup(key, ...)`: the only difference from E-Mixup is where
+    the convex combination is taken (after the first Dense -> Dropout -> ReLU instead of on the
+    embedding), which the model applies (`embaug_jax.train.mlp.MLP(..., mix=)`).
+    """
+    _check_alpha(alpha)
+    x, y, _ = _prepare(x, y, num_classes=num_classes, pairing=pairing)
+    k_pair, k_lam, _ = jax.random.split(key, 3)
+    pairs = x.shape[0] // 2 if pairing == "halve" else x.shape[0]
+    lam_a, lam_b = _sample_weights(k_lam, jnp.asarray(alpha, jnp.float32), (pairs, 1))
+    x_a, x_b, y_a, y_b = _pair(k_pair, x, y, pairing)
+    compute = jnp.promote_types(y.dtype, jnp.float32)
+    y_mix = lam_a.astype(compute) * y_a.astype(compute) + lam_b.astype(compute) * y_b.astype(
+        compute)
+    return ManifoldPairs(x_a, x_b, lam_a, lam_b, y_mix.astype(y.dtype))
+
+# Every method a sweep can run, and the hyperparameters each one reads (the sweep config holds a
+# grid for each: config.sweep.alphas, .softness, .smoothing, .noise_std, .drop_rate).
+ALL_METHOD_NAMES = METHOD_NAMES + BASELINE_NAMES
+HPARAM_NAMES = ("alpha", "softness", "smoothing", "noise_std", "drop_rate")
+METHOD_HPARAMS = {
+    "control": (),
+    "e_mixup": ("alpha",),
+    "e_stitchup": ("alpha",),
+    "soft_e_mixup": ("alpha", "softness"),
+    "soft_e_stitchup": ("alpha", "softness"),
+    "soft_control": ("softness",),
+    "label_smoothing": ("smoothing",),
+    "gaussian_noise": ("noise_std",),
+    "feature_dropout": ("drop_rate",),
+    "manifold_mixup": ("alpha",),
+}

@@ -8,6 +8,10 @@ A dataset is a directory (or, for convenience, a single `.npz` file) holding
 - `meta.json`       {"format_version": 1, "class_names": [C names],
                      "segments": [{"name": "title", "size": 768}, ...] | null, "info": {...}}
 
+A `.npz` holds the same arrays, with the metadata as a JSON string `meta`; a plain `.npz` of
+`embeddings`, `labels` and `class_names` (optionally `ids`, and `segments` as integer sizes with
+optional `segment_names`) is a dataset too, as `np.savez` writes it.
+
 `segments` names the concatenated parts of each embedding (title | description | image), in
 order; their sizes sum to D. `info` is free-form provenance (the extraction fingerprint, the
 models used, counts of dropped items).
@@ -27,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from embaug_jax.util import atomic_path, list_first
+from embaug_jax.util import UserError, atomic_path, list_first
 
 FORMAT_VERSION = 1
 _EMBEDDINGS, _LABELS, _IDS, _META = "embeddings.npy", "labels.npy", "ids.npy", "meta.json"
@@ -70,7 +74,7 @@ class EmbeddingDataset:
         return None if self.segments is None else tuple(s.size for s in self.segments)
 
     def validate(self, *, where: str = "dataset") -> "EmbeddingDataset":
-        """Raises ValueError describing every problem found; returns self when valid."""
+        """Raises UserError (a ValueError) naming every problem found; returns self if valid."""
         _validate(self, where)
         return self
 
@@ -84,8 +88,8 @@ def class_ids(names: Sequence[str], class_names: Sequence[str], *,
     lookup = {c: i for i, c in enumerate(class_names)}
     unknown = sorted({str(n) for n in names if n not in lookup})
     if unknown:
-        raise ValueError(f"{what} {list_first(repr(n) for n in unknown)} is not a class name "
-                         f"(known: {list_first(class_names)}).")
+        raise UserError(f"{what} {list_first(repr(n) for n in unknown)} is not a class name "
+                        f"(known: {list_first(class_names)}).")
     return np.array([lookup[n] for n in names], np.int64).reshape(len(names))
 
 
@@ -118,58 +122,84 @@ def _validate(ds: EmbeddingDataset, where: str, *, values: bool = True) -> None:
     block by block by the caller)."""
     emb, labels = ds.embeddings, ds.labels
     if not isinstance(emb, np.ndarray) or emb.ndim != 2:
-        raise ValueError(f"{where}: `embeddings` must be a 2-D array [N, D]; got shape "
-                         f"{getattr(emb, 'shape', None)} ({type(emb).__name__}).")
+        raise UserError(f"{where}: `embeddings` must be a 2-D array [N, D]; got shape "
+                        f"{getattr(emb, 'shape', None)} ({type(emb).__name__}).")
     if emb.shape[0] == 0 or emb.shape[1] == 0:
-        raise ValueError(f"{where}: `embeddings` is empty (shape {emb.shape}); a dataset needs "
-                         "at least one row and one column.")
+        raise UserError(f"{where}: `embeddings` is empty (shape {emb.shape}); a dataset needs "
+                        "at least one row and one column.")
     if not np.issubdtype(emb.dtype, np.floating):
-        raise ValueError(f"{where}: `embeddings` must be floating point; got dtype {emb.dtype}.")
+        raise UserError(f"{where}: `embeddings` must be floating point; got dtype {emb.dtype}.")
     if not isinstance(labels, np.ndarray) or labels.ndim != 1:
-        raise ValueError(f"{where}: `labels` must be a 1-D array [N] of class ids; got shape "
-                         f"{getattr(labels, 'shape', None)}.")
+        raise UserError(f"{where}: `labels` must be a 1-D array [N] of class ids; got shape "
+                        f"{getattr(labels, 'shape', None)}.")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{where}: `labels` must be integer class ids; got dtype {labels.dtype}. "
-                         "Map class names to ids with their index in `class_names`.")
+        raise UserError(f"{where}: `labels` must be integer class ids; got dtype {labels.dtype}. "
+                        "Map class names to ids with their index in `class_names`.")
     n = emb.shape[0]
     if labels.shape[0] != n:
-        raise ValueError(f"{where}: mismatched lengths: `embeddings` has {n} rows but `labels` "
-                         f"has {labels.shape[0]}.")
+        raise UserError(f"{where}: mismatched lengths: `embeddings` has {n} rows but `labels` "
+                        f"has {labels.shape[0]}.")
     names = list(ds.class_names)
     if not names:
-        raise ValueError(f"{where}: `class_names` is empty.")
+        raise UserError(f"{where}: `class_names` is empty.")
     if not all(isinstance(c, str) and c for c in names):
-        raise ValueError(f"{where}: every class name must be a non-empty string.")
+        raise UserError(f"{where}: every class name must be a non-empty string.")
     if len(set(names)) != len(names):
         dups = sorted({c for c in names if names.count(c) > 1})
-        raise ValueError(f"{where}: duplicate class names: {list_first(dups)}.")
+        raise UserError(f"{where}: duplicate class names: {list_first(dups)}.")
     bad = np.nonzero((labels < 0) | (labels >= len(names)))[0]
     if bad.size:
-        raise ValueError(f"{where}: labels outside [0, {len(names)}) in rows {list_first(bad)} "
+        raise UserError(f"{where}: labels outside [0, {len(names)}) in rows {list_first(bad)} "
                          f"(values {list_first(np.unique(labels[bad]))}).")
     bad = _nonfinite_rows(emb) if values else np.zeros((0,), np.int64)
     if bad.size:
-        raise ValueError(f"{where}: NaN or Inf embeddings in {bad.size} row(s): {list_first(bad)}. "
-                         "Re-extract those items or drop them before saving.")
+        raise UserError(f"{where}: NaN or Inf embeddings in {bad.size} row(s): {list_first(bad)}. "
+                        "Re-extract those items or drop them before saving.")
     if ds.ids is not None:
         ids = ds.ids
         if ids.ndim != 1 or ids.shape[0] != n:
-            raise ValueError(f"{where}: mismatched lengths: `ids` has shape {ids.shape} but there "
-                             f"are {n} embeddings.")
+            raise UserError(f"{where}: mismatched lengths: `ids` has shape {ids.shape} but there "
+                            f"are {n} embeddings.")
         uniq, counts = np.unique(ids, return_counts=True)
         if uniq.size != n:
-            raise ValueError(f"{where}: duplicate ids: {list_first(uniq[counts > 1])}.")
+            raise UserError(f"{where}: duplicate ids: {list_first(uniq[counts > 1])}.")
     if ds.segments is not None:
         seg_names = [s.name for s in ds.segments]
         if not ds.segments or any(s.size <= 0 for s in ds.segments):
-            raise ValueError(f"{where}: segments must be a non-empty list of positive sizes; "
-                             f"got {ds.segments}.")
+            raise UserError(f"{where}: segments must be a non-empty list of positive sizes; "
+                            f"got {ds.segments}.")
         if len(set(seg_names)) != len(seg_names):
-            raise ValueError(f"{where}: duplicate segment names {seg_names}.")
+            raise UserError(f"{where}: duplicate segment names {seg_names}.")
         total = sum(s.size for s in ds.segments)
         if total != emb.shape[1]:
-            raise ValueError(f"{where}: segment sizes {[s.size for s in ds.segments]} sum to "
-                             f"{total}, but the embeddings have D={emb.shape[1]} columns.")
+            raise UserError(f"{where}: segment sizes {[s.size for s in ds.segments]} sum to "
+                            f"{total}, but the embeddings have D={emb.shape[1]} columns.")
+
+
+def _as_class_names(class_names: Any, where: str) -> list[str]:
+    """A list of class names; one string (which would split into characters) is an error."""
+    if isinstance(class_names, (str, bytes)) or (isinstance(class_names, np.ndarray)
+                                                 and class_names.ndim != 1):
+        raise UserError(f"{where}: `class_names` must be a list of names, one per class; got "
+                        f"one {type(class_names).__name__} {str(class_names)[:60]!r}. Pass "
+                        "e.g. ['cat', 'dog'].")
+    names = list(class_names)
+    if any(c is None for c in names):
+        raise UserError(f"{where}: `class_names` holds None; every class needs a name.")
+    return [c.decode() if isinstance(c, bytes) else str(c) for c in names]
+
+
+def _as_ids(ids: Any, where: str) -> np.ndarray:
+    """Item ids as strings; None ids (which would all become "None") are an error."""
+    if isinstance(ids, (str, bytes)):
+        raise UserError(f"{where}: `ids` must be one id per row, not one string {ids[:60]!r}.")
+    ids = list(ids)
+    missing = [i for i, v in enumerate(ids) if v is None or (isinstance(v, float) and np.isnan(v))]
+    if missing:
+        raise UserError(f"{where}: `ids` is None in {len(missing)} row(s) "
+                        f"({list_first(missing)}); give every row an id, or pass "
+                        "ids=None for no ids at all.")
+    return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in ids])
 
 
 def _meta(ds: EmbeddingDataset) -> dict[str, Any]:
@@ -203,19 +233,20 @@ def save_embeddings(
             isinstance(b, (str, os.PathLike)) for b in embeddings):
         return _save_blocks(path, [Path(b) for b in embeddings], labels, class_names, ids=ids,
                             segments=segments, info=info)
+    where = f"save_embeddings({path})"
     ds = EmbeddingDataset(
         embeddings=np.asarray(embeddings),
         labels=np.asarray(labels),
-        class_names=[str(c) for c in class_names],
-        ids=None if ids is None else np.asarray([str(i) for i in ids]),
+        class_names=_as_class_names(class_names, where),
+        ids=None if ids is None else _as_ids(ids, where),
         segments=_as_segments(segments),
         info=dict(info or {}),
     )
-    ds.validate(where=f"save_embeddings({path})")
+    ds.validate(where=where)
     try:
         json.dumps(ds.info)
     except TypeError as e:
-        raise ValueError(f"save_embeddings({path}): `info` must be JSON-serialisable: {e}") from e
+        raise UserError(f"save_embeddings({path}): `info` must be JSON-serialisable: {e}") from e
     path = Path(path)
     if path.suffix == ".npz":
         with atomic_path(path) as tmp:  # tmp keeps the .npz name, so savez adds none
@@ -226,7 +257,7 @@ def save_embeddings(
             np.savez(tmp, **arrays)
         return ds
     if path.exists() and not path.is_dir():
-        raise ValueError(f"save_embeddings: {path} exists and is not a directory.")
+        raise UserError(f"save_embeddings: {path} exists and is not a directory.")
     with atomic_path(path) as tmp:
         tmp.mkdir()
         np.save(tmp / _EMBEDDINGS, ds.embeddings)
@@ -294,15 +325,18 @@ def _save_blocks(path: Path, blocks: list[Path], labels, class_names, *, ids, se
 
 def _from_meta(meta: Any, where: str) -> tuple[list[str], list[Segment] | None, dict]:
     if not isinstance(meta, dict) or "class_names" not in meta:
-        raise ValueError(f"{where}: metadata has no `class_names`; is this an embaug_jax dataset?")
+        raise UserError(f"{where}: metadata has no `class_names`; is this an embaug_jax dataset?")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{where}: unsupported format_version {version!r} (this code reads "
-                         f"{FORMAT_VERSION}).")
+        raise UserError(f"{where}: unsupported format_version {version!r} (this code reads "
+                        f"{FORMAT_VERSION}).")
     try:
         segments = _as_segments(meta.get("segments"))
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{where}: malformed `segments` in metadata: {e}") from e
+        raise UserError(f"{where}: malformed `segments` in metadata: {e}") from e
+    if not isinstance(meta["class_names"], list):
+        raise UserError(f"{where}: `class_names` in the metadata must be a list of names; got "
+                        f"{type(meta['class_names']).__name__} {str(meta['class_names'])[:60]!r}.")
     return list(meta["class_names"]), segments, dict(meta.get("info") or {})
 
 
@@ -315,32 +349,98 @@ def load_embeddings(path: str | os.PathLike, *, mmap: bool = True,
         raise FileNotFoundError(f"{where}: no such file or directory. Create one with "
                                 "`embaug extract` or `embaug_jax.save_embeddings`.")
     if not path.is_dir() and path.suffix != ".npz":
-        raise ValueError(f"{where}: expected a dataset directory (embeddings.npy, labels.npy, "
-                         "meta.json) or a .npz file written by save_embeddings.")
+        raise UserError(f"{where}: expected a dataset directory (embeddings.npy, labels.npy, "
+                        "meta.json) or a .npz file written by save_embeddings.")
     if path.is_dir():
         missing = [f for f in (_EMBEDDINGS, _LABELS, _META) if not (path / f).exists()]
         if missing:
             raise FileNotFoundError(f"{where}: missing {', '.join(missing)}; a dataset "
                                     f"directory holds {_EMBEDDINGS}, {_LABELS}, {_META} and "
                                     f"optionally {_IDS}.")
-    try:
-        if path.is_dir():
-            mode = "r" if mmap else None
-            embeddings = np.load(path / _EMBEDDINGS, mmap_mode=mode, allow_pickle=False)
-            labels = np.load(path / _LABELS, allow_pickle=False)
-            ids = (np.load(path / _IDS, allow_pickle=False)
-                   if (path / _IDS).exists() else None)
+    if path.is_dir():
+        mode = "r" if mmap else None
+        embeddings = _load_npy(path / _EMBEDDINGS, mode)
+        labels = _load_npy(path / _LABELS, None)
+        ids = _load_npy(path / _IDS, None) if (path / _IDS).exists() else None
+        try:
             meta = json.loads((path / _META).read_text())
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in ("embeddings", "labels", "meta") if k not in z.files]
-                if missing:
-                    raise ValueError(f"{where}: missing arrays {missing}; found {z.files}.")
-                embeddings, labels = z["embeddings"], z["labels"]
-                ids = z["ids"] if "ids" in z.files else None
-                meta = json.loads(str(z["meta"]))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{where}: unreadable or corrupt dataset: {e}") from e
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{where}: {path / _META} is corrupt (not valid JSON: {e}); rewrite "
+                            "the dataset with save_embeddings or `embaug extract`.") from e
+    else:
+        embeddings, labels, ids, meta = _load_npz(path, where)
     class_names, segments, info = _from_meta(meta, where)
+    if ids is not None:
+        ids = np.asarray(ids).astype(str)
     ds = EmbeddingDataset(embeddings, labels, class_names, ids, segments, info)
     return ds.validate(where=where) if validate else ds
+
+
+def _corrupt(file: Path, e: BaseException) -> UserError:
+    return UserError(f"{file} is corrupt or truncated ({type(e).__name__}: {e}); it cannot be "
+                     "read as a numpy array. Re-create the dataset (`embaug extract`, or "
+                     "save_embeddings).")
+
+
+def _load_npy(file: Path, mmap_mode: str | None) -> np.ndarray:
+    """One `.npy` of a dataset directory; an empty, truncated or pickled file names itself."""
+    if file.stat().st_size == 0:
+        raise UserError(f"{file} is empty (0 bytes); re-create the dataset (`embaug extract`, or "
+                        "save_embeddings).")
+    try:
+        return np.load(file, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # permissions and the like: the operating system's message says it
+        raise _corrupt(file, e) from e
+
+
+def _load_npz(path: Path, where: str) -> tuple[np.ndarray, np.ndarray, Any, dict]:
+    """(embeddings, labels, ids, meta) of a `.npz`, with or without its `meta` string."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            missing = [k for k in ("embeddings", "labels") if k not in files]
+            if "meta" not in files and "class_names" not in files:
+                missing.append("class_names")
+            if missing:
+                raise UserError(f"{where}: missing arrays {missing}; found {sorted(files)}. A "
+                                ".npz dataset holds embeddings, labels and class_names "
+                                "(optionally ids, segments), or is written by save_embeddings.")
+            embeddings, labels = z["embeddings"], z["labels"]
+            ids = z["ids"] if "ids" in files else None
+            if "meta" in files:
+                meta = json.loads(str(z["meta"]))
+            else:
+                meta = _plain_npz_meta(z, files, where)
+    except UserError:
+        raise
+    except (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile,
+            json.JSONDecodeError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise _corrupt(path, e) from e
+    return embeddings, labels, ids, meta
+
+
+def _plain_npz_meta(z, files: set[str], where: str) -> dict:
+    """The metadata of a plain `np.savez(embeddings=, labels=, class_names=, ...)` file."""
+    names = z["class_names"]
+    if names.ndim != 1:
+        raise UserError(f"{where}: `class_names` must be a 1-D array of names, one per class; got "
+                        f"shape {names.shape} (one string is not a list of names).")
+    segments = None
+    if "segments" in files:
+        sizes = z["segments"]
+        if sizes.ndim != 1 or not np.issubdtype(sizes.dtype, np.integer):
+            raise UserError(f"{where}: `segments` must be a 1-D array of integer sizes; got "
+                            f"{sizes.dtype} of shape {sizes.shape}.")
+        seg_names = (z["segment_names"].astype(str).tolist() if "segment_names" in files
+                     else [f"segment_{i}" for i in range(len(sizes))])
+        if len(seg_names) != len(sizes):
+            raise UserError(f"{where}: {len(seg_names)} segment_names for {len(sizes)} segments.")
+        segments = [{"name": n, "size": int(s)} for n, s in zip(seg_names, sizes.tolist())]
+    return {"format_version": FORMAT_VERSION, "class_names": names.astype(str).tolist(),
+            "segments": segments, "info": {}}

@@ -17,17 +17,26 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     """
     from embaug_jax.embed.pipeline import run_extraction
     from embaug_jax.report import format_summary
-    from embaug_jax.train.command import train_and_evaluate
+    from embaug_jax.train.command import train_and_evaluate, validate_config
+    from embaug_jax.util import UserError
 
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    if config.train.data.get("path"):
+        raise UserError(f"config.train.data.path={config.train.data.path!r}: the demo trains on "
+                        "its own extraction; to train on other data run `embaug train "
+                        "--config.data.path=...`.")
+    train_config = config.train.copy_and_resolve_references()
+    train_config.data.source = "file"
+    train_config.data.path = str(config.extract.get("output") or
+                                 workdir / "extract" / "embeddings")
+    validate_config(train_config)  # before the extraction: a bad train config fails at once
     start = time.perf_counter()
     print(f"[1/2] embeddings: {config.extract.source.kind} -> {config.extract.text_model.path}",
           flush=True)
     embeddings = run_extraction(config.extract, workdir / "extract")
     extracted = time.perf_counter()
-
-    train_config = config.train.copy_and_resolve_references()
-    train_config.data.source = "file"
     train_config.data.path = str(embeddings)
     print(f"[2/2] training: {embeddings}", flush=True)
     results = train_and_evaluate(train_config, workdir / "train")

@@ -1,4 +1,5 @@
-"""Small helpers every stage shares: atomic file output, `is_traced`, `list_first`.
+"""Small helpers every stage shares: atomic file output, the workdir lock, `UserError` (a
+mistake in input or configuration), `is_traced`, `list_first`.
 
 The invariant: a reader (or a resumed run) never sees a half-written file.
 """
@@ -6,12 +7,44 @@ The invariant: a reader (or a resumed run) never sees a half-written file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+
+class UserError(ValueError):
+    """Bad input or configuration: the message says what was wrong, where, and how to fix it.
+
+    `embaug` prints it without a traceback and exits with status 2 (`--verbose` shows the
+    traceback). A ValueError, so `except ValueError` in callers keeps working.
+    """
+
+
+# errno values that mean "the disk cannot take this write" rather than a bug.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full_error(exc: OSError, path: Path) -> OSError | None:
+    """`exc` as an ENOSPC OSError naming `path`, when a failed write means the disk is full.
+
+    numpy's `ndarray.tofile` reports a short write as "61440 requested and 37856 written" with
+    no errno; a short write with (almost) no free space left is a full disk.
+    """
+    if exc.errno in _DISK_FULL:
+        return OSError(exc.errno, os.strerror(exc.errno), str(path))
+    if exc.errno is None and "requested and" in str(exc) and "written" in str(exc):
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = 0
+        if free < (64 << 20):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
 
 
 @contextlib.contextmanager
@@ -30,6 +63,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(target, path)
+    except OSError as e:
+        full = _disk_full_error(e, path)
+        if full is None:
+            raise
+        raise full from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -56,6 +94,55 @@ def list_first(items: Iterable[Any], n: int = 10, *, sep: str = ", ") -> str:
     items = [str(v) for v in (items.tolist() if hasattr(items, "tolist") else items)]
     shown = sep.join(items[:n])
     return shown + (f"{sep}... and {len(items) - n} more" if len(items) > n else "")
+
+
+LOCK_FILE = ".embaug.lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike, command: str, *, take: bool = True) -> Iterator[None]:
+    """Holds an exclusive lock on `workdir` for one run; a second run fails at once.
+
+    The lock is an `flock` on `workdir/.embaug.lock`, so the operating system releases it when
+    the holder exits or is killed (no stale locks); the file records the holder's command, pid
+    and host for the error message. `take=False` (the non-zero processes of a multi-process
+    run, whose process 0 holds the lock) makes this a no-op.
+
+    Raises:
+      UserError: another run holds the lock.
+    """
+    if not take:
+        yield
+        return
+    import fcntl
+
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    created = not workdir.exists()
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another run"
+            raise UserError(f"{workdir} is in use by {holder}; wait for it to finish (or stop "
+                            "it), or use another --workdir.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`embaug {command}` (pid {os.getpid()} on {socket.gethostname()})\n"
+                  .encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            # A run that failed before writing anything leaves no folder it created.
+            if created and [p.name for p in workdir.iterdir()] == [LOCK_FILE]:
+                (workdir / LOCK_FILE).unlink()
+                workdir.rmdir()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 _MALLOC_TUNED = False

@@ -21,11 +21,15 @@ from typing import Sequence
 REPO_ROOT = Path(__file__).resolve().parent.parent  # where configs/ is
 
 
-def parse(argv: Sequence[str], description: str) -> tuple[argparse.Namespace, list[str]]:
+def parse(argv: Sequence[str], description: str,
+          extra: Sequence[tuple[str, dict]] = ()) -> tuple[argparse.Namespace, list[str]]:
+    """The shared flags, plus `extra` (flag, argparse keywords) of one script."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", help="embedding dataset (directory or .npz)")
     parser.add_argument("--workdir", required=True, help="output directory")
     parser.add_argument("--smoke", action="store_true", help="the config's :smoke variant")
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if not o.startswith("--config.")]
     if bad:

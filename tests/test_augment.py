@@ -443,3 +443,115 @@ _KEY = jax.random.key(0)
 def test_bad_input_raises_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ----- ablation baselines ------------------------------------------------------------------
+
+
+def test_soft_control_is_the_control_softened():
+    x, y = _data(40)
+    x_out, y_out = A.soft_control(jax.random.key(0), x, y, softness=0.05, class_mask=MASK)
+    np.testing.assert_array_equal(x_out, x)
+    np.testing.assert_array_equal(y_out, A.soften_labels(y, 0.05, 1.0, class_mask=MASK))
+    # The paper's rule on a one-hot row: 0.95 on the class, 1 / (K - 1) on every other valid one.
+    row = np.asarray(y_out[2])
+    assert row[2] == pytest.approx(0.95) and row[0] == pytest.approx(1 / 12)
+    assert (row[13:] == 0).all()
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_smooth_labels_is_the_standard_definition(use_mask):
+    y = jax.random.dirichlet(jax.random.key(1), jnp.ones(B), (5,))  # soft rows too
+    eps = 0.1
+    got = np.asarray(A.smooth_labels(y, eps, class_mask=MASK if use_mask else None))
+    valid = np.asarray(MASK) if use_mask else np.ones(B, bool)
+    want = np.where(valid, (1 - eps) * np.asarray(y) + eps / valid.sum(), 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    one_hot = A.smooth_labels(jax.nn.one_hot(jnp.arange(4), B), eps, class_mask=MASK)
+    np.testing.assert_allclose(one_hot.sum(1), 1.0, rtol=1e-6)  # still a distribution
+    x, ids = _data(2)[0], jnp.arange(B) % 13
+    x_out, y_out = A.label_smoothing(jax.random.key(0), x, ids, eps, num_classes=B,
+                                     class_mask=MASK)
+    np.testing.assert_array_equal(x_out, x)
+    np.testing.assert_allclose(y_out, A.smooth_labels(jax.nn.one_hot(ids, B), eps,
+                                                      class_mask=MASK), rtol=1e-7)
+    with pytest.raises(ValueError, match=r"smoothing must be a finite number \[0, 1\)"):
+        A.smooth_labels(y, 1.0)
+
+
+def test_gaussian_noise_is_relative_isotropic_normal_noise():
+    x = jax.random.normal(jax.random.key(3), (256, 64)) * jnp.linspace(0.1, 2.0, 256)[:, None]
+    y = jnp.zeros((256, 3)).at[:, 0].set(1.0)
+    key = jax.random.key(4)
+    x_out, y_out = A.gaussian_noise(key, x, y, 0.3)
+    np.testing.assert_array_equal(y_out, y)
+    rms = np.sqrt(np.mean(np.asarray(x) ** 2, axis=1, keepdims=True))
+    z = (np.asarray(x_out) - np.asarray(x)) / (0.3 * rms)
+    np.testing.assert_allclose(z, jax.random.normal(key, x.shape), rtol=1e-4, atol=1e-4)
+    assert scipy.stats.kstest(z.ravel(), "norm").pvalue > 1e-3
+    np.testing.assert_array_equal(A.gaussian_noise(key, x, y, 0.0)[0], x)
+
+
+def test_feature_dropout_zeroes_at_the_rate_and_keeps_the_mean():
+    x = jax.random.normal(jax.random.key(5), (200, 100)) + 3.0
+    y = jnp.ones((200, 2))
+    key = jax.random.key(6)
+    x_out, _ = A.feature_dropout(key, x, y, 0.2)
+    kept = np.asarray(jax.random.uniform(key, x.shape) >= 0.2)
+    np.testing.assert_array_equal(np.asarray(x_out) != 0, kept)
+    np.testing.assert_allclose(np.asarray(x_out)[kept], np.asarray(x)[kept] / 0.8, rtol=1e-6)
+    # The zeroed share is Binomial(20,000, 0.2): well within 5 standard deviations of 0.2.
+    assert abs((~kept).mean() - 0.2) < 5 * np.sqrt(0.2 * 0.8 / kept.size)
+    np.testing.assert_allclose(np.asarray(x_out).mean(), np.asarray(x).mean(), rtol=0.02)
+    with pytest.raises(ValueError, match=r"rate must be a finite number \[0, 1\)"):
+        A.feature_dropout(key, x, y, 1.0)
+
+
+@pytest.mark.parametrize("pairing", ["halve", "permute"])
+def test_manifold_mixup_pairs_are_e_mixups(pairing):
+    x, y = _data(7)
+    key = jax.random.key(8)
+    pairs = A.manifold_mixup(key, x, y, 0.4, pairing=pairing)
+    x_mix, y_mix = A.e_mixup(key, x, y, 0.4, pairing=pairing)
+    rows = B // 2 if pairing == "halve" else B
+    assert pairs.x_a.shape == pairs.x_b.shape == (rows, D) and pairs.lam_a.shape == (rows, 1)
+    np.testing.assert_allclose(pairs.lam_a * pairs.x_a + pairs.lam_b * pairs.x_b, x_mix,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pairs.y, y_mix, rtol=1e-6)
+    np.testing.assert_allclose(pairs.lam_a + pairs.lam_b, 1.0, rtol=1e-6)
+    # The traced form's fixed shape: the same pairs first, then weight-0 padding.
+    padded, weight = jax.jit(lambda k, a: A.manifold_rows(k, x, y, a, pairing=pairing))(
+        key, jnp.float32(0.4))
+    for got, want in zip(padded, pairs):
+        np.testing.assert_allclose(got[:rows], want, rtol=1e-6)
+    np.testing.assert_array_equal(weight, np.arange(B) < rows)
+
+
+@pytest.mark.parametrize("method,kw", [("soft_control", {}), ("label_smoothing",
+                                                                dict(smoothing=0.1)),
+                                        ("gaussian_noise", dict(noise_std=0.3)),
+                                        ("feature_dropout", dict(drop_rate=0.2))])
+def test_traced_baselines_agree_with_their_named_functions(method, kw):
+    x, y = _data(11)
+    key = jax.random.key(12)
+    params = A.method_params(method, softness=0.05, **kw)
+    x_t, y_t, w = A.augment_batch(key, x, y, params, class_mask=MASK)
+    np.testing.assert_array_equal(w, 1.0)
+    k_noise, k_drop = jax.random.split(jax.random.split(key, 3)[2])
+    want = {"soft_control": lambda: A.soft_control(key, x, y, softness=0.05, class_mask=MASK),
+            "label_smoothing": lambda: A.label_smoothing(key, x, y, 0.1, class_mask=MASK),
+            "gaussian_noise": lambda: A.gaussian_noise(k_noise, x, y, 0.3),
+            "feature_dropout": lambda: A.feature_dropout(k_drop, x, y, 0.2)}[method]()
+    np.testing.assert_allclose(x_t, want[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y_t, want[1], rtol=1e-6, atol=1e-7)
+    # A method ignores the other baselines' settings: the control stays the identity.
+    control = A.method_params("control", smoothing=0.1, noise_std=0.3, drop_rate=0.2)
+    x_c, y_c, _ = A.augment_batch(key, x, y, control, class_mask=MASK)
+    np.testing.assert_array_equal(x_c, x)
+    np.testing.assert_array_equal(y_c, y)
+
+
+def test_manifold_mixup_is_refused_by_the_padded_traced_form():
+    x, y = _data(13)
+    with pytest.raises(ValueError, match="mixes inside the model"):
+        A.augment_batch(jax.random.key(0), x, y, A.method_params("manifold_mixup", 0.2))

@@ -15,7 +15,7 @@ from embaug_jax.train import engine as train
 REPO = Path(__file__).resolve().parent.parent
 default = configlib.load_module(REPO / "configs" / "default.py")
 CONFIGS = ["default", *(f"default:method={m}" for m in augment.METHOD_NAMES), "table1",
-           "softness"]
+           "softness", "ablation"]
 
 
 def _load(name, arg="smoke"):

@@ -219,11 +219,11 @@ def test_cli_round_trip(reference_b0, tmp_path, capsys, fast_compile):
 
 def test_cli_errors(tmp_path, capsys):
     assert convert.main(["embaug convert", "efficientnet", str(tmp_path / "nope.pth"),
-                         str(tmp_path / "o.safetensors")]) == 1
+                         str(tmp_path / "o.safetensors")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
-    assert convert.main(["embaug convert", "efficientnet", str(bad), str(tmp_path / "o.st")]) == 1
+    assert convert.main(["embaug convert", "efficientnet", str(bad), str(tmp_path / "o.st")]) == 2
     assert "neither a .keras archive nor an HDF5 file" in capsys.readouterr().err
     assert not (tmp_path / "o.st").exists()  # nothing half-written
     assert convert.main(["embaug convert", "efficientnet", "a", "b", "--from", "caffe"]) == 2

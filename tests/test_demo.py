@@ -29,6 +29,9 @@ def test_demo_smoke_same_metrics_on_one_and_four_devices_and_cached_rerun(
     one = _demo(tmp_path / "one", 1)
     out = capsys.readouterr().out
     assert "| Control |" in out and "| Soft E-Stitchup |" in out and "figures:" in out
+    # Next to Table 1: the weighted AUC by part and the paired differences from the control.
+    assert "Weighted AUC by part" in out and "Differences from the control" in out
+    assert "Soft E-Stitchup against the control" in out
     train_dir = tmp_path / "one" / "train"
     for name in ("results.md", "metrics.jsonl", "fig3_threshold_sweep.png", "fig4_roc.png",
                  "fig5_training_curves.png", "reliability.png"):

@@ -68,3 +68,25 @@ def test_softness_study_and_bad_arguments(tmp_path, scripts, capsys):
     with pytest.raises(SystemExit):
         scripts("softness").main([f"--workdir={tmp_path}", "--epochs=3"])
     assert "overrides look like --config.a.b=value" in capsys.readouterr().err
+
+
+def test_none_share_study(tmp_path, scripts, capsys):
+    fast = ["--config.num_epochs=4", "--config.eval_every=4", "--config.checkpoint_every=4",
+            "--config.chunk_epochs=4",
+            "--config.sweep.alphas=(0.2,)"]
+    scripts("none_share").main(["--smoke", f"--workdir={tmp_path}", "--holdout=2,0", *fast])
+    rows = _rows(tmp_path / "none_share.csv")
+    assert [(r["holdout"], r["method"]) for r in rows][::5] == [("0", "control"), ("2", "control")]
+    for k in (0, 2):
+        results = json.loads((tmp_path / f"holdout_{k}" / "results.json").read_text())
+        config = json.loads((tmp_path / f"holdout_{k}" / "config.json").read_text())
+        assert str(config["data"]["holdout_classes"]) == str(k)  # a count or class names
+        for r in (r for r in rows if r["holdout"] == str(k)):
+            entry = results["methods"][r["method"]]
+            assert float(r["none_share"]) == pytest.approx(entry["none_weight"]["mean"])
+            assert float(r["weighted_auc_mean"]) == pytest.approx(entry["weighted_auc"]["mean"])
+    shares = {r["holdout"]: float(r["none_share"]) for r in rows}
+    assert shares["0"] == 0 and shares["2"] > 0
+    assert (tmp_path / "none_share.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit):
+        scripts("none_share").main([f"--workdir={tmp_path}", "--holdout=two"])

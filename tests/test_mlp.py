@@ -87,3 +87,31 @@ def test_unknown_head():
     with pytest.raises(ValueError, match="unknown head"):
         classification_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.ones(2),
                             jnp.ones(3, bool), "tanh")
+
+
+def test_manifold_mixup_mixes_the_first_hidden_layer_as_torch_does():
+    model, params, x, *_ = _setup()
+    x_b = jax.random.normal(jax.random.key(9), x.shape)
+    lam_a = jax.random.uniform(jax.random.key(10), (x.shape[0], 1))
+    got = model.apply(params, x, mix_with=x_b, mix_weights=(lam_a, 1 - lam_a))
+    net = _torch_mlp(params)
+    with torch.no_grad():
+        h_a = net[2](net[0](torch.tensor(np.asarray(x))))  # Linear -> (Dropout, eval) -> ReLU
+        h_b = net[2](net[0](torch.tensor(np.asarray(x_b))))
+        lam = torch.tensor(np.asarray(lam_a))
+        want = net[3:](lam * h_a + (1 - lam) * h_b).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # Weights (1, 0) give the unmixed network; in training each parent gets its own dropout.
+    plain = model.apply(params, x, mix_with=x_b, mix_weights=(jnp.ones_like(lam_a),
+                                                             jnp.zeros_like(lam_a)))
+    np.testing.assert_allclose(plain, model.apply(params, x), rtol=1e-6, atol=1e-6)
+    # In training the second parents draw their own dropout ("dropout_b"): weights (1, 0) give
+    # exactly the unmixed network's training output.
+    rngs = {"dropout": jax.random.key(3), "dropout_b": jax.random.key(4)}
+    alone = model.apply(params, x, train=True, rngs={"dropout": jax.random.key(3)})
+    ones = (jnp.ones_like(lam_a), jnp.zeros_like(lam_a))
+    np.testing.assert_array_equal(
+        model.apply(params, x, mix_with=x_b, mix_weights=ones, train=True, rngs=rngs), alone)
+    mixed = model.apply(params, x, mix_with=x, mix_weights=(lam_a, 1 - lam_a), train=True,
+                        rngs=rngs)
+    assert not np.allclose(mixed, alone)  # the same input, dropped out twice differently

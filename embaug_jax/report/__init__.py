@@ -148,23 +148,22 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
                                    num_resamples=int(bootstrap_resamples),
                                    threshold=float(threshold), num_bins=num_bins))
 
-    figures = []
-    _fig3_threshold_sweep(workdir / FIGURES[0], results, variants, per_member)
-    _fig4_roc(workdir / FIGURES[1], results, variants, per_member, fpr_grid)
-    figures += FIGURES[:2]
+    # Results first: a full disk or a plotting failure must not lose the tables, and a rerun
+    # (which re-reports from the saved predictions without training) redraws the figures.
+    plots = [(FIGURES[0], _fig3_threshold_sweep, (results, variants, per_member)),
+             (FIGURES[1], _fig4_roc, (results, variants, per_member, fpr_grid))]
     if result.eval_epochs.size:
-        _fig5_training_curves(workdir / FIGURES[2], results, variants, result)
-        figures.append(FIGURES[2])
+        plots.append((FIGURES[2], _fig5_training_curves, (results, variants, result)))
         sweeps = _softness_sweeps(results)
         if sweeps:
-            _fig6_softness(workdir / FIGURES[3], results, variants, result, sweeps)
-            figures.append(FIGURES[3])
-    _reliability(workdir / FIGURES[4], results, variants, per_member)
-    figures.append(FIGURES[4])
-    _auc_decomposition(workdir / FIGURES[5], results, variants, per_member, result.members)
-    figures.append(FIGURES[5])
-    results["figures"] = list(figures)
+            plots.append((FIGURES[3], _fig6_softness, (results, variants, result, sweeps)))
+    plots.append((FIGURES[4], _reliability, (results, variants, per_member)))
+    plots.append((FIGURES[5], _auc_decomposition,
+                  (results, variants, per_member, result.members)))
+    results["figures"] = [name for name, _, _ in plots]
 
     write_json_atomic(workdir / "results.json", results)
     write_text_atomic(workdir / "results.md", _results_markdown(results, title))
+    for name, draw, args in plots:
+        draw(workdir / name, *args)
     return results

@@ -27,7 +27,14 @@ DISPLAY_NAMES = {
     "e_stitchup": "E-Stitchup",
     "soft_e_mixup": "Soft E-Mixup",
     "soft_e_stitchup": "Soft E-Stitchup",
+    "soft_control": "Soft control",
+    "label_smoothing": "Label smoothing",
+    "gaussian_noise": "Gaussian noise",
+    "feature_dropout": "Feature dropout",
+    "manifold_mixup": "Manifold mixup",
 }
+# The baselines' hyperparameters beyond alpha and softness; a member without one reads 0.
+EXTRA_HPARAMS = ("smoothing", "noise_std", "drop_rate")
 PAPER_TABLE1 = {
     "control": (0.9582, 0.0015),
     "e_mixup": (0.9763, 0.0002),
@@ -128,12 +135,13 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
 
 
 def _method_rank(method: str) -> tuple:
-    order = augment.METHOD_NAMES
+    order = augment.ALL_METHOD_NAMES
     return (order.index(method) if method in order else len(order), method)
 
 
-def _variant_name(method: str, alpha: float, softness: float) -> str:
-    return f"{method}/alpha={alpha:g}/softness={softness:g}"
+def _variant_name(method: str, alpha: float, softness: float, *extra: float) -> str:
+    name = f"{method}/alpha={alpha:g}/softness={softness:g}"
+    return name + "".join(f"/{k}={v:g}" for k, v in zip(EXTRA_HPARAMS, extra) if v)
 
 
 def _param(value) -> float:
@@ -145,14 +153,20 @@ def _param(value) -> float:
 
 
 def group_variants(members: Sequence[dict]) -> dict[str, dict]:
-    """Members grouped by (method, alpha, softness), in the paper's method order, then alpha."""
+    """Members grouped by method and hyperparameters (alpha, softness and the baselines'
+    EXTRA_HPARAMS), in the paper's method order, then alpha."""
     groups: dict[tuple, list[int]] = {}
     for i, member in enumerate(members):
-        key = (str(member["method"]), _param(member["alpha"]), _param(member["softness"]))
+        key = (str(member["method"]), _param(member["alpha"]), _param(member["softness"]),
+               *(_param(member.get(k)) for k in EXTRA_HPARAMS))
         groups.setdefault(key, []).append(i)
-    ordered = sorted(groups, key=lambda k: (_method_rank(k[0]), k[1], k[2]))
-    return {_variant_name(*k): dict(method=k[0], alpha=k[1], softness=k[2], members=groups[k])
-            for k in ordered}
+    ordered = sorted(groups, key=lambda k: (_method_rank(k[0]), *k[1:]))
+    out = {}
+    for k in ordered:
+        extra = {name: v for name, v in zip(EXTRA_HPARAMS, k[3:]) if v}
+        out[_variant_name(*k)] = dict(method=k[0], alpha=k[1], softness=k[2], **extra,
+                                      members=groups[k])
+    return out
 
 
 def _nanreduce(fn, a, axis=0):
@@ -168,7 +182,7 @@ def _build_results(outputs, per_member, variants, threshold, thresholds,
     for name, v in variants.items():
         idx = v["members"]
         entry = dict(method=v["method"], alpha=v["alpha"], softness=v["softness"],
-                     num_members=len(idx),
+                     **{k: v[k] for k in EXTRA_HPARAMS if k in v}, num_members=len(idx),
                      trials=sorted({int(outputs.members[i]["trial"]) for i in idx}),
                      seeds=sorted({int(outputs.members[i]["seed"]) for i in idx}))
         for key in SCALAR_METRICS:
@@ -270,6 +284,7 @@ def held_out_selection(outputs: SweepResult, variants: dict[str, dict], rows: np
     for method, name in chosen.items():
         v = variants[name]
         entry = dict(variant=name, method=method, alpha=v["alpha"], softness=v["softness"],
+                     **{k: v[k] for k in EXTRA_HPARAMS if k in v},
                      selection_weighted_auc=summarize([selection_auc[i] for i in v["members"]]))
         for key in SCALAR_METRICS:
             entry[key] = summarize([on_report[i][key] for i in v["members"]])

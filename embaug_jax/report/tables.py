@@ -14,9 +14,22 @@ def _fmt(stat: dict, *, scale=1.0, digits=4, dev="max_dev") -> str:
 
 
 def _fmt_param(entry: dict, key: str) -> str:
-    method = entry["method"]
-    used = (method != "control") if key == "alpha" else method.startswith("soft_")
-    return f"{entry[key]:g}" if used else "-"
+    """A variant's value of hyperparameter `key`, or "-" when its method does not read it; for
+    key "other", the baselines' own hyperparameters (e.g. "smoothing 0.1")."""
+    from embaug_jax.augment import METHOD_HPARAMS
+
+    used = METHOD_HPARAMS.get(entry["method"], ("alpha", "softness"))
+    if key == "other":
+        return ", ".join(f"{k} {entry.get(k, 0):g}" for k in used
+                         if k not in ("alpha", "softness")) or "-"
+    return f"{entry[key]:g}" if key in used else "-"
+
+
+def _has_other(results: dict) -> bool:
+    from embaug_jax.augment import METHOD_HPARAMS
+
+    return any(set(METHOD_HPARAMS.get(e["method"], ())) - {"alpha", "softness"}
+               for e in results["variants"].values())
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -49,14 +62,16 @@ def no_none_note(results: dict) -> str:
 def format_table(results: dict) -> str:
     """The Table-1 analogue (markdown): best variant per method, mean ± max deviation."""
     t = results["threshold"]
-    header = ["Method", "alpha", "softness", "Weighted AUC", f"Overall acc @{t:g} (%)",
-              f"None acc @{t:g} (%)", PAPER_COLUMN]
+    other = _has_other(results)
+    header = ["Method", "alpha", "softness", *(["other"] if other else []), "Weighted AUC",
+              f"Overall acc @{t:g} (%)", f"None acc @{t:g} (%)", PAPER_COLUMN]
     rows = []
     for method, entry in results["methods"].items():
         paper = results.get("paper_table1", {}).get(method)
         rows.append([
             DISPLAY_NAMES.get(method, method), _fmt_param(entry, "alpha"),
-            _fmt_param(entry, "softness"), _fmt(entry["weighted_auc"]),
+            _fmt_param(entry, "softness"), *([_fmt_param(entry, "other")] if other else []),
+            _fmt(entry["weighted_auc"]),
             _fmt(entry["overall_accuracy"], scale=100, digits=2),
             _fmt(entry["none_accuracy"], scale=100, digits=2),
             f"{paper['mean']:.4f} ± {paper['max_dev']:.4f}" if paper else "-",
@@ -79,8 +94,10 @@ def format_decomposition(results: dict, section: str = "methods") -> str:
     """Weighted AUC = seen part + "none" part, with the AUCs and the weight behind each part."""
     header = ["Method", "Weighted AUC", "= seen part", "+ \"none\" part", "Seen-class AUC",
               "\"None\" AUC", "\"None\" weight"]
+    absent = "absent" if _no_none(results) else "n/a"
     rows = [[DISPLAY_NAMES.get(m, m), _fmt(e["weighted_auc"]), _fmt(e["seen_part"]),
-             _fmt(e["none_part"]), _fmt(e["seen_auc"]), _fmt(e["none_auroc"]),
+             _fmt(e["none_part"]), _fmt(e["seen_auc"]),
+             _fmt(e["none_auroc"]) if e["none_auroc"]["mean"] is not None else absent,
              _fmt(e["none_weight"])] for m, e in results[section].items()]
     return _markdown(header, rows)
 
@@ -94,6 +111,8 @@ def format_paired(results: dict) -> str:
     for method, entry in paired["methods"].items():
         for key, label, scale, unit in PAIRED_ROWS:
             d = entry[key]
+            if d["mean"] is None:  # e.g. no "none" example in any trial: nothing to compare
+                continue
             digits = 2 if unit else 4
             rows.append([
                 DISPLAY_NAMES.get(method, method), label + (f" ({unit.strip()})" if unit else ""),
@@ -134,18 +153,26 @@ def paired_sentences(results: dict) -> list[str]:
 def format_selection(results: dict) -> str:
     """The paper's alpha choice beside the choice made on held-out rows."""
     sel = results["selection"]
-    header = ["Method", "alpha (paper's procedure)", "Weighted AUC (paper's procedure)",
-              "alpha (held-out choice)", "Weighted AUC on report rows", "Overall acc (%)",
+    header = ["Method", "setting (paper's procedure)", "Weighted AUC (paper's procedure)",
+              "setting (held-out choice)", "Weighted AUC on report rows", "Overall acc (%)",
               "None acc (%)"]
     rows = []
     for method, entry in sel["methods"].items():
         paper = results["methods"][method]
-        rows.append([DISPLAY_NAMES.get(method, method), _fmt_param(paper, "alpha"),
-                     _fmt(paper["weighted_auc"]), _fmt_param(entry, "alpha"),
+        rows.append([DISPLAY_NAMES.get(method, method), _setting(paper),
+                     _fmt(paper["weighted_auc"]), _setting(entry),
                      _fmt(entry["weighted_auc"]),
                      _fmt(entry["overall_accuracy"], scale=100, digits=2),
                      _fmt(entry["none_accuracy"], scale=100, digits=2)])
     return _markdown(header, rows)
+
+
+def _setting(entry: dict) -> str:
+    """A variant's hyperparameters in a few characters: "alpha 0.2, softness 0.05" or "-"."""
+    from embaug_jax.augment import METHOD_HPARAMS
+
+    used = METHOD_HPARAMS.get(entry["method"], ("alpha", "softness"))
+    return ", ".join(f"{k} {entry.get(k, 0):g}" for k in used) or "-"
 
 
 def format_class_auc(results: dict) -> str:
@@ -269,10 +296,12 @@ def _results_markdown(results: dict, title: str | None) -> str:
         "## Every variant (the alpha grid)",
         "",
         _markdown(
-            ["Method", "alpha", "softness", "members", "Weighted AUC", "Overall acc (%)",
-             "None acc (%)", "None AUROC", "ECE"],
+            ["Method", "alpha", "softness", *(["other"] if _has_other(results) else []),
+             "members", "Weighted AUC", "Overall acc (%)", "None acc (%)", "None AUROC", "ECE"],
             [[DISPLAY_NAMES.get(e["method"], e["method"]), _fmt_param(e, "alpha"),
-              _fmt_param(e, "softness"), str(e["num_members"]), _fmt(e["weighted_auc"]),
+              _fmt_param(e, "softness"),
+              *([_fmt_param(e, "other")] if _has_other(results) else []),
+              str(e["num_members"]), _fmt(e["weighted_auc"]),
               _fmt(e["overall_accuracy"], scale=100, digits=2),
               _fmt(e["none_accuracy"], scale=100, digits=2), _fmt(e["none_auroc"]),
               _fmt(e["ece"])]

@@ -34,6 +34,7 @@ from embaug_jax.sources.sampling import select_items
 from embaug_jax.sources.table import load_table
 from embaug_jax.sources.tfds import load_tfds
 from embaug_jax.sources.wordnet import WORDNET_LEXNAMES, load_wordnet
+from embaug_jax.util import UserError
 
 SOURCE_KINDS = ("table", "wordnet", "fashion_products", "tfds", "fashion_mnist")
 __all__ = ["FASHION_MNIST_CLASSES", "ImageField", "SOURCE_KINDS", "SourceData", "WORDNET_LEXNAMES",
@@ -48,10 +49,10 @@ _LOADERS = {"table": load_table, "wordnet": load_wordnet,
 def load_source(config: Any) -> SourceData:
     """Loads `config.source` (a ConfigDict with `kind` and that kind's knobs)."""
     if "source" not in config:
-        raise ValueError("The config has no `source` section (see configs/extract/common.py).")
+        raise UserError("The config has no `source` section (see configs/extract/common.py).")
     src = config.source
     kind = str(src.kind)
     if kind not in _LOADERS:
-        raise ValueError(f"config.source.kind={kind!r} is not a known source; choose one of "
-                         f"{list(_LOADERS)}.")
+        raise UserError(f"config.source.kind={kind!r} is not a known source; choose one of "
+                        f"{list(_LOADERS)}.")
     return _LOADERS[kind](src)

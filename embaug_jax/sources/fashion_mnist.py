@@ -10,6 +10,7 @@ import numpy as np
 
 from embaug_jax.sources.items import ImageField, SourceData, _check_choice
 from embaug_jax.sources.sampling import finish
+from embaug_jax.util import UserError
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
@@ -21,12 +22,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an IDX file of uint8 data.")
+        raise UserError(f"{path} is not an IDX file of uint8 data.")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: header says {shape}, found {body.size} values.")
+        raise UserError(f"{path} is truncated: header says {shape}, found {body.size} values.")
     return body.reshape(shape)
 
 
@@ -47,9 +48,9 @@ def load_fashion_mnist(src: Any) -> SourceData:
                                     "install dataset-fashion-mnist` (or set config.source.root).")
     pixels, label_ids = read_idx(image_path), read_idx(label_path)
     if pixels.ndim != 3 or label_ids.ndim != 1 or len(pixels) != len(label_ids):
-        raise ValueError(f"{root}: images {pixels.shape} and labels {label_ids.shape} disagree.")
+        raise UserError(f"{root}: images {pixels.shape} and labels {label_ids.shape} disagree.")
     if label_ids.max(initial=0) >= len(FASHION_MNIST_CLASSES):
-        raise ValueError(f"{label_path}: labels outside 0..9.")
+        raise UserError(f"{label_path}: labels outside 0..9.")
 
     def load_images(indices: np.ndarray) -> np.ndarray:
         return np.repeat(pixels[np.asarray(indices, np.int64)][..., None], 3, axis=-1)

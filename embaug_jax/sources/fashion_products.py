@@ -19,6 +19,7 @@ from embaug_jax.sources.items import (
 )
 from embaug_jax.sources.sampling import apply_sampling
 from embaug_jax.sources.table import _decode_bytes
+from embaug_jax.util import UserError
 
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
@@ -73,8 +74,8 @@ def load_fashion_products(src: Any) -> SourceData:
     required = ["id", "productDisplayName", label_column]
     unknown = [c for c in required if c not in frame.columns]
     if unknown:
-        raise ValueError(f"{styles} has no column(s) {unknown}; its columns are "
-                         f"{list(frame.columns)}.")
+        raise UserError(f"{styles} has no column(s) {unknown}; its columns are "
+                        f"{list(frame.columns)}.")
     labels = frame[label_column].str.strip().tolist()
     has_label = np.array([bool(v) for v in labels])
     _count(dropped, "missing label", (~has_label).sum())
@@ -108,7 +109,7 @@ def load_fashion_products(src: Any) -> SourceData:
                       info={"kind": "fashion_products", "root": str(root.resolve()),
                             "label_column": label_column})
     if len(data) == 0:
-        raise ValueError(f"{styles}: no items left (dropped: {dropped}).")
+        raise UserError(f"{styles}: no items left (dropped: {dropped}).")
     return data
 
 

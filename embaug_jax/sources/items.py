@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from embaug_jax.util import list_first
+from embaug_jax.util import UserError, list_first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ImageField:
 
     def __post_init__(self):
         if (self.paths is None) == (self.loader is None):
-            raise ValueError("ImageField needs exactly one of `paths` or `loader`.")
+            raise UserError("ImageField needs exactly one of `paths` or `loader`.")
 
     def __len__(self) -> int:
         return len(self.paths) if self.paths is not None else self.count
@@ -71,17 +71,17 @@ class SourceData:
                    **{f"image {k!r}": len(v) for k, v in self.images.items()}}
         bad = {k: v for k, v in lengths.items() if v != n}
         if bad:
-            raise ValueError(f"Source fields disagree on the number of items: ids has {n}, {bad}.")
+            raise UserError(f"Source fields disagree on the number of items: ids has {n}, {bad}.")
         unique, counts = np.unique(self.ids, return_counts=True)
         if len(unique) != n:
-            raise ValueError(f"Item ids must be unique; repeated: {list_first(unique[counts > 1])}. Pick another id column "
-                             "(or none: row numbers are used).")
+            raise UserError(f"Item ids must be unique; repeated: {list_first(unique[counts > 1])}. Pick another id column "
+                            "(or none: row numbers are used).")
         unknown = sorted(set(self.labels.tolist()) - set(self.class_names))
         if unknown:
-            raise ValueError(f"Labels {list_first(unknown)} are not among class_names.")
+            raise UserError(f"Labels {list_first(unknown)} are not among class_names.")
         overlap = set(self.texts) & set(self.images)
         if overlap:
-            raise ValueError(f"Field names used for both text and images: {sorted(overlap)}.")
+            raise UserError(f"Field names used for both text and images: {sorted(overlap)}.")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -124,7 +124,7 @@ def sort_class_names(labels: Sequence[str]) -> list[str]:
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise ValueError(f"config.source.{name}={value!r} is not one of {list(choices)}.")
+        raise UserError(f"config.source.{name}={value!r} is not one of {list(choices)}.")
     return value
 
 
@@ -132,11 +132,11 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     """uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] -> uint8 [H, W, 3]."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"Expected uint8 images, got {image.dtype}.")
+        raise UserError(f"Expected uint8 images, got {image.dtype}.")
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"Expected an image [H, W, 1|3|4], got shape {image.shape}.")
+        raise UserError(f"Expected an image [H, W, 1|3|4], got shape {image.shape}.")
     if image.shape[-1] == 1:
         return np.repeat(image, 3, axis=-1)
     return image[..., :3]

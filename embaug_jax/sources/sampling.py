@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from embaug_jax.sources.items import SourceData, _count
+from embaug_jax.util import UserError
 
 
 def select_items(labels: Sequence[str], *, min_class_size: int = 0, per_class: int = 0,
@@ -21,7 +22,7 @@ def select_items(labels: Sequence[str], *, min_class_size: int = 0, per_class: i
     for name, v in (("min_class_size", min_class_size), ("per_class", per_class),
                     ("max_items", max_items)):
         if int(v) < 0:
-            raise ValueError(f"config.source.{name} must be >= 0 (0 = no limit), got {v}.")
+            raise UserError(f"config.source.{name} must be >= 0 (0 = no limit), got {v}.")
     labels = np.asarray(labels, dtype=str)
     dropped: dict[str, int] = {}
     classes, inverse = np.unique(labels, return_inverse=True)
@@ -87,8 +88,8 @@ def finish(data: SourceData, src: Any) -> SourceData:
     for reason, count in dropped.items():
         _count(data.dropped, reason, count)
     if len(data) == 0:
-        raise ValueError(f"The source has no items left (dropped: {data.dropped}). Loosen "
-                         "min_class_size / the filters, or check the data.")
+        raise UserError(f"The source has no items left (dropped: {data.dropped}). Loosen "
+                        "min_class_size / the filters, or check the data.")
     return data
 
 

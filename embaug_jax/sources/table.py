@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from embaug_jax.sources.items import (
     ImageField,
@@ -19,7 +20,7 @@ from embaug_jax.sources.items import (
     split_names,
 )
 from embaug_jax.sources.sampling import finish
-from embaug_jax.util import list_first
+from embaug_jax.util import UserError, list_first
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
                   ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -47,11 +48,11 @@ def table_format(path: Path, fmt: str = "", compression: str = "") -> tuple[str,
     elif compression == "none":
         compression = None
     elif compression not in _COMPRESSIONS.values():
-        raise ValueError(f"config.source.compression={compression!r} is not one of "
+        raise UserError(f"config.source.compression={compression!r} is not one of "
                          f"{sorted(set(_COMPRESSIONS.values()))}, 'none' or '' (from the name).")
     fmt = str(fmt or "").lower() or (_TABLE_FORMATS.get(suffixes[-1]) if suffixes else None)
     if fmt not in ("csv", "tsv", "jsonl", "parquet"):
-        raise ValueError(f"Cannot tell the format of {path.name} from its extension; set "
+        raise UserError(f"Cannot tell the format of {path.name} from its extension; set "
                          "config.source.format to one of csv, tsv, jsonl, parquet (a compressed "
                          "table is named like items.csv.gz).")
     return fmt, compression
@@ -69,7 +70,7 @@ def _read_bytes(path: Path, compression: str | None) -> bytes:
     except ImportError as e:  # zstd needs the zstandard package
         raise ImportError(f"{path}: reading {compression} needs an extra package: {e}") from e
     except (OSError, EOFError, ValueError) as e:  # bad gzip/xz/bz2 data, zip of several files
-        raise ValueError(f"{path}: cannot decompress it as {compression} ({e}). Check the file "
+        raise UserError(f"{path}: cannot decompress it as {compression} ({e}). Check the file "
                          "(is it complete?), or set config.source.compression to how it is "
                          "really compressed ('none' if it is not).") from None
 
@@ -91,12 +92,12 @@ def _decode_bytes(raw: bytes, path: Path, encoding: str, errors: str) -> str:
         fix = (f"name it {path.name}{suffix} or set config.source.compression={kind}" if suffix
                else "name it .parquet or set config.source.format=parquet" if kind == "parquet"
                else "give the table itself (CSV, TSV, JSONL or Parquet)")
-        raise ValueError(f"{path} holds {kind} data, not text: {fix}.")
+        raise UserError(f"{path} holds {kind} data, not text: {fix}.")
     try:
         return raw.decode(encoding, errors=errors)
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise ValueError(
+        raise UserError(
             f"{path}: line {line} is not valid {encoding} ({e.reason} at byte {e.start}). Fix the "
             f"file, set config.source.encoding to its real encoding, or pass "
             f"--config.source.encoding_errors=replace to replace undecodable bytes.") from None
@@ -107,17 +108,24 @@ def _read_table(path: Path, fmt: str, encoding: str, encoding_errors: str,
     import pandas as pd
 
     raw = _read_bytes(path, compression)
+    if not raw:
+        raise UserError(f"{path} is empty ({'0 bytes' if compression is None else 'nothing once '
+                        'decompressed'}): a table needs a header row and at least one data row "
+                        "(config.source.path).")
     if fmt == "parquet":
         return pd.read_parquet(io.BytesIO(raw))
     text = _decode_bytes(raw, path, encoding, encoding_errors)
     del raw
+    if not text.strip():
+        raise UserError(f"{path} holds only whitespace: a table needs a header row and at least "
+                        "one data row (config.source.path).")
     if fmt in ("csv", "tsv"):
         # Every cell as a string, empty cells as "" (not NaN), so ids like "007" survive.
         try:
             return pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str,
                                keep_default_na=False, na_filter=False)
         except pd.errors.ParserError as e:
-            raise ValueError(f"{path}: not a well-formed {fmt.upper()} file: {e}") from None
+            raise UserError(f"{path}: not a well-formed {fmt.upper()} file: {e}") from None
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -125,10 +133,10 @@ def _read_table(path: Path, fmt: str, encoding: str, encoding_errors: str,
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {lineno} is not valid JSON: {e.msg}.") from None
+            raise UserError(f"{path}: line {lineno} is not valid JSON: {e.msg}.") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {lineno} is a JSON {type(row).__name__}, expected an "
-                             "object with one key per column.")
+            raise UserError(f"{path}: line {lineno} is a JSON {type(row).__name__}, expected an "
+                            "object with one key per column.")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -143,18 +151,35 @@ def _cell_text(value: Any) -> str | None:
     return value if value.strip() else None
 
 
+# A text column empty in more than this share of its rows is probably the wrong column.
+_MOSTLY_EMPTY = 0.5
+
+
 def _table_texts(columns: dict[str, list[Any]], policy: str, notes: dict[str, int],
-                 keep: np.ndarray) -> dict[str, list[str]]:
-    """Applies the empty-text policy; marks rows to drop in `keep` (in place)."""
+                 keep: np.ndarray, path: Path) -> dict[str, list[str]]:
+    """Applies the empty-text policy; marks rows to drop in `keep` (in place).
+
+    A column empty in every (labelled) row is an error whatever the policy: it would embed as N
+    identical vectors. One empty in most rows is kept, with a warning giving the count.
+    """
     texts = {}
     for name, values in columns.items():
         cells = [_cell_text(v) for v in values]
         empty = np.array([c is None for c in cells], bool)
+        n_rows, n_empty = int(keep.sum()), int((empty & keep).sum())
+        if n_rows and n_empty == n_rows:
+            raise UserError(f"{path.name}: text column {name!r} is empty in all {n_rows} rows; "
+                            "it would embed every item as the same vector. Check "
+                            "config.source.text_columns (a misspelt or unfilled column?).")
+        if policy == "keep" and n_empty > _MOSTLY_EMPTY * n_rows:
+            logging.warning("%s: text column %r is empty in %d of %d rows (kept as '', each "
+                            "embedded as the same vector); config.source.empty_texts=drop "
+                            "leaves them out.", path.name, name, n_empty, n_rows)
         if empty.any():
             if policy == "error":
-                raise ValueError(f"Text column {name!r} is empty in {int(empty.sum())} rows "
-                                 f"(data rows {list_first(np.flatnonzero(empty))}, 0-based). Fill them, or set "
-                                 "config.source.empty_texts to 'keep' or 'drop'.")
+                raise UserError(f"Text column {name!r} is empty in {int(empty.sum())} rows "
+                                f"(data rows {list_first(np.flatnonzero(empty))}, 0-based). Fill them, or set "
+                                "config.source.empty_texts to 'keep' or 'drop'.")
             if policy == "drop":
                 keep &= ~empty
             else:
@@ -176,8 +201,8 @@ def load_table(src: Any) -> SourceData:
     """
     path = Path(str(src.path))
     if not str(src.path):
-        raise ValueError("config.source.path is required for a table source "
-                         "(--config.source.path=data.csv).")
+        raise UserError("config.source.path is required for a table source "
+                        "(--config.source.path=data.csv).")
     if not path.is_file():
         raise FileNotFoundError(f"Table {path} does not exist (config.source.path).")
     fmt, compression = table_format(path, src.format, src.compression)
@@ -194,31 +219,34 @@ def load_table(src: Any) -> SourceData:
     label_column = str(src.label_column)
     id_column = str(src.id_column)
     if not label_column:
-        raise ValueError("config.source.label_column is required (the column with class names).")
+        raise UserError("config.source.label_column is required (the column with class names).")
     if not text_columns and not image_columns:
-        raise ValueError("Set config.source.text_columns and/or config.source.image_columns "
-                         "(comma-separated column names).")
+        raise UserError("Set config.source.text_columns and/or config.source.image_columns "
+                        "(comma-separated column names).")
     wanted = [*text_columns, *image_columns, label_column, *([id_column] if id_column else [])]
     available = [str(c) for c in frame.columns]
     unknown = [c for c in wanted if c not in available]
     if unknown:
-        raise ValueError(f"{path.name} has no column(s) {unknown}; its columns are {available}.")
+        raise UserError(f"{path.name} has no column(s) {unknown}; its columns are {available}.")
 
     n = len(frame)
+    if n == 0:
+        raise UserError(f"{path} has a header ({', '.join(available)}) but no data rows.")
     dropped: dict[str, int] = {}
     notes: dict[str, int] = {}
     labels = [_cell_text(v) for v in frame[label_column].tolist()]
     missing = np.array([label is None for label in labels], bool)
     if missing.any() and missing_policy == "error":
-        raise ValueError(f"Label column {label_column!r} is empty in {int(missing.sum())} rows "
-                         f"(data rows {list_first(np.flatnonzero(missing))}, 0-based). Fill them, or set "
-                         "config.source.missing_labels=drop to leave those rows out.")
+        raise UserError(f"Label column {label_column!r} is empty in {int(missing.sum())} rows "
+                        f"(data rows {list_first(np.flatnonzero(missing))}, 0-based). Fill them, or set "
+                        "config.source.missing_labels=drop to leave those rows out.")
     keep = ~missing
     _count(dropped, "missing label", missing.sum())
     ids = ([_cell_text(v) or "" for v in frame[id_column].tolist()] if id_column
            else [str(i) for i in range(n)])
     n_keep_before = int(keep.sum())
-    texts = _table_texts({c: frame[c].tolist() for c in text_columns}, empty_policy, notes, keep)
+    texts = _table_texts({c: frame[c].tolist() for c in text_columns}, empty_policy, notes, keep,
+                         path)
     _count(dropped, "empty text", n_keep_before - keep.sum())
     images = {}
     for column in image_columns:
@@ -232,8 +260,8 @@ def load_table(src: Any) -> SourceData:
     rows = np.flatnonzero(keep)
     empty_ids = [int(r) for r in rows if not ids[r]]
     if empty_ids:
-        raise ValueError(f"Id column {id_column!r} is empty in {len(empty_ids)} rows (data rows "
-                         f"{list_first(empty_ids)}, 0-based); every item needs an id.")
+        raise UserError(f"Id column {id_column!r} is empty in {len(empty_ids)} rows (data rows "
+                        f"{list_first(empty_ids)}, 0-based); every item needs an id.")
     kept_labels = [labels[i] for i in rows]
     data = SourceData(
         ids=[ids[i] for i in rows], labels=kept_labels, class_names=sort_class_names(kept_labels),

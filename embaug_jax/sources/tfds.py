@@ -14,6 +14,7 @@ from embaug_jax.sources.items import (
     split_names,
 )
 from embaug_jax.sources.sampling import finish
+from embaug_jax.util import UserError
 
 
 def load_tfds(src: Any) -> SourceData:
@@ -31,14 +32,14 @@ def load_tfds(src: Any) -> SourceData:
                           "pip install 'embaug_jax[tfds]'.") from e
     name = str(src.name)
     if not name:
-        raise ValueError("config.source.name is required for a tfds source (e.g. 'imdb_reviews').")
+        raise UserError("config.source.name is required for a tfds source (e.g. 'imdb_reviews').")
     split = str(src.split)
     data_dir = str(src.data_dir) or None
     try:
         records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except (NotImplementedError, AssertionError, FileNotFoundError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
+        raise UserError(
             f"TFDS {name!r} (split {split!r}, data_dir {data_dir or 'default'}) cannot be opened: "
             f"{first_line} tfds.data_source reads sets prepared in ArrayRecord format: run "
             f"`tfds build {name} --file_format=array_record` once, or point "
@@ -52,13 +53,13 @@ def load_tfds(src: Any) -> SourceData:
               *([id_feature] if id_feature else [])]
     unknown = [f for f in wanted if f not in features]
     if unknown:
-        raise ValueError(f"TFDS {name} has no feature(s) {unknown}; its features are "
-                         f"{list(features)}.")
+        raise UserError(f"TFDS {name} has no feature(s) {unknown}; its features are "
+                        f"{list(features)}.")
     if not text_features and not image_feature:
-        raise ValueError("Set config.source.text_features and/or config.source.image_feature.")
+        raise UserError("Set config.source.text_features and/or config.source.image_feature.")
     class_names = getattr(features[label_feature], "names", None)
     if not class_names:
-        raise ValueError(f"TFDS feature {label_feature!r} is not a ClassLabel; pick one that is.")
+        raise UserError(f"TFDS feature {label_feature!r} is not a ClassLabel; pick one that is.")
 
     def as_text(value: Any) -> str:
         if isinstance(value, np.ndarray):

@@ -8,6 +8,7 @@ from typing import Any
 
 from embaug_jax.sources.items import SourceData, split_names
 from embaug_jax.sources.sampling import finish
+from embaug_jax.util import UserError
 
 # WordNet's lexicographer files, indexed by the 2-digit lex_filenum of data.* lines (the standard
 # table of lexnames(5WN); Debian's wordnet-base ships no lexnames file).
@@ -47,8 +48,8 @@ def load_wordnet(src: Any) -> SourceData:
     pos_list = split_names(src.pos)
     bad = [p for p in pos_list if p not in _WORDNET_FILES]
     if bad:
-        raise ValueError(f"config.source.pos={bad} is not a WordNet part of speech; use any of "
-                         f"{list(_WORDNET_FILES)} (n=noun, v=verb, a=adjective, r=adverb).")
+        raise UserError(f"config.source.pos={bad} is not a WordNet part of speech; use any of "
+                        f"{list(_WORDNET_FILES)} (n=noun, v=verb, a=adjective, r=adverb).")
     ids, lemmas, glosses, labels = [], [], [], []
     for pos in pos_list:
         path = root / f"data.{_WORDNET_FILES[pos]}"
@@ -64,7 +65,7 @@ def load_wordnet(src: Any) -> SourceData:
                 try:
                     synset, lexname, words, gloss = parse_wordnet_line(line, pos)
                 except (IndexError, ValueError) as e:
-                    raise ValueError(f"{path}: line {lineno} is not a WordNet data line ({e}).")
+                    raise UserError(f"{path}: line {lineno} is not a WordNet data line ({e}).")
                 ids.append(synset)
                 lemmas.append(", ".join(words))
                 glosses.append(gloss)

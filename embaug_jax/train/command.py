@@ -8,6 +8,7 @@ and hands the final validation probabilities to `embaug_jax.report.write_report`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from absl import logging
 from embaug_jax import augment, distributed
 from embaug_jax.train.engine import (
     _FINGERPRINT_KEYS,
+    HPARAM_GRIDS,
     OPTIMIZERS,
     OnChunk,
     TrainData,
@@ -32,7 +34,7 @@ from embaug_jax.train.engine import (
 )
 from embaug_jax.train.mlp import HEADS
 from embaug_jax.train.splits import Splits, make_splits
-from embaug_jax.util import write_json_atomic, write_text_atomic
+from embaug_jax.util import UserError, workdir_lock, write_json_atomic, write_text_atomic
 
 DATA_SOURCES = ("file", "synthetic")
 
@@ -43,11 +45,11 @@ DATA_SOURCES = ("file", "synthetic")
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(f"bad config: {message}")
+        raise UserError(f"bad config: {message}")
 
 
 def validate_config(config) -> None:
-    """Raises ValueError naming the first bad value and how to fix it."""
+    """Raises UserError (a ValueError) naming the first bad value and how to fix it."""
     s, d, o, m, a = config.sweep, config.data, config.optim, config.model, config.augment
     n_dev = int(config.num_devices)
     _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
@@ -56,24 +58,36 @@ def validate_config(config) -> None:
              f"{jax.process_count()} processes run (--distributed): each must take part, so use "
              "0 (every device of every process).")
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
-             f"{augment.METHOD_NAMES}.")
+             f"{augment.ALL_METHOD_NAMES}.")
     for method in s.methods:
-        _require(method in augment.METHOD_NAMES, f"unknown method {method!r} in "
-                 f"config.sweep.methods; choose from {augment.METHOD_NAMES}.")
+        _require(method in augment.ALL_METHOD_NAMES, f"unknown method {method!r} in "
+                 f"config.sweep.methods; choose from {augment.ALL_METHOD_NAMES}.")
     _require(len(set(s.methods)) == len(s.methods), "config.sweep.methods has duplicates.")
-    if any(mth != "control" for mth in s.methods):
-        _require(len(s.alphas) > 0, "config.sweep.alphas is empty.")
-        for alpha in s.alphas:
-            _require(float(alpha) > 0, f"alpha={alpha} in config.sweep.alphas must be > 0 (the "
-                     "Beta(alpha, alpha) parameter; the paper searched (0, 0.5]).")
-    if any(mth.startswith("soft_") for mth in s.methods):
-        _require(len(s.softness) > 0, "config.sweep.softness is empty.")
-        for sm in s.softness:
-            _require(0 <= float(sm) < 1, f"softness={sm} in config.sweep.softness must be in "
-                     "[0, 1) (the paper's default is 0.05).")
+    # Each hyperparameter grid a listed method reads: non-empty, every value in range.
+    ranges = dict(alpha=(lambda v: v > 0, "> 0 (the Beta(alpha, alpha) parameter; the paper "
+                                          "searched (0, 0.5])"),
+                  softness=(lambda v: 0 <= v < 1, "in [0, 1) (the paper's default is 0.05)"),
+                  smoothing=(lambda v: 0 <= v < 1, "in [0, 1)"),
+                  noise_std=(lambda v: v >= 0, ">= 0 (noise std relative to a row's RMS)"),
+                  drop_rate=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    for name, (ok, text) in ranges.items():
+        users = [mth for mth in s.methods if name in augment.METHOD_HPARAMS[mth]]
+        if not users:
+            continue
+        grid = HPARAM_GRIDS[name]
+        values = s.get(grid, ())
+        _require(len(values) > 0, f"config.sweep.{grid} is empty but {users[0]} needs it.")
+        for v in values:
+            _require(ok(float(v)), f"{name}={v} in config.sweep.{grid} must be {text}.")
     _require(len(s.seeds) > 0, "config.sweep.seeds is empty.")
     _require(d.source in DATA_SOURCES, f"config.data.source={d.source!r}; choose one of "
              f"{DATA_SOURCES}.")
+    # `:smoke` / `:synthetic` pick synthetic clusters; training on them while a data path is set
+    # would silently ignore the user's data.
+    _require(not (d.source == "synthetic" and d.get("path")), f"config.data.path={d.path!r} is "
+             "set but config.data.source='synthetic' (the :smoke and :synthetic variants pick "
+             "synthetic clusters); set config.data.source='file' to train on that file, or "
+             "unset the path.")
     _require(0 < float(d.train_fraction) < 1, f"config.data.train_fraction={d.train_fraction} "
              "must be in (0, 1) (the paper uses 0.1).")
     _require(int(d.trials) >= 1, f"config.data.trials={d.trials} must be >= 1.")
@@ -126,9 +140,9 @@ def load_data(config):
                               noise=sy.noise, imbalance=sy.imbalance,
                               segments=tuple(sy.segments) if sy.segments else None)
     if not d.path:
-        raise ValueError("bad config: config.data.source='file' but config.data.path is not "
-                         "set; pass --config.data.path=DIR (a dataset written by `embaug "
-                         "extract`) or use --config.data.source=synthetic.")
+        raise UserError("bad config: config.data.source='file' but config.data.path is not "
+                        "set; pass --config.data.path=DIR (a dataset written by `embaug "
+                        "extract`) or use --config.data.source=synthetic.")
     from embaug_jax.dataset import load_embeddings
 
     return load_embeddings(os.path.expanduser(d.path))
@@ -138,9 +152,61 @@ def load_data(config):
 # The command.
 
 
-def _fingerprint(config) -> dict:
+def data_fingerprint(dataset) -> str:
+    """sha256 over a dataset's contents (embeddings, labels, class names, ids, segments).
+
+    Reads memory-mapped embeddings in blocks of rows, so hashing stays within memory.
+    """
+    h = hashlib.sha256()
+    emb = dataset.embeddings
+    h.update(json.dumps([str(emb.dtype), list(emb.shape), list(dataset.class_names),
+                         dataset.segment_sizes]).encode())
+    rows = max(1, (64 << 20) // max(1, emb.shape[1] * emb.dtype.itemsize))
+    for start in range(0, emb.shape[0], rows):
+        h.update(np.ascontiguousarray(emb[start:start + rows]).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(dataset.labels, np.int64)).tobytes())
+    if dataset.ids is not None:
+        h.update("\0".join(map(str, dataset.ids.tolist())).encode())
+    return h.hexdigest()
+
+
+def _fingerprint(config, dataset) -> dict:
+    """What the checkpoints depend on: the config's training keys and the data itself.
+
+    The data enters by its content hash, not its path: replacing the file at config.data.path
+    with other data of the same shape must not resume the old run; moving it may.
+    """
     full = json.loads(config.to_json_best_effort())
-    return {k: full[k] for k in _FINGERPRINT_KEYS if k in full}
+    out = {k: full[k] for k in _FINGERPRINT_KEYS if k in full}
+    if isinstance(out.get("data"), dict):
+        out["data"] = {k: v for k, v in out["data"].items() if k != "path"}
+    out["data_content"] = data_fingerprint(dataset)
+    return out
+
+
+def _check_fingerprint(workdir: Path, fingerprint: dict) -> None:
+    """Refuses to resume (or re-report) a run of another config or other data."""
+    from embaug_jax.report import PREDICTIONS
+
+    ckpt_dir, fp_path = workdir / "checkpoints", workdir / "fingerprint.json"
+    started = (ckpt_dir.exists() and any(ckpt_dir.iterdir())) or (workdir / PREDICTIONS).exists()
+    if not (started and fp_path.exists()):
+        return
+    try:
+        previous = json.loads(fp_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        previous = {}
+    if previous == fingerprint:
+        return
+    changed = sorted(k for k in set(previous) | set(fingerprint)
+                     if previous.get(k) != fingerprint.get(k))
+    if changed == ["data_content"]:
+        raise UserError(f"{workdir} holds checkpoints trained on other data: the dataset's "
+                        "contents differ from those of the run that wrote them (same config). "
+                        f"Use a new --workdir, or delete {ckpt_dir} to start over on this data.")
+    raise UserError(
+        f"{workdir} holds checkpoints of a different run (it differs in: {', '.join(changed)}); "
+        f"use a new --workdir or delete {ckpt_dir} to start over.")
 
 
 def _write_metrics_jsonl(path, members, history, eval_epochs, epochs_done):
@@ -162,15 +228,21 @@ def prepare_data(config) -> tuple[Any, Splits, TrainData, tuple[int, ...] | None
     sizes the augmentation mixes independently (None unless `config.augment.use_segments`)."""
     dataset = load_data(config)
     if dataset.num_classes < 2:
-        raise ValueError(f"the dataset has {dataset.num_classes} class(es); need at least 2.")
+        raise UserError(f"the dataset has {dataset.num_classes} class(es); need at least 2.")
     d = config.data
     splits: Splits = make_splits(dataset.labels, dataset.num_classes, trials=int(d.trials),
                                  train_fraction=float(d.train_fraction), seed=int(d.split_seed),
                                  holdout_classes=_holdout(d),
                                  class_names=dataset.class_names)
+    n_train, batch = int(splits.train_idx.shape[1]), int(config.batch_size)
+    if batch > n_train:
+        raise UserError(f"config.batch_size={batch} exceeds the {n_train} training rows of a "
+                        f"split ({float(d.train_fraction):g} of {len(dataset)} rows); lower "
+                        "config.batch_size or raise config.data.train_fraction.")
     segments = dataset.segment_sizes if config.augment.use_segments else None
     if config.augment.use_segments and segments is None:
-        raise ValueError("config.augment.use_segments=True but the dataset records no segments.")
+        raise UserError("config.augment.use_segments=True but the dataset records no segments; "
+                        "set it to False, or train on a dataset written with segments.")
     data = TrainData(jnp.asarray(dataset.embeddings, jnp.float32),
                      jnp.asarray(dataset.labels, jnp.int32), jnp.asarray(splits.train_idx),
                      jnp.asarray(splits.val_idx), jnp.asarray(splits.seen_mask))
@@ -188,38 +260,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     started = time.monotonic()
     validate_config(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = workdir / "checkpoints"
-    fingerprint = _fingerprint(config)
-    fp_path = workdir / "fingerprint.json"
-    if ckpt_dir.exists() and any(ckpt_dir.iterdir()) and fp_path.exists():
-        previous = json.loads(fp_path.read_text())
-        if previous != fingerprint:
-            changed = sorted(k for k in set(previous) | set(fingerprint)
-                             if previous.get(k) != fingerprint.get(k))
-            raise ValueError(
-                f"{workdir} holds checkpoints of a different run (config differs in: "
-                f"{', '.join(changed)}); use a new --workdir or delete {ckpt_dir} to start over.")
-    # Under --distributed every process runs this command; process 0 alone writes the
-    # workdir's files (orbax coordinates the checkpoints itself).
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    # Under --distributed every process runs this command; process 0 alone holds the workdir
+    # and writes its files (orbax coordinates the checkpoints itself).
     primary = distributed.is_primary()
-    if primary:
-        write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
-    from embaug_jax import report
+    with workdir_lock(workdir, "train", take=primary):
+        # Everything checkable is checked before anything is written: a run that fails here
+        # leaves no config.json / fingerprint.json behind.
+        dataset, splits, data, segments = prepare_data(config)
+        fingerprint = _fingerprint(config, dataset)
+        _check_fingerprint(workdir, fingerprint)
+        from embaug_jax import report
 
-    predictions = workdir / report.PREDICTIONS
-    if predictions.exists() and fp_path.exists() and json.loads(fp_path.read_text()) == fingerprint:
-        # A finished run: its saved predictions are all the report needs, no checkpoint restore.
-        logging.info("%s is finished; re-reporting from %s", workdir, predictions)
-        results = None
-        if primary:
-            results = _report(config, workdir, report.load_predictions(predictions))
-        _wait_for_report(started)
-        return results
-    if primary:
-        write_json_atomic(fp_path, fingerprint)
+        predictions = workdir / report.PREDICTIONS
+        fp_path = workdir / "fingerprint.json"
+        if predictions.exists() and fp_path.exists() and _read_json(fp_path) == fingerprint:
+            # A finished run: its saved predictions are all the report needs, no checkpoint
+            # restore.
+            logging.info("%s is finished; re-reporting from %s", workdir, predictions)
+            results = None
+            if primary:
+                results = _report(config, workdir, report.load_predictions(predictions))
+            _wait_for_report(started)
+            return results
+        return _train_and_report(config, workdir, fingerprint, dataset, splits, data, segments,
+                                 on_chunk=on_chunk, primary=primary, started=started)
 
-    dataset, splits, data, segments = prepare_data(config)
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _train_and_report(config, workdir: Path, fingerprint: dict, dataset, splits, data,
+                      segments, *, on_chunk: OnChunk | None, primary: bool,
+                      started: float) -> dict | None:
+    ckpt_dir = workdir / "checkpoints"
     members = sweep_members(config)
     logging.info("%d members, %d training / %d validation rows per trial, %d unseen classes "
                  "on average", len(members), splits.train_idx.shape[1], splits.val_idx.shape[1],
@@ -235,12 +314,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     devices = None
     if int(config.num_devices):
         devices = jax.devices()[:int(config.num_devices)]
-    result = run_sweep(config, data, members, class_names=dataset.class_names, devices=devices,
-                       checkpoint_dir=ckpt_dir, segments=segments, on_chunk=write_metrics)
+    written = [workdir / "config.json", workdir / "fingerprint.json"]
+    fresh = not any(p.exists() for p in written)
+    if primary:
+        write_json_atomic(written[0], json.loads(config.to_json_best_effort()))
+        write_json_atomic(written[1], fingerprint)
+    try:
+        result = run_sweep(config, data, members, class_names=dataset.class_names,
+                           devices=devices, checkpoint_dir=ckpt_dir, segments=segments,
+                           on_chunk=write_metrics)
+    except BaseException:
+        # A run that failed before its first checkpoint leaves nothing that claims otherwise.
+        if primary and fresh and not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+            for p in written:
+                p.unlink(missing_ok=True)
+        raise
     # A resumed, finished sweep runs no chunk: metrics.jsonl is still rewritten from the
     # checkpoint's history.
-    _write_metrics_jsonl(workdir / "metrics.jsonl", members, result.history, eval_epochs,
-                         result.epochs_done)
+    if primary:
+        _write_metrics_jsonl(workdir / "metrics.jsonl", members, result.history, eval_epochs,
+                             result.epochs_done)
     if not result.finished:
         return None
     if not primary:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -80,26 +81,29 @@ class TrainState(NamedTuple):
     epoch: jax.Array  # int32: epochs completed
 
 
-def sweep_members(config) -> list[dict]:
-    """The members of a sweep, in order: method, then (alpha, softness), then trial, then seed.
+# The sweep config's grid of each method hyperparameter (augment.METHOD_HPARAMS).
+HPARAM_GRIDS = {"alpha": "alphas", "softness": "softness", "smoothing": "smoothing",
+                "noise_std": "noise_std", "drop_rate": "drop_rate"}
 
-    Control ignores alpha and softness, so it appears once per trial and seed (recorded with
-    alpha = softness = 0); a non-soft method ignores softness (recorded 0).
+
+def sweep_members(config) -> list[dict]:
+    """The members of a sweep, in order: method, then its hyperparameter grid, then trial, then
+    seed.
+
+    A method runs the product of the grids of the hyperparameters it reads
+    (`augment.METHOD_HPARAMS`: control none, so it appears once per trial and seed; a soft method
+    alpha x softness); every member records all of `augment.HPARAM_NAMES`, 0 where unused.
     """
     s = config.sweep
     members = []
     for method in s.methods:
-        if method == "control":
-            variants = [(0.0, 0.0)]
-        elif method.startswith("soft_"):
-            variants = [(float(a), float(sm)) for a in s.alphas for sm in s.softness]
-        else:
-            variants = [(float(a), 0.0) for a in s.alphas]
-        for alpha, softness in variants:
+        names = augment.METHOD_HPARAMS[method]
+        grids = [[float(v) for v in s.get(HPARAM_GRIDS[n], ())] for n in names]
+        for values in itertools.product(*grids):
+            setting = {**dict.fromkeys(augment.HPARAM_NAMES, 0.0), **dict(zip(names, values))}
             for trial in range(config.data.trials):
                 for seed in s.seeds:
-                    members.append(dict(method=method, alpha=alpha, softness=softness,
-                                        trial=trial, seed=int(seed)))
+                    members.append(dict(method=method, **setting, trial=trial, seed=int(seed)))
     return members
 
 
@@ -107,10 +111,12 @@ def member_hparams(members: Sequence[dict]) -> MemberHParams:
     """Stacks members into one MemberHParams with a leading [M] axis."""
 
     def one(m):
-        # Control's alpha is never used; any valid value keeps method_params' checks happy.
-        alpha = m["alpha"] if m["method"] != "control" else 1.0
-        return MemberHParams(augment.method_params(m["method"], alpha, m["softness"]),
-                             jnp.int32(m["trial"]), jnp.int32(m["seed"]))
+        # An unused alpha is never read; any valid value keeps method_params' checks happy.
+        alpha = m["alpha"] if "alpha" in augment.METHOD_HPARAMS[m["method"]] else 1.0
+        params = augment.method_params(
+            m["method"], alpha, m["softness"], smoothing=m.get("smoothing", 0.0),
+            noise_std=m.get("noise_std", 0.0), drop_rate=m.get("drop_rate", 0.0))
+        return MemberHParams(params, jnp.int32(m["trial"]), jnp.int32(m["seed"]))
 
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]),
                         *[one(m) for m in members])
@@ -160,10 +166,14 @@ class ProgramSpec:
     eval_every: int
     eval_block_rows: int
     threshold: float
+    # Some member is manifold mixup: every member then runs the model's mixing path (lam_b = 0
+    # for the others, which leaves their numbers exactly as without it), at the cost of a second
+    # first-layer pass.
+    manifold: bool = False
 
     @classmethod
     def from_config(cls, config, num_classes: int, n_train: int, *,
-                    segments=None) -> "ProgramSpec":
+                    segments=None, manifold: bool = False) -> "ProgramSpec":
         m, o, a = config.model, config.optim, config.augment
         return cls(
             num_classes=int(num_classes), n_train=int(n_train),
@@ -176,7 +186,7 @@ class ProgramSpec:
             label_weight=str(a.label_weight),
             segments=None if segments is None else tuple(int(s) for s in segments),
             eval_every=int(config.eval_every), eval_block_rows=int(config.eval_block_rows),
-            threshold=float(config.threshold))
+            threshold=float(config.threshold), manifold=bool(manifold))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -237,8 +247,14 @@ def make_program(spec: ProgramSpec) -> Program:
         params = model.init(init_key, jnp.zeros((1, data.x.shape[1]), data.x.dtype))
         return TrainState(params, tx.init(params), jnp.int32(0))
 
-    def loss_fn(params, x, y, w, seen, dropout_key):
-        logits = model.apply(params, x, train=True, rngs={"dropout": dropout_key})
+    def loss_fn(params, x, y, w, seen, dropout_key, mix=None):
+        if mix is None:
+            logits = model.apply(params, x, train=True, rngs={"dropout": dropout_key})
+        else:  # manifold mixup's pairs, mixed after the first hidden layer
+            x_b, lam_a, lam_b = mix
+            logits = model.apply(params, x, train=True, mix_with=x_b, mix_weights=(lam_a, lam_b),
+                                 rngs={"dropout": dropout_key,
+                                       "dropout_b": jax.random.fold_in(dropout_key, 1)})
         return classification_loss(logits, y, w, seen, head)
 
     def train_epoch(train_key, hp, data, state):
@@ -253,11 +269,23 @@ def make_program(spec: ProgramSpec) -> Program:
             idx = jax.lax.dynamic_slice_in_dim(order, i * batch, batch)
             x = data.x[idx]
             y = jax.nn.one_hot(data.labels[idx], num_classes, dtype=x.dtype)
+            x_in, y_in = x, y
             x, y, w = augment.augment_batch(
                 aug_key, x, y, hp.method, class_mask=seen, pairing=spec.pairing,
                 negative_mass=spec.negative_mass, label_weight=spec.label_weight,
                 segments=spec.segments)
-            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, w, seen, dropout_key)
+            mix = None
+            if spec.manifold:
+                is_manifold = hp.method.mix == augment.MIX_MANIFOLD
+                pairs, w_m = augment.manifold_rows(
+                    aug_key, x_in, y_in, jnp.where(is_manifold, hp.method.alpha, 1.0),
+                    pairing=spec.pairing)
+                x, y = jnp.where(is_manifold, pairs.x_a, x), jnp.where(is_manifold, pairs.y, y)
+                w = jnp.where(is_manifold, w_m, w)
+                mix = (jnp.where(is_manifold, pairs.x_b, x),
+                       jnp.where(is_manifold, pairs.lam_a, 1.0),
+                       jnp.where(is_manifold, pairs.lam_b, 0.0))
+            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, w, seen, dropout_key, mix)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -569,8 +597,9 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     seen_mask = np.asarray(data.seen_mask)
     num_classes = seen_mask.shape[1]
     data = jax.device_put(data, replicated)
-    spec = ProgramSpec.from_config(config, num_classes, data.train_idx.shape[1],
-                                   segments=segments)
+    spec = ProgramSpec.from_config(
+        config, num_classes, data.train_idx.shape[1], segments=segments,
+        manifold=any(m["method"] == "manifold_mixup" for m in members))
     init, run, predict = _compiled_sweep(spec, mesh)
 
     num_epochs, eval_every = int(config.num_epochs), spec.eval_every

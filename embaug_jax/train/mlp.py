@@ -27,11 +27,26 @@ class MLP(nn.Module):
     head: str = "sigmoid"
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, mix_with=None, mix_weights=None):
+        """Logits [B, C]. With `mix_with` ([B, D] second parents) and `mix_weights` ((lam_a,
+        lam_b), each [B, 1]), the first hidden layer's output is mixed, lam_a h(x) + lam_b
+        h(mix_with), before the rest of the network: manifold mixup (`augment.manifold_mixup`).
+
+        The second parents' dropout draws from the "dropout_b" rng collection, so the "dropout"
+        stream -- and with weights (1, 0) the whole result -- is what it is without mixing.
+        """
+        mixing = mix_with is not None
+        if mixing and not self.hidden:
+            raise ValueError("manifold mixup needs a hidden layer to mix; the MLP has none.")
         for i, width in enumerate(self.hidden):
-            x = nn.Dense(width, name=f"hidden_{i}")(x)
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
-            x = nn.relu(x)
+            dense = nn.Dense(width, name=f"hidden_{i}")
+            x = nn.relu(nn.Dropout(self.dropout, deterministic=not train)(dense(x)))
+            if mixing and i == 0:
+                # Named, so the unnamed Dropouts keep their auto-names (and rng paths).
+                h_b = nn.Dropout(self.dropout, deterministic=not train, name="dropout_b",
+                                 rng_collection="dropout_b")(dense(mix_with))
+                lam_a, lam_b = (jnp.asarray(w, x.dtype) for w in mix_weights)
+                x = lam_a * x + lam_b * nn.relu(h_b)
         return nn.Dense(self.num_classes, name="head")(x)
 
 

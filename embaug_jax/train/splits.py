@@ -14,6 +14,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from embaug_jax.dataset import class_ids
+from embaug_jax.util import UserError
 
 
 class Splits(NamedTuple):
@@ -40,7 +41,7 @@ def _resolve_holdout(holdout_classes, num_classes: int, class_names: Sequence[st
     if isinstance(holdout_classes, (int, np.integer)) and not isinstance(holdout_classes, bool):
         count = int(holdout_classes)
         if not 0 <= count < num_classes:
-            raise ValueError(
+            raise UserError(
                 f"holdout_classes={count} must be in [0, {num_classes - 1}] (a count of classes "
                 f"to hold out of training per trial), or a list of class names / ids.")
         return count, None
@@ -48,16 +49,16 @@ def _resolve_holdout(holdout_classes, num_classes: int, class_names: Sequence[st
     for item in holdout_classes:
         if isinstance(item, str):
             if class_names is None:
-                raise ValueError(f"holdout class {item!r} is not a class name (no class_names "
-                                 "given).")
+                raise UserError(f"holdout class {item!r} is not a class name (no class_names "
+                                "given).")
             ids.append(int(class_ids([item], class_names, what="holdout class")[0]))
         else:
             cid = int(item)
             if not 0 <= cid < num_classes:
-                raise ValueError(f"holdout class id {cid} is outside [0, {num_classes}).")
+                raise UserError(f"holdout class id {cid} is outside [0, {num_classes}).")
             ids.append(cid)
     if len(set(ids)) >= num_classes:
-        raise ValueError("holdout_classes would hold out every class; leave at least one to train.")
+        raise UserError("holdout_classes would hold out every class; leave at least one to train.")
     return None, np.asarray(sorted(set(ids)), dtype=np.int64)
 
 
@@ -82,21 +83,21 @@ def make_splits(labels, num_classes: int, *, trials: int, train_fraction: float 
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}.")
+        raise UserError(f"labels must be a non-empty 1-D array, got shape {labels.shape}.")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}.")
+        raise UserError(f"labels must be integers, got dtype {labels.dtype}.")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}); found "
+        raise UserError(f"labels must lie in [0, {num_classes}); found "
                          f"[{labels.min()}, {labels.max()}].")
     if int(trials) < 1:
-        raise ValueError(f"trials={trials} must be >= 1.")
+        raise UserError(f"trials={trials} must be >= 1.")
     if not 0.0 < float(train_fraction) < 1.0:
-        raise ValueError(f"train_fraction={train_fraction} must be in (0, 1) (the paper uses 0.1).")
+        raise UserError(f"train_fraction={train_fraction} must be in (0, 1) (the paper uses 0.1).")
     n = labels.shape[0]
     n_train = int(round(float(train_fraction) * n))
     if n_train < 1 or n_train >= n:
-        raise ValueError(f"train_fraction={train_fraction} of {n} rows gives {n_train} training "
-                         "rows; need at least 1 training and 1 validation row.")
+        raise UserError(f"train_fraction={train_fraction} of {n} rows gives {n_train} training "
+                        "rows; need at least 1 training and 1 validation row.")
     count, fixed = _resolve_holdout(holdout_classes, num_classes, class_names)
 
     train_idx = np.empty((trials, n_train), np.int32)
@@ -113,7 +114,7 @@ def make_splits(labels, num_classes: int, *, trials: int, train_fraction: float 
         holdout[t, held] = True
         eligible = np.flatnonzero(~holdout[t, labels])
         if eligible.size < n_train:
-            raise ValueError(
+            raise UserError(
                 f"trial {t}: only {eligible.size} rows remain after holding out "
                 f"{int(holdout[t].sum())} classes, fewer than the {n_train} training rows asked "
                 "for; lower train_fraction or hold out fewer classes.")

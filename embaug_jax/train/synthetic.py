@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from embaug_jax.dataset import EmbeddingDataset, Segment
+from embaug_jax.util import UserError
 
 
 def _seed_of(key_or_seed) -> int:
@@ -44,9 +45,9 @@ def make_synthetic(key_or_seed, n: int, dim: int, num_classes: int, *, class_sep
       An in-memory EmbeddingDataset (`save_embeddings` writes it), classes "class_000", ...
     """
     if n < 1 or dim < 1 or num_classes < 1:
-        raise ValueError(f"need n, dim, num_classes >= 1; got {n}, {dim}, {num_classes}.")
+        raise UserError(f"need n, dim, num_classes >= 1; got {n}, {dim}, {num_classes}.")
     if segments is not None and sum(segments) != dim:
-        raise ValueError(f"segment sizes {tuple(segments)} sum to {sum(segments)}, not dim={dim}.")
+        raise UserError(f"segment sizes {tuple(segments)} sum to {sum(segments)}, not dim={dim}.")
     rng = np.random.default_rng(_seed_of(key_or_seed))
     freq = 1.0 / np.arange(1, num_classes + 1) ** float(imbalance)
     labels = rng.choice(num_classes, size=n, p=freq / freq.sum()).astype(np.int32)

@@ -1,0 +1,616 @@
+"""A user's mistakes end in one clear message (exit status 2, no traceback) and write nothing.
+
+The table below holds the bad inputs, each run through `cli.main` in-process (or the Python API)
+and checked for the exit status (or exception type), the message's key words and an untouched
+workdir; a few run as real subprocesses to see the exit status and stderr a shell sees. Then the
+cases that once gave silently wrong results, the workdir lock, a full disk, results before
+figures and resume after changed data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embaug_jax import augment, cli
+from embaug_jax.dataset import load_embeddings, save_embeddings
+from embaug_jax.train.synthetic import make_synthetic
+from embaug_jax.util import UserError, atomic_path, workdir_lock
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT = str(REPO / "configs" / "default.py")
+TABLE = str(REPO / "configs" / "extract" / "table.py")
+DEMO = str(REPO / "configs" / "demo.py")
+# Small enough that a run that does train finishes in seconds.
+TINY = ["--config.num_epochs=4", "--config.eval_every=4", "--config.chunk_epochs=4",
+        "--config.checkpoint_every=4", "--config.data.trials=1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs the cases build in tmp_path.
+
+
+def dataset_dir(tmp: Path, name: str = "data", *, n: int = 160, seed: int = 0,
+                classes: int = 4, segments=None) -> Path:
+    ds = make_synthetic(seed, n, 8, classes, class_sep=2.0)
+    save_embeddings(tmp / name, ds.embeddings, ds.labels, ds.class_names, segments=segments)
+    return tmp / name
+
+
+def table_csv(tmp: Path, rows: list[dict] | None = None, name: str = "items.csv") -> Path:
+    rows = rows if rows is not None else [
+        {"sku": f"s{i}", "title": f"red shirt {i}", "description": f"soft cotton {i}",
+         "category": f"c{i % 2}"} for i in range(6)]
+    path = tmp / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def train_argv(tmp: Path, *extra: str, config: str = DEFAULT + ":smoke") -> list[str]:
+    return ["embaug", "train", f"--config={config}", f"--workdir={tmp / 'w'}", *TINY, *extra]
+
+
+def file_train(tmp: Path, *extra: str, data: Path | None = None) -> list[str]:
+    data = data if data is not None else dataset_dir(tmp)
+    return train_argv(tmp, f"--config.data.path={data}", *extra)
+
+
+def extract_argv(tmp: Path, *extra: str, csv: Path | None = None,
+                 columns: str = "title,description") -> list[str]:
+    csv = csv if csv is not None else table_csv(tmp)
+    return ["embaug", "extract", f"--config={TABLE}", f"--workdir={tmp / 'w'}",
+            f"--config.source.path={csv}", f"--config.source.text_columns={columns}",
+            "--config.source.label_column=category", "--config.source.id_column=sku",
+            "--config.progress=False", *extra]
+
+
+def corrupt(tmp: Path, file: str, data: bytes | None = None, *, keep: int | None = None) -> Path:
+    path = dataset_dir(tmp)
+    target = path / file
+    raw = target.read_bytes()
+    target.write_bytes(data if data is not None else raw[:keep])
+    return path
+
+
+def npz(tmp: Path, **arrays) -> Path:
+    path = tmp / "plain.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def one_class(tmp: Path) -> Path:
+    x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    save_embeddings(tmp / "one", x, np.zeros(20, int), ["only"])
+    return tmp / "one"
+
+
+def meta_edit(tmp: Path, **changes) -> Path:
+    path = dataset_dir(tmp)
+    meta = json.loads((path / "meta.json").read_text())
+    meta.update(changes)
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def truncated_npz(tmp: Path) -> Path:
+    ds = make_synthetic(0, 40, 4, 3)
+    path = tmp / "d.npz"
+    save_embeddings(path, ds.embeddings, ds.labels, ds.class_names)
+    path.write_bytes(path.read_bytes()[:300])
+    return path
+
+
+def pickle_checkpoint(path: Path) -> Path:
+    """A torch file whose pickle holds an object that is not a tensor (a function call)."""
+    import torch
+
+    torch.save({"weight": torch.zeros(2), "obj": _Evil()}, path)
+    return path
+
+
+class _Evil:
+    """Stands for arbitrary pickled code: weights_only=True refuses to build it."""
+
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+def bert_folder_with_pickle(tmp: Path) -> Path:
+    from embaug_jax.embed.pipeline import resolve_model_path
+
+    minilm = Path(resolve_model_path("builtin:minilm"))
+    folder = tmp / "bert"
+    folder.mkdir()
+    for f in minilm.iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and not f.name.endswith(".bin"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    pickle_checkpoint(folder / "pytorch_model.bin")
+    return folder
+
+
+def make_file(tmp: Path, name: str = "afile") -> Path:
+    (tmp / name).write_text("not a folder")
+    return tmp / name
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: (id, argv builder, key words of the message).
+
+
+@dataclasses.dataclass
+class Case:
+    id: str
+    argv: Callable[[Path], list[str]]
+    words: tuple[str, ...]
+
+
+CLI_CASES = [
+    # config files, variants and keys
+    Case("unknown key", lambda t: train_argv(t, "--config.nonexistent=1"),
+         ("no key 'nonexistent'", "did you mean")),
+    Case("misspelt nested key", lambda t: train_argv(t, "--config.optim.lr=0.1"),
+         ("no key 'optim.lr'", "--config.optim.lr_min", "--config.optim.lr_max")),
+    Case("missing config file", lambda t: ["embaug", "train", f"--config={t}/nope.py",
+                                           f"--workdir={t / 'w'}"],
+         ("config file", "nope.py", "does not exist")),
+    Case("config is a folder", lambda t: ["embaug", "train", f"--config={t}",
+                                          f"--workdir={t / 'w'}"], ("is a directory",)),
+    Case("unknown variant", lambda t: train_argv(t, config=DEFAULT + ":smok"),
+         ("unknown config variant 'smok'", "smoke")),
+    Case("bad variant value", lambda t: train_argv(t, config=DEFAULT + ":trials=two"),
+         ("trials='two'", "not a valid int")),
+    Case("override of the wrong type", lambda t: train_argv(t, "--config.batch_size=big"),
+         ("batch_size", "big")),
+    Case("no --config", lambda t: ["embaug", "train", f"--workdir={t / 'w'}"],
+         ("--config is required",)),
+    Case("no --workdir", lambda t: ["embaug", "train", f"--config={DEFAULT}:smoke"],
+         ("--workdir is required",)),
+    # config values
+    Case("unknown method", lambda t: train_argv(t, "--config.sweep.methods=('mixup',)"),
+         ("unknown method 'mixup'", "e_mixup")),
+    Case("alpha zero", lambda t: train_argv(t, "--config.sweep.alphas=(0.0,)"),
+         ("alpha=0.0", "> 0")),
+    Case("odd batch", lambda t: train_argv(t, "--config.batch_size=15"), ("batch_size=15", "even")),
+    Case("epochs not a multiple", lambda t: train_argv(t, "--config.num_epochs=6"),
+         ("num_epochs=6", "multiple")),
+    Case("softness out of range", lambda t: train_argv(t, "--config.sweep.softness=(1.5,)"),
+         ("softness=1.5", "[0, 1)")),
+    Case("too many devices", lambda t: train_argv(t, "--config.num_devices=99"),
+         ("num_devices=99", "device(s)")),
+    Case("synthetic source with a path", lambda t: train_argv(
+        t, "--config.data.source=synthetic", f"--config.data.path={dataset_dir(t)}"),
+        ("data.path", "synthetic", "data.source='file'")),
+    Case("unknown holdout class", lambda t: file_train(t, "--config.data.holdout_classes=zebra"),
+         ("holdout class 'zebra'", "class_000")),
+    # the data
+    Case("file source without a path", lambda t: train_argv(t, "--config.data.source=file"),
+         ("data.path is not set",)),
+    Case("dataset missing", lambda t: file_train(t, data=t / "nowhere"),
+         ("nowhere", "no such file or directory")),
+    Case("dataset lacks meta.json", lambda t: file_train(t, data=_unlinked(t, "meta.json")),
+         ("missing meta.json",)),
+    Case("truncated embeddings.npy", lambda t: file_train(
+        t, data=corrupt(t, "embeddings.npy", keep=200)), ("embeddings.npy", "corrupt")),
+    Case("empty labels.npy", lambda t: file_train(t, data=corrupt(t, "labels.npy", b"")),
+         ("labels.npy", "is empty (0 bytes)")),
+    Case("garbage meta.json", lambda t: file_train(t, data=corrupt(t, "meta.json", b"{oops")),
+         ("meta.json", "corrupt")),
+    Case("class_names as one string in meta.json", lambda t: file_train(
+        t, data=meta_edit(t, class_names="abcd")), ("class_names", "list of names")),
+    Case("truncated .npz", lambda t: file_train(t, data=truncated_npz(t)),
+         ("d.npz", "corrupt")),
+    Case(".npz without class_names", lambda t: file_train(t, data=npz(
+        t, embeddings=np.ones((8, 2), np.float32), labels=np.zeros(8, int))),
+        ("missing arrays", "class_names")),
+    Case("one class", lambda t: file_train(t, data=one_class(t)), ("1 class(es)", "at least 2")),
+    Case("batch larger than the training split", lambda t: file_train(
+        t, "--config.batch_size=64", "--config.data.train_fraction=0.1"),
+        ("batch_size=64", "exceeds the 16 training rows")),
+    Case("segments asked for but absent", lambda t: file_train(
+        t, "--config.augment.use_segments=True"), ("use_segments=True", "no segments")),
+    Case("workdir is a file", lambda t: train_argv(t)[:3] + [f"--workdir={make_file(t)}"] + TINY,
+         ("afile", "is a file")),
+    # extract
+    Case("0-byte CSV", lambda t: extract_argv(t, csv=_write(t / "e.csv", b"")),
+         ("e.csv", "is empty (0 bytes)")),
+    Case("header-only CSV", lambda t: extract_argv(
+        t, csv=_write(t / "h.csv", b"sku,title,description,category\n")),
+        ("h.csv", "header", "no data rows")),
+    Case("all-empty text column", lambda t: extract_argv(t, csv=table_csv(t, [
+        {"sku": i, "title": "", "description": "x", "category": "a"} for i in range(4)])),
+        ("text column 'title'", "empty in all 4 rows")),
+    Case("unknown column", lambda t: extract_argv(t, columns="title,colour"),
+         ("no column(s) ['colour']", "its columns are")),
+    Case("table missing", lambda t: extract_argv(t, csv=t / "gone.csv"),
+         ("gone.csv", "does not exist")),
+    Case("not utf-8", lambda t: extract_argv(t, csv=_write(
+        t / "l1.csv", "sku,title,description,category\n1,caf\xe9,x,a\n".encode("latin-1"))),
+        ("line 2", "not valid utf-8", "encoding")),
+    Case("unknown source kind", lambda t: extract_argv(t, "--config.source.kind=sql"),
+         ("source.kind='sql'", "table")),
+    Case("no text model", lambda t: extract_argv(t), ("text_model.path", "builtin:minilm")),
+    Case("unknown built-in model", lambda t: extract_argv(
+        t, "--config.text_model.path=builtin:gpt"), ("builtin:gpt", "builtin:minilm")),
+    Case("unknown field", lambda t: extract_argv(t, "--config.fields=colour"),
+         ("config.fields names ['colour']",)),
+    Case("shard size 0", lambda t: extract_argv(t, "--config.shard_size=0"),
+         ("shard_size must be >= 1",)),
+    Case("missing image weights", lambda t: extract_argv(
+        t, "--config.source.image_columns=photo", f"--config.image_model.path={t}/w.pth",
+        "--config.fields=photo", csv=table_csv(t, [
+            {"sku": i, "title": "x", "description": "y", "photo": f"{i}.jpg", "category": "a"}
+            for i in range(3)])), ("w.pth", "image_model.path")),
+    Case("extract output is a file", lambda t: extract_argv(
+        t, f"--config.output={make_file(t, 'out')}"), ("out", "exists and is a file")),
+    Case("refused pytorch_model.bin", lambda t: extract_argv(
+        t, f"--config.text_model.path={bert_folder_with_pickle(t)}"),
+        ("pytorch_model.bin", "refused", "safetensors")),
+    # convert
+    Case("convert: no checkpoint", lambda t: ["embaug", "convert", "efficientnet",
+                                              f"{t}/none.pth", f"{t}/w/o.safetensors"],
+         ("no checkpoint", "none.pth")),
+    Case("convert: not HDF5", lambda t: ["embaug", "convert", "efficientnet",
+                                         str(_write(t / "m.h5", b"nope")), f"{t}/w/o.st"],
+         ("m.h5", "neither a .keras archive nor an HDF5 file")),
+    Case("convert: pickled objects", lambda t: [
+        "embaug", "convert", "efficientnet", str(pickle_checkpoint(t / "evil.pth")),
+        f"{t}/w/o.st"], ("evil.pth", "refused")),
+    Case("convert: truncated safetensors", lambda t: [
+        "embaug", "convert", "efficientnet", str(_write(t / "b.safetensors", b"\x10\x00")),
+        f"{t}/w/o.st", "--from=timm"], ("b.safetensors",)),
+    Case("convert: unknown origin", lambda t: ["embaug", "convert", "efficientnet", "a", "b",
+                                               "--from=caffe"], ()),
+    # demo
+    Case("demo: unknown key", lambda t: ["embaug", "demo", f"--config={DEMO}:smoke",
+                                         f"--workdir={t / 'w'}", "--config.train.nope=1"],
+         ("no key 'train.nope'",)),
+    Case("demo: workdir is a file", lambda t: ["embaug", "demo", f"--config={DEMO}:smoke",
+                                               f"--workdir={make_file(t)}"], ("is a file",)),
+    Case("demo: explicit train data", lambda t: [
+        "embaug", "demo", f"--config={DEMO}:smoke", f"--workdir={t / 'w'}",
+        f"--config.train.data.path={t}"], ("train.data.path", "embaug train")),
+    Case("demo: bad train config", lambda t: [
+        "embaug", "demo", f"--config={DEMO}:smoke", f"--workdir={t / 'w'}",
+        "--config.train.sweep.alphas=(-1.0,)"], ("alpha=-1.0",)),
+]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _unlinked(tmp: Path, name: str) -> Path:
+    path = dataset_dir(tmp)
+    (path / name).unlink()
+    return path
+
+
+def _snapshot(tmp: Path) -> dict[str, int]:
+    return {str(p.relative_to(tmp)): p.stat().st_size for p in tmp.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_a_users_mistake_is_one_message_and_exit_2(case, tmp_path, capsys):
+    argv = case.argv(tmp_path)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for word in case.words:
+        assert word in err, (word, err)
+    # Nothing half-written: no file appeared or changed, and the workdir was not created.
+    assert _snapshot(tmp_path) == before
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+def test_the_table_holds_at_least_40_distinct_bad_inputs():
+    assert len({c.id for c in CLI_CASES}) == len(CLI_CASES) >= 40
+
+
+# Python API: (id, call, exception type, key words).
+API_CASES = [
+    ("class_names as one string", lambda t: save_embeddings(
+        t / "d", np.ones((3, 2)), [0, 1, 2], "abc"), UserError, ("class_names", "one str")),
+    ("ids holding None", lambda t: save_embeddings(
+        t / "d", np.ones((3, 2)), [0, 1, 0], ["a", "b"], ids=["x", None, "z"]), UserError,
+     ("`ids` is None in 1 row(s)", "ids=None")),
+    ("plain .npz class_names as one string", lambda t: load_embeddings(npz(
+        t, embeddings=np.ones((3, 2), np.float32), labels=np.zeros(3, int),
+        class_names=np.asarray("abc"))), UserError, ("class_names", "1-D")),
+    ("integer PRNG key", lambda t: augment.e_mixup(
+        0, np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]), 0.2, num_classes=2), TypeError,
+     ("plain integer 0", "jax.random.key(0)")),
+    ("integer PRNG key to augment_batch", lambda t: augment.augment_batch(
+        7, np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]),
+        augment.method_params("e_mixup", 0.2), num_classes=2), TypeError,
+     ("jax.random.key(7)",)),
+    ("refused pytorch_model.bin (TextEmbedder)", lambda t: _text_embedder(
+        bert_folder_with_pickle(t)), UserError, ("pytorch_model.bin", "refused")),
+]
+
+
+def _text_embedder(folder):
+    from embaug_jax.embed.bert import TextEmbedder
+
+    return TextEmbedder.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("name,call,exc,words", API_CASES, ids=[c[0] for c in API_CASES])
+def test_python_api_errors(name, call, exc, words, tmp_path):
+    with pytest.raises(exc) as info:
+        call(tmp_path)
+    message = str(info.value)
+    for word in words:
+        assert word in message, (word, message)
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+    assert not (tmp_path / "d").exists()
+
+
+def test_mistakes_exit_2_without_a_traceback_in_a_real_process(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runs = {
+        "train": [sys.executable, "-m", "embaug_jax", "train", f"--config={DEFAULT}:smoke",
+                  f"--workdir={tmp_path / 'w'}", "--config.data.source=file"],
+        "extract": [sys.executable, "-m", "embaug_jax", *extract_argv(tmp_path, csv=_write(
+            tmp_path / "e.csv", b""))[1:]],
+    }
+    for name, argv in runs.items():
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        # JAX's backend probing ("Unable to initialize backend 'tpu'") is hidden.
+        assert "initialize backend" not in proc.stderr and "libtpu" not in proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"embaug {name}: error: "), proc.stderr
+    proc = subprocess.run(runs["train"] + ["--verbose"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    assert "data.path is not set" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment faults: read-only and full disks.
+
+
+def test_read_only_workdir(tmp_path, capsys, monkeypatch):
+    # Tests may run as root, which ignores permission bits: make the lock file's open fail the
+    # way a read-only mount does.
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(".embaug.lock"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert cli.main(file_train(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Read-only file system" in err and "--workdir" in err
+
+
+def test_a_short_write_on_a_full_disk_says_no_space_left(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 0))
+
+    def writer(path):
+        path.write_bytes(b"partial")
+        raise OSError("61440 requested and 37856 written")  # what numpy's tofile says
+
+    with pytest.raises(OSError) as info, atomic_path(tmp_path / "x.npy") as tmp:
+        writer(tmp)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "x.npy")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+# ---------------------------------------------------------------------------------------------
+# Silent wrong results, no more.
+
+
+def _no_training(monkeypatch):
+    """Any training chunk saves a checkpoint: make that the forbidden path."""
+    import orbax.checkpoint as ocp
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", forbidden)
+
+
+def test_smoke_variant_with_data_path_trains_on_that_file_and_changed_data_is_refused(
+        tmp_path, capsys, fast_compile):
+    from embaug_jax.train.command import data_fingerprint
+
+    data = dataset_dir(tmp_path, classes=4)
+    assert cli.main(file_train(tmp_path, data=data)) == 0
+    work = tmp_path / "w"
+    config = json.loads((work / "config.json").read_text())
+    assert config["data"]["source"] == "file" and config["data"]["path"] == str(data)
+    fingerprint = json.loads((work / "fingerprint.json").read_text())
+    assert fingerprint["data_content"] == data_fingerprint(load_embeddings(data))
+    results = (work / "results.json").read_bytes()
+
+    # Different data of the same shape at the same path: refused, results untouched.
+    other = dataset_dir(tmp_path, "other", seed=1, classes=4)
+    for f in ("embeddings.npy", "labels.npy", "meta.json"):
+        (data / f).write_bytes((other / f).read_bytes())
+    capsys.readouterr()
+    assert cli.main(file_train(tmp_path, data=data)) == 2
+    err = capsys.readouterr().err
+    assert "trained on other data" in err and "delete" in err and "Traceback" not in err
+    assert (work / "results.json").read_bytes() == results
+
+
+def test_an_all_empty_text_column_is_an_error_and_a_mostly_empty_one_a_warning(tmp_path,
+                                                                                caplog):
+    from embaug_jax import configlib
+    from embaug_jax.sources import load_table
+
+    def source(rows, **knobs):
+        src = configlib.get_config(TABLE).source
+        src.update(dict(path=str(table_csv(tmp_path, rows)), text_columns="title,description",
+                        label_column="category", id_column="sku", **knobs))
+        return src
+
+    rows = [{"sku": i, "title": f"t{i}", "description": "" if i < 3 else "d",
+             "category": "a"} for i in range(5)]
+    caplog.set_level("WARNING")
+    assert len(load_table(source(rows))) == 5
+    assert "'description' is empty in 3 of 5 rows" in caplog.text
+    rows = [dict(r, description="") for r in rows]
+    for policy in ("keep", "drop"):
+        with pytest.raises(UserError, match="'description' is empty in all 5 rows"):
+            load_table(source(rows, empty_texts=policy))
+
+
+# ---------------------------------------------------------------------------------------------
+# Contracts.
+
+
+def test_a_plain_npz_is_a_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    path = npz(tmp_path, embeddings=x, labels=np.array([0, 1, 2, 0, 1, 2]),
+               class_names=np.array(["a", "b", "c"]), ids=np.arange(6),
+               segments=np.array([2, 3]), segment_names=np.array(["title", "image"]))
+    ds = load_embeddings(path)
+    np.testing.assert_array_equal(ds.embeddings, x)
+    assert ds.class_names == ["a", "b", "c"] and ds.ids.tolist() == [str(i) for i in range(6)]
+    assert [(s.name, s.size) for s in ds.segments] == [("title", 2), ("image", 3)]
+    minimal = load_embeddings(npz(tmp_path, embeddings=x, labels=np.zeros(6, int),
+                                  class_names=np.array(["only", "other"])))
+    assert minimal.segments is None and minimal.ids is None and minimal.num_classes == 2
+
+
+def test_image_embedder_reads_the_shipped_lite0_pth_in_memory(tmp_path, fast_compile):
+    from embaug_jax.embed.convert import convert_file
+    from embaug_jax.embed.efficientnet import ImageEmbedder
+    from embaug_jax.embed.pipeline import resolve_model_path
+
+    pth = resolve_model_path("builtin:lite0")
+    direct = ImageEmbedder.from_pretrained(pth, variant=None)
+    convert_file(pth, tmp_path / "lite0.safetensors")
+    converted = ImageEmbedder.from_pretrained(tmp_path / "lite0.safetensors", variant=None)
+    assert direct.info == converted.info and direct.info.variant == "lite0"
+    images = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(direct.embed(images), converted.embed(images))
+    assert list(tmp_path.iterdir()) == [tmp_path / "lite0.safetensors"]  # nothing else written
+
+
+# ---------------------------------------------------------------------------------------------
+# Races and faults.
+
+
+def test_a_second_run_in_a_locked_workdir_names_the_first(tmp_path, capsys):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from embaug_jax.util import workdir_lock\n"
+         f"with workdir_lock({str(tmp_path / 'w')!r}, 'train'):\n"
+         "    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for argv in (file_train(tmp_path), extract_argv(tmp_path)):
+            capsys.readouterr()
+            assert cli.main(argv) == 2
+            err = capsys.readouterr().err
+            assert f"in use by `embaug train` (pid {holder.pid}" in err, err
+            assert not (tmp_path / "w" / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The operating system released the lock with the process: the workdir is free again.
+    with workdir_lock(tmp_path / "w", "train"):
+        pass
+
+
+def test_the_lock_is_taken_in_process_too(tmp_path):
+    with workdir_lock(tmp_path / "w", "extract"):
+        with pytest.raises(UserError, match=f"`embaug extract` \\(pid {os.getpid()}"):
+            with workdir_lock(tmp_path / "w", "train"):
+                pass
+    with workdir_lock(tmp_path / "w", "train", take=False):  # process != 0 of a pod
+        pass
+
+
+def test_a_failed_train_leaves_no_config_or_fingerprint(tmp_path, monkeypatch):
+    from embaug_jax.train import command
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(command, "run_sweep", crash)
+    with pytest.raises(RuntimeError, match="device lost"):
+        cli.main(file_train(tmp_path))
+    assert not (tmp_path / "w").exists()
+
+
+def test_full_disk_keeps_the_results_and_a_rerun_finishes_without_training(
+        tmp_path, capsys, monkeypatch, fast_compile):
+    from matplotlib.figure import Figure
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(Figure, "savefig", full)
+        assert cli.main(file_train(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "no space left on device" in err and "run the same command again" in err
+    work = tmp_path / "w"
+    results = json.loads((work / "results.json").read_text())  # written before the figures
+    assert (work / "results.md").exists() and not list(work.glob("*.png"))
+
+    _no_training(monkeypatch)
+    assert cli.main(file_train(tmp_path)) == 0
+    assert sorted(p.name for p in work.glob("*.png")) == sorted(results["figures"])
+    assert json.loads((work / "results.json").read_text()) == results
+
+
+class _DeviceFake:
+    """A text embedder that says how many devices it shards over; fails after `fail_after`."""
+
+    dim = 4
+
+    def __init__(self, devices: int, fail_after: int | None = None):
+        self.devices, self.fail_after, self.calls = [None] * devices, fail_after, 0
+
+    def fingerprint(self):
+        return "fake"
+
+    def embed(self, texts, *, progress=False):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError("killed")
+        self.calls += 1
+        return np.stack([np.full(4, len(t), np.float32) for t in texts])
+
+
+def test_extract_redoes_shards_of_another_device_count(tmp_path, caplog):
+    from embaug_jax import configlib
+    from embaug_jax.embed import pipeline
+
+    c = configlib.get_config(TABLE)
+    c.source.path = str(table_csv(tmp_path))  # 6 rows in shards of 2: three shards
+    c.source.text_columns, c.source.label_column, c.source.id_column = "title", "category", "sku"
+    c.shard_size, c.progress = 2, False
+    for workdir, resume_devices, redone in (("same", 4, 2), ("other", 1, 3)):
+        with pytest.raises(RuntimeError, match="killed"):
+            pipeline.run_extraction(c, tmp_path / workdir,
+                                    text_embedder=_DeviceFake(4, fail_after=1))
+        assert len(list((tmp_path / workdir / "shards").glob("shard_*.npy"))) == 1
+        resumed = _DeviceFake(resume_devices)
+        caplog.clear()
+        out = pipeline.run_extraction(c, tmp_path / workdir, text_embedder=resumed)
+        assert resumed.calls == redone and len(load_embeddings(out)) == 6
+        assert ("so they are redone" in caplog.text) == (resume_devices != 4)
