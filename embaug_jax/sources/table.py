@@ -109,9 +109,9 @@ def _read_table(path: Path, fmt: str, encoding: str, encoding_errors: str,
 
     raw = _read_bytes(path, compression)
     if not raw:
-        raise UserError(f"{path} is empty ({'0 bytes' if compression is None else 'nothing once '
-                        'decompressed'}): a table needs a header row and at least one data row "
-                        "(config.source.path).")
+        size = "0 bytes" if compression is None else "nothing once decompressed"
+        raise UserError(f"{path} is empty ({size}): a table needs a header row and at least one "
+                        "data row (config.source.path).")
     if fmt == "parquet":
         return pd.read_parquet(io.BytesIO(raw))
     text = _decode_bytes(raw, path, encoding, encoding_errors)
