@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from configs import default
+from embaug_jax import augment
 from embaug_jax.train import command
 from embaug_jax.train import engine as train
 from embaug_jax.train.splits import make_splits
@@ -79,8 +80,9 @@ def test_loss_falls_and_clusters_are_learnt(sweep4):
 
 def test_sweep_member_equals_lone_member(sweep4, fast_compile):
     c, data, hp, r = sweep4
-    lone = jax.jit(train.make_train(c, 6, data.train_idx.shape[1]))
     for i in (0, 2):
+        kind = augment.KIND_OF_METHOD[MEMBERS[i]["method"]]
+        lone = jax.jit(train.make_train(c, 6, data.train_idx.shape[1], kind=kind))
         one = jax.tree.map(lambda x: x[i], hp)
         state, metrics = lone(jax.random.key(c.seed), one, data)
         chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[i], r.state.params),
@@ -115,27 +117,75 @@ def test_resume_after_kill_equals_uninterrupted(sweep4, tmp_path, fast_compile):
     np.testing.assert_allclose(resumed.val_probs, full.val_probs, atol=1e-6)
 
 
-def test_control_and_mixing_share_one_program(fast_compile):
+def test_one_program_per_kind_and_no_padding_rows(fast_compile):
+    """Members of one kind (any alpha, softness, soft switch, trial) share one compiled program;
+    a mixing member trains on B/2 rows under halving, the control on B."""
     c = _config()
     data = _data(c)
-    program = train.make_program(c, 6, data.train_idx.shape[1])
-    run = jax.jit(jax.vmap(chex.assert_max_traces(program.run, n=1),
-                           in_axes=(None, 0, 0, None, None)), static_argnums=4)
-    init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)))
+    on_device = train.device_data(data)
     key = jax.random.key(0)
-    for members in ([MEMBERS[0], MEMBERS[0]], [MEMBERS[1], MEMBERS[2]]):
-        hp = train.member_hparams(members)
-        _, metrics = run(key, hp, init(key, hp, data), data, 1)
-        assert np.isfinite(np.asarray(metrics["train_loss"])).all()
+    mixup = [dict(method="e_mixup", alpha=0.3, softness=0.0, trial=1, seed=0),
+             dict(method="soft_e_mixup", alpha=0.1, softness=0.2, trial=0, seed=3)]
+    for kind, member_sets in (("control", [[MEMBERS[0]] * 2, [dict(MEMBERS[0], trial=1)] * 2]),
+                              ("mixup", [mixup, mixup[::-1]])):
+        chex.clear_trace_counter()  # both kinds' `train` share one code object
+        program = train.make_program(c, 6, data.train_idx.shape[1], kind=kind)
+        assert program.rows == (c.batch_size if kind == "control" else c.batch_size // 2)
+        run = jax.jit(jax.vmap(chex.assert_max_traces(program.train, n=1),
+                               in_axes=(None, 0, 0, None, None)), static_argnums=4)
+        init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)))
+        for members in member_sets:
+            hp = train.member_hparams(members)
+            _, loss = run(key, hp, init(key, hp, on_device), on_device, 1)
+            assert np.isfinite(np.asarray(loss)).all()
+    groups = train.member_groups(train.member_hparams(MEMBERS + mixup))
+    assert [(k, list(i)) for k, i in groups] == [("control", [0]), ("mixup", [1, 3, 4]),
+                                                 ("stitchup", [2])]
 
 
 @pytest.mark.parametrize("block", [64, 100])
 def test_blockwise_evaluation_equals_one_shot(sweep4, block, fast_compile):
-    c, data, hp, r = sweep4  # 320 rows: 5 blocks of 64, or 3 blocks of 100 and 20 more rows
-    c = _config(eval_block_rows=block)
-    program = train.make_program(c, 6, data.train_idx.shape[1])
-    probs = jax.jit(jax.vmap(program.predict, in_axes=(0, 0, None)))(r.state, hp, data)
-    np.testing.assert_allclose(probs, r.val_probs, atol=1e-6)
+    c, data, hp, r = sweep4  # 240 validation rows: blocks of 64 (last padded) or 100
+    on_device = train.device_data(data)
+    for kind, idx in train.member_groups(hp):
+        program = train.make_program(c, 6, data.train_idx.shape[1], kind=kind)
+        evaluate = jax.jit(jax.vmap(program.evaluate, in_axes=(0, 0, None, None)))
+        params = jax.tree.map(lambda x: x[idx], r.state.params)
+        member_hp = jax.tree.map(lambda x: x[idx], hp)
+        blocks = [evaluate(params, member_hp, on_device, b) for b in train.eval_blocks(data, block)]
+        n_val = data.val_idx.shape[1]
+        probs = np.concatenate([np.asarray(p) for _, p in blocks], axis=1)[:, :n_val]
+        np.testing.assert_allclose(probs, r.val_probs[idx], atol=1e-6)
+        metrics = train.metrics_from_counts(sum(np.asarray(counts) for counts, _ in blocks))
+        for k, v in metrics.items():
+            np.testing.assert_array_equal(v, r.history[k][idx, -1])
+
+
+def test_dataset_larger_than_the_device_budget_streams_to_the_same_results(sweep4, tmp_path,
+                                                                            fast_compile):
+    """A memory-mapped dataset larger than config.device_data_bytes: only the training rows and
+    one evaluation block at a time reach the device, and every result equals the in-memory
+    run's."""
+    from embaug_jax.dataset import load_embeddings, save_embeddings
+
+    c, data, hp, full = sweep4
+    ds = command.load_data(c)
+    save_embeddings(tmp_path / "ds", np.asarray(ds.embeddings), np.asarray(ds.labels),
+                    list(ds.class_names))
+    mapped = load_embeddings(tmp_path / "ds")
+    assert isinstance(mapped.embeddings, np.memmap)
+    host = train.TrainData(mapped.embeddings, np.asarray(data.labels), np.asarray(data.train_idx),
+                           np.asarray(data.val_idx), np.asarray(data.seen_mask))
+    budget = int(0.75 * mapped.embeddings.nbytes)
+    small = _config(device_data_bytes=budget)
+    r = train.run_sweep(small, host, hp, progress=False)
+    assert r.device_data_bytes <= budget < mapped.embeddings.nbytes
+    assert r.eval_block_rows < data.val_idx.shape[1]  # several blocks
+    for k in full.history:
+        np.testing.assert_allclose(r.history[k], full.history[k], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(r.val_probs, full.val_probs, atol=1e-6)
+    with pytest.raises(ValueError, match="device_data_bytes=1000 cannot hold"):
+        train.run_sweep(_config(device_data_bytes=1000), host, hp, progress=False)
 
 
 def test_unseen_classes_never_get_loss(sweep4):

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -96,6 +95,8 @@ def validate_config(config) -> None:
     _require(ce % ee == 0, f"config.checkpoint_every={ce} must be a multiple of "
              f"config.eval_every={ee}.")
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
+    _require(int(config.get("device_data_bytes", 0) or 0) >= 0, "config.device_data_bytes "
+             "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")
     _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
              "in (0, 1).")
 
@@ -156,9 +157,10 @@ def prepare_data(config) -> tuple[Any, Splits, TrainData, tuple[int, ...] | None
     segments = dataset.segment_sizes if config.augment.use_segments else None
     if config.augment.use_segments and segments is None:
         raise ValueError("config.augment.use_segments=True but the dataset records no segments.")
-    data = TrainData(jnp.asarray(dataset.embeddings, jnp.float32),
-                     jnp.asarray(dataset.labels, jnp.int32), jnp.asarray(splits.train_idx),
-                     jnp.asarray(splits.val_idx), jnp.asarray(splits.seen_mask))
+    # Host arrays (a file dataset stays memory-mapped): the engine places only the training rows
+    # on the devices and streams the validation rows.
+    data = TrainData(dataset.embeddings, np.asarray(dataset.labels, np.int32), splits.train_idx,
+                     splits.val_idx, splits.seen_mask)
     return dataset, splits, data, segments
 
 
