@@ -83,6 +83,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment.label_weight = "lambda"  # stitchup labels weighted by lambda (the paper)
     c.augment.use_segments = False  # True: an independent lambda per dataset segment
 
+    # The report's statistics (results["selection"], results["paired"]); changing them only
+    # rewrites the report of a finished run.
+    c.report = ml_collections.ConfigDict()
+    # Share of each trial's validation rows on which each method's alpha is chosen; the rest
+    # report it. 0: only the paper's procedure (choose and report on the same rows).
+    c.report.selection_fraction = 0.5
+    c.report.bootstrap_resamples = 200  # per trial, for the paired intervals (0: none)
+    c.report.seed = 0  # the selection split and the bootstrap draws
+
     c.sweep = ml_collections.ConfigDict()
     c.sweep.methods = ("soft_e_stitchup",)
     c.sweep.alphas = (0.2,)  # Beta(alpha, alpha); the paper searched (0, 0.5]

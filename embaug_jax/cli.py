@@ -90,6 +90,11 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
                          flag_values=fv)
     flags.DEFINE_integer("process_id", None, "This process's index (--distributed).",
                          flag_values=fv)
+    flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for every process to "
+                         "join (--distributed); then every process stops.", flag_values=fv)
+    flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds without a heartbeat after which a "
+                         "process counts as dead and every process stops (--distributed).",
+                         flag_values=fv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(f"usage: embaug {name} --config=PATH[:variant] --workdir=DIR "
               f"[--config.a.b=value ...]\n\n{COMMANDS[name].help}\n\nflags:\n"
@@ -107,14 +112,34 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     if not fv.workdir:
         print(f"embaug {name}: --workdir is required", file=sys.stderr)
         return 2
-    if fv.distributed:
-        import jax
-
-        jax.distributed.initialize(coordinator_address=fv.coordinator_address,
-                                   num_processes=fv.num_processes, process_id=fv.process_id)
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
-    _resolve(cmd.target)(fv.config, fv.workdir)
+    if not fv.distributed:
+        _resolve(cmd.target)(fv.config, fv.workdir)
+        return 0
+    from embaug_jax import distributed
+
+    distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                           initialization_timeout=fv.initialization_timeout,
+                           heartbeat_timeout=fv.heartbeat_timeout)
+    try:
+        _resolve(cmd.target)(fv.config, fv.workdir)
+    except BaseException as e:
+        # Exit now rather than wait at JAX's shutdown barrier for processes that may be blocked
+        # in a collective with this one; they are stopped within the heartbeat timeout.
+        import traceback
+
+        import jax
+
+        traceback.print_exc()
+        print(f"embaug {name}: process {jax.process_index()} of {jax.process_count()} failed "
+              f"({type(e).__name__}: {e}); the other processes stop within "
+              f"--heartbeat_timeout={fv.heartbeat_timeout} s.", file=sys.stderr)
+        if isinstance(e, SystemExit):
+            code = e.code if isinstance(e.code, int) else 1
+        else:
+            code = 130 if isinstance(e, KeyboardInterrupt) else 1
+        distributed.abandon(code)
     return 0
 
 

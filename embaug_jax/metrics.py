@@ -15,6 +15,7 @@ calibration) are float64 numpy: they run once per member in the report.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import jax
@@ -187,7 +188,7 @@ def ovr_scores(probs, labels, seen_mask, *, class_names: Sequence[str] | None = 
         raise ValueError(f"ovr_scores: {len(class_names)} class_names for {c} classes.")
     truth_seen = seen_mask[labels]
     support_all = np.bincount(labels, minlength=c)
-    columns = np.flatnonzero(seen_mask & (support_all > 0))
+    columns = _seen_columns(labels, seen_mask)
     onehot = labels[:, None] == columns[None, :]
     scores = probs[:, columns]
     support = support_all[columns]
@@ -199,6 +200,12 @@ def ovr_scores(probs, labels, seen_mask, *, class_names: Sequence[str] | None = 
         support = np.append(support, num_none)
         names.append(NONE_NAME)
     return OvrScores(onehot, scores, support, names)
+
+
+def _seen_columns(labels, seen_mask) -> np.ndarray:
+    """Class ids of the one-vs-rest problem's seen-class columns: seen and present in validation."""
+    support = np.bincount(np.asarray(labels), minlength=len(seen_mask))
+    return np.flatnonzero(np.asarray(seen_mask, bool) & (support > 0))
 
 
 def _int_sum_exact(x):
@@ -355,6 +362,56 @@ def mean_roc_curve(probs, labels, seen_mask, *, fpr_grid=DEFAULT_FPR_GRID):
     return roc.fpr, roc.tpr
 
 
+class AucParts(NamedTuple):
+    """Table 1's weighted AUC split into its "none" column and its seen-class columns.
+
+    weighted_auc = none_part + seen_part, with none_part = none_weight * none_auc and
+    seen_part = (1 - none_weight) * seen_auc: the weights of Table 1's average are the column
+    supports, so the "none" column carries the "none" share of the validation rows.
+    """
+
+    weighted_auc: float  # support-weighted mean of every column's AUC (Table 1)
+    seen_auc: float      # support-weighted mean AUC over the seen-class columns alone
+    none_auc: float      # the "none" column's AUC (= none_detection's auroc); NaN without one
+    none_weight: float   # the "none" column's share of the support (0 without one)
+    seen_part: float     # (1 - none_weight) * seen_auc
+    none_part: float     # none_weight * none_auc (0 without a "none" column)
+
+
+def _auc_parts(class_auc, support, has_none: bool) -> AucParts:
+    class_auc = np.asarray(class_auc, np.float64)
+    support = np.asarray(support, np.float64)
+    total = support.sum()
+    seen_auc_k, seen_support = (class_auc[:-1], support[:-1]) if has_none else (class_auc, support)
+    none_support = support[-1] if has_none else 0.0
+    none_auc = float(class_auc[-1]) if has_none else math.nan
+    if total == 0 or np.isnan(class_auc).any():
+        return AucParts(math.nan, math.nan, none_auc, math.nan, math.nan, math.nan)
+    seen_sum = float(np.sum(seen_support * seen_auc_k))
+    seen_total = float(seen_support.sum())
+    seen_auc = seen_sum / seen_total if seen_total else math.nan
+    none_weight = float(none_support / total)
+    # Each part is its columns' share of the weighted sum, so the two add up to the weighted AUC
+    # to the last bits of float64 (no NaN part when a side is empty: its part is 0).
+    none_part = float(none_support * none_auc / total) if has_none else 0.0
+    seen_part = seen_sum / total
+    return AucParts(float(np.sum(support * class_auc) / total), seen_auc, none_auc, none_weight,
+                    seen_part, none_part)
+
+
+def auc_decomposition(probs, labels, seen_mask) -> AucParts:
+    """Table 1's weighted AUC as "none" weight x "none" AUC + (1 - weight) x seen-class AUC.
+
+    `seen_auc` is `sklearn.metrics.roc_auc_score(average="weighted")` over the seen-class columns
+    of `ovr_scores` alone, `none_auc` its "none" column's AUC and `none_weight` the share of
+    validation rows whose class is unseen. A method's gain in weighted AUC thus splits into what
+    it gains on the classes it was trained on and what it gains on spotting unseen ones.
+    """
+    roc = ovr_roc(probs, labels, seen_mask)
+    num_none = int(np.sum(~np.asarray(seen_mask, bool)[np.asarray(labels)]))
+    return _auc_parts(roc.class_auc, roc.support, num_none > 0)
+
+
 # --------------------------------------------------------------------------------------------
 # Beyond the paper: "none" detection as its own task, and calibration
 # --------------------------------------------------------------------------------------------
@@ -434,15 +491,27 @@ def _threshold_metrics(probs, labels, seen_mask, threshold, thresholds):
 def evaluate_member(probs, labels, seen_mask, *, threshold=DEFAULT_THRESHOLD,
                     thresholds=DEFAULT_THRESHOLDS, fpr_grid=DEFAULT_FPR_GRID,
                     num_bins=15) -> dict:
-    """Every metric of one member's validation probabilities: the scalars of results.json and
-    the curves the figures draw (threshold sweep, mean ROC, calibration bins)."""
+    """Every metric of one member's validation probabilities: the scalars of results.json (the
+    weighted AUC with its parts, see `AucParts`; "none_auroc" is the "none" column's AUC), the
+    per-class AUCs ([C] by class id) and the curves the figures draw (threshold sweep, mean ROC,
+    calibration bins)."""
     acc, sweep = jax.device_get(_threshold_metrics(
         probs, labels, seen_mask, jnp.float32(threshold), np.asarray(thresholds, np.float32)))
     roc = ovr_roc(probs, labels, seen_mask, fpr_grid=fpr_grid)
     none_det = none_detection(probs, labels, seen_mask)
     calib = calibration(probs, labels, seen_mask, num_bins=num_bins)
+    parts = _auc_parts(roc.class_auc, roc.support, none_det["num_none"] > 0)
+    # Per class id (NaN where the class is no column: unseen, or absent from validation), so
+    # trials whose seen classes differ line up class by class.
+    columns = _seen_columns(labels, seen_mask)
+    class_auc = np.full(np.shape(probs)[1], np.nan)
+    class_auc[columns] = roc.class_auc[:columns.size]
     return dict(
         weighted_auc=roc.weighted_auc,
+        seen_auc=parts.seen_auc,
+        none_weight=parts.none_weight,
+        seen_part=parts.seen_part,
+        none_part=parts.none_part,
         overall_accuracy=float(acc["overall"]),
         none_accuracy=float(acc["none"]),
         seen_accuracy=float(acc["seen"]),
@@ -453,5 +522,134 @@ def evaluate_member(probs, labels, seen_mask, *, threshold=DEFAULT_THRESHOLD,
         sweep_overall=np.asarray(sweep["overall"], np.float64),
         sweep_none=np.asarray(sweep["none"], np.float64),
         roc_tpr=roc.tpr,
+        class_auc=class_auc,
         calibration=calib,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The same metrics on bootstrap resamples of the validation rows (paired statistics)
+# --------------------------------------------------------------------------------------------
+
+
+def bootstrap_counts(key, num_rows: int, num_resamples: int) -> np.ndarray:
+    """How often each of `num_rows` rows is drawn in each of `num_resamples` bootstrap resamples.
+
+    Returns:
+      int32 [num_resamples, num_rows]; every row sums to num_rows (sampling with replacement).
+    """
+    if int(num_rows) < 1 or int(num_resamples) < 1:
+        raise ValueError(f"bootstrap_counts: need num_rows >= 1 and num_resamples >= 1, got "
+                         f"{num_rows} and {num_resamples}.")
+    b, n = int(num_resamples), int(num_rows)
+    draws = np.asarray(jax.random.randint(key, (b, n), 0, n))
+    # One bincount for all resamples: resample r's draws are offset into their own n slots.
+    flat = (draws + (np.arange(b) * n)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.int32)
+
+
+def _resampled_binary_auc(is_positive, score, counts):
+    """ROC AUC of one column under each resample's row counts [B, N] (ties one half): [B].
+
+    The rows are sorted once; a resample only reweights them, so its AUC is the Mann-Whitney sum
+    over groups of tied scores, sum_g pos_g * (neg below g + neg_g / 2) / (P * N), with the
+    group weights summed from the counts. NaN where a resample has no positive or no negative.
+    """
+    order = np.argsort(score, kind="stable")
+    sorted_score, positive = np.asarray(score)[order], np.asarray(is_positive, bool)[order]
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+    weight = counts[:, order]
+    negative_weight = np.where(positive[None, :], 0, weight)
+    group_neg = np.add.reduceat(negative_weight, starts, axis=1)
+    group_pos = np.add.reduceat(weight - negative_weight, starts, axis=1)
+    with_pos = group_pos.any(axis=0)  # only groups holding a positive contribute
+    below = (np.cumsum(group_neg, axis=1) - group_neg)[:, with_pos]
+    twice = np.sum(group_pos[:, with_pos] * (2 * below + group_neg[:, with_pos]), axis=1,
+                   dtype=np.float64)
+    num_pos = group_pos.sum(axis=1, dtype=np.float64)
+    num_neg = group_neg.sum(axis=1, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((num_pos > 0) & (num_neg > 0), twice / (2 * num_pos * num_neg), np.nan)
+
+
+RESAMPLED_METRICS = ("weighted_auc", "seen_auc", "none_auroc", "none_weight", "seen_part",
+                     "none_part", "overall_accuracy", "none_accuracy", "seen_accuracy", "ece")
+
+
+def resampled_metrics(probs, labels, seen_mask, counts, *, threshold=DEFAULT_THRESHOLD,
+                      num_bins=15) -> dict[str, np.ndarray]:
+    """`evaluate_member`'s scalar metrics on every bootstrap resample of the validation rows.
+
+    Resample r is the validation set with row i repeated counts[r, i] times (see
+    `bootstrap_counts`); the result equals `evaluate_member` on that expanded set, computed
+    without expanding it. Metrics undefined on a resample (no "none" row drawn) are NaN.
+
+    Args:
+      counts: int [B, N] row counts, N = len(labels).
+
+    Returns:
+      {name: float64 [B]} for each name in RESAMPLED_METRICS.
+    """
+    _check_inputs(probs, labels, seen_mask, where="resampled_metrics")
+    counts = np.asarray(counts)
+    n = np.shape(labels)[0]
+    if counts.ndim != 2 or counts.shape[1] != n:
+        raise ValueError(f"resampled_metrics: counts must be [B, N] = [B, {n}], got shape "
+                         f"{counts.shape}.")
+    if not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any():
+        raise ValueError("resampled_metrics: counts must be non-negative integers (how often each "
+                         "row is drawn); build them with bootstrap_counts.")
+    probs_np, labels = np.asarray(probs), np.asarray(labels)
+    seen_mask = np.asarray(seen_mask, bool)
+    truth, scores, _, _ = ovr_scores(probs_np, labels, seen_mask)
+    has_none = bool(np.any(~seen_mask[labels]))
+    num_resamples = counts.shape[0]
+    column_auc = np.stack([_resampled_binary_auc(truth[:, k], scores[:, k], counts)
+                           for k in range(truth.shape[1])], axis=1)
+    column_support = (counts @ truth.astype(np.int64)).astype(np.float64)  # [B, K]
+    # A column a resample draws no positive of is left out, as ovr_scores leaves it out.
+    in_problem = column_support > 0
+    undefined = np.any(in_problem & np.isnan(column_auc), axis=1)
+    weighted_sum = np.where(in_problem, column_support * np.nan_to_num(column_auc), 0.0)
+    total = column_support.sum(axis=1)
+    seen_cols = slice(0, truth.shape[1] - 1) if has_none else slice(None)
+    seen_sum = weighted_sum[:, seen_cols].sum(axis=1)
+    seen_total = column_support[:, seen_cols].sum(axis=1)
+    none_support = column_support[:, -1] if has_none else np.zeros(num_resamples)
+    none_sum = weighted_sum[:, -1] if has_none else np.zeros(num_resamples)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nan_if = lambda bad, x: np.where(bad, np.nan, x)  # noqa: E731
+        out = dict(
+            weighted_auc=nan_if(undefined, weighted_sum.sum(axis=1) / total),
+            seen_auc=nan_if(undefined | (seen_total == 0), seen_sum / seen_total),
+            none_auroc=(np.where(none_support > 0, column_auc[:, -1], np.nan) if has_none
+                        else np.full(num_resamples, np.nan)),
+            none_weight=nan_if(undefined, none_support / total),
+            seen_part=nan_if(undefined, seen_sum / total),
+            none_part=nan_if(undefined, none_sum / total),
+        )
+
+        # Accuracies at the threshold: the rule of `threshold_accuracy`, row by row, then counted.
+        masked = np.where(seen_mask[None, :], probs_np, -np.inf)
+        predicted = np.argmax(masked, axis=1)
+        confidence = masked[np.arange(n), predicted]
+        predicted_none = ~(confidence > np.asarray(threshold, confidence.dtype))
+        truth_seen = seen_mask[labels]
+        correct = np.where(truth_seen, ~predicted_none & (predicted == labels), predicted_none)
+        rows = counts.sum(axis=1).astype(np.float64)
+        none_rows = counts @ (~truth_seen).astype(np.int64)
+        out["overall_accuracy"] = (counts @ correct.astype(np.int64)) / rows
+        out["none_accuracy"] = (counts @ (correct & ~truth_seen).astype(np.int64)) / none_rows
+        out["seen_accuracy"] = ((counts @ (correct & truth_seen).astype(np.int64))
+                                / (rows - none_rows))
+
+        # ECE = sum over bins of |sum of (correct - confidence) in it| / rows, as `calibration`.
+        probs64 = np.where(seen_mask[None, :], probs_np.astype(np.float64), -np.inf)
+        top = np.argmax(probs64, axis=1)
+        top_conf = probs64[np.arange(n), top]
+        edges = np.linspace(0.0, 1.0, int(num_bins) + 1)
+        bins = np.clip(np.searchsorted(edges[1:-1], top_conf, side="left"), 0, num_bins - 1)
+        gap = np.zeros((n, int(num_bins)))
+        gap[np.arange(n), bins] = (top == labels) - top_conf
+        out["ece"] = np.abs(counts.astype(np.float64) @ gap).sum(axis=1) / rows
+    return out

@@ -29,15 +29,11 @@ def test_table1_and_the_figure_scripts_share_one_sweep(tmp_path, scripts, capsys
     assert "<- best" in capsys.readouterr().out
     results = json.loads((workdir / "results.json").read_text())
 
-    # The readers resume the finished sweep: nothing is trained again.
-    from embaug_jax.train import engine as train
-    real_run_sweep = train.run_sweep
-
-    def no_training(*args, **kwargs):
-        result = real_run_sweep(*args, **kwargs)
-        assert result.epochs_done == args[0].num_epochs
-        return result
-    monkeypatch.setattr(train, "run_sweep", no_training)
+    # The readers re-report the finished sweep from its predictions.npz: the engine never runs
+    # (not even to restore a checkpoint).
+    from embaug_jax.train import command
+    monkeypatch.setattr(command, "run_sweep",
+                        lambda *a, **k: pytest.fail("a finished sweep went back to the engine"))
 
     scripts("threshold_sweep").main(["--smoke", f"--workdir={workdir}"])
     rows = _rows(workdir / "threshold_sweep.csv")

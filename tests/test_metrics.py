@@ -172,6 +172,99 @@ def test_mean_roc_curve_matches_sklearn_interpolation_and_auc():
     assert np.all(np.diff(tpr_fine) >= -1e-12) and tpr_fine[-1] == 1.0
 
 
+# ----- the weighted AUC's parts --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["ties", "continuous", "all_seen", "tiny"])
+def test_auc_decomposition_parts_match_sklearn_and_add_up(case):
+    kw = dict(ties=dict(decimals=1), continuous=dict(), all_seen=dict(unseen=(), decimals=2),
+              tiny=dict(n=12, c=4, unseen=(3,), missing=(), decimals=1))[case]
+    probs, labels, seen = _problem(20 + len(case), **kw)
+    got = metrics.auc_decomposition(probs, labels, seen)
+    truth, scores, _, names = metrics.ovr_scores(probs, labels, seen)
+    has_none = names[-1] == "none"
+    seen_cols = slice(0, -1) if has_none else slice(None)
+    assert abs(got.weighted_auc - roc_auc_score(truth, scores, average="weighted")) < 1e-12
+    assert abs(got.seen_auc - roc_auc_score(truth[:, seen_cols], scores[:, seen_cols],
+                                            average="weighted")) < 1e-12
+    is_none = ~seen[labels]
+    assert got.none_weight == is_none.mean()
+    if has_none:
+        assert abs(got.none_auc - roc_auc_score(is_none, 1 - probs[:, seen].max(1))) < 1e-12
+    else:
+        assert np.isnan(got.none_auc) and got.none_part == 0.0
+    # The identity the report relies on, to float64 rounding.
+    assert abs(got.none_part + got.seen_part - got.weighted_auc) < 1e-15
+    w = got.none_weight
+    assert abs(w * np.nan_to_num(got.none_auc) + (1 - w) * got.seen_auc - got.weighted_auc) < 1e-15
+
+
+def test_evaluate_member_carries_the_parts_and_per_class_aucs():
+    probs, labels, seen = _problem(30, n=300, decimals=2)
+    got = metrics.evaluate_member(probs, labels, seen)
+    parts = metrics.auc_decomposition(probs, labels, seen)
+    for key in ("weighted_auc", "seen_auc", "none_weight", "seen_part", "none_part"):
+        assert got[key] == getattr(parts, key), key
+    assert got["none_auroc"] == parts.none_auc
+    # Per class id: sklearn's AUC for seen classes present in validation, NaN for the rest.
+    for k in range(probs.shape[1]):
+        if seen[k] and np.any(labels == k):
+            assert abs(got["class_auc"][k] - roc_auc_score(labels == k, probs[:, k])) < 1e-12
+        else:
+            assert np.isnan(got["class_auc"][k])
+
+
+# ----- bootstrap resamples ------------------------------------------------------------------
+
+
+def test_bootstrap_counts_are_resamples_with_replacement():
+    counts = metrics.bootstrap_counts(jax.random.key(0), 50, 400)
+    assert counts.shape == (400, 50) and counts.dtype == np.int32
+    np.testing.assert_array_equal(counts.sum(1), 50)
+    # Each row is drawn Binomial(50, 1/50) times per resample: mean 1, variance 49/50.
+    assert abs(counts.mean() - 1) < 1e-12 and abs(counts.var() - 0.98) < 0.05
+    again = metrics.bootstrap_counts(jax.random.key(0), 50, 400)
+    np.testing.assert_array_equal(counts, again)
+
+
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_resampled_metrics_equal_evaluation_of_the_expanded_resample(decimals):
+    probs, labels, seen = _problem(40, n=150, c=6, unseen=(4,), missing=(), decimals=decimals)
+    counts = metrics.bootstrap_counts(jax.random.key(1), len(labels), 6)
+    got = metrics.resampled_metrics(probs, labels, seen, counts, threshold=0.45, num_bins=7)
+    assert set(got) == set(metrics.RESAMPLED_METRICS)
+    for r in range(len(counts)):
+        rows = np.repeat(np.arange(len(labels)), counts[r])
+        want = metrics.evaluate_member(probs[rows], labels[rows], seen, threshold=0.45,
+                                       num_bins=7)
+        for key in metrics.RESAMPLED_METRICS:
+            # evaluate_member's accuracies are float32 (the jnp metric); the rest float64.
+            rtol = 1e-6 if key.endswith("accuracy") else 1e-10
+            np.testing.assert_allclose(got[key][r], want[key], rtol=rtol, atol=1e-12,
+                                       err_msg=key)
+        # And the AUC against sklearn's sample weights directly.
+        truth, scores, _, _ = metrics.ovr_scores(probs, labels, seen)
+        keep = truth[rows].any(0)
+        want_auc = roc_auc_score(truth[:, keep], scores[:, keep], average="weighted",
+                                 sample_weight=counts[r])
+        assert abs(got["weighted_auc"][r] - want_auc) < 1e-12
+
+
+def test_resampled_metrics_undefined_parts_are_nan():
+    probs, labels, seen = _problem(41, n=40, c=4, unseen=(3,), missing=())
+    counts = np.zeros((2, 40), np.int32)
+    counts[0, np.flatnonzero(seen[labels])[:5]] = 8  # no "none" row drawn
+    counts[1] = 1
+    got = metrics.resampled_metrics(probs, labels, seen, counts)
+    assert np.isnan(got["none_auroc"][0]) and np.isnan(got["none_accuracy"][0])
+    assert got["none_weight"][0] == 0 and got["none_part"][0] == 0
+    assert np.isfinite(got["weighted_auc"]).all()
+    with pytest.raises(ValueError, match="counts must be"):
+        metrics.resampled_metrics(probs, labels, seen, counts[:, :-1])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        metrics.resampled_metrics(probs, labels, seen, counts.astype(np.float32))
+
+
 # ----- "none" detection and calibration -----------------------------------------------------
 
 

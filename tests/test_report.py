@@ -76,7 +76,7 @@ def full_report(tmp_path_factory):
 
 def test_writes_every_file_atomically(full_report):
     workdir, _, results = full_report
-    expected = {"results.json", "results.md", *report.FIGURES}
+    expected = {"results.json", "results.md", report.PREDICTIONS, *report.FIGURES}
     assert {p.name for p in workdir.iterdir()} == expected  # no temporaries left behind
     for name in report.FIGURES:
         _assert_png(workdir / name)
@@ -128,7 +128,13 @@ def test_results_markdown(full_report):
             "| 0.9582 ± 0.0015 |") in md
     assert "| E-Mixup | 0.2 | - |" in report.format_table(results)
     # The alpha grid lists every variant.
-    assert md.count("| E-Mixup |") == 1 + 1 + 3  # Table 1, none detection, alpha grid
+    grid = md[md.index("## Every variant"):md.index("## Figures")]
+    assert grid.count("| E-Mixup |") == 3
+    for heading in ("## The weighted AUC by part", "## Alpha chosen on held-out rows",
+                    "## Differences from the control", "## Per-class AUC"):
+        assert heading in md
+    assert "Paper's weighted AUC (its own data: Fashion Product Images)" in md
+    assert "are absent" not in md  # every trial here has "none" examples
     for name in report.FIGURES:
         assert f"({name})" in md
 
@@ -144,7 +150,8 @@ def test_no_none_examples_and_no_history(tmp_path):
     assert none_acc["n"] == TRIALS - 1 and none_acc["values"][1] is None
     assert results["num_none_examples"][1] == 0
     assert results["methods"]["control"]["threshold_sweep"]["thresholds"] == [0.2, 0.5, 0.8]
-    assert results["figures"] == ["fig3_threshold_sweep.png", "fig4_roc.png", "reliability.png"]
+    assert results["figures"] == ["fig3_threshold_sweep.png", "fig4_roc.png", "reliability.png",
+                                  "auc_decomposition.png"]
     assert not (tmp_path / "fig5_training_curves.png").exists()
     assert _strict_json(tmp_path / "results.json")["threshold"] == 0.5
 

@@ -37,12 +37,15 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 from absl import logging
 
+from embaug_jax import distributed
 from embaug_jax import sources as sources_lib
 from embaug_jax.dataset import Segment, load_embeddings, save_embeddings
 from embaug_jax.util import atomic_path, write_json_atomic
@@ -56,6 +59,9 @@ SKIPPED_REPORT = "skipped_images.json"
 # data itself, so moving a data set does not invalidate its embeddings.
 _LOCATION_KEYS = ("path", "root", "data_dir")
 _MODEL_LOCATION_KEYS = ("path", "devices", "num_devices")
+# Seconds (plus 4x the time spent so far) a process waits for the others at a stage boundary
+# under --distributed.
+_WAIT_S = 600
 
 
 def _cfg_dict(cfg: Any) -> dict[str, Any]:
@@ -336,8 +342,10 @@ def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Se
     })
 
 
-def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any]) -> None:
-    """Errors on shards of other inputs; drops the temporaries of a run killed mid-write."""
+def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any], *,
+                  clean: bool = True) -> None:
+    """Errors on shards of other inputs; drops the temporaries of a run killed mid-write
+    (if `clean`: one process does that)."""
     if not shards_dir.exists():
         return
     manifest_path = shards_dir / MANIFEST
@@ -345,25 +353,31 @@ def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any]) 
     if manifest.get("fingerprint") != fingerprint:
         raise _stale_error("Unfinished shards", shards_dir, manifest.get("fingerprint_parts"),
                            parts)
-    for tmp in shards_dir.glob(".*.tmp"):
+    for tmp in shards_dir.glob(".*.tmp") if clean else ():
         _clear(tmp)
+
+
+def _shard_paths(shards_dir: Path, num_items: int, shard_size: int) -> list[Path]:
+    return [shards_dir / f"shard_{i:05d}.npy" for i in range(-(-num_items // shard_size))]
 
 
 def _embed_shards(data, keep: np.ndarray, shards_dir: Path, shard_size: int, text_fields,
                   image_fields, text_embedder, image_embedder, dim: int,
-                  progress: bool) -> list[Path]:
-    """Embeds every unfinished shard of the items `keep`; returns all shard paths in order."""
+                  progress: bool, todo: Sequence[int] | None = None) -> list[Path]:
+    """Embeds the unfinished shards of the items `keep` (only those numbered in `todo`, if
+    given); returns all shard paths in order."""
     from tqdm.auto import tqdm
 
     starts = range(0, len(keep), shard_size)
-    paths = [shards_dir / f"shard_{i:05d}.npy" for i in range(len(starts))]
+    paths = _shard_paths(shards_dir, len(keep), shard_size)
+    todo = range(len(paths)) if todo is None else set(todo)
     done = sum(min(shard_size, len(keep) - s) for s, p in zip(starts, paths) if p.is_file())
     if done:
         logging.info("extract: resuming, %d of %d items already embedded.", done, len(keep))
     with tqdm(total=len(keep), initial=done, desc="extract", unit="item",
               disable=not progress) as bar:
-        for start, path in zip(starts, paths):
-            if path.is_file():
+        for i, (start, path) in enumerate(zip(starts, paths)):
+            if path.is_file() or i not in todo:
                 continue
             rows = keep[start:start + shard_size]
             shard = _embed_shard(data, rows, text_fields, image_fields, text_embedder,
@@ -409,11 +423,22 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     parts = fingerprint_parts(config, data, text_fields, image_fields, text_embedder,
                               image_embedder)
     fingerprint = _fingerprint(parts)
-    if config.get("overwrite", False):
+    # Under --distributed every process runs this function on the shared workdir: process 0
+    # alone clears, writes the manifest and assembles; the shards are shared out between all.
+    primary = distributed.is_primary()
+    started = time.monotonic()
+
+    def wait_for_all(stage: str) -> None:
+        # Bounded: a dead process stops everyone sooner (heartbeat); this catches a stuck one.
+        distributed.barrier(f"extract {fingerprint[:16]} {stage}",
+                            _WAIT_S + 4 * (time.monotonic() - started))
+
+    if config.get("overwrite", False) and primary:
         for stale in (output, shards_dir, skipped_path):
             if stale.exists():
                 logging.info("extract: overwrite=True, removing %s", stale)
                 _clear(stale)
+    wait_for_all("cleared")
     info = _read_output_info(output)
     if info is not None:
         if info.get("fingerprint") != fingerprint:
@@ -421,10 +446,10 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
                                parts)
         logging.info("extract: %s is up to date (fingerprint %s): cached, skipping.", output,
                      fingerprint[:12])
-        if shards_dir.exists() and not keep_shards:
+        if shards_dir.exists() and not keep_shards and primary:
             shutil.rmtree(shards_dir)
         return output
-    _check_shards(shards_dir, fingerprint, parts)
+    _check_shards(shards_dir, fingerprint, parts, clean=primary)
 
     progress = bool(config.get("progress", True))
     bad = find_bad_images(data, image_fields, progress=progress)
@@ -443,12 +468,22 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     segments = ([Segment(f, int(text_embedder.dim)) for f in text_fields]
                 + [Segment(f, int(image_embedder.dim)) for f in image_fields])
     dim = sum(s.size for s in segments)
-    if not (shards_dir / MANIFEST).is_file():
+    if not (shards_dir / MANIFEST).is_file() and primary:
         write_json_atomic(shards_dir / MANIFEST, {
             "fingerprint": fingerprint, "fingerprint_parts": parts, "items": int(len(keep)),
             "shard_size": shard_size, "dim": dim})
+    # Every process lists the unfinished shards before any is written, then takes every P-th:
+    # the work is shared out on any process count, and a resumed run redoes no finished shard.
+    unfinished = [i for i, p in enumerate(_shard_paths(shards_dir, len(keep), shard_size))
+                  if not p.is_file()]
+    wait_for_all("listed")
     shard_paths = _embed_shards(data, keep, shards_dir, shard_size, text_fields, image_fields,
-                                text_embedder, image_embedder, dim, progress)
+                                text_embedder, image_embedder, dim, progress,
+                                todo=unfinished[jax.process_index()::jax.process_count()])
+    wait_for_all("embedded")
+    if not primary:
+        wait_for_all("assembled")
+        return output
 
     # Assembly: the report first, then the dataset (atomically): a run killed in between
     # redoes only the assembly.
@@ -475,4 +510,5 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
                  " | ".join(f"{s.name} {s.size}" for s in segments))
     if not keep_shards:
         shutil.rmtree(shards_dir)
+    wait_for_all("assembled")
     return output

@@ -4,19 +4,25 @@
 into variants (method, alpha, softness) over trials and seeds, picks each method's best alpha by
 mean weighted AUC (as the paper's grid search did), and writes atomically:
 
-- `results.json`: `results["methods"][NAME]` (the chosen variant) and `results["variants"]`
-  (every variant, i.e. the alpha grid), each metric as {mean, std, max_dev, min, max, n, values}.
-- `results.md`: the Table-1 analogue beside the paper's own numbers, "none" detection and
-  calibration, and the alpha-grid table.
+- `predictions.npz`: every member's final validation probabilities with labels, splits and
+  learning curves (`load_predictions` reads it back: re-analysis needs no checkpoint).
+- `results.json`: `results["methods"][NAME]` (the chosen variant, with its weighted AUC split
+  into seen-class and "none" parts and its per-class AUCs), `results["variants"]` (every variant,
+  i.e. the alpha grid), each metric as {mean, std, max_dev, min, max, n, values};
+  `results["selection"]` (alpha chosen on a selection part of the validation rows, reported on
+  the rest) and `results["paired"]` (each method minus the control, trial by trial, with paired-t
+  and bootstrap intervals; see `report.statistics`).
+- `results.md`: all of that as tables and plain sentences, beside the paper's own numbers.
 - `fig3_threshold_sweep.png`, `fig4_roc.png`, `fig5_training_curves.png`, `fig6_softness.png`
-  (only when a soft method ran with >= 2 softness values) and `reliability.png`.
+  (only when a soft method ran with >= 2 softness values), `reliability.png` and
+  `auc_decomposition.png`.
 """
-
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from embaug_jax import metrics
@@ -25,28 +31,44 @@ from embaug_jax.report.figures import (
     _fig3_threshold_sweep,
     _fig4_roc,
     _fig5_training_curves,
+    _auc_decomposition,
     _fig6_softness,
     _reliability,
     _softness_sweeps,
 )
+from embaug_jax.report import statistics
 from embaug_jax.report.results import (
+    PREDICTIONS,
     SweepOutputs,
     _build_results,
     evaluate_members,
     group_variants,
+    held_out_selection,
+    load_predictions,
+    paired_section,
+    save_predictions,
     summarize,
 )
-from embaug_jax.report.tables import _results_markdown, format_table
+from embaug_jax.report.tables import _results_markdown, format_summary, format_table
 from embaug_jax.util import write_json_atomic, write_text_atomic
 
-__all__ = ["FIGURES", "SweepOutputs", "evaluate_members", "format_table", "group_variants",
-           "summarize", "write_report"]
+__all__ = ["DEFAULT_BOOTSTRAP_RESAMPLES", "DEFAULT_SELECTION_FRACTION", "FIGURES", "PREDICTIONS",
+           "SweepOutputs", "evaluate_members", "format_summary", "format_table", "group_variants",
+           "load_predictions", "save_predictions", "summarize", "write_report"]
+
+# Half of each trial's validation rows choose alpha, the other half report (results["selection"]).
+DEFAULT_SELECTION_FRACTION = 0.5
+# Resamples per trial of the paired bootstrap: enough for a 95% percentile interval to two
+# significant digits; the cost is one sort-free pass over [resamples, rows] per class column.
+DEFAULT_BOOTSTRAP_RESAMPLES = 200
 
 
 def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
                  threshold: float = metrics.DEFAULT_THRESHOLD, thresholds=None,
-                 title: str | None = None, num_bins: int = 15) -> dict:
-    """Evaluates a sweep and writes results.json, results.md and the figures into `workdir`.
+                 title: str | None = None, num_bins: int = 15,
+                 selection_fraction: float = DEFAULT_SELECTION_FRACTION,
+                 bootstrap_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """Evaluates a sweep and writes predictions.npz, results.json, results.md and the figures.
 
     Args:
       workdir: output directory (created if missing).
@@ -55,6 +77,11 @@ def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
       thresholds: Figure 3's sweep (default 0.05, 0.10, ..., 0.95).
       title: heading of results.md.
       num_bins: calibration bins.
+      selection_fraction: share of each trial's validation rows on which alpha is chosen for
+        results["selection"], the rest reporting; 0 keeps only the paper's procedure.
+      bootstrap_resamples: resamples of the validation rows per trial for the paired bootstrap
+        intervals (0: paired t only).
+      seed: seeds the selection split and the bootstrap.
 
     Returns:
       The results dict, as written to results.json.
@@ -68,14 +95,44 @@ def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
     if thresholds.ndim != 1 or thresholds.size == 0 or not np.all(np.isfinite(thresholds)):
         raise ValueError(f"write_report: thresholds must be a non-empty 1-D array of numbers, "
                          f"got {thresholds!r}.")
+    if not 0.0 <= float(selection_fraction) < 1.0:
+        raise ValueError(f"write_report: selection_fraction must lie in [0, 1) (0: the paper's "
+                         f"selection only), got {selection_fraction}.")
+    if int(bootstrap_resamples) < 0:
+        raise ValueError(f"write_report: bootstrap_resamples must be >= 0, got "
+                         f"{bootstrap_resamples}.")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     fpr_grid = metrics.DEFAULT_FPR_GRID
+    # First, so that any later analysis reads these instead of restoring a checkpoint.
+    save_predictions(workdir / PREDICTIONS, outputs)
 
-    per_member = evaluate_members(outputs, threshold=threshold, thresholds=thresholds,
-                                  fpr_grid=fpr_grid, num_bins=num_bins)
+    evaluation = dict(threshold=threshold, thresholds=thresholds, fpr_grid=fpr_grid,
+                      num_bins=num_bins)
+    per_member = evaluate_members(outputs, **evaluation)
     variants = group_variants(outputs.members)
     results = _build_results(outputs, per_member, variants, threshold, thresholds, fpr_grid)
+
+    key = jax.random.key(int(seed))
+    chosen = {m: e["variant"] for m, e in results["methods"].items()}
+    values, rows = dict(enumerate(per_member)), None
+    if selection_fraction:
+        selection = statistics.selection_rows(jax.random.fold_in(key, 0), *outputs.val_labels.shape,
+                                              selection_fraction)
+        held_out, values = held_out_selection(outputs, variants, selection, **evaluation)
+        results["selection"] = dict(fraction=float(selection_fraction), seed=int(seed),
+                                    num_selection_rows=int(selection[0].sum()),
+                                    num_report_rows=int((~selection[0]).sum()), **held_out)
+        chosen = {m: e["variant"] for m, e in held_out["methods"].items()}
+        rows = ~selection
+    if "control" in chosen and len(chosen) > 1:
+        results["paired"] = dict(
+            reference="control", rows="report" if rows is not None else "all",
+            confidence=statistics.CONFIDENCE, bootstrap_resamples=int(bootstrap_resamples),
+            methods=paired_section(outputs, chosen, variants, values, rows,
+                                   key=jax.random.fold_in(key, 1),
+                                   num_resamples=int(bootstrap_resamples),
+                                   threshold=float(threshold), num_bins=num_bins))
 
     figures = []
     _fig3_threshold_sweep(workdir / FIGURES[0], results, variants, per_member)
@@ -90,6 +147,8 @@ def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
             figures.append(FIGURES[3])
     _reliability(workdir / FIGURES[4], results, variants, per_member)
     figures.append(FIGURES[4])
+    _auc_decomposition(workdir / FIGURES[5], results, variants, per_member, outputs.members)
+    figures.append(FIGURES[5])
     results["figures"] = list(figures)
 
     write_json_atomic(workdir / "results.json", results)

@@ -9,7 +9,7 @@ from embaug_jax.report.results import DISPLAY_NAMES, _nanreduce
 from embaug_jax.util import atomic_path
 
 FIGURES = ("fig3_threshold_sweep.png", "fig4_roc.png", "fig5_training_curves.png",
-           "fig6_softness.png", "reliability.png")
+           "fig6_softness.png", "reliability.png", "auc_decomposition.png")
 
 
 def _new_figure(nrows, ncols, *, width=4.0, height=3.2, **kw):
@@ -188,3 +188,56 @@ def _reliability(path, results, variants, per_member):
     _save(fig, path)
 
 
+
+
+def _auc_decomposition(path, results, variants, per_member, members):
+    """Left: each method's seen-class AUC, "none" AUC and weighted AUC. Right: its gain over the
+    control in weighted AUC, split exactly into the seen-class part and the "none" part."""
+    from embaug_jax.report.statistics import pair_members
+
+    methods = list(results["methods"])
+    fig, axes = _new_figure(1, 2, width=max(4.5, 1.1 * len(methods) + 2), height=3.8)
+    left, right = axes[0]
+    x = np.arange(len(methods))
+    chosen = [variants[results["methods"][m]["variant"]]["members"] for m in methods]
+    for dx, key, color, label in ((-0.22, "seen_auc", "C0", "seen classes"),
+                                  (0.0, "weighted_auc", "black", "weighted (Table 1)"),
+                                  (0.22, "none_auroc", "C1", "\"none\"")):
+        values = [np.array([per_member[i][key] for i in idx], float) for idx in chosen]
+        means = np.array([_nanreduce(np.nanmean, v) for v in values])
+        low = means - np.array([_nanreduce(np.nanmin, v) for v in values])
+        high = np.array([_nanreduce(np.nanmax, v) for v in values]) - means
+        left.errorbar(x + dx, means, yerr=[np.nan_to_num(low), np.nan_to_num(high)], fmt="o",
+                      color=color, capsize=3, label=label)
+    weight = np.nanmean([per_member[i]["none_weight"] for idx in chosen for i in idx])
+    left.set_title(f"AUC by part (\"none\" weight {weight:.3f}; bars: min-max)")
+    left.set_xticks(x, [_label(m) for m in methods], rotation=30, ha="right")
+    left.set_ylabel("AUC")
+    left.grid(alpha=0.3)
+    left.legend(fontsize="small")
+    others = [m for m in methods if m != "control"]
+    if "control" not in methods or not others:
+        right.set_visible(False)
+        _save(fig, path)
+        return
+    control = chosen[methods.index("control")]
+    # Within a trial both members share the "none" weight, so the gain in weighted AUC is exactly
+    # the gain in the seen part plus the gain in the "none" part.
+    gain = {part: [] for part in ("seen_part", "none_part")}
+    for method in others:
+        pairs = pair_members(members, chosen[methods.index(method)], control)
+        for part in gain:
+            gain[part].append(np.mean([per_member[i][part] - per_member[c][part]
+                                       for i, c in pairs]) if pairs else np.nan)
+    xs = np.arange(len(others))
+    seen_gain, none_gain = np.array(gain["seen_part"]), np.array(gain["none_part"])
+    right.bar(xs - 0.2, seen_gain, 0.4, color="C0", label="seen-class part")
+    right.bar(xs + 0.2, none_gain, 0.4, color="C1", label="\"none\" part")
+    right.plot(xs, seen_gain + none_gain, "D", color="black", label="weighted AUC (their sum)")
+    right.axhline(0, color="grey", lw=0.8)
+    right.set_xticks(xs, [_label(m) for m in others], rotation=30, ha="right")
+    right.set_title("Gain over the control, paired by trial (mean)")
+    right.set_ylabel("difference in weighted AUC")
+    right.grid(alpha=0.3)
+    right.legend(fontsize="small")
+    _save(fig, path)

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from embaug_jax import augment
+from embaug_jax import augment, distributed
 from embaug_jax.train.engine import (
     _FINGERPRINT_KEYS,
     OPTIMIZERS,
@@ -50,6 +50,9 @@ def validate_config(config) -> None:
     n_dev = int(config.get("num_devices", 0))
     _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
              f"{jax.device_count()} device(s) are visible; use 0 (all) or at most that many.")
+    _require(n_dev == 0 or jax.process_count() == 1, f"config.num_devices={n_dev} but "
+             f"{jax.process_count()} processes run (--distributed): each must take part, so use "
+             "0 (every device of every process).")
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
              f"{augment.METHOD_NAMES}.")
     for method in s.methods:
@@ -99,6 +102,11 @@ def validate_config(config) -> None:
              "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")
     _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
              "in (0, 1).")
+    r = config.report
+    _require(0 <= float(r.selection_fraction) < 1, f"config.report.selection_fraction="
+             f"{r.selection_fraction} must be in [0, 1) (0: choose alpha the paper's way only).")
+    _require(int(r.bootstrap_resamples) >= 0, f"config.report.bootstrap_resamples="
+             f"{r.bootstrap_resamples} must be >= 0 (0: no bootstrap intervals).")
 
 
 def load_data(config):
@@ -186,8 +194,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             raise ValueError(
                 f"{workdir} holds checkpoints of a different run (config differs in: "
                 f"{', '.join(changed)}); use a new --workdir or delete {ckpt_dir} to start over.")
-    write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
-    write_json_atomic(fp_path, fingerprint)
+    # Under --distributed every process runs this command; process 0 alone writes the
+    # workdir's files (orbax coordinates the checkpoints itself).
+    primary = distributed.is_primary()
+    if primary:
+        write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    from embaug_jax import report
+
+    predictions = workdir / report.PREDICTIONS
+    if predictions.exists() and fp_path.exists() and json.loads(fp_path.read_text()) == fingerprint:
+        # A finished run: its saved predictions are all the report needs, no checkpoint restore.
+        logging.info("%s is finished; re-reporting from %s", workdir, predictions)
+        return _report(config, workdir, report.load_predictions(predictions)) if primary else None
+    if primary:
+        write_json_atomic(fp_path, fingerprint)
 
     dataset, splits, data, segments = prepare_data(config)
     members = sweep_members(config)
@@ -197,8 +217,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                  int((~splits.seen_mask).sum(1).mean()))
 
     def on_chunk(history, epochs_done):
-        _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
-                             epochs_done)
+        if primary:
+            _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
+                                 epochs_done)
 
     eval_epochs = evaluation_epochs(config)
     if devices is None and int(config.get("num_devices", 0)):
@@ -206,18 +227,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     result = run_sweep(config, data, hp, devices=devices, checkpoint_dir=ckpt_dir,
                        max_chunks=max_chunks, segments=segments, on_chunk=on_chunk)
     on_chunk(result.history, result.epochs_done)
-    if result.val_probs is None:
+    if result.val_probs is None or not primary:
         return None
-
-    from embaug_jax import report
 
     outputs = report.SweepOutputs(
         members=members, eval_epochs=result.eval_epochs, history=result.history,
         val_probs=result.val_probs,
         val_labels=np.asarray(dataset.labels)[splits.val_idx], seen_mask=splits.seen_mask,
-        class_names=list(dataset.class_names))
-    results = report.write_report(workdir, outputs, threshold=float(config.threshold))
-    print(report.format_table(results))
+        class_names=list(dataset.class_names), val_idx=splits.val_idx,
+        train_idx=splits.train_idx)
+    return _report(config, workdir, outputs)
+
+
+def _report(config, workdir: Path, outputs) -> dict:
+    from embaug_jax import report
+
+    r = config.report
+    results = report.write_report(workdir, outputs, threshold=float(config.threshold),
+                                  selection_fraction=float(r.selection_fraction),
+                                  bootstrap_resamples=int(r.bootstrap_resamples),
+                                  seed=int(r.seed))
+    print(report.format_summary(results))
     return results
 
 

@@ -461,22 +461,27 @@ def _quiet_orbax():
 
 
 def _restore(manager, step, states, history, groups, sharding):
-    """Restores an unpadded checkpoint and pads every group again for this run's devices."""
+    """Restores an unpadded checkpoint and pads every group again for this run's devices.
+
+    Every process reads the whole (small) checkpoint into host memory and places its own shards
+    from there, so a checkpoint written by any number of processes and devices restores onto any
+    other number.
+    """
     import orbax.checkpoint as ocp
 
-    host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"state": {k: jax.tree.map(lambda x: x[:len(idx)], states[k]) for k, idx in groups},
+    target = {"state": {k: jax.tree.map(lambda x: np.zeros((len(idx), *x.shape[1:]), x.dtype),
+                                        states[k]) for k, idx in groups},
               "history": history}
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host),
-                            target)
     try:
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"the checkpoint at {manager.directory} (epoch {step}) does not fit this "
                          f"run ({e}); use a new workdir or delete the checkpoints.") from e
-    states = {k: jax.device_put(_pad(restored["state"][k], jax.tree.leaves(states[k])[0].shape[0]),
-                                sharding) for k, _ in groups}
-    return states, {k: np.array(restored["history"][k]) for k in history}
+    # Padded on the host: device_put then places only this process's shards.
+    states = {k: jax.device_put(jax.tree.map(lambda x, padded: np.concatenate(
+        [x, np.repeat(x[-1:], padded.shape[0] - x.shape[0], 0)]), restored["state"][k],
+        states[k]), sharding) for k, _ in groups}
+    return states, {k: np.asarray(restored["history"][k]) for k in history}
 
 
 @dataclasses.dataclass
@@ -575,7 +580,8 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
         return {kind: _host(c)[:len(idx)] for (kind, idx), c in
                 zip(groups, counts.values())}, probs
 
-    bar = tqdm(total=num_epochs, initial=done, unit="epoch", disable=not progress,
+    bar = tqdm(total=num_epochs, initial=done, unit="epoch",
+               disable=not progress or jax.process_index() != 0,
                desc=f"training {num_members} members ({len(groups)} programs) on "
                     f"{len(devices)} device(s)")
     chunks = 0

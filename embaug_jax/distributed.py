@@ -1,0 +1,88 @@
+"""Several processes running one command (`--distributed`): joining, roles and barriers.
+
+One process per host (or, for tests, several on one machine) runs the same `embaug` command.
+`initialize` joins them through `jax.distributed`; afterwards `jax.devices()` lists every
+process's devices, so a sweep's member axis spans them all. Process 0 is the primary: it alone
+writes the workdir's reports; checkpoints are written by orbax on every process.
+
+Failures are bounded in time, never a hang: a process that does not join within
+`initialization_timeout` seconds, or stops sending heartbeats for `heartbeat_timeout` seconds
+(killed, crashed), makes JAX's coordination service stop every other process, naming the
+missing one; `barrier` raises after its timeout; and a process whose command raises exits at
+once (`abandon`) instead of waiting for the others at JAX's shutdown barrier.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+from absl import logging
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, initialization_timeout: int = 300,
+               heartbeat_timeout: int = 100) -> None:
+    """`jax.distributed.initialize` with bounded waits, logging what a failure will look like.
+
+    Args:
+      coordinator_address / num_processes / process_id: as `jax.distributed.initialize`; None
+        lets JAX detect them (Cloud TPU, SLURM, Open MPI, Kubernetes).
+      initialization_timeout: seconds to wait for every process to join.
+      heartbeat_timeout: seconds without a heartbeat after which a process counts as dead and
+        every process is stopped.
+    """
+    for name, value in (("initialization_timeout", initialization_timeout),
+                        ("heartbeat_timeout", heartbeat_timeout)):
+        if int(value) < 1:
+            raise ValueError(f"--{name}={value} must be >= 1 (seconds).")
+    where = coordinator_address or "the cluster's coordinator (auto-detected)"
+    logging.info("distributed: process %s of %s joining at %s; waiting up to %d s for every "
+                 "process (--initialization_timeout); a process silent for %d s "
+                 "(--heartbeat_timeout) stops them all.",
+                 "?" if process_id is None else process_id,
+                 "?" if num_processes is None else num_processes, where,
+                 initialization_timeout, heartbeat_timeout)
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=int(initialization_timeout),
+                               heartbeat_timeout_seconds=int(heartbeat_timeout))
+    logging.info("distributed: process %d of %d joined; %d local of %d devices.",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count())
+
+
+def is_primary() -> bool:
+    """Whether this process writes the shared outputs (process 0; always true in one process)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str, timeout_s: float) -> None:
+    """Waits until every process reaches the barrier `name` (unique per use); no-op alone.
+
+    Raises TimeoutError, naming the barrier, if the others do not arrive within `timeout_s`.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+
+    try:
+        multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
+    except Exception as e:  # the client raises XlaRuntimeError (DEADLINE_EXCEEDED and others)
+        raise TimeoutError(
+            f"process {jax.process_index()} of {jax.process_count()} waited at barrier "
+            f"{name!r} and not every process arrived within {timeout_s:g} s ({e}); check the "
+            "other processes' logs for the one that failed or is stuck.") from e
+
+
+def abandon(exit_code: int) -> None:
+    """Exits this process now, skipping JAX's shutdown barrier.
+
+    After an error in one process the others may be blocked in a collective, so waiting for them
+    at the shutdown barrier would only delay the exit; they are stopped by the coordination
+    service within the heartbeat timeout instead.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

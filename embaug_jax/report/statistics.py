@@ -1,0 +1,197 @@
+"""How sure a comparison with the control is: paired differences, their intervals, honest alpha.
+
+Members that differ only in method share their trial's split, their initialisation and their
+shuffles (see `embaug_jax.train.engine`), so a method is compared with the control trial by trial
+(and seed by seed): the paired difference removes what the split and the draw add to both.
+Two 95% intervals of the mean paired difference answer two questions:
+
+- paired t over trials (`paired_t_interval`): would another split and initialisation give the
+  same difference? (Needs >= 2 trials x seeds.)
+- bootstrap over validation rows within each trial (`paired_bootstrap`): how much of the
+  difference is the luck of which rows were validated on? The same resample scores both members.
+
+A difference is called distinguishable from noise when every interval that could be computed
+excludes 0.
+
+Honest alpha selection (`selection_rows`): the paper picks each method's alpha by the validation
+AUC it then reports, which flatters the methods (the control has no alpha to pick). Splitting each
+trial's validation rows into a selection part and a report part, and picking on the first,
+removes that bias from the numbers reported on the second.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from scipy import stats as scipy_stats
+
+from embaug_jax import metrics
+
+# The per-member metrics compared with the control (all in metrics.RESAMPLED_METRICS).
+HEADLINE_METRICS = ("weighted_auc", "seen_auc", "none_auroc", "overall_accuracy",
+                    "none_accuracy", "ece")
+CONFIDENCE = 0.95
+
+
+def paired_t_interval(differences: Sequence[float], confidence: float = CONFIDENCE):
+    """Mean of paired differences and its two-sided t interval (scipy.stats.t, n - 1 dof).
+
+    Non-finite differences are dropped. Returns (mean, low, high, n); low / high are NaN with
+    fewer than two differences, mean too with none.
+    """
+    d = np.asarray(differences, np.float64)
+    d = d[np.isfinite(d)]
+    n = d.size
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(d.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, 1
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def bootstrap_interval(resampled: np.ndarray, confidence: float = CONFIDENCE):
+    """Percentile interval of the mean over trials of resampled paired differences.
+
+    Args:
+      resampled: [T, B]: trial t's paired difference on its B bootstrap resamples (trials are
+        resampled independently, so resample b of each trial together is one draw of the mean).
+
+    Returns:
+      (low, high); NaN where no resample gives a finite mean.
+    """
+    resampled = np.asarray(resampled, np.float64)
+    with np.errstate(invalid="ignore"):
+        means = resampled.mean(axis=0)
+    means = means[np.isfinite(means)]
+    if means.size == 0:
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def selection_rows(key, num_trials: int, num_rows: int, fraction: float) -> np.ndarray:
+    """Which validation rows of each trial select alpha (True) and which report (False).
+
+    round(fraction * num_rows) rows per trial, drawn uniformly (trial t from fold_in(key, t)),
+    so both parts keep the trial's class mix in expectation.
+
+    Returns:
+      bool [num_trials, num_rows].
+    """
+    fraction = float(fraction)
+    if not 0 < fraction < 1:
+        raise ValueError(f"selection fraction must lie in (0, 1), got {fraction}; 0 turns the "
+                         "held-out selection off.")
+    count = int(round(fraction * num_rows))
+    if not 0 < count < num_rows:
+        raise ValueError(f"selection fraction {fraction} of {num_rows} validation rows leaves one "
+                         "part empty; use a fraction nearer 0.5.")
+    out = np.zeros((num_trials, num_rows), bool)
+    for t in range(num_trials):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(key, t), num_rows))
+        out[t, order[:count]] = True
+    return out
+
+
+def pair_members(members: Sequence[dict], method_idx: Sequence[int],
+                 control_idx: Sequence[int]) -> list[tuple[int, int]]:
+    """(method member, control member) pairs that share trial and seed, in trial-seed order."""
+    control = {(int(members[i]["trial"]), int(members[i]["seed"])): i for i in control_idx}
+    pairs = []
+    for i in method_idx:
+        unit = (int(members[i]["trial"]), int(members[i]["seed"]))
+        if unit in control:
+            pairs.append((i, control[unit]))
+    return sorted(pairs, key=lambda p: (int(members[p[0]]["trial"]), int(members[p[0]]["seed"])))
+
+
+def paired_bootstrap(key, pairs, members, probs, labels, seen_mask, rows=None, *,
+                     num_resamples: int, threshold: float, num_bins: int = 15,
+                     cache: dict | None = None) -> dict[str, np.ndarray]:
+    """Resampled paired differences (method - control) of every RESAMPLED_METRICS metric.
+
+    Trial t's validation rows (those with rows[t] True, or all) are resampled num_resamples times
+    with the counts of `metrics.bootstrap_counts(fold_in(key, t), ...)`; both members of a pair
+    are scored on the same resamples, and pairs of one trial (several seeds) are averaged.
+
+    Args:
+      pairs: (method member, control member) index pairs, as `pair_members`.
+      probs: [M, Nv, C]; labels: [T, Nv]; seen_mask: [T, C]; rows: bool [T, Nv] or None.
+      cache: a dict reused across calls so each control member is resampled once.
+
+    Returns:
+      {metric: float64 [T', B]} over the T' trials that hold a pair.
+    """
+    cache = {} if cache is None else cache
+    by_trial: dict[int, list[tuple[int, int]]] = {}
+    for m, c in pairs:
+        by_trial.setdefault(int(members[m]["trial"]), []).append((m, c))
+
+    def resampled(i, t, counts):
+        if i not in cache:
+            keep = slice(None) if rows is None else rows[t]
+            cache[i] = metrics.resampled_metrics(probs[i][keep], labels[t][keep], seen_mask[t],
+                                                 counts, threshold=threshold, num_bins=num_bins)
+        return cache[i]
+
+    out = {k: [] for k in metrics.RESAMPLED_METRICS}
+    for t in sorted(by_trial):
+        num_rows = labels.shape[1] if rows is None else int(rows[t].sum())
+        counts = metrics.bootstrap_counts(jax.random.fold_in(key, t), num_rows, num_resamples)
+        diffs = [{k: resampled(m, t, counts)[k] - resampled(c, t, counts)[k]
+                  for k in metrics.RESAMPLED_METRICS} for m, c in by_trial[t]]
+        for k in out:
+            with np.errstate(invalid="ignore"):
+                out[k].append(np.mean([d[k] for d in diffs], axis=0))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def compare_with_control(members, chosen: dict[str, list[int]], values: list[dict[str, Any]],
+                         resampled: dict[str, dict[str, np.ndarray]] | None,
+                         confidence: float = CONFIDENCE) -> dict[str, dict]:
+    """The mean paired difference of every headline metric, with its intervals, per method.
+
+    Args:
+      chosen: {method: its reported variant's member indices}; must hold "control".
+      values: per-member metric dicts (on the rows the comparison uses).
+      resampled: {method: `paired_bootstrap` output} or None (no bootstrap).
+
+    Returns:
+      {method: {metric: dict(mean, n, t_low, t_high, boot_low, boot_high, excludes_zero,
+      distinguishable, differences)}} for every method but the control.
+    """
+    out = {}
+    for method, idx in chosen.items():
+        if method == "control":
+            continue
+        pairs = pair_members(members, idx, chosen["control"])
+        entry = {}
+        for k in HEADLINE_METRICS:
+            diffs = [values[m][k] - values[c][k] for m, c in pairs]
+            mean, t_low, t_high, n = paired_t_interval(diffs, confidence)
+            boot_low, boot_high = (bootstrap_interval(resampled[method][k], confidence)
+                                   if resampled is not None and method in resampled
+                                   else (math.nan, math.nan))
+            intervals = [(lo, hi) for lo, hi in ((t_low, t_high), (boot_low, boot_high))
+                         if math.isfinite(lo) and math.isfinite(hi)]
+            excludes = [not lo <= 0 <= hi for lo, hi in intervals]
+            entry[k] = dict(
+                mean=_finite(mean), n=n, t_low=_finite(t_low), t_high=_finite(t_high),
+                boot_low=_finite(boot_low), boot_high=_finite(boot_high),
+                t_excludes_zero=None if not math.isfinite(t_low) else not t_low <= 0 <= t_high,
+                boot_excludes_zero=(None if not math.isfinite(boot_low)
+                                    else not boot_low <= 0 <= boot_high),
+                distinguishable=bool(intervals) and all(excludes),
+                differences=[_finite(float(d)) for d in diffs])
+        out[method] = entry
+    return out
+
+
+def _finite(x):
+    return float(x) if x is not None and math.isfinite(x) else None

@@ -1,0 +1,261 @@
+"""Multi-process runs on one machine: `embaug train/extract --distributed` as 2 processes x 2 CPU
+devices (jax.distributed over localhost, gloo collectives) against 1-process runs of the same
+command; resumes across process counts; a process that dies or never joins.
+
+Each process is a subprocess of the checkout's own code (cwd and PYTHONPATH = the repository
+root), bounded by a timeout. Commands that must stop part-way run through a hook that registers
+a test command in `embaug_jax.cli` (train with `max_chunks=1`; extract with an embedder that
+fails after some calls), so the CLI's whole `--distributed` path still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_extract import make_table
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 400  # per launch; a hang fails the test instead of stalling the suite
+HEARTBEAT_S = 10
+# A compilation cache shared by the module's launches: a launch compiles only what no earlier
+# one with the same process count did (about halves the module's time on a 2-core machine).
+_CACHE: dict[str, str] = {}
+
+# Three members (padded to four) over all four devices; 8 epochs in two checkpointed chunks.
+TRAIN = ["--config=configs/default.py:smoke", "--config.data.trials=1",
+         "--config.sweep.methods=('control','e_mixup','soft_e_stitchup')",
+         "--config.num_epochs=8", "--config.checkpoint_every=4"]
+
+# The CLI plus two test commands: training that stops after one chunk (as if killed) and
+# extraction whose text embedder raises after FAIL_AFTER calls in the processes FAIL_IN.
+HOOK = r"""
+import os, sys
+from embaug_jax import cli
+from embaug_jax.embed import pipeline
+from embaug_jax.train import command
+
+
+def train_one_chunk(config, workdir):
+    command.train_and_evaluate(config, workdir, max_chunks=1)
+
+
+class Failing:
+    def __init__(self, inner, after):
+        self.inner, self.after, self.calls = inner, after, 0
+        self.dim, self.fingerprint = inner.dim, inner.fingerprint
+
+    def embed(self, texts, **kw):
+        if self.calls >= self.after:
+            raise RuntimeError("test: embedder killed")
+        self.calls += 1
+        return self.inner.embed(texts, **kw)
+
+
+def failing_extract(config, workdir):
+    import jax
+    embedder = pipeline.build_text_embedder(config.text_model, pipeline._devices(config))
+    if str(jax.process_index()) in os.environ["FAIL_IN"].split(","):
+        embedder = Failing(embedder, int(os.environ["FAIL_AFTER"]))
+    pipeline.run_extraction(config, workdir, text_embedder=embedder)
+
+
+cli.COMMANDS["train_one_chunk"] = cli.COMMANDS["train"]._replace(target="__main__:train_one_chunk")
+cli.COMMANDS["failing_extract"] = cli.COMMANDS["extract"]._replace(
+    target="__main__:failing_extract")
+sys.exit(cli.main(["embaug", *sys.argv[1:]]))
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    _CACHE.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    yield
+    _CACHE.clear()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(command: str, args: list[str], workdir: Path, *, processes: int,
+           env: dict | None = None, timeout: float = TIMEOUT_S, missing: tuple = (),
+           init_timeout: int = 120):
+    """Runs `embaug command args` as `processes` processes of 2 CPU devices each; returns
+    [(returncode, stdout, stderr, seconds)] per process. Processes numbered in `missing` are
+    not started (they never join)."""
+    full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                    JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu",
+                    PYTHONPATH=str(REPO), **_CACHE, **(env or {}))
+    port = _free_port()
+    procs, start = {}, time.monotonic()
+    for i in range(processes):
+        if i in missing:
+            continue
+        dist = ([] if processes == 1 else
+                ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                 f"--num_processes={processes}", f"--process_id={i}",
+                 f"--heartbeat_timeout={HEARTBEAT_S}", f"--initialization_timeout={init_timeout}"])
+        procs[i] = subprocess.Popen(
+            [sys.executable, "-c", HOOK, command, *args, f"--workdir={workdir}", *dist],
+            cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = []
+    try:
+        for i, p in procs.items():
+            out, err = p.communicate(timeout=max(1.0, timeout - (time.monotonic() - start)))
+            results.append((p.returncode, out, err, time.monotonic() - start))
+    except subprocess.TimeoutExpired:
+        for p in procs.values():
+            p.kill()
+        logs = "\n".join(f"--- process {i}:\n{p.communicate()[1][-3000:]}"
+                         for i, p in procs.items())
+        pytest.fail(f"embaug {command} on {processes} processes ran over {timeout} s:\n{logs}")
+    return results
+
+
+def ok(results):
+    for i, (code, _, err, _) in enumerate(results):
+        assert code == 0, f"process {i} exited {code}:\n{err[-4000:]}"
+    return results
+
+
+def _leaves(obj, path=""):
+    """Flattens a JSON document to {path: value}."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _leaves(val, f"{path}/{key}").items()}
+    if isinstance(obj, list):
+        return {k: v for i, val in enumerate(obj) for k, v in _leaves(val, f"{path}/{i}").items()}
+    return {path: obj}
+
+
+def _assert_close(got, want) -> int:
+    """Equal JSON documents, floats to float32 rounding; returns how many floats were compared."""
+    got, want = _leaves(got), _leaves(want)
+    assert got.keys() == want.keys()
+    floats = 0
+    for k, v in want.items():
+        if isinstance(v, float):
+            floats += 1
+            assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-6, nan_ok=True), k
+        else:
+            assert got[k] == v, k
+    return floats
+
+
+def assert_same_results(workdir: Path, reference: Path):
+    got, want = (json.loads((w / "results.json").read_text()) for w in (workdir, reference))
+    assert _assert_close(got, want) > 100
+    got, want = ([json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()]
+                 for w in (workdir, reference))
+    assert len(want) == 3 * 2  # members x evaluations
+    _assert_close(got, want)
+
+
+@pytest.fixture(scope="module")
+def train_reference(tmp_path_factory):
+    """The uninterrupted 1-process run every multi-process run must match."""
+    workdir = tmp_path_factory.mktemp("train") / "one"
+    ok(launch("train", TRAIN, workdir, processes=1))
+    return workdir
+
+
+def test_train_two_processes_equal_one(train_reference, tmp_path):
+    results = ok(launch("train", TRAIN, tmp_path / "two", processes=2))
+    assert_same_results(tmp_path / "two", train_reference)
+    (_, out0, err0, _), (_, out1, err1, _) = results
+    # Every process trains its share of the four devices; process 0 alone reports.
+    assert "training 3 members on 4 device(s)" in err0 and "Soft E-Stitchup" in out0
+    assert "process 1 of 2 joined; 2 local of 4 devices" in err1
+    assert "Soft E-Stitchup" not in out1 and "training 3 members" not in err1
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["4", "8"]
+
+
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_train_killed_resumes_on_another_process_count(train_reference, tmp_path, first, then):
+    workdir = tmp_path / "run"
+    ok(launch("train_one_chunk", TRAIN, workdir, processes=first))
+    assert not (workdir / "results.json").exists()
+    assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["4"]
+    results = ok(launch("train", TRAIN, workdir, processes=then))
+    assert all("resumed from" in err and "at epoch 4" in err for _, _, err, _ in results)
+    assert_same_results(workdir, train_reference)
+
+
+def _extract_args(table: Path) -> list[str]:
+    # 10 rows in shards of 2: five shards, shared 3 + 2 between two processes.
+    return ["--config=configs/extract/table.py", f"--config.source.path={table}",
+            "--config.source.text_columns=title,description",
+            "--config.source.label_column=category", "--config.source.id_column=sku",
+            "--config.text_model.path=builtin:minilm", "--config.text_model.max_length=16",
+            "--config.text_model.batch_size=4", "--config.shard_size=2", "--config.progress=False"]
+
+
+def dir_bytes(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def extract_reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extract")
+    table = make_table(root, n=10)
+    ok(launch("extract", _extract_args(table), root / "one", processes=1))
+    return table, dir_bytes(root / "one" / "embeddings")
+
+
+def test_extract_two_processes_byte_identical(extract_reference, tmp_path):
+    table, want = extract_reference
+    ok(launch("extract", _extract_args(table), tmp_path / "two", processes=2))
+    assert dir_bytes(tmp_path / "two" / "embeddings") == want
+    assert not (tmp_path / "two" / "shards").exists()
+
+
+def test_extract_process_dies_others_stop_then_resume_on_one(extract_reference, tmp_path):
+    table, want = extract_reference
+    workdir = tmp_path / "run"
+    # Process 1 fails at its first embedding; process 0 embeds its three shards, then waits
+    # for process 1 at the barrier until the heartbeat timeout stops it.
+    (code0, _, err0, t0), (code1, _, err1, t1) = launch(
+        "failing_extract", _extract_args(table), workdir, processes=2,
+        env={"FAIL_IN": "1", "FAIL_AFTER": "0"})
+    assert code1 == 1 and "process 1 of 2 failed (RuntimeError: test: embedder killed)" in err1
+    assert code0 != 0 and "stopped sending heartbeats" in err0, err0[-3000:]
+    assert t0 < t1 + HEARTBEAT_S + 60
+    shards = sorted(p.name for p in (workdir / "shards").glob("shard_*.npy"))
+    assert shards == ["shard_00000.npy", "shard_00002.npy", "shard_00004.npy"]
+    ok(launch("extract", _extract_args(table), workdir, processes=1))
+    assert dir_bytes(workdir / "embeddings") == want
+
+
+def test_extract_killed_on_one_resumes_on_two(extract_reference, tmp_path):
+    table, want = extract_reference
+    workdir = tmp_path / "run"
+    # Two text fields: four calls are two shards.
+    (code, _, err, _), = launch("failing_extract", _extract_args(table), workdir, processes=1,
+                                env={"FAIL_IN": "0", "FAIL_AFTER": "4"})
+    assert code != 0 and "test: embedder killed" in err
+    assert len(list((workdir / "shards").glob("shard_*.npy"))) == 2
+    ok(launch("extract", _extract_args(table), workdir, processes=2))
+    assert dir_bytes(workdir / "embeddings") == want
+
+
+def test_a_process_that_never_joins_stops_the_others(tmp_path):
+    # Process 1 is never started: process 0 gives up after --initialization_timeout.
+    (code, _, err, seconds), = launch("train", TRAIN, tmp_path / "w", processes=2, missing=(1,),
+                                      init_timeout=5, timeout=120)
+    assert code != 0 and "waiting up to 5 s for every process" in err and seconds < 5 + 60
+    assert "DEADLINE_EXCEEDED" in err, err[-3000:]
+    assert not (tmp_path / "w").exists()
