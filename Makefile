@@ -7,7 +7,7 @@ STAMP := $(VENV)/.embaug-installed
 WORKDIR ?= workdir/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps test demo bench clean-venv
+.PHONY: setup system-deps test test-fast demo bench clean-venv
 
 # The venv is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -25,8 +25,13 @@ setup: $(STAMP) system-deps
 system-deps:
 	@bash scripts/system_deps.sh
 
+# Everything (what CI runs).
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the heavy end-to-end runs marked `slow`.
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m embaug_jax demo --workdir=$(WORKDIR)

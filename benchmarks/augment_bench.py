@@ -18,17 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from embaug_jax import augment as A  # noqa: E402
+from embaug_jax import augment as A
 
 
 def time_interleaved(cases: dict, repeats: int, warmup: int = 3) -> dict:

@@ -12,16 +12,15 @@ Measured in one process, on the same items (WordNet noun synsets, fields lemmas 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from embaug_jax import configlib
+from embaug_jax.embed import pipeline as extract
+from embaug_jax.sources import load_source
 
-from configs.extract import wordnet_minilm  # noqa: E402
-from embaug_jax.embed import pipeline as extract  # noqa: E402
-from embaug_jax.sources import load_source  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
@@ -33,7 +32,7 @@ def main() -> None:
 
     import jax
 
-    config = wordnet_minilm.get_config()
+    config = configlib.get_config(REPO / "configs" / "extract" / "wordnet_minilm.py")
     config.source.max_items = args.items
     config.shard_size = args.shard_size
     config.num_devices = args.num_devices

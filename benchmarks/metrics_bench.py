@@ -47,6 +47,7 @@ def main():
     from sklearn.metrics import roc_auc_score
 
     from embaug_jax import metrics, report
+    from embaug_jax.train.engine import SweepResult
 
     rng = np.random.default_rng(0)
     n, c = args.num_val, args.num_classes
@@ -99,7 +100,7 @@ def main():
     epochs = np.arange(12, 577, 12)
     history = {k: rng.random((len(members), len(epochs))) for k in
                ("overall_accuracy", "none_accuracy", "train_loss")}
-    outputs = report.SweepOutputs(members, epochs, history, np.stack(val_probs), val_labels,
+    outputs = SweepResult(members, epochs, history, np.stack(val_probs), val_labels,
                                   seen_mask, [f"class_{k}" for k in range(c)])
     with tempfile.TemporaryDirectory() as workdir:
         t0 = time.perf_counter()

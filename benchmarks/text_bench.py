@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from embaug_jax.embed import bert  # noqa: E402
+from embaug_jax.embed import bert
 
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
 from pathlib import Path
 
@@ -34,13 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from embaug_jax import augment, configlib
+from embaug_jax.train import engine
+from embaug_jax.train.splits import make_splits
+from embaug_jax.train.synthetic import make_synthetic
 
-from configs import default  # noqa: E402
-from embaug_jax import augment  # noqa: E402
-from embaug_jax.train import engine  # noqa: E402
-from embaug_jax.train.splits import make_splits  # noqa: E402
-from embaug_jax.train.synthetic import make_synthetic  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def matmul_peak(n=2048, repeats=10) -> float:
@@ -88,7 +86,8 @@ def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced
     """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs, compiled
     (one jitted program per kind, as the engine's driver; it compiles once per member count)."""
     if (kind, sliced) not in _PROGRAMS:
-        program = engine.make_program(config, num_classes, n_train, kind=kind)
+        program = engine.make_program(engine.ProgramSpec.from_config(
+            config, num_classes, n_train, kind=kind))
         _PROGRAMS[kind, sliced] = (
             jax.jit(jax.vmap(program.init, in_axes=(None, 0, None))),
             jax.jit(jax.vmap(program.train, in_axes=(None, 0, 0, None, None)),
@@ -158,7 +157,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     args = p.parse_args(argv)
 
-    c = default.get_config()
+    c = configlib.get_config(REPO / "configs" / "default.py")
     n = args.train_rows + args.train_rows // 10
     ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
     s = make_splits(ds.labels, args.classes, trials=5, train_fraction=args.train_rows / n)
@@ -167,7 +166,7 @@ def main(argv=None):
     n_train = s.train_idx.shape[1]
     members = [dict(method=m, alpha=0.2 if m != "control" else 0.0,
                     softness=0.05 if m.startswith("soft") else 0.0, trial=t, seed=0)
-               for m in default.METHODS for t in range(5)]
+               for m in augment.METHOD_NAMES for t in range(5)]
     hp25 = engine.member_hparams(members)
     groups = engine.member_groups(hp25)
     dims = (args.dim, *c.model.hidden, args.classes)

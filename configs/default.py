@@ -2,29 +2,35 @@
 
   python -m embaug_jax train --config=configs/default.py --workdir=/tmp/embaug/default \
       --config.data.path=/path/to/embeddings
+  python -m embaug_jax train --config=configs/default.py:method=e_mixup ...
 
-Variants (`--config=configs/default.py:smoke` or `:smoke,trials=2`):
+Variants (`--config=configs/default.py:smoke` or `:smoke,trials=2,method=control`):
+  method=NAME one method, every other setting identical (sec. 3): control (no augmentation),
+              e_mixup (sec. 2.2: lambda-weighted averages of two embeddings and of their labels),
+              e_stitchup (sec. 2.3: each coordinate from one of two embeddings, w.p. lambda),
+              soft_e_mixup / soft_e_stitchup (sec. 2.4: labels softened by 0.05; the default).
+              The alpha is a starting point: configs/table1.py searches the grid.
   smoke       small synthetic clusters, few epochs: runs in seconds (the tests use it).
   synthetic   Gaussian clusters shaped like the paper's data (44,000 x 4864, 171 classes).
   trials=N    number of random splits.
-Every other experiment (`configs/<method>.py`, `table1.py`, `softness.py`) imports this file and
-overrides the sweep only, so "every setting identical but the augmentation" (sec. 3) holds.
+Every other experiment (`table1.py`, `softness.py`, `demo.py`) loads this file and overrides the
+sweep only, so "every setting identical but the augmentation" (sec. 3) holds.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs import parse_arg
+from embaug_jax.configlib import parse_arg
 
-# The paper's Table-1 methods, in its order.
-METHODS = ("control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup")
+# The variant keys and their types; configs built on this one parse their own from it.
+VARIANTS = dict(smoke=False, synthetic=False, trials=0)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, smoke=False, synthetic=False, trials=0)
+    arg = parse_arg(arg, method="", **VARIANTS)
     c = ml_collections.ConfigDict()
-    c.seed = 0  # root PRNG key: members fold in their seed and trial (see embaug_jax/train.py)
+    c.seed = 0  # root PRNG key: members fold in their seed and trial (embaug_jax/train/engine.py)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "file"  # "file" (config.data.path) or "synthetic" (config.data.synthetic)
@@ -32,10 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.train_fraction = 0.1  # sec. 3.4: 10% train, 90% validation
     c.data.trials = 5  # random splits; the paper reports mean +- max deviation over trials
     c.data.split_seed = 0
-    # Classes that land no training example are the "none" category (sec. 2.5); a count of
-    # random classes per trial, or fixed comma-separated class names, forces more out of training.
-    c.data.holdout_classes = 0
-    c.data.holdout_names = ""
+    # Classes that land no training example are the "none" category (sec. 2.5); more are forced
+    # out of training by a count of random classes per trial ("2") or comma-separated class
+    # names ("cat,dog"; a single name that is a number takes a trailing comma: "7,").
+    c.data.holdout_classes = "0"
     # Paper-shaped Gaussian clusters (`:synthetic`). The long tail (class frequency ~ 1/rank^1.5)
     # leaves ~25 of 171 classes without a training row in a 10% split: the "none" category.
     c.data.synthetic = ml_collections.ConfigDict(dict(
@@ -71,7 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # evaluation block; validation rows stream from the host): 0 = no cap. The block shrinks to
     # fit, so a dataset larger than device memory still trains.
     c.device_data_bytes = 0
-    c.checkpoint_every = 48  # epochs per compiled chunk: one progress tick and checkpoint each
+    # Epochs per chunk: a progress tick and a metrics.jsonl rewrite each (the compiled calls are
+    # `eval_every` epochs long, each followed by a streamed evaluation).
+    c.chunk_epochs = 16
+    c.checkpoint_every = 48  # epochs between checkpoints (a multiple of chunk_epochs)
     # Devices the member axis is sharded over (0 = all visible ones); results do not depend on
     # it, and a run may resume on a different count.
     c.num_devices = 0
@@ -98,6 +107,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sweep.softness = (0.05,)  # sec. 2.4 default
     c.sweep.seeds = (0,)
 
+    if arg.method:
+        c.sweep.methods = (arg.method,)
     if arg.synthetic:
         c.data.source = "synthetic"
     if arg.smoke:
@@ -113,12 +124,13 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.synthetic.update(dict(n=640, dim=24, num_classes=10, class_sep=1.0, imbalance=1.0,
                                  segments=(8, 16)))
     c.data.train_fraction = 0.25
-    c.data.holdout_classes = 2  # so the "none" metrics have examples
+    c.data.holdout_classes = "2"  # so the "none" metrics have examples
     c.data.trials = 2
     c.model.hidden = (32, 32)
     c.optim.half_cycle_epochs = 4
     c.num_epochs = 16
     c.batch_size = 16
     c.eval_every = 4
+    c.chunk_epochs = 8
     c.checkpoint_every = 8
     return c

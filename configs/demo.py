@@ -20,28 +20,32 @@ Variants: `smoke` (100 synsets, a few epochs: what the tests run).
 
 import ml_collections
 
-from configs import default, parse_arg, table1
-from configs.extract import wordnet_minilm
+from embaug_jax import configlib
+
+default = configlib.sibling(__file__, "default")
+table1 = configlib.sibling(__file__, "table1")
+wordnet_minilm = configlib.sibling(__file__, "extract/wordnet_minilm")
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, smoke=False)
+    args = configlib.parse_arg(arg, smoke=False)
     c = ml_collections.ConfigDict()
     c.extract = wordnet_minilm.get_config("smoke" if args.smoke else None)
     c.train = table1.get_config()
     t = c.train
     t.data.source = "file"  # the path is the extraction's output, filled in by `embaug demo`
     t.data.trials = 3
-    t.data.holdout_classes = 2
+    t.data.holdout_classes = "2"
     t.num_epochs = 96  # 4 full learning-rate cycles
     t.eval_every = 8
+    t.chunk_epochs = 8
     t.checkpoint_every = 24
     t.batch_size = 64  # ~500 training rows: 7 updates an epoch
     if args.smoke:
         default.smoke(t)
         t.data.source = "file"
         t.data.trials = 2
-        t.data.holdout_classes = 2
+        t.data.holdout_classes = "2"
         t.data.train_fraction = 0.5
         t.sweep.alphas = (0.2,)
         t.batch_size = 16

@@ -7,10 +7,13 @@ The report draws overall (top) and "none" (bottom) accuracy during training per 
 Variants as configs/default.py (`:smoke`, `:synthetic`, `trials=N`).
 """
 
-from configs import default
+from embaug_jax import configlib
+
+default = configlib.sibling(__file__, "default")
 
 
 def get_config(arg=None):
+    configlib.parse_arg(arg, **default.VARIANTS)  # no method= here: the sweep is fixed
     c = default.get_config(arg)
     c.sweep.methods = ("e_stitchup", "soft_e_stitchup")
     c.sweep.alphas = (0.3,)

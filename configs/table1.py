@@ -6,17 +6,18 @@
 The paper searched alpha in (0, 0.5] and reported the best alpha per method; results.json names
 the alpha that won (results["methods"][NAME]["alpha"]) and results.md lists the whole grid.
 Control appears once per trial (it has no alpha): 5 + 4 x 5 x 5 = 105 members in one program.
-Variants as configs/default.py (`:smoke`, `:synthetic`, `trials=N`).
+Variants as configs/default.py (`:smoke` with a 2-point alpha grid, `:synthetic`, `trials=N`).
 """
 
-from configs import default
+from embaug_jax import augment, configlib
+
+default = configlib.sibling(__file__, "default")
 
 
 def get_config(arg=None):
+    args = configlib.parse_arg(arg, **default.VARIANTS)
     c = default.get_config(arg)
-    c.sweep.methods = default.METHODS
-    c.sweep.alphas = (0.1, 0.2, 0.3, 0.4, 0.5)
+    c.sweep.methods = augment.METHOD_NAMES
+    c.sweep.alphas = (0.2, 0.4) if args.smoke else (0.1, 0.2, 0.3, 0.4, 0.5)
     c.sweep.softness = (0.05,)
-    if c.data.source == "synthetic" and c.num_epochs < 576:  # smoke: a 2-point grid
-        c.sweep.alphas = (0.2, 0.4)
     return c

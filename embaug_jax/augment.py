@@ -55,6 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from embaug_jax.util import is_traced
+
 __all__ = [
     "KINDS",
     "KIND_OF_METHOD",
@@ -108,14 +110,10 @@ _MASK_SCALE = float(1 << _MASK_BITS)
 # --------------------------------------------------------------------------------------------
 
 
-def _is_traced(value: Any) -> bool:
-    return isinstance(value, jax.core.Tracer)
-
-
 def _holds(check: Callable[[jax.Array], jax.Array], value: Any) -> bool:
     """Evaluates `check` on a concrete array right away, even while an outer jit traces (where
     `value` is a closed-over constant); True for traced values, which cannot be checked."""
-    if _is_traced(value):
+    if is_traced(value):
         return True
     with jax.ensure_compile_time_eval():
         return bool(check(jnp.asarray(value)))
@@ -134,7 +132,7 @@ def _check_alpha(alpha: Any) -> None:
             f"alpha must be a scalar (one Beta(alpha, alpha) for the batch), got shape "
             f"{np.shape(alpha)}; vmap over alphas instead of passing an array"
         )
-    if not _is_traced(alpha):
+    if not is_traced(alpha):
         a = float(np.asarray(alpha))
         if not (math.isfinite(a) and a > 0):
             raise ValueError(
@@ -146,7 +144,7 @@ def _check_alpha(alpha: Any) -> None:
 def _check_softness(softness: Any, negative_mass: Any) -> None:
     if np.ndim(softness) != 0:
         raise ValueError(f"softness must be a scalar, got shape {np.shape(softness)}")
-    if not _is_traced(softness):
+    if not is_traced(softness):
         s = float(np.asarray(softness))
         if not (0.0 <= s < 1.0):
             raise ValueError(
@@ -156,7 +154,7 @@ def _check_softness(softness: Any, negative_mass: Any) -> None:
     if negative_mass is not None:
         if np.ndim(negative_mass) != 0:
             raise ValueError(f"negative_mass must be a scalar or None, got shape {np.shape(negative_mass)}")
-        if not _is_traced(negative_mass):
+        if not is_traced(negative_mass):
             m = float(np.asarray(negative_mass))
             if not (math.isfinite(m) and m >= 0):
                 raise ValueError(
@@ -300,7 +298,7 @@ def sample_lambda(key: jax.Array, alpha: Any, shape: Sequence[int] = (), *, comp
     Returns:
       lam [shape] float32, or (lam, 1 - lam) if `complement`.
     """
-    if not _is_traced(alpha):
+    if not is_traced(alpha):
         a = np.asarray(alpha, dtype=np.float64)
         if not (np.isfinite(a).all() and (a > 0).all()):
             raise ValueError(f"alpha must be finite and > 0 for Beta(alpha, alpha), got {alpha}")
@@ -644,9 +642,9 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
     )
     _check_softness(params.softness, negative_mass)
     mix_idx = jnp.asarray(params.mix, jnp.int32)
-    if not _is_traced(mix_idx) and int(mix_idx) not in (MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP):
+    if not is_traced(mix_idx) and int(mix_idx) not in (MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP):
         raise ValueError(f"params.mix must be 0 (control), 1 (mixup) or 2 (stitchup), got {int(mix_idx)}")
-    if not _is_traced(mix_idx) and int(mix_idx) != MIX_CONTROL:
+    if not is_traced(mix_idx) and int(mix_idx) != MIX_CONTROL:
         _check_alpha(params.alpha)
     params = MethodParams(
         mix=mix_idx,

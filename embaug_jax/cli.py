@@ -22,12 +22,14 @@ class Command(NamedTuple):
     help: str
     config_driven: bool = True  # function(config, workdir) if True, else function(argv)
     default_config: str | None = None
+    show: str | None = None  # "module:function" turning the return value into terminal text
 
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
         "embaug_jax.train.command:train_and_evaluate",
         "train and evaluate a sweep (methods x alphas x softness x trials x seeds) from a config",
+        show="embaug_jax.report:format_summary",
     ),
     "extract": Command(
         "embaug_jax.embed.pipeline:run_extraction",
@@ -60,14 +62,15 @@ def _resolve(target: str) -> Callable:
     return getattr(importlib.import_module(module_name), func_name)
 
 
+def _run(cmd: Command, fv) -> None:
+    result = _resolve(cmd.target)(fv.config, fv.workdir)
+    if cmd.show and result is not None:
+        print(_resolve(cmd.show)(result))
+
+
 def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     from absl import flags, logging
     from ml_collections import config_flags
-
-    # Config files import their siblings (`from configs import default`): in a checkout, make
-    # the repository root importable wherever the command is run from.
-    if (REPO_ROOT / "configs" / "__init__.py").exists() and str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
 
     fv = flags.FlagValues()
     default = None
@@ -115,15 +118,19 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str]) -> int:
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
     if not fv.distributed:
-        _resolve(cmd.target)(fv.config, fv.workdir)
+        _run(cmd, fv)
         return 0
     from embaug_jax import distributed
 
-    distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
-                           initialization_timeout=fv.initialization_timeout,
-                           heartbeat_timeout=fv.heartbeat_timeout)
     try:
-        _resolve(cmd.target)(fv.config, fv.workdir)
+        distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                               initialization_timeout=fv.initialization_timeout,
+                               heartbeat_timeout=fv.heartbeat_timeout)
+    except ValueError as e:
+        print(f"embaug {name}: {e}", file=sys.stderr)
+        return 2
+    try:
+        _run(cmd, fv)
     except BaseException as e:
         # Exit now rather than wait at JAX's shutdown barrier for processes that may be blocked
         # in a collective with this one; they are stopped within the heartbeat timeout.

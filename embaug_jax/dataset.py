@@ -27,13 +27,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from embaug_jax.util import atomic_path
+from embaug_jax.util import atomic_path, list_first
 
 FORMAT_VERSION = 1
 _EMBEDDINGS, _LABELS, _IDS, _META = "embeddings.npy", "labels.npy", "ids.npy", "meta.json"
 # Rows checked for NaN/Inf per chunk, so validating a memory-mapped file stays within memory.
 _CHUNK_ROWS = 65536
-_MAX_LISTED = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +78,20 @@ class EmbeddingDataset:
         return self
 
 
+def class_ids(names: Sequence[str], class_names: Sequence[str], *,
+              what: str = "label") -> np.ndarray:
+    """int64 [N]: the index of each of `names` in `class_names` (labels are stored as these ids).
+
+    A name that is not a class is a ValueError naming it (as `what`) and the known classes.
+    """
+    lookup = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted({str(n) for n in names if n not in lookup})
+    if unknown:
+        raise ValueError(f"{what} {list_first(repr(n) for n in unknown)} is not a class name "
+                         f"(known: {list_first(class_names)}).")
+    return np.array([lookup[n] for n in names], np.int64).reshape(len(names))
+
+
 def _as_segments(segments: Any) -> list[Segment] | None:
     if segments is None:
         return None
@@ -92,12 +105,6 @@ def _as_segments(segments: Any) -> list[Segment] | None:
             name, size = s
             out.append(Segment(str(name), int(size)))
     return out
-
-
-def _list_rows(rows: np.ndarray) -> str:
-    shown = ", ".join(str(int(r)) for r in rows[:_MAX_LISTED])
-    more = f" and {len(rows) - _MAX_LISTED} more" if len(rows) > _MAX_LISTED else ""
-    return f"{shown}{more}"
 
 
 def _nonfinite_rows(embeddings: np.ndarray) -> np.ndarray:
@@ -136,14 +143,14 @@ def _validate(ds: EmbeddingDataset, where: str) -> None:
         raise ValueError(f"{where}: every class name must be a non-empty string.")
     if len(set(names)) != len(names):
         dups = sorted({c for c in names if names.count(c) > 1})
-        raise ValueError(f"{where}: duplicate class names: {dups[:_MAX_LISTED]}.")
+        raise ValueError(f"{where}: duplicate class names: {list_first(dups)}.")
     bad = np.nonzero((labels < 0) | (labels >= len(names)))[0]
     if bad.size:
-        raise ValueError(f"{where}: labels outside [0, {len(names)}) in rows {_list_rows(bad)} "
-                         f"(values {np.unique(labels[bad])[:_MAX_LISTED].tolist()}).")
+        raise ValueError(f"{where}: labels outside [0, {len(names)}) in rows {list_first(bad)} "
+                         f"(values {list_first(np.unique(labels[bad]))}).")
     bad = _nonfinite_rows(emb)
     if bad.size:
-        raise ValueError(f"{where}: NaN or Inf embeddings in {bad.size} row(s): {_list_rows(bad)}. "
+        raise ValueError(f"{where}: NaN or Inf embeddings in {bad.size} row(s): {list_first(bad)}. "
                          "Re-extract those items or drop them before saving.")
     if ds.ids is not None:
         ids = ds.ids
@@ -152,7 +159,7 @@ def _validate(ds: EmbeddingDataset, where: str) -> None:
                              f"are {n} embeddings.")
         uniq, counts = np.unique(ids, return_counts=True)
         if uniq.size != n:
-            raise ValueError(f"{where}: duplicate ids: {uniq[counts > 1][:_MAX_LISTED].tolist()}.")
+            raise ValueError(f"{where}: duplicate ids: {list_first(uniq[counts > 1])}.")
     if ds.segments is not None:
         seg_names = [s.name for s in ds.segments]
         if not ds.segments or any(s.size <= 0 for s in ds.segments):

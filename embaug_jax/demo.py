@@ -16,6 +16,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     checkpoints, and only rewrites the report. Returns the results dict of the sweep.
     """
     from embaug_jax.embed.pipeline import run_extraction
+    from embaug_jax.report import format_summary
     from embaug_jax.train.command import train_and_evaluate
 
     workdir = Path(workdir)
@@ -31,6 +32,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     print(f"[2/2] training: {embeddings}", flush=True)
     results = train_and_evaluate(train_config, workdir / "train")
     done = time.perf_counter()
+    print(format_summary(results))
 
     figures = sorted(p.name for p in (workdir / "train").glob("*.png"))
     print(f"\nembeddings: {embeddings} ({extracted - start:.0f} s)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import jax
 from absl import logging
@@ -44,10 +45,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                  "?" if process_id is None else process_id,
                  "?" if num_processes is None else num_processes, where,
                  initialization_timeout, heartbeat_timeout)
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               initialization_timeout=int(initialization_timeout),
-                               heartbeat_timeout_seconds=int(heartbeat_timeout))
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id,
+                                   initialization_timeout=int(initialization_timeout),
+                                   heartbeat_timeout_seconds=int(heartbeat_timeout))
+    except ValueError as e:  # nothing detected and something not given
+        raise ValueError(
+            f"--distributed: {e} No cluster (Cloud TPU, SLURM, Open MPI, Kubernetes) was "
+            "detected, so pass --coordinator_address=HOST:PORT (process 0's host), "
+            "--num_processes and --process_id to every process.") from e
     logging.info("distributed: process %d of %d joined; %d local of %d devices.",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())
@@ -56,6 +63,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def is_primary() -> bool:
     """Whether this process writes the shared outputs (process 0; always true in one process)."""
     return jax.process_index() == 0
+
+
+def patient_timeout(started: float) -> float:
+    """A barrier's timeout after work that began at `started` (`time.monotonic()`): 600 s plus
+    4x the time spent so far, as the processes wait for the slowest of them at the end of
+    similar work. A dead process is caught sooner, by the heartbeat."""
+    return 600 + 4 * (time.monotonic() - started)
 
 
 def barrier(name: str, timeout_s: float) -> None:

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from embaug_jax.util import is_traced, list_first
+
 DEFAULT_THRESHOLD = 0.6
 # np.arange(0.05, 0.951, 0.05) rounded, so 0.15 prints as 0.15 and not 0.15000000000000002.
 DEFAULT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
@@ -32,10 +34,6 @@ NONE_NAME = "none"
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
-
-
-def _is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
 
 
 def _check_inputs(probs, labels, seen_mask, *, where: str) -> None:
@@ -55,17 +53,17 @@ def _check_inputs(probs, labels, seen_mask, *, where: str) -> None:
     labels_dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
     if not np.issubdtype(labels_dtype, np.integer):
         raise ValueError(f"{where}: labels must be integer class ids, got dtype {labels_dtype}.")
-    if any(_is_traced(x) for x in (probs, labels, seen_mask)):
+    if any(is_traced(x) for x in (probs, labels, seen_mask)):
         return
     labels_np = np.asarray(labels)
     bad = np.flatnonzero((labels_np < 0) | (labels_np >= c))
     if bad.size:
-        raise ValueError(f"{where}: labels must lie in [0, {c}); rows {bad[:10].tolist()} hold "
-                         f"{labels_np[bad[:10]].tolist()}.")
+        raise ValueError(f"{where}: labels must lie in [0, {c}); rows [{list_first(bad)}] hold "
+                         f"[{list_first(labels_np[bad])}].")
     probs_np = np.asarray(probs)
     bad_rows = np.flatnonzero(~np.isfinite(probs_np).all(axis=1))
     if bad_rows.size:
-        raise ValueError(f"{where}: probs has NaN/Inf in rows {bad_rows[:10].tolist()} "
+        raise ValueError(f"{where}: probs has NaN/Inf in rows [{list_first(bad_rows)}] "
                          f"({bad_rows.size} rows in all); the model diverged or the input is bad.")
 
 
@@ -157,7 +155,7 @@ def _threshold_sweep(probs, labels, seen_mask, thresholds):
 
 def none_score(probs, seen_mask):
     """Score of the "none" column: 1 - the highest seen-class probability (1 with no seen class)."""
-    xp = jnp if any(_is_traced(x) or isinstance(x, jax.Array) for x in (probs, seen_mask)) else np
+    xp = jnp if any(is_traced(x) or isinstance(x, jax.Array) for x in (probs, seen_mask)) else np
     top = xp.max(xp.where(xp.asarray(seen_mask, bool)[None, :], probs, 0), axis=-1)
     return 1 - top
 

@@ -1,4 +1,7 @@
-"""Atomic file output: a reader (or a resumed run) never sees a half-written file."""
+"""Small helpers every stage shares: atomic file output, `is_traced`, `list_first`.
+
+The invariant: a reader (or a resumed run) never sees a half-written file.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -38,3 +41,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def is_traced(value: Any) -> bool:
+    """True for a value under `jax.jit` / `jax.vmap` tracing, whose contents cannot be checked."""
+    import jax
+
+    return isinstance(value, jax.core.Tracer)
+
+
+def list_first(items: Iterable[Any], n: int = 10, *, sep: str = ", ") -> str:
+    """The first `n` items joined by `sep`, then "... and K more": error messages name a few
+    offenders, not thousands. numpy arrays list their Python values."""
+    items = [str(v) for v in (items.tolist() if hasattr(items, "tolist") else items)]
+    shown = sep.join(items[:n])
+    return shown + (f"{sep}... and {len(items) - n} more" if len(items) > n else "")

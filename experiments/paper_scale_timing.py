@@ -22,15 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+from embaug_jax import augment, configlib
+from embaug_jax.train import command
+from embaug_jax.train import engine as train
 
-from configs import default  # noqa: E402
-from embaug_jax import augment  # noqa: E402
-from embaug_jax.train import command  # noqa: E402
-from embaug_jax.train import engine as train  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def matmul_peak(n=2048, repeats=10) -> float:
@@ -46,13 +45,13 @@ def matmul_peak(n=2048, repeats=10) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def chunk_seconds(config, data, hp, epochs: int, repeats: int) -> list[float]:
+def chunk_seconds(config, data, members, epochs: int, repeats: int) -> list[float]:
     """Wall times of `repeats` compiled chunks of `epochs` epochs + one evaluation each."""
     c = config.copy_and_resolve_references()
     c.num_epochs = epochs * (repeats + 1)  # one warm-up chunk (compiles), then `repeats`
-    c.eval_every = c.checkpoint_every = epochs
+    c.eval_every = c.chunk_epochs = c.checkpoint_every = epochs
     stamps = []
-    train.run_sweep(c, data, hp, progress=False,
+    train.run_sweep(c, data, members, progress=False,
                     on_chunk=lambda history, done: stamps.append(time.perf_counter()))
     return list(np.diff(stamps))
 
@@ -65,7 +64,7 @@ def main(argv):
     parser.add_argument("--epochs", type=int, default=576)
     args = parser.parse_args(argv)
 
-    config = default.get_config("synthetic")
+    config = configlib.get_config(f"{REPO / 'configs' / 'default.py'}:synthetic")
     config.data.trials = args.trials
     t0 = time.perf_counter()
     dataset, splits, data, _ = command.prepare_data(config)
@@ -78,12 +77,11 @@ def main(argv):
 
     members = [dict(method=m, alpha=0.0 if m == "control" else 0.2,
                     softness=0.05 if m.startswith("soft_") else 0.0, trial=t, seed=0)
-               for m in default.METHODS for t in range(args.trials)]
-    hp = train.member_hparams(members)
+               for m in augment.METHOD_NAMES for t in range(args.trials)]
     one, three = [], []
     for _ in range(args.repeats):  # interleaved, so both see the same load
-        one += chunk_seconds(config, data, hp, 1, 1)
-        three += chunk_seconds(config, data, hp, 3, 1)
+        one += chunk_seconds(config, data, members, 1, 1)
+        three += chunk_seconds(config, data, members, 3, 1)
         print(f"T(1) {one[-1]:.2f} s, T(3) {three[-1]:.2f} s", flush=True)
     peak = max(peak, matmul_peak())
     t1, t3 = float(np.median(one)), float(np.median(three))

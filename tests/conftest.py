@@ -1,10 +1,15 @@
-"""Shared test set-up.
+"""Shared test set-up and helpers (test files share them through here, never by importing
+each other).
 
 Four host devices are forced before JAX is imported, so multi-device tests (sharded sweeps,
 sharded extraction) run in-process; single-device tests simply use the default device.
+Markers: `slow` (heavy end-to-end runs; `make test-fast` skips them), `needs_wordnet` and
+`needs_fashion_mnist` (skipped where Debian's data package is not installed).
 """
 
+import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
@@ -15,9 +20,35 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from embaug_jax import configlib  # noqa: E402
+
 jax.config.update("jax_threefry_partitionable", True)
+
+# The data packages where the extract configs look for them.
+_common = configlib.load_module(Path(__file__).resolve().parent.parent / "configs" / "extract"
+                                / "common.py")
+_NEEDS = {
+    "needs_wordnet": (Path(_common.source("wordnet").root) / "data.noun",
+                      "needs Debian's wordnet-base (sudo apt-get install wordnet-base)"),
+    "needs_fashion_mnist": (Path(_common.source("fashion_mnist").root)
+                            / "t10k-images-idx3-ubyte.gz",
+                            "needs Debian's dataset-fashion-mnist (sudo apt-get install "
+                            "dataset-fashion-mnist)"),
+}
+
+
+def pytest_configure(config):
+    for name, (_, reason) in _NEEDS.items():
+        config.addinivalue_line("markers", f"{name}: {reason}")
+
+
+def pytest_runtest_setup(item):
+    for name, (path, reason) in _NEEDS.items():
+        if item.get_closest_marker(name) and not path.exists():
+            pytest.skip(reason)
 
 
 @pytest.fixture
@@ -26,3 +57,62 @@ def fast_compile():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", False)
+
+
+@pytest.fixture(scope="session")
+def make_table():
+    """make_table(folder, n=11, seed=0) -> a CSV of n items (sku, title, description, category
+    c0..c2) in `folder`."""
+    import pandas as pd
+
+    def make(folder: Path, n: int = 11, *, seed: int = 0) -> Path:
+        rng = np.random.default_rng(seed)
+        words = ["red", "blue", "soft", "cotton", "shirt", "jeans", "linen", "warm", "coat"]
+        rows = [{"sku": f"s{i:03d}", "title": " ".join(rng.choice(words, 3)),
+                 "description": " ".join(rng.choice(words, 6)), "category": f"c{i % 3}"}
+                for i in range(n)]
+        path = folder / "items.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def write_fashion_products():
+    """write_fashion_products(root, n=6, corrupt=(), missing=()) -> the ids of a tiny data set in
+    the Kaggle "Fashion Product Images" layout (item 1003 has no JSON, one row no label)."""
+    from PIL import Image
+
+    def write(root: Path, *, n: int = 6, corrupt=(), missing=()) -> list[str]:
+        (root / "styles").mkdir(parents=True)
+        (root / "images").mkdir()
+        header = ("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,"
+                  "productDisplayName")
+        lines, ids = [header], []
+        kinds = ["Tshirts", "Shirts", "Watches"]
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            item = str(1000 + i)
+            ids.append(item)
+            name = f"Item {i} Casual Top" if i != 2 else "Puma Men, Women Unisex Tee, Black"
+            lines.append(
+                f"{item},Men,Apparel,Topwear,{kinds[i % 3]},Blue,Summer,2012,Casual,{name}")
+            if i != 3:  # item 3 has no JSON
+                (root / "styles" / f"{item}.json").write_text(json.dumps({"data": {
+                    "productDescriptors": {"description": {
+                        "value": f"<p>Soft <b>cotton</b> &amp; more {i}</p><br/>"}}}}))
+            if item in missing:
+                continue
+            image_path = root / "images" / f"{item}.jpg"
+            if item in corrupt:
+                image_path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+            else:
+                size = (40 + 4 * i, 60)
+                pixels = rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(image_path)
+        lines.append("2000,Men,Apparel,Topwear,,Blue,Summer,2012,Casual,No label")
+        (root / "styles.csv").write_text("\n".join(lines) + "\n")
+        return ids
+
+    return write

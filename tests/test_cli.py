@@ -35,6 +35,7 @@ def test_help_lists_flags(capsys):
 def test_every_command_target_exists():
     for name, cmd in cli.COMMANDS.items():
         assert callable(cli._resolve(cmd.target)), name
+        assert cmd.show is None or callable(cli._resolve(cmd.show)), name
 
 
 def test_python_dash_m_runs_the_cli():

@@ -1,23 +1,28 @@
 """Every config's smoke variant end to end, the command line, and resume through a workdir."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from configs import default
-from embaug_jax import cli
+from embaug_jax import augment, cli, configlib
 from embaug_jax.train import command
 from embaug_jax.train import engine as train
 
-CONFIGS = ["default", "control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup",
-           "table1", "softness"]
+REPO = Path(__file__).resolve().parent.parent
+default = configlib.load_module(REPO / "configs" / "default.py")
+CONFIGS = ["default", *(f"default:method={m}" for m in augment.METHOD_NAMES), "table1",
+           "softness"]
 
 
 def _load(name, arg="smoke"):
-    import importlib
-
-    return importlib.import_module(f"configs.{name}").get_config(arg)
+    """configs/NAME.py (NAME may carry its own variants: "default:method=e_mixup"), smoke."""
+    name, _, variant = name.partition(":")
+    arg = ",".join(filter(None, [arg, variant])) or None
+    return configlib.get_config(f"{REPO / 'configs' / name}.py:{arg or ''}")
 
 
 def test_default_holds_the_papers_settings():
@@ -26,10 +31,11 @@ def test_default_holds_the_papers_settings():
     assert (c.optim.optimizer, c.optim.lr_min, c.optim.lr_max) == ("adamw", 3e-4, 3e-3)
     assert c.optim.half_cycle_epochs == 12 and c.optim.weight_decay == 1e-4
     assert c.num_epochs == 576 and c.data.train_fraction == 0.1 and c.threshold == 0.6
-    assert c.num_epochs % c.eval_every == 0 and c.checkpoint_every % c.eval_every == 0
+    assert c.num_epochs % c.chunk_epochs == 0 and c.chunk_epochs % c.eval_every == 0
+    assert c.checkpoint_every % c.chunk_epochs == 0
     command.validate_config(c)
     t = _load("table1", None)
-    assert t.sweep.methods == default.METHODS and max(t.sweep.alphas) <= 0.5
+    assert t.sweep.methods == augment.METHOD_NAMES and max(t.sweep.alphas) <= 0.5
     assert len(train.sweep_members(t)) == 5 + 4 * 5 * 5
     s = _load("softness", None)
     assert s.sweep.alphas == (0.3,) and s.sweep.softness == (0.01, 0.05, 0.1, 0.2)
@@ -38,6 +44,7 @@ def test_default_holds_the_papers_settings():
         default.get_config("smok")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
     c = _load(name)
@@ -54,6 +61,8 @@ def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
               "fig5_training_curves.png", "reliability.png"):
         assert (tmp_path / f).stat().st_size > 0, f
     assert (tmp_path / "fig6_softness.png").exists() == (name == "softness")
+    if name.startswith("default:method="):
+        assert c.sweep.methods == (name.partition("=")[2],)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     members = train.sweep_members(c)
     assert len(lines) == len(members) * (c.num_epochs // c.eval_every)
@@ -71,11 +80,13 @@ def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
 
 def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
     """`embaug train` killed after one chunk and rerun ends where an uninterrupted run ends."""
-    args = ["embaug", "train", "--config=configs/e_mixup.py:smoke",
+    args = ["embaug", "train", "--config=configs/default.py:smoke,method=e_mixup",
             "--config.sweep.alphas=(0.3,)", "--config.data.trials=2"]
-    c = _load("e_mixup")
+    c = _load("default:method=e_mixup")
     c.sweep.alphas = (0.3,)
-    assert command.train_and_evaluate(c, tmp_path / "killed", max_chunks=1) is None
+    stop_after_first_chunk = lambda history, epochs_done: True  # noqa: E731
+    assert command.train_and_evaluate(c, tmp_path / "killed",
+                                      on_chunk=stop_after_first_chunk) is None
     assert not (tmp_path / "killed" / "results.json").exists()
     assert cli.main(args + [f"--workdir={tmp_path / 'killed'}"]) == 0
     assert "E-Mixup" in capsys.readouterr().out
@@ -96,7 +107,7 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
 
 def test_file_source_with_segments(tmp_path, fast_compile):
     """A dataset on disk (the extraction format), mixed segment by segment."""
-    c = _load("soft_e_mixup")
+    c = _load("default:method=soft_e_mixup")
     from embaug_jax.dataset import save_embeddings
 
     d = command.load_data(c)  # the smoke clusters, with segments (8, 16)
@@ -112,11 +123,39 @@ def test_file_source_with_segments(tmp_path, fast_compile):
 
 
 def test_variant_strings_parse_strictly():
-    from configs import parse_arg
-
+    parse_arg = configlib.parse_arg
     args = parse_arg(" smoke , trials=3,flag=no", smoke=False, trials=0, flag=True)
     assert (args.smoke, args.trials, args.flag) == (True, 3, False)
     for arg, message in [("smoke=maybe", "use true or false"), ("trials", "needs a value"),
                          ("trials=two", "not a valid int"), ("trails=2", "unknown config variant")]:
         with pytest.raises(ValueError, match=message):
             parse_arg(arg, smoke=False, trials=0)
+
+
+def test_method_variant_and_each_configs_own_variants():
+    assert _load("default", "method=control").sweep.methods == ("control",)
+    assert default.get_config().sweep.methods == ("soft_e_stitchup",)
+    # table1 reads its own arg: the smoke grid comes from `smoke`, not from the epoch count.
+    assert _load("table1", "smoke").sweep.alphas == (0.2, 0.4)
+    assert _load("table1", "synthetic").sweep.alphas == (0.1, 0.2, 0.3, 0.4, 0.5)
+    for name in ("table1", "softness"):  # their sweeps are fixed: no method= variant
+        with pytest.raises(ValueError, match="unknown config variant 'method'"):
+            _load(name, "method=e_mixup")
+    c = _load("default", "method=mixup")
+    with pytest.raises(ValueError, match="unknown method 'mixup'"):
+        command.validate_config(c)
+
+
+def test_configs_load_without_the_repository_on_sys_path(tmp_path):
+    """Only the package is importable (as when installed): config files still load each other."""
+    (tmp_path / "embaug_jax").symlink_to(REPO / "embaug_jax")
+    code = ("import os, sys; from embaug_jax import configlib; "
+            "assert not any(os.path.isdir(os.path.join(p or '.', 'configs')) for p in sys.path); "
+            f"c = configlib.get_config({str(REPO / 'configs' / 'demo.py')!r} + ':smoke'); "
+            "print(c.train.sweep.methods, c.extract.source.kind)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "soft_e_stitchup" in proc.stdout and "wordnet" in proc.stdout
+    with pytest.raises(FileNotFoundError, match="no config file"):
+        configlib.get_config(str(tmp_path / "nope.py:smoke"))

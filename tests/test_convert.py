@@ -14,12 +14,13 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
 from safetensors.numpy import save_file
 
 from embaug_jax import cli
 from embaug_jax.embed import convert
 from embaug_jax.embed import efficientnet as E
-from embaug_jax.embed.weights import load_safetensors, unflatten_tree
+from embaug_jax.embed.weights import load_safetensors
 
 # Stage layout of EfficientNet-B0 (repeats, expand ratio) and timm's per-variant depth scaling.
 _B0_STAGES = ((1, 1), (2, 6), (2, 6), (3, 6), (3, 6), (4, 6), (1, 6))
@@ -116,7 +117,8 @@ def _flax_features(path, x_nhwc):
     info = E.WeightsInfo.from_metadata(meta)
     model = E.EfficientNet(E.architecture(info.variant), padding=info.padding,
                            bn_epsilon=info.bn_epsilon)
-    return np.asarray(jax.jit(model.apply)(unflatten_tree(flat), x_nhwc)), info
+    variables = traverse_util.unflatten_dict(flat, sep="/")
+    return np.asarray(jax.jit(model.apply)(variables, x_nhwc)), info
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from embaug_jax.embed.bert import TextEmbedder
 from embaug_jax.train import command
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").exists(),
-                                reason="needs Debian's wordnet-base (apt-get install wordnet-base)")
+pytestmark = [pytest.mark.slow, pytest.mark.needs_wordnet]
 METRICS = ("weighted_auc", "overall_accuracy", "none_accuracy", "ece")
 
 

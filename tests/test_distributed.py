@@ -4,8 +4,8 @@ command; resumes across process counts; a process that dies or never joins.
 
 Each process is a subprocess of the checkout's own code (cwd and PYTHONPATH = the repository
 root), bounded by a timeout. Commands that must stop part-way run through a hook that registers
-a test command in `embaug_jax.cli` (train with `max_chunks=1`; extract with an embedder that
-fails after some calls), so the CLI's whole `--distributed` path still runs.
+a test command in `embaug_jax.cli` (train stopped by `on_chunk` after one chunk; extract with an
+embedder that fails after some calls), so the CLI's whole `--distributed` path still runs.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from test_extract import make_table
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +30,10 @@ HEARTBEAT_S = 10
 # one with the same process count did (about halves the module's time on a 2-core machine).
 _CACHE: dict[str, str] = {}
 
-# Three members (padded to four) over all four devices; 8 epochs in two checkpointed chunks.
+# Three members (padded to four) over all four devices; 12 epochs in three checkpointed chunks.
 TRAIN = ["--config=configs/default.py:smoke", "--config.data.trials=1",
          "--config.sweep.methods=('control','e_mixup','soft_e_stitchup')",
-         "--config.num_epochs=8", "--config.checkpoint_every=4"]
+         "--config.num_epochs=12", "--config.chunk_epochs=4", "--config.checkpoint_every=4"]
 
 # The CLI plus two test commands: training that stops after one chunk (as if killed) and
 # extraction whose text embedder raises after FAIL_AFTER calls in the processes FAIL_IN.
@@ -47,7 +45,7 @@ from embaug_jax.train import command
 
 
 def train_one_chunk(config, workdir):
-    command.train_and_evaluate(config, workdir, max_chunks=1)
+    command.train_and_evaluate(config, workdir, on_chunk=lambda history, epochs_done: True)
 
 
 class Failing:
@@ -95,13 +93,14 @@ def launch(command: str, args: list[str], workdir: Path, *, processes: int,
            env: dict | None = None, timeout: float = TIMEOUT_S, missing: tuple = (),
            init_timeout: int = 120):
     """Runs `embaug command args` as `processes` processes of 2 CPU devices each; returns
-    [(returncode, stdout, stderr, seconds)] per process. Processes numbered in `missing` are
-    not started (they never join)."""
+    [(returncode, stdout, stderr, seconds until it exited)] per process. Processes numbered in
+    `missing` are not started (they never join)."""
     full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                     JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu",
                     PYTHONPATH=str(REPO), **_CACHE, **(env or {}))
     port = _free_port()
-    procs, start = {}, time.monotonic()
+    logs = Path(tempfile.mkdtemp(prefix="logs.", dir=workdir.parent))
+    procs, ended, start = {}, {}, time.monotonic()
     for i in range(processes):
         if i in missing:
             continue
@@ -109,21 +108,24 @@ def launch(command: str, args: list[str], workdir: Path, *, processes: int,
                 ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
                  f"--num_processes={processes}", f"--process_id={i}",
                  f"--heartbeat_timeout={HEARTBEAT_S}", f"--initialization_timeout={init_timeout}"])
-        procs[i] = subprocess.Popen(
-            [sys.executable, "-c", HOOK, command, *args, f"--workdir={workdir}", *dist],
-            cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    results = []
-    try:
+        # Output to files, not pipes: a full pipe would block a process nobody reads yet.
+        with open(logs / f"{i}.out", "w") as out, open(logs / f"{i}.err", "w") as err:
+            procs[i] = subprocess.Popen(
+                [sys.executable, "-c", HOOK, command, *args, f"--workdir={workdir}", *dist],
+                cwd=REPO, env=full_env, stdout=out, stderr=err, text=True)
+    while len(ended) < len(procs) and time.monotonic() - start < timeout:
         for i, p in procs.items():
-            out, err = p.communicate(timeout=max(1.0, timeout - (time.monotonic() - start)))
-            results.append((p.returncode, out, err, time.monotonic() - start))
-    except subprocess.TimeoutExpired:
+            if i not in ended and p.poll() is not None:
+                ended[i] = time.monotonic() - start
+        time.sleep(0.2)
+    read = {i: ((logs / f"{i}.out").read_text(), (logs / f"{i}.err").read_text()) for i in procs}
+    if len(ended) < len(procs):
         for p in procs.values():
             p.kill()
-        logs = "\n".join(f"--- process {i}:\n{p.communicate()[1][-3000:]}"
-                         for i, p in procs.items())
-        pytest.fail(f"embaug {command} on {processes} processes ran over {timeout} s:\n{logs}")
-    return results
+            p.wait()
+        tails = "\n".join(f"--- process {i}:\n{read[i][1][-3000:]}" for i in procs)
+        pytest.fail(f"embaug {command} on {processes} processes ran over {timeout} s:\n{tails}")
+    return [(procs[i].returncode, *read[i], ended[i]) for i in procs]
 
 
 def ok(results):
@@ -160,7 +162,7 @@ def assert_same_results(workdir: Path, reference: Path):
     assert _assert_close(got, want) > 100
     got, want = ([json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()]
                  for w in (workdir, reference))
-    assert len(want) == 3 * 2  # members x evaluations
+    assert len(want) == 3 * 3  # members x evaluations
     _assert_close(got, want)
 
 
@@ -180,17 +182,24 @@ def test_train_two_processes_equal_one(train_reference, tmp_path):
     assert "training 3 members on 4 device(s)" in err0 and "Soft E-Stitchup" in out0
     assert "process 1 of 2 joined; 2 local of 4 devices" in err1
     assert "Soft E-Stitchup" not in out1 and "training 3 members" not in err1
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["4", "8"]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["12", "8"]
+    # The same command on the finished workdir re-reports (it used to hang in the restore).
+    (_, out0, _, _), (_, out1, _, _) = ok(launch("train", TRAIN, tmp_path / "two", processes=2))
+    assert "Soft E-Stitchup" in out0 and "Soft E-Stitchup" not in out1
+    assert_same_results(tmp_path / "two", train_reference)
 
 
-@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
-def test_train_killed_resumes_on_another_process_count(train_reference, tmp_path, first, then):
+def test_train_killed_resumes_on_another_process_count(train_reference, tmp_path):
+    # One chunk on 1 process, the next on 2 (resumed 1 -> 2), the last on 1 (resumed 2 -> 1).
     workdir = tmp_path / "run"
-    ok(launch("train_one_chunk", TRAIN, workdir, processes=first))
+    ok(launch("train_one_chunk", TRAIN, workdir, processes=1))
     assert not (workdir / "results.json").exists()
-    assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["4"]
-    results = ok(launch("train", TRAIN, workdir, processes=then))
+    results = ok(launch("train_one_chunk", TRAIN, workdir, processes=2))
     assert all("resumed from" in err and "at epoch 4" in err for _, _, err, _ in results)
+    assert not (workdir / "results.json").exists()
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "8"]
+    (_, _, err, _), = ok(launch("train", TRAIN, workdir, processes=1))
+    assert "resumed from" in err and "at epoch 8" in err
     assert_same_results(workdir, train_reference)
 
 
@@ -209,7 +218,7 @@ def dir_bytes(path: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def extract_reference(tmp_path_factory):
+def extract_reference(tmp_path_factory, make_table):
     root = tmp_path_factory.mktemp("extract")
     table = make_table(root, n=10)
     ok(launch("extract", _extract_args(table), root / "one", processes=1))
@@ -218,7 +227,10 @@ def extract_reference(tmp_path_factory):
 
 def test_extract_two_processes_byte_identical(extract_reference, tmp_path):
     table, want = extract_reference
-    ok(launch("extract", _extract_args(table), tmp_path / "two", processes=2))
+    (_, _, err0, _), (_, _, err1, _) = ok(
+        launch("extract", _extract_args(table), tmp_path / "two", processes=2))
+    assert "process 0 of 2 embeds shards [0, 2, 4] (5 unfinished of 5)" in err0
+    assert "process 1 of 2 embeds shards [1, 3] (5 unfinished of 5)" in err1
     assert dir_bytes(tmp_path / "two" / "embeddings") == want
     assert not (tmp_path / "two" / "shards").exists()
 
@@ -233,7 +245,7 @@ def test_extract_process_dies_others_stop_then_resume_on_one(extract_reference, 
         env={"FAIL_IN": "1", "FAIL_AFTER": "0"})
     assert code1 == 1 and "process 1 of 2 failed (RuntimeError: test: embedder killed)" in err1
     assert code0 != 0 and "stopped sending heartbeats" in err0, err0[-3000:]
-    assert t0 < t1 + HEARTBEAT_S + 60
+    assert t1 < t0 < t1 + HEARTBEAT_S + 60, (t0, t1)
     shards = sorted(p.name for p in (workdir / "shards").glob("shard_*.npy"))
     assert shards == ["shard_00000.npy", "shard_00002.npy", "shard_00004.npy"]
     ok(launch("extract", _extract_args(table), workdir, processes=1))
@@ -248,7 +260,10 @@ def test_extract_killed_on_one_resumes_on_two(extract_reference, tmp_path):
                                 env={"FAIL_IN": "0", "FAIL_AFTER": "4"})
     assert code != 0 and "test: embedder killed" in err
     assert len(list((workdir / "shards").glob("shard_*.npy"))) == 2
-    ok(launch("extract", _extract_args(table), workdir, processes=2))
+    (_, _, err0, _), (_, _, err1, _) = ok(
+        launch("extract", _extract_args(table), workdir, processes=2))
+    assert "process 0 of 2 embeds shards [2, 4] (3 unfinished of 5)" in err0
+    assert "process 1 of 2 embeds shards [3] (3 unfinished of 5)" in err1
     assert dir_bytes(workdir / "embeddings") == want
 
 
@@ -258,4 +273,22 @@ def test_a_process_that_never_joins_stops_the_others(tmp_path):
                                       init_timeout=5, timeout=120)
     assert code != 0 and "waiting up to 5 s for every process" in err and seconds < 5 + 60
     assert "DEADLINE_EXCEEDED" in err, err[-3000:]
+    assert not (tmp_path / "w").exists()
+
+
+def test_distributed_flags_errors(tmp_path, capsys):
+    from embaug_jax import cli
+
+    assert cli.main(["embaug", "train", "--config=configs/default.py:smoke",
+                     f"--workdir={tmp_path}", "--distributed", "--heartbeat_timeout=0"]) == 2
+    assert "--heartbeat_timeout=0 must be >= 1" in capsys.readouterr().err
+    # No cluster to detect and no coordinator given: told which flags to pass, before any work.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "KUBERNETES"))}
+    done = subprocess.run([sys.executable, "-m", "embaug_jax", "train",
+                           "--config=configs/default.py:smoke", f"--workdir={tmp_path / 'w'}",
+                           "--distributed"], cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "pass --coordinator_address=HOST:PORT" in done.stderr
     assert not (tmp_path / "w").exists()

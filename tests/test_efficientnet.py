@@ -280,8 +280,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
-                    reason="Fashion-MNIST IDX files absent (Debian package dataset-fashion-mnist)")
+@pytest.mark.needs_fashion_mnist
 def test_lite0_fashion_mnist_linear_probe(lite0_file):
     """ImageNet Lite0 features at the variant's own 224 px: a linear probe on 2,000 images."""
     from sklearn.linear_model import LogisticRegression

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 

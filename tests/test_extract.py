@@ -1,5 +1,6 @@
-"""Tests for embaug_jax.embed.pipeline: resume, atomicity, fingerprints and caching (with fake embedders
-that count their calls), bad images, and real MiniLM / Lite0 runs of the smoke configs."""
+"""Tests for embaug_jax.embed.pipeline: resume, atomicity, fingerprints and caching (with fake
+embedders that count their calls), bad images, and real MiniLM / Lite0 runs of the smoke
+configs."""
 
 import hashlib
 import json
@@ -13,12 +14,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from configs.extract import fashion_mnist_lite0, fashion_products, table, wordnet_minilm
-from embaug_jax import cli
-from embaug_jax.embed import pipeline as extract
+from embaug_jax import cli, configlib
 from embaug_jax.dataset import load_embeddings
+from embaug_jax.embed import pipeline as extract
 from embaug_jax.embed.efficientnet import decode_image
-from test_sources import FASHION_MNIST, WORDNET, write_fashion_products
+
+EXTRACT_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "extract"
+fashion_mnist_lite0, fashion_products, table, wordnet_minilm = (
+    configlib.load_module(EXTRACT_CONFIGS / f"{name}.py")
+    for name in ("fashion_mnist_lite0", "fashion_products", "table", "wordnet_minilm"))
 
 
 def text_vector(text: str, dim: int) -> np.ndarray:
@@ -61,17 +65,6 @@ class FakeImageEmbedder:
         return np.stack([np.concatenate([a.mean((0, 1)), a.std((0, 1))]) for a in arrays])
 
 
-def make_table(tmp_path: Path, n: int = 11, *, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    words = ["red", "blue", "soft", "cotton", "shirt", "jeans", "linen", "warm", "coat"]
-    rows = [{"sku": f"s{i:03d}", "title": " ".join(rng.choice(words, 3)),
-             "description": " ".join(rng.choice(words, 6)), "category": f"c{i % 3}"}
-            for i in range(n)]
-    path = tmp_path / "items.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
 def table_config(path: Path, **overrides) -> ml_collections.ConfigDict:
     c = table.get_config()
     c.source.path = str(path)
@@ -93,7 +86,7 @@ def dir_bytes(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
-def test_output_layout_segments_and_values(tmp_path):
+def test_output_layout_segments_and_values(tmp_path, make_table):
     path = make_table(tmp_path)
     config = table_config(path, fields="description,title")
     out = extract.run_extraction(config, tmp_path / "w", text_embedder=FakeTextEmbedder())
@@ -116,7 +109,8 @@ def test_output_layout_segments_and_values(tmp_path):
                                text_embedder=FakeTextEmbedder())
 
 
-def test_resume_redoes_no_finished_shard_and_matches_byte_for_byte(tmp_path, monkeypatch):
+def test_resume_redoes_no_finished_shard_and_matches_byte_for_byte(tmp_path, monkeypatch,
+                                                                    make_table):
     path = make_table(tmp_path)  # 11 items, shards of 3 -> 4 shards x 2 text fields
     reference = FakeTextEmbedder()
     ref_out = extract.run_extraction(table_config(path), tmp_path / "ref",
@@ -153,7 +147,7 @@ def test_resume_redoes_no_finished_shard_and_matches_byte_for_byte(tmp_path, mon
     assert dir_bytes(out) == dir_bytes(ref_out)
 
 
-def test_cache_skip_stale_outputs_and_overwrite(tmp_path):
+def test_cache_skip_stale_outputs_and_overwrite(tmp_path, make_table):
     path = make_table(tmp_path)
     work = tmp_path / "w"
     extract.run_extraction(table_config(path, keep_shards=True), work,
@@ -237,7 +231,7 @@ def test_bad_images_are_listed_together_or_skipped(tmp_path):
     np.testing.assert_allclose(ds.embeddings[1, 6:9], pixels.mean((0, 1)), rtol=1e-6)
 
 
-@pytest.mark.skipif(not FASHION_MNIST.exists(), reason="needs dataset-fashion-mnist")
+@pytest.mark.needs_fashion_mnist
 def test_fashion_mnist_arrays_reach_the_image_embedder(tmp_path):
     config = fashion_mnist_lite0.get_config("smoke,split=test")
     config.progress = False
@@ -253,7 +247,8 @@ def test_fashion_mnist_arrays_reach_the_image_embedder(tmp_path):
 # ---------------------------------------------------------------------------------- real models
 
 
-@pytest.mark.skipif(not (WORDNET / "data.noun").exists(), reason="needs wordnet-base")
+@pytest.mark.slow
+@pytest.mark.needs_wordnet
 def test_wordnet_smoke_with_real_minilm_through_the_cli(tmp_path, monkeypatch, fast_compile):
     from embaug_jax.embed.bert import TextEmbedder
 
@@ -287,7 +282,7 @@ def test_wordnet_smoke_with_real_minilm_through_the_cli(tmp_path, monkeypatch, f
     assert cli.main(argv) == 0
 
 
-def test_one_and_four_devices_give_the_same_output(tmp_path, fast_compile):
+def test_one_and_four_devices_give_the_same_output(tmp_path, fast_compile, make_table):
     assert jax.local_device_count() == 4  # conftest forces 4 host devices
     path = make_table(tmp_path, n=10)
     outputs = []
@@ -303,7 +298,9 @@ def test_one_and_four_devices_give_the_same_output(tmp_path, fast_compile):
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
 
 
-def test_fashion_products_smoke_with_real_minilm_and_lite0(tmp_path, fast_compile):
+@pytest.mark.slow
+def test_fashion_products_smoke_with_real_minilm_and_lite0(tmp_path, fast_compile,
+                                                          write_fashion_products):
     ids = write_fashion_products(tmp_path / "data", n=5, corrupt={"1001"}, missing={"1003"})
     config = fashion_products.get_config("smoke")
     config.source.root = str(tmp_path / "data")
@@ -318,9 +315,10 @@ def test_fashion_products_smoke_with_real_minilm_and_lite0(tmp_path, fast_compil
     assert np.isfinite(ds.embeddings).all() and ds.info["skipped_images"] == 2
 
 
-@pytest.mark.parametrize("module", [wordnet_minilm, table, fashion_products, fashion_mnist_lite0])
+@pytest.mark.parametrize("module", [wordnet_minilm, table, fashion_products, fashion_mnist_lite0],
+                         ids=lambda module: Path(module.__file__).stem)
 def test_configs_have_smoke_variants_and_document_their_command(module):
-    name = module.__name__.rsplit(".", 1)[-1]
+    name = Path(module.__file__).stem
     assert module.__doc__.startswith(f"embaug extract --config=configs/extract/{name}.py")
     full, smoke = module.get_config(), module.get_config("smoke")
     assert full.keys() == smoke.keys() and full.source.keys() == smoke.source.keys()

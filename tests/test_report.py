@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from embaug_jax import metrics, report
+from embaug_jax.train.engine import SweepResult
 
 C = 6
 TRIALS = 3
@@ -41,10 +42,10 @@ def _sweep(rng, plan, *, epochs=4, all_seen_trials=()):
     m = len(members)
     history = {k: rng.random((m, epochs)) for k in ("overall_accuracy", "none_accuracy",
                                                     "train_loss")}
-    return report.SweepOutputs(members=members, eval_epochs=np.arange(1, epochs + 1) * 3,
-                               history=history, val_probs=np.stack(probs).astype(np.float32),
-                               val_labels=labels, seen_mask=seen,
-                               class_names=[f"class_{k}" for k in range(C)])
+    return SweepResult(members=members, eval_epochs=np.arange(1, epochs + 1) * 3,
+                       history=history, val_probs=np.stack(probs).astype(np.float32),
+                       val_labels=labels, seen_mask=seen,
+                       class_names=[f"class_{k}" for k in range(C)])
 
 
 def _strict_json(path):
@@ -123,7 +124,16 @@ def test_results_markdown(full_report):
     workdir, _, results = full_report
     md = (workdir / "results.md").read_text()
     assert md.startswith("# synthetic sweep")
-    assert report.format_table(results) in md
+    # The Table-1 rows, rebuilt from results.json's numbers: one per method, in the paper's order.
+    names = {"control": "Control", "e_mixup": "E-Mixup", "e_stitchup": "E-Stitchup",
+             "soft_e_stitchup": "Soft E-Stitchup"}
+    table = md[md.index("| Method |"):].split("\n\n")[0].splitlines()[2:]
+    assert [row.split(" | ")[0][2:] for row in table] == list(names.values())
+    for row, (method, e) in zip(table, results["methods"].items()):
+        auc, alpha = e["weighted_auc"], e["alpha"]
+        alpha = "-" if method == "control" else f"{alpha:g}"
+        assert row.startswith(f"| {names[method]} | {alpha} |")
+        assert f" {auc['mean']:.4f} ± {auc['max_dev']:.4f} |" in row
     assert ("| Control | - | - | 1.0000 ± 0.0000 | 100.00 ± 0.00 | 100.00 ± 0.00 "
             "| 0.9582 ± 0.0015 |") in md
     assert "| E-Mixup | 0.2 | - |" in report.format_table(results)
@@ -156,7 +166,7 @@ def test_no_none_examples_and_no_history(tmp_path):
     assert _strict_json(tmp_path / "results.json")["threshold"] == 0.5
 
 
-def test_bad_sweep_outputs_raise_clear_errors():
+def test_bad_sweep_results_raise_clear_errors():
     rng = np.random.default_rng(2)
     good = _sweep(rng, [("control", 0.0, 0.0, 0.3)])
     fields = dict(members=good.members, eval_epochs=good.eval_epochs, history=good.history,
@@ -164,7 +174,7 @@ def test_bad_sweep_outputs_raise_clear_errors():
                   seen_mask=good.seen_mask, class_names=good.class_names)
 
     def build(**changes):
-        return report.SweepOutputs(**{**fields, **changes})
+        return SweepResult(**{**fields, **changes})
 
     with pytest.raises(ValueError, match="2 members but val_probs holds 3"):
         build(members=good.members[:2])

@@ -9,21 +9,20 @@ import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-from embaug_jax import sources
+from embaug_jax import configlib, sources
+from embaug_jax.dataset import class_ids
 
-WORDNET = Path("/usr/share/wordnet")
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_wordnet = pytest.mark.skipif(
-    not (WORDNET / "data.noun").exists(),
-    reason="needs Debian's wordnet-base (sudo apt-get install wordnet-base)")
-needs_fashion_mnist = pytest.mark.skipif(
-    not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
-    reason="needs Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist)")
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+common = configlib.load_module(CONFIGS / "extract" / "common.py")
+WORDNET = Path(common.source("wordnet").root)
 
 
-def cfg(**source):
+def cfg(kind, **knobs):
+    """An extract config whose source is `kind` with every knob at its default but `knobs`."""
+    source = (common.source(kind) if kind in sources.SOURCE_KINDS
+              else ml_collections.ConfigDict({"kind": kind}))
+    source.update(knobs)
     return ml_collections.ConfigDict({"source": source})
 
 
@@ -55,7 +54,7 @@ def test_select_items_water_fills_and_is_deterministic():
 # ---------------------------------------------------------------------------------- WordNet
 
 
-@needs_wordnet
+@pytest.mark.needs_wordnet
 def test_wordnet_items_agree_with_the_index_files():
     data = sources.load_source(cfg(kind="wordnet", pos="n"))
     assert len(data) == 82115  # every noun synset of WordNet 3.0
@@ -82,7 +81,7 @@ def test_wordnet_items_agree_with_the_index_files():
     assert checked > 140_000
 
 
-@needs_wordnet
+@pytest.mark.needs_wordnet
 def test_wordnet_adjectives_strip_syntactic_markers():
     data = sources.load_source(cfg(kind="wordnet", pos="a"))
     assert set(data.class_names) == {"adj.all", "adj.pert", "adj.ppl"}
@@ -91,9 +90,9 @@ def test_wordnet_adjectives_strip_syntactic_markers():
     assert sources.WORDNET_LEXNAMES[3] == "noun.Tops" and sources.WORDNET_LEXNAMES[44] == "adj.ppl"
 
 
-@needs_wordnet
+@pytest.mark.needs_wordnet
 def test_wordnet_demo_config_sampling():
-    from configs.extract import wordnet_minilm
+    wordnet_minilm = configlib.load_module(CONFIGS / "extract" / "wordnet_minilm.py")
 
     data = sources.load_source(wordnet_minilm.get_config())
     counts = collections.Counter(data.labels.tolist())
@@ -151,7 +150,7 @@ def test_table_formats_read_the_same_items(tmp_path, fmt):
     assert data.texts["description"] == ["cotton, soft", "", "linen", "stretch \u00e9"]
     assert data.labels.tolist() == ["Shirts", "Jeans", "Shirts", "Jeans"]
     assert data.class_names == ["Jeans", "Shirts"]
-    np.testing.assert_array_equal(data.label_indices, [1, 0, 1, 0])
+    np.testing.assert_array_equal(class_ids(data.labels, data.class_names), [1, 0, 1, 0])
     assert data.dropped == {"missing label": 1}
     assert data.notes == {"empty text 'description' (kept as '')": 1}
 
@@ -222,38 +221,7 @@ def test_table_image_columns_resolve_relative_paths(tmp_path):
 # ----------------------------------------------------------------------------- Fashion Products
 
 
-def write_fashion_products(root: Path, *, n: int = 6, corrupt=(), missing=()) -> list[str]:
-    """A tiny data set in the Kaggle "Fashion Product Images" layout; returns the ids."""
-    (root / "styles").mkdir(parents=True)
-    (root / "images").mkdir()
-    header = ("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,"
-              "productDisplayName")
-    lines, ids = [header], []
-    kinds = ["Tshirts", "Shirts", "Watches"]
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        item = str(1000 + i)
-        ids.append(item)
-        name = f"Item {i} Casual Top" if i != 2 else "Puma Men, Women Unisex Tee, Black"
-        lines.append(f"{item},Men,Apparel,Topwear,{kinds[i % 3]},Blue,Summer,2012,Casual,{name}")
-        if i != 3:  # item 3 has no JSON
-            (root / "styles" / f"{item}.json").write_text(json.dumps({"data": {
-                "productDescriptors": {"description": {
-                    "value": f"<p>Soft <b>cotton</b> &amp; more {i}</p><br/>"}}}}))
-        if item in missing:
-            continue
-        image_path = root / "images" / f"{item}.jpg"
-        if item in corrupt:
-            image_path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-        else:
-            size = (40 + 4 * i, 60)
-            Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(image_path)
-    lines.append("2000,Men,Apparel,Topwear,,Blue,Summer,2012,Casual,No label")
-    (root / "styles.csv").write_text("\n".join(lines) + "\n")
-    return ids
-
-
-def test_fashion_products_layout(tmp_path):
+def test_fashion_products_layout(tmp_path, write_fashion_products):
     ids = write_fashion_products(tmp_path)
     data = sources.load_source(cfg(kind="fashion_products", root=str(tmp_path)))
     assert data.ids.tolist() == ids
@@ -299,7 +267,7 @@ def test_tfds_data_source_text_and_images():
 # ---------------------------------------------------------------------------------- Fashion-MNIST
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_fashion_mnist_test_split():
     data = sources.load_source(cfg(kind="fashion_mnist", split="test"))
     assert len(data) == 10000 and data.class_names[0] == "T-shirt/top"

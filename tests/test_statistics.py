@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from embaug_jax import metrics, report
 from embaug_jax.report import statistics
+from embaug_jax.train.engine import SweepResult
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -35,7 +36,7 @@ def _outputs(seed=0, *, all_seen=False, trials=TRIALS, seeds=(0,)):
                 logits = signal * 3 * np.eye(C)[labels[t]] * seen[t] + rng.normal(0, 1, (NV, C))
                 probs.append(1 / (1 + np.exp(-(logits - 1.5))))
     m = len(members)
-    return report.SweepOutputs(
+    return SweepResult(
         members=members, eval_epochs=np.array([2, 4]),
         history={k: rng.random((m, 2))
                  for k in ("overall_accuracy", "none_accuracy", "train_loss")},

@@ -1,5 +1,6 @@
 """Tests for embaug_jax.train.engine: the sweep engine, its invariances, checkpoints and errors."""
 
+from pathlib import Path
 
 import chex
 import jax
@@ -8,12 +9,12 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
-from embaug_jax import augment
+from embaug_jax import augment, configlib
 from embaug_jax.train import command
 from embaug_jax.train import engine as train
-from embaug_jax.train.splits import make_splits
 from embaug_jax.train.synthetic import make_synthetic
+
+default = configlib.load_module(Path(__file__).resolve().parent.parent / "configs" / "default.py")
 
 
 def _config(**overrides):
@@ -21,8 +22,8 @@ def _config(**overrides):
     c.data.synthetic.update(dict(n=320, dim=12, num_classes=6, class_sep=2.0, segments=(4, 8)))
     c.model.hidden = (32,)
     c.batch_size = 8
-    c.num_epochs, c.eval_every, c.checkpoint_every = 24, 8, 8
-    c.data.holdout_classes = 1
+    c.num_epochs, c.eval_every, c.chunk_epochs, c.checkpoint_every = 24, 8, 8, 8
+    c.data.holdout_classes = "1"
     for k, v in overrides.items():
         node = c
         *path, last = k.split(".")
@@ -33,12 +34,13 @@ def _config(**overrides):
 
 
 def _data(c):
-    ds = command.load_data(c)
-    s = make_splits(ds.labels, ds.num_classes, trials=c.data.trials,
-                    train_fraction=c.data.train_fraction, holdout_classes=c.data.holdout_classes)
-    return train.TrainData(jnp.asarray(ds.embeddings), jnp.asarray(ds.labels),
-                           jnp.asarray(s.train_idx), jnp.asarray(s.val_idx),
-                           jnp.asarray(s.seen_mask))
+    """The engine's input as `embaug train` builds it."""
+    return command.prepare_data(c)[2]
+
+
+def _spec(c, data, kind="control"):
+    return train.ProgramSpec.from_config(c, data.seen_mask.shape[1], data.train_idx.shape[1],
+                                         kind=kind)
 
 
 MEMBERS = [dict(method="control", alpha=0.0, softness=0.0, trial=0, seed=0),
@@ -54,7 +56,7 @@ def sweep4():
         c = _config()
         data = _data(c)
         hp = train.member_hparams(MEMBERS)
-        yield c, data, hp, train.run_sweep(c, data, hp, progress=False)
+        yield c, data, hp, train.run_sweep(c, data, MEMBERS, progress=False)
     finally:
         jax.config.update("jax_disable_most_optimizations", False)
 
@@ -82,7 +84,7 @@ def test_sweep_member_equals_lone_member(sweep4, fast_compile):
     c, data, hp, r = sweep4
     for i in (0, 2):
         kind = augment.KIND_OF_METHOD[MEMBERS[i]["method"]]
-        lone = jax.jit(train.make_train(c, 6, data.train_idx.shape[1], kind=kind))
+        lone = jax.jit(train.make_train(_spec(c, data, kind), c.num_epochs))
         one = jax.tree.map(lambda x: x[i], hp)
         state, metrics = lone(jax.random.key(c.seed), one, data)
         chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[i], r.state.params),
@@ -95,7 +97,7 @@ def test_sweep_member_equals_lone_member(sweep4, fast_compile):
 def test_one_and_four_devices_agree(sweep4, fast_compile):
     c, data, hp, r4 = sweep4
     assert len(jax.devices()) == 4
-    r1 = train.run_sweep(c, data, hp, devices=jax.devices()[:1], progress=False)
+    r1 = train.run_sweep(c, data, MEMBERS, devices=jax.devices()[:1], progress=False)
     for k in r1.history:
         np.testing.assert_allclose(r1.history[k], r4.history[k], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r1.val_probs, r4.val_probs, atol=1e-5)
@@ -104,12 +106,15 @@ def test_one_and_four_devices_agree(sweep4, fast_compile):
 def test_resume_after_kill_equals_uninterrupted(sweep4, tmp_path, fast_compile):
     c, data, hp, full = sweep4
     ckpt = tmp_path / "ckpt"
-    part = train.run_sweep(c, data, hp, checkpoint_dir=ckpt, max_chunks=1, progress=False)
-    assert part.epochs_done == 8 and part.val_probs is None
+    ticks = []
+    part = train.run_sweep(c, data, MEMBERS, checkpoint_dir=ckpt, progress=False,
+                           on_chunk=lambda history, done: ticks.append(done) or True)
+    assert ticks == [8] and part.epochs_done == 8 and part.val_probs is None
     assert np.isnan(part.history["train_loss"][:, 1:]).all()
     # Killed on 4 devices, resumed on 1: checkpoints hold no device padding.
-    resumed = train.run_sweep(c, data, hp, checkpoint_dir=ckpt, devices=jax.devices()[:1],
-                              progress=False)
+    resumed = train.run_sweep(c, data, MEMBERS, checkpoint_dir=ckpt, devices=jax.devices()[:1],
+                              progress=False, on_chunk=lambda history, done: ticks.append(done))
+    assert ticks == [8, 16, 24]
     assert resumed.epochs_done == 24
     for k in full.history:
         np.testing.assert_allclose(resumed.history[k], full.history[k], rtol=1e-6, atol=1e-7)
@@ -129,7 +134,7 @@ def test_one_program_per_kind_and_no_padding_rows(fast_compile):
     for kind, member_sets in (("control", [[MEMBERS[0]] * 2, [dict(MEMBERS[0], trial=1)] * 2]),
                               ("mixup", [mixup, mixup[::-1]])):
         chex.clear_trace_counter()  # both kinds' `train` share one code object
-        program = train.make_program(c, 6, data.train_idx.shape[1], kind=kind)
+        program = train.make_program(_spec(c, data, kind))
         assert program.rows == (c.batch_size if kind == "control" else c.batch_size // 2)
         run = jax.jit(jax.vmap(chex.assert_max_traces(program.train, n=1),
                                in_axes=(None, 0, 0, None, None)), static_argnums=4)
@@ -138,17 +143,43 @@ def test_one_program_per_kind_and_no_padding_rows(fast_compile):
             hp = train.member_hparams(members)
             _, loss = run(key, hp, init(key, hp, on_device), on_device, 1)
             assert np.isfinite(np.asarray(loss)).all()
-    groups = train.member_groups(train.member_hparams(MEMBERS + mixup))
+    groups = train.member_groups(MEMBERS + mixup)
     assert [(k, list(i)) for k, i in groups] == [("control", [0]), ("mixup", [1, 3, 4]),
                                                  ("stitchup", [2])]
+
+
+def test_every_chunk_runs_one_compiled_program(sweep4):
+    c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable per kind
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
+    for kind, _ in train.member_groups(MEMBERS):
+        _, run, _ = train._compiled_sweep(_spec(c, data, kind), mesh)
+        assert run._cache_size() == 1
+
+
+def test_program_spec_holds_every_knob_the_program_reads():
+    c = _config()
+    base = train.ProgramSpec.from_config(c, 6, 80)
+    assert base == train.ProgramSpec.from_config(_config(), 6, 80)
+    assert hash(base) == hash(train.ProgramSpec.from_config(_config(), 6, 80))
+    # Knobs the program does not read leave the spec (and so the compiled program) alone.
+    for key, value in [("num_epochs", 48), ("checkpoint_every", 24), ("sweep.alphas", (0.4,)),
+                       ("seed", 3), ("data.trials", 3)]:
+        assert train.ProgramSpec.from_config(_config(**{key: value}), 6, 80) == base, key
+    for key, value in [("threshold", 0.7), ("eval_every", 4), ("eval_block_rows", 64),
+                       ("model.hidden", (16,)), ("optim.lr_max", 1e-2),
+                       ("augment.pairing", "flip"), ("augment.negative_mass", 0.5),
+                       ("batch_size", 16)]:
+        assert train.ProgramSpec.from_config(_config(**{key: value}), 6, 80) != base, key
+    with pytest.raises(TypeError, match="ProgramSpec"):
+        train.make_program(c)
 
 
 @pytest.mark.parametrize("block", [64, 100])
 def test_blockwise_evaluation_equals_one_shot(sweep4, block, fast_compile):
     c, data, hp, r = sweep4  # 240 validation rows: blocks of 64 (last padded) or 100
     on_device = train.device_data(data)
-    for kind, idx in train.member_groups(hp):
-        program = train.make_program(c, 6, data.train_idx.shape[1], kind=kind)
+    for kind, idx in train.member_groups(MEMBERS):
+        program = train.make_program(_spec(c, data, kind))
         evaluate = jax.jit(jax.vmap(program.evaluate, in_axes=(0, 0, None, None)))
         params = jax.tree.map(lambda x: x[idx], r.state.params)
         member_hp = jax.tree.map(lambda x: x[idx], hp)
@@ -178,14 +209,14 @@ def test_dataset_larger_than_the_device_budget_streams_to_the_same_results(sweep
                            np.asarray(data.val_idx), np.asarray(data.seen_mask))
     budget = int(0.75 * mapped.embeddings.nbytes)
     small = _config(device_data_bytes=budget)
-    r = train.run_sweep(small, host, hp, progress=False)
+    r = train.run_sweep(small, host, MEMBERS, progress=False)
     assert r.device_data_bytes <= budget < mapped.embeddings.nbytes
     assert r.eval_block_rows < data.val_idx.shape[1]  # several blocks
     for k in full.history:
         np.testing.assert_allclose(r.history[k], full.history[k], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(r.val_probs, full.val_probs, atol=1e-6)
     with pytest.raises(ValueError, match="device_data_bytes=1000 cannot hold"):
-        train.run_sweep(_config(device_data_bytes=1000), host, hp, progress=False)
+        train.run_sweep(_config(device_data_bytes=1000), host, MEMBERS, progress=False)
 
 
 def test_unseen_classes_never_get_loss(sweep4):
@@ -215,7 +246,7 @@ def test_triangular_schedule_matches_optax_linear_pieces():
 
 def test_sweep_members_grid():
     c = default.get_config("smoke")
-    c.sweep.methods = default.METHODS
+    c.sweep.methods = augment.METHOD_NAMES
     c.sweep.alphas = (0.1, 0.3)
     c.sweep.softness = (0.05, 0.1)
     c.sweep.seeds = (0, 1)
@@ -242,6 +273,9 @@ def test_sweep_members_grid():
     ("batch_size", 15, "batch_size"),
     ("eval_every", 5, "multiple of"),
     ("checkpoint_every", 12, "multiple of"),
+    ("chunk_epochs", 12, "multiple of"),
+    ("chunk_epochs", 16, "last chunk reuses the compiled program"),
+    ("chunk_epochs", 0, "must be >= 1"),
     ("threshold", 1.2, "threshold"),
     ("eval_block_rows", 0, "eval_block_rows"),
 ])
@@ -260,7 +294,7 @@ def test_bad_data(tmp_path):
         command.train_and_evaluate(c, tmp_path / "b")
     c = _config(batch_size=128)
     with pytest.raises(ValueError, match="batch_size=128 exceeds"):
-        train.make_program(c, 6, 80)
+        train.make_program(train.ProgramSpec.from_config(c, 6, 80))
     ds = make_synthetic(0, 40, 4, 3)
     bad = ds.embeddings.copy()
     bad[7, 1] = np.nan
@@ -269,10 +303,14 @@ def test_bad_data(tmp_path):
         save_embeddings(tmp_path / "nan", bad, ds.labels, ds.class_names)
 
 
-def test_holdout_names_win_over_count():
+def test_holdout_classes_is_a_count_or_class_names():
     import ml_collections
 
-    d = ml_collections.ConfigDict(dict(holdout_classes=2, holdout_names=" class_001, class_004"))
+    d = ml_collections.ConfigDict(dict(holdout_classes=" class_001, class_004"))
     assert command._holdout(d) == ["class_001", "class_004"]
-    d.holdout_names = ""
+    d.holdout_classes = "2"
     assert command._holdout(d) == 2
+    d.holdout_classes = "7,"  # one class whose name is a number
+    assert command._holdout(d) == ["7"]
+    d.holdout_classes = ""
+    assert command._holdout(d) == []

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from embaug_jax.embed import weights
 
@@ -14,11 +15,12 @@ def _expected():
             "norm": {"scale": np.zeros((4,), np.float16)}}
 
 
-def test_flatten_unflatten_round_trip():
-    tree = {"a": {"b": 1, "c": {"d": 2}}, "e": 3}
-    flat = weights.flatten_tree(tree)
+def test_nested_trees_are_stored_by_slash_paths(tmp_path):
+    tree = {"a": {"b": np.int32(1), "c": {"d": np.int32(2)}}, "e": np.int32(3)}
+    weights.save_safetensors(tmp_path / "t.safetensors", tree)
+    flat, _ = weights.load_safetensors(tmp_path / "t.safetensors")
     assert flat == {"a/b": 1, "a/c/d": 2, "e": 3}
-    assert weights.unflatten_tree(flat) == tree
+    assert traverse_util.unflatten_dict(flat, sep="/") == tree
 
 
 def test_merge_strict_places_and_casts():

@@ -1,18 +1,19 @@
-"""Knobs shared by every extract config: `base_config()` and the `arg` string parser.
+"""Every knob `embaug extract` reads, with its default: `base_config()` (the pipeline and the
+embedders) and `source(kind)` (each source kind's knobs); the code reads no default of its own.
 
-Not a config itself: the four configs beside it import it and fill in their source and models.
+Not a config itself: the configs beside it load it and override what their data set needs.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-import configs
+from embaug_jax import configlib
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """"smoke,variant=b4" -> {smoke: True, variant: "b4"}: `configs.parse_arg` with `smoke`."""
-    return configs.parse_arg(arg, smoke=False, **defaults)
+    """"smoke,variant=b4" -> {smoke: True, variant: "b4"}: `configlib.parse_arg` with `smoke`."""
+    return configlib.parse_arg(arg, smoke=False, **defaults)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -48,10 +49,43 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def sampling(source: ml_collections.ConfigDict, *, min_class_size: int = 0, per_class: int = 0,
-             max_items: int = 0, seed: int = 0) -> None:
-    """Adds the sampling knobs every source takes (0 = no limit)."""
-    source.min_class_size = min_class_size  # drop classes with fewer items
-    source.per_class = per_class  # keep at most this many items per class
-    source.max_items = max_items  # then at most this many in all, shared evenly over classes
-    source.seed = seed  # which items a class keeps
+def source(kind: str) -> ml_collections.ConfigDict:
+    """Every knob of a source kind (`embaug_jax.sources.SOURCE_KINDS`), with its default."""
+    c = ml_collections.ConfigDict({"kind": kind})
+    if kind == "table":  # a CSV / TSV / JSONL / Parquet file: how users bring their own data
+        c.path = ""  # the table file
+        c.format = ""  # csv | tsv | jsonl | parquet; "" = from the extension
+        c.text_columns = ""  # comma-separated, e.g. "title,description"
+        c.image_columns = ""  # comma-separated columns of image paths
+        c.label_column = ""  # class names
+        c.id_column = ""  # "" = row numbers
+        c.missing_labels = "drop"  # drop (counted) | error
+        c.empty_texts = "keep"  # keep as "" (counted) | drop | error
+        c.encoding = "utf-8"
+        c.encoding_errors = "strict"  # strict (error naming the line) | replace
+    elif kind == "wordnet":  # Debian's wordnet-base: one item per synset
+        c.root = "/usr/share/wordnet"
+        c.pos = "n"  # n, v, a, r or several: "n,v"
+    elif kind == "fashion_products":  # the Kaggle "Fashion Product Images" folder
+        c.root = ""  # styles.csv, styles/<id>.json, images/<id>.jpg
+        c.label_column = "articleType"  # or subCategory, masterCategory, gender, ...
+        c.images = True
+    elif kind == "tfds":  # a TensorFlow Datasets set prepared in ArrayRecord format
+        c.name = ""  # e.g. "imdb_reviews"
+        c.split = "train"
+        c.data_dir = ""  # "" = TFDS's default
+        c.text_features = ""  # comma-separated
+        c.image_feature = ""
+        c.label_feature = "label"
+        c.id_feature = ""  # "" = the record index
+    elif kind == "fashion_mnist":  # Debian's dataset-fashion-mnist IDX files
+        c.root = "/usr/share/datasets/fashion-mnist"
+        c.split = "train"  # train (60,000) | test (10,000)
+    else:
+        raise ValueError(f"unknown source kind {kind!r}.")
+    # The sampling every source takes (0 = no limit).
+    c.min_class_size = 0  # drop classes with fewer items
+    c.per_class = 0  # keep at most this many items per class
+    c.max_items = 0  # then at most this many in all, shared evenly over classes
+    c.seed = 0  # which items a class keeps
+    return c

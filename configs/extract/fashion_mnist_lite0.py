@@ -10,18 +10,18 @@ torch for that one conversion). `:split=test` picks the test split; `:smoke` emb
 Needs Debian's dataset-fashion-mnist.
 """
 
-import ml_collections
 
-from configs.extract import common
+from embaug_jax import configlib
+
+common = configlib.sibling(__file__, "common")
 
 
 def get_config(arg=None):
     args = common.parse_arg(arg, split="train")
     c = common.base_config()
-    c.source = ml_collections.ConfigDict({"kind": "fashion_mnist"})
-    c.source.root = "/usr/share/datasets/fashion-mnist"
+    c.source = common.source("fashion_mnist")
     c.source.split = args.split  # train (60,000) | test (10,000)
-    common.sampling(c.source, max_items=10000, seed=0)  # 1,000 per class
+    c.source.max_items = 10000  # 1,000 per class
     c.fields = "image"
     c.image_model.path = "builtin:lite0"
     c.image_model.variant = "lite0"

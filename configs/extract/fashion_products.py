@@ -16,19 +16,16 @@ all; `--config.skip_bad_images=True` leaves them out (listed in skipped_images.j
 (MiniLM for text, Lite0 for images); it still needs `--config.source.root`.
 """
 
-import ml_collections
 
-from configs.extract import common
+from embaug_jax import configlib
+
+common = configlib.sibling(__file__, "common")
 
 
 def get_config(arg=None):
     args = common.parse_arg(arg)
     c = common.base_config()
-    c.source = ml_collections.ConfigDict({"kind": "fashion_products"})
-    c.source.root = ""  # the Kaggle folder
-    c.source.label_column = "articleType"  # or subCategory, masterCategory, gender, ...
-    c.source.images = True
-    common.sampling(c.source)
+    c.source = common.source("fashion_products")  # root: the Kaggle folder
     c.fields = "title,description,image"
     c.text_model.path = ""  # a BERT-base folder (paper: last two layers, mean pooled)
     c.text_model.layers = (-2, -1)

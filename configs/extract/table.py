@@ -11,26 +11,16 @@ image column another (paths relative to the table's folder, or absolute; needs
 --config.source.path and the column names).
 """
 
-import ml_collections
 
-from configs.extract import common
+from embaug_jax import configlib
+
+common = configlib.sibling(__file__, "common")
 
 
 def get_config(arg=None):
     args = common.parse_arg(arg)
     c = common.base_config()
-    c.source = ml_collections.ConfigDict({"kind": "table"})
-    c.source.path = ""  # the table file
-    c.source.format = ""  # csv | tsv | jsonl | parquet; "" = from the extension
-    c.source.text_columns = ""  # comma-separated, e.g. "title,description"
-    c.source.image_columns = ""  # comma-separated columns of image paths
-    c.source.label_column = ""  # class names
-    c.source.id_column = ""  # "" = row numbers
-    c.source.missing_labels = "drop"  # drop (counted) | error
-    c.source.empty_texts = "keep"  # keep as "" (counted) | drop | error
-    c.source.encoding = "utf-8"
-    c.source.encoding_errors = "strict"  # strict (error naming the line) | replace
-    common.sampling(c.source)
+    c.source = common.source("table")  # path, text_columns, label_column, ...: see common.py
     c.text_model.path = ""  # a Hugging Face BERT folder
     if args.smoke:
         c.source.max_items = 64

@@ -10,18 +10,18 @@ tokens of MiniLM's last two layers (2 x 384 = 768) -> 1,536-d. `:smoke` embeds ~
 Needs Debian's wordnet-base (`sudo apt-get install wordnet-base`).
 """
 
-import ml_collections
 
-from configs.extract import common
+from embaug_jax import configlib
+
+common = configlib.sibling(__file__, "common")
 
 
 def get_config(arg=None):
     args = common.parse_arg(arg)
     c = common.base_config()
-    c.source = ml_collections.ConfigDict({"kind": "wordnet"})
-    c.source.root = "/usr/share/wordnet"
-    c.source.pos = "n"  # n, v, a, r or several: "n,v"
-    common.sampling(c.source, min_class_size=100, max_items=5000, seed=0)
+    c.source = common.source("wordnet")  # nouns from /usr/share/wordnet
+    c.source.min_class_size = 100
+    c.source.max_items = 5000
     c.fields = "lemmas,gloss"
     c.text_model.path = "builtin:minilm"
     # MiniLM was trained on 256 tokens; every WordNet gloss is shorter.

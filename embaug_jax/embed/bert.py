@@ -54,6 +54,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from embaug_jax.embed.convert import (
@@ -62,11 +63,10 @@ from embaug_jax.embed.convert import (
     convert_hf_state_dict,
 )
 from embaug_jax.embed.weights import (
-    flatten_tree,
     hash_files,
     merge_strict,
-    unflatten_tree,
 )
+from embaug_jax.util import list_first
 
 POOLINGS = ("mean", "cls", "max")
 # Bump when a change here alters the vectors for the same weights and settings, so caches keyed by
@@ -266,26 +266,27 @@ def load_pretrained(path: str | os.PathLike) -> tuple[BertConfig, dict]:
     if not flat:
         raise ValueError(
             f"{files[0]} holds no BERT encoder weights (expected names like "
-            f"'embeddings.word_embeddings.weight' or 'bert.encoder.layer.0...'); its first names "
-            f"are {sorted(state)[:5]}"
+            f"'embeddings.word_embeddings.weight' or 'bert.encoder.layer.0...'); its names "
+            f"are {list_first(sorted(state), 5)}"
         )
     # Merged per layer, so an error names the layer ("layer_3/query/kernel"), then stacked.
-    expected = flatten_tree(init_shapes(config))
+    expected = traverse_util.flatten_dict(init_shapes(config), sep="/")
     per_layer = {k: v for k, v in expected.items() if not k.startswith("layers/")}
     for name, leaf in expected.items():
         if name.startswith("layers/"):
             for i in range(config.num_hidden_layers):
                 per_layer[f"layer_{i}/{name[len('layers/'):]}"] = jax.ShapeDtypeStruct(
                     leaf.shape[1:], leaf.dtype)
-    merged = flatten_tree(merge_strict(unflatten_tree(per_layer), flat,
-                                       source=", ".join(str(f) for f in files)))
+    merged = traverse_util.flatten_dict(
+        merge_strict(traverse_util.unflatten_dict(per_layer, sep="/"), flat,
+                     source=", ".join(str(f) for f in files)), sep="/")
     params = {k: v for k, v in merged.items() if not k.startswith("layer_")}
     for name in expected:
         if name.startswith("layers/"):
             leaf = name[len("layers/"):]
             params[name] = np.stack([merged[f"layer_{i}/{leaf}"]
                                      for i in range(config.num_hidden_layers)])
-    return config, unflatten_tree(params)
+    return config, traverse_util.unflatten_dict(params, sep="/")
 
 
 def init_shapes(config: BertConfig) -> dict:

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from flax import traverse_util
 
 from embaug_jax.embed import efficientnet as effnet
 from embaug_jax.embed.weights import (
-    flatten_tree,
+    listing,
     load_safetensors,
     merge_strict,
     save_safetensors,
-    unflatten_tree,
 )
 
 # Transforms from a source layout to the Flax one.
@@ -168,10 +168,7 @@ def apply_table(table: SourceMap, source: Mapping[str, np.ndarray], *, ignore: C
         for title, items in (("missing from the checkpoint", missing),
                              ("unexpected in the checkpoint", unexpected)):
             if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines += [f"    {s}" for s in items[:20]]
-                if len(items) > 20:
-                    lines.append(f"    ... and {len(items) - 20} more")
+                lines.append(listing(title, items))
         lines.append("Check --variant and --from (keras / pytorch / lite / timm / timm_tf).")
         raise ValueError("\n".join(lines))
     return {key: np.asarray(fn(np.asarray(source[src]))) for key, (src, fn) in table.items()}
@@ -181,7 +178,7 @@ def check_strict(arch: effnet.Architecture, flat: Mapping[str, np.ndarray], *,
                  source: str) -> dict[str, np.ndarray]:
     """Validates shapes against the Flax model (ValueError naming every bad leaf)."""
     tree = merge_strict(effnet.expected_variables(arch), flat, source=source)
-    return flatten_tree(tree)
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _signature(arch: effnet.Architecture) -> tuple[int, int, int, int, bool]:
@@ -663,7 +660,7 @@ def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
             flat, info = convert_pytorch(state, variant=variant, source_name=str(src),
                                          lite=True if origin == "lite" else None)
     meta = dict(info.to_metadata(), source=src.name)
-    save_safetensors(dst, unflatten_tree(flat), meta)
+    save_safetensors(dst, flat, meta)
     return info
 
 

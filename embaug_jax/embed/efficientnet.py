@@ -28,13 +28,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from embaug_jax.embed.images import (
     decode_image,
     normalize,
     resize_center_crop,
 )
-from embaug_jax.embed.weights import flatten_tree, unflatten_tree
 
 # ---------------------------------------------------------------------------------------------
 # Architecture
@@ -366,7 +366,7 @@ def init_variables(arch: Architecture, seed: int = 0, *, randomize_stats: bool =
     """
     rng = np.random.default_rng(seed)
     flat = {}
-    for path, leaf in flatten_tree(expected_variables(arch)).items():
+    for path, leaf in traverse_util.flatten_dict(expected_variables(arch), sep="/").items():
         shape, dtype = leaf.shape, leaf.dtype
         name = path.rsplit("/", 1)[-1]
         if name == "kernel":  # [kh, kw, in (per group), out]: fan-in is all but the last axis
@@ -376,7 +376,7 @@ def init_variables(arch: Architecture, seed: int = 0, *, randomize_stats: bool =
         else:  # bias, mean
             value = rng.normal(0, 0.1, shape) if randomize_stats else np.zeros(shape)
         flat[path] = value.astype(dtype)
-    return unflatten_tree(flat)
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def expected_variables(arch: Architecture) -> dict:
@@ -480,7 +480,8 @@ class ImageEmbedder:
         self.batch_size = -(-batch_size // n_dev) * n_dev
         self.weights_path = Path(weights_path) if weights_path is not None else None
         from embaug_jax.embed.weights import merge_strict
-        variables = merge_strict(expected_variables(self.arch), flatten_tree(variables),
+        variables = merge_strict(expected_variables(self.arch),
+                                 traverse_util.flatten_dict(variables, sep="/"),
                                  source=str(weights_path or "variables"))
         self.mesh = jax.sharding.Mesh(np.array(self.devices), ("batch",))
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
@@ -521,8 +522,8 @@ class ImageEmbedder:
         if variant is not None and _check_variant(variant) != info.variant:
             raise ValueError(f"{path} holds EfficientNet-{info.variant} weights but variant="
                              f"{variant!r} was asked for; pass variant={info.variant!r} or None")
-        return cls(unflatten_tree(flat), info, dtype=dtype, batch_size=batch_size, devices=devices,
-                   depthwise=depthwise, weights_path=path)
+        return cls(traverse_util.unflatten_dict(flat, sep="/"), info, dtype=dtype,
+                   batch_size=batch_size, devices=devices, depthwise=depthwise, weights_path=path)
 
     @classmethod
     def random(cls, variant: str = "b0", seed: int = 0, *, origin: str = "pytorch",

@@ -47,8 +47,8 @@ from absl import logging
 
 from embaug_jax import distributed
 from embaug_jax import sources as sources_lib
-from embaug_jax.dataset import Segment, load_embeddings, save_embeddings
-from embaug_jax.util import atomic_path, write_json_atomic
+from embaug_jax.dataset import Segment, class_ids, load_embeddings, save_embeddings
+from embaug_jax.util import atomic_path, list_first, write_json_atomic
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
@@ -59,9 +59,6 @@ SKIPPED_REPORT = "skipped_images.json"
 # data itself, so moving a data set does not invalidate its embeddings.
 _LOCATION_KEYS = ("path", "root", "data_dir")
 _MODEL_LOCATION_KEYS = ("path", "devices", "num_devices")
-# Seconds (plus 4x the time spent so far) a process waits for the others at a stage boundary
-# under --distributed.
-_WAIT_S = 600
 
 
 def _cfg_dict(cfg: Any) -> dict[str, Any]:
@@ -110,7 +107,7 @@ def resolve_model_path(path: str) -> str:
 def _devices(config: Any):
     import jax
 
-    n = int(config.get("num_devices", 0) or 0)
+    n = int(config.num_devices)
     devices = jax.local_devices()
     if n < 0 or n > len(devices):
         raise ValueError(f"config.num_devices={n}, but {len(devices)} local devices exist "
@@ -122,15 +119,14 @@ def build_text_embedder(model_cfg: Any, devices):
     """`TextEmbedder.from_pretrained` on `config.text_model`."""
     from embaug_jax.embed.bert import TextEmbedder
 
-    path = resolve_model_path(str(model_cfg.get("path", "") or ""))
+    path = resolve_model_path(str(model_cfg.path))
     if not path:
         raise ValueError("The selected fields include text: set --config.text_model.path to a "
                          "Hugging Face BERT folder (or builtin:minilm).")
     return TextEmbedder.from_pretrained(
-        path, layers=tuple(model_cfg.get("layers", (-2, -1))),
-        pooling=model_cfg.get("pooling", "mean"), max_length=int(model_cfg.get("max_length", 512)),
-        dtype=model_cfg.get("dtype", "float32"), batch_size=int(model_cfg.get("batch_size", 64)),
-        devices=devices)
+        path, layers=tuple(model_cfg.layers), pooling=model_cfg.pooling,
+        max_length=int(model_cfg.max_length), dtype=model_cfg.dtype,
+        batch_size=int(model_cfg.batch_size), devices=devices)
 
 
 def build_image_embedder(model_cfg: Any, devices, workdir: Path):
@@ -143,7 +139,7 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
     from embaug_jax.embed import efficientnet
     from embaug_jax.embed.weights import hash_files
 
-    raw = str(model_cfg.get("path", "") or "")
+    raw = str(model_cfg.path)
     path = Path(resolve_model_path(raw)) if raw else None
     if path is None:
         raise ValueError("The selected fields include images: set --config.image_model.path to "
@@ -151,8 +147,8 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
                          "of config.fields.")
     if not path.is_file():
         raise FileNotFoundError(f"No image model weights at {path} (config.image_model.path).")
-    origin = str(model_cfg.get("origin", "") or "") or None
-    variant = str(model_cfg.get("variant", "") or "") or None
+    origin = str(model_cfg.origin) or None
+    variant = str(model_cfg.variant) or None
     if raw == "builtin:lite0":
         origin = origin or "lite"
     if not _is_converted(path):
@@ -164,8 +160,8 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
             convert_file(path, converted, origin=origin, variant=variant)
         path, origin = converted, None
     return efficientnet.ImageEmbedder.from_pretrained(
-        path, variant=variant, origin=origin, dtype=model_cfg.get("dtype", "float32"),
-        batch_size=int(model_cfg.get("batch_size", 16)), devices=devices)
+        path, variant=variant, origin=origin, dtype=model_cfg.dtype,
+        batch_size=int(model_cfg.batch_size), devices=devices)
 
 
 def _is_converted(path: Path) -> bool:
@@ -305,9 +301,9 @@ def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedde
     if out.shape != (len(rows), dim):
         raise ValueError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
     if not np.isfinite(out).all():
-        bad = data.ids[rows[~np.isfinite(out).all(axis=1)]][:10].tolist()
-        raise ValueError(f"Embeddings of items {bad} are not finite (NaN/Inf): check the model "
-                         "weights and the dtype.")
+        bad = data.ids[rows[~np.isfinite(out).all(axis=1)]]
+        raise ValueError(f"Embeddings of items {list_first(bad)} are not finite (NaN/Inf): check "
+                         "the model weights and the dtype.")
     return out
 
 
@@ -323,7 +319,7 @@ def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Se
     def model(embedder, section: str, used: bool):
         if not used:
             return None
-        settings = {k: v for k, v in _cfg_dict(config.get(section)).items()
+        settings = {k: v for k, v in _cfg_dict(config[section]).items()
                     if k not in _MODEL_LOCATION_KEYS}
         return {"fingerprint": embedder.fingerprint(), "dim": int(embedder.dim),
                 "settings": settings}
@@ -332,13 +328,13 @@ def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Se
         "pipeline_version": PIPELINE_VERSION,
         "source": {k: v for k, v in _cfg_dict(config.source).items() if k not in _LOCATION_KEYS},
         "source_content": content_hash(data, text_fields, image_fields,
-                                       progress=bool(config.get("progress", True))),
+                                       progress=bool(config.progress)),
         "text_fields": list(text_fields),
         "image_fields": list(image_fields),
         "text_model": model(text_embedder, "text_model", bool(text_fields)),
         "image_model": model(image_embedder, "image_model", bool(image_fields)),
-        "shard_size": int(config.get("shard_size", 1024)),
-        "skip_bad_images": bool(config.get("skip_bad_images", False)),
+        "shard_size": int(config.shard_size),
+        "skip_bad_images": bool(config.skip_bad_images),
     })
 
 
@@ -400,16 +396,16 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         `config.text_model` / `config.image_model` (for notebooks and tests).
     """
     workdir = Path(workdir)
-    output = Path(config.get("output", "") or workdir / "embeddings")
+    output = Path(config.output or workdir / "embeddings")
     skipped_path = output.parent / SKIPPED_REPORT
     shards_dir = workdir / SHARDS_DIR
-    shard_size = int(config.get("shard_size", 1024))
+    shard_size = int(config.shard_size)
     if shard_size < 1:
         raise ValueError(f"config.shard_size must be >= 1, got {shard_size}.")
-    keep_shards = bool(config.get("keep_shards", False))
+    keep_shards = bool(config.keep_shards)
 
     data = sources_lib.load_source(config)
-    text_fields, image_fields = select_fields(data, config.get("fields", ""))
+    text_fields, image_fields = select_fields(data, config.fields)
     logging.info("extract: %d items, %d classes from %s; dropped %s; notes %s", len(data),
                  len(data.class_names), data.info.get("kind"), data.dropped or "nothing",
                  data.notes or "none")
@@ -429,11 +425,10 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     started = time.monotonic()
 
     def wait_for_all(stage: str) -> None:
-        # Bounded: a dead process stops everyone sooner (heartbeat); this catches a stuck one.
         distributed.barrier(f"extract {fingerprint[:16]} {stage}",
-                            _WAIT_S + 4 * (time.monotonic() - started))
+                            distributed.patient_timeout(started))
 
-    if config.get("overwrite", False) and primary:
+    if config.overwrite and primary:
         for stale in (output, shards_dir, skipped_path):
             if stale.exists():
                 logging.info("extract: overwrite=True, removing %s", stale)
@@ -451,9 +446,9 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         return output
     _check_shards(shards_dir, fingerprint, parts, clean=primary)
 
-    progress = bool(config.get("progress", True))
+    progress = bool(config.progress)
     bad = find_bad_images(data, image_fields, progress=progress)
-    if bad and not config.get("skip_bad_images", False):
+    if bad and not config.skip_bad_images:
         listing = "\n".join(f"  {item_id}: {why}" for item_id, why in sorted(bad.items()))
         raise ValueError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
                          f"{listing}\nFix or remove them, or pass "
@@ -477,9 +472,13 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     unfinished = [i for i, p in enumerate(_shard_paths(shards_dir, len(keep), shard_size))
                   if not p.is_file()]
     wait_for_all("listed")
+    todo = unfinished[jax.process_index()::jax.process_count()]
+    if jax.process_count() > 1:
+        logging.info("extract: process %d of %d embeds shards %s (%d unfinished of %d).",
+                     jax.process_index(), jax.process_count(), todo, len(unfinished),
+                     len(_shard_paths(shards_dir, len(keep), shard_size)))
     shard_paths = _embed_shards(data, keep, shards_dir, shard_size, text_fields, image_fields,
-                                text_embedder, image_embedder, dim, progress,
-                                todo=unfinished[jax.process_index()::jax.process_count()])
+                                text_embedder, image_embedder, dim, progress, todo=todo)
     wait_for_all("embedded")
     if not primary:
         wait_for_all("assembled")
@@ -499,12 +498,11 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     # A class left without items would be an empty row of every per-class metric.
     present = set(kept.labels.tolist())
     class_names = [c for c in kept.class_names if c in present]
-    lookup = {c: i for i, c in enumerate(class_names)}
     info = {"fingerprint": fingerprint, "fingerprint_parts": parts,
             "source": _jsonable(data.info), "dropped": data.dropped, "notes": data.notes,
             "skipped_images": len(bad), "text_model": parts["text_model"],
             "image_model": parts["image_model"]}
-    save_embeddings(output, embeddings, np.array([lookup[y] for y in kept.labels], np.int64),
+    save_embeddings(output, embeddings, class_ids(kept.labels, class_names),
                     class_names, ids=kept.ids, segments=segments, info=info)
     logging.info("extract: wrote %s: %d items x %d (%s).", output, len(keep), dim,
                  " | ".join(f"{s.name} {s.size}" for s in segments))

@@ -13,51 +13,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+from flax import traverse_util
 
-from embaug_jax.util import atomic_path
-
-_MAX_LISTED = 20
-
-
-def flatten_tree(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
-    """{"a": {"b": x}} -> {"a/b": x}. Accepts dicts and Flax FrozenDicts."""
-    flat: dict[str, Any] = {}
-
-    def visit(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping):
-            if not node and prefix:
-                return
-            for k, v in node.items():
-                if sep in str(k):
-                    raise ValueError(f"key {k!r} under {prefix!r} contains the separator {sep!r}")
-                visit(v, f"{prefix}{sep}{k}" if prefix else str(k))
-        else:
-            flat[prefix] = node
-
-    visit(tree, "")
-    return flat
+from embaug_jax.util import atomic_path, list_first
 
 
-def unflatten_tree(flat: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
-    """{"a/b": x} -> {"a": {"b": x}}."""
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split(sep)
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"{path!r} nests under a leaf")
-        if leaf in node:
-            raise ValueError(f"duplicate path {path!r}")
-        node[leaf] = value
-    return tree
-
-
-def _listing(title: str, items: list[str]) -> str:
-    shown = items[:_MAX_LISTED]
-    more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {s}" for s in shown) + more
+def listing(title: str, items: list[str]) -> str:
+    """A block of an error message: "  title (N):", then the first 20 items, one per line."""
+    return f"  {title} ({len(items)}):\n    " + list_first(items, 20, sep="\n    ")
 
 
 def merge_strict(expected_tree: Mapping[str, Any], loaded_flat: Mapping[str, Any], *,
@@ -68,7 +31,7 @@ def merge_strict(expected_tree: Mapping[str, Any], loaded_flat: Mapping[str, Any
     otherwise a ValueError lists each missing, unexpected and misshapen leaf by its path.
     `expected_tree` leaves need only `.shape` and `.dtype` (arrays or jax.ShapeDtypeStruct).
     """
-    expected = flatten_tree(expected_tree, sep)
+    expected = traverse_util.flatten_dict(expected_tree, sep=sep)
     missing = sorted(set(expected) - set(loaded_flat))
     unexpected = sorted(set(loaded_flat) - set(expected))
     misshapen = sorted(
@@ -78,16 +41,16 @@ def merge_strict(expected_tree: Mapping[str, Any], loaded_flat: Mapping[str, Any
     if missing or unexpected or misshapen:
         parts = [f"{source} does not match the model's parameters:"]
         if missing:
-            parts.append(_listing("missing from the checkpoint", missing))
+            parts.append(listing("missing from the checkpoint", missing))
         if unexpected:
-            parts.append(_listing("unexpected in the checkpoint", unexpected))
+            parts.append(listing("unexpected in the checkpoint", unexpected))
         if misshapen:
-            parts.append(_listing("shape mismatch", misshapen))
+            parts.append(listing("shape mismatch", misshapen))
         parts.append("Check that the model config (variant, sizes) matches the checkpoint.")
         raise ValueError("\n".join(parts))
-    return unflatten_tree(
+    return traverse_util.unflatten_dict(
         {k: np.asarray(loaded_flat[k]).astype(expected[k].dtype, copy=False) for k in expected},
-        sep)
+        sep=sep)
 
 
 def save_safetensors(path: str | os.PathLike, tree_or_flat: Mapping[str, Any],
@@ -96,7 +59,7 @@ def save_safetensors(path: str | os.PathLike, tree_or_flat: Mapping[str, Any],
     from safetensors.numpy import save_file
 
     nested = any(isinstance(v, Mapping) for v in tree_or_flat.values())
-    flat = flatten_tree(tree_or_flat) if nested else dict(tree_or_flat)
+    flat = traverse_util.flatten_dict(tree_or_flat, sep="/") if nested else dict(tree_or_flat)
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flat.items()}
     bad = [f"{k}: dtype {a.dtype}" for k, a in arrays.items() if a.dtype.kind not in "biufc"]
     if bad:

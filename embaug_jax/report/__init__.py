@@ -1,7 +1,8 @@
 """From a finished sweep to the paper's Table 1 and Figures 3-6, written into the workdir.
 
-`write_report(workdir, outputs)` evaluates every member (`embaug_jax.metrics`), groups members
-into variants (method, alpha, softness) over trials and seeds, picks each method's best alpha by
+`write_report(workdir, result)` evaluates every member of a finished sweep (`result`:
+`train.engine.run_sweep`'s `SweepResult`, or `load_predictions(workdir)`) with
+`embaug_jax.metrics`, groups members into variants (method, alpha, softness) over trials and seeds, picks each method's best alpha by
 mean weighted AUC (as the paper's grid search did), and writes atomically:
 
 - `predictions.npz`: every member's final validation probabilities with labels, splits and
@@ -17,10 +18,12 @@ mean weighted AUC (as the paper's grid search did), and writes atomically:
   (only when a soft method ran with >= 2 softness values), `reliability.png` and
   `auc_decomposition.png`.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -39,7 +42,6 @@ from embaug_jax.report.figures import (
 from embaug_jax.report import statistics
 from embaug_jax.report.results import (
     PREDICTIONS,
-    SweepOutputs,
     _build_results,
     evaluate_members,
     group_variants,
@@ -52,8 +54,11 @@ from embaug_jax.report.results import (
 from embaug_jax.report.tables import _results_markdown, format_summary, format_table
 from embaug_jax.util import write_json_atomic, write_text_atomic
 
+if TYPE_CHECKING:
+    from embaug_jax.train.engine import SweepResult
+
 __all__ = ["DEFAULT_BOOTSTRAP_RESAMPLES", "DEFAULT_SELECTION_FRACTION", "FIGURES", "PREDICTIONS",
-           "SweepOutputs", "evaluate_members", "format_summary", "format_table", "group_variants",
+           "evaluate_members", "format_summary", "format_table", "group_variants",
            "load_predictions", "save_predictions", "summarize", "write_report"]
 
 # Half of each trial's validation rows choose alpha, the other half report (results["selection"]).
@@ -63,8 +68,8 @@ DEFAULT_SELECTION_FRACTION = 0.5
 DEFAULT_BOOTSTRAP_RESAMPLES = 200
 
 
-def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
-                 threshold: float = metrics.DEFAULT_THRESHOLD, thresholds=None,
+def write_report(workdir: str | os.PathLike, result: SweepResult, *,
+                 threshold: float | None = None, thresholds=None,
                  title: str | None = None, num_bins: int = 15,
                  selection_fraction: float = DEFAULT_SELECTION_FRACTION,
                  bootstrap_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
@@ -72,8 +77,9 @@ def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
 
     Args:
       workdir: output directory (created if missing).
-      outputs: the sweep's `SweepOutputs`.
-      threshold: confidence threshold of the accuracies in the tables (paper: 0.6).
+      result: the sweep's `SweepResult` (`run_sweep`'s return), finished.
+      threshold: confidence threshold of the accuracies in the tables (default: the one the
+        sweep trained with, `result.threshold`).
       thresholds: Figure 3's sweep (default 0.05, 0.10, ..., 0.95).
       title: heading of results.md.
       num_bins: calibration bins.
@@ -86,8 +92,16 @@ def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
     Returns:
       The results dict, as written to results.json.
     """
-    if not isinstance(outputs, SweepOutputs):
-        raise ValueError(f"write_report: outputs must be a SweepOutputs, got {type(outputs)}.")
+    from embaug_jax.train.engine import SweepResult
+
+    if not isinstance(result, SweepResult):
+        raise ValueError(f"write_report: result must be a SweepResult (run_sweep's return or "
+                         f"load_predictions'), got {type(result).__name__}.")
+    if not result.finished:
+        raise ValueError(f"write_report: the sweep stopped at epoch {result.epochs_done} of "
+                         f"{result.eval_epochs[-1]}, so it has no final probabilities; run it "
+                         "to the end (rerunning resumes).")
+    threshold = result.threshold if threshold is None else threshold
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"write_report: threshold must lie in [0, 1], got {threshold}.")
     thresholds = np.asarray(metrics.DEFAULT_THRESHOLDS if thresholds is None else thresholds,
@@ -105,21 +119,21 @@ def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
     workdir.mkdir(parents=True, exist_ok=True)
     fpr_grid = metrics.DEFAULT_FPR_GRID
     # First, so that any later analysis reads these instead of restoring a checkpoint.
-    save_predictions(workdir / PREDICTIONS, outputs)
+    save_predictions(workdir / PREDICTIONS, result)
 
     evaluation = dict(threshold=threshold, thresholds=thresholds, fpr_grid=fpr_grid,
                       num_bins=num_bins)
-    per_member = evaluate_members(outputs, **evaluation)
-    variants = group_variants(outputs.members)
-    results = _build_results(outputs, per_member, variants, threshold, thresholds, fpr_grid)
+    per_member = evaluate_members(result, **evaluation)
+    variants = group_variants(result.members)
+    results = _build_results(result, per_member, variants, threshold, thresholds, fpr_grid)
 
     key = jax.random.key(int(seed))
     chosen = {m: e["variant"] for m, e in results["methods"].items()}
     values, rows = dict(enumerate(per_member)), None
     if selection_fraction:
-        selection = statistics.selection_rows(jax.random.fold_in(key, 0), *outputs.val_labels.shape,
+        selection = statistics.selection_rows(jax.random.fold_in(key, 0), *result.val_labels.shape,
                                               selection_fraction)
-        held_out, values = held_out_selection(outputs, variants, selection, **evaluation)
+        held_out, values = held_out_selection(result, variants, selection, **evaluation)
         results["selection"] = dict(fraction=float(selection_fraction), seed=int(seed),
                                     num_selection_rows=int(selection[0].sum()),
                                     num_report_rows=int((~selection[0]).sum()), **held_out)
@@ -129,7 +143,7 @@ def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
         results["paired"] = dict(
             reference="control", rows="report" if rows is not None else "all",
             confidence=statistics.CONFIDENCE, bootstrap_resamples=int(bootstrap_resamples),
-            methods=paired_section(outputs, chosen, variants, values, rows,
+            methods=paired_section(result, chosen, variants, values, rows,
                                    key=jax.random.fold_in(key, 1),
                                    num_resamples=int(bootstrap_resamples),
                                    threshold=float(threshold), num_bins=num_bins))
@@ -138,16 +152,16 @@ def write_report(workdir: str | os.PathLike, outputs: SweepOutputs, *,
     _fig3_threshold_sweep(workdir / FIGURES[0], results, variants, per_member)
     _fig4_roc(workdir / FIGURES[1], results, variants, per_member, fpr_grid)
     figures += FIGURES[:2]
-    if outputs.eval_epochs.size:
-        _fig5_training_curves(workdir / FIGURES[2], results, variants, outputs)
+    if result.eval_epochs.size:
+        _fig5_training_curves(workdir / FIGURES[2], results, variants, result)
         figures.append(FIGURES[2])
         sweeps = _softness_sweeps(results)
         if sweeps:
-            _fig6_softness(workdir / FIGURES[3], results, variants, outputs, sweeps)
+            _fig6_softness(workdir / FIGURES[3], results, variants, result, sweeps)
             figures.append(FIGURES[3])
     _reliability(workdir / FIGURES[4], results, variants, per_member)
     figures.append(FIGURES[4])
-    _auc_decomposition(workdir / FIGURES[5], results, variants, per_member, outputs.members)
+    _auc_decomposition(workdir / FIGURES[5], results, variants, per_member, result.members)
     figures.append(FIGURES[5])
     results["figures"] = list(figures)
 

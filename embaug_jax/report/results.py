@@ -5,18 +5,22 @@
 variant, i.e. the alpha grid), each metric as {mean, std, max_dev, min, max, n, values}.
 """
 
-import dataclasses
+from __future__ import annotations
+
 import math
 import warnings
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from embaug_jax import metrics
+from embaug_jax import augment, metrics
 
-# The paper's Table-1 order, display names and numbers (weighted AUC, mean +- max deviation).
-METHOD_ORDER = ("control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup")
+if TYPE_CHECKING:
+    from embaug_jax.train.engine import SweepResult
+
+# The paper's display names and numbers (weighted AUC, mean +- max deviation); methods are
+# listed in `augment.METHOD_NAMES` order.
 DISPLAY_NAMES = {
     "control": "Control",
     "e_mixup": "E-Mixup",
@@ -31,114 +35,16 @@ PAPER_TABLE1 = {
     "soft_e_mixup": (0.9795, 0.0001),
     "soft_e_stitchup": (0.9812, 0.0004),
 }
-MEMBER_KEYS = ("method", "alpha", "softness", "trial", "seed")
 # Per-member scalar metrics, in the order results.json lists them.
 SCALAR_METRICS = ("weighted_auc", "seen_auc", "none_weight", "seen_part", "none_part",
                   "overall_accuracy", "none_accuracy", "seen_accuracy", "none_auroc", "none_aupr",
                   "none_fpr_at_95_tpr", "ece", "final_train_loss")
 
 
-@dataclasses.dataclass
-class SweepOutputs:
-    """What the sweep engine hands over (numpy arrays; validated on construction).
-
-    Attributes:
-      members: per member {"method": str, "alpha": float, "softness": float, "trial": int,
-        "seed": int}.
-      eval_epochs: int [E], the epochs at which `history` was recorded.
-      history: "overall_accuracy", "none_accuracy", "train_loss" (and anything else) float
-        [M, E], accuracies at the training run's threshold.
-      val_probs: float [M, Nv, C], each member's final probabilities on its trial's validation
-        split.
-      val_labels: int [T, Nv] (all trials have equal validation size).
-      seen_mask: bool [T, C], the classes in each trial's training split.
-      class_names: [C].
-      val_idx, train_idx: optional int [T, Nv] / [T, n_train], the dataset rows of each trial's
-        validation and training split (saved with the predictions, so an analysis can go back to
-        the embeddings).
-    """
-
-    members: list[dict]
-    eval_epochs: np.ndarray
-    history: dict[str, np.ndarray]
-    val_probs: np.ndarray
-    val_labels: np.ndarray
-    seen_mask: np.ndarray
-    class_names: list[str]
-    val_idx: np.ndarray | None = None
-    train_idx: np.ndarray | None = None
-
-    def __post_init__(self):
-        self.eval_epochs = np.asarray(self.eval_epochs).reshape(-1)
-        self.val_probs = np.asarray(self.val_probs)
-        self.val_labels = np.asarray(self.val_labels)
-        self.seen_mask = np.asarray(self.seen_mask)
-        self.history = {k: np.asarray(v) for k, v in dict(self.history).items()}
-        self.class_names = [str(c) for c in self.class_names]
-        self.members = [dict(m) for m in self.members]
-        self._validate()
-
-    def _validate(self):
-        if self.val_probs.ndim != 3:
-            raise ValueError(f"SweepOutputs.val_probs must be [M, Nv, C], got shape "
-                             f"{self.val_probs.shape}.")
-        m, nv, c = self.val_probs.shape
-        if len(self.members) != m:
-            raise ValueError(f"SweepOutputs: {len(self.members)} members but val_probs holds {m}.")
-        if m == 0:
-            raise ValueError("SweepOutputs: no members to report on.")
-        for i, member in enumerate(self.members):
-            missing = [k for k in MEMBER_KEYS if k not in member]
-            if missing:
-                raise ValueError(f"SweepOutputs.members[{i}] lacks {missing}; every member needs "
-                                 f"{list(MEMBER_KEYS)}.")
-        if self.val_labels.ndim != 2 or self.val_labels.shape[1] != nv:
-            raise ValueError(f"SweepOutputs.val_labels must be [T, Nv] = [T, {nv}], got shape "
-                             f"{self.val_labels.shape}.")
-        if not np.issubdtype(self.val_labels.dtype, np.integer):
-            raise ValueError(f"SweepOutputs.val_labels must be integer, got "
-                             f"{self.val_labels.dtype}.")
-        t = self.val_labels.shape[0]
-        if self.seen_mask.shape != (t, c):
-            raise ValueError(f"SweepOutputs.seen_mask must be [T, C] = [{t}, {c}], got shape "
-                             f"{self.seen_mask.shape}.")
-        self.seen_mask = self.seen_mask.astype(bool)
-        if len(self.class_names) != c:
-            raise ValueError(f"SweepOutputs: {len(self.class_names)} class_names for C = {c}.")
-        trials = np.array([int(mb["trial"]) for mb in self.members])
-        bad = np.flatnonzero((trials < 0) | (trials >= t))
-        if bad.size:
-            raise ValueError(f"SweepOutputs: members {bad.tolist()} name trials "
-                             f"{trials[bad].tolist()}, outside [0, {t}).")
-        bad = np.argwhere((self.val_labels < 0) | (self.val_labels >= c))
-        if bad.size:
-            raise ValueError(f"SweepOutputs.val_labels must lie in [0, {c}); bad (trial, row) "
-                             f"{bad[:5].tolist()}.")
-        bad = np.flatnonzero(~np.isfinite(self.val_probs).reshape(m, -1).all(axis=1))
-        if bad.size:
-            raise ValueError(f"SweepOutputs.val_probs has NaN/Inf for members {bad.tolist()} "
-                             f"(e.g. {self.members[bad[0]]}): training diverged.")
-        for name, shape in (("val_idx", (t, nv)), ("train_idx", None)):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            value = np.asarray(value)
-            setattr(self, name, value)
-            if value.ndim != 2 or value.shape[0] != t or (shape and value.shape != shape):
-                raise ValueError(f"SweepOutputs.{name} must be [T, rows] with T = {t}"
-                                 + (f" and rows = {nv}" if shape else "")
-                                 + f", got shape {value.shape}.")
-        e = self.eval_epochs.shape[0]
-        for name, values in self.history.items():
-            if values.shape != (m, e):
-                raise ValueError(f"SweepOutputs.history[{name!r}] must be [M, E] = [{m}, {e}], "
-                                 f"got shape {values.shape}.")
-
-
 PREDICTIONS = "predictions.npz"
 
 
-def save_predictions(path, outputs: SweepOutputs) -> None:
+def save_predictions(path, outputs: SweepResult) -> None:
     """Writes a sweep's outputs (final validation probabilities, labels, splits, members,
     learning curves) as one compressed npz, atomically; `load_predictions` reads it back."""
     import json
@@ -148,6 +54,7 @@ def save_predictions(path, outputs: SweepOutputs) -> None:
     arrays = dict(val_probs=outputs.val_probs, val_labels=outputs.val_labels,
                   seen_mask=outputs.seen_mask, eval_epochs=outputs.eval_epochs,
                   class_names=np.asarray(outputs.class_names, dtype=np.str_),
+                  threshold=np.float64(outputs.threshold),
                   members=np.asarray(json.dumps(outputs.members, default=_json_scalar)))
     arrays.update({f"history/{k}": v for k, v in outputs.history.items()})
     for name in ("val_idx", "train_idx"):
@@ -164,11 +71,13 @@ def _json_scalar(x):
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
-def load_predictions(path) -> SweepOutputs:
-    """A sweep's `SweepOutputs` from the predictions.npz its run wrote (a workdir or the file):
+def load_predictions(path) -> SweepResult:
+    """A sweep's `SweepResult` from the predictions.npz its run wrote (a workdir or the file):
     re-report or analyse a finished sweep without restoring a checkpoint."""
     import json
     from pathlib import Path
+
+    from embaug_jax.train.engine import SweepResult
 
     path = Path(path)
     if path.suffix != ".npz":  # a workdir
@@ -178,15 +87,16 @@ def load_predictions(path) -> SweepOutputs:
                                 f"beside results.json; rerun the sweep's command to make it.")
     with np.load(path, allow_pickle=False) as z:
         history = {k[len("history/"):]: z[k] for k in z.files if k.startswith("history/")}
-        return SweepOutputs(
+        extra = {"threshold": float(z["threshold"])} if "threshold" in z.files else {}
+        return SweepResult(
             members=json.loads(str(z["members"])), eval_epochs=z["eval_epochs"],
             history=history, val_probs=z["val_probs"], val_labels=z["val_labels"],
             seen_mask=z["seen_mask"], class_names=[str(c) for c in z["class_names"]],
             val_idx=z["val_idx"] if "val_idx" in z.files else None,
-            train_idx=z["train_idx"] if "train_idx" in z.files else None)
+            train_idx=z["train_idx"] if "train_idx" in z.files else None, **extra)
 
 
-def evaluate_members(outputs: SweepOutputs, *, threshold=metrics.DEFAULT_THRESHOLD,
+def evaluate_members(outputs: SweepResult, *, threshold=metrics.DEFAULT_THRESHOLD,
                      thresholds=metrics.DEFAULT_THRESHOLDS, fpr_grid=metrics.DEFAULT_FPR_GRID,
                      num_bins=15) -> list[dict[str, Any]]:
     """`metrics.evaluate_member` for every member, plus its final training loss."""
@@ -218,7 +128,8 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
 
 
 def _method_rank(method: str) -> tuple:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    order = augment.METHOD_NAMES
+    return (order.index(method) if method in order else len(order), method)
 
 
 def _variant_name(method: str, alpha: float, softness: float) -> str:
@@ -306,7 +217,7 @@ def _best_variants(variants: dict[str, dict], score: Sequence[float]) -> dict[st
     return {method: name for method, (name, _) in best.items()}
 
 
-def _class_auc(outputs: SweepOutputs, per_member, idx) -> dict[str, dict]:
+def _class_auc(outputs: SweepResult, per_member, idx) -> dict[str, dict]:
     """Per class (by name), its one-vs-rest AUC summarised over the members `idx`; classes that
     were never a column (unseen or absent from validation in every trial) are left out."""
     stacked = np.stack([per_member[i]["class_auc"] for i in idx])
@@ -335,7 +246,7 @@ def _evaluate_on(outputs, i, rows, **kw) -> dict[str, Any]:
     return result
 
 
-def held_out_selection(outputs: SweepOutputs, variants: dict[str, dict], rows: np.ndarray, *,
+def held_out_selection(outputs: SweepResult, variants: dict[str, dict], rows: np.ndarray, *,
                        threshold, thresholds, fpr_grid, num_bins) -> tuple[dict, dict[int, dict]]:
     """Each method's alpha chosen by mean weighted AUC on the selection rows (rows[t] True), and
     its metrics on the other, report rows.
@@ -366,7 +277,7 @@ def held_out_selection(outputs: SweepOutputs, variants: dict[str, dict], rows: n
     return dict(methods=methods), on_report
 
 
-def paired_section(outputs: SweepOutputs, chosen: dict[str, str], variants: dict[str, dict],
+def paired_section(outputs: SweepResult, chosen: dict[str, str], variants: dict[str, dict],
                    values: dict[int, dict], rows: np.ndarray | None, *, key, num_resamples: int,
                    threshold: float, num_bins: int) -> dict[str, dict]:
     """`statistics.compare_with_control` of the chosen variants, with the bootstrap over `rows`

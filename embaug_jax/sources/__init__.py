@@ -27,7 +27,6 @@ from embaug_jax.sources.fashion_products import load_fashion_products
 from embaug_jax.sources.items import (
     ImageField,
     SourceData,
-    _get,
     sort_class_names,
     split_names,
 )
@@ -48,10 +47,10 @@ _LOADERS = {"table": load_table, "wordnet": load_wordnet,
 
 def load_source(config: Any) -> SourceData:
     """Loads `config.source` (a ConfigDict with `kind` and that kind's knobs)."""
-    src = _get(config, "source")
-    if src is None:
-        raise ValueError("The config has no `source` section.")
-    kind = str(_get(src, "kind", "") or "")
+    if "source" not in config:
+        raise ValueError("The config has no `source` section (see configs/extract/common.py).")
+    src = config.source
+    kind = str(src.kind)
     if kind not in _LOADERS:
         raise ValueError(f"config.source.kind={kind!r} is not a known source; choose one of "
                          f"{list(_LOADERS)}.")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from embaug_jax.sources.items import ImageField, SourceData, _check_choice, _get
+from embaug_jax.sources.items import ImageField, SourceData, _check_choice
 from embaug_jax.sources.sampling import finish
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -36,8 +36,8 @@ def load_fashion_mnist(src: Any) -> SourceData:
     Knobs: `root` (default /usr/share/datasets/fashion-mnist), `split` ("train" or "test"),
     plus the shared sampling knobs (e.g. `max_items`). Ids are "train.00042" style.
     """
-    root = Path(str(_get(src, "root", "") or "/usr/share/datasets/fashion-mnist"))
-    split = _check_choice("split", str(_get(src, "split", "train") or "train"), ("train", "test"))
+    root = Path(str(src.root))
+    split = _check_choice("split", str(src.split), ("train", "test"))
     prefix = "train" if split == "train" else "t10k"
     image_path = root / f"{prefix}-images-idx3-ubyte.gz"
     label_path = root / f"{prefix}-labels-idx1-ubyte.gz"

@@ -15,7 +15,6 @@ from embaug_jax.sources.items import (
     ImageField,
     SourceData,
     _count,
-    _get,
     sort_class_names,
 )
 from embaug_jax.sources.sampling import apply_sampling
@@ -54,7 +53,7 @@ def load_fashion_products(src: Any) -> SourceData:
     """
     import pandas as pd
 
-    root = Path(str(_get(src, "root", "") or ""))
+    root = Path(str(src.root))
     styles = root / "styles.csv"
     if not styles.is_file():
         raise FileNotFoundError(f"{styles} does not exist: config.source.root must be the folder "
@@ -72,7 +71,7 @@ def load_fashion_products(src: Any) -> SourceData:
 
     frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False,
                         on_bad_lines=repair, engine="python")
-    label_column = str(_get(src, "label_column", "articleType") or "articleType")
+    label_column = str(src.label_column)
     required = ["id", "productDisplayName", label_column]
     unknown = [c for c in required if c not in frame.columns]
     if unknown:
@@ -102,7 +101,7 @@ def load_fashion_products(src: Any) -> SourceData:
             _count(notes, "empty text 'description' (kept as '')")
         descriptions.append(description or "")
     images = {}
-    if _get(src, "images", True):
+    if src.images:
         images["image"] = ImageField(paths=tuple(str(root / "images" / f"{i}.jpg") for i in ids))
     labels = frame[label_column].str.strip().tolist()
     data = SourceData(ids=ids, labels=labels, class_names=sort_class_names(labels),

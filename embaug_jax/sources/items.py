@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from embaug_jax.util import list_first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,24 +74,17 @@ class SourceData:
             raise ValueError(f"Source fields disagree on the number of items: ids has {n}, {bad}.")
         unique, counts = np.unique(self.ids, return_counts=True)
         if len(unique) != n:
-            dupes = unique[counts > 1][:10].tolist()
-            raise ValueError(f"Item ids must be unique; repeated: {dupes}. Pick another id column "
+            raise ValueError(f"Item ids must be unique; repeated: {list_first(unique[counts > 1])}. Pick another id column "
                              "(or none: row numbers are used).")
         unknown = sorted(set(self.labels.tolist()) - set(self.class_names))
         if unknown:
-            raise ValueError(f"Labels {unknown[:10]} are not among class_names.")
+            raise ValueError(f"Labels {list_first(unknown)} are not among class_names.")
         overlap = set(self.texts) & set(self.images)
         if overlap:
             raise ValueError(f"Field names used for both text and images: {sorted(overlap)}.")
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    @property
-    def label_indices(self) -> np.ndarray:
-        """[N] int32 index of each item's label in `class_names`."""
-        lookup = {name: i for i, name in enumerate(self.class_names)}
-        return np.array([lookup[label] for label in self.labels], np.int32).reshape(len(self))
 
     @property
     def fields(self) -> list[str]:
@@ -117,15 +112,6 @@ def split_names(value: Any) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return [str(v).strip() for v in value]
-
-
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-    """`cfg.name`, tolerating ConfigDicts and plain dicts that leave optional knobs out."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default) if name in cfg else default
 
 
 def sort_class_names(labels: Sequence[str]) -> list[str]:

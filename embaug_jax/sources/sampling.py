@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from embaug_jax.sources.items import SourceData, _count, _get
+from embaug_jax.sources.items import SourceData, _count
 
 
 def select_items(labels: Sequence[str], *, min_class_size: int = 0, per_class: int = 0,
@@ -72,10 +72,9 @@ def _water_fill(sizes: np.ndarray, total: int) -> np.ndarray:
 
 
 def apply_sampling(labels: Sequence[str], src: Any) -> tuple[np.ndarray, dict[str, int]]:
-    return select_items(labels, min_class_size=int(_get(src, "min_class_size", 0) or 0),
-                        per_class=int(_get(src, "per_class", 0) or 0),
-                        max_items=int(_get(src, "max_items", 0) or 0),
-                        seed=int(_get(src, "seed", 0) or 0))
+    return select_items(labels, min_class_size=int(src.min_class_size),
+                        per_class=int(src.per_class), max_items=int(src.max_items),
+                        seed=int(src.seed))
 
 
 def finish(data: SourceData, src: Any) -> SourceData:

@@ -14,11 +14,11 @@ from embaug_jax.sources.items import (
     SourceData,
     _check_choice,
     _count,
-    _get,
     sort_class_names,
     split_names,
 )
 from embaug_jax.sources.sampling import finish
+from embaug_jax.util import list_first
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
                   ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -82,9 +82,8 @@ def _table_texts(columns: dict[str, list[Any]], policy: str, notes: dict[str, in
         empty = np.array([c is None for c in cells], bool)
         if empty.any():
             if policy == "error":
-                rows = np.flatnonzero(empty)[:10].tolist()
                 raise ValueError(f"Text column {name!r} is empty in {int(empty.sum())} rows "
-                                 f"(first data rows {rows}, 0-based). Fill them, or set "
+                                 f"(data rows {list_first(np.flatnonzero(empty))}, 0-based). Fill them, or set "
                                  "config.source.empty_texts to 'keep' or 'drop'.")
             if policy == "drop":
                 keep &= ~empty
@@ -104,28 +103,28 @@ def load_table(src: Any) -> SourceData:
     or "error"; `encoding` (default "utf-8") and `encoding_errors`: "strict" (default: an error
     naming the line) or "replace".
     """
-    path = Path(str(_get(src, "path", "") or ""))
-    if not str(_get(src, "path", "") or ""):
+    path = Path(str(src.path))
+    if not str(src.path):
         raise ValueError("config.source.path is required for a table source "
                          "(--config.source.path=data.csv).")
     if not path.is_file():
         raise FileNotFoundError(f"Table {path} does not exist (config.source.path).")
-    fmt = str(_get(src, "format", "") or "").lower() or _TABLE_FORMATS.get(path.suffix.lower())
+    fmt = str(src.format).lower() or _TABLE_FORMATS.get(path.suffix.lower())
     if fmt not in ("csv", "tsv", "jsonl", "parquet"):
         raise ValueError(f"Cannot tell the format of {path.name} from its extension; set "
                          "config.source.format to one of csv, tsv, jsonl, parquet.")
-    missing_policy = _check_choice("missing_labels", _get(src, "missing_labels", "drop"),
+    missing_policy = _check_choice("missing_labels", src.missing_labels,
                                    ("drop", "error"))
-    empty_policy = _check_choice("empty_texts", _get(src, "empty_texts", "keep"),
+    empty_policy = _check_choice("empty_texts", src.empty_texts,
                                  ("keep", "drop", "error"))
-    errors = _check_choice("encoding_errors", _get(src, "encoding_errors", "strict"),
+    errors = _check_choice("encoding_errors", src.encoding_errors,
                            ("strict", "replace"))
-    frame = _read_table(path, fmt, _get(src, "encoding", "utf-8") or "utf-8", errors)
+    frame = _read_table(path, fmt, src.encoding, errors)
 
-    text_columns = split_names(_get(src, "text_columns"))
-    image_columns = split_names(_get(src, "image_columns"))
-    label_column = str(_get(src, "label_column", "") or "")
-    id_column = str(_get(src, "id_column", "") or "")
+    text_columns = split_names(src.text_columns)
+    image_columns = split_names(src.image_columns)
+    label_column = str(src.label_column)
+    id_column = str(src.id_column)
     if not label_column:
         raise ValueError("config.source.label_column is required (the column with class names).")
     if not text_columns and not image_columns:
@@ -143,9 +142,8 @@ def load_table(src: Any) -> SourceData:
     labels = [_cell_text(v) for v in frame[label_column].tolist()]
     missing = np.array([label is None for label in labels], bool)
     if missing.any() and missing_policy == "error":
-        rows = np.flatnonzero(missing)[:10].tolist()
         raise ValueError(f"Label column {label_column!r} is empty in {int(missing.sum())} rows "
-                         f"(first data rows {rows}, 0-based). Fill them, or set "
+                         f"(data rows {list_first(np.flatnonzero(missing))}, 0-based). Fill them, or set "
                          "config.source.missing_labels=drop to leave those rows out.")
     keep = ~missing
     _count(dropped, "missing label", missing.sum())
@@ -166,8 +164,8 @@ def load_table(src: Any) -> SourceData:
     rows = np.flatnonzero(keep)
     empty_ids = [int(r) for r in rows if not ids[r]]
     if empty_ids:
-        raise ValueError(f"Id column {id_column!r} is empty in {len(empty_ids)} rows (first data "
-                         f"rows {empty_ids[:10]}, 0-based); every item needs an id.")
+        raise ValueError(f"Id column {id_column!r} is empty in {len(empty_ids)} rows (data rows "
+                         f"{list_first(empty_ids)}, 0-based); every item needs an id.")
     kept_labels = [labels[i] for i in rows]
     data = SourceData(
         ids=[ids[i] for i in rows], labels=kept_labels, class_names=sort_class_names(kept_labels),

@@ -10,7 +10,6 @@ from embaug_jax.sources.items import (
     ImageField,
     SourceData,
     _count,
-    _get,
     _to_rgb,
     split_names,
 )
@@ -30,11 +29,11 @@ def load_tfds(src: Any) -> SourceData:
     except ImportError as e:
         raise ImportError("The tfds source needs tensorflow-datasets and array-record: "
                           "pip install 'embaug_jax[tfds]'.") from e
-    name = str(_get(src, "name", "") or "")
+    name = str(src.name)
     if not name:
         raise ValueError("config.source.name is required for a tfds source (e.g. 'imdb_reviews').")
-    split = str(_get(src, "split", "train") or "train")
-    data_dir = str(_get(src, "data_dir", "") or "") or None
+    split = str(src.split)
+    data_dir = str(src.data_dir) or None
     try:
         records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except (NotImplementedError, AssertionError, FileNotFoundError, ValueError) as e:
@@ -45,10 +44,10 @@ def load_tfds(src: Any) -> SourceData:
             f"`tfds build {name} --file_format=array_record` once, or point "
             "config.source.data_dir at a prepared copy.") from e
     features = records.dataset_info.features
-    text_features = split_names(_get(src, "text_features"))
-    image_feature = str(_get(src, "image_feature", "") or "")
-    label_feature = str(_get(src, "label_feature", "label") or "label")
-    id_feature = str(_get(src, "id_feature", "") or "")
+    text_features = split_names(src.text_features)
+    image_feature = str(src.image_feature)
+    label_feature = str(src.label_feature)
+    id_feature = str(src.id_feature)
     wanted = [*text_features, *([image_feature] if image_feature else []), label_feature,
               *([id_feature] if id_feature else [])]
     unknown = [f for f in wanted if f not in features]

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from embaug_jax.sources.items import SourceData, _get, split_names
+from embaug_jax.sources.items import SourceData, split_names
 from embaug_jax.sources.sampling import finish
 
 # WordNet's lexicographer files, indexed by the 2-digit lex_filenum of data.* lines (the standard
@@ -43,8 +43,8 @@ def load_wordnet(src: Any) -> SourceData:
     comma-separated; default "n"), plus the shared sampling knobs. "lemmas" are the synset's
     words (underscores -> spaces) joined with ", "; "gloss" is the definition with its examples.
     """
-    root = Path(str(_get(src, "root", "") or "/usr/share/wordnet"))
-    pos_list = split_names(_get(src, "pos", "n")) or ["n"]
+    root = Path(str(src.root))
+    pos_list = split_names(src.pos)
     bad = [p for p in pos_list if p not in _WORDNET_FILES]
     if bad:
         raise ValueError(f"config.source.pos={bad} is not a WordNet part of speech; use any of "

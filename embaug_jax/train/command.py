@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ from embaug_jax import augment, distributed
 from embaug_jax.train.engine import (
     _FINGERPRINT_KEYS,
     OPTIMIZERS,
+    OnChunk,
     TrainData,
     evaluation_epochs,
-    member_hparams,
     run_sweep,
     sweep_members,
 )
@@ -47,7 +48,7 @@ def _require(ok: bool, message: str) -> None:
 def validate_config(config) -> None:
     """Raises ValueError naming the first bad value and how to fix it."""
     s, d, o, m, a = config.sweep, config.data, config.optim, config.model, config.augment
-    n_dev = int(config.get("num_devices", 0))
+    n_dev = int(config.num_devices)
     _require(0 <= n_dev <= jax.device_count(), f"config.num_devices={n_dev} but "
              f"{jax.device_count()} device(s) are visible; use 0 (all) or at most that many.")
     _require(n_dev == 0 or jax.process_count() == 1, f"config.num_devices={n_dev} but "
@@ -90,13 +91,19 @@ def validate_config(config) -> None:
     bs = int(config.batch_size)
     _require(bs >= 2 and (bs % 2 == 0 or a.pairing != "halve"), f"config.batch_size={bs} must "
              "be >= 2 and even (halving pairs the two halves of a batch).")
-    ne, ee, ce = int(config.num_epochs), int(config.eval_every), int(config.checkpoint_every)
-    _require(ne >= 1 and ee >= 1 and ce >= 1, "num_epochs, eval_every and checkpoint_every "
-             "must be >= 1.")
+    ne, ee = int(config.num_epochs), int(config.eval_every)
+    ch, ce = int(config.chunk_epochs), int(config.checkpoint_every)
+    _require(min(ne, ee, ch, ce) >= 1, "num_epochs, eval_every, chunk_epochs and "
+             "checkpoint_every must be >= 1.")
     _require(ne % ee == 0, f"config.num_epochs={ne} must be a multiple of "
              f"config.eval_every={ee} (evaluations happen at the end of every eval_every epochs).")
-    _require(ce % ee == 0, f"config.checkpoint_every={ce} must be a multiple of "
-             f"config.eval_every={ee}.")
+    _require(ch % ee == 0, f"config.chunk_epochs={ch} must be a multiple of "
+             f"config.eval_every={ee} (a compiled chunk ends with an evaluation).")
+    # Every chunk is then one length: a shorter last chunk would compile a second program.
+    _require(ne % ch == 0, f"config.num_epochs={ne} must be a multiple of "
+             f"config.chunk_epochs={ch}, so the last chunk reuses the compiled program.")
+    _require(ce % ch == 0, f"config.checkpoint_every={ce} must be a multiple of "
+             f"config.chunk_epochs={ch} (checkpoints are written between chunks).")
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(int(config.get("device_data_bytes", 0) or 0) >= 0, "config.device_data_bytes "
              "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")
@@ -173,13 +180,14 @@ def prepare_data(config) -> tuple[Any, Splits, TrainData, tuple[int, ...] | None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                       devices=None, max_chunks: int | None = None) -> dict | None:
+                       on_chunk: OnChunk | None = None) -> dict | None:
     """Runs a config's sweep end to end in `workdir`; returns the results dict.
 
     Writes config.json, metrics.jsonl, checkpoints/ and (via `report.write_report`)
     results.json, results.md and the figures. Rerunning with the same config resumes.
-    `max_chunks` stops after that many chunks as if killed (returns None; for tests).
+    `on_chunk` is `run_sweep`'s: a truthy return stops the sweep as if killed (returns None).
     """
+    started = time.monotonic()
     validate_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -205,54 +213,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if predictions.exists() and fp_path.exists() and json.loads(fp_path.read_text()) == fingerprint:
         # A finished run: its saved predictions are all the report needs, no checkpoint restore.
         logging.info("%s is finished; re-reporting from %s", workdir, predictions)
-        return _report(config, workdir, report.load_predictions(predictions)) if primary else None
+        results = None
+        if primary:
+            results = _report(config, workdir, report.load_predictions(predictions))
+        _wait_for_report(started)
+        return results
     if primary:
         write_json_atomic(fp_path, fingerprint)
 
     dataset, splits, data, segments = prepare_data(config)
     members = sweep_members(config)
-    hp = member_hparams(members)
     logging.info("%d members, %d training / %d validation rows per trial, %d unseen classes "
                  "on average", len(members), splits.train_idx.shape[1], splits.val_idx.shape[1],
                  int((~splits.seen_mask).sum(1).mean()))
+    eval_epochs = evaluation_epochs(config)
 
-    def on_chunk(history, epochs_done):
+    def write_metrics(history, epochs_done):
         if primary:
             _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
                                  epochs_done)
+        return on_chunk(history, epochs_done) if on_chunk is not None else None
 
-    eval_epochs = evaluation_epochs(config)
-    if devices is None and int(config.get("num_devices", 0)):
+    devices = None
+    if int(config.num_devices):
         devices = jax.devices()[:int(config.num_devices)]
-    result = run_sweep(config, data, hp, devices=devices, checkpoint_dir=ckpt_dir,
-                       max_chunks=max_chunks, segments=segments, on_chunk=on_chunk)
-    on_chunk(result.history, result.epochs_done)
-    if result.val_probs is None or not primary:
+    result = run_sweep(config, data, members, class_names=dataset.class_names, devices=devices,
+                       checkpoint_dir=ckpt_dir, segments=segments, on_chunk=write_metrics)
+    # A resumed, finished sweep runs no chunk: metrics.jsonl is still rewritten from the
+    # checkpoint's history.
+    _write_metrics_jsonl(workdir / "metrics.jsonl", members, result.history, eval_epochs,
+                         result.epochs_done)
+    if not result.finished:
+        return None
+    if not primary:
+        _wait_for_report(started)
         return None
 
-    outputs = report.SweepOutputs(
-        members=members, eval_epochs=result.eval_epochs, history=result.history,
-        val_probs=result.val_probs,
-        val_labels=np.asarray(dataset.labels)[splits.val_idx], seen_mask=splits.seen_mask,
-        class_names=list(dataset.class_names), val_idx=splits.val_idx,
-        train_idx=splits.train_idx)
-    return _report(config, workdir, outputs)
-
-
-def _report(config, workdir: Path, outputs) -> dict:
-    from embaug_jax import report
-
-    r = config.report
-    results = report.write_report(workdir, outputs, threshold=float(config.threshold),
-                                  selection_fraction=float(r.selection_fraction),
-                                  bootstrap_resamples=int(r.bootstrap_resamples),
-                                  seed=int(r.seed))
-    print(report.format_summary(results))
+    results = _report(config, workdir, result)
+    _wait_for_report(started)
     return results
 
 
-def _holdout(data_config):
-    """config.data.holdout_names ("a,b": fixed classes) wins over the count holdout_classes."""
-    names = [v.strip() for v in str(data_config.get("holdout_names") or "").split(",")]
-    names = [v for v in names if v]
-    return names if names else int(data_config.holdout_classes)
+def _wait_for_report(started: float) -> None:
+    """Under --distributed, keeps every process until process 0 has written the report: one
+    that finished long before would fail at JAX's shutdown barrier (bounded by its own timeout),
+    taking the others down with it."""
+    distributed.barrier("train: reported", distributed.patient_timeout(started))
+
+
+def _report(config, workdir: Path, result) -> dict:
+    from embaug_jax import report
+
+    r = config.report
+    return report.write_report(workdir, result, threshold=float(config.threshold),
+                               selection_fraction=float(r.selection_fraction),
+                               bootstrap_resamples=int(r.bootstrap_resamples), seed=int(r.seed))
+
+
+def _holdout(data_config) -> int | list[str]:
+    """config.data.holdout_classes: a whole number is a count of random classes per trial,
+    anything else comma-separated class names ("7," names the one class "7")."""
+    value = str(data_config.holdout_classes).strip()
+    if value.isdigit():
+        return int(value)
+    return [v.strip() for v in value.split(",") if v.strip()]

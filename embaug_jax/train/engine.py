@@ -1,7 +1,7 @@
 """The sweep engine: a whole sweep (method x alpha x softness x trial x seed) as a few programs.
 
-`make_program(config, num_classes, n_train, kind=...)` returns the pure per-member functions of
-one augmentation kind (purejaxrl style): epochs and steps are `lax.scan`s, shuffling and
+`make_program(spec)` returns the pure per-member functions of one augmentation kind
+(`ProgramSpec.from_config(config, num_classes, n_train, kind=...)` holds everything it reads) (purejaxrl style): epochs and steps are `lax.scan`s, shuffling and
 augmentation happen on device. Everything a sweep varies within a kind -- alpha, softness, the
 soft switch, the trial's split, the seed -- is a traced array in `MemberHParams`, so
 `jax.jit(jax.vmap(...))` trains every member of the kind at once with one compilation.
@@ -20,10 +20,11 @@ are placed on each device; evaluation computes only the validation rows, streame
 holds a bounded amount whatever N is. `config.device_data_bytes` caps the dataset bytes placed
 on one device (training rows + one evaluation block); the block shrinks to fit.
 
-`run_sweep` shards each group's member axis over the devices, trains `eval_every` epochs at a
-time followed by a streamed evaluation, and after every `checkpoint_every` epochs saves an orbax
-checkpoint and calls back (`embaug_jax.train.command.train_and_evaluate` writes `metrics.jsonl`
-there); rerunning resumes from the last checkpoint.
+`run_sweep(config, data, members)` shards each group's member axis over the devices, trains in
+chunks of `config.chunk_epochs` epochs (`eval_every` epochs per compiled call, each followed by a
+streamed evaluation; a tqdm tick and an `on_chunk` call per chunk; an orbax checkpoint every
+`config.checkpoint_every` epochs, resumed when present) and returns a `SweepResult`, which
+`report.write_report(workdir, result)` turns into the report.
 
 Keys: member key = fold_in(fold_in(root, seed), trial); its first split initialises the MLP, the
 second drives training: epoch key = fold_in(train_key, epoch) splits into the shuffle key and a
@@ -40,14 +41,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -55,18 +54,15 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from embaug_jax import augment
+from embaug_jax.metrics import DEFAULT_THRESHOLD, top_seen_prediction
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
+from embaug_jax.util import list_first
 
 OPTIMIZERS = ("adamw", "sgd")
 # Config keys whose change makes an existing checkpoint meaningless for this run.
 _FINGERPRINT_KEYS = ("data", "model", "optim", "augment", "sweep", "num_epochs", "batch_size",
                      "eval_every", "seed")
-# The config keys `make_program` reads (the sweep itself enters only as traced arrays).
-_PROGRAM_KEYS = ("model", "optim", "augment", "batch_size", "threshold")
-_METRICS = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
-# `augment.MethodParams.mix` -> kind: how run_sweep groups stacked members.
-_KIND_OF_MIX = {augment.MIX_CONTROL: "control", augment.MIX_MIXUP: "mixup",
-                augment.MIX_STITCHUP: "stitchup"}
+METRIC_NAMES = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,16 +191,68 @@ def triangular_schedule(low: float, high: float, half_cycle_steps: int) -> optax
     return schedule
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+@dataclasses.dataclass(frozen=True)
+class ProgramSpec:
+    """Everything the compiled program reads besides the traced members and the data arrays.
+
+    `make_program` reads nothing else, and the compile cache is keyed on the spec itself, so a
+    new knob the program depends on has to become a field here and can never reuse a stale
+    program. Build one from a config with `ProgramSpec.from_config`.
+    """
+
+    num_classes: int
+    n_train: int  # training rows per trial
+    hidden: tuple[int, ...]
+    dropout: float
+    head: str
+    optimizer: str
+    lr_min: float
+    lr_max: float
+    half_cycle_epochs: int
+    weight_decay: float
+    momentum: float
+    batch_size: int
+    pairing: str
+    negative_mass: float | None
+    label_weight: str
+    segments: tuple[int, ...] | None  # sizes mixed independently; None: one lambda per pair
+    eval_every: int
+    eval_block_rows: int
+    threshold: float
+    kind: str = "control"  # `augment.KINDS`: the members' code path and rows per step
+
+    @classmethod
+    def from_config(cls, config, num_classes: int, n_train: int, *,
+                    segments=None, kind: str = "control") -> "ProgramSpec":
+        m, o, a = config.model, config.optim, config.augment
+        return cls(
+            num_classes=int(num_classes), n_train=int(n_train),
+            hidden=tuple(int(h) for h in m.hidden), dropout=float(m.dropout), head=str(m.head),
+            optimizer=str(o.optimizer), lr_min=float(o.lr_min), lr_max=float(o.lr_max),
+            half_cycle_epochs=int(o.half_cycle_epochs), weight_decay=float(o.weight_decay),
+            momentum=float(o.momentum), batch_size=int(config.batch_size),
+            pairing=str(a.pairing),
+            negative_mass=None if a.negative_mass is None else float(a.negative_mass),
+            label_weight=str(a.label_weight),
+            segments=None if segments is None else tuple(int(s) for s in segments),
+            eval_every=int(config.eval_every), eval_block_rows=int(config.eval_block_rows),
+            threshold=float(config.threshold), kind=str(kind))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
+
+
+def make_optimizer(spec: ProgramSpec) -> optax.GradientTransformation:
     """AdamW (decoupled weight decay) or SGD with momentum and L2, on the triangular cycle."""
-    o = config.optim
-    lr = triangular_schedule(o.lr_min, o.lr_max, o.half_cycle_epochs * steps_per_epoch)
-    if o.optimizer == "adamw":
-        return optax.adamw(lr, weight_decay=o.weight_decay)
-    if o.optimizer == "sgd":
-        return optax.chain(optax.add_decayed_weights(o.weight_decay),
-                           optax.sgd(lr, momentum=o.momentum))
-    raise ValueError(f"unknown optimizer {o.optimizer!r}; choose one of {OPTIMIZERS}.")
+    lr = triangular_schedule(spec.lr_min, spec.lr_max,
+                             spec.half_cycle_epochs * spec.steps_per_epoch)
+    if spec.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        return optax.chain(optax.add_decayed_weights(spec.weight_decay),
+                           optax.sgd(lr, momentum=spec.momentum))
+    raise ValueError(f"unknown optimizer {spec.optimizer!r}; choose one of {OPTIMIZERS}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,25 +294,22 @@ def metrics_from_counts(counts) -> dict:
                 none_accuracy=ratio(none_ok, none_n), seen_accuracy=ratio(seen_ok, seen_n))
 
 
-def make_program(config, num_classes: int, n_train: int, *, kind: str = "control",
-                 segments=None) -> Program:
-    """Builds the per-member init / train / evaluate of one augmentation kind (static shapes)."""
+def make_program(spec: ProgramSpec) -> Program:
+    """Builds the per-member init / train / evaluate of `spec.kind` (shapes are static)."""
+    if not isinstance(spec, ProgramSpec):
+        raise TypeError(f"make_program takes a ProgramSpec (ProgramSpec.from_config(config, "
+                        f"num_classes, n_train)), got {type(spec).__name__}.")
+    kind = spec.kind
     augment._check_name("kind", kind, augment.KINDS)
-    model = MLP(num_classes=num_classes, hidden=tuple(config.model.hidden),
-                dropout=float(config.model.dropout), head=config.model.head)
-    batch = int(config.batch_size)
-    steps_per_epoch = n_train // batch
+    num_classes, head, batch = spec.num_classes, spec.head, spec.batch_size
+    model = MLP(num_classes=num_classes, hidden=spec.hidden, dropout=spec.dropout, head=head)
+    steps_per_epoch = spec.steps_per_epoch
     if steps_per_epoch < 1:
-        raise ValueError(f"batch_size={batch} exceeds the {n_train} training rows of a split; "
-                         "lower config.batch_size or raise config.data.train_fraction.")
-    tx = make_optimizer(config, steps_per_epoch)
-    head = config.model.head
-    aug = config.augment
-    threshold = float(config.threshold)
-    segments = None if segments is None else tuple(int(s) for s in segments)
-    rows = augment.kind_rows(kind, batch, aug.pairing)
-
-    from embaug_jax.metrics import top_seen_prediction  # the metrics module owns the definition
+        raise ValueError(f"batch_size={batch} exceeds the {spec.n_train} training rows of a "
+                         "split; lower config.batch_size or raise config.data.train_fraction.")
+    tx = make_optimizer(spec)
+    threshold, segments = spec.threshold, spec.segments
+    rows = augment.kind_rows(kind, batch, spec.pairing)
 
     def init(key, hp, data):
         init_key, _ = _member_keys(key, hp)
@@ -288,7 +333,7 @@ def make_program(config, num_classes: int, n_train: int, *, kind: str = "control
         weights = None
         if kind != "control":
             weights = jax.vmap(lambda k: augment.draw_weights(
-                k, hp.method, batch, pairing=aug.pairing, segments=segments))(aug_keys)
+                k, hp.method, batch, pairing=spec.pairing, segments=segments))(aug_keys)
 
         def step(carry, inputs):
             params, opt_state = carry
@@ -303,8 +348,8 @@ def make_program(config, num_classes: int, n_train: int, *, kind: str = "control
 
             x, y = augment.augment_rows(
                 aug_key, take, batch, hp.method, kind=kind, class_mask=seen,
-                pairing=aug.pairing, negative_mass=aug.negative_mass,
-                label_weight=aug.label_weight, segments=segments, weights=w)
+                pairing=spec.pairing, negative_mass=spec.negative_mass,
+                label_weight=spec.label_weight, segments=segments, weights=w)
             loss, grads = jax.value_and_grad(loss_fn)(params, x, y, seen, dropout_key)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
@@ -341,9 +386,8 @@ def make_program(config, num_classes: int, n_train: int, *, kind: str = "control
     return Program(init, train, evaluate, model, kind, rows, steps_per_epoch)
 
 
-def make_train(config, num_classes: int, n_train: int, *, kind: str = "control",
-               segments=None) -> Callable:
-    """Returns the pure `train(key, hp, data) -> (state, metrics)` of one member of `kind`.
+def make_train(spec: ProgramSpec, num_epochs: int) -> Callable:
+    """Returns the pure `train(key, hp, data) -> (state, metrics)` of one member of `spec.kind`.
 
     `data` is a `TrainData` of device arrays; the whole run (all epochs, an evaluation of the
     validation rows every `eval_every` epochs) is one program, so
@@ -351,9 +395,9 @@ def make_train(config, num_classes: int, n_train: int, *, kind: str = "control",
     Metrics hold one entry per evaluation ([num_epochs // eval_every]). `run_sweep` computes the
     same numbers with the data streamed and the members grouped.
     """
-    program = make_program(config, num_classes, n_train, kind=kind, segments=segments)
-    num_periods = int(config.num_epochs) // int(config.eval_every)
-    eval_every = int(config.eval_every)
+    program = make_program(spec)
+    eval_every = spec.eval_every
+    num_periods = int(num_epochs) // eval_every
 
     def train(key, hp, data):
         x = jnp.asarray(data.x, jnp.float32)
@@ -404,9 +448,10 @@ def _pad(tree, multiple: int):
     return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, 0)]), tree)
 
 
-def member_groups(hp: MemberHParams) -> list[tuple[str, np.ndarray]]:
-    """(kind, member indices) of every kind present, in order of first appearance."""
-    kinds = [_KIND_OF_MIX[int(m)] for m in np.asarray(hp.method.mix)]
+def member_groups(members: Sequence[dict]) -> list[tuple[str, np.ndarray]]:
+    """(kind, member indices) of every kind present, in order of first appearance: members of one
+    kind share one compiled program."""
+    kinds = [augment.KIND_OF_METHOD[m["method"]] for m in members]
     order = list(dict.fromkeys(kinds))
     return [(k, np.array([i for i, v in enumerate(kinds) if v == k])) for k in order]
 
@@ -430,16 +475,14 @@ def eval_block_rows(config, data: TrainData, on_device_bytes: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_group(config_json: str, kind: str, num_classes: int, n_train: int, segments,
-                    mesh: Mesh):
-    """The jitted, vmapped, member-sharded init / train / evaluate of one kind.
+def _compiled_sweep(spec: ProgramSpec, mesh: Mesh):
+    """The jitted, vmapped, member-sharded init / train / evaluate of a spec (one kind).
 
-    Cached on the JSON of the config keys the program reads, so another sweep with the same
-    shapes in one process (a resume, a different method list, a test) reuses the compiled
-    executables instead of tracing fresh closures.
+    Cached on the spec (all the program reads), so another sweep with the same spec in one
+    process (a resume, a different method list, a test) reuses the compiled executables instead
+    of tracing fresh closures.
     """
-    config = ml_collections.ConfigDict(json.loads(config_json))
-    program = make_program(config, num_classes, n_train, kind=kind, segments=segments)
+    program = make_program(spec)
     by_member = NamedSharding(mesh, P("members"))
     init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)), out_shardings=by_member)
     train = jax.jit(jax.vmap(program.train, in_axes=(None, 0, 0, None, None)),
@@ -484,33 +527,156 @@ def _restore(manager, step, states, history, groups, sharding):
     return states, {k: np.asarray(restored["history"][k]) for k in history}
 
 
+MEMBER_KEYS = ("method", "alpha", "softness", "trial", "seed")
+
+
 @dataclasses.dataclass
 class SweepResult:
-    state: TrainState  # numpy, [M] leading axis in member order
-    history: dict[str, np.ndarray]  # [M, E] per metric
-    eval_epochs: np.ndarray  # int [E]
-    val_probs: np.ndarray | None  # float32 [M, n_val, C] (None if stopped early)
-    epochs_done: int
-    eval_block_rows: int = 0  # validation rows per streamed evaluation block
-    device_data_bytes: int = 0  # dataset bytes placed on each device (training rows + a block)
+    """What a sweep produced: all `report.write_report(workdir, result)` needs (numpy arrays;
+    validated on construction).
+
+    Attributes:
+      members: per member {"method": str, "alpha": float, "softness": float, "trial": int,
+        "seed": int}, in the sweep's order.
+      eval_epochs: int [E], the epochs at which `history` was recorded.
+      history: "overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss" (and anything
+        else) float [M, E], accuracies at `threshold`; NaN where not trained yet.
+      val_probs: float [M, Nv, C], each member's final probabilities on its trial's validation
+        split; None when the sweep stopped before its last epoch.
+      val_labels: int [T, Nv], the validation labels of each trial (all trials have equal size).
+      seen_mask: bool [T, C], the classes in each trial's training split.
+      class_names: [C].
+      threshold: the confidence threshold of the accuracies (`config.threshold`).
+      val_idx, train_idx: optional int [T, Nv] / [T, n_train], the dataset rows of each trial's
+        validation and training split (saved with the predictions, so an analysis can go back to
+        the embeddings).
+      epochs_done: epochs trained (default: the last evaluation epoch).
+      state: the members' final `TrainState` ([M] leading axis, numpy), when the engine made it.
+      eval_block_rows: validation rows per trial in one streamed evaluation block.
+      device_data_bytes: dataset bytes the engine placed on each device (the training rows of
+        every trial and one evaluation block).
+    """
+
+    members: list[dict]
+    eval_epochs: np.ndarray
+    history: dict[str, np.ndarray]
+    val_probs: np.ndarray | None
+    val_labels: np.ndarray
+    seen_mask: np.ndarray
+    class_names: list[str]
+    threshold: float = DEFAULT_THRESHOLD
+    val_idx: np.ndarray | None = None
+    train_idx: np.ndarray | None = None
+    epochs_done: int | None = None
+    state: TrainState | None = None
+    eval_block_rows: int | None = None
+    device_data_bytes: int | None = None
+
+    def __post_init__(self):
+        self.eval_epochs = np.asarray(self.eval_epochs).reshape(-1)
+        self.val_probs = None if self.val_probs is None else np.asarray(self.val_probs)
+        self.val_labels = np.asarray(self.val_labels)
+        self.seen_mask = np.asarray(self.seen_mask)
+        self.history = {k: np.asarray(v) for k, v in dict(self.history).items()}
+        self.class_names = [str(c) for c in self.class_names]
+        self.members = [dict(m) for m in self.members]
+        if self.epochs_done is None:
+            self.epochs_done = int(self.eval_epochs[-1]) if self.eval_epochs.size else 0
+        self._validate()
+
+    @property
+    def finished(self) -> bool:
+        return self.val_probs is not None
+
+    def _validate(self):
+        m = len(self.members)
+        if m == 0:
+            raise ValueError("SweepResult: no members to report on.")
+        for i, member in enumerate(self.members):
+            missing = [k for k in MEMBER_KEYS if k not in member]
+            if missing:
+                raise ValueError(f"SweepResult.members[{i}] lacks {missing}; every member needs "
+                                 f"{list(MEMBER_KEYS)}.")
+        probs = self.val_probs
+        if probs is not None and (probs.ndim != 3 or probs.shape[0] != m):
+            raise ValueError(f"SweepResult: {m} members but val_probs holds "
+                             f"{probs.shape[0] if probs.ndim else 0} (shape {probs.shape}; want "
+                             "[M, Nv, C]).")
+        if self.val_labels.ndim != 2:
+            raise ValueError(f"SweepResult.val_labels must be [T, Nv], got shape "
+                             f"{self.val_labels.shape}.")
+        if not np.issubdtype(self.val_labels.dtype, np.integer):
+            raise ValueError(f"SweepResult.val_labels must be integer, got "
+                             f"{self.val_labels.dtype}.")
+        t, nv = self.val_labels.shape
+        c = probs.shape[2] if probs is not None else np.shape(self.seen_mask)[-1]
+        if self.seen_mask.shape != (t, c):
+            raise ValueError(f"SweepResult.seen_mask must be [T, C] = [{t}, {c}], got shape "
+                             f"{self.seen_mask.shape}.")
+        self.seen_mask = self.seen_mask.astype(bool)
+        if len(self.class_names) != c:
+            raise ValueError(f"SweepResult: {len(self.class_names)} class_names for C = {c}.")
+        trials = np.array([int(mb["trial"]) for mb in self.members])
+        bad = np.flatnonzero((trials < 0) | (trials >= t))
+        if bad.size:
+            raise ValueError(f"SweepResult: members {bad.tolist()} name trials "
+                             f"{trials[bad].tolist()}, outside [0, {t}).")
+        bad = np.argwhere((self.val_labels < 0) | (self.val_labels >= c))
+        if bad.size:
+            raise ValueError(f"SweepResult.val_labels must lie in [0, {c}); bad (trial, row) "
+                             f"{list_first(bad.tolist(), 5)}.")
+        for name, shape in (("val_idx", (t, nv)), ("train_idx", None)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = np.asarray(value)
+            setattr(self, name, value)
+            if value.ndim != 2 or value.shape[0] != t or (shape and value.shape != shape):
+                raise ValueError(f"SweepResult.{name} must be [T, rows] with T = {t}"
+                                 + (f" and rows = {nv}" if shape else "")
+                                 + f", got shape {value.shape}.")
+        e = self.eval_epochs.shape[0]
+        for name, values in self.history.items():
+            if values.shape != (m, e):
+                raise ValueError(f"SweepResult.history[{name!r}] must be [M, E] = [{m}, {e}], "
+                                 f"got shape {values.shape}.")
+        if self.val_probs is None:
+            return
+        if self.val_probs.shape != (m, nv, c):
+            raise ValueError(f"SweepResult.val_probs must be [M, Nv, C] = [{m}, {nv}, {c}], got "
+                             f"shape {self.val_probs.shape}.")
+        bad = np.flatnonzero(~np.isfinite(self.val_probs).reshape(m, -1).all(axis=1))
+        if bad.size:
+            raise ValueError(f"SweepResult.val_probs has NaN/Inf for members {bad.tolist()} "
+                             f"(e.g. {self.members[bad[0]]}): training diverged.")
 
 
-def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=None,
-              checkpoint_dir: str | os.PathLike | None = None, max_chunks: int | None = None,
-              segments=None, progress: bool = True,
-              on_chunk: Callable[[dict[str, np.ndarray], int], None] | None = None) -> SweepResult:
-    """Trains every member of `hp` (leading axis M) on `data`, chunk by chunk.
+OnChunk = Callable[[dict[str, np.ndarray], int], Any]
+
+
+def run_sweep(config, data: TrainData, members: Sequence[dict], *,
+              class_names: Sequence[str] | None = None, key=None, devices=None,
+              checkpoint_dir: str | os.PathLike | None = None, segments=None,
+              progress: bool = True, on_chunk: OnChunk | None = None) -> SweepResult:
+    """Trains every member (`sweep_members(config)` or any list like it) on `data`, chunk by chunk.
 
     Members are grouped by kind (one compiled program each); results come back in member order.
+    A chunk is `config.chunk_epochs` epochs; a checkpoint is written every
+    `config.checkpoint_every` epochs and at the end.
 
     Args:
       data: `TrainData`; `x` may be a host array or memory map (only the training rows and one
-        evaluation block at a time go to the devices).
+        evaluation block at a time go to the devices; see `config.device_data_bytes`).
+      members: dicts with method, alpha, softness, trial, seed (see `sweep_members`).
+      class_names: [C] names for the report (default "0", "1", ...).
       key: root PRNG key (default `jax.random.key(config.seed)`).
-      devices: the devices each group's member axis is sharded over (default all).
-      checkpoint_dir: orbax checkpoints per chunk; an existing one is resumed.
-      max_chunks: stop after this many chunks in this call (as if killed); no predictions.
-      on_chunk: called with (history so far, epochs done) after every chunk.
+      devices: the devices the member axis is sharded over (default all).
+      checkpoint_dir: orbax checkpoints; an existing one is resumed.
+      segments: sizes mixed independently by the augmentation (None: the whole vector).
+      progress: show a tqdm bar.
+      on_chunk: called as on_chunk(history so far [M, E] per metric, epochs done) after every
+        chunk; a truthy return stops the sweep there, as if killed (the result then has no
+        `val_probs`).
     """
     import orbax.checkpoint as ocp
     from tqdm.auto import tqdm
@@ -521,29 +687,33 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
     by_member = NamedSharding(mesh, P("members"))
     replicated = NamedSharding(mesh, P())
 
-    num_members = jax.tree.leaves(hp)[0].shape[0]
-    groups = member_groups(hp)
+    members = [dict(m) for m in members]
+    num_members = len(members)
+    groups = member_groups(members)
+    hp = member_hparams(members)
+    val_idx, train_idx = np.asarray(data.val_idx), np.asarray(data.train_idx)
+    val_labels = np.asarray(data.labels)[val_idx]
+    seen_mask = np.asarray(data.seen_mask)
+    num_classes = seen_mask.shape[1]
+    # Only what training gathers from goes to the devices; validation rows stream in blocks.
     host_part = device_data(data)
     placed = sum(a.nbytes for a in host_part)
     block_rows = eval_block_rows(config, data, placed)
-    trials = np.shape(data.val_idx)[0]
-    placed += trials * block_rows * (np.shape(data.x)[1] * 4 + 4)
+    placed += val_idx.shape[0] * block_rows * (np.shape(data.x)[1] * 4 + 4)
     on_device = jax.device_put(host_part, replicated)
-    num_classes, n_train = host_part.seen_mask.shape[1], host_part.train_idx.shape[1]
-    program_config = ml_collections.ConfigDict({k: config[k] for k in _PROGRAM_KEYS})
-    program_json = program_config.to_json_best_effort(sort_keys=True)
-    seg = None if segments is None else tuple(int(s) for s in segments)
     compiled, hps = {}, {}
     for kind, idx in groups:
-        compiled[kind] = _compiled_group(program_json, kind, num_classes, n_train, seg, mesh)
+        spec = ProgramSpec.from_config(config, num_classes, train_idx.shape[1],
+                                       segments=segments, kind=kind)
+        compiled[kind] = _compiled_sweep(spec, mesh)
         hps[kind] = jax.device_put(_pad(jax.tree.map(lambda x: x[idx], hp), len(devices)),
                                    by_member)
 
     num_epochs, eval_every = int(config.num_epochs), int(config.eval_every)
+    chunk_epochs, ckpt_every = int(config.chunk_epochs), int(config.checkpoint_every)
     num_evals = num_epochs // eval_every
-    chunk_periods = int(config.checkpoint_every) // eval_every
     eval_epochs = evaluation_epochs(config)
-    history = {k: np.full((num_members, num_evals), np.nan, np.float32) for k in _METRICS}
+    history = {k: np.full((num_members, num_evals), np.nan, np.float32) for k in METRIC_NAMES}
 
     states = {kind: compiled[kind][0](key, hps[kind], on_device) for kind, _ in groups}
     manager = None
@@ -565,30 +735,28 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
         """Streams every block of validation rows through every group: summed counts per
         group, and the probabilities ([M, n_val, C] in member order) if asked."""
         counts = {kind: None for kind, _ in groups}
-        probs = np.zeros((num_members, np.shape(data.val_idx)[1], num_classes), np.float32) \
-            if want_probs else None
-        start = 0
-        for block in eval_blocks(data, block_rows):
+        n_val = val_idx.shape[1]
+        probs = np.zeros((num_members, n_val, num_classes), np.float32) if want_probs else None
+        for start, block in zip(range(0, n_val, block_rows), eval_blocks(data, block_rows)):
             block = jax.device_put(block, replicated)
-            n = int(min(block_rows, probs.shape[1] - start)) if want_probs else 0
+            n = min(block_rows, n_val - start)
             for kind, idx in groups:
                 c, p = compiled[kind][2](states[kind].params, hps[kind], on_device, block)
                 counts[kind] = c if counts[kind] is None else counts[kind] + c
                 if want_probs:
                     probs[idx, start:start + n] = _host(p)[:len(idx), :n]
-            start += block_rows
-        return {kind: _host(c)[:len(idx)] for (kind, idx), c in
-                zip(groups, counts.values())}, probs
+        return {kind: _host(counts[kind])[:len(idx)] for kind, idx in groups}, probs
 
     bar = tqdm(total=num_epochs, initial=done, unit="epoch",
                disable=not progress or jax.process_index() != 0,
                desc=f"training {num_members} members ({len(groups)} programs) on "
                     f"{len(devices)} device(s)")
-    chunks = 0
     try:
-        while done < num_epochs and (max_chunks is None or chunks < max_chunks):
-            periods = min(chunk_periods, (num_epochs - done) // eval_every)
-            for _ in range(periods):
+        while done < num_epochs:
+            # Every chunk is `chunk_epochs` long, except that a resume from a checkpoint written
+            # under another chunk length first realigns.
+            epochs = min(chunk_epochs - done % chunk_epochs, num_epochs - done)
+            for _ in range(epochs // eval_every):
                 losses = {}
                 for kind, _idx in groups:
                     states[kind], losses[kind] = compiled[kind][1](
@@ -598,23 +766,23 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
                 for kind, idx in groups:
                     metrics = metrics_from_counts(counts[kind])
                     metrics["train_loss"] = _host(losses[kind])[:len(idx)]
-                    for k in _METRICS:
+                    for k in METRIC_NAMES:
                         history[k][idx, e] = np.asarray(metrics[k])
                 done += eval_every
-                bar.update(eval_every)
-            chunks += 1
-            if manager is not None:
+            if manager is not None and (done % ckpt_every == 0 or done == num_epochs):
                 # Saved without the device padding, so a run resumes on any device count.
                 with _quiet_orbax():
                     manager.save(done, args=ocp.args.StandardSave({
                         "state": {k: jax.tree.map(lambda x: x[:len(idx)], states[k])
                                   for k, idx in groups},
                         "history": history}))
-            if on_chunk is not None:
-                on_chunk({k: v.copy() for k, v in history.items()}, done)
+            bar.update(epochs)
             last = done // eval_every - 1
             bar.set_postfix(loss=f"{np.nanmean(history['train_loss'][:, last]):.4f}",
                             overall=f"{np.nanmean(history['overall_accuracy'][:, last]):.3f}")
+            if on_chunk is not None and on_chunk({k: v.copy() for k, v in history.items()},
+                                                 done):
+                break
     finally:
         bar.close()
         if manager is not None:
@@ -623,8 +791,14 @@ def run_sweep(config, data: TrainData, hp: MemberHParams, *, key=None, devices=N
                 manager.close()
 
     probs = evaluate(True)[1] if done >= num_epochs else None
-    state = _member_order(states, groups, num_members)
-    return SweepResult(state, history, eval_epochs, probs, done, block_rows, int(placed))
+    return SweepResult(
+        members=members, eval_epochs=eval_epochs, history=history, val_probs=probs,
+        val_labels=val_labels, seen_mask=seen_mask,
+        class_names=(list(class_names) if class_names is not None
+                     else [str(i) for i in range(num_classes)]),
+        threshold=float(config.threshold), val_idx=val_idx, train_idx=train_idx,
+        epochs_done=done, state=_member_order(states, groups, num_members),
+        eval_block_rows=block_rows, device_data_bytes=int(placed))
 
 
 def _member_order(states, groups, num_members):

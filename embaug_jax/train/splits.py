@@ -13,6 +13,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from embaug_jax.dataset import class_ids
+
 
 class Splits(NamedTuple):
     """Index arrays of `trials` random splits of one dataset.
@@ -45,12 +47,10 @@ def _resolve_holdout(holdout_classes, num_classes: int, class_names: Sequence[st
     ids = []
     for item in holdout_classes:
         if isinstance(item, str):
-            if class_names is None or item not in class_names:
-                known = "no class_names given" if class_names is None else (
-                    f"known: {', '.join(list(class_names)[:10])}"
-                    + (", ..." if len(class_names) > 10 else ""))
-                raise ValueError(f"holdout class {item!r} is not a class name ({known}).")
-            ids.append(list(class_names).index(item))
+            if class_names is None:
+                raise ValueError(f"holdout class {item!r} is not a class name (no class_names "
+                                 "given).")
+            ids.append(int(class_ids([item], class_names, what="holdout class")[0]))
         else:
             cid = int(item)
             if not 0 <= cid < num_classes:

@@ -1,1 +1,0 @@
-"""Extraction configs for `embaug extract`."""
