@@ -749,8 +749,8 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
 
     bar = tqdm(total=num_epochs, initial=done, unit="epoch",
                disable=not progress or jax.process_index() != 0,
-               desc=f"training {num_members} members ({len(groups)} programs) on "
-                    f"{len(devices)} device(s)")
+               desc=f"training {num_members} members on {len(devices)} device(s) "
+                    f"({len(groups)} program{'s' * (len(groups) > 1)})")
     try:
         while done < num_epochs:
             # Every chunk is `chunk_epochs` long, except that a resume from a checkpoint written
