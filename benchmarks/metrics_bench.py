@@ -1,9 +1,8 @@
 """Evaluation cost at the paper's scale, side by side in one run.
 
 One member: 39,600 validation examples (90% of 44,000) x 171 classes, ~10% of the classes
-unseen. Times Table 1's weighted AUC three ways (sklearn on `ovr_scores`; `metrics.ovr_roc`,
-float64 numpy, what the report uses; `metrics.weighted_auc`, jnp, what a compiled program can
-call), the Figure-3 threshold sweep (jnp vs a numpy loop), and `report.write_report` for a small
+unseen. Times Table 1's weighted AUC two ways (sklearn on `ovr_scores`; `metrics.ovr_roc`,
+float64 numpy, what the report uses), the Figure-3 threshold sweep (jnp vs a numpy loop), and `report.write_report` for a small
 sweep, per member.
 
     python benchmarks/metrics_bench.py [--members 10] [--repeats 3]
@@ -63,16 +62,11 @@ def main():
 
     want = sklearn_auc()
     got_np = metrics.ovr_roc(probs, labels, seen).weighted_auc
-    got_jnp = float(metrics.weighted_auc(probs, labels, seen))
     t_sk = _time(sklearn_auc, args.repeats)
     t_np = _time(lambda: metrics.ovr_roc(probs, labels, seen), args.repeats)
-    t_jnp = _time(lambda: metrics.weighted_auc(probs, labels, seen).block_until_ready(),
-                  args.repeats)
     print(f"weighted AUC  sklearn          {t_sk:7.3f} s  (1.00x)  auc={want:.8f}")
     print(f"weighted AUC  ovr_roc (numpy)  {t_np:7.3f} s  ({t_sk / t_np:.2f}x)  "
           f"|diff|={abs(got_np - want):.1e}  (also computes the Figure-4 curve)")
-    print(f"weighted AUC  weighted_auc jnp {t_jnp:7.3f} s  ({t_sk / t_jnp:.2f}x)  "
-          f"|diff|={abs(got_jnp - want):.1e}")
 
     thresholds = metrics.DEFAULT_THRESHOLDS
 

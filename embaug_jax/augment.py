@@ -84,12 +84,12 @@ __all__ = [
     "soften_labels",
 ]
 
-METHOD_NAMES = ("control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup")
 PAIRINGS = ("halve", "permute", "flip")
 LABEL_WEIGHTS = ("lambda", "realized")
 
 # Values of `MethodParams.mix`: the branch index of `lax.switch` in `augment_batch`.
 MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP = 0, 1, 2
+# Each method as (mix, soft), in the paper's Table-1 order: the one list of the method names.
 _MIX_OF_METHOD = {
     "control": (MIX_CONTROL, False),
     "e_mixup": (MIX_MIXUP, False),
@@ -97,6 +97,7 @@ _MIX_OF_METHOD = {
     "soft_e_mixup": (MIX_MIXUP, True),
     "soft_e_stitchup": (MIX_STITCHUP, True),
 }
+METHOD_NAMES = tuple(_MIX_OF_METHOD)
 
 # Stitchup compares 16-bit uniforms with a per-row threshold: one 32-bit random word serves two
 # elements, which halves the threefry work that dominates stitchup's run time (see

@@ -69,9 +69,6 @@ class EmbeddingDataset:
     def segment_sizes(self) -> tuple[int, ...] | None:
         return None if self.segments is None else tuple(s.size for s in self.segments)
 
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(np.asarray(self.labels), minlength=self.num_classes)
-
     def validate(self, *, where: str = "dataset") -> "EmbeddingDataset":
         """Raises ValueError describing every problem found; returns self when valid."""
         _validate(self, where)

@@ -8,9 +8,10 @@ Conventions shared by every function here:
   unseen is a "none" example; predictions ignore unseen classes (their columns are masked out
   before any max / argmax), exactly as if the classifier had never had those outputs.
 
-The threshold metrics and `weighted_auc` are jnp, jit- and vmap-able (the training program calls
-them on device for its learning curves). The curve-shaped metrics (ROC points, "none" detection,
-calibration) are float64 numpy: they run once per member in the report.
+The threshold metrics are jnp, jit- and vmap-able: the training program calls them on device for
+its learning curves. Everything else (the weighted AUC and its ROC curves, "none" detection,
+calibration, bootstrap resamples) is float64 numpy, run once per member by the report: the AUCs
+equal sklearn's.
 """
 
 from __future__ import annotations
@@ -206,74 +207,6 @@ def _seen_columns(labels, seen_mask) -> np.ndarray:
     return np.flatnonzero(np.asarray(seen_mask, bool) & (support > 0))
 
 
-def _int_sum_exact(x):
-    """Sums int32 `x` [N] without overflow: exact while N * max|x| < 2**31, chunked beyond."""
-    n = x.shape[0]
-    # A count here is at most 2N, so a chunk of 2**30 // N rows sums below 2**31.
-    chunk = max(1, min(n, (2**30) // max(n, 1)))
-    if chunk >= n:
-        return jnp.sum(x).astype(jnp.float32)
-    pad = (-n) % chunk
-    x = jnp.pad(x, (0, pad)).reshape(-1, chunk)
-    return jnp.sum(jnp.sum(x, axis=1).astype(jnp.float32))
-
-
-def _binary_auc(is_positive, score):
-    """ROC AUC of one column by the Mann-Whitney statistic, ties counted one half.
-
-    For every positive, (#negatives below it) + (#negatives at or below it) is an integer
-    count; their sum (twice the Mann-Whitney U, the trapezoidal ROC area sklearn computes times
-    2PN) is exact in int32, and only the final float32 division rounds. One sort of
-    (score, label) pairs: ~4x faster on CPU than searchsorted. NaN when the column has no
-    positive or no negative.
-    """
-    n = score.shape[0]
-    score, is_positive = jax.lax.sort((score, is_positive), num_keys=1)
-    negatives_through = jnp.cumsum(~is_positive)
-    index = jnp.arange(n)
-    differs = score[1:] != score[:-1]
-    # First and last sorted index of each example's run of tied scores.
-    first = jax.lax.cummax(jnp.where(jnp.r_[True, differs], index, 0))
-    last = jax.lax.cummin(jnp.where(jnp.r_[differs, True], index, n - 1), reverse=True)
-    below = jnp.where(first > 0, negatives_through[jnp.maximum(first - 1, 0)], 0)
-    twice_rank = jnp.where(is_positive, below + negatives_through[last], 0).astype(jnp.int32)
-    num_pos = jnp.sum(is_positive)
-    num_neg = n - num_pos
-    pairs = 2.0 * num_pos.astype(jnp.float32) * num_neg.astype(jnp.float32)
-    return jnp.where((num_pos > 0) & (num_neg > 0), _int_sum_exact(twice_rank) / pairs, jnp.nan)
-
-
-@jax.jit
-def _weighted_auc(probs, labels, seen_mask):
-    c = probs.shape[1]
-    truth_seen = seen_mask[labels]
-    # Fixed shape [N, C + 1] (every class, then "none") so the function vmaps across trials
-    # whose seen classes differ; columns that ovr_scores would drop get weight 0.
-    truth = jnp.concatenate([labels[:, None] == jnp.arange(c)[None, :], ~truth_seen[:, None]], 1)
-    scores = jnp.concatenate([probs, none_score(probs, seen_mask)[:, None]], axis=1)
-    support = jnp.sum(truth, axis=0)
-    in_problem = jnp.append(seen_mask, True) & (support > 0)
-    aucs = jax.vmap(_binary_auc, in_axes=(1, 1))(truth, scores)
-    weights = jnp.where(in_problem, support, 0).astype(jnp.float32)
-    weighted = jnp.sum(jnp.where(in_problem, weights * aucs, 0.0))
-    # A column that is all positives (a validation split of a single class) has no AUC:
-    # NaN, where sklearn raises.
-    total = jnp.sum(weights)
-    undefined = jnp.any(in_problem & jnp.isnan(aucs)) | (total == 0)
-    return jnp.where(undefined, jnp.nan, weighted / jnp.maximum(total, 1.0))
-
-
-def weighted_auc(probs, labels, seen_mask):
-    """Support-weighted one-vs-rest ROC AUC over the seen classes plus "none" (Table 1).
-
-    Equals `sklearn.metrics.roc_auc_score(*ovr_scores(...)[:2], average="weighted")` (exact
-    tie handling; integer arithmetic up to ~65k examples). jnp: jit- and vmap-able, for use
-    inside a compiled program; outside one, `ovr_roc` computes the same number faster on CPU.
-    """
-    _check_inputs(probs, labels, seen_mask, where="weighted_auc")
-    return _weighted_auc(jnp.asarray(probs), jnp.asarray(labels), jnp.asarray(seen_mask, bool))
-
-
 def binary_roc(is_positive, score):
     """ROC operating points at every distinct score, highest first, from (0, 0) (float64 numpy).
 
@@ -328,10 +261,10 @@ def ovr_roc(probs, labels, seen_mask, *, fpr_grid=DEFAULT_FPR_GRID,
             class_names: Sequence[str] | None = None) -> OvrRoc:
     """Per-column ROC curves of the one-vs-rest problem: their AUCs and their weighted mean.
 
-    `weighted_auc` is the trapezoidal area in float64, the number sklearn computes; on CPU this
-    is several times faster than `weighted_auc` (XLA's sort is slow there), so the report uses
-    it. The mean curve's area tends to `weighted_auc` as the grid gets finer (integration is
-    linear).
+    `weighted_auc` is the trapezoidal area in float64, the number sklearn's
+    `roc_auc_score(..., average="weighted")` computes (Table 1); `fpr`/`tpr` are the
+    support-weighted mean ROC curve on `fpr_grid` (Figure 4), whose area tends to
+    `weighted_auc` as the grid gets finer (integration is linear).
     """
     truth, scores, support, names = ovr_scores(probs, labels, seen_mask, class_names=class_names)
     fpr_grid = np.asarray(fpr_grid, np.float64)
@@ -348,16 +281,6 @@ def ovr_roc(probs, labels, seen_mask, *, fpr_grid=DEFAULT_FPR_GRID,
         return OvrRoc(np.nan, fpr_grid, np.full_like(fpr_grid, np.nan), class_auc, support, names)
     return OvrRoc(float(np.sum(support * class_auc) / weight), fpr_grid, total / weight,
                   class_auc, support, names)
-
-
-def mean_roc_curve(probs, labels, seen_mask, *, fpr_grid=DEFAULT_FPR_GRID):
-    """Support-weighted mean of the one-vs-rest ROC curves on a common FPR grid (Figure 4).
-
-    Returns:
-      (fpr_grid [G], tpr [G]); tpr is NaN where the weighted AUC is undefined.
-    """
-    roc = ovr_roc(probs, labels, seen_mask, fpr_grid=fpr_grid)
-    return roc.fpr, roc.tpr
 
 
 class AucParts(NamedTuple):

@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `python experiments/x.py` from anywhere in a checkout
-    sys.path.insert(0, str(REPO_ROOT))
+REPO_ROOT = Path(__file__).resolve().parent.parent  # where configs/ is
 
 
 def parse(argv: Sequence[str], description: str) -> tuple[argparse.Namespace, list[str]]:

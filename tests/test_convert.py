@@ -242,3 +242,39 @@ def test_keras_imagenet_normalisation_without_config():
     weights["normalization/variance"] = std ** 2  # a model whose layer holds the true variance
     np.testing.assert_allclose(convert._keras_normalisation(weights, {"config": None})[1],
                                E.IMAGENET_STD, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# BERT: Hugging Face state dicts
+
+
+def test_hf_bert_state_dict_names_transposes_and_ignores():
+    convert_hf_state_dict = convert.convert_hf_state_dict
+    rng = np.random.default_rng(0)
+    w = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in {
+        "word": (10, 4), "query": (6, 4), "ffn": (8, 4), "gamma": (4,), "beta": (4,)}.items()}
+    state = {  # a BertForMaskedLM checkpoint: "bert." prefix, a head, the pooler, buffers
+        "bert.embeddings.word_embeddings.weight": w["word"],
+        "bert.embeddings.LayerNorm.gamma": w["gamma"],  # old TF-ported names
+        "bert.embeddings.LayerNorm.beta": w["beta"],
+        "bert.embeddings.position_ids": np.arange(4)[None],
+        "bert.encoder.layer.0.attention.self.query.weight": w["query"],
+        "bert.encoder.layer.3.intermediate.dense.weight": w["ffn"],
+        "bert.encoder.layer.3.output.LayerNorm.weight": w["gamma"],
+        "bert.pooler.dense.weight": w["query"],
+        "cls.predictions.bias": w["beta"],
+    }
+    flat, ignored = convert_hf_state_dict(state)
+    assert sorted(ignored) == ["bert.embeddings.position_ids", "bert.pooler.dense.weight",
+                               "cls.predictions.bias"]
+    assert set(flat) == {"embeddings/word_embeddings/embedding", "embeddings/LayerNorm/scale",
+                         "embeddings/LayerNorm/bias", "layer_0/query/kernel",
+                         "layer_3/intermediate/kernel", "layer_3/output_norm/scale"}
+    np.testing.assert_array_equal(flat["embeddings/word_embeddings/embedding"], w["word"])
+    # Dense weights [out, in] become kernels [in, out].
+    np.testing.assert_array_equal(flat["layer_0/query/kernel"], w["query"].T)
+    np.testing.assert_array_equal(flat["layer_3/intermediate/kernel"], w["ffn"].T)
+    np.testing.assert_array_equal(flat["layer_3/output_norm/scale"], w["gamma"])
+    # Unknown encoder names pass through, so a strict merge reports them instead of losing them.
+    flat, _ = convert_hf_state_dict({"encoder.layer.1.attention.self.qeury.weight": w["query"]})
+    assert list(flat) == ["layer_1/attention/self/qeury/kernel"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -51,7 +52,9 @@ def train_one_chunk(config, workdir):
 class Failing:
     def __init__(self, inner, after):
         self.inner, self.after, self.calls = inner, after, 0
-        self.dim, self.fingerprint = inner.dim, inner.fingerprint
+
+    def __getattr__(self, name):  # dim, fingerprint, devices: the real embedder's
+        return getattr(self.inner, name)
 
     def embed(self, texts, **kw):
         if self.calls >= self.after:
@@ -179,7 +182,7 @@ def test_train_two_processes_equal_one(train_reference, tmp_path):
     assert_same_results(tmp_path / "two", train_reference)
     (_, out0, err0, _), (_, out1, err1, _) = results
     # Every process trains its share of the four devices; process 0 alone reports.
-    assert "training 3 members on 4 device(s)" in err0 and "Soft E-Stitchup" in out0
+    assert re.search(r"training 3 members .*on 4 device\(s\)", err0) and "Soft E-Stitchup" in out0
     assert "process 1 of 2 joined; 2 local of 4 devices" in err1
     assert "Soft E-Stitchup" not in out1 and "training 3 members" not in err1
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["12", "8"]

@@ -73,12 +73,7 @@ def table_config(path: Path, **overrides) -> ml_collections.ConfigDict:
     c.source.id_column = "sku"
     c.shard_size = 3
     c.progress = False
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    c.update_from_flattened_dict(overrides)
     return c
 
 

@@ -117,10 +117,9 @@ def test_weighted_auc_equals_sklearn(case):
     probs, labels, seen = _problem(seed, **kw)
     truth, scores, support, names = metrics.ovr_scores(probs, labels, seen)
     want = roc_auc_score(truth, scores, average="weighted")
-    got = float(metrics.weighted_auc(probs, labels, seen))
-    assert abs(got - want) < 1e-6, (got, want)
     roc = metrics.ovr_roc(probs, labels, seen)  # the float64 numpy route the report takes
-    assert abs(roc.weighted_auc - want) < 1e-12
+    assert abs(roc.weighted_auc - want) < 1e-12, (roc.weighted_auc, want)
+    assert abs(metrics.auc_decomposition(probs, labels, seen).weighted_auc - want) < 1e-12
     np.testing.assert_allclose(roc.class_auc, [roc_auc_score(truth[:, k], scores[:, k])
                                                for k in range(truth.shape[1])], atol=1e-12)
     # The columns: seen classes present in validation, then "none" iff any unseen example.
@@ -132,25 +131,20 @@ def test_weighted_auc_equals_sklearn(case):
         np.testing.assert_allclose(scores[:, -1], 1 - probs[:, seen].max(1), rtol=1e-6)
 
 
-def test_weighted_auc_vmaps_over_trials_with_different_seen_classes():
+def test_weighted_auc_over_trials_with_different_seen_classes():
     problems = [_problem(s, n=200, unseen=u, decimals=1)
                 for s, u in [(0, (1,)), (1, (2, 6)), (2, ())]]
-    probs, labels, seen = (np.stack(x) for x in zip(*problems))
-    batched = jax.jit(jax.vmap(metrics.weighted_auc))(probs, labels, seen)
-    for t in range(3):
-        want = roc_auc_score(*metrics.ovr_scores(probs[t], labels[t], seen[t])[:2],
-                             average="weighted")
-        assert abs(float(batched[t]) - want) < 1e-6
+    for probs, labels, seen in problems:
+        want = roc_auc_score(*metrics.ovr_scores(probs, labels, seen)[:2], average="weighted")
+        assert abs(metrics.ovr_roc(probs, labels, seen).weighted_auc - want) < 1e-12
 
 
 def test_weighted_auc_perfect_and_undefined():
     labels = np.array([0, 1, 2, 2, 3])
     seen = np.array([True, True, True, False])
     probs = np.eye(4, dtype=np.float32)[labels] * seen  # unseen-class rows: all zeros
-    assert float(metrics.weighted_auc(probs, labels, seen)) == 1.0
-    # A single class in validation: no negatives, AUC undefined (sklearn raises): NaN.
-    assert np.isnan(metrics.weighted_auc(probs[:1].repeat(3, 0), labels[:1].repeat(3), seen))
     assert metrics.ovr_roc(probs, labels, seen).weighted_auc == 1.0
+    # A single class in validation: no negatives, AUC undefined (sklearn raises): NaN.
     single = metrics.ovr_roc(probs[:1].repeat(3, 0), labels[:1].repeat(3), seen)
     assert np.isnan(single.weighted_auc)
 
@@ -158,7 +152,7 @@ def test_weighted_auc_perfect_and_undefined():
 def test_mean_roc_curve_matches_sklearn_interpolation_and_auc():
     probs, labels, seen = _problem(7, n=300)  # continuous scores: no grid point hits a vertex
     grid = np.sort(np.random.default_rng(0).random(60))
-    _, tpr = metrics.mean_roc_curve(probs, labels, seen, fpr_grid=grid)
+    tpr = metrics.ovr_roc(probs, labels, seen, fpr_grid=grid).tpr
     truth, scores, support, _ = metrics.ovr_scores(probs, labels, seen)
     want = np.zeros_like(grid)
     for k in range(truth.shape[1]):
@@ -166,9 +160,10 @@ def test_mean_roc_curve_matches_sklearn_interpolation_and_auc():
         want += support[k] * np.interp(grid, fpr_k, tpr_k)
     np.testing.assert_allclose(tpr, want / support.sum(), atol=1e-12)
     # Area under the mean curve = weighted AUC (integration is linear), up to the grid.
-    fine, tpr_fine = metrics.mean_roc_curve(probs, labels, seen, fpr_grid=np.linspace(0, 1, 4001))
-    area = np.trapezoid(tpr_fine, fine)
-    assert abs(area - float(metrics.weighted_auc(probs, labels, seen))) < 2e-4
+    fine = metrics.ovr_roc(probs, labels, seen, fpr_grid=np.linspace(0, 1, 4001))
+    tpr_fine = fine.tpr
+    area = np.trapezoid(tpr_fine, fine.fpr)
+    assert abs(area - roc_auc_score(truth, scores, average="weighted")) < 2e-4
     assert np.all(np.diff(tpr_fine) >= -1e-12) and tpr_fine[-1] == 1.0
 
 
@@ -319,7 +314,7 @@ def test_calibration_matches_direct_numpy_oracle():
 # ----- bad input ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn", [metrics.threshold_accuracy, metrics.weighted_auc,
+@pytest.mark.parametrize("fn", [metrics.threshold_accuracy, metrics.auc_decomposition,
                                 metrics.ovr_scores, metrics.none_detection, metrics.calibration])
 def test_bad_inputs_raise_clear_errors(fn):
     probs, labels, seen = _problem(0, n=20, c=5, unseen=(), missing=())

@@ -24,12 +24,7 @@ def _config(**overrides):
     c.batch_size = 8
     c.num_epochs, c.eval_every, c.chunk_epochs, c.checkpoint_every = 24, 8, 8, 8
     c.data.holdout_classes = "1"
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    c.update_from_flattened_dict(overrides)
     return c
 
 

@@ -31,12 +31,8 @@ Choices worth knowing:
   pooled vector agree to ~1e-5 (tests/test_bert.py checks 1e-4). Hidden states at padding
   positions are meaningless in both and are not compared.
 - bfloat16 (`dtype="bfloat16"`): weights and matmuls in bf16; LayerNorm statistics, attention
-  scores, softmax and pooling in float32. Measured on all-MiniLM-L6-v2 over 512 WordNet noun
-  glosses, layers (-2, -1), mean pooling (`python benchmarks/text_bench.py`): max abs deviation
-  from float32 0.0175 (values up to 4.3), relative L2 deviation per vector 0.66% on average and
-  0.99% at most, cosine similarity to the float32 vector >= 0.99995 (BERT-base-sized, random
-  weights: 0.52% / 0.77%). Keeping the residual stream in float32 did not reduce this (the bf16
-  matmuls dominate it). On the CPU it was not faster than float32 (benchmarks/README.md, "bert").
+  scores, softmax and pooling in float32 (the bf16 matmuls dominate the deviation). Its
+  deviation from float32 and its speed are measured in benchmarks/README.md, section "bert".
 """
 
 from __future__ import annotations
@@ -352,9 +348,8 @@ def length_buckets(max_length: int) -> tuple[int, ...]:
     """Padded batch lengths: 8, 12, 16, 24, 32, 48, ... (powers of two and 1.5x between), capped
     by and ending at max_length.
 
-    The 1.5x steps and the short first buckets cut padding (5000 WordNet glosses, batches of 64:
-    1.29 padded tokens per real token, against 1.63 with powers of two from 16) for a few more
-    compiled shapes.
+    The 1.5x steps and the short first buckets cut padding for a few more compiled shapes
+    (measured in benchmarks/README.md, section "bert").
     """
     buckets = []
     n = _MIN_BUCKET

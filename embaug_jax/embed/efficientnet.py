@@ -435,19 +435,14 @@ def default_weights_info(variant: str, origin: str) -> WeightsInfo:
     raise ValueError(f"unknown weights origin {origin!r}; choose one of {ORIGINS}")
 
 
-_TRACE_COUNTS: dict[tuple, int] = {}
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled_forward(arch: Architecture, padding: str, bn_epsilon: float, depthwise: str,
                       dtype: str, mean: tuple[float, ...], std: tuple[float, ...]):
     """One jitted uint8 -> features program per setting, shared by every embedder using it."""
-    key = (arch, padding, bn_epsilon, depthwise, dtype, mean, std)
     model = EfficientNet(arch, padding=padding, bn_epsilon=bn_epsilon, depthwise=depthwise,
                          dtype=jnp.dtype(dtype))
 
     def forward(variables, images):
-        _TRACE_COUNTS[key] = _TRACE_COUNTS.get(key, 0) + 1  # runs once per trace, not per call
         return model.apply(variables, normalize(images, mean, std, jnp.dtype(dtype)))
 
     return jax.jit(forward)
@@ -488,9 +483,9 @@ class ImageEmbedder:
         self._data_sharding = jax.sharding.NamedSharding(
             self.mesh, jax.sharding.PartitionSpec("batch"))
         self.variables = jax.device_put(variables, replicated)
-        self._forward_key = (self.arch, info.padding, info.bn_epsilon, self.depthwise, dtype,
-                             tuple(info.mean), tuple(info.std))
-        self._forward = _compiled_forward(*self._forward_key)
+        self._forward = _compiled_forward(self.arch, info.padding, info.bn_epsilon,
+                                          self.depthwise, dtype, tuple(info.mean),
+                                          tuple(info.std))
 
     # -- construction -------------------------------------------------------------------------
 
@@ -536,11 +531,6 @@ class ImageEmbedder:
         return embedder
 
     # -- properties ---------------------------------------------------------------------------
-
-    @property
-    def trace_count(self) -> int:
-        """How often this embedder's program was traced (tests use it to catch recompiles)."""
-        return _TRACE_COUNTS.get(self._forward_key, 0)
 
     @property
     def dim(self) -> int:

@@ -20,8 +20,6 @@ from embaug_jax.sources.items import (
 from embaug_jax.sources.sampling import apply_sampling
 from embaug_jax.sources.table import _decode_bytes
 
-_FASHION_COLUMNS = ("id", "gender", "masterCategory", "subCategory", "articleType", "baseColour",
-                    "season", "year", "usage", "productDisplayName")
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 

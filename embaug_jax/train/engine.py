@@ -1,10 +1,11 @@
 """The sweep engine: a whole sweep (method x alpha x softness x trial x seed) as a few programs.
 
-`make_program(spec)` returns the pure per-member functions of one augmentation kind
-(`ProgramSpec.from_config(config, num_classes, n_train, kind=...)` holds everything it reads) (purejaxrl style): epochs and steps are `lax.scan`s, shuffling and
-augmentation happen on device. Everything a sweep varies within a kind -- alpha, softness, the
-soft switch, the trial's split, the seed -- is a traced array in `MemberHParams`, so
-`jax.jit(jax.vmap(...))` trains every member of the kind at once with one compilation.
+`make_program(spec)` returns the pure per-member functions of one augmentation kind (purejaxrl
+style; `ProgramSpec.from_config(config, num_classes, n_train, kind=...)` holds everything it
+reads): epochs and steps are `lax.scan`s, shuffling and augmentation happen on device.
+Everything a sweep varies within a kind -- alpha, softness, the soft switch, the trial's split,
+the seed -- is a traced array in `MemberHParams`, so `jax.jit(jax.vmap(...))` trains every member
+of the kind at once with one compilation.
 
 Groups. Members are grouped by `augment.KIND_OF_METHOD`: all controls, all E-Mixup variants
 (soft or not), all E-Stitchup variants. A group shares shapes and code, so a sweep compiles one

@@ -1,10 +1,17 @@
-"""Atomic output: success replaces the target whole; failure leaves it and no temporaries."""
+"""embaug_jax.util: atomic output (success replaces the target whole; failure leaves it and no
+temporaries), is_traced, list_first."""
 
 import json
 
 import pytest
 
-from embaug_jax.util import atomic_path, write_json_atomic, write_text_atomic
+from embaug_jax.util import (
+    atomic_path,
+    is_traced,
+    list_first,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def test_file_written_only_on_success(tmp_path):
@@ -36,3 +43,23 @@ def test_json_and_parent_creation(tmp_path):
     target = tmp_path / "deep" / "er" / "r.json"
     write_json_atomic(target, {"a": [1, 2]})
     assert json.loads(target.read_text()) == {"a": [1, 2]}
+
+
+def test_list_first_names_a_few_and_counts_the_rest():
+    import numpy as np
+
+    assert list_first([3, 1]) == "3, 1"
+    assert list_first(np.arange(25)) == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ... and 15 more"
+    assert list_first(["a", "b", "c"], 2, sep="\n  ") == "a\n  b\n  ... and 1 more"
+    assert list_first([]) == ""
+
+
+def test_is_traced_only_under_a_transformation():
+    import jax
+    import jax.numpy as jnp
+
+    seen = []
+    jax.jit(lambda x: seen.append(is_traced(x)) or x)(jnp.ones(2))
+    jax.vmap(lambda x: seen.append(is_traced(x)) or x)(jnp.ones(2))
+    assert seen == [True, True]
+    assert not is_traced(jnp.ones(2)) and not is_traced(1.0)
