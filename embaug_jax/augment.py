@@ -38,8 +38,8 @@ mixed in float32 and rounded once.
 Validation. Shapes, ranks and names are checked always. Values (alpha > 0, softness in [0, 1),
 labels in [0, num_classes), finite inputs) can only be checked on concrete arrays: under
 `jax.jit`/`jax.vmap` tracing they are not, so a traced alpha <= 0 yields NaN, a traced
-out-of-range class id an all-zero label row and a traced method index outside {0, 1, 2} is
-clamped by `lax.switch`.
+out-of-range class id an all-zero label row and a traced method index outside {0, 1, 2} acts
+as mixup.
 """
 
 from __future__ import annotations
