@@ -1,25 +1,31 @@
-"""Training throughput of the sweep engine, side by side in one run.
+"""Training speed of the sweep engine at the paper's shapes: issue 10's figures 1-4, one run.
 
-  python benchmarks/train_bench.py                   # the paper's shapes, 2 epochs per run
-  python benchmarks/train_bench.py --dim=512 --epochs=2 --sequential=5   # a quicker look
+  python benchmarks/train_bench.py                              # the paper's shapes
+  python benchmarks/train_bench.py --dim=512 --rounds=2         # a quicker look
 
-Rows (all at the paper's MLP and batch: D -> 250 -> 250 -> C, batch 128, 4,400 training rows):
-  jax, 1 member          one compiled program, one member (E-Mixup)
-  jax, 25 vmapped        5 methods x 5 trials as one vmapped program
-  jax, 25 sequential     the 1-member program run once per member (the same 25 members)
-  torch eager, 1 member  plain PyTorch CPU: the same MLP, AdamW, cyclic lr, E-Mixup, BCE
-Examples/s counts input rows consumed (batch x steps x members). GFLOP/s counts the matmul
-FLOPs executed (forward; backward = 2x forward except the first layer, whose input gradient is
-not needed; JAX: all B rows of the fixed-size batch, padding included, plus the evaluation;
-torch: the B/2 mixed rows it computes), against this machine's measured float32 matmul peak
-(jnp.dot, 2048^3, best of a reading before and after).
-Compilation is excluded (one warm-up call each); the evaluation at the end of each run is
-included (on a validation split of 10% of the training size, so it stays small).
+The paper's MLP and batch (D -> 250 -> 250 -> C, batch 128, 4,400 training rows, AdamW on the
+cyclic lr), Gaussian-cluster data. Every case is timed in each of `--rounds` interleaved rounds
+(so every case sees the same machine load) after a warm-up call that compiles it; the figures
+use the medians. Training only (`--epochs` epochs per call, no evaluation; the evaluation is
+timed by experiments/paper_scale_timing.py).
+
+  1. one E-Mixup member (64 mixed rows a step) against a plain PyTorch eager loop of the same
+     model and augmentation: examples/s ratio (bound >= 1.5x)
+  2. the 25-member Table-1 sweep (5 methods x 5 trials, grouped by kind: three vmapped programs)
+     against the same 25 members each trained alone: cost per member-epoch (bound <= 1.05x)
+  3. augmentation's share of an E-Mixup member's time: the member against the same member with
+     the augmentation (Beta draws, pairing, mixing) replaced by a plain slice of 64 rows
+     (bound <= 5%)
+  4. useful FLOP rate of the sweep (every FLOP is useful: no padding rows) against the jnp.dot
+     2048^3 float32 peak measured before and after in the same run (bound >= 50%)
+FLOPs count the matmuls of a step: forward, and backward without the first layer's input
+gradient (which nothing needs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -28,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from embaug_jax import augment, configlib
-from embaug_jax.train import engine as train
+from embaug_jax.train import engine
 from embaug_jax.train.splits import make_splits
 from embaug_jax.train.synthetic import make_synthetic
 
@@ -36,48 +42,72 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def matmul_peak(n=2048, repeats=10) -> float:
+    """float32 GFLOP/s of jnp.dot on n x n matrices (best of `repeats`)."""
     a = jax.random.normal(jax.random.key(0), (n, n))
     f = jax.jit(lambda a: a @ a)
     f(a).block_until_ready()
-    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+    best = min(_timed(lambda: f(a).block_until_ready())[0] for _ in range(repeats))
     return 2 * n**3 / best / 1e9
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
+def _timed(fn):
+    """(wall seconds, process CPU seconds) of fn()."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
-def step_flops(batch, dims) -> float:
+def step_flops(rows, dims) -> float:
     """Matmul FLOPs of one training step: forward, and backward without the input gradient."""
-    layers = [2 * batch * a * b for a, b in zip(dims[:-1], dims[1:])]
+    layers = [2 * rows * a * b for a, b in zip(dims[:-1], dims[1:])]
     return 2 * layers[0] + 3 * sum(layers[1:])
 
 
-def eval_flops(rows, dims) -> float:
-    return sum(2 * rows * a * b for a, b in zip(dims[:-1], dims[1:]))
+@contextlib.contextmanager
+def plain_slice():
+    """Replaces the augmentation by the first B/2 rows of the batch with one-hot labels."""
+    rows, weights = augment.augment_rows, augment.draw_weights
+
+    def sliced(key, take, batch, params, *, kind, **kwargs):
+        return take(slice(0, augment.kind_rows(kind, batch)))
+
+    augment.augment_rows = sliced
+    augment.draw_weights = lambda key, params, batch, **kw: jnp.zeros(())
+    try:
+        yield
+    finally:
+        augment.augment_rows, augment.draw_weights = rows, weights
 
 
-def jax_runner(config, data):
-    """A compiled `go(hp)`: init + train + evaluate the members of `hp` (one program per M)."""
-    program = train.make_program(train.ProgramSpec.from_config(
-        config, data.seen_mask.shape[1], data.train_idx.shape[1]))
-    init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)))
-    run = jax.jit(jax.vmap(program.run, in_axes=(None, 0, 0, None, None)), static_argnums=4)
+_PROGRAMS = {}
+
+
+def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced=False):
+    """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs, compiled
+    (one jitted program per kind, as the engine's driver; it compiles once per member count)."""
+    if (kind, sliced) not in _PROGRAMS:
+        program = engine.make_program(engine.ProgramSpec.from_config(
+            config, num_classes, n_train, kind=kind))
+        _PROGRAMS[kind, sliced] = (
+            jax.jit(jax.vmap(program.init, in_axes=(None, 0, None))),
+            jax.jit(jax.vmap(program.train, in_axes=(None, 0, 0, None, None)),
+                    static_argnums=4, donate_argnums=2), program)
+    init, train, program = _PROGRAMS[kind, sliced]
     key = jax.random.key(0)
-    periods = config.num_epochs // config.eval_every
+    state = [init(key, hp, on_device)]
+    with plain_slice() if sliced else contextlib.nullcontext():
+        state[0], loss = train(key, hp, state[0], on_device, epochs)  # compiles
+        loss.block_until_ready()
 
-    def go(hp):
-        state = init(key, hp, data)
-        state, metrics = run(key, hp, state, data, periods)
-        jax.block_until_ready(metrics)
+    def go():
+        state[0], loss = train(key, hp, state[0], on_device, epochs)
+        loss.block_until_ready()
 
     return go, program.steps_per_epoch
 
 
-def torch_epochs(x, labels, train_rows, seen, config, epochs) -> float:
-    """Plain PyTorch eager E-Mixup training of the same MLP; returns seconds for `epochs`."""
+def torch_epochs(x, labels, train_rows, seen, config, epochs):
+    """Plain PyTorch eager E-Mixup training of the same MLP (halving: 64 mixed rows a step)."""
     import torch
 
     torch.manual_seed(0)
@@ -89,32 +119,33 @@ def torch_epochs(x, labels, train_rows, seen, config, epochs) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr_min,
                             weight_decay=config.optim.weight_decay)
     steps = len(train_rows) // config.batch_size
-    half = config.optim.half_cycle_epochs * steps
-    sched = torch.optim.lr_scheduler.CyclicLR(opt, config.optim.lr_min, config.optim.lr_max,
-                                              step_size_up=half, cycle_momentum=False)
+    sched = torch.optim.lr_scheduler.CyclicLR(
+        opt, config.optim.lr_min, config.optim.lr_max,
+        step_size_up=config.optim.half_cycle_epochs * steps, cycle_momentum=False)
     xt, yt = torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
     mask = torch.from_numpy(seen)
     beta = torch.distributions.Beta(0.2, 0.2)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.from_numpy(train_rows)[torch.randperm(len(train_rows))]
-        for i in range(steps):
-            idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
-            xb = xt[idx]
-            yb = torch.nn.functional.one_hot(yt[idx], c).float()
-            shuffle = torch.randperm(len(idx))
-            a, b = shuffle[: len(idx) // 2], shuffle[len(idx) // 2:]
-            lam = beta.sample((len(a), 1))
-            xm = lam * xb[a] + (1 - lam) * xb[b]
-            ym = lam * yb[a] + (1 - lam) * yb[b]
-            logits = model(xm)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits[:, mask], ym[:, mask])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return time.perf_counter() - start
+
+    def go():
+        for _ in range(epochs):
+            perm = torch.from_numpy(train_rows)[torch.randperm(len(train_rows))]
+            for i in range(steps):
+                idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
+                xb = xt[idx]
+                yb = torch.nn.functional.one_hot(yt[idx], c).float()
+                shuffle = torch.randperm(len(idx))
+                a, b = shuffle[: len(idx) // 2], shuffle[len(idx) // 2:]
+                lam = beta.sample((len(a), 1))
+                xm = lam * xb[a] + (1 - lam) * xb[b]
+                ym = lam * yb[a] + (1 - lam) * yb[b]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    model(xm)[:, mask], ym[:, mask])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+
+    return go
 
 
 def main(argv=None):
@@ -122,65 +153,87 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=4864)
     p.add_argument("--classes", type=int, default=171)
     p.add_argument("--train-rows", type=int, default=4400)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--sequential", type=int, default=25,
-                   help="how many of the 25 members to run one after another (time scaled to 25)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per timed call")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     args = p.parse_args(argv)
 
     c = configlib.get_config(REPO / "configs" / "default.py")
-    c.num_epochs = c.eval_every = c.chunk_epochs = c.checkpoint_every = args.epochs
     n = args.train_rows + args.train_rows // 10
     ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
     s = make_splits(ds.labels, args.classes, trials=5, train_fraction=args.train_rows / n)
-    data = train.TrainData(jnp.asarray(ds.embeddings), jnp.asarray(ds.labels),
-                           jnp.asarray(s.train_idx), jnp.asarray(s.val_idx),
-                           jnp.asarray(s.seen_mask))
+    data = engine.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
+    on_device = jax.device_put(engine.device_data(data))
+    n_train = s.train_idx.shape[1]
     members = [dict(method=m, alpha=0.2 if m != "control" else 0.0,
                     softness=0.05 if m.startswith("soft") else 0.0, trial=t, seed=0)
                for m in augment.METHOD_NAMES for t in range(5)]
-    one = [members[5]]  # e_mixup, trial 0
-
-    peak = matmul_peak()
+    hp25 = engine.member_hparams(members)
+    groups = engine.member_groups(hp25)
     dims = (args.dim, *c.model.hidden, args.classes)
-    print(f"devices: {jax.devices()}; data {n} x {args.dim}, {args.classes} classes, "
-          f"{args.train_rows} training rows, batch {c.batch_size}, {args.epochs} epoch(s)")
-    print(f"float32 matmul peak (jnp.dot 2048^3), before: {peak:.1f} GFLOP/s")
+    E = args.epochs
 
-    go, steps = jax_runner(c, data)
-    hp1 = train.member_hparams(one)
-    hp25 = train.member_hparams(members)
-    go(hp1), go(hp25)  # compile both shapes
-    rows = []
-    t1 = min(_timed(lambda: go(hp1)) for _ in range(2))
-    rows.append(("jax, 1 member", 1, t1, 1.0))
-    t25 = _timed(lambda: go(hp25))
-    rows.append(("jax, 25 vmapped", 25, t25, 1.0))
-    # The same compiled 1-member program, once per member (method and trial are traced).
-    seq = [_timed(lambda: go(train.member_hparams([m]))) for m in members[: args.sequential]]
-    rows.append((f"jax, 25 sequential ({args.sequential} run, scaled)", 25,
-                 float(np.sum(seq)) * 25 / len(seq), 1.0))
-    torch_epochs(np.asarray(ds.embeddings), np.asarray(ds.labels),  # warm-up
-                 np.asarray(s.train_idx[0]), np.asarray(s.seen_mask[0]), c, 1)
-    t_torch = torch_epochs(np.asarray(ds.embeddings), np.asarray(ds.labels),
-                           np.asarray(s.train_idx[0]), np.asarray(s.seen_mask[0]), c, args.epochs)
-    # Torch computes only the B/2 mixed rows of a halved batch.
-    rows.append(("torch eager, 1 member (E-Mixup)", 1, t_torch, None))
+    print(f"jax {jax.__version__} on {jax.devices()}; data {n} x {args.dim}, {args.classes} "
+          f"classes, {args.train_rows} training rows, batch {c.batch_size}, {E} epoch(s) per "
+          f"call, {args.rounds} interleaved rounds")
+    peak0 = matmul_peak()
+    print(f"float32 matmul peak (jnp.dot 2048^3) before: {peak0:.1f} GFLOP/s", flush=True)
 
-    # The evaluation at the end of each run is timed too, so it is counted too.
-    flops = step_flops(c.batch_size, dims) * steps * args.epochs + eval_flops(n, dims)
-    peak = max(peak, matmul_peak())  # the box is shared: take the better of two readings
+    def hp_of(idx):
+        return jax.tree.map(lambda x: x[np.asarray(idx)], hp25)
+
+    cases = {}
+    mixup_member = members.index(dict(method="e_mixup", alpha=0.2, softness=0.0, trial=0, seed=0))
+    cases["e_mixup member"], steps = trainer(c, "mixup", args.classes, n_train, on_device,
+                                             hp_of([mixup_member]), E)
+    cases["same member, plain slice"], _ = trainer(c, "mixup", args.classes, n_train, on_device,
+                                                   hp_of([mixup_member]), E, sliced=True)
+    cases["torch eager e_mixup member"] = torch_epochs(
+        ds.embeddings, ds.labels, s.train_idx[0], s.seen_mask[0], c, E)
+    cases["torch eager e_mixup member"]()  # warm-up
+    sweep = [trainer(c, kind, args.classes, n_train, on_device, hp_of(idx), E)[0]
+             for kind, idx in groups]
+    cases["25-member sweep (3 programs)"] = lambda: [go() for go in sweep]
+    alone = [trainer(c, augment.KIND_OF_METHOD[m["method"]], args.classes, n_train, on_device,
+                     hp_of([i]), E)[0] for i, m in enumerate(members)]
+    cases["25 members alone, one after another"] = lambda: [go() for go in alone]
+    print("compiled; timing", flush=True)
+
+    wall = {k: [] for k in cases}
+    cpu = {k: [] for k in cases}
+    for r in range(args.rounds):
+        for k, go in cases.items():
+            w, u = _timed(go)
+            wall[k].append(w)
+            cpu[k].append(u)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {wall[k][-1]:.2f}s" for k in cases), flush=True)
+    peak = max(peak0, matmul_peak())
     print(f"float32 matmul peak, best of before/after: {peak:.1f} GFLOP/s\n")
-    print(f"| run | time (s) | examples/s | vs jax 1 member | GFLOP/s | % of peak |")
-    print("|---|---|---|---|---|---|")
-    base = c.batch_size * steps * args.epochs / t1
-    torch_flops = step_flops(c.batch_size // 2, dims) * steps * args.epochs  # no evaluation
-    for name, m, t, share in rows:
-        ex = m * c.batch_size * steps * args.epochs / t
-        gf = (m * flops if share else torch_flops) / t / 1e9
-        print(f"| {name} | {t:.2f} | {ex:,.0f} | {ex / base:.2f}x | {gf:.1f} | "
-              f"{100 * gf / peak:.0f}% |")
-    print("\nJAX runs every member on the full fixed-size batch (mixing pads its B/2 mixed rows "
-          "with B/2 weight-0 rows, so control and mixing share one program); torch runs B/2.")
+
+    med = {k: float(np.median(v)) for k, v in wall.items()}
+    med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
+    print("| case | wall median (s) | CPU median (s) | examples/s |")
+    print("|---|---|---|---|")
+    for k in cases:
+        m = 25 if k.startswith("25") else 1
+        print(f"| {k} | {med[k]:.3f} | {med_cpu[k]:.3f} | "
+              f"{m * c.batch_size * steps * E / med[k]:,.0f} |")
+
+    rows = [augment.kind_rows(augment.KIND_OF_METHOD[m["method"]], c.batch_size)
+            for m in members]
+    useful = sum(step_flops(r, dims) for r in rows) * steps * E
+    f1 = med["torch eager e_mixup member"] / med["e_mixup member"]
+    f2 = med["25-member sweep (3 programs)"] / med["25 members alone, one after another"]
+    f3 = 1 - med["same member, plain slice"] / med["e_mixup member"]
+    f3_cpu = 1 - med_cpu["same member, plain slice"] / med_cpu["e_mixup member"]
+    rate = useful / med["25-member sweep (3 programs)"] / 1e9
+    print("\n| # | figure | measured | bound |")
+    print("|---|---|---|---|")
+    print(f"| 1 | E-Mixup member examples/s vs PyTorch eager | {f1:.2f}x | >= 1.5x |")
+    print(f"| 2 | sweep cost per member-epoch vs members alone | {f2:.3f}x | <= 1.05x |")
+    print(f"| 3 | augmentation's share of the E-Mixup member's time | {100 * f3:.1f}% "
+          f"(CPU time: {100 * f3_cpu:.1f}%) | <= 5% |")
+    print(f"| 4 | sweep useful FLOP rate vs jnp.dot peak | {rate:.1f} / {peak:.1f} GFLOP/s = "
+          f"{100 * rate / peak:.0f}% | >= 50% |")
 
 
 if __name__ == "__main__":

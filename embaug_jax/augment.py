@@ -38,12 +38,13 @@ mixed in float32 and rounded once.
 Validation. Shapes, ranks and names are checked always. Values (alpha > 0, softness in [0, 1),
 labels in [0, num_classes), finite inputs) can only be checked on concrete arrays: under
 `jax.jit`/`jax.vmap` tracing they are not, so a traced alpha <= 0 yields NaN, a traced
-out-of-range class id an all-zero label row and a traced method index outside {0, 1, 2} is
-clamped by `lax.switch`.
+out-of-range class id an all-zero label row and a traced method index outside {0, 1, 2} acts
+as mixup.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -57,6 +58,8 @@ from jax import lax
 from embaug_jax.util import is_traced
 
 __all__ = [
+    "KINDS",
+    "KIND_OF_METHOD",
     "LABEL_WEIGHTS",
     "METHODS",
     "METHOD_NAMES",
@@ -67,9 +70,12 @@ __all__ = [
     "PAIRINGS",
     "UnknownMethodError",
     "augment_batch",
+    "augment_rows",
     "control",
+    "draw_weights",
     "e_mixup",
     "e_stitchup",
+    "kind_rows",
     "method_params",
     "num_outputs",
     "sample_lambda",
@@ -84,7 +90,7 @@ LABEL_WEIGHTS = ("lambda", "realized")
 # Values of `MethodParams.mix`: the branch index of `lax.switch` in `augment_batch`.
 MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP = 0, 1, 2
 # Manifold mixup (an ablation baseline) mixes inside the model, so only the training engine
-# runs it (`manifold_rows` gives it its pairs); `augment_batch` refuses it.
+# runs it (`augment_rows(..., kind="manifold")` gives it its pairs); `augment_batch` refuses it.
 MIX_MANIFOLD = 3
 # Each method as (mix, soft), in the paper's Table-1 order: the one list of the method names.
 _MIX_OF_METHOD = {
@@ -334,20 +340,26 @@ def sample_lambda(key: jax.Array, alpha: Any, shape: Sequence[int] = (), *, comp
     return lam
 
 
-def _pair(key: jax.Array, x: jax.Array, y: jax.Array, pairing: str):
-    """Returns (x_a, x_b, y_a, y_b): the parents of every output row."""
-    batch = x.shape[0]
+def _parents(key: jax.Array, take: Callable, batch: int, pairing: str):
+    """Returns ((x_a, y_a), (x_b, y_b)): the parents of every output row.
+
+    `take(rows)` returns (x[rows], y[rows]) for an index array or a slice, so a caller can gather
+    the parents straight from a larger array (the training engine composes its batch indices
+    with the pairing and gathers once instead of twice).
+    """
     if pairing == "halve":
         perm = jax.random.permutation(key, batch)
-        xs, ys = x[perm], y[perm]
         half = batch // 2
-        return xs[:half], xs[half:], ys[:half], ys[half:]
+        return take(perm[:half]), take(perm[half:])
     if pairing == "permute":
         # A uniform offset in [1, B) makes the partner uniform over the other B - 1 rows.
         offset = jax.random.randint(key, (batch,), 1, batch)
-        partner = (jnp.arange(batch) + offset) % batch
-        return x, x[partner], y, y[partner]
-    return x, x[::-1], y, y[::-1]
+        return take(slice(None)), take((jnp.arange(batch) + offset) % batch)
+    return take(slice(None)), take(slice(None, None, -1))
+
+
+def _take_from(x: jax.Array, y: jax.Array) -> Callable:
+    return lambda rows: (x[rows], y[rows])
 
 
 def _per_coordinate(values: jax.Array, sizes: tuple[int, ...] | None, dim: int) -> jax.Array:
@@ -402,27 +414,40 @@ def _sample_weights(key, alpha, shape):
 
 @partial(jax.jit, static_argnames=("mode", "pairing", "label_weight", "sizes"))
 def _mix_with(k_pair, k_mask, x, y, lam_a, lam_b, *, mode, pairing, label_weight, sizes):
-    x_a, x_b, y_a, y_b = _pair(k_pair, x, y, pairing)
-    dim = x.shape[1]
-    compute = jnp.promote_types(x.dtype, jnp.float32)
-    if mode == "mixup":
+    (x_a, y_a), (x_b, y_b) = _parents(k_pair, _take_from(x, y), x.shape[0], pairing)
+    from_a = _stitch_mask(k_mask, lam_a, x.shape[1], sizes) if mode == "stitchup" else None
+    return _combine(mode == "stitchup", x_a, x_b, y_a, y_b, lam_a, lam_b, from_a,
+                    label_weight=label_weight, sizes=sizes)
+
+
+def _combine(stitch, x_a, x_b, y_a, y_b, lam_a, lam_b, from_a, *, label_weight, sizes):
+    """Mixes parents into (x_mix, y_mix): mixup where `stitch` is False, stitchup where True.
+
+    `stitch` is a Python bool (one method: only its code is traced) or a traced bool scalar (the
+    traced form: both expressions are computed in one fused elementwise pass and selected; the
+    expensive random draws are not, see `_draws`). `from_a` is the stitchup mask (None: mixup).
+    """
+    dim = x_a.shape[1]
+    compute = jnp.promote_types(x_a.dtype, jnp.float32)
+    out = []
+    if stitch is not True:
         coord_a = _per_coordinate(lam_a, sizes, dim).astype(compute)
         coord_b = _per_coordinate(lam_b, sizes, dim).astype(compute)
-        x_mix = (coord_a * x_a.astype(compute) + coord_b * x_b.astype(compute)).astype(x.dtype)
-        w_a, w_b = _segment_mean(lam_a, sizes), _segment_mean(lam_b, sizes)
-    else:
-        from_a = _stitch_mask(k_mask, lam_a, dim, sizes)
-        x_mix = jnp.where(from_a, x_a, x_b)
-        if label_weight == "realized":
-            count_a = jnp.sum(from_a, axis=1, dtype=jnp.int32)
-            w_a, w_b = count_a / dim, (dim - count_a) / dim
-        else:
-            w_a, w_b = _segment_mean(lam_a, sizes), _segment_mean(lam_b, sizes)
-    label_compute = jnp.promote_types(y.dtype, jnp.float32)
+        x_mixup = (coord_a * x_a.astype(compute) + coord_b * x_b.astype(compute)).astype(x_a.dtype)
+        out.append(x_mixup)
+    if stitch is not False:
+        out.append(jnp.where(from_a, x_a, x_b))
+    x_mix = out[0] if len(out) == 1 else jnp.where(stitch, out[1], out[0])
+    w_a, w_b = _segment_mean(lam_a, sizes), _segment_mean(lam_b, sizes)
+    if label_weight == "realized" and stitch is not False:
+        count_a = jnp.sum(from_a, axis=1, dtype=jnp.int32)
+        w_a = jnp.where(stitch, count_a / dim, w_a)
+        w_b = jnp.where(stitch, (dim - count_a) / dim, w_b)
+    label_compute = jnp.promote_types(y_a.dtype, jnp.float32)
     w_a = w_a[:, None].astype(label_compute)
     w_b = w_b[:, None].astype(label_compute)
     y_mix = w_a * y_a.astype(label_compute) + w_b * y_b.astype(label_compute)
-    return x_mix, y_mix.astype(y.dtype)
+    return x_mix, y_mix.astype(y_a.dtype)
 
 
 def _prepare(x, y, *, num_classes=None, pairing="halve", label_weight="lambda", segments=None):
@@ -634,9 +659,12 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
                   negative_mass=1.0, label_weight="lambda", segments=None, num_classes=None):
     """Applies the method `params` describes, with the same output shapes for every method.
 
-    The method is chosen by `lax.switch` on `params.mix` and softening by `jnp.where` on
-    `params.soft`, so changing params never retraces, and under `jax.vmap` over params every
-    member runs in one program. For the same key the rows equal the named function's output.
+    The method and softening are selected by `jnp.where` on `params`, so changing params never
+    retraces, and under `jax.vmap` over params every member runs in one program that costs per
+    member what one member costs alone: the random draws (Beta variates, stitchup's mask) run
+    only for the methods some member uses (see `_draws`). For the same key the rows equal the
+    named function's output. A caller that knows the method statically and wants no padding
+    rows uses `augment_rows`.
 
     Returns:
       (x_out [B, D], y_out [B, C] float, weight [B] float32). Under "halve" a mixing method puts
@@ -685,50 +713,192 @@ def augment_batch(key, x, y, params: MethodParams, *, class_mask=None, pairing="
                           label_weight=label_weight, sizes=sizes)
 
 
-# Jitted so that eager calls compile once per shape and configuration (an eager lax.switch would
-# recompile on every call); inside a caller's jit it is simply inlined.
+# Jitted so that eager calls compile once per shape and configuration; inside a caller's jit it
+# is simply inlined.
 @partial(jax.jit, static_argnames=("pairing", "label_weight", "sizes"))
 def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, label_weight, sizes):
-    batch = x.shape[0]
-    # The same key split as `_mix`, so every branch reproduces its named function.
+    batch, dim = x.shape
+    # The same key split as `_mix`, so every method reproduces its named function.
     k_pair, k_lam, k_mask = jax.random.split(key, 3)
     pairs = batch // 2 if pairing == "halve" else batch
     is_control = params.mix == MIX_CONTROL
-    # Control ignores alpha, but under vmap every branch runs: a NaN from a control member's
-    # unused alpha would still poison gradients through the select, so give control a safe one.
-    alpha = jnp.where(is_control, 1.0, params.alpha)
-    # Drawn once, outside the switch, for both mixing branches; a lone control skips the sampler.
-    lam_shape = (pairs, 1 if sizes is None else len(sizes))
-    lam_a, lam_b = lax.cond(
-        is_control,
-        lambda: (jnp.ones(lam_shape, jnp.float32), jnp.zeros(lam_shape, jnp.float32)),
-        lambda: _sample_weights(k_lam, alpha, lam_shape),
-    )
-
-    def control_branch(x, y, lam_a, lam_b):
-        x, y = control_transforms(k_mask, x, y, params, class_mask=class_mask)
-        return x, y, jnp.ones(batch, jnp.float32)
-
-    def mixing_branch(mode):
-        def branch(x, y, lam_a, lam_b):
-            x_mix, y_mix = _mix_with(k_pair, k_mask, x, y, lam_a, lam_b, mode=mode,
-                                     pairing=pairing, label_weight=label_weight, sizes=sizes)
-            weight = jnp.ones(pairs, jnp.float32)
-            if pairs < batch:
-                pad = batch - pairs
-                x_mix = jnp.concatenate([x_mix, jnp.zeros((pad,) + x_mix.shape[1:], x_mix.dtype)])
-                y_mix = jnp.concatenate([y_mix, jnp.zeros((pad,) + y_mix.shape[1:], y_mix.dtype)])
-                weight = jnp.concatenate([weight, jnp.zeros(pad, jnp.float32)])
-            return x_mix, y_mix, weight
-
-        return branch
-
-    branches = [control_branch, mixing_branch("mixup"), mixing_branch("stitchup")]
-    x_out, y_out, weight = lax.switch(params.mix, branches, x, y, lam_a, lam_b)
+    lam_a, lam_b, from_a = _draws(k_lam, k_mask, params.mix, params.alpha,
+                                  shape=(pairs, 1 if sizes is None else len(sizes)), dim=dim,
+                                  sizes=sizes)
+    # No lax.switch on the method: under vmap a batched switch becomes a select that runs every
+    # branch for every member. The data path is one fused elementwise pass for all methods; the
+    # costly random draws are skipped by `_draws` for the methods no member uses.
+    (x_a, y_a), (x_b, y_b) = _parents(k_pair, _take_from(x, y), batch, pairing)
+    x_mix, y_mix = _combine(params.mix == MIX_STITCHUP, x_a, x_b, y_a, y_b, lam_a, lam_b, from_a,
+                            label_weight=label_weight, sizes=sizes)
+    weight = jnp.ones(pairs, jnp.float32)
+    if pairs < batch:
+        pad = batch - pairs
+        x_mix = jnp.concatenate([x_mix, jnp.zeros((pad,) + x_mix.shape[1:], x_mix.dtype)])
+        y_mix = jnp.concatenate([y_mix, jnp.zeros((pad,) + y_mix.shape[1:], y_mix.dtype)])
+        weight = jnp.concatenate([weight, jnp.zeros(pad, jnp.float32)])
+    # The control's rows, with the control-kind baselines' transforms (no-ops for the control).
+    x_ctrl, y_ctrl = control_transforms(k_mask, x, y, params, class_mask=class_mask)
+    x_out = jnp.where(is_control, x_ctrl, x_mix)
+    y_out = jnp.where(is_control, y_ctrl, y_mix)
+    weight = jnp.where(is_control, 1.0, weight)
     y_soft = soften_labels(y_out, params.softness, negative_mass, class_mask=class_mask)
     # Padding rows stay zero (and weight 0) whether or not labels are softened.
     y_out = jnp.where(params.soft & (weight[:, None] > 0), y_soft, y_out)
     return x_out, y_out, weight
+
+
+def _draws(k_lam, k_mask, mix, alpha, *, shape, dim, sizes):
+    """The random draws of the traced form: (lam_a, lam_b, from_a) for method index `mix`.
+
+    Control gets lam_a = 1, lam_b = 0 without sampling, and only stitchup draws its [P, D] mask
+    (all False otherwise). Alone, `lax.cond` skips what the method does not use. Under `jax.vmap`
+    a batched `cond` would run both sides for every member, so a custom batching rule runs each
+    draw once for the whole batch and only if some member needs it: vmapped over members of one
+    method, a member costs what it costs alone. The draws take no differentiable input, so the
+    custom rule never meets reverse-mode autodiff.
+    """
+    return _draws_fn(shape, dim, sizes)(k_lam, k_mask, mix, jnp.asarray(alpha, jnp.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def _draws_fn(shape, dim, sizes):
+    def control_weights(lead=()):
+        return (jnp.ones(lead + shape, jnp.float32), jnp.zeros(lead + shape, jnp.float32))
+
+    def mask(k_mask, lam_a):
+        return _stitch_mask(k_mask, lam_a, dim, sizes)
+
+    @jax.custom_batching.custom_vmap
+    def draws(k_lam, k_mask, mix, alpha):
+        lam_a, lam_b = lax.cond(mix == MIX_CONTROL, control_weights,
+                                lambda: _sample_weights(k_lam, alpha, shape))
+        from_a = lax.cond(mix == MIX_STITCHUP, lambda: mask(k_mask, lam_a),
+                          lambda: jnp.zeros((shape[0], dim), jnp.bool_))
+        return lam_a, lam_b, from_a
+
+    @draws.def_vmap
+    def draws_batched(axis_size, in_batched, k_lam, k_mask, mix, alpha):
+        k_lam, k_mask, mix, alpha = (
+            v if batched else jnp.broadcast_to(v, (axis_size,) + v.shape)
+            for v, batched in zip((k_lam, k_mask, mix, alpha), in_batched))
+        is_control = mix == MIX_CONTROL
+        # A control member's alpha is never used; a safe value keeps NaN out of the batch.
+        safe_alpha = jnp.where(is_control, 1.0, alpha)
+        lam_a, lam_b = lax.cond(
+            jnp.any(~is_control),
+            lambda: jax.vmap(lambda k, a: _sample_weights(k, a, shape))(k_lam, safe_alpha),
+            lambda: control_weights((axis_size,)))
+        member = (slice(None),) + (None,) * len(shape)
+        lam_a = jnp.where(is_control[member], 1.0, lam_a)
+        lam_b = jnp.where(is_control[member], 0.0, lam_b)
+        is_stitch = mix == MIX_STITCHUP
+        from_a = lax.cond(jnp.any(is_stitch), lambda: jax.vmap(mask)(k_mask, lam_a),
+                          lambda: jnp.zeros((axis_size, shape[0], dim), jnp.bool_))
+        from_a = from_a & is_stitch[:, None, None]
+        return (lam_a, lam_b, from_a), (True, True, True)
+
+    return draws
+
+
+# --------------------------------------------------------------------------------------------
+# Kinds: the static form the training engine groups members by
+# --------------------------------------------------------------------------------------------
+
+# Members whose methods share a kind share shapes and code: the engine compiles one vmapped
+# program per kind present in a sweep, and each member computes only the rows it trains on
+# (B/2 under "halve" for the mixing kinds, B for control; no padding rows, no select between
+# methods). Within a kind, what varies (alpha, softness, the soft switch) stays a traced array.
+#
+# Adding a method: if it is an existing kind with another traced setting (e.g. a soft control
+# = control with soft=True, or label smoothing as a traced label transform applied where
+# `params.soft` is now), give `MethodParams` the field and map the name in `KIND_OF_METHOD`.
+# If it computes something else (Gaussian noise, feature dropout: B rows transformed one by
+# one; manifold mixup: pairs mixed after the first hidden layer), add a kind: its name to
+# `KINDS`, its row count to `kind_rows`, and its branch to `augment_rows` (or, for a method
+# that acts inside the model, to the engine's loss for that kind).
+#
+# The ablation baselines follow that rule: soft control, label smoothing, Gaussian noise and
+# feature dropout are the control kind with a traced transform (`control_transforms`, a no-op
+# at zero), and manifold mixup is its own kind, whose pairs the engine mixes in the model.
+KINDS = ("control", "mixup", "stitchup", "manifold")
+KIND_OF_METHOD = {"control": "control", "e_mixup": "mixup", "soft_e_mixup": "mixup",
+                  "e_stitchup": "stitchup", "soft_e_stitchup": "stitchup",
+                  "soft_control": "control", "label_smoothing": "control",
+                  "gaussian_noise": "control", "feature_dropout": "control",
+                  "manifold_mixup": "manifold"}
+
+
+def kind_rows(kind: str, batch: int, pairing: str = "halve") -> int:
+    """Rows a member of `kind` trains on per step of `batch` examples (for "manifold": pairs,
+    each of two parent rows)."""
+    _check_name("kind", kind, KINDS)
+    return batch if kind == "control" else num_outputs(batch, pairing)
+
+
+def draw_weights(key, params: MethodParams, batch: int, *, pairing="halve", segments=None):
+    """The (lam_a, lam_b) [P, S] that `augment_rows(key, ...)` of a mixing kind draws.
+
+    Drawing them ahead (e.g. `jax.vmap` over an epoch's step keys) and passing them as
+    `augment_rows(..., weights=)` gives the same rows; it runs the Gamma sampler's rejection
+    loop once for many steps instead of once per step.
+    """
+    k_lam = jax.random.split(key, 3)[1]
+    pairs = num_outputs(batch, pairing)
+    sizes = None if segments is None else tuple(int(v) for v in segments)
+    return _sample_weights(k_lam, jnp.asarray(params.alpha, jnp.float32),
+                           (pairs, 1 if sizes is None else len(sizes)))
+
+
+def augment_rows(key, take: Callable, batch: int, params: MethodParams, *, kind: str,
+                 class_mask=None, pairing="halve", negative_mass=1.0, label_weight="lambda",
+                 segments=None, weights=None):
+    """The rows one member of a static `kind` trains on: no padding, no branch on the method.
+
+    For the same key the rows equal `augment_batch`'s weight-1 rows (and the named function's
+    output). Traceable, vmappable over params and keys; nothing is checked beyond names, so
+    call it inside a program whose inputs were validated.
+
+    Args:
+      take: `take(rows) -> (x[rows], y[rows] float)` for an index array or a slice of the
+        batch's `batch` rows, so the caller gathers the parents from wherever its data lives.
+      kind: one of `KINDS` (`KIND_OF_METHOD[name]`); params.mix is ignored.
+      weights: optional (lam_a, lam_b) from `draw_weights` with the same key (for "manifold",
+        drawn without segments: it mixes hidden units, not embedding segments).
+    Returns:
+      (x [R, D], y [R, C]) with R = `kind_rows(kind, batch, pairing)`; for "manifold", x is
+      (x_a, x_b, lam_a, lam_b), the pairs `manifold_mixup` returns, for
+      `MLP(..., mix_with=x_b, mix_weights=(lam_a, lam_b))`.
+    """
+    _check_name("kind", kind, KINDS)
+    sizes = None if segments is None else tuple(int(v) for v in segments)
+    k_pair, k_lam, k_mask = jax.random.split(key, 3)
+    if kind == "control":
+        x, y = take(slice(None))
+        x, y = control_transforms(k_mask, x, y, params, class_mask=class_mask)
+    elif kind == "manifold":
+        if weights is None:
+            weights = draw_weights(key, params, batch, pairing=pairing)
+        lam_a, lam_b = weights
+        (x_a, y_a), (x_b, y_b) = _parents(k_pair, take, batch, pairing)
+        compute = jnp.promote_types(y_a.dtype, jnp.float32)
+        y = (lam_a.astype(compute) * y_a.astype(compute)
+             + lam_b.astype(compute) * y_b.astype(compute)).astype(y_a.dtype)
+        x = (x_a, x_b, lam_a, lam_b)
+    else:
+        if weights is None:
+            weights = draw_weights(key, params, batch, pairing=pairing, segments=sizes)
+        lam_a, lam_b = weights
+        (x_a, y_a), (x_b, y_b) = _parents(k_pair, take, batch, pairing)
+        from_a = (_stitch_mask(k_mask, lam_a, x_a.shape[1], sizes) if kind == "stitchup"
+                  else None)
+        x, y = _combine(kind == "stitchup", x_a, x_b, y_a, y_b, lam_a, lam_b, from_a,
+                        label_weight=label_weight, sizes=sizes)
+    softness = jnp.asarray(params.softness, jnp.float32)
+    if negative_mass is not None:
+        negative_mass = jnp.asarray(negative_mass, jnp.float32)
+    y_soft = soften_labels(y, softness, negative_mass, class_mask=class_mask)
+    return x, jnp.where(params.soft, y_soft, y)
 
 
 # --------------------------------------------------------------------------------------------
@@ -875,7 +1045,7 @@ def manifold_rows(key, x, y, alpha, *, pairing="halve"):
     k_pair, k_lam, _ = jax.random.split(key, 3)
     pairs = batch // 2 if pairing == "halve" else batch
     lam_a, lam_b = _sample_weights(k_lam, jnp.asarray(alpha, jnp.float32), (pairs, 1))
-    x_a, x_b, y_a, y_b = _pair(k_pair, x, y, pairing)
+    (x_a, y_a), (x_b, y_b) = _parents(k_pair, _take_from(x, y), batch, pairing)
     compute = jnp.promote_types(y.dtype, jnp.float32)
     y_mix = (lam_a.astype(compute) * y_a.astype(compute)
              + lam_b.astype(compute) * y_b.astype(compute)).astype(y.dtype)
@@ -902,7 +1072,7 @@ def manifold_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None) -> Ma
     k_pair, k_lam, _ = jax.random.split(key, 3)
     pairs = x.shape[0] // 2 if pairing == "halve" else x.shape[0]
     lam_a, lam_b = _sample_weights(k_lam, jnp.asarray(alpha, jnp.float32), (pairs, 1))
-    x_a, x_b, y_a, y_b = _pair(k_pair, x, y, pairing)
+    (x_a, y_a), (x_b, y_b) = _parents(k_pair, _take_from(x, y), x.shape[0], pairing)
     compute = jnp.promote_types(y.dtype, jnp.float32)
     y_mix = lam_a.astype(compute) * y_a.astype(compute) + lam_b.astype(compute) * y_b.astype(
         compute)

@@ -33,8 +33,9 @@ def _data(c):
     return command.prepare_data(c)[2]
 
 
-def _spec(c, data):
-    return train.ProgramSpec.from_config(c, data.seen_mask.shape[1], data.train_idx.shape[1])
+def _spec(c, data, kind="control"):
+    return train.ProgramSpec.from_config(c, data.seen_mask.shape[1], data.train_idx.shape[1],
+                                         kind=kind)
 
 
 MEMBERS = [dict(method="control", alpha=0.0, softness=0.0, trial=0, seed=0),
@@ -76,8 +77,9 @@ def test_loss_falls_and_clusters_are_learnt(sweep4):
 
 def test_sweep_member_equals_lone_member(sweep4, fast_compile):
     c, data, hp, r = sweep4
-    lone = jax.jit(train.make_train(_spec(c, data), c.num_epochs))
     for i in (0, 2):
+        kind = augment.KIND_OF_METHOD[MEMBERS[i]["method"]]
+        lone = jax.jit(train.make_train(_spec(c, data, kind), c.num_epochs))
         one = jax.tree.map(lambda x: x[i], hp)
         state, metrics = lone(jax.random.key(c.seed), one, data)
         chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[i], r.state.params),
@@ -115,31 +117,38 @@ def test_resume_after_kill_equals_uninterrupted(sweep4, tmp_path, fast_compile):
     np.testing.assert_allclose(resumed.val_probs, full.val_probs, atol=1e-6)
 
 
-def test_control_and_mixing_share_one_program(fast_compile):
-    # The method is data, not code: the program lowered for two controls is the very program
-    # lowered for two mixing members.
+def test_one_program_per_kind_and_no_padding_rows(fast_compile):
+    """Members of one kind (any alpha, softness, soft switch, trial) share one compiled program;
+    a mixing member trains on B/2 rows under halving, the control on B."""
     c = _config()
     data = _data(c)
-    program = train.make_program(_spec(c, data))
-    run = jax.jit(jax.vmap(program.run, in_axes=(None, 0, 0, None, None)), static_argnums=4)
-    init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)))
+    on_device = train.device_data(data)
     key = jax.random.key(0)
-    lowered = []
-    for members in ([MEMBERS[0], MEMBERS[0]], [MEMBERS[1], MEMBERS[2]]):
-        hp = train.member_hparams(members)
-        state = init(key, hp, data)
-        lowered.append(run.lower(key, hp, state, data, 1).as_text())
-        _, metrics = run(key, hp, state, data, 1)
-        assert np.isfinite(np.asarray(metrics["train_loss"])).all()
-    assert lowered[0] == lowered[1]
-    assert run._cache_size() == 1
+    mixup = [dict(method="e_mixup", alpha=0.3, softness=0.0, trial=1, seed=0),
+             dict(method="soft_e_mixup", alpha=0.1, softness=0.2, trial=0, seed=3)]
+    for kind, member_sets in (("control", [[MEMBERS[0]] * 2, [dict(MEMBERS[0], trial=1)] * 2]),
+                              ("mixup", [mixup, mixup[::-1]])):
+        chex.clear_trace_counter()  # both kinds' `train` share one code object
+        program = train.make_program(_spec(c, data, kind))
+        assert program.rows == (c.batch_size if kind == "control" else c.batch_size // 2)
+        run = jax.jit(jax.vmap(chex.assert_max_traces(program.train, n=1),
+                               in_axes=(None, 0, 0, None, None)), static_argnums=4)
+        init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)))
+        for members in member_sets:
+            hp = train.member_hparams(members)
+            _, loss = run(key, hp, init(key, hp, on_device), on_device, 1)
+            assert np.isfinite(np.asarray(loss)).all()
+    groups = train.member_groups(MEMBERS + mixup)
+    assert [(k, list(i)) for k, i in groups] == [("control", [0]), ("mixup", [1, 3, 4]),
+                                                 ("stitchup", [2])]
 
 
 def test_every_chunk_runs_one_compiled_program(sweep4):
-    c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable
+    c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable per kind
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
-    _, run, _ = train._compiled_sweep(_spec(c, data), mesh)
-    assert run._cache_size() == 1
+    for kind, _ in train.member_groups(MEMBERS):
+        _, run, _ = train._compiled_sweep(_spec(c, data, kind), mesh)
+        assert run._cache_size() == 1
 
 
 def test_program_spec_holds_every_knob_the_program_reads():
@@ -162,11 +171,47 @@ def test_program_spec_holds_every_knob_the_program_reads():
 
 @pytest.mark.parametrize("block", [64, 100])
 def test_blockwise_evaluation_equals_one_shot(sweep4, block, fast_compile):
-    c, data, hp, r = sweep4  # 320 rows: 5 blocks of 64, or 3 blocks of 100 and 20 more rows
-    c = _config(eval_block_rows=block)
-    program = train.make_program(_spec(c, data))
-    probs = jax.jit(jax.vmap(program.predict, in_axes=(0, 0, None)))(r.state, hp, data)
-    np.testing.assert_allclose(probs, r.val_probs, atol=1e-6)
+    c, data, hp, r = sweep4  # 240 validation rows: blocks of 64 (last padded) or 100
+    on_device = train.device_data(data)
+    for kind, idx in train.member_groups(MEMBERS):
+        program = train.make_program(_spec(c, data, kind))
+        evaluate = jax.jit(jax.vmap(program.evaluate, in_axes=(0, 0, None, None)))
+        params = jax.tree.map(lambda x: x[idx], r.state.params)
+        member_hp = jax.tree.map(lambda x: x[idx], hp)
+        blocks = [evaluate(params, member_hp, on_device, b) for b in train.eval_blocks(data, block)]
+        n_val = data.val_idx.shape[1]
+        probs = np.concatenate([np.asarray(p) for _, p in blocks], axis=1)[:, :n_val]
+        np.testing.assert_allclose(probs, r.val_probs[idx], atol=1e-6)
+        metrics = train.metrics_from_counts(sum(np.asarray(counts) for counts, _ in blocks))
+        for k, v in metrics.items():
+            np.testing.assert_array_equal(v, r.history[k][idx, -1])
+
+
+def test_dataset_larger_than_the_device_budget_streams_to_the_same_results(sweep4, tmp_path,
+                                                                            fast_compile):
+    """A memory-mapped dataset larger than config.device_data_bytes: only the training rows and
+    one evaluation block at a time reach the device, and every result equals the in-memory
+    run's."""
+    from embaug_jax.dataset import load_embeddings, save_embeddings
+
+    c, data, hp, full = sweep4
+    ds = command.load_data(c)
+    save_embeddings(tmp_path / "ds", np.asarray(ds.embeddings), np.asarray(ds.labels),
+                    list(ds.class_names))
+    mapped = load_embeddings(tmp_path / "ds")
+    assert isinstance(mapped.embeddings, np.memmap)
+    host = train.TrainData(mapped.embeddings, np.asarray(data.labels), np.asarray(data.train_idx),
+                           np.asarray(data.val_idx), np.asarray(data.seen_mask))
+    budget = int(0.75 * mapped.embeddings.nbytes)
+    small = _config(device_data_bytes=budget)
+    r = train.run_sweep(small, host, MEMBERS, progress=False)
+    assert r.device_data_bytes <= budget < mapped.embeddings.nbytes
+    assert r.eval_block_rows < data.val_idx.shape[1]  # several blocks
+    for k in full.history:
+        np.testing.assert_allclose(r.history[k], full.history[k], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(r.val_probs, full.val_probs, atol=1e-6)
+    with pytest.raises(ValueError, match="device_data_bytes=1000 cannot hold"):
+        train.run_sweep(_config(device_data_bytes=1000), host, MEMBERS, progress=False)
 
 
 def test_unseen_classes_never_get_loss(sweep4):
@@ -268,8 +313,9 @@ def test_holdout_classes_is_a_count_or_class_names():
 
 def test_ablation_baselines_train_in_the_sweep(fast_compile):
     """The control-kind baselines at zero strength are the control, member for member; at their
-    settings they differ from it; manifold mixup trains in the same program and a member trained
-    alone equals itself in the sweep; the others' numbers do not move because it is there."""
+    settings they differ from it; manifold mixup is its own kind (its own program) and a member
+    trained alone equals itself in the sweep; the others' numbers do not move because it is
+    there."""
     c = _config(num_epochs=8, eval_every=8, checkpoint_every=8)
     c.chunk_epochs = 8
     data = _data(c)
@@ -283,6 +329,8 @@ def test_ablation_baselines_train_in_the_sweep(fast_compile):
                dict(base, method="feature_dropout", drop_rate=0.3),
                dict(base, method="soft_control", softness=0.05),
                dict(base, method="manifold_mixup", alpha=0.4)]
+    assert [(k, list(i)) for k, i in train.member_groups(members)] == [
+        ("control", list(range(8))), ("manifold", [8])]
     r = train.run_sweep(c, data, members, progress=False)
     loss = r.history["train_loss"]
     for i in (1, 2, 3):
@@ -294,9 +342,7 @@ def test_ablation_baselines_train_in_the_sweep(fast_compile):
     alone = train.run_sweep(c, data, members[:1], progress=False)
     np.testing.assert_allclose(alone.history["train_loss"][0], loss[0], rtol=1e-5)
     np.testing.assert_allclose(alone.val_probs[0], r.val_probs[0], atol=1e-5)
-    spec = train.ProgramSpec.from_config(c, data.seen_mask.shape[1], data.train_idx.shape[1],
-                                         manifold=True)
-    lone = jax.jit(train.make_train(spec, c.num_epochs))
+    lone = jax.jit(train.make_train(_spec(c, data, "manifold"), c.num_epochs))
     hp = train.member_hparams(members)
     state, metrics = lone(jax.random.key(c.seed), jax.tree.map(lambda x: x[8], hp), data)
     chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[8], r.state.params),

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -120,6 +119,8 @@ def validate_config(config) -> None:
     _require(ce % ch == 0, f"config.checkpoint_every={ce} must be a multiple of "
              f"config.chunk_epochs={ch} (checkpoints are written between chunks).")
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
+    _require(int(config.get("device_data_bytes", 0) or 0) >= 0, "config.device_data_bytes "
+             "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")
     _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
              "in (0, 1).")
     r = config.report
@@ -243,9 +244,10 @@ def prepare_data(config) -> tuple[Any, Splits, TrainData, tuple[int, ...] | None
     if config.augment.use_segments and segments is None:
         raise UserError("config.augment.use_segments=True but the dataset records no segments; "
                         "set it to False, or train on a dataset written with segments.")
-    data = TrainData(jnp.asarray(dataset.embeddings, jnp.float32),
-                     jnp.asarray(dataset.labels, jnp.int32), jnp.asarray(splits.train_idx),
-                     jnp.asarray(splits.val_idx), jnp.asarray(splits.seen_mask))
+    # Host arrays (a file dataset stays memory-mapped): the engine places only the training rows
+    # on the devices and streams the validation rows.
+    data = TrainData(dataset.embeddings, np.asarray(dataset.labels, np.int32), splits.train_idx,
+                     splits.val_idx, splits.seen_mask)
     return dataset, splits, data, segments
 
 

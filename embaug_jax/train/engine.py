@@ -1,26 +1,43 @@
-"""The sweep engine: a whole sweep (method x alpha x softness x trial x seed) in one program.
+"""The sweep engine: a whole sweep (method x alpha x softness x trial x seed) as a few programs.
 
-`make_train(spec, num_epochs)` returns a pure `train(key, hp, data)` for ONE member (purejaxrl
-style; `ProgramSpec.from_config` holds everything the program reads): epochs and steps are
-`lax.scan`s, shuffling and augmentation happen on device, and the validation metrics are
-computed every `eval_every` epochs inside the program. Everything a sweep varies -- the
-augmentation method, alpha, softness, the trial's split, the seed -- is a traced array in
-`MemberHParams`, so `jax.jit(jax.vmap(train, in_axes=(None, 0, None)))` trains
-every member at once with one compilation. Control and mixing share that program: the augment
-step always returns a fixed-size batch with per-example loss weights (`augment.augment_batch`).
+`make_program(spec)` returns the pure per-member functions of one augmentation kind (purejaxrl
+style; `ProgramSpec.from_config(config, num_classes, n_train, kind=...)` holds everything it
+reads): epochs and steps are `lax.scan`s, shuffling and augmentation happen on device.
+Everything a sweep varies within a kind -- alpha, softness, the soft switch, the trial's split,
+the seed -- is a traced array in `MemberHParams`, so `jax.jit(jax.vmap(...))` trains every member
+of the kind at once with one compilation.
 
-`run_sweep(config, data, members)` is the driver: it shards the member axis over the devices,
-trains in compiled chunks of `config.chunk_epochs` epochs (a tqdm tick and an `on_chunk` call
-each; an orbax checkpoint every `config.checkpoint_every` epochs, resumed when present) and
-returns a `SweepResult`, which `report.write_report(workdir, result)` turns into the report.
+Groups. Members are grouped by `augment.KIND_OF_METHOD`: all controls, all E-Mixup variants
+(soft or not), all E-Stitchup variants; the ablation baselines soft control, label smoothing,
+Gaussian noise and feature dropout join the control kind (traced transforms of its B rows,
+`augment.control_transforms`) and manifold mixup is its own kind, whose pairs the loss mixes
+after the model's first hidden layer. A group shares shapes and code, so a sweep compiles one
+vmapped, member-sharded program per kind present, and each member computes only the rows it
+trains on: under the paper's halving a mixing member trains on B/2 mixed rows, the control on
+B rows, with no padding rows and no select between methods (`augment.augment_rows`). A new
+method joins an existing kind or adds one (see `embaug_jax.augment`, "Kinds"); the engine
+needs no change for the former and a branch in `augment.augment_rows` for the latter.
+
+Data. Training gathers only from the training rows of every trial, so only those (their union)
+are placed on each device; evaluation computes only the validation rows, streamed from the host
+(a memory-mapped dataset stays on disk) in blocks of `config.eval_block_rows`, so the device
+holds a bounded amount whatever N is. `config.device_data_bytes` caps the dataset bytes placed
+on one device (training rows + one evaluation block); the block shrinks to fit.
+
+`run_sweep(config, data, members)` shards each group's member axis over the devices, trains in
+chunks of `config.chunk_epochs` epochs (`eval_every` epochs per compiled call, each followed by a
+streamed evaluation; a tqdm tick and an `on_chunk` call per chunk; an orbax checkpoint every
+`config.checkpoint_every` epochs, resumed when present) and returns a `SweepResult`, which
+`report.write_report(workdir, result)` turns into the report.
 
 Keys: member key = fold_in(fold_in(root, seed), trial); its first split initialises the MLP, the
 second drives training: epoch key = fold_in(train_key, epoch) splits into the shuffle key and a
 steps key, and step key = fold_in(steps key, step). Nothing random depends on how many members
-run or on the chunking, so a member trained alone, inside a sweep, on 1 or 4 devices, or across
-a resume sees the same numbers. Members that differ only in method or alpha share their
-initialisation and shuffles (common random numbers), so a comparison of methods within a trial
-is not confounded by the draw; trials get independent initialisations as well as splits.
+run, on the grouping or on the chunking, so a member trained alone, inside a sweep, on 1 or 4
+devices, or across a resume sees the same numbers. Members that differ only in method or alpha
+share their initialisation and shuffles (common random numbers), so a comparison of methods
+within a trial is not confounded by the draw; trials get independent initialisations as well
+as splits.
 """
 
 from __future__ import annotations
@@ -42,7 +59,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from embaug_jax import augment
-from embaug_jax.metrics import DEFAULT_THRESHOLD, threshold_accuracy
+from embaug_jax.metrics import DEFAULT_THRESHOLD, top_seen_prediction
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
 from embaug_jax.util import list_first
 
@@ -66,13 +83,59 @@ class MemberHParams(NamedTuple):
 
 
 class TrainData(NamedTuple):
-    """The arrays every member reads (replicated across devices)."""
+    """A sweep's data. `x` may live on the host (a numpy array or memory map): `run_sweep`
+    places only the training rows on the devices and streams the validation rows."""
 
-    x: jax.Array  # float32 [N, D] all embeddings
-    labels: jax.Array  # int32 [N]
-    train_idx: jax.Array  # int32 [T, n_train]
-    val_idx: jax.Array  # int32 [T, n_val]
+    x: Any  # float [N, D] all embeddings
+    labels: Any  # int [N]
+    train_idx: Any  # int [T, n_train]
+    val_idx: Any  # int [T, n_val]
+    seen_mask: Any  # bool [T, C]
+
+
+class DeviceData(NamedTuple):
+    """What training gathers from, placed on every device: the union of the trials' rows."""
+
+    x: jax.Array  # float32 [R, D] the training rows of every trial (R <= T * n_train)
+    labels: jax.Array  # int32 [R]
+    train_idx: jax.Array  # int32 [T, n_train] indices into x
     seen_mask: jax.Array  # bool [T, C]
+
+
+class EvalBlock(NamedTuple):
+    """One block of every trial's validation rows (rows past the end are padding)."""
+
+    x: jax.Array  # float32 [T, rows, D]
+    labels: jax.Array  # int32 [T, rows]
+    valid: jax.Array  # bool [rows]
+
+
+def device_data(data: TrainData) -> DeviceData:
+    """The training part of `data`, indices remapped into the union of the trials' rows."""
+    train_idx = np.asarray(data.train_idx)
+    rows, remapped = np.unique(train_idx, return_inverse=True)
+    x = np.asarray(data.x[rows], np.float32)
+    return DeviceData(x, np.asarray(data.labels)[rows].astype(np.int32),
+                      remapped.reshape(train_idx.shape).astype(np.int32),
+                      np.asarray(data.seen_mask, bool))
+
+
+def eval_blocks(data: TrainData, block_rows: int):
+    """Yields `EvalBlock`s of `block_rows` validation rows of every trial, gathered on the host
+    (only those rows are read from a memory-mapped `x`); the last block is padded."""
+    val_idx = np.asarray(data.val_idx)
+    labels = np.asarray(data.labels)
+    n_val = val_idx.shape[1]
+    for start in range(0, n_val, block_rows):
+        idx = val_idx[:, start:start + block_rows]
+        n = idx.shape[1]
+        rows = np.sort(np.unique(idx))  # one sorted read of the memory map
+        x = np.asarray(data.x[rows], np.float32)[np.searchsorted(rows, idx)]
+        pad = block_rows - n
+        if pad:
+            x = np.concatenate([x, np.zeros((x.shape[0], pad, x.shape[2]), np.float32)], 1)
+            idx = np.concatenate([idx, np.repeat(idx[:, :1], pad, 1)], 1)
+        yield EvalBlock(x, labels[idx].astype(np.int32), np.arange(block_rows) < n)
 
 
 class TrainState(NamedTuple):
@@ -166,14 +229,11 @@ class ProgramSpec:
     eval_every: int
     eval_block_rows: int
     threshold: float
-    # Some member is manifold mixup: every member then runs the model's mixing path (lam_b = 0
-    # for the others, which leaves their numbers exactly as without it), at the cost of a second
-    # first-layer pass.
-    manifold: bool = False
+    kind: str = "control"  # `augment.KINDS`: the members' code path and rows per step
 
     @classmethod
     def from_config(cls, config, num_classes: int, n_train: int, *,
-                    segments=None, manifold: bool = False) -> "ProgramSpec":
+                    segments=None, kind: str = "control") -> "ProgramSpec":
         m, o, a = config.model, config.optim, config.augment
         return cls(
             num_classes=int(num_classes), n_train=int(n_train),
@@ -186,7 +246,7 @@ class ProgramSpec:
             label_weight=str(a.label_weight),
             segments=None if segments is None else tuple(int(s) for s in segments),
             eval_every=int(config.eval_every), eval_block_rows=int(config.eval_block_rows),
-            threshold=float(config.threshold), manifold=bool(manifold))
+            threshold=float(config.threshold), kind=str(kind))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -207,18 +267,20 @@ def make_optimizer(spec: ProgramSpec) -> optax.GradientTransformation:
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """The pure per-member functions the driver vmaps, jits and shards.
+    """The pure per-member functions of one kind, which the driver vmaps, jits and shards.
 
-    init(key, hp, data) -> TrainState
-    run(key, hp, state, data, num_periods) -> (state, metrics: dict of [num_periods] arrays);
-      one period = `eval_every` epochs of training followed by an evaluation.
-    predict(state, hp, data) -> float32 [n_val, C] validation probabilities.
+    init(key, hp, data: DeviceData) -> TrainState
+    train(key, hp, state, data, num_epochs) -> (state, mean training loss of those epochs)
+    evaluate(params, hp, data, block: EvalBlock) -> (counts int32 [5], probabilities float32 [rows, C]);
+      counts = (correct, correct "none", "none" rows, correct seen, seen rows) over valid rows.
     """
 
     init: Callable
-    run: Callable
-    predict: Callable
+    train: Callable
+    evaluate: Callable
     model: MLP
+    kind: str
+    rows: int  # rows a member trains on per step
     steps_per_epoch: int
 
 
@@ -228,11 +290,27 @@ def _member_keys(key, hp: MemberHParams):
     return init_key, train_key
 
 
+def metrics_from_counts(counts) -> dict:
+    """`metrics.threshold_accuracy`'s values from summed `Program.evaluate` counts (exactly:
+    the sums are integers)."""
+    counts = jnp.asarray(counts)
+    correct, none_ok, none_n, seen_ok, seen_n = (counts[..., i] for i in range(5))
+    total = none_n + seen_n
+
+    def ratio(ok, n):
+        return jnp.where(n > 0, ok.astype(jnp.float32) / jnp.maximum(n, 1), jnp.nan)
+
+    return dict(overall_accuracy=correct.astype(jnp.float32) / jnp.maximum(total, 1),
+                none_accuracy=ratio(none_ok, none_n), seen_accuracy=ratio(seen_ok, seen_n))
+
+
 def make_program(spec: ProgramSpec) -> Program:
-    """Builds the per-member init / run / predict functions of a spec (shapes are static)."""
+    """Builds the per-member init / train / evaluate of `spec.kind` (shapes are static)."""
     if not isinstance(spec, ProgramSpec):
         raise TypeError(f"make_program takes a ProgramSpec (ProgramSpec.from_config(config, "
                         f"num_classes, n_train)), got {type(spec).__name__}.")
+    kind = spec.kind
+    augment._check_name("kind", kind, augment.KINDS)
     num_classes, head, batch = spec.num_classes, spec.head, spec.batch_size
     model = MLP(num_classes=num_classes, hidden=spec.hidden, dropout=spec.dropout, head=head)
     steps_per_epoch = spec.steps_per_epoch
@@ -240,123 +318,127 @@ def make_program(spec: ProgramSpec) -> Program:
         raise ValueError(f"batch_size={batch} exceeds the {spec.n_train} training rows of a "
                          "split; lower config.batch_size or raise config.data.train_fraction.")
     tx = make_optimizer(spec)
-    threshold, eval_every, eval_block = spec.threshold, spec.eval_every, spec.eval_block_rows
+    threshold, segments = spec.threshold, spec.segments
+    rows = augment.kind_rows(kind, batch, spec.pairing)
 
     def init(key, hp, data):
         init_key, _ = _member_keys(key, hp)
         params = model.init(init_key, jnp.zeros((1, data.x.shape[1]), data.x.dtype))
         return TrainState(params, tx.init(params), jnp.int32(0))
 
-    def loss_fn(params, x, y, w, seen, dropout_key, mix=None):
-        if mix is None:
-            logits = model.apply(params, x, train=True, rngs={"dropout": dropout_key})
-        else:  # manifold mixup's pairs, mixed after the first hidden layer
-            x_b, lam_a, lam_b = mix
-            logits = model.apply(params, x, train=True, mix_with=x_b, mix_weights=(lam_a, lam_b),
+    def loss_fn(params, x, y, seen, dropout_key):
+        if kind == "manifold":  # pairs mixed after the first hidden layer, inside the model
+            x_a, x_b, lam_a, lam_b = x
+            logits = model.apply(params, x_a, train=True, mix_with=x_b, mix_weights=(lam_a, lam_b),
                                  rngs={"dropout": dropout_key,
                                        "dropout_b": jax.random.fold_in(dropout_key, 1)})
-        return classification_loss(logits, y, w, seen, head)
+        else:
+            logits = model.apply(params, x, train=True, rngs={"dropout": dropout_key})
+        return classification_loss(logits, y, jnp.ones(y.shape[0], jnp.float32), seen, head)
 
     def train_epoch(train_key, hp, data, state):
         seen = data.seen_mask[hp.trial]
-        rows = data.train_idx[hp.trial]
+        order = data.train_idx[hp.trial]
         shuffle_key, steps_key = jax.random.split(jax.random.fold_in(train_key, state.epoch))
-        order = rows[jax.random.permutation(shuffle_key, rows.shape[0])]
+        order = order[jax.random.permutation(shuffle_key, order.shape[0])]
+        step_keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(steps_key, i)))(
+            jnp.arange(steps_per_epoch))
+        aug_keys, dropout_keys = step_keys[:, 0], step_keys[:, 1]
+        # An epoch's Beta variates in one vectorised draw: the Gamma sampler's rejection loop
+        # then runs once per epoch, not once per step (same numbers: same keys).
+        weights = None
+        if kind != "control":
+            # Manifold mixup mixes hidden units, not embedding segments: one lambda per pair.
+            weights = jax.vmap(lambda k: augment.draw_weights(
+                k, hp.method, batch, pairing=spec.pairing,
+                segments=None if kind == "manifold" else segments))(aug_keys)
 
-        def step(carry, i):
+        def step(carry, inputs):
             params, opt_state = carry
-            aug_key, dropout_key = jax.random.split(jax.random.fold_in(steps_key, i))
+            i, aug_key, dropout_key, w = inputs
             idx = jax.lax.dynamic_slice_in_dim(order, i * batch, batch)
-            x = data.x[idx]
-            y = jax.nn.one_hot(data.labels[idx], num_classes, dtype=x.dtype)
-            x_in, y_in = x, y
-            x, y, w = augment.augment_batch(
-                aug_key, x, y, hp.method, class_mask=seen, pairing=spec.pairing,
-                negative_mass=spec.negative_mass, label_weight=spec.label_weight,
-                segments=spec.segments)
-            mix = None
-            if spec.manifold:
-                is_manifold = hp.method.mix == augment.MIX_MANIFOLD
-                pairs, w_m = augment.manifold_rows(
-                    aug_key, x_in, y_in, jnp.where(is_manifold, hp.method.alpha, 1.0),
-                    pairing=spec.pairing)
-                x, y = jnp.where(is_manifold, pairs.x_a, x), jnp.where(is_manifold, pairs.y, y)
-                w = jnp.where(is_manifold, w_m, w)
-                mix = (jnp.where(is_manifold, pairs.x_b, x),
-                       jnp.where(is_manifold, pairs.lam_a, 1.0),
-                       jnp.where(is_manifold, pairs.lam_b, 0.0))
-            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, w, seen, dropout_key, mix)
+
+            def take(r):
+                # Pairing composed with the batch's indices: one gather from the device rows.
+                rows_ = idx[r]
+                return data.x[rows_], jax.nn.one_hot(data.labels[rows_], num_classes,
+                                                     dtype=data.x.dtype)
+
+            x, y = augment.augment_rows(
+                aug_key, take, batch, hp.method, kind=kind, class_mask=seen,
+                pairing=spec.pairing, negative_mass=spec.negative_mass,
+                label_weight=spec.label_weight, segments=segments, weights=w)
+            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, seen, dropout_key)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
         (params, opt_state), losses = jax.lax.scan(
-            step, (state.params, state.opt_state), jnp.arange(steps_per_epoch))
+            step, (state.params, state.opt_state),
+            (jnp.arange(steps_per_epoch), aug_keys, dropout_keys, weights))
         return TrainState(params, opt_state, state.epoch + 1), losses.mean()
 
-    def all_logits(params, x):
-        # The MLP runs on all N rows (shared by every member) and each member then picks its
-        # validation rows: under vmap, gathering x[val_idx[trial]] first would copy [M, n_val, D]
-        # embeddings. Blocks of `eval_block` rows bound the [M, rows, hidden] activations.
-        n = x.shape[0]
-        if n <= eval_block:
-            return model.apply(params, x)
-        blocks, rest = divmod(n, eval_block)
-
-        def block(_, i):
-            return None, model.apply(params, jax.lax.dynamic_slice_in_dim(x, i * eval_block,
-                                                                          eval_block))
-
-        _, out = jax.lax.scan(block, None, jnp.arange(blocks))
-        out = out.reshape(blocks * eval_block, -1)
-        if rest:
-            out = jnp.concatenate([out, model.apply(params, x[blocks * eval_block:])])
-        return out
-
-    def val_probs(params, hp, data):
-        logits = all_logits(params, data.x)[data.val_idx[hp.trial]]
-        return probabilities(logits, head, data.seen_mask[hp.trial]).astype(jnp.float32)
-
-    def evaluate(params, hp, data):
-        probs = val_probs(params, hp, data)
-        acc = threshold_accuracy(probs, data.labels[data.val_idx[hp.trial]],
-                                 data.seen_mask[hp.trial], threshold)
-        return {f"{k}_accuracy": v for k, v in acc.items()}
-
-    def run(key, hp, state, data, num_periods: int):
+    def train(key, hp, state, data, num_epochs: int):
         _, train_key = _member_keys(key, hp)
+        state, losses = jax.lax.scan(lambda s, _: train_epoch(train_key, hp, data, s),
+                                     state, None, length=num_epochs)
+        return state, losses.mean()
 
-        def period(state, _):
-            state, losses = jax.lax.scan(lambda s, _: train_epoch(train_key, hp, data, s),
-                                         state, None, length=eval_every)
-            metrics = evaluate(state.params, hp, data)
-            metrics.update(train_loss=losses.mean(), epoch=state.epoch)
-            return state, metrics
+    def evaluate(params, hp, data, block):
+        x = block.x[hp.trial]
+        labels = block.labels[hp.trial]
+        seen = data.seen_mask[hp.trial]
+        probs = probabilities(model.apply(params, x), head, seen).astype(jnp.float32)
+        predicted, confidence = top_seen_prediction(probs, seen)
+        predicted_none = ~(confidence > jnp.asarray(threshold, confidence.dtype))
+        truth_seen = seen[labels]
+        correct = jnp.where(truth_seen, ~predicted_none & (predicted == labels), predicted_none)
+        correct &= block.valid
+        none_rows, seen_rows = block.valid & ~truth_seen, block.valid & truth_seen
+        counts = jnp.stack([jnp.sum(correct, dtype=jnp.int32),
+                            jnp.sum(correct & none_rows, dtype=jnp.int32),
+                            jnp.sum(none_rows, dtype=jnp.int32),
+                            jnp.sum(correct & seen_rows, dtype=jnp.int32),
+                            jnp.sum(seen_rows, dtype=jnp.int32)])
+        return counts, probs
 
-        return jax.lax.scan(period, state, None, length=num_periods)
-
-    def predict(state, hp, data):
-        return val_probs(state.params, hp, data)
-
-    return Program(init, run, predict, model, steps_per_epoch)
+    return Program(init, train, evaluate, model, kind, rows, steps_per_epoch)
 
 
 def make_train(spec: ProgramSpec, num_epochs: int) -> Callable:
-    """Returns the pure `train(key, hp, data) -> (state, metrics)` of one member, all epochs.
+    """Returns the pure `train(key, hp, data) -> (state, metrics)` of one member of `spec.kind`.
 
-    `jax.jit(jax.vmap(train, in_axes=(None, 0, None)))` trains a whole sweep; metrics hold one
-    entry per evaluation ([num_epochs // eval_every]).
+    `data` is a `TrainData` of device arrays; the whole run (all epochs, an evaluation of the
+    validation rows every `eval_every` epochs) is one program, so
+    `jax.jit(jax.vmap(train, in_axes=(None, 0, None)))` trains members of one kind at once.
+    Metrics hold one entry per evaluation ([num_epochs // eval_every]). `run_sweep` computes the
+    same numbers with the data streamed and the members grouped.
     """
     program = make_program(spec)
-    num_periods = int(num_epochs) // spec.eval_every
+    eval_every = spec.eval_every
+    num_periods = int(num_epochs) // eval_every
 
     def train(key, hp, data):
-        return program.run(key, hp, program.init(key, hp, data), data, num_periods)
+        x = jnp.asarray(data.x, jnp.float32)
+        labels = jnp.asarray(data.labels, jnp.int32)
+        on_device = DeviceData(x, labels, jnp.asarray(data.train_idx, jnp.int32),
+                               jnp.asarray(data.seen_mask, bool))
+        val_idx = jnp.asarray(data.val_idx)
+        block = EvalBlock(x[val_idx], labels[val_idx], jnp.ones(val_idx.shape[1], bool))
+
+        def period(state, _):
+            state, loss = program.train(key, hp, state, on_device, eval_every)
+            counts, _ = program.evaluate(state.params, hp, on_device, block)
+            metrics = metrics_from_counts(counts)
+            metrics.update(train_loss=loss, epoch=state.epoch)
+            return state, metrics
+
+        return jax.lax.scan(period, program.init(key, hp, on_device), None, length=num_periods)
 
     return train
 
 
 # ---------------------------------------------------------------------------------------------
-# The driver: devices, chunks, checkpoints.
+# The driver: groups, devices, chunks, checkpoints.
 
 
 def evaluation_epochs(config) -> np.ndarray:
@@ -384,9 +466,35 @@ def _pad(tree, multiple: int):
     return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, 0)]), tree)
 
 
-@functools.lru_cache(maxsize=8)
+def member_groups(members: Sequence[dict]) -> list[tuple[str, np.ndarray]]:
+    """(kind, member indices) of every kind present, in order of first appearance: members of one
+    kind share one compiled program."""
+    kinds = [augment.KIND_OF_METHOD[m["method"]] for m in members]
+    order = list(dict.fromkeys(kinds))
+    return [(k, np.array([i for i, v in enumerate(kinds) if v == k])) for k in order]
+
+
+def eval_block_rows(config, data: TrainData, on_device_bytes: int) -> int:
+    """Validation rows per evaluation block: `config.eval_block_rows`, shrunk so that the
+    training rows and one block fit in `config.device_data_bytes` (0: no cap)."""
+    trials, n_val = np.shape(data.val_idx)
+    rows = max(1, min(int(config.eval_block_rows), n_val))
+    budget = int(config.get("device_data_bytes", 0) or 0)
+    if not budget:
+        return rows
+    row_bytes = trials * (np.shape(data.x)[1] * 4 + 4)  # float32 embedding + int32 label
+    fit = (budget - on_device_bytes) // row_bytes
+    if fit < 1:
+        raise ValueError(
+            f"config.device_data_bytes={budget} cannot hold the training rows of every trial "
+            f"({on_device_bytes} bytes) plus one validation row per trial ({row_bytes} bytes); "
+            "raise it (0 = no cap) or train on fewer trials at once.")
+    return int(min(rows, fit))
+
+
+@functools.lru_cache(maxsize=16)
 def _compiled_sweep(spec: ProgramSpec, mesh: Mesh):
-    """The jitted, vmapped, member-sharded init / run / predict of a spec.
+    """The jitted, vmapped, member-sharded init / train / evaluate of a spec (one kind).
 
     Cached on the spec (all the program reads), so another sweep with the same spec in one
     process (a resume, a different method list, a test) reuses the compiled executables instead
@@ -395,10 +503,11 @@ def _compiled_sweep(spec: ProgramSpec, mesh: Mesh):
     program = make_program(spec)
     by_member = NamedSharding(mesh, P("members"))
     init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)), out_shardings=by_member)
-    run = jax.jit(jax.vmap(program.run, in_axes=(None, 0, 0, None, None)),
-                  static_argnums=4, out_shardings=by_member, donate_argnums=2)
-    predict = jax.jit(jax.vmap(program.predict, in_axes=(0, 0, None)), out_shardings=by_member)
-    return init, run, predict
+    train = jax.jit(jax.vmap(program.train, in_axes=(None, 0, 0, None, None)),
+                    static_argnums=4, out_shardings=by_member, donate_argnums=2)
+    evaluate = jax.jit(jax.vmap(program.evaluate, in_axes=(0, 0, None, None)),
+                       out_shardings=by_member)
+    return init, train, evaluate
 
 
 @contextlib.contextmanager
@@ -412,8 +521,8 @@ def _quiet_orbax():
         logging.set_verbosity(verbosity)
 
 
-def _restore(manager, step, state, history, num_members, sharding):
-    """Restores an unpadded checkpoint and pads it again for this run's devices.
+def _restore(manager, step, states, history, groups, sharding):
+    """Restores an unpadded checkpoint and pads every group again for this run's devices.
 
     Every process reads the whole (small) checkpoint into host memory and places its own shards
     from there, so a checkpoint written by any number of processes and devices restores onto any
@@ -421,20 +530,19 @@ def _restore(manager, step, state, history, num_members, sharding):
     """
     import orbax.checkpoint as ocp
 
-    target = jax.tree.map(lambda x: np.zeros((num_members, *x.shape[1:]), x.dtype),
-                          {"state": state, "history": history})
+    target = {"state": {k: jax.tree.map(lambda x: np.zeros((len(idx), *x.shape[1:]), x.dtype),
+                                        states[k]) for k, idx in groups},
+              "history": history}
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"the checkpoint at {manager.directory} (epoch {step}) does not fit this "
                          f"run ({e}); use a new workdir or delete the checkpoints.") from e
-    padded = jax.tree.leaves(state)[0].shape[0]
     # Padded on the host: device_put then places only this process's shards.
-    restored = jax.tree.map(lambda x: np.concatenate(
-        [x, np.repeat(x[-1:], padded - x.shape[0], 0)]), restored)
-    state = jax.device_put(restored["state"], sharding)
-    history = {k: np.asarray(restored["history"][k]) for k in history}
-    return state, history
+    states = {k: jax.device_put(jax.tree.map(lambda x, padded: np.concatenate(
+        [x, np.repeat(x[-1:], padded.shape[0] - x.shape[0], 0)]), restored["state"][k],
+        states[k]), sharding) for k, _ in groups}
+    return states, {k: np.asarray(restored["history"][k]) for k in history}
 
 
 MEMBER_KEYS = ("method", "alpha", "softness", "trial", "seed")
@@ -461,7 +569,10 @@ class SweepResult:
         validation and training split (saved with the predictions, so an analysis can go back to
         the embeddings).
       epochs_done: epochs trained (default: the last evaluation epoch).
-      state: the members' final `TrainState` ([M] leading axis), when the engine made it.
+      state: the members' final `TrainState` ([M] leading axis, numpy), when the engine made it.
+      eval_block_rows: validation rows per trial in one streamed evaluation block.
+      device_data_bytes: dataset bytes the engine placed on each device (the training rows of
+        every trial and one evaluation block).
     """
 
     members: list[dict]
@@ -476,6 +587,8 @@ class SweepResult:
     train_idx: np.ndarray | None = None
     epochs_done: int | None = None
     state: TrainState | None = None
+    eval_block_rows: int | None = None
+    device_data_bytes: int | None = None
 
     def __post_init__(self):
         self.eval_epochs = np.asarray(self.eval_epochs).reshape(-1)
@@ -565,10 +678,13 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
               progress: bool = True, on_chunk: OnChunk | None = None) -> SweepResult:
     """Trains every member (`sweep_members(config)` or any list like it) on `data`, chunk by chunk.
 
-    A chunk is `config.chunk_epochs` epochs in one compiled call; a checkpoint is written every
+    Members are grouped by kind (one compiled program each); results come back in member order.
+    A chunk is `config.chunk_epochs` epochs; a checkpoint is written every
     `config.checkpoint_every` epochs and at the end.
 
     Args:
+      data: `TrainData`; `x` may be a host array or memory map (only the training rows and one
+        evaluation block at a time go to the devices; see `config.device_data_bytes`).
       members: dicts with method, alpha, softness, trial, seed (see `sweep_members`).
       class_names: [C] names for the report (default "0", "1", ...).
       key: root PRNG key (default `jax.random.key(config.seed)`).
@@ -591,25 +707,33 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
 
     members = [dict(m) for m in members]
     num_members = len(members)
-    hp = jax.device_put(_pad(member_hparams(members), len(devices)), by_member)
+    groups = member_groups(members)
+    hp = member_hparams(members)
     val_idx, train_idx = np.asarray(data.val_idx), np.asarray(data.train_idx)
     val_labels = np.asarray(data.labels)[val_idx]
     seen_mask = np.asarray(data.seen_mask)
     num_classes = seen_mask.shape[1]
-    data = jax.device_put(data, replicated)
-    spec = ProgramSpec.from_config(
-        config, num_classes, data.train_idx.shape[1], segments=segments,
-        manifold=any(m["method"] == "manifold_mixup" for m in members))
-    init, run, predict = _compiled_sweep(spec, mesh)
+    # Only what training gathers from goes to the devices; validation rows stream in blocks.
+    host_part = device_data(data)
+    placed = sum(a.nbytes for a in host_part)
+    block_rows = eval_block_rows(config, data, placed)
+    placed += val_idx.shape[0] * block_rows * (np.shape(data.x)[1] * 4 + 4)
+    on_device = jax.device_put(host_part, replicated)
+    compiled, hps = {}, {}
+    for kind, idx in groups:
+        spec = ProgramSpec.from_config(config, num_classes, train_idx.shape[1],
+                                       segments=segments, kind=kind)
+        compiled[kind] = _compiled_sweep(spec, mesh)
+        hps[kind] = jax.device_put(_pad(jax.tree.map(lambda x: x[idx], hp), len(devices)),
+                                   by_member)
 
-    num_epochs, eval_every = int(config.num_epochs), spec.eval_every
+    num_epochs, eval_every = int(config.num_epochs), int(config.eval_every)
     chunk_epochs, ckpt_every = int(config.chunk_epochs), int(config.checkpoint_every)
     num_evals = num_epochs // eval_every
     eval_epochs = evaluation_epochs(config)
-    padded = jax.tree.leaves(hp)[0].shape[0]
-    history = {k: np.full((padded, num_evals), np.nan, np.float32) for k in METRIC_NAMES}
+    history = {k: np.full((num_members, num_evals), np.nan, np.float32) for k in METRIC_NAMES}
 
-    state = init(key, hp, data)
+    states = {kind: compiled[kind][0](key, hps[kind], on_device) for kind, _ in groups}
     manager = None
     if checkpoint_dir is not None:
         with _quiet_orbax():
@@ -621,35 +745,61 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
         step = manager.latest_step()
         if step is not None:
             with _quiet_orbax():
-                state, history = _restore(manager, step, state, history, num_members, by_member)
+                states, history = _restore(manager, step, states, history, groups, by_member)
             logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
-    done = int(_host(state.epoch)[0])
+    done = int(_host(states[groups[0][0]].epoch)[0])
+
+    def evaluate(want_probs: bool):
+        """Streams every block of validation rows through every group: summed counts per
+        group, and the probabilities ([M, n_val, C] in member order) if asked."""
+        counts = {kind: None for kind, _ in groups}
+        n_val = val_idx.shape[1]
+        probs = np.zeros((num_members, n_val, num_classes), np.float32) if want_probs else None
+        for start, block in zip(range(0, n_val, block_rows), eval_blocks(data, block_rows)):
+            block = jax.device_put(block, replicated)
+            n = min(block_rows, n_val - start)
+            for kind, idx in groups:
+                c, p = compiled[kind][2](states[kind].params, hps[kind], on_device, block)
+                counts[kind] = c if counts[kind] is None else counts[kind] + c
+                if want_probs:
+                    probs[idx, start:start + n] = _host(p)[:len(idx), :n]
+        return {kind: _host(counts[kind])[:len(idx)] for kind, idx in groups}, probs
 
     bar = tqdm(total=num_epochs, initial=done, unit="epoch",
                disable=not progress or jax.process_index() != 0,
-               desc=f"training {num_members} members on {len(devices)} device(s)")
+               desc=f"training {num_members} members on {len(devices)} device(s) "
+                    f"({len(groups)} program{'s' * (len(groups) > 1)})")
     try:
         while done < num_epochs:
-            # Every chunk is `chunk_epochs` long (one compiled program), except that a resume
-            # from a checkpoint written under another chunk length first realigns.
+            # Every chunk is `chunk_epochs` long, except that a resume from a checkpoint written
+            # under another chunk length first realigns.
             epochs = min(chunk_epochs - done % chunk_epochs, num_epochs - done)
-            periods = epochs // eval_every
-            state, metrics = run(key, hp, state, data, periods)
-            first = done // eval_every
-            for k in METRIC_NAMES:
-                history[k][:, first:first + periods] = _host(metrics[k])
-            done += epochs
+            for _ in range(epochs // eval_every):
+                losses = {}
+                for kind, _idx in groups:
+                    states[kind], losses[kind] = compiled[kind][1](
+                        key, hps[kind], states[kind], on_device, eval_every)
+                counts, _ = evaluate(False)
+                e = done // eval_every
+                for kind, idx in groups:
+                    metrics = metrics_from_counts(counts[kind])
+                    metrics["train_loss"] = _host(losses[kind])[:len(idx)]
+                    for k in METRIC_NAMES:
+                        history[k][idx, e] = np.asarray(metrics[k])
+                done += eval_every
             if manager is not None and (done % ckpt_every == 0 or done == num_epochs):
                 # Saved without the device padding, so a run resumes on any device count.
                 with _quiet_orbax():
-                    manager.save(done, args=ocp.args.StandardSave(jax.tree.map(
-                        lambda x: x[:num_members], {"state": state, "history": history})))
+                    manager.save(done, args=ocp.args.StandardSave({
+                        "state": {k: jax.tree.map(lambda x: x[:len(idx)], states[k])
+                                  for k, idx in groups},
+                        "history": history}))
             bar.update(epochs)
-            last = first + periods - 1
+            last = done // eval_every - 1
             bar.set_postfix(loss=f"{np.nanmean(history['train_loss'][:, last]):.4f}",
                             overall=f"{np.nanmean(history['overall_accuracy'][:, last]):.3f}")
-            if on_chunk is not None and on_chunk(
-                    {k: v[:num_members] for k, v in history.items()}, done):
+            if on_chunk is not None and on_chunk({k: v.copy() for k, v in history.items()},
+                                                 done):
                 break
     finally:
         bar.close()
@@ -658,15 +808,26 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                 manager.wait_until_finished()
                 manager.close()
 
-    probs = None
-    if done >= num_epochs:
-        probs = _host(predict(state, hp, data))[:num_members]
+    probs = evaluate(True)[1] if done >= num_epochs else None
     return SweepResult(
-        members=members, eval_epochs=eval_epochs,
-        history={k: v[:num_members] for k, v in history.items()}, val_probs=probs,
+        members=members, eval_epochs=eval_epochs, history=history, val_probs=probs,
         val_labels=val_labels, seen_mask=seen_mask,
         class_names=(list(class_names) if class_names is not None
                      else [str(i) for i in range(num_classes)]),
         threshold=float(config.threshold), val_idx=val_idx, train_idx=train_idx,
-        epochs_done=done,
-        state=jax.tree.map(lambda x: x[:num_members], state))
+        epochs_done=done, state=_member_order(states, groups, num_members),
+        eval_block_rows=block_rows, device_data_bytes=int(placed))
+
+
+def _member_order(states, groups, num_members):
+    """The groups' states as one numpy tree with a leading [M] axis in member order."""
+    first = states[groups[0][0]]
+
+    def assemble(*leaves):
+        out = np.empty((num_members,) + leaves[0].shape[1:], leaves[0].dtype)
+        for (kind, idx), leaf in zip(groups, leaves):
+            out[idx] = _host(leaf)[:len(idx)]
+        return out
+
+    return jax.tree.map(assemble, *[states[k] for k, _ in groups]) if len(groups) > 1 else \
+        jax.tree.map(lambda leaf: _host(leaf)[:num_members], first)
