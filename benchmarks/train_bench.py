@@ -168,7 +168,7 @@ def main(argv=None):
                     softness=0.05 if m.startswith("soft") else 0.0, trial=t, seed=0)
                for m in augment.METHOD_NAMES for t in range(5)]
     hp25 = engine.member_hparams(members)
-    groups = engine.member_groups(hp25)
+    groups = engine.member_groups(members)
     dims = (args.dim, *c.model.hidden, args.classes)
     E = args.epochs
 
