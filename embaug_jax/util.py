@@ -178,3 +178,34 @@ def reuse_freed_memory() -> bool:
           and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1)
     _MALLOC_TUNED = ok
     return ok
+
+
+_THREEFRY_UNROLLED = False
+
+
+def unroll_cpu_threefry() -> bool:
+    """Lowers `threefry2x32` on the CPU with its 20 rounds unrolled, as JAX does on GPU and TPU.
+
+    JAX's CPU lowering keeps the rounds in a rolled `while` loop (smaller programs, quicker
+    compiles): every random draw of a training step -- dropout masks, pairings, shuffles -- then
+    runs five loop iterations, each writing its whole state array to memory. Unrolled, each draw
+    is one fused pass; at the paper's shapes a training step takes about a fifth less time
+    (`benchmarks/train_bench.py`). The bits are the same: only how XLA computes them changes
+    (`tests/test_util.py` checks the Random123 known answers and a key's bits against a process
+    without this). Process-wide, for programs compiled after the call; idempotent. Returns False,
+    changing nothing, if this JAX does not have the private lowering it reuses.
+    """
+    global _THREEFRY_UNROLLED
+    if _THREEFRY_UNROLLED:
+        return True
+    try:
+        from jax._src.random import threefry2x32 as impl
+        from jax.extend.random import threefry2x32_p
+        from jax.interpreters import mlir
+
+        unrolled = impl._threefry2x32_lowering_rule  # the GPU/TPU default: use_rolled_loops=False
+    except (ImportError, AttributeError):
+        return False
+    mlir.register_lowering(threefry2x32_p, unrolled, platform="cpu")
+    _THREEFRY_UNROLLED = True
+    return True

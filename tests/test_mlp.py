@@ -26,12 +26,13 @@ def _torch_mlp(params):
     p = params["params"]
     layers = []
     for name in ("hidden_0", "hidden_1"):
-        lin = torch.nn.Linear(*p[name]["kernel"].shape)
-        lin.weight.data = torch.tensor(np.asarray(p[name]["kernel"]).T)
+        # Kernels are stored [out, in], as torch.nn.Linear stores its weight.
+        lin = torch.nn.Linear(*p[name]["kernel"].shape[::-1])
+        lin.weight.data = torch.tensor(np.asarray(p[name]["kernel"]))
         lin.bias.data = torch.tensor(np.asarray(p[name]["bias"]))
         layers += [lin, torch.nn.Dropout(0.3), torch.nn.ReLU()]
-    head = torch.nn.Linear(*p["head"]["kernel"].shape)
-    head.weight.data = torch.tensor(np.asarray(p["head"]["kernel"]).T)
+    head = torch.nn.Linear(*p["head"]["kernel"].shape[::-1])
+    head.weight.data = torch.tensor(np.asarray(p["head"]["kernel"]))
     head.bias.data = torch.tensor(np.asarray(p["head"]["bias"]))
     return torch.nn.Sequential(*layers, head).eval()
 
@@ -44,7 +45,7 @@ def test_logits_match_torch_and_dropout_only_in_training():
     a = model.apply(params, x, train=True, rngs={"dropout": jax.random.key(2)})
     b = model.apply(params, x, train=True, rngs={"dropout": jax.random.key(3)})
     assert not np.allclose(a, b) and not np.allclose(a, logits)
-    assert jax.tree.map(jnp.shape, params["params"]["hidden_1"]) == {"bias": (5,), "kernel": (8, 5)}
+    assert jax.tree.map(jnp.shape, params["params"]["hidden_1"]) == {"bias": (5,), "kernel": (5, 8)}
 
 
 def test_sigmoid_loss_matches_torch_bce_over_seen_classes():
@@ -115,3 +116,21 @@ def test_manifold_mixup_mixes_the_first_hidden_layer_as_torch_does():
     mixed = model.apply(params, x, mix_with=x, mix_weights=(lam_a, 1 - lam_a), train=True,
                         rngs=rngs)
     assert not np.allclose(mixed, alone)  # the same input, dropped out twice differently
+
+
+def test_linear_holds_what_flax_dense_draws_transposed():
+    # Same key and module name: the [out, in] kernel is nn.Dense's [in, out] kernel, transposed,
+    # and the layer computes the same function.
+    import flax.linen as nn
+
+    from embaug_jax.train.mlp import Linear
+
+    x = jax.random.normal(jax.random.key(0), (3, 11))
+    dense = nn.Dense(4, name="hidden_0")
+    lin = Linear(4, name="hidden_0")
+    pd, pl = dense.init(jax.random.key(5), x), lin.init(jax.random.key(5), x)
+    np.testing.assert_array_equal(pl["params"]["kernel"], pd["params"]["kernel"].T)
+    np.testing.assert_array_equal(pl["params"]["bias"], pd["params"]["bias"])
+    pd = jax.tree.map(lambda a: a + 0.1, pd)  # a non-zero bias too
+    pl = {"params": {"kernel": pd["params"]["kernel"].T, "bias": pd["params"]["bias"]}}
+    np.testing.assert_allclose(lin.apply(pl, x), dense.apply(pd, x), rtol=1e-6, atol=1e-6)

@@ -224,10 +224,10 @@ def test_unseen_classes_never_get_loss(sweep4):
     seen = np.asarray(data.seen_mask)[np.asarray(hp.trial)]  # [M, C]
     assert (~seen).sum(1).min() >= 1  # the held-out class
     for m in moments:
-        m = np.abs(np.asarray(m))  # [M, hidden, C]
+        m = np.abs(np.asarray(m))  # [M, C, hidden]: kernels are stored [out, in]
         for i in range(len(MEMBERS)):
-            assert np.all(m[i][:, ~seen[i]] == 0)
-            assert np.all(m[i][:, seen[i]].max(0) > 0)
+            assert np.all(m[i][~seen[i]] == 0)
+            assert np.all(m[i][seen[i]].max(1) > 0)
 
 
 def test_triangular_schedule_matches_optax_linear_pieces():

@@ -2,6 +2,7 @@
 temporaries), is_traced, list_first."""
 
 import json
+import os
 
 import pytest
 
@@ -63,3 +64,34 @@ def test_is_traced_only_under_a_transformation():
     jax.vmap(lambda x: seen.append(is_traced(x)) or x)(jnp.ones(2))
     assert seen == [True, True]
     assert not is_traced(jnp.ones(2)) and not is_traced(1.0)
+
+
+def test_unrolled_cpu_threefry_gives_the_random123_answers_and_the_rolled_bits():
+    import subprocess
+    import sys
+
+    import jax
+    import jax.extend.random as jex_random
+    import numpy as np
+
+    from embaug_jax.util import unroll_cpu_threefry
+
+    assert unroll_cpu_threefry() and unroll_cpu_threefry()  # idempotent
+    # Known answers of Threefry-2x32 with 20 rounds (Random123's kat_vectors).
+    kat = [((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+           ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+           ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]
+    hash_ = jax.jit(jex_random.threefry_2x32)
+    for key, count, expected in kat:
+        out = hash_(np.array(key, np.uint32), np.array(count, np.uint32))
+        assert [int(v) for v in np.asarray(out)] == list(expected)
+    # The bits a training program draws equal those of a process with JAX's own (rolled) lowering.
+    draw = ("import hashlib, jax, numpy as np; k = jax.random.key(7); "
+            "b = jax.jit(lambda k: jax.random.bits(jax.random.fold_in(k, 3), (3, 1000)))(k); "
+            "d = jax.jit(lambda k: jax.random.bernoulli(k, 0.7, (64, 250)))(k); "
+            "print(hashlib.sha256(np.asarray(b).tobytes() + np.asarray(d).tobytes()).hexdigest())")
+    rolled = subprocess.run([sys.executable, "-c", draw], capture_output=True, text=True,
+                            check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout
+    here = {}
+    exec(draw.replace("print(", "here['h'] = ("), {"here": here})
+    assert rolled.strip() == here["h"]

@@ -61,7 +61,7 @@ from jax.sharding import PartitionSpec as P
 from embaug_jax import augment
 from embaug_jax.metrics import DEFAULT_THRESHOLD, top_seen_prediction
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
-from embaug_jax.util import list_first
+from embaug_jax.util import list_first, unroll_cpu_threefry
 
 OPTIMIZERS = ("adamw", "sgd")
 # Config keys whose change makes an existing checkpoint meaningless for this run.
@@ -311,6 +311,7 @@ def make_program(spec: ProgramSpec) -> Program:
                         f"num_classes, n_train)), got {type(spec).__name__}.")
     kind = spec.kind
     augment._check_name("kind", kind, augment.KINDS)
+    unroll_cpu_threefry()  # a step's dropout, pairing and shuffle draws: same bits, one pass each
     num_classes, head, batch = spec.num_classes, spec.head, spec.batch_size
     model = MLP(num_classes=num_classes, hidden=spec.hidden, dropout=spec.dropout, head=head)
     steps_per_epoch = spec.steps_per_epoch

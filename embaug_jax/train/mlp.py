@@ -12,6 +12,35 @@ import optax
 HEADS = ("sigmoid", "softmax")
 
 
+def _transposed(init):
+    """`init` drawn for the transposed shape, then transposed: the same numbers `nn.Dense` would
+    hold for the same key and name, stored [out, in]."""
+    def transposed_init(key, shape, dtype=jnp.float32):
+        return init(key, shape[::-1], dtype).T
+    return transposed_init
+
+
+class Linear(nn.Module):
+    """`x @ kernel.T + bias` with the kernel stored [out, in], as `torch.nn.Linear` stores it.
+
+    `nn.Dense` stores [in, out]. The kernel's gradient, `dy.T @ x`, comes out of XLA:CPU's
+    matmul as [out, in], and with an [in, out] kernel every AdamW step transposes the first
+    layer's 1.2M-element gradient inside its moment and parameter updates, strided reads that
+    cost more than the update itself (`benchmarks/train_bench.py`: about 25% of a step at the
+    paper's shapes). Initialised to exactly what `nn.Dense` draws (LeCun normal, zero bias).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", _transposed(nn.initializers.lecun_normal()),
+                            (self.features, x.shape[-1]))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        y = jax.lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (1,)), ((), ())))
+        return y + bias.astype(y.dtype)
+
+
 class MLP(nn.Module):
     """Fully connected classifier: each hidden Dense -> Dropout -> ReLU, then a Dense to logits.
 
@@ -39,7 +68,7 @@ class MLP(nn.Module):
         if mixing and not self.hidden:
             raise ValueError("manifold mixup needs a hidden layer to mix; the MLP has none.")
         for i, width in enumerate(self.hidden):
-            dense = nn.Dense(width, name=f"hidden_{i}")
+            dense = Linear(width, name=f"hidden_{i}")
             x = nn.relu(nn.Dropout(self.dropout, deterministic=not train)(dense(x)))
             if mixing and i == 0:
                 # Named, so the unnamed Dropouts keep their auto-names (and rng paths).
@@ -47,7 +76,7 @@ class MLP(nn.Module):
                                  rng_collection="dropout_b")(dense(mix_with))
                 lam_a, lam_b = (jnp.asarray(w, x.dtype) for w in mix_weights)
                 x = lam_a * x + lam_b * nn.relu(h_b)
-        return nn.Dense(self.num_classes, name="head")(x)
+        return Linear(self.num_classes, name="head")(x)
 
 
 def probabilities(logits, head: str = "sigmoid", class_mask=None):
