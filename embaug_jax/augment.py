@@ -1004,20 +1004,40 @@ def _drop_features(key, x, rate):
     return jnp.where(keep, x.astype(compute) / (1 - rate), 0).astype(x.dtype)
 
 
+@jax.custom_batching.custom_vmap
+def _any_member(flag):
+    """`flag` (a bool scalar); under `jax.vmap`, one unbatched `any` over the members.
+
+    A `lax.cond` on it stays a real branch under vmap (a batched predicate would turn it into a
+    select that runs both sides for every member): the branch runs when some member needs it,
+    and each member's own parameters then make it a no-op for the others.
+    """
+    return flag
+
+
+@_any_member.def_vmap
+def _any_member_batched(axis_size, in_batched, flag):
+    del axis_size
+    return (jnp.any(flag) if in_batched[0] else flag), False
+
+
 def control_transforms(key, x, y, params: MethodParams, *, class_mask=None):
     """The control-kind baselines' traced transforms of B rows: Gaussian noise, feature dropout
     and label smoothing at `params`' noise_std, drop_rate and smoothing (0: unchanged).
 
     For the same key each equals its named function (`gaussian_noise(k_noise, ...)`,
-    `feature_dropout(k_drop, ...)` with k_noise, k_drop = split(key)). Alone, `lax.cond` skips the
-    random draws a member does not use; under `jax.vmap` both sides run, so a control in a sweep
-    with these baselines pays for their draws (O(B x D), small beside the MLP's matmuls).
+    `feature_dropout(k_drop, ...)` with k_noise, k_drop = split(key)). The O(B x D) draws run
+    only if some member uses them, alone or under `jax.vmap` (`_any_member`): a plain control,
+    or a group of controls, pays nothing for them. A member with noise_std = 0 or drop_rate = 0
+    gets its rows unchanged (x + 0, x / 1) when another member's transform runs.
     """
     k_noise, k_drop = jax.random.split(key)
     noise_std = jnp.asarray(params.noise_std, jnp.float32)
     drop_rate = jnp.asarray(params.drop_rate, jnp.float32)
-    x = lax.cond(noise_std > 0, lambda: _add_noise(k_noise, x, noise_std), lambda: x)
-    x = lax.cond(drop_rate > 0, lambda: _drop_features(k_drop, x, drop_rate), lambda: x)
+    x = lax.cond(_any_member(noise_std > 0), lambda: _add_noise(k_noise, x, noise_std),
+                 lambda: x)
+    x = lax.cond(_any_member(drop_rate > 0), lambda: _drop_features(k_drop, x, drop_rate),
+                 lambda: x)
     smoothing = jnp.asarray(params.smoothing, jnp.float32)
     y = jnp.where(smoothing > 0, smooth_labels(y, smoothing, class_mask=class_mask), y)
     return x, y
