@@ -195,9 +195,10 @@ def test_sharded_over_four_devices_equals_one_device(minilm):
     assert len(sharded.embed_batch(sharded.params, *batch).sharding.device_set) == 4
 
 
-def test_one_compile_per_length_bucket(minilm):
+def test_one_compile_per_length_bucket_and_row_count(minilm):
     embedder = _variant(minilm, batch_size=2, pack=False)
-    embedder.embed_batch = jax.jit(chex.assert_max_traces(embedder.forward, n=2))
+    # (2, 8) and the last batch's (1, 8); then (2, long bucket), for the rest of the calls.
+    embedder.embed_batch = jax.jit(chex.assert_max_traces(embedder.forward, n=3))
     short = ["shirt", "red boots", "a blue dress", "wool hat", "green socks"]
     embedder.embed(short, progress=True)
     embedder.embed(short[::-1] + [TEXTS[-1]])  # one new bucket only
@@ -245,6 +246,18 @@ def test_packed_texts_equal_hf_embedding_each_alone(minilm, hf_minilm, pooling, 
     chex.assert_trees_all_close(got[::7], alone, atol=1e-5, rtol=0)
 
 
+def test_short_batches_pad_to_a_power_of_two_of_rows(minilm):
+    embedder = _variant(minilm, batch_size=64, max_length=512)
+    assert [embedder.padded_rows(64, n) for n in (1, 2, 3, 5, 17, 33, 64)] == [1, 2, 4, 8, 32, 64,
+                                                                              64]
+    assert embedder.padded_rows(256, 9) == 16 and embedder.padded_rows(256, 15) == 16
+    (ids, segments, _), _ = embedder._pack_batch([[101, 7, 102]] * 3, [[0], [1], [2]])
+    assert ids.shape == (4, 8) and (segments[3] == 0).all()  # one padding row, not 61
+    if len(jax.devices()) >= 2:  # a multiple of the device count
+        two = _variant(minilm, batch_size=64, max_length=512, devices=jax.devices()[:2])
+        assert [two.padded_rows(64, n) for n in (1, 2, 3, 5)] == [2, 2, 4, 8]
+
+
 def test_long_rows_come_in_smaller_batches(minilm):
     embedder = _variant(minilm, batch_size=64, max_length=512)
     assert [embedder.rows_per_batch(n) for n in (8, 64, 96, 128, 256, 512)] == [64, 64, 42, 32, 16,
@@ -257,12 +270,14 @@ def test_long_rows_come_in_smaller_batches(minilm):
         assert len(batch) <= embedder.rows_per_batch(embedder.bucket(fill))
     assert sorted(i for b in batches for row in b for i in row) == list(range(len(lengths)))
     assert embedder.slots(128) == 16 and embedder.slots(8) == 4
-    # Packing only where it is estimated cheaper than padding: many short texts are packed, a
-    # few (one half-empty packed batch against a small padded one) are not.
-    many, few = [10] * 64 * 30, [6, 7, 6]
+    # Packing only where it is estimated cheaper than padding: many short texts are packed, and
+    # so are three (one row of 24 tokens against four padded rows of 8); two texts of 60 tokens
+    # are not (attention over a 128-token row costs more than two rows of 64).
+    many, few, pair = [10] * 64 * 30, [6, 7, 6], [60, 60]
     assert max(len(row) for b in embedder.plan(many) for row in b) > 1
-    assert embedder.plan(few) == embedder.plan_batches(few)
-    for lengths in (many, few):
+    assert [len(b) for b in embedder.plan(few)] == [1]
+    assert embedder.plan(pair) == embedder.plan_batches(pair)
+    for lengths in (many, few, pair):
         costs = [embedder.plan_cost(embedder.plan_batches(lengths, pack_length=n), lengths)
                  for n in (0, 32, 64, 128)]
         assert embedder.plan_cost(embedder.plan(lengths), lengths) == min(costs)

@@ -16,9 +16,10 @@ Choices worth knowing:
   the last, as in Hugging Face's `output_hidden_states`.
 - Texts longer than `max_length` tokens (default 512, clipped to the checkpoint's
   `max_position_embeddings`) are truncated. Row lengths are bucketed (8, 12, 16, 24, 32, 48,
-  ... up to `max_length`) and each bucket has a fixed number of rows per batch (`batch_size` up
-  to 64 tokens, proportionally fewer beyond, so a batch holds about `batch_size` x 64 tokens),
-  so at most one compiled program per bucket serves any stream of texts.
+  ... up to `max_length`) and each bucket has a number of rows per batch (`batch_size` up
+  to 64 tokens, proportionally fewer beyond, so a batch holds about `batch_size` x 64 tokens);
+  a short batch is padded only to the next power of two of rows, so a few compiled programs
+  per bucket serve any stream of texts.
 - Packing (`pack=True`, the default; not for "max" pooling): short texts may share a row of up
   to 32, 64 or 128 tokens, one after another, each with its own [CLS] ... [SEP], positions from
   0 and a block-diagonal attention mask, and are pooled separately. A text's vector is the one
@@ -586,6 +587,19 @@ class TextEmbedder:
         rows = max(1, min(self.batch_size, self.batch_size * _ROW_TOKENS // length))
         return -(-rows // n_dev) * n_dev
 
+    def padded_rows(self, length: int, rows: int) -> int:
+        """Rows a batch of `rows` rows of `length` tokens is padded to: the next power of two
+        (at least the device count, a multiple of it), at most `rows_per_batch(length)`.
+
+        A short batch (the last of a chunk, or a small call) then pays for at most twice its
+        rows instead of a full batch, for at most log2(batch_size) more compiled shapes per
+        bucket (benchmarks/README.md, section "text").
+        """
+        n_dev = len(self.devices)
+        full = self.rows_per_batch(length)
+        padded = max(n_dev, 1 << max(0, int(rows) - 1).bit_length())
+        return min(full, -(-padded // n_dev) * n_dev)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -701,7 +715,7 @@ class TextEmbedder:
         cost = 0.0
         for batch in batches:
             length = self.bucket(max(sum(lengths[i] for i in row) for row in batch))
-            cost += self.rows_per_batch(length) * length * (12 * hidden + 8 * length)
+            cost += self.padded_rows(length, len(batch)) * length * (12 * hidden + 8 * length)
         return cost
 
     def plan_batches(self, lengths: Sequence[int], *, pack_length: int = 0
@@ -747,10 +761,10 @@ class TextEmbedder:
 
     def _pack_batch(self, ids: list[list[int]], rows: list[list[int]]):
         """The arrays `forward` takes for `rows` (lists of indices into `ids`), padded to the
-        rows' bucket and its `rows_per_batch`, and where each text's vector lands: the flat
+        rows' bucket and `padded_rows`, and where each text's vector lands: the flat
         index into the [rows, slots] output, in the order the rows list the texts."""
         length = self.bucket(max(sum(len(ids[i]) for i in row) for row in rows))
-        shape = (self.rows_per_batch(length), length)
+        shape = (self.padded_rows(length, len(rows)), length)
         input_ids = np.full(shape, self.config.pad_token_id, np.int32)
         segment_ids = np.zeros(shape, np.int32)
         position_ids = np.zeros(shape, np.int32)
