@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from embaug_jax.util import UserError
+from embaug_jax.util import UserError, reuse_freed_memory
 
 # The repository's configs/ folder (present in a checkout; an installed wheel has none).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -331,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cmd = COMMANDS[name]
     sub_argv = [f"embaug {name}", *argv[2:]]
+    # Before JAX starts its CPU backend, whose threads keep the malloc arenas they get: per-batch
+    # and per-evaluation buffers then reuse pages instead of faulting fresh ones in.
+    reuse_freed_memory()
     _configure_logging(verbose, debug)
     try:
         if not cmd.config_driven:

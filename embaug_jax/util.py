@@ -152,7 +152,9 @@ def reuse_freed_memory() -> bool:
     """Makes glibc's malloc keep freed memory for reuse instead of returning it to the OS.
 
     XLA's CPU runtime allocates each call's buffers afresh (with BERT at 128-256 tokens, 100 MB
-    to 1 GB per batch). By default glibc serves blocks over 32 MB with fresh mmaps, unmaps them
+    to 1 GB per batch), and the sweep gathers each evaluation's validation rows into new arrays
+    (at the paper's scale 4 GB per evaluation: 4.8 s with the defaults, 0.7 s with this, in
+    benchmarks/README.md, section "train"). By default glibc serves blocks over 32 MB with fresh mmaps, unmaps them
     on free and drops whole per-thread heaps, so every batch faults its memory in again, in
     system time. One arena, no mmap and no trimming make later batches reuse the same pages
     (measured in benchmarks/README.md, section "text"). The process's RSS then stays at its

@@ -61,7 +61,7 @@ from jax.sharding import PartitionSpec as P
 from embaug_jax import augment
 from embaug_jax.metrics import DEFAULT_THRESHOLD, top_seen_prediction
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
-from embaug_jax.util import list_first, unroll_cpu_threefry
+from embaug_jax.util import list_first, reuse_freed_memory, unroll_cpu_threefry
 
 OPTIMIZERS = ("adamw", "sgd")
 # Config keys whose change makes an existing checkpoint meaningless for this run.
@@ -700,6 +700,9 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     import orbax.checkpoint as ocp
     from tqdm.auto import tqdm
 
+    # Every evaluation gathers its blocks of validation rows afresh (hundreds of MB at the
+    # paper's scale): with glibc's defaults each block's pages are faulted in again.
+    reuse_freed_memory()
     key = jax.random.key(int(config.seed)) if key is None else key
     devices = list(jax.devices() if devices is None else devices)
     mesh = Mesh(np.asarray(devices), ("members",))
