@@ -154,10 +154,10 @@ def reuse_freed_memory() -> bool:
     XLA's CPU runtime allocates each call's buffers afresh (with BERT at 128-256 tokens, 100 MB
     to 1 GB per batch), and the sweep gathers each evaluation's validation rows into new arrays
     (at the paper's scale 4 GB per evaluation: 4.8 s with the defaults, 0.7 s with this, in
-    benchmarks/README.md, section "train"). By default glibc serves blocks over 32 MB with fresh mmaps, unmaps them
-    on free and drops whole per-thread heaps, so every batch faults its memory in again, in
-    system time. One arena, no mmap and no trimming make later batches reuse the same pages
-    (measured in benchmarks/README.md, section "text"). The process's RSS then stays at its
+    benchmarks/README.md, section "train"). By default glibc serves blocks over 32 MB with
+    fresh mmaps, unmaps them on free and drops whole per-thread heaps, so every batch faults its
+    memory in again, in system time. One arena, no mmap and no trimming make later batches
+    reuse the same pages (measured in benchmarks/README.md, section "text"). The process's RSS then stays at its
     high-water mark.
 
     Process-wide, and fully effective only before JAX starts its CPU backend (its threads keep
@@ -191,9 +191,9 @@ def unroll_cpu_threefry() -> bool:
     JAX's CPU lowering keeps the rounds in a rolled `while` loop (smaller programs, quicker
     compiles): every random draw of a training step -- dropout masks, pairings, shuffles -- then
     runs five loop iterations, each writing its whole state array to memory. Unrolled, each draw
-    is one fused pass; at the paper's shapes a training step takes about a fifth less time
-    (`benchmarks/train_bench.py`). The bits are the same: only how XLA computes them changes
-    (`tests/test_util.py` checks the Random123 known answers and a key's bits against a process
+    is one fused pass; at the paper's shapes a training epoch takes about a fifth less time
+    (benchmarks/README.md, section "train"). The bits are the same: only how XLA computes them
+    changes (`tests/test_util.py` checks the Random123 known answers and a key's bits against a process
     without this). Process-wide, for programs compiled after the call; idempotent. Returns False,
     changing nothing, if this JAX does not have the private lowering it reuses.
     """
