@@ -157,8 +157,8 @@ def reuse_freed_memory() -> bool:
     benchmarks/README.md, section "train"). By default glibc serves blocks over 32 MB with
     fresh mmaps, unmaps them on free and drops whole per-thread heaps, so every batch faults its
     memory in again, in system time. One arena, no mmap and no trimming make later batches
-    reuse the same pages (measured in benchmarks/README.md, section "text"). The process's RSS then stays at its
-    high-water mark.
+    reuse the same pages (measured in benchmarks/README.md, section "text"). The process's RSS
+    then stays at its high-water mark.
 
     Process-wide, and fully effective only before JAX starts its CPU backend (its threads keep
     the arenas they already have); a no-op returning False off glibc. Idempotent.
@@ -193,9 +193,9 @@ def unroll_cpu_threefry() -> bool:
     runs five loop iterations, each writing its whole state array to memory. Unrolled, each draw
     is one fused pass; at the paper's shapes a training epoch takes about a fifth less time
     (benchmarks/README.md, section "train"). The bits are the same: only how XLA computes them
-    changes (`tests/test_util.py` checks the Random123 known answers and a key's bits against a process
-    without this). Process-wide, for programs compiled after the call; idempotent. Returns False,
-    changing nothing, if this JAX does not have the private lowering it reuses.
+    changes (`tests/test_util.py` checks the Random123 known answers, and a key's bits against a
+    process without this). Process-wide, for programs compiled after the call; idempotent.
+    Returns False, changing nothing, if this JAX does not have the private lowering it reuses.
     """
     global _THREEFRY_UNROLLED
     if _THREEFRY_UNROLLED:
