@@ -614,3 +614,27 @@ def test_extract_redoes_shards_of_another_device_count(tmp_path, caplog):
         out = pipeline.run_extraction(c, tmp_path / workdir, text_embedder=resumed)
         assert resumed.calls == redone and len(load_embeddings(out)) == 6
         assert ("so they are redone" in caplog.text) == (resume_devices != 4)
+
+
+def test_checkpoints_of_the_old_kernel_layout_are_refused_with_what_to_do(
+        tmp_path, capsys, fast_compile):
+    import shutil
+
+    data = dataset_dir(tmp_path, classes=4)
+    assert cli.main(file_train(tmp_path, data=data)) == 0
+    work = tmp_path / "w"
+    # What an earlier version wrote: the same fingerprint without the state layout.
+    fingerprint = json.loads((work / "fingerprint.json").read_text())
+    del fingerprint["state_layout"]
+    (work / "fingerprint.json").write_text(json.dumps(fingerprint))
+    capsys.readouterr()
+    assert cli.main(file_train(tmp_path, data=data)) == 2
+    err = capsys.readouterr().err
+    assert "[in, out]" in err and "cannot be resumed" in err and "delete" in err
+    assert "Traceback" not in err
+    # Doing what it says: without the checkpoints the finished run re-reports from its
+    # predictions, and trains nothing (training would write checkpoints again).
+    shutil.rmtree(work / "checkpoints")
+    assert cli.main(file_train(tmp_path, data=data)) == 0
+    assert not (work / "checkpoints").exists()
+    assert (work / "results.md").exists()

@@ -171,6 +171,10 @@ def data_fingerprint(dataset) -> str:
     return h.hexdigest()
 
 
+# How the checkpointed state is laid out; a change makes older checkpoints unreadable.
+STATE_LAYOUT = "mlp kernels [out, in]"
+
+
 def _fingerprint(config, dataset) -> dict:
     """What the checkpoints depend on: the config's training keys and the data itself.
 
@@ -182,7 +186,16 @@ def _fingerprint(config, dataset) -> dict:
     if isinstance(out.get("data"), dict):
         out["data"] = {k: v for k, v in out["data"].items() if k != "path"}
     out["data_content"] = data_fingerprint(dataset)
+    out["state_layout"] = STATE_LAYOUT
     return out
+
+
+def _same_run(previous: dict, fingerprint: dict) -> bool:
+    """The same config and data, whatever version laid out the checkpointed state."""
+    if not isinstance(previous, dict):
+        return False
+    strip = lambda fp: {k: v for k, v in fp.items() if k != "state_layout"}
+    return strip(previous) == strip(fingerprint)
 
 
 def _check_fingerprint(workdir: Path, fingerprint: dict) -> None:
@@ -201,6 +214,14 @@ def _check_fingerprint(workdir: Path, fingerprint: dict) -> None:
         return
     changed = sorted(k for k in set(previous) | set(fingerprint)
                      if previous.get(k) != fingerprint.get(k))
+    if changed == ["state_layout"]:
+        if not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+            return  # a finished run without checkpoints: its report needs only the predictions
+        raise UserError(
+            f"{workdir} holds checkpoints of an earlier embaug_jax, whose MLP stored its kernels "
+            f"[in, out] (now {STATE_LAYOUT}); they cannot be resumed. Use a new --workdir, or "
+            f"delete {ckpt_dir}: a finished run then re-reports from its predictions, an "
+            "unfinished one starts over.")
     if changed == ["data_content"]:
         raise UserError(f"{workdir} holds checkpoints trained on other data: the dataset's "
                         "contents differ from those of the run that wrote them (same config). "
@@ -277,9 +298,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
         predictions = workdir / report.PREDICTIONS
         fp_path = workdir / "fingerprint.json"
-        if predictions.exists() and fp_path.exists() and _read_json(fp_path) == fingerprint:
+        if predictions.exists() and fp_path.exists() and (
+                _same_run(_read_json(fp_path), fingerprint)):
             # A finished run: its saved predictions are all the report needs, no checkpoint
-            # restore.
+            # restore (so they serve whatever the layout of its checkpoints).
             logging.info("%s is finished; re-reporting from %s", workdir, predictions)
             results = None
             if primary:
