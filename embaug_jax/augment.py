@@ -44,7 +44,6 @@ as mixup.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -752,53 +751,23 @@ def _draws(k_lam, k_mask, mix, alpha, *, shape, dim, sizes):
     """The random draws of the traced form: (lam_a, lam_b, from_a) for method index `mix`.
 
     Control gets lam_a = 1, lam_b = 0 without sampling, and only stitchup draws its [P, D] mask
-    (all False otherwise). Alone, `lax.cond` skips what the method does not use. Under `jax.vmap`
-    a batched `cond` would run both sides for every member, so a custom batching rule runs each
-    draw once for the whole batch and only if some member needs it: vmapped over members of one
-    method, a member costs what it costs alone. The draws take no differentiable input, so the
-    custom rule never meets reverse-mode autodiff.
+    (all False otherwise). Each draw sits behind a `lax.cond` on `_any_member`, so it is skipped
+    when no member needs it, alone or under `jax.vmap` (where a batched predicate would run
+    both sides for every member): vmapped over members of one method, a member costs what it
+    costs alone.
     """
-    return _draws_fn(shape, dim, sizes)(k_lam, k_mask, mix, jnp.asarray(alpha, jnp.float32))
-
-
-@functools.lru_cache(maxsize=None)
-def _draws_fn(shape, dim, sizes):
-    def control_weights(lead=()):
-        return (jnp.ones(lead + shape, jnp.float32), jnp.zeros(lead + shape, jnp.float32))
-
-    def mask(k_mask, lam_a):
-        return _stitch_mask(k_mask, lam_a, dim, sizes)
-
-    @jax.custom_batching.custom_vmap
-    def draws(k_lam, k_mask, mix, alpha):
-        lam_a, lam_b = lax.cond(mix == MIX_CONTROL, control_weights,
-                                lambda: _sample_weights(k_lam, alpha, shape))
-        from_a = lax.cond(mix == MIX_STITCHUP, lambda: mask(k_mask, lam_a),
-                          lambda: jnp.zeros((shape[0], dim), jnp.bool_))
-        return lam_a, lam_b, from_a
-
-    @draws.def_vmap
-    def draws_batched(axis_size, in_batched, k_lam, k_mask, mix, alpha):
-        k_lam, k_mask, mix, alpha = (
-            v if batched else jnp.broadcast_to(v, (axis_size,) + v.shape)
-            for v, batched in zip((k_lam, k_mask, mix, alpha), in_batched))
-        is_control = mix == MIX_CONTROL
-        # A control member's alpha is never used; a safe value keeps NaN out of the batch.
-        safe_alpha = jnp.where(is_control, 1.0, alpha)
-        lam_a, lam_b = lax.cond(
-            jnp.any(~is_control),
-            lambda: jax.vmap(lambda k, a: _sample_weights(k, a, shape))(k_lam, safe_alpha),
-            lambda: control_weights((axis_size,)))
-        member = (slice(None),) + (None,) * len(shape)
-        lam_a = jnp.where(is_control[member], 1.0, lam_a)
-        lam_b = jnp.where(is_control[member], 0.0, lam_b)
-        is_stitch = mix == MIX_STITCHUP
-        from_a = lax.cond(jnp.any(is_stitch), lambda: jax.vmap(mask)(k_mask, lam_a),
-                          lambda: jnp.zeros((axis_size, shape[0], dim), jnp.bool_))
-        from_a = from_a & is_stitch[:, None, None]
-        return (lam_a, lam_b, from_a), (True, True, True)
-
-    return draws
+    is_control = mix == MIX_CONTROL
+    # A control member's alpha is never used; a safe value keeps NaN out of a vmapped batch.
+    alpha = jnp.where(is_control, 1.0, jnp.asarray(alpha, jnp.float32))
+    lam_a, lam_b = lax.cond(
+        _any_member(~is_control), lambda: _sample_weights(k_lam, alpha, shape),
+        lambda: (jnp.ones(shape, jnp.float32), jnp.zeros(shape, jnp.float32)))
+    lam_a = jnp.where(is_control, 1.0, lam_a)
+    lam_b = jnp.where(is_control, 0.0, lam_b)
+    is_stitch = mix == MIX_STITCHUP
+    from_a = lax.cond(_any_member(is_stitch), lambda: _stitch_mask(k_mask, lam_a, dim, sizes),
+                      lambda: jnp.zeros((shape[0], dim), jnp.bool_))
+    return lam_a, lam_b, from_a & is_stitch
 
 
 # --------------------------------------------------------------------------------------------
