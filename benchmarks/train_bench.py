@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from embaug_jax import augment, configlib
+from embaug_jax import augment, configlib, util
 from embaug_jax.train import engine
 from embaug_jax.train.splits import make_splits
 from embaug_jax.train.synthetic import make_synthetic
@@ -83,27 +83,28 @@ _PROGRAMS = {}
 
 
 def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced=False):
-    """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs, compiled
-    (one jitted program per kind, as the engine's driver; it compiles once per member count)."""
-    if (kind, sliced) not in _PROGRAMS:
-        program = engine.make_program(engine.ProgramSpec.from_config(
-            config, num_classes, n_train, kind=kind))
-        _PROGRAMS[kind, sliced] = (
-            jax.jit(jax.vmap(program.init, in_axes=(None, 0, None))),
-            jax.jit(jax.vmap(program.train, in_axes=(None, 0, 0, None, None)),
-                    static_argnums=4, donate_argnums=2), program)
-    init, train, program = _PROGRAMS[kind, sliced]
-    key = jax.random.key(0)
-    state = [init(key, hp, on_device)]
+    """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs as the engine's
+    driver does: `engine.compiled_group` on every device, members padded to the device count
+    (the padding skipped), `engine.members_at_once` of them stepped together on a device."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
+    at_once = engine.members_at_once(config, jax.devices())
     with plain_slice() if sliced else contextlib.nullcontext():
-        state[0], loss = train(key, hp, state[0], on_device, epochs)  # compiles
+        spec = engine.ProgramSpec.from_config(config, num_classes, n_train, kind=kind)
+        if (spec, sliced) not in _PROGRAMS:  # a sliced program must not share the cache
+            engine.compiled_group.cache_clear()
+            _PROGRAMS[spec, sliced] = engine.compiled_group(spec, mesh, at_once)
+        init, train, _ = _PROGRAMS[spec, sliced]
+        hp, live = engine.place_members(hp, mesh)
+        key = jax.random.key(0)
+        state = [init(key, hp, on_device)]
+        state[0], loss = train(key, hp, live, state[0], on_device, epochs)  # compiles
         loss.block_until_ready()
 
     def go():
-        state[0], loss = train(key, hp, state[0], on_device, epochs)
+        state[0], loss = train(key, hp, live, state[0], on_device, epochs)
         loss.block_until_ready()
 
-    return go, program.steps_per_epoch
+    return go, spec.steps_per_epoch
 
 
 def torch_epochs(x, labels, train_rows, seen, config, epochs):
@@ -158,14 +159,21 @@ def main(argv=None):
                    help="epochs per timed call of the single-member cases (figures 1 and 3): "
                         "one epoch is ~0.15 s, too short to time on a shared machine")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    p.add_argument("--cpu-devices", type=int, default=0,
+                   help="XLA CPU devices (0: one per core, as `embaug train` does)")
+    p.add_argument("--members-at-once", type=int, default=None,
+                   help="config.members_at_once (default: auto)")
     args = p.parse_args(argv)
+    util.split_cpu_into_devices(args.cpu_devices)
 
     c = configlib.get_config(REPO / "configs" / "default.py")
+    c.members_at_once = args.members_at_once
     n = args.train_rows + args.train_rows // 10
     ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
     s = make_splits(ds.labels, args.classes, trials=5, train_fraction=args.train_rows / n)
     data = engine.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
-    on_device = jax.device_put(engine.device_data(data))
+    on_device = jax.device_put(engine.device_data(data), jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.asarray(jax.devices()), ("members",)), jax.sharding.PartitionSpec()))
     n_train = s.train_idx.shape[1]
     members = [dict(method=m, alpha=0.2 if m != "control" else 0.0,
                     softness=0.05 if m.startswith("soft") else 0.0, trial=t, seed=0)

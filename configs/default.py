@@ -84,6 +84,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Devices the member axis is sharded over (0 = all visible ones); results do not depend on
     # it, and a run may resume on a different count.
     c.num_devices = 0
+    # XLA CPU devices the CLI splits the host into before JAX starts (0 = one per core, at most
+    # 8), so the members of a group train side by side on the cores; each holds a copy of the
+    # training rows. Read only on a CPU; XLA_FLAGS=--xla_force_host_platform_device_count wins.
+    c.cpu_devices = 0
+    # Members one device steps together: None (auto) = one at a time on CPU devices (a member's
+    # parameters and Adam moments stay in cache through its whole call), all at once (`vmap`)
+    # on GPU/TPU; 0 = all at once; k = k at a time. Results agree to float rounding.
+    c.members_at_once = ml_collections.FieldReference(None, field_type=int)
     c.threshold = 0.6  # sec. 3.5 confidence threshold for the accuracy metrics
 
     c.augment = ml_collections.ConfigDict()

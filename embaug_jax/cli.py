@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from embaug_jax.util import UserError, reuse_freed_memory
+from embaug_jax.util import UserError, reuse_freed_memory, split_cpu_into_devices
 
 # The repository's configs/ folder (present in a checkout; an installed wheel has none).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -215,6 +215,10 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str], *,
     if ("data.path" in overrides and "data.source" not in overrides
             and "data" in config and "source" in config.data):
         config.data.source = "file"
+    # Before JAX starts its backend: a training config splits a CPU host into devices.
+    train_config = config.get("train", config)
+    if "cpu_devices" in train_config:
+        split_cpu_into_devices(train_config.cpu_devices)
     if not fv.distributed:
         _run(cmd, config, fv.workdir)
         return 0

@@ -182,6 +182,31 @@ def reuse_freed_memory() -> bool:
     return ok
 
 
+def split_cpu_into_devices(count: int = 0) -> bool:
+    """Exposes the host's cores as `count` XLA CPU devices (0: one per core, at most 8), so the
+    sweep engine shards its members over them; True if this call set the count.
+
+    One device's program gains little from XLA:CPU's threads at the paper's 64-row steps (one
+    thread: 10% slower than two); two devices each stepping their own members keep both cores
+    busy (benchmarks/README.md, section "train"). Each device holds its own copy of the
+    training rows, so memory grows with the count. It must run before JAX starts its backend:
+    afterwards, or when `XLA_FLAGS` (--xla_force_host_platform_device_count), the
+    `JAX_NUM_CPU_DEVICES` variable or `jax_num_cpu_devices` already chose, it changes nothing.
+    """
+    import jax
+    from jax._src import xla_bridge
+
+    count = int(count)
+    if count < 0:
+        raise UserError(f"cpu_devices={count}; use 0 (one per core) or a positive count.")
+    chosen = ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+              or "JAX_NUM_CPU_DEVICES" in os.environ or jax.config.jax_num_cpu_devices >= 0)
+    if chosen or xla_bridge.backends_are_initialized():
+        return False
+    jax.config.update("jax_num_cpu_devices", count or min(os.cpu_count() or 1, 8))
+    return True
+
+
 _THREEFRY_UNROLLED = False
 
 

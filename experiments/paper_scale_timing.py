@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from embaug_jax import augment, configlib
+from embaug_jax import augment, configlib, util
 from embaug_jax.train import command
 from embaug_jax.train import engine as train
 
@@ -66,6 +66,7 @@ def main(argv):
 
     config = configlib.get_config(f"{REPO / 'configs' / 'default.py'}:synthetic")
     config.data.trials = args.trials
+    util.split_cpu_into_devices(config.cpu_devices)  # as `embaug train` does
     t0 = time.perf_counter()
     dataset, splits, data, _ = command.prepare_data(config)
     n_train, n_val = splits.train_idx.shape[1], splits.val_idx.shape[1]

@@ -98,6 +98,39 @@ def test_one_and_four_devices_agree(sweep4, fast_compile):
     np.testing.assert_allclose(r1.val_probs, r4.val_probs, atol=1e-5)
 
 
+@pytest.mark.parametrize("at_once", [0, 2])
+def test_members_at_once_or_one_at_a_time_agree(sweep4, at_once, fast_compile):
+    c, data, hp, r = sweep4  # CPU devices: one member at a time, the device padding skipped
+    assert train.members_at_once(c, jax.devices()) == 1
+    c = _config(members_at_once=at_once)  # 0: all of a device's members vmapped
+    r2 = train.run_sweep(c, data, MEMBERS, devices=jax.devices()[:1], progress=False)
+    for k in r.history:
+        np.testing.assert_allclose(r2.history[k], r.history[k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r2.val_probs, r.val_probs, atol=1e-5)
+    chex.assert_trees_all_close(r2.state.params, r.state.params, atol=1e-5, rtol=1e-5)
+
+
+def test_device_padding_is_skipped_one_member_at_a_time(sweep4):
+    c, data, hp, r = sweep4
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
+    init, run, evaluate = train.compiled_group(_spec(c, data, "control"), mesh, 1)
+    one = jax.tree.map(lambda x: x[:1], hp)
+    placed, live = train.place_members(one, mesh)  # 1 member padded to 4 devices
+    np.testing.assert_array_equal(np.asarray(live), [True, False, False, False])
+    on_device = jax.device_put(train.device_data(data),
+                               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    key = jax.random.key(0)
+    start = init(key, placed, on_device)
+    before = jax.tree.map(np.asarray, start.params)
+    state, loss = run(key, placed, live, start, on_device, 1)
+    loss = np.asarray(loss)
+    assert np.isfinite(loss[0]) and np.isnan(loss[1:]).all()  # padding: not trained
+    assert np.asarray(state.epoch).tolist() == [1, 0, 0, 0]
+    for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(a)[1:], b[1:])
+        assert not np.array_equal(np.asarray(a)[0], b[0])
+
+
 def test_resume_after_kill_equals_uninterrupted(sweep4, tmp_path, fast_compile):
     c, data, hp, full = sweep4
     ckpt = tmp_path / "ckpt"
@@ -147,7 +180,8 @@ def test_every_chunk_runs_one_compiled_program(sweep4):
     c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable per kind
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
     for kind, _ in train.member_groups(MEMBERS):
-        _, run, _ = train._compiled_sweep(_spec(c, data, kind), mesh)
+        _, run, _ = train.compiled_group(_spec(c, data, kind), mesh,
+                                          train.members_at_once(c, jax.devices()))
         assert run._cache_size() == 1
 
 
@@ -273,6 +307,8 @@ def test_sweep_members_grid():
     ("chunk_epochs", 0, "must be >= 1"),
     ("threshold", 1.2, "threshold"),
     ("eval_block_rows", 0, "eval_block_rows"),
+    ("cpu_devices", -2, "cpu_devices"),
+    ("members_at_once", -1, "members_at_once"),
 ])
 def test_bad_config_values(key, value, match):
     c = _config(**{"sweep.methods": ("control", "soft_e_mixup"), key: value})

@@ -95,3 +95,31 @@ def test_unrolled_cpu_threefry_gives_the_random123_answers_and_the_rolled_bits()
     here = {}
     exec(draw.replace("print(", "here['h'] = ("), {"here": here})
     assert rolled.strip() == here["h"]
+
+
+def test_split_cpu_into_devices_before_the_backend_and_never_over_a_choice():
+    import subprocess
+    import sys
+
+    probe = ("import jax; from embaug_jax.util import split_cpu_into_devices as s; "
+             "first = s({n}); print(first, s(2), len(jax.devices()), s(2))")
+
+    def run(n, **env):
+        base = {k: v for k, v in os.environ.items()
+                if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+        out = subprocess.run([sys.executable, "-c", probe.format(n=n)], capture_output=True,
+                             text=True, check=True,
+                             env={**base, "JAX_PLATFORMS": "cpu", **env}).stdout.split()
+        return out[0] == "True", out[1] == "True", int(out[2]), out[3] == "True"
+
+    # The first call sets the count; a second (already chosen) and one after start-up do not.
+    assert run(3) == (True, False, 3, False)
+    assert run(0) == (True, False, min(os.cpu_count(), 8), False)
+    # The user's own choice wins.
+    assert run(3, XLA_FLAGS="--xla_force_host_platform_device_count=2") == (False, False, 2,
+                                                                            False)
+    assert run(3, JAX_NUM_CPU_DEVICES="1") == (False, False, 1, False)
+    from embaug_jax.util import UserError, split_cpu_into_devices
+
+    with pytest.raises(UserError, match="cpu_devices=-1"):
+        split_cpu_into_devices(-1)

@@ -467,6 +467,15 @@ def _pad(tree, multiple: int):
     return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, 0)]), tree)
 
 
+def place_members(hp: MemberHParams, mesh: Mesh) -> tuple[MemberHParams, jax.Array]:
+    """A group's hyperparameters padded to a multiple of the mesh's devices and sharded over
+    them, and `live` [padded M], False for the padding (which `compiled_group` skips)."""
+    n, d = len(hp.trial), mesh.devices.size
+    by_member = NamedSharding(mesh, P("members"))
+    return (jax.device_put(_pad(hp, d), by_member),
+            jax.device_put(np.arange(n + -n % d) < n, by_member))
+
+
 def member_groups(members: Sequence[dict]) -> list[tuple[str, np.ndarray]]:
     """(kind, member indices) of every kind present, in order of first appearance: members of one
     kind share one compiled program."""
@@ -493,21 +502,75 @@ def eval_block_rows(config, data: TrainData, on_device_bytes: int) -> int:
     return int(min(rows, fit))
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_sweep(spec: ProgramSpec, mesh: Mesh):
-    """The jitted, vmapped, member-sharded init / train / evaluate of a spec (one kind).
+def members_at_once(config, devices: Sequence) -> int:
+    """How many members of a group one device steps together: `config.members_at_once` (0 = all
+    of them, `vmap`; k >= 1 = k at a time), or when it is None one at a time on CPU devices and
+    all at once on accelerators."""
+    n = config.get("members_at_once")
+    if n is None:
+        # On a CPU a member's parameters and Adam moments (~21 MB at the paper's shapes) stay in
+        # the cache through its whole call; vmapped members stream all of theirs every step.
+        return 1 if all(d.platform == "cpu" for d in devices) else 0
+    if int(n) < 0:
+        raise ValueError(f"config.members_at_once={n}; use None (auto), 0 (all at once: vmap) "
+                         "or k >= 1 (k members at a time on each device).")
+    return int(n)
 
-    Cached on the spec (all the program reads), so another sweep with the same spec in one
-    process (a resume, a different method list, a test) reuses the compiled executables instead
-    of tracing fresh closures.
+
+def over_members(fn: Callable, at_once: int, skipped: Callable) -> Callable:
+    """`fn(*args)` over a leading member axis of every argument, with a bool `live` [M] first.
+
+    at_once = 0: every member at once (`jax.vmap`); k >= 1: k members at a time
+    (`lax.map(batch_size=k)`), which runs the members' whole calls one group after another. A
+    member whose `live` is False (device padding) returns `skipped(*args)` instead; one at a
+    time, it costs nothing.
+    """
+    if not at_once:
+        return lambda live, *args: jax.vmap(fn)(*args)
+
+    def one(args):
+        return jax.lax.cond(args[0], fn, skipped, *args[1:])
+
+    return lambda live, *args: jax.lax.map(one, (live, *args), batch_size=at_once)
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_group(spec: ProgramSpec, mesh: Mesh, at_once: int = 0):
+    """The jitted, member-sharded init / train / evaluate of a spec (one kind).
+
+    Each device runs its members (`over_members`: all at once, or `at_once` at a time) with
+    `shard_map`; `live` [M] marks the members that are not device padding. Cached on the spec
+    (all the program reads), so another sweep with the same spec in one process (a resume, a
+    different method list, a test) reuses the compiled executables instead of tracing fresh
+    closures.
     """
     program = make_program(spec)
     by_member = NamedSharding(mesh, P("members"))
+    m, r = P("members"), P()
+
+    def sharded(fn, in_specs, out_specs):
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                             check_vma=False)
+
     init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)), out_shardings=by_member)
-    train = jax.jit(jax.vmap(program.train, in_axes=(None, 0, 0, None, None)),
-                    static_argnums=4, out_shardings=by_member, donate_argnums=2)
-    evaluate = jax.jit(jax.vmap(program.evaluate, in_axes=(0, 0, None, None)),
-                       out_shardings=by_member)
+
+    def train(key, hp, live, state, data, num_epochs):
+        def local(key, hp, live, state, data):
+            fn = lambda hp, state: program.train(key, hp, state, data, num_epochs)
+            skip = lambda hp, state: (state, jnp.float32(jnp.nan))
+            return over_members(fn, at_once, skip)(live, hp, state)
+        return sharded(local, (r, m, m, m, r), (m, m))(key, hp, live, state, data)
+
+    def evaluate(params, hp, live, data, block):
+        def local(params, hp, live, data, block):
+            fn = lambda params, hp: program.evaluate(params, hp, data, block)
+            skip = lambda params, hp: jax.tree.map(
+                lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, params, hp))
+            return over_members(fn, at_once, skip)(live, params, hp)
+        return sharded(local, (m, m, m, r, r), (m, m))(params, hp, live, data, block)
+
+    train = jax.jit(train, static_argnums=5, donate_argnums=3, out_shardings=by_member)
+    evaluate = jax.jit(evaluate, out_shardings=by_member)
     return init, train, evaluate
 
 
@@ -723,13 +786,13 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     block_rows = eval_block_rows(config, data, placed)
     placed += val_idx.shape[0] * block_rows * (np.shape(data.x)[1] * 4 + 4)
     on_device = jax.device_put(host_part, replicated)
-    compiled, hps = {}, {}
+    compiled, hps, live = {}, {}, {}
+    at_once = members_at_once(config, devices)
     for kind, idx in groups:
         spec = ProgramSpec.from_config(config, num_classes, train_idx.shape[1],
                                        segments=segments, kind=kind)
-        compiled[kind] = _compiled_sweep(spec, mesh)
-        hps[kind] = jax.device_put(_pad(jax.tree.map(lambda x: x[idx], hp), len(devices)),
-                                   by_member)
+        compiled[kind] = compiled_group(spec, mesh, at_once)
+        hps[kind], live[kind] = place_members(jax.tree.map(lambda x: x[idx], hp), mesh)
 
     num_epochs, eval_every = int(config.num_epochs), int(config.eval_every)
     chunk_epochs, ckpt_every = int(config.chunk_epochs), int(config.checkpoint_every)
@@ -763,7 +826,8 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
             block = jax.device_put(block, replicated)
             n = min(block_rows, n_val - start)
             for kind, idx in groups:
-                c, p = compiled[kind][2](states[kind].params, hps[kind], on_device, block)
+                c, p = compiled[kind][2](states[kind].params, hps[kind], live[kind],
+                                        on_device, block)
                 counts[kind] = c if counts[kind] is None else counts[kind] + c
                 if want_probs:
                     probs[idx, start:start + n] = _host(p)[:len(idx), :n]
@@ -782,7 +846,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                 losses = {}
                 for kind, _idx in groups:
                     states[kind], losses[kind] = compiled[kind][1](
-                        key, hps[kind], states[kind], on_device, eval_every)
+                        key, hps[kind], live[kind], states[kind], on_device, eval_every)
                 counts, _ = evaluate(False)
                 e = done // eval_every
                 for kind, idx in groups:
