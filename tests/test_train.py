@@ -4,6 +4,7 @@ from pathlib import Path
 
 import chex
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -110,6 +111,18 @@ def test_members_at_once_or_one_at_a_time_agree(sweep4, at_once, fast_compile):
     chex.assert_trees_all_close(r2.state.params, r.state.params, atol=1e-5, rtol=1e-5)
 
 
+def _map_body_primitives(jaxpr) -> set[str]:
+    """The top-level primitives of the body of the first `scan` (the member map) in a jaxpr."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            return {e.primitive.name for e in eqn.params["jaxpr"].jaxpr.eqns}
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found = _map_body_primitives(sub)
+            if found:
+                return found
+    return set()
+
+
 def test_device_padding_is_skipped_one_member_at_a_time(sweep4):
     c, data, hp, r = sweep4
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
@@ -122,6 +135,9 @@ def test_device_padding_is_skipped_one_member_at_a_time(sweep4):
     key = jax.random.key(0)
     start = init(key, placed, on_device)
     before = jax.tree.map(np.asarray, start.params)
+    # Each member's call sits in a real branch, not a select that trains the padding too.
+    jaxpr = jax.make_jaxpr(run, static_argnums=5)(key, placed, live, start, on_device, 1)
+    assert "cond" in _map_body_primitives(jaxpr.jaxpr)
     state, loss = run(key, placed, live, start, on_device, 1)
     loss = np.asarray(loss)
     assert np.isfinite(loss[0]) and np.isnan(loss[1:]).all()  # padding: not trained

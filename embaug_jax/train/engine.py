@@ -521,9 +521,9 @@ def over_members(fn: Callable, at_once: int, skipped: Callable) -> Callable:
     """`fn(*args)` over a leading member axis of every argument, with a bool `live` [M] first.
 
     at_once = 0: every member at once (`jax.vmap`); k >= 1: k members at a time
-    (`lax.map(batch_size=k)`), which runs the members' whole calls one group after another. A
-    member whose `live` is False (device padding) returns `skipped(*args)` instead; one at a
-    time, it costs nothing.
+    (`lax.map`), which runs the members' whole calls one group after another. A member whose
+    `live` is False (device padding) returns `skipped(*args)` instead; one at a time, it costs
+    nothing (k > 1 at a time computes it and discards it).
     """
     if not at_once:
         return lambda live, *args: jax.vmap(fn)(*args)
@@ -531,7 +531,10 @@ def over_members(fn: Callable, at_once: int, skipped: Callable) -> Callable:
     def one(args):
         return jax.lax.cond(args[0], fn, skipped, *args[1:])
 
-    return lambda live, *args: jax.lax.map(one, (live, *args), batch_size=at_once)
+    # lax.map's batch_size vmaps its body, even over batches of one, and a vmapped cond runs
+    # both branches: one at a time must be a plain map for the padding to cost nothing.
+    return lambda live, *args: jax.lax.map(one, (live, *args),
+                                           batch_size=at_once if at_once > 1 else None)
 
 
 @functools.lru_cache(maxsize=16)
