@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import bisect
 import math
 import os
 from collections import deque
@@ -213,20 +214,30 @@ class BertLayer(nn.Module):
         cfg = self.config
         dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
         batch, length, _ = x.shape
-        heads = lambda y: y.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
+        # Head-major [batch, heads, length, head_dim] before the two attention products: XLA:CPU
+        # then runs them as plain batched matmuls instead of transposing inside each.
+        heads = lambda y: y.reshape(batch, length, cfg.num_attention_heads,
+                                    cfg.head_dim).transpose(0, 2, 1, 3)
         q = heads(dense(cfg.hidden_size, "query")(x))
         k = heads(dense(cfg.hidden_size, "key")(x))
         v = heads(dense(cfg.hidden_size, "value")(x))
         # Scores and softmax in float32 even under bf16: the softmax over long rows is where bf16
         # loses the most. Padding keys get the most negative float (as Hugging Face does), so a row
         # of all-padding keys (a padding query) stays finite.
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        scores = scores / np.float32(math.sqrt(cfg.head_dim))
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         mask = (attention_mask[:, None, None, :] if attention_mask.ndim == 2
                 else attention_mask[:, None, :, :])
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, cfg.hidden_size)
+        scores = jnp.where(mask, scores / np.float32(math.sqrt(cfg.head_dim)),
+                           jnp.finfo(jnp.float32).min)
+        # The softmax's division waits until after the product with the values: it then
+        # divides [length, head_dim] per head instead of [length, length] (2.2x faster
+        # attention at 256 tokens, benchmarks/README.md, "text").
+        weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+        total = weights.sum(axis=-1, keepdims=True)
+        context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(self.dtype), v,
+                             preferred_element_type=jnp.float32) / total
+        context = context.astype(self.dtype).transpose(0, 2, 1, 3).reshape(
+            batch, length, cfg.hidden_size)
         x = _layer_norm(cfg, self.dtype, "attention_norm")(
             x + dense(cfg.hidden_size, "attention_output")(context)
         )
@@ -548,7 +559,11 @@ class TextEmbedder:
         )
 
         # One compiled program per bucket length (each bucket has a fixed number of rows).
-        self.embed_batch = jax.jit(self.forward)
+        # On CPU devices without XLA:CPU's YNNPACK dot fusion: XLA's own dots are faster for
+        # these [rows x length, hidden] products (4% on a MiniLM batch, benchmarks/README.md).
+        cpu = all(d.platform == "cpu" for d in self.devices)
+        self.embed_batch = jax.jit(self.forward, compiler_options=(
+            {"xla_cpu_experimental_ynn_fusion_type": ""} if cpu else None))
 
     def forward(self, params, input_ids: jax.Array, segment_ids: jax.Array,
                 position_ids: jax.Array) -> jax.Array:
@@ -715,15 +730,15 @@ class TextEmbedder:
         cost = 0.0
         for batch in batches:
             length = self.bucket(max(sum(lengths[i] for i in row) for row in batch))
-            cost += self.padded_rows(length, len(batch)) * length * (12 * hidden + 8 * length)
+            cost += self.padded_rows(length, len(batch)) * length * (14 * hidden + 4 * length)
         return cost
 
     def plan_batches(self, lengths: Sequence[int], *, pack_length: int = 0
                      ) -> list[list[list[int]]]:
         """Groups texts of the given token lengths into batches of rows of texts.
 
-        Texts are sorted by length and packed, shortest first, into rows of up to
-        `pack_length` tokens and `slots` texts (a longer text gets a row of its own); with
+        Texts are packed, longest first and each into the row it fills best, into rows of up
+        to `pack_length` tokens and `slots` texts (a longer text gets a row of its own); with
         `pack_length=0` each text is a row. Rows, fullest first, fill batches of
         `rows_per_batch(bucket)` rows.
 
@@ -732,18 +747,26 @@ class TextEmbedder:
         """
         lengths = np.asarray(lengths, np.int64)
         capacity = min(int(pack_length), self.max_length)
-        most = self.slots(capacity)
-        rows, fills, current, fill = [], [], [], 0
-        for i in np.argsort(lengths, kind="stable").tolist():
-            if current and (fill + lengths[i] > capacity or len(current) == most):
-                rows.append(current)
-                fills.append(fill)
-                current, fill = [], 0
-            current.append(i)
-            fill += int(lengths[i])
-        if current:
-            rows.append(current)
-            fills.append(fill)
+        most = self.slots(capacity) if capacity else 1
+        # Best fit, longest first: each text goes to the open row it leaves least room in.
+        # Next fit (shortest first, a new row when one is full) padded WordNet glosses in rows
+        # of 64 with 0.23 tokens per real token; best fit with 0.05 (benchmarks/README.md).
+        rows: list[list[int]] = []
+        fills: list[int] = []
+        room: list[tuple[int, int]] = []  # (free tokens, row) of the rows that take more texts
+        for i in np.argsort(-lengths, kind="stable").tolist():
+            n = int(lengths[i])
+            at = bisect.bisect_left(room, (n, -1)) if n <= capacity else len(room)
+            if at < len(room):
+                free, r = room.pop(at)
+                rows[r].append(i)
+                fills[r] += n
+            else:
+                free, r = capacity, len(rows)
+                rows.append([i])
+                fills.append(n)
+            if free - n >= 2 and len(rows[r]) < most:  # a text has at least [CLS] and [SEP]
+                bisect.insort(room, (free - n, r))
         # Fullest rows first: each batch takes as many rows as its longest row's bucket allows,
         # so at a bucket boundary shorter rows pad up rather than a batch running short of
         # rows; only the last (shortest) batch may be short.
