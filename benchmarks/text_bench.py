@@ -37,7 +37,6 @@ import gzip
 import os
 import re
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
