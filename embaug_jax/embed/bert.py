@@ -18,12 +18,14 @@ Choices worth knowing:
   `max_position_embeddings`) are truncated. Row lengths are bucketed (8, 12, 16, 24, 32, 48,
   ... up to `max_length`) and each bucket has a number of rows per batch (`batch_size` up
   to 64 tokens, proportionally fewer beyond, so a batch holds about `batch_size` x 64 tokens);
-  a short batch is padded only to the next power of two of rows, so a few compiled programs
-  per bucket serve any stream of texts.
+  the rows left over from full batches run as power-of-two batches, and a batch is padded only
+  to the next power of two of rows, so a few compiled programs per bucket serve any stream of
+  texts.
 - Packing (`pack=True`, the default; not for "max" pooling): short texts may share a row of up
   to 32, 64 or 128 tokens, one after another, each with its own [CLS] ... [SEP], positions from
   0 and a block-diagonal attention mask, and are pooled separately. A text's vector is the one
-  it gets alone, to float32 rounding (tests compare with Hugging Face's to 1e-4). Packing saves
+  it gets alone, to float32 rounding (tests compare with Hugging Face's to 1e-4). Each text,
+  longest first, goes to the row it fills best. Packing saves
   the padding of every text but a row's last and costs attention over longer rows; each chunk
   of texts is packed only as far as an estimate of the compute (`TextEmbedder.plan_cost`) says
   it pays.
