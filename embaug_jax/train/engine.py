@@ -4,15 +4,15 @@
 style; `ProgramSpec.from_config(config, num_classes, n_train, kind=...)` holds everything it
 reads): epochs and steps are `lax.scan`s, shuffling and augmentation happen on device.
 Everything a sweep varies within a kind -- alpha, softness, the soft switch, the trial's split,
-the seed -- is a traced array in `MemberHParams`, so `jax.jit(jax.vmap(...))` trains every member
-of the kind at once with one compilation.
+the seed -- is a traced array in `MemberHParams`, so one compiled program trains every member of
+the kind (`compiled_group`: vmapped on accelerators, one member after another on each CPU device).
 
 Groups. Members are grouped by `augment.KIND_OF_METHOD`: all controls, all E-Mixup variants
 (soft or not), all E-Stitchup variants; the ablation baselines soft control, label smoothing,
 Gaussian noise and feature dropout join the control kind (traced transforms of its B rows,
 `augment.control_transforms`) and manifold mixup is its own kind, whose pairs the loss mixes
 after the model's first hidden layer. A group shares shapes and code, so a sweep compiles one
-vmapped, member-sharded program per kind present, and each member computes only the rows it
+member-sharded program per kind present, and each member computes only the rows it
 trains on: under the paper's halving a mixing member trains on B/2 mixed rows, the control on
 B rows, with no padding rows and no select between methods (`augment.augment_rows`). A new
 method joins an existing kind or adds one (see `embaug_jax.augment`, "Kinds"); the engine
@@ -267,7 +267,8 @@ def make_optimizer(spec: ProgramSpec) -> optax.GradientTransformation:
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """The pure per-member functions of one kind, which the driver vmaps, jits and shards.
+    """The pure per-member functions of one kind, which the driver maps (or vmaps), jits and
+    shards.
 
     init(key, hp, data: DeviceData) -> TrainState
     train(key, hp, state, data, num_epochs) -> (state, mean training loss of those epochs)
