@@ -11,7 +11,7 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
 
   1. one E-Mixup member (64 mixed rows a step) against a plain PyTorch eager loop of the same
      model and augmentation: examples/s ratio (bound >= 1.5x)
-  2. the 25-member Table-1 sweep (5 methods x 5 trials, grouped by kind: three vmapped programs)
+  2. the 25-member Table-1 sweep (5 methods x 5 trials, grouped by kind: three programs)
      against the same 25 members each trained alone: cost per member-epoch (bound <= 1.05x)
   3. augmentation's share of an E-Mixup member's time: the member against the same member with
      the augmentation (Beta draws, pairing, mixing) replaced by a plain slice of 64 rows
@@ -19,7 +19,9 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
   4. useful FLOP rate of the sweep (every FLOP is useful: no padding rows) against the jnp.dot
      2048^3 float32 peak measured before and after in the same run (bound >= 50%)
 FLOPs count the matmuls of a step: forward, and backward without the first layer's input
-gradient (which nothing needs).
+gradient (which nothing needs). Every case runs the engine's own programs
+(`engine.compiled_group`) on one XLA CPU device per core, as `embaug train` makes them
+(`--cpu-devices`; a lone member is padded to the device count, the padding skipped).
 """
 
 from __future__ import annotations
