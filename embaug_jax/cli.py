@@ -215,7 +215,8 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str], *,
     if ("data.path" in overrides and "data.source" not in overrides
             and "data" in config and "source" in config.data):
         config.data.source = "file"
-    # Before JAX starts its backend: a training config splits a CPU host into devices.
+    # Before JAX starts its backend: a training or extraction config (`cpu_devices`) splits
+    # a CPU host into one device per core.
     train_config = config.get("train", config)
     if "cpu_devices" in train_config:
         split_cpu_into_devices(train_config.cpu_devices)

@@ -192,8 +192,9 @@ def split_cpu_into_devices(count: int = 0) -> bool:
     busy, and BERT batches split between two devices ran 10% faster than on one
     (benchmarks/README.md, sections "train" and "text"). Each device holds its own copy of the
     training rows and the model, so memory grows with the count. It must run before JAX
-    starts its backend: afterwards, or when `XLA_FLAGS` (--xla_force_host_platform_device_count), the
-    `JAX_NUM_CPU_DEVICES` variable or `jax_num_cpu_devices` already chose, it changes nothing.
+    starts its backend: afterwards, or when `XLA_FLAGS`
+    (--xla_force_host_platform_device_count), the `JAX_NUM_CPU_DEVICES` variable or
+    `jax_num_cpu_devices` already chose, it changes nothing.
     """
     import jax
     from jax._src import xla_bridge
