@@ -92,9 +92,8 @@ def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced
     at_once = engine.members_at_once(config, jax.devices())
     with plain_slice() if sliced else contextlib.nullcontext():
         spec = engine.ProgramSpec.from_config(config, num_classes, n_train, kind=kind)
-        if (spec, sliced) not in _PROGRAMS:  # a sliced program must not share the cache
-            engine.compiled_group.cache_clear()
-            _PROGRAMS[spec, sliced] = engine.compiled_group(spec, mesh, at_once)
+        if (spec, sliced) not in _PROGRAMS:  # uncached: a sliced program shares its spec
+            _PROGRAMS[spec, sliced] = engine.compiled_group.__wrapped__(spec, mesh, at_once)
         init, train, _ = _PROGRAMS[spec, sliced]
         hp, live = engine.place_members(hp, mesh)
         key = jax.random.key(0)

@@ -50,10 +50,10 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
-import bisect
 import math
 import os
 from collections import deque
@@ -76,7 +76,7 @@ from embaug_jax.embed.weights import (
     hash_files,
     merge_strict,
 )
-from embaug_jax.util import list_first, reuse_freed_memory
+from embaug_jax.util import large_dot_compiler_options, list_first, reuse_freed_memory
 
 POOLINGS = ("mean", "cls", "max")
 # Bump when a change here alters the vectors for the same weights and settings, so caches keyed by
@@ -561,12 +561,9 @@ class TextEmbedder:
             NamedSharding(mesh, PartitionSpec()),
         )
 
-        # One compiled program per bucket length (each bucket has a fixed number of rows).
-        # On CPU devices without XLA:CPU's YNNPACK dot fusion: XLA's own dots are faster for
-        # these [rows x length, hidden] products (4% on a MiniLM batch, benchmarks/README.md).
-        cpu = all(d.platform == "cpu" for d in self.devices)
-        self.embed_batch = jax.jit(self.forward, compiler_options=(
-            {"xla_cpu_experimental_ynn_fusion_type": ""} if cpu else None))
+        # One compiled program per bucket length and power-of-two row count.
+        self.embed_batch = jax.jit(self.forward,
+                                   compiler_options=large_dot_compiler_options(self.devices))
 
     def forward(self, params, input_ids: jax.Array, segment_ids: jax.Array,
                 position_ids: jax.Array) -> jax.Array:
@@ -754,7 +751,7 @@ class TextEmbedder:
         most = self.slots(capacity) if capacity else 1
         # Best fit, longest first: each text goes to the open row it leaves least room in.
         # Next fit (shortest first, a new row when one is full) padded WordNet glosses in rows
-        # of 64 with 0.23 tokens per real token; best fit with 0.05 (benchmarks/README.md).
+        # of 64 with 0.23 tokens per real token; best fit with 0.01 (benchmarks/README.md).
         rows: list[list[int]] = []
         fills: list[int] = []
         room: list[tuple[int, int]] = []  # (free tokens, row) of the rows that take more texts
@@ -773,9 +770,8 @@ class TextEmbedder:
                 bisect.insort(room, (free - n, r))
         # Fullest rows first: each batch takes as many rows as its longest row's bucket allows,
         # so at a bucket boundary shorter rows pad up rather than a batch running short of
-        # rows; only the last (shortest) batch may be short.
-        # A batch short of its bucket's rows (the last) runs as power-of-two parts instead of
-        # padding up to the next power of two: 40 rows run as 32 + 8, not as 64.
+        # rows. The rows left at the end run as power-of-two batches instead of one batch
+        # padded up to the next power of two: 40 rows run as 32 + 8, not as 64.
         order = np.argsort(fills, kind="stable")[::-1]
         batches, start = [], 0
         n_dev = len(self.devices)

@@ -61,7 +61,8 @@ from jax.sharding import PartitionSpec as P
 from embaug_jax import augment
 from embaug_jax.metrics import DEFAULT_THRESHOLD, top_seen_prediction
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
-from embaug_jax.util import list_first, reuse_freed_memory, unroll_cpu_threefry
+from embaug_jax.util import (large_dot_compiler_options, list_first, on_cpus,
+                             reuse_freed_memory, unroll_cpu_threefry)
 
 OPTIMIZERS = ("adamw", "sgd")
 # Config keys whose change makes an existing checkpoint meaningless for this run.
@@ -511,7 +512,7 @@ def members_at_once(config, devices: Sequence) -> int:
     if n is None:
         # On a CPU a member's parameters and Adam moments (~21 MB at the paper's shapes) stay in
         # the cache through its whole call; vmapped members stream all of theirs every step.
-        return 1 if all(d.platform == "cpu" for d in devices) else 0
+        return 1 if on_cpus(devices) else 0
     if int(n) < 0:
         raise ValueError(f"config.members_at_once={n}; use None (auto), 0 (all at once: vmap) "
                          "or k >= 1 (k members at a time on each device).")
@@ -574,16 +575,9 @@ def compiled_group(spec: ProgramSpec, mesh: Mesh, at_once: int = 0):
         return sharded(local, (m, m, m, r, r), (m, m))(params, hp, live, data, block)
 
     train = jax.jit(train, static_argnums=5, donate_argnums=3, out_shardings=by_member)
-    cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
     evaluate = jax.jit(evaluate, out_shardings=by_member,
-                       compiler_options=_CPU_EVAL_OPTIONS if cpu else None)
+                       compiler_options=large_dot_compiler_options(mesh.devices.flat))
     return init, train, evaluate
-
-
-# XLA:CPU hands dots to YNNPACK by default. For the evaluation's [8192, D] x [D, 250] product
-# that runs at 152 GFLOP/s against 182 with XLA's own (Eigen) dot on the 2-core test machine;
-# the training step's 64-row products are faster with YNNPACK (benchmarks/README.md, "train").
-_CPU_EVAL_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @contextlib.contextmanager
