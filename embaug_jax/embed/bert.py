@@ -76,7 +76,7 @@ from embaug_jax.embed.weights import (
     hash_files,
     merge_strict,
 )
-from embaug_jax.util import large_dot_compiler_options, list_first, reuse_freed_memory
+from embaug_jax.util import large_dot_compiler_options, list_first, on_cpus, reuse_freed_memory
 
 POOLINGS = ("mean", "cls", "max")
 # Bump when a change here alters the vectors for the same weights and settings, so caches keyed by
@@ -92,10 +92,24 @@ _PACK_LENGTHS = (32, 64, 128)
 _MAX_TEXTS_PER_ROW = 16
 # Batches hold about batch_size * _ROW_TOKENS tokens (see TextEmbedder.rows_per_batch).
 _ROW_TOKENS = 64
+# On CPUs, attention runs over as many rows at a time as keep their scores within this many
+# bytes (one MiniLM row of 256 tokens: 12 heads x 256^2 x 4 B = 3 MiB). On the 2-core test
+# machine (1 MiB L2 per core, 32 MiB L3) a MiniLM batch of 16 x 256 tokens ran 11% faster than
+# with all rows at once, 24 x 176 9% and 32 x 128 5%; 1, 2 and 6 MiB did no better
+# (benchmarks/README.md, "text").
+_CPU_SCORE_BLOCK_BYTES = 3 << 20
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    """The exact (erf) GELU in PyTorch's form, x/2 (1 + erf(x / sqrt 2)). `jax.nn.gelu`'s erfc
+    form gives the same values to 1.4e-6 but ran 2.7x slower on XLA:CPU (3.4 against 1.2 ms for
+    a MiniLM layer's [2048, 1536] on one core; benchmarks/README.md, "text")."""
+    return 0.5 * x * (1 + jax.lax.erf(x * np.asarray(1 / math.sqrt(2), x.dtype)))
+
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_python": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": _gelu,
+    "gelu_python": _gelu,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
@@ -204,10 +218,15 @@ class BertEmbeddings(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """One post-LayerNorm transformer layer: masked self-attention, then the feed-forward block."""
+    """One post-LayerNorm transformer layer: masked self-attention, then the feed-forward block.
+
+    `score_block_bytes`: when set, attention runs over as many rows at a time as keep their
+    float32 scores (heads x length^2 each) within it (see `BertModel`).
+    """
 
     config: BertConfig
     dtype: Any = jnp.float32
+    score_block_bytes: int | None = None
 
     @nn.compact
     def __call__(self, x, attention_mask):
@@ -223,21 +242,18 @@ class BertLayer(nn.Module):
         q = heads(dense(cfg.hidden_size, "query")(x))
         k = heads(dense(cfg.hidden_size, "key")(x))
         v = heads(dense(cfg.hidden_size, "value")(x))
-        # Scores and softmax in float32 even under bf16: the softmax over long rows is where bf16
-        # loses the most. Padding keys get the most negative float (as Hugging Face does), so a row
-        # of all-padding keys (a padding query) stays finite.
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         mask = (attention_mask[:, None, None, :] if attention_mask.ndim == 2
                 else attention_mask[:, None, :, :])
-        scores = jnp.where(mask, scores / np.float32(math.sqrt(cfg.head_dim)),
-                           jnp.finfo(jnp.float32).min)
-        # The softmax's division waits until after the product with the values: it then
-        # divides [length, head_dim] per head instead of [length, length] (2.2x faster
-        # attention at 256 tokens, benchmarks/README.md, "text").
-        weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
-        total = weights.sum(axis=-1, keepdims=True)
-        context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(self.dtype), v,
-                             preferred_element_type=jnp.float32) / total
+        attend = lambda q, k, v, mask: _attention(q, k, v, mask, self.dtype)
+        rows = _rows_per_block(batch, cfg.num_attention_heads, length, self.score_block_bytes)
+        if rows < batch:
+            # A few rows at a time: their scores stay in the CPU's cache between the two
+            # products and the softmax instead of a round trip to memory for each step.
+            blocks = lambda y: y.reshape(batch // rows, rows, *y.shape[1:])
+            context = jax.lax.map(lambda a: attend(*a), tuple(map(blocks, (q, k, v, mask))))
+            context = context.reshape(batch, *context.shape[2:])
+        else:
+            context = attend(q, k, v, mask)
         context = context.astype(self.dtype).transpose(0, 2, 1, 3).reshape(
             batch, length, cfg.hidden_size)
         x = _layer_norm(cfg, self.dtype, "attention_norm")(
@@ -245,6 +261,42 @@ class BertLayer(nn.Module):
         )
         h = _ACTIVATIONS[cfg.hidden_act](dense(cfg.intermediate_size, "intermediate")(x))
         return _layer_norm(cfg, self.dtype, "output_norm")(x + dense(cfg.hidden_size, "output")(h))
+
+
+def _attention(q, k, v, mask, dtype):
+    """Softmax attention of head-major q, k, v [rows, heads, length, head_dim]; `mask` (bool,
+    broadcast to [rows, heads, length, length]) marks the keys each query sees."""
+    # Scores and softmax in float32 even under bf16: the softmax over long rows is where bf16
+    # loses the most. Masked keys get the most negative float (as Hugging Face does), so a row
+    # of all-padding keys (a padding query) stays finite.
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores / np.float32(math.sqrt(q.shape[-1])),
+                       jnp.finfo(jnp.float32).min)
+    # The softmax's division waits until after the product with the values: it then divides
+    # [length, head_dim] per head instead of [length, length] (2.2x faster attention at 256
+    # tokens, benchmarks/README.md, "text").
+    weights = jnp.exp(scores - _row_max(scores))
+    total = weights.sum(axis=-1, keepdims=True)
+    return jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), v,
+                      preferred_element_type=jnp.float32) / total
+
+
+def _row_max(x: jax.Array) -> jax.Array:
+    """x.max(axis=-1, keepdims=True), but NaN-blind: a reduction by comparison and select, which
+    XLA:CPU vectorises. Its `max` reduction over the last axis, which must propagate NaN, ran at
+    0.79 ns an element on the test machine, this at 0.20: a fifth of attention's time at 256
+    tokens (benchmarks/README.md, "text"). NaN scores make NaN vectors either way."""
+    pick = lambda a, b: jax.lax.select(a > b, a, b)
+    return jax.lax.reduce(x, np.array(-np.inf, x.dtype), pick, (x.ndim - 1,))[..., None]
+
+
+def _rows_per_block(rows: int, heads: int, length: int, block_bytes: int | None) -> int:
+    """The most rows, a divisor of `rows`, whose float32 scores fit `block_bytes` (at least
+    one row); all `rows` when `block_bytes` is None."""
+    if block_bytes is None:
+        return rows
+    fit = max(1, int(block_bytes) // (4 * heads * length * length))
+    return max(d for d in range(1, min(fit, rows) + 1) if rows % d == 0)
 
 
 def _layer_norm(cfg: BertConfig, dtype, name: str) -> nn.LayerNorm:
@@ -270,6 +322,7 @@ class BertModel(nn.Module):
 
     config: BertConfig
     dtype: Any = jnp.float32
+    score_block_bytes: int | None = None
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None):
@@ -285,7 +338,9 @@ class BertModel(nn.Module):
 
         layers = nn.scan(layer_step, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=nn.broadcast, length=self.config.num_hidden_layers)
-        _, stacked = layers(BertLayer(self.config, self.dtype, name="layers"), x, attention_mask)
+        _, stacked = layers(
+            BertLayer(self.config, self.dtype, self.score_block_bytes, name="layers"),
+            x, attention_mask)
         return (x, *(stacked[i] for i in range(self.config.num_hidden_layers)))
 
 
@@ -555,15 +610,22 @@ class TextEmbedder:
         mesh = Mesh(np.asarray(self.devices), ("batch",))
         self._batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
         compute_dtype = jnp.dtype(dtype)
-        self.model = BertModel(config, dtype=compute_dtype)
+        # On CPUs attention runs a few rows at a time, so that the scores stay in cache.
+        self.model = BertModel(config, dtype=compute_dtype, score_block_bytes=(
+            _CPU_SCORE_BLOCK_BYTES if on_cpus(self.devices) else None))
         self.params = jax.device_put(
             jax.tree.map(lambda p: jnp.asarray(p, compute_dtype), params),
             NamedSharding(mesh, PartitionSpec()),
         )
 
-        # One compiled program per bucket length and power-of-two row count.
-        self.embed_batch = jax.jit(self.forward,
-                                   compiler_options=large_dot_compiler_options(self.devices))
+        # One compiled program per bucket length and power-of-two row count. Each device embeds
+        # its own rows (shard_map): nothing crosses devices, and the attention's blocks of
+        # rows are blocks of the device's rows.
+        batch_spec = PartitionSpec("batch")
+        self.embed_batch = jax.jit(
+            jax.shard_map(self.forward, mesh=mesh, in_specs=(PartitionSpec(), *[batch_spec] * 3),
+                          out_specs=batch_spec),
+            compiler_options=large_dot_compiler_options(self.devices))
 
     def forward(self, params, input_ids: jax.Array, segment_ids: jax.Array,
                 position_ids: jax.Array) -> jax.Array:
