@@ -235,16 +235,11 @@ class BertLayer(nn.Module):
         cfg = self.config
         dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
         batch, length, _ = x.shape
-        # Head-major [batch, heads, length, head_dim] before the two attention products: XLA:CPU
-        # then runs them as plain batched matmuls instead of transposing inside each.
-        heads = lambda y: y.reshape(batch, length, cfg.num_attention_heads,
-                                    cfg.head_dim).transpose(0, 2, 1, 3)
-        q = heads(dense(cfg.hidden_size, "query")(x))
-        k = heads(dense(cfg.hidden_size, "key")(x))
-        v = heads(dense(cfg.hidden_size, "value")(x))
+        q, k, v = (dense(cfg.hidden_size, name)(x) for name in ("query", "key", "value"))
         mask = (attention_mask[:, None, None, :] if attention_mask.ndim == 2
                 else attention_mask[:, None, :, :])
-        attend = lambda q, k, v, mask: _attention(q, k, v, mask, self.dtype)
+        attend = lambda q, k, v, mask: _attention(q, k, v, mask, cfg.num_attention_heads,
+                                                  self.dtype)
         rows = _rows_per_block(batch, cfg.num_attention_heads, length, self.score_block_bytes)
         if rows < batch:
             # A few rows at a time: their scores stay in the CPU's cache between the two
@@ -254,8 +249,6 @@ class BertLayer(nn.Module):
             context = context.reshape(batch, *context.shape[2:])
         else:
             context = attend(q, k, v, mask)
-        context = context.astype(self.dtype).transpose(0, 2, 1, 3).reshape(
-            batch, length, cfg.hidden_size)
         x = _layer_norm(cfg, self.dtype, "attention_norm")(
             x + dense(cfg.hidden_size, "attention_output")(context)
         )
@@ -263,9 +256,15 @@ class BertLayer(nn.Module):
         return _layer_norm(cfg, self.dtype, "output_norm")(x + dense(cfg.hidden_size, "output")(h))
 
 
-def _attention(q, k, v, mask, dtype):
-    """Softmax attention of head-major q, k, v [rows, heads, length, head_dim]; `mask` (bool,
-    broadcast to [rows, heads, length, length]) marks the keys each query sees."""
+def _attention(q, k, v, mask, heads: int, dtype):
+    """Softmax attention of q, k, v [rows, length, hidden] split into `heads` heads; `mask`
+    (bool, broadcast to [rows, heads, length, length]) marks the keys each query sees.
+    Returns the context [rows, length, hidden] in `dtype`."""
+    rows, length, hidden = q.shape
+    # Head-major [rows, heads, length, head_dim] before the two products: XLA:CPU then runs
+    # them as plain batched matmuls instead of transposing inside each.
+    q, k, v = (y.reshape(rows, length, heads, hidden // heads).transpose(0, 2, 1, 3)
+               for y in (q, k, v))
     # Scores and softmax in float32 even under bf16: the softmax over long rows is where bf16
     # loses the most. Masked keys get the most negative float (as Hugging Face does), so a row
     # of all-padding keys (a padding query) stays finite.
@@ -277,8 +276,9 @@ def _attention(q, k, v, mask, dtype):
     # tokens, benchmarks/README.md, "text").
     weights = jnp.exp(scores - _row_max(scores))
     total = weights.sum(axis=-1, keepdims=True)
-    return jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), v,
-                      preferred_element_type=jnp.float32) / total
+    context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), v,
+                         preferred_element_type=jnp.float32) / total
+    return context.astype(dtype).transpose(0, 2, 1, 3).reshape(rows, length, hidden)
 
 
 def _row_max(x: jax.Array) -> jax.Array:
