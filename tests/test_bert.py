@@ -167,6 +167,49 @@ def test_random_config_matches_hf(tmp_path, hf_minilm, head, fmt, act):
                                atol=ATOL, rtol=0)
 
 
+def test_attention_in_blocks_of_rows_matches_hf(minilm, hf_minilm):
+    """Attention a row at a time (the CPU embedder's path for long rows) gives Hugging Face's
+    hidden states, and the vectors of long texts embedded through it match HF's."""
+    model, tokenizer = hf_minilm
+    hidden, input_ids, mask = _hf_hidden_states(model, tokenizer, TEXTS)
+    assert bert._rows_per_block(len(TEXTS), 12, input_ids.shape[1], 1) == 1
+    assert bert._rows_per_block(6, 12, 8, 4 * 12 * 64 * 4) == 3  # four fit, three divide six
+    assert bert._rows_per_block(6, 12, 8, None) == 6
+    blocked = bert.BertModel(minilm.config, score_block_bytes=1)
+    scans = lambda model: str(jax.make_jaxpr(lambda p: model.apply({"params": p}, input_ids,
+                                                                   mask))(minilm.params)).count(
+        " scan[")
+    assert scans(blocked) > scans(bert.BertModel(minilm.config))  # a loop over the rows
+    ours = blocked.apply({"params": minilm.params}, input_ids, mask)
+    m = mask[..., None].astype(bool)
+    for i, (a, b) in enumerate(zip(ours, hidden)):
+        np.testing.assert_allclose(np.where(m, np.asarray(a), 0), np.where(m, b, 0), atol=ATOL,
+                                   rtol=0, err_msg=f"hidden state {i}")
+    # Through the embedder: on CPUs rows of 256 tokens run one at a time.
+    assert minilm.model.score_block_bytes == bert._CPU_SCORE_BLOCK_BYTES
+    assert bert._rows_per_block(8, 12, 256, bert._CPU_SCORE_BLOCK_BYTES) == 1
+    rng = np.random.default_rng(1)
+    words = TEXTS[-1].split()
+    texts = [" ".join(rng.choice(words, rng.integers(150, 240))) for _ in range(4)]
+    long = _variant(minilm, max_length=256, batch_size=32)
+    lengths = [len(t) for t in long.tokenize(texts)]
+    [batch] = long.plan(lengths)
+    length = long.bucket(max(lengths))
+    assert len(batch) == 4 and length > 128  # four rows, of which attention takes one or two
+    assert bert._rows_per_block(4, 12, length, bert._CPU_SCORE_BLOCK_BYTES) <= 2
+    hidden, _, mask = _hf_hidden_states(model, tokenizer, texts, truncation=True, max_length=256)
+    np.testing.assert_allclose(long.embed(texts), _hf_pool(hidden, mask, (-2, -1), "mean"),
+                               atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_new", "quick_gelu"])
+def test_activations_match_pytorch(name):
+    x = np.linspace(-12, 12, 100_001, dtype=np.float32)
+    expected = transformers.activations.ACT2FN[name](torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(bert._ACTIVATIONS[name](x)), expected, atol=2e-6,
+                               rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Batching, sharding, compiles
 

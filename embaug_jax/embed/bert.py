@@ -36,8 +36,9 @@ Choices worth knowing:
   (BertFor* checkpoints) is stripped. The pooler and any task head (`cls.*`, `classifier.*`, ...)
   are ignored, as are the `position_ids`/`token_type_ids` buffers; everything under `embeddings.`
   and `encoder.` is merged strictly: a missing, extra or misshapen tensor is a ValueError naming it.
-- Devices: each batch is split over `devices` (NamedSharding on the batch axis, weights
-  replicated; the batch size is rounded up to a multiple of the device count). The vectors agree
+- Devices: each batch is split over `devices` (each device embeds its own rows under
+  `shard_map`, weights replicated; the batch size is rounded up to a multiple of the device
+  count). The vectors agree
   with a single device's to float32 rounding (~1e-6), not bit for bit: XLA picks its matmul
   kernels by the per-device shape.
 - Parity with Hugging Face's PyTorch `BertModel`: every hidden state at the real tokens and every
@@ -310,6 +311,10 @@ class BertModel(nn.Module):
     `attention_mask` is [batch, length] (1 = a real token) or [batch, length, length] (which
     keys each query sees); `position_ids` default to 0, 1, ... in every row. A row holding
     several texts (packing) gives each text its own block of the mask and positions from 0.
+
+    `score_block_bytes` (None: all rows at once) makes attention run over blocks of rows whose
+    float32 scores fit in that many bytes, one block after another; the embedder sets it on
+    CPUs, where scores that stay in cache make long rows faster (`_CPU_SCORE_BLOCK_BYTES`).
 
     The layers run under `nn.scan`, so XLA compiles one layer body however deep the model is
     (BERT-base compiles about 3x faster than unrolled, at the same run time). Their parameters
