@@ -24,7 +24,8 @@ Every contender embeds the same texts into the same vectors (mean of the last tw
   most any XLA implementation of the model can reach here, so it bounds the flax ratio.
 Each contender is warmed up once (compiling every bucket), then they run in turn, `--repeats`
 rounds (interleaved, so a change in machine load hits all of them alike); a rate is the median
-over rounds, a ratio the median of the per-round ratios. `sys` is the system-time share of
+over rounds, a ratio the median of the per-round ratios (their lowest and highest are printed
+too: torch alone varies by about 10% from round to round here). `sys` is the system-time share of
 the process's CPU time while that contender ran, `faults/text` its minor page faults.
 `util.reuse_freed_memory()` is applied first, as `embaug extract` does (both frameworks share
 the process, so torch runs with it too); `--default-malloc` leaves glibc's defaults.
@@ -222,6 +223,8 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
         row["contenders"][key] = {
             "texts_s": len(texts) / float(np.median(seconds[key])),
             "ratio": float(np.median(np.divide(seconds["torch"], seconds[key]))),
+            "ratio_range": (float(np.min(np.divide(seconds["torch"], seconds[key]))),
+                            float(np.max(np.divide(seconds["torch"], seconds[key])))),
             "sys": system / max(user + system, 1e-9),
             "faults_per_text": faults / (args.repeats * len(texts)),
             "max_abs_diff": float(np.abs(vectors[key] - vectors["torch"]).max()),
@@ -305,9 +308,9 @@ def main(argv=None) -> int:
     print(f"\nfinished {time.strftime('%H:%M UTC', time.gmtime())}, load average "
           f"{os.getloadavg()[0]:.1f}")
     print("| model | texts | tokens mean/max | torch texts/s | flax texts/s | ratio | "
-          "unpacked ratio | dense floor ratio | sys torch / flax | faults/text torch / flax | "
-          "pipeline vs bare | max abs diff |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "ratio's rounds | unpacked ratio | dense floor ratio | sys torch / flax | "
+          "faults/text torch / flax | pipeline vs bare | max abs diff |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     failed = []
     for row in rows:
         c = row["contenders"]
@@ -317,7 +320,8 @@ def main(argv=None) -> int:
         pipe = row.get("pipeline_vs_bare")
         print(f"| {row['model']} | {row['set']} ({row['texts']}) | {row['tokens']:.1f}/"
               f"{row['max_tokens']} | {t['texts_s']:.1f} | {f['texts_s']:.1f} | "
-              f"{f['ratio']:.2f} | {'' if unpacked is None else f'{unpacked:.2f}'} | "
+              f"{f['ratio']:.2f} | {f['ratio_range'][0]:.2f}-{f['ratio_range'][1]:.2f} | "
+              f"{'' if unpacked is None else f'{unpacked:.2f}'} | "
               f"{floor:.2f} | {t['sys']:.1%} / {f['sys']:.1%} | {t['faults_per_text']:.0f} / "
               f"{f['faults_per_text']:.0f} | {'' if pipe is None else f'{pipe:.2f}'} | "
               f"{f['max_abs_diff']:.1e} |")
