@@ -38,9 +38,8 @@ Choices worth knowing:
   and `encoder.` is merged strictly: a missing, extra or misshapen tensor is a ValueError naming it.
 - Devices: each batch is split over `devices` (each device embeds its own rows under
   `shard_map`, weights replicated; the batch size is rounded up to a multiple of the device
-  count). The vectors agree
-  with a single device's to float32 rounding (~1e-6), not bit for bit: XLA picks its matmul
-  kernels by the per-device shape.
+  count). The vectors agree with a single device's to float32 rounding (~1e-6), not bit for
+  bit: XLA picks its matmul kernels by the per-device shape.
 - Parity with Hugging Face's PyTorch `BertModel`: every hidden state at the real tokens and every
   pooled vector agree to ~1e-5 (tests/test_bert.py checks 1e-4). Hidden states at padding
   positions are meaningless in both and are not compared.
