@@ -223,8 +223,7 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
         row["contenders"][key] = {
             "texts_s": len(texts) / float(np.median(seconds[key])),
             "ratio": float(np.median(np.divide(seconds["torch"], seconds[key]))),
-            "ratio_range": (float(np.min(np.divide(seconds["torch"], seconds[key]))),
-                            float(np.max(np.divide(seconds["torch"], seconds[key])))),
+            "rounds": [round(float(r), 3) for r in np.divide(seconds["torch"], seconds[key])],
             "sys": system / max(user + system, 1e-9),
             "faults_per_text": faults / (args.repeats * len(texts)),
             "max_abs_diff": float(np.abs(vectors[key] - vectors["torch"]).max()),
@@ -320,7 +319,7 @@ def main(argv=None) -> int:
         pipe = row.get("pipeline_vs_bare")
         print(f"| {row['model']} | {row['set']} ({row['texts']}) | {row['tokens']:.1f}/"
               f"{row['max_tokens']} | {t['texts_s']:.1f} | {f['texts_s']:.1f} | "
-              f"{f['ratio']:.2f} | {f['ratio_range'][0]:.2f}-{f['ratio_range'][1]:.2f} | "
+              f"{f['ratio']:.2f} | {min(f['rounds']):.2f}-{max(f['rounds']):.2f} | "
               f"{'' if unpacked is None else f'{unpacked:.2f}'} | "
               f"{floor:.2f} | {t['sys']:.1%} / {f['sys']:.1%} | {t['faults_per_text']:.0f} / "
               f"{f['faults_per_text']:.0f} | {'' if pipe is None else f'{pipe:.2f}'} | "
@@ -337,7 +336,8 @@ def main(argv=None) -> int:
 
 
 def print_row(row, **kw) -> None:
-    parts = [f"{k} {v['texts_s']:.1f}/s (x{v['ratio']:.2f}, sys {v['sys']:.1%}, "
+    parts = [f"{k} {v['texts_s']:.1f}/s (x{v['ratio']:.2f}, rounds {v['rounds']}, "
+             f"sys {v['sys']:.1%}, "
              f"{v['faults_per_text']:.0f} faults/text, diff {v['max_abs_diff']:.1e})"
              for k, v in row["contenders"].items()]
     first = ", ".join(f"{k} {v:.1f}s" for k, v in row["first_pass"].items())
