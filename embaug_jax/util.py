@@ -182,6 +182,14 @@ def reuse_freed_memory() -> bool:
     return ok
 
 
+def check_cpu_devices(count) -> int:
+    """`count` as an int if it is a valid `cpu_devices` value (0 or more), else a UserError."""
+    count = int(count)
+    if count < 0:
+        raise UserError(f"config.cpu_devices={count}; use 0 (one per core) or a positive count.")
+    return count
+
+
 def split_cpu_into_devices(count: int = 0) -> bool:
     """Exposes the host's cores as `count` XLA CPU devices (0: one per core, at most 8), so the
     sweep engine shards its members, and the text embedder its batches, over them; True if
@@ -199,9 +207,7 @@ def split_cpu_into_devices(count: int = 0) -> bool:
     import jax
     from jax._src import xla_bridge
 
-    count = int(count)
-    if count < 0:
-        raise UserError(f"cpu_devices={count}; use 0 (one per core) or a positive count.")
+    count = check_cpu_devices(count)
     chosen = ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
               or "JAX_NUM_CPU_DEVICES" in os.environ or jax.config.jax_num_cpu_devices >= 0)
     if chosen or xla_bridge.backends_are_initialized():

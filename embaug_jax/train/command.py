@@ -33,7 +33,13 @@ from embaug_jax.train.engine import (
 )
 from embaug_jax.train.mlp import HEADS
 from embaug_jax.train.splits import Splits, make_splits
-from embaug_jax.util import UserError, workdir_lock, write_json_atomic, write_text_atomic
+from embaug_jax.util import (
+    UserError,
+    check_cpu_devices,
+    workdir_lock,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 DATA_SOURCES = ("file", "synthetic")
 
@@ -56,8 +62,7 @@ def validate_config(config) -> None:
     _require(n_dev == 0 or jax.process_count() == 1, f"config.num_devices={n_dev} but "
              f"{jax.process_count()} processes run (--distributed): each must take part, so use "
              "0 (every device of every process).")
-    _require(int(config.get("cpu_devices", 0)) >= 0, f"config.cpu_devices="
-             f"{config.get('cpu_devices')}; use 0 (one per core) or a positive count.")
+    check_cpu_devices(config.get("cpu_devices", 0))
     at_once = config.get("members_at_once")
     _require(at_once is None or int(at_once) >= 0, f"config.members_at_once={at_once}; use None "
              "(auto), 0 (all of a device's members at once: vmap) or k >= 1 (k at a time).")
