@@ -220,10 +220,11 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
            "threads": torch.get_num_threads(), "first_pass": first, "contenders": {}}
     for key in runners:
         user, system, faults = cpu[key]
+        per_round = np.divide(seconds["torch"], seconds[key])
         row["contenders"][key] = {
             "texts_s": len(texts) / float(np.median(seconds[key])),
-            "ratio": float(np.median(np.divide(seconds["torch"], seconds[key]))),
-            "rounds": [round(float(r), 3) for r in np.divide(seconds["torch"], seconds[key])],
+            "ratio": float(np.median(per_round)),
+            "rounds": [round(float(r), 3) for r in per_round],
             "sys": system / max(user + system, 1e-9),
             "faults_per_text": faults / (args.repeats * len(texts)),
             "max_abs_diff": float(np.abs(vectors[key] - vectors["torch"]).max()),

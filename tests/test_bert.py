@@ -48,9 +48,10 @@ def _hf_pool(hidden, mask, layers, pooling):
     return np.concatenate(parts, axis=-1)
 
 
-def _assert_hidden_states_match(embedder, hf_hidden, input_ids, mask):
-    """Every layer equal on the real tokens (padding positions carry no meaning in either)."""
-    ours = embedder.model.apply({"params": embedder.params}, input_ids, mask)
+def _assert_hidden_states_match(embedder, hf_hidden, input_ids, mask, model=None):
+    """Every layer equal on the real tokens (padding positions carry no meaning in either), of
+    `model` (default: the embedder's) with the embedder's weights."""
+    ours = (model or embedder.model).apply({"params": embedder.params}, input_ids, mask)
     assert len(ours) == len(hf_hidden) == embedder.config.num_hidden_layers + 1
     m = mask[..., None].astype(bool)
     for i, (a, b) in enumerate(zip(ours, hf_hidden)):
@@ -176,15 +177,13 @@ def test_attention_in_blocks_of_rows_matches_hf(minilm, hf_minilm):
     assert bert._rows_per_block(6, 12, 8, 4 * 12 * 64 * 4) == 3  # four fit, three divide six
     assert bert._rows_per_block(6, 12, 8, None) == 6
     blocked = bert.BertModel(minilm.config, score_block_bytes=1)
-    scans = lambda model: str(jax.make_jaxpr(lambda p: model.apply({"params": p}, input_ids,
-                                                                   mask))(minilm.params)).count(
-        " scan[")
+
+    def scans(model):
+        jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, input_ids, mask))
+        return str(jaxpr(minilm.params)).count(" scan[")
+
     assert scans(blocked) > scans(bert.BertModel(minilm.config))  # a loop over the rows
-    ours = blocked.apply({"params": minilm.params}, input_ids, mask)
-    m = mask[..., None].astype(bool)
-    for i, (a, b) in enumerate(zip(ours, hidden)):
-        np.testing.assert_allclose(np.where(m, np.asarray(a), 0), np.where(m, b, 0), atol=ATOL,
-                                   rtol=0, err_msg=f"hidden state {i}")
+    _assert_hidden_states_match(minilm, hidden, input_ids, mask, model=blocked)
     # Through the embedder: on CPUs rows of 256 tokens run one at a time.
     assert minilm.model.score_block_bytes == bert._CPU_SCORE_BLOCK_BYTES
     assert bert._rows_per_block(8, 12, 256, bert._CPU_SCORE_BLOCK_BYTES) == 1
