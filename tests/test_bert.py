@@ -209,6 +209,62 @@ def test_activations_match_pytorch(name):
                                rtol=0)
 
 
+def test_token_stream_matches_hf(minilm, hf_minilm):
+    """The model on a token stream (dense layers on the real tokens alone, attention on padded
+    rows gathered from it) gives Hugging Face's hidden states at every real token."""
+    model, tokenizer = hf_minilm
+    hidden, input_ids, mask = _hf_hidden_states(model, tokenizer, TEXTS)
+    real = mask.astype(bool)
+    extra = 5  # padding at the stream's end, as the embedder rounds streams up
+    pad = np.zeros(extra, np.int64)
+    ids = np.concatenate([input_ids[real], pad])  # row-major: the texts one after another
+    positions = np.concatenate([np.nonzero(real)[1], pad])
+    tokens = np.concatenate([np.flatnonzero(real), pad])
+    rows = np.where(real, np.cumsum(real).reshape(real.shape) - 1, 0)
+    apply = lambda **kw: minilm.model.apply({"params": minilm.params}, ids, mask,
+                                            layout=(rows, tokens), **kw)
+    ours = apply(position_ids=positions)
+    assert len(ours) == len(hidden)
+    for i, (a, b) in enumerate(zip(ours, hidden)):
+        assert a.shape == (real.sum() + extra, 384)
+        np.testing.assert_allclose(np.asarray(a)[:-extra], b[real], atol=ATOL, rtol=0,
+                                   err_msg=f"hidden state {i}")
+    with pytest.raises(ValueError, match="needs its position_ids"):
+        apply()
+
+
+def test_batches_share_their_tokens_evenly_between_devices(minilm):
+    four = _variant(minilm, devices=jax.devices(), batch_size=64, max_length=256)
+    rng = np.random.default_rng(2)
+    ids = [[101, *rng.integers(1000, 2000, n).tolist(), 102] for n in rng.integers(20, 200, 13)]
+    (stream_ids, positions, segments, row_index, tokens), (at_row, at_slot) = four._pack_batch(
+        ids, [[i] for i in range(13)])
+    length = four.bucket(max(map(len, ids)))
+    assert segments.shape == row_index.shape == (16, length)  # 13 rows padded to 16
+    assert (at_slot == 0).all() and sorted(at_row) == sorted(set(at_row))
+    stream = len(stream_ids) // 4
+    assert len(stream_ids) == len(positions) == len(tokens) == 4 * stream
+    for text, row in zip(ids, at_row):
+        device, k = divmod(int(row), 4)
+        n = len(text)
+        assert (segments[row, :n] == 1).all() and (segments[row, n:] == 0).all()
+        # Each row slot's stream token is the text's token at its position, and maps back.
+        where = device * stream + row_index[row, :n]
+        assert stream_ids[where].tolist() == text
+        assert (positions[where] == np.arange(n)).all()
+        assert (tokens[where] == k * length + np.arange(n)).all()
+    totals = [(segments[4 * d:4 * d + 4] > 0).sum() for d in range(4)]
+    for d in range(4):  # every stream token at most once, the real ones first
+        real = row_index[4 * d:4 * d + 4][segments[4 * d:4 * d + 4] > 0]
+        assert sorted(real.tolist()) == list(range(totals[d]))
+    # Fullest row to the emptiest device: the devices' tokens differ by at most one row's.
+    assert max(totals) - min(totals) <= max(map(len, ids))
+    # The stream is rounded up by less than a step (1/32 of a device's slots, >= 64 tokens),
+    # so the dense layers skip most of the rows' padding.
+    step = max(bert._STREAM_STEP_MIN, 4 * length // bert._STREAM_STEPS)
+    assert max(totals) <= stream < max(totals) + step and stream < 4 * length
+
+
 # ---------------------------------------------------------------------------------------------
 # Batching, sharding, compiles
 
@@ -294,8 +350,8 @@ def test_short_batches_pad_to_a_power_of_two_of_rows(minilm):
     assert [embedder.padded_rows(64, n) for n in (1, 2, 3, 5, 17, 33, 64)] == [1, 2, 4, 8, 32, 64,
                                                                               64]
     assert embedder.padded_rows(256, 9) == 16 and embedder.padded_rows(256, 15) == 16
-    (ids, segments, _), _ = embedder._pack_batch([[101, 7, 102]] * 3, [[0], [1], [2]])
-    assert ids.shape == (4, 8) and (segments[3] == 0).all()  # one padding row, not 61
+    (_, _, segments, _, _), _ = embedder._pack_batch([[101, 7, 102]] * 3, [[0], [1], [2]])
+    assert segments.shape == (4, 8) and (segments.max(axis=1) == 0).sum() == 1  # not 61
     # The plan runs rows left over from full batches as power-of-two batches: no padding.
     assert [len(b) for b in embedder.plan_batches([30] * 40)] == [32, 8]
     assert [len(b) for b in embedder.plan_batches([30] * 140)] == [64, 64, 8, 4]

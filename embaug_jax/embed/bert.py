@@ -21,6 +21,11 @@ Choices worth knowing:
   the rows left over from full batches run as power-of-two batches, and a batch is padded only
   to the next power of two of rows, so a few compiled programs per bucket serve any stream of
   texts.
+- Token stream: only attention runs on those padded rows. Everything else (the embeddings and
+  each layer's dense products, GELU and LayerNorms) runs on the batch's real tokens one after
+  another, each device's stream padded to the next 1/32 of its rows' slots; each layer gathers
+  q, k and v into the rows and the attention's output back. On long texts that skips most of the
+  rows' padding (README paragraphs: 8% -> 1.5%), 5% of the time on CPUs.
 - Packing (`pack=True`, the default; not for "max" pooling): short texts may share a row of up
   to 32, 64 or 128 tokens, one after another, each with its own [CLS] ... [SEP], positions from
   0 and a block-diagonal attention mask, and are pooled separately. A text's vector is the one
@@ -90,6 +95,12 @@ _BATCHES_PER_CHUNK = 64
 # row's last; `TextEmbedder.plan` picks whichever costs least.
 _PACK_LENGTHS = (32, 64, 128)
 _MAX_TEXTS_PER_ROW = 16
+# Each device's token stream is padded to a multiple of this fraction of its rows' slots, but
+# of at least _STREAM_STEP_MIN tokens (a small batch's stream is its rows' slots, one shape): a
+# long-text batch's dense layers then run on 1-2% padding instead of the rows' 5-8%, for a
+# few more compiled shapes per length bucket (benchmarks/README.md, "text").
+_STREAM_STEPS = 32
+_STREAM_STEP_MIN = 64
 # Batches hold about batch_size * _ROW_TOKENS tokens (see TextEmbedder.rows_per_batch).
 _ROW_TOKENS = 64
 # On CPUs, attention runs over as many rows at a time as keep their scores within this many
@@ -229,13 +240,18 @@ class BertLayer(nn.Module):
     score_block_bytes: int | None = None
 
     @nn.compact
-    def __call__(self, x, attention_mask):
-        """`attention_mask`: bool [batch, length] (keys to attend to) or [batch, length, length]
-        (query x key, e.g. block-diagonal for packed rows)."""
+    def __call__(self, x, attention_mask, layout=None):
+        """`x`: [batch, length, hidden], or a token stream [tokens, hidden] with `layout`.
+        `attention_mask`: bool [batch, length] (keys to attend to) or [batch, length, length]
+        (query x key, e.g. block-diagonal for packed rows).
+        `layout` (token streams): (rows [batch, length], the stream index of each row slot's
+        token; tokens [tokens], the flat row slot of each stream token), see `BertModel`."""
         cfg = self.config
         dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
-        batch, length, _ = x.shape
         q, k, v = (dense(cfg.hidden_size, name)(x) for name in ("query", "key", "value"))
+        if layout is not None:
+            q, k, v = (y[layout[0]] for y in (q, k, v))
+        batch, length, _ = q.shape
         mask = (attention_mask[:, None, None, :] if attention_mask.ndim == 2
                 else attention_mask[:, None, :, :])
         attend = lambda q, k, v, mask: _attention(q, k, v, mask, cfg.num_attention_heads,
@@ -249,6 +265,8 @@ class BertLayer(nn.Module):
             context = context.reshape(batch, *context.shape[2:])
         else:
             context = attend(q, k, v, mask)
+        if layout is not None:
+            context = context.reshape(batch * length, -1)[layout[1]]
         x = _layer_norm(cfg, self.dtype, "attention_norm")(
             x + dense(cfg.hidden_size, "attention_output")(context)
         )
@@ -315,13 +333,22 @@ class BertModel(nn.Module):
     float32 scores fit in that many bytes, one block after another; the embedder sets it on
     CPUs, where scores that stay in cache make long rows faster (`_CPU_SCORE_BLOCK_BYTES`).
 
+    Token stream (`layout` given): `input_ids`, `position_ids` (required) and `token_type_ids`
+    are [tokens], the texts' tokens one after another, and everything but attention runs on
+    that stream, so no padding goes through the dense layers. Attention runs on padded rows:
+    `layout` is (rows, tokens), `rows` int [batch, length] the stream index of each row slot's
+    token (anything where the mask hides the slot) and `tokens` int [tokens] the flat row slot
+    (row x length + column) of each stream token; `attention_mask` is over those rows. Each
+    layer gathers q, k and v into the rows and the attention's output back into the stream.
+    The hidden states are then [tokens, hidden].
+
     The layers run under `nn.scan`, so XLA compiles one layer body however deep the model is
     (BERT-base compiles about 3x faster than unrolled, at the same run time). Their parameters
     are stacked under "layers/" with a leading layer axis; `load_pretrained` builds that layout.
 
     Returns:
-        A tuple of `num_hidden_layers + 1` arrays [batch, length, hidden]: the embedding output,
-        then each layer's output.
+        A tuple of `num_hidden_layers + 1` arrays [batch, length, hidden] (a token stream's:
+        [tokens, hidden]): the embedding output, then each layer's output.
     """
 
     config: BertConfig
@@ -329,22 +356,27 @@ class BertModel(nn.Module):
     score_block_bytes: int | None = None
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None,
+                 layout=None):
+        if layout is not None and position_ids is None:
+            raise ValueError("a token stream (layout=...) needs its position_ids: each token's "
+                             "position within its text")
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         attention_mask = attention_mask.astype(bool)
         x = BertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids,
                                                                        position_ids)
 
-        def layer_step(layer, carry, mask):
-            out = layer(carry, mask)
+        def layer_step(layer, carry, mask, layout):
+            out = layer(carry, mask, layout)
             return out, out
 
         layers = nn.scan(layer_step, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=nn.broadcast, length=self.config.num_hidden_layers)
+                         in_axes=(nn.broadcast, nn.broadcast),
+                         length=self.config.num_hidden_layers)
         _, stacked = layers(
             BertLayer(self.config, self.dtype, self.score_block_bytes, name="layers"),
-            x, attention_mask)
+            x, attention_mask, layout)
         return (x, *(stacked[i] for i in range(self.config.num_hidden_layers)))
 
 
@@ -627,18 +659,24 @@ class TextEmbedder:
         # rows are blocks of the device's rows.
         batch_spec = PartitionSpec("batch")
         self.embed_batch = jax.jit(
-            jax.shard_map(self.forward, mesh=mesh, in_specs=(PartitionSpec(), *[batch_spec] * 3),
+            jax.shard_map(self.forward, mesh=mesh, in_specs=(PartitionSpec(), *[batch_spec] * 5),
                           out_specs=batch_spec),
             compiler_options=large_dot_compiler_options(self.devices))
 
-    def forward(self, params, input_ids: jax.Array, segment_ids: jax.Array,
-                position_ids: jax.Array) -> jax.Array:
+    def forward(self, params, input_ids: jax.Array, position_ids: jax.Array,
+                segment_ids: jax.Array, rows: jax.Array, tokens: jax.Array) -> jax.Array:
         """Pooled embeddings of one batch of packed rows (traceable; `embed_batch` jits it).
 
-        Args:
-            input_ids, segment_ids, position_ids: int32 [rows, length] from `_pack_batch`: the
-                token ids of each row's texts one after another, the text each token belongs to
-                (1, 2, ...; 0 = padding) and its position within its text.
+        The model runs on the batch's token stream (`BertModel`'s `layout`): its dense layers
+        see the real tokens only, its attention the padded rows.
+
+        Args (from `_pack_batch`):
+            input_ids, position_ids: int32 [stream]: the tokens of the rows' texts one after
+                another, and each token's position within its text.
+            segment_ids: int32 [rows, length]: the text each row slot holds (1, 2, ... within
+                the row; 0 = padding).
+            rows: int32 [rows, length]: the stream index of each row slot's token.
+            tokens: int32 [stream]: the flat row slot of each stream token.
 
         Returns:
             float32 [rows, slots, dim]: slot j of a row is the embedding of its text j + 1.
@@ -648,9 +686,10 @@ class TextEmbedder:
         mask = ((segment_ids[:, :, None] == segment_ids[:, None, :])
                 & (segment_ids[:, None, :] > 0))
         hidden = self.model.apply({"params": params}, input_ids, mask,
-                                  position_ids=position_ids)
-        return pool_segments(hidden, segment_ids, self.slots(input_ids.shape[1]), self.layers,
-                             self.pooling)
+                                  position_ids=position_ids, layout=(rows, tokens))
+        # Pooled in the rows' layout (XLA drops the gathers of layers not pooled).
+        return pool_segments([h[rows] for h in hidden], segment_ids,
+                             self.slots(segment_ids.shape[1]), self.layers, self.pooling)
 
     def slots(self, length: int) -> int:
         """How many texts a row of `length` tokens may hold (each text has >= 2 tokens)."""
@@ -787,17 +826,18 @@ class TextEmbedder:
         return min(plans, key=lambda batches: self.plan_cost(batches, lengths))  # first if tied
 
     def plan_cost(self, batches: list[list[list[int]]], lengths: Sequence[int]) -> float:
-        """Estimated time of `batches`: per padded token, the dense layers (12 hidden^2
-        multiply-adds) plus attention over the row, in units of hidden multiply-adds. Attention
-        was timed on MiniLM (rows of 64 and 256 tokens, with and without it): about
-        2 x hidden (its layout changes and masking) + 4 x length (its products and softmax)."""
-        if not batches:
-            return 0.0
+        """Estimated time of `batches`, in units of hidden multiply-adds: per real token the
+        dense layers (12 hidden^2 multiply-adds; they run on the token stream), plus per padded
+        row slot attention over the row. Attention was timed on MiniLM (rows of 64 and 256
+        tokens, with and without it): about 2 x hidden (its layout changes and masking) +
+        4 x length (its products and softmax)."""
         hidden = self.config.hidden_size
         cost = 0.0
         for batch in batches:
-            length = self.bucket(max(sum(lengths[i] for i in row) for row in batch))
-            cost += self.padded_rows(length, len(batch)) * length * (14 * hidden + 4 * length)
+            fills = [sum(lengths[i] for i in row) for row in batch]
+            length = self.bucket(max(fills))
+            cost += (sum(fills) * 12 * hidden
+                     + self.padded_rows(length, len(batch)) * length * (2 * hidden + 4 * length))
         return cost
 
     def plan_batches(self, lengths: Sequence[int], *, pack_length: int = 0
@@ -854,26 +894,56 @@ class TextEmbedder:
         return next(b for b in self.buckets if b >= tokens)
 
     def _pack_batch(self, ids: list[list[int]], rows: list[list[int]]):
-        """The arrays `forward` takes for `rows` (lists of indices into `ids`), padded to the
-        rows' bucket and `padded_rows`, and where each text's vector lands: the flat
-        index into the [rows, slots] output, in the order the rows list the texts."""
-        length = self.bucket(max(sum(len(ids[i]) for i in row) for row in rows))
-        shape = (self.padded_rows(length, len(rows)), length)
-        input_ids = np.full(shape, self.config.pad_token_id, np.int32)
+        """The arrays `forward` takes for `rows` (lists of indices into `ids`), and where each
+        text's vector lands: the flat index into the [rows, slots] output, in the order the
+        rows list the texts.
+
+        The rows are padded to their bucket and to `padded_rows` rows, and shared out between
+        the devices, each a block of rows: the fullest row first, each to the device with the
+        fewest tokens so far. Each device's stream holds its rows' tokens, padded to a length
+        common to the devices, rounded up to a 1/_STREAM_STEPS step of a device's row slots
+        (at least _STREAM_STEP_MIN tokens, at most all the slots).
+        """
+        n_dev = len(self.devices)
+        fills = [sum(len(ids[i]) for i in row) for row in rows]
+        length = self.bucket(max(fills))
+        per_device = self.padded_rows(length, len(rows)) // n_dev
+        placed: list[list[int]] = [[] for _ in range(n_dev)]
+        totals = [0] * n_dev
+        for r in sorted(range(len(rows)), key=lambda r: -fills[r]):
+            d = min((d for d in range(n_dev) if len(placed[d]) < per_device),
+                    key=totals.__getitem__)
+            placed[d].append(r)
+            totals[d] += fills[r]
+        slots = per_device * length
+        step = min(slots, max(_STREAM_STEP_MIN, slots // _STREAM_STEPS))
+        stream = min(slots, -(-max(max(totals), 1) // step) * step)
+
+        shape = (n_dev * per_device, length)
         segment_ids = np.zeros(shape, np.int32)
-        position_ids = np.zeros(shape, np.int32)
-        slot_of = []
-        for r, row in enumerate(rows):
-            at = 0
-            for j, i in enumerate(row):
-                n = len(ids[i])
-                input_ids[r, at:at + n] = ids[i]
-                segment_ids[r, at:at + n] = j + 1
-                position_ids[r, at:at + n] = np.arange(n)
-                slot_of.append((r, j))
-                at += n
-        slot_of = np.asarray(slot_of, np.int64).reshape(-1, 2)
-        return (input_ids, segment_ids, position_ids), (slot_of[:, 0], slot_of[:, 1])
+        row_index = np.zeros(shape, np.int32)
+        input_ids = np.full(n_dev * stream, self.config.pad_token_id, np.int32)
+        position_ids = np.zeros(n_dev * stream, np.int32)
+        tokens = np.zeros(n_dev * stream, np.int32)
+        row_at = np.zeros(len(rows), np.int64)
+        for d, device_rows in enumerate(placed):
+            at = 0  # within the device's stream
+            for k, r in enumerate(device_rows):
+                row_at[r] = d * per_device + k
+                column = 0
+                for j, i in enumerate(rows[r]):
+                    n = len(ids[i])
+                    where = slice(d * stream + at, d * stream + at + n)
+                    input_ids[where] = ids[i]
+                    position_ids[where] = np.arange(n)
+                    tokens[where] = k * length + column + np.arange(n)
+                    segment_ids[row_at[r], column:column + n] = j + 1
+                    row_index[row_at[r], column:column + n] = at + np.arange(n)
+                    column += n
+                    at += n
+        slot_row = np.concatenate([np.full(len(row), row_at[r]) for r, row in enumerate(rows)])
+        slot = np.concatenate([np.arange(len(row)) for row in rows])
+        return (input_ids, position_ids, segment_ids, row_index, tokens), (slot_row, slot)
 
 
 def _check_texts(texts) -> list[str]:
