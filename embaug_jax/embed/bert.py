@@ -24,8 +24,10 @@ Choices worth knowing:
 - Token stream: only attention runs on those padded rows. Everything else (the embeddings and
   each layer's dense products, GELU and LayerNorms) runs on the batch's real tokens one after
   another, each device's stream padded to the next 1/32 of its rows' slots; each layer gathers
-  q, k and v into the rows and the attention's output back. On long texts that skips most of the
-  rows' padding (README paragraphs: 8% -> 1.5%), 5% of the time on CPUs.
+  q, k and v into the rows and the attention's output back. On long texts that skips most of
+  the rows' padding (512 README paragraphs of 50-256 tokens: 12% -> 2%); MiniLM embedded them
+  5.5% faster on the 2-core test CPU (benchmarks/README.md, "text"). The devices share a
+  batch's rows so that their token counts are even.
 - Packing (`pack=True`, the default; not for "max" pooling): short texts may share a row of up
   to 32, 64 or 128 tokens, one after another, each with its own [CLS] ... [SEP], positions from
   0 and a block-diagonal attention mask, and are pooled separately. A text's vector is the one
@@ -97,8 +99,8 @@ _PACK_LENGTHS = (32, 64, 128)
 _MAX_TEXTS_PER_ROW = 16
 # Each device's token stream is padded to a multiple of this fraction of its rows' slots, but
 # of at least _STREAM_STEP_MIN tokens (a small batch's stream is its rows' slots, one shape): a
-# long-text batch's dense layers then run on 1-2% padding instead of the rows' 5-8%, for a
-# few more compiled shapes per length bucket (benchmarks/README.md, "text").
+# long-text batch's dense layers then run on about 2% padding instead of the rows' 10-12%, for
+# a few more compiled shapes per length bucket (benchmarks/README.md, "text").
 _STREAM_STEPS = 32
 _STREAM_STEP_MIN = 64
 # Batches hold about batch_size * _ROW_TOKENS tokens (see TextEmbedder.rows_per_batch).
