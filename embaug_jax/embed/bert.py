@@ -252,7 +252,7 @@ class BertLayer(nn.Module):
         dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
         q, k, v = (dense(cfg.hidden_size, name)(x) for name in ("query", "key", "value"))
         if layout is not None:
-            q, k, v = (y[layout[0]] for y in (q, k, v))
+            q, k, v = (_gather(y, layout[0]) for y in (q, k, v))
         batch, length, _ = q.shape
         mask = (attention_mask[:, None, None, :] if attention_mask.ndim == 2
                 else attention_mask[:, None, :, :])
@@ -268,7 +268,7 @@ class BertLayer(nn.Module):
         else:
             context = attend(q, k, v, mask)
         if layout is not None:
-            context = context.reshape(batch * length, -1)[layout[1]]
+            context = _gather(context.reshape(batch * length, -1), layout[1])
         x = _layer_norm(cfg, self.dtype, "attention_norm")(
             x + dense(cfg.hidden_size, "attention_output")(context)
         )
@@ -299,6 +299,13 @@ def _attention(q, k, v, mask, heads: int, dtype):
     context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), v,
                          preferred_element_type=jnp.float32) / total
     return context.astype(dtype).transpose(0, 2, 1, 3).reshape(rows, length, hidden)
+
+
+def _gather(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x[index] along the first axis, the indices promised in bounds (`TextEmbedder._pack_batch`
+    builds them so): no clamping or wrapping of negative indices. XLA:CPU compiled six MiniLM
+    long-text programs in 3.8-4.1 s this way, 4.0-4.7 s with numpy-style indexing."""
+    return x.at[index].get(mode="promise_in_bounds")
 
 
 def _row_max(x: jax.Array) -> jax.Array:
@@ -340,7 +347,8 @@ class BertModel(nn.Module):
     that stream, so no padding goes through the dense layers. Attention runs on padded rows:
     `layout` is (rows, tokens), `rows` int [batch, length] the stream index of each row slot's
     token (anything where the mask hides the slot) and `tokens` int [tokens] the flat row slot
-    (row x length + column) of each stream token; `attention_mask` is over those rows. Each
+    (row x length + column) of each stream token, both in bounds (not checked: an index out of
+    bounds gives undefined values); `attention_mask` is over those rows. Each
     layer gathers q, k and v into the rows and the attention's output back into the stream.
     The hidden states are then [tokens, hidden].
 
@@ -690,7 +698,7 @@ class TextEmbedder:
         hidden = self.model.apply({"params": params}, input_ids, mask,
                                   position_ids=position_ids, layout=(rows, tokens))
         # Pooled in the rows' layout (XLA drops the gathers of layers not pooled).
-        return pool_segments([h[rows] for h in hidden], segment_ids,
+        return pool_segments([_gather(h, rows) for h in hidden], segment_ids,
                              self.slots(segment_ids.shape[1]), self.layers, self.pooling)
 
     def slots(self, length: int) -> int:
