@@ -2,6 +2,7 @@
 
     python benchmarks/text_bench.py                 # short + long texts x MiniLM + BERT-base size
     python benchmarks/text_bench.py --models=minilm --sets=long --texts=256 --repeats=5
+    python benchmarks/text_bench.py --models=minilm --baseline=main  # this bert.py against main's
 
 Two length distributions of real text from this machine: "short", WordNet noun glosses (about 20
 tokens), and "long", prose paragraphs of the Debian READMEs under /usr/share/doc (50-256 tokens,
@@ -21,7 +22,11 @@ Every contender embeds the same texts into the same vectors (mean of the last tw
 - pipeline (`--pipeline`, on by default for MiniLM): `run_extraction` -- what `embaug extract`
   runs after loading the model -- on a CSV of the same texts, with the same warm embedder;
 - dense floor: only the model's matmuls, on the texts' real tokens (`dense_floor_runner`): the
-  most any XLA implementation of the model can reach here, so it bounds the flax ratio.
+  most any XLA implementation of the model can reach here, so it bounds the flax ratio;
+- flax@REF (`--baseline=REF`, e.g. main): `TextEmbedder.embed` with `embaug_jax/embed/bert.py`
+  as of that git commit (the rest of the package is the checkout's), so that a change to the
+  embedder is measured against the code before it in the same rounds; the last column gives
+  flax's speed over it.
 Each contender is warmed up once (compiling every bucket), then they run in turn, `--repeats`
 rounds (interleaved, so a change in machine load hits all of them alike); a rate is the median
 over rounds, a ratio the median of the per-round ratios (their lowest and highest are printed
@@ -38,6 +43,7 @@ import gzip
 import os
 import re
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -199,6 +205,10 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
         runners["flax_unpacked"] = lambda: unpacked.embed(texts)
     if args.pipeline == "all" or (args.pipeline == "minilm" and model_name == "minilm"):
         runners["pipeline"] = pipeline_runner(packed, texts, tmp)
+    if args.baseline:
+        base = args.baseline_module.TextEmbedder.from_pretrained(
+            folder, max_length=args.max_length, batch_size=args.batch_size, devices=devices)
+        runners[f"flax@{args.baseline}"] = lambda: base.embed(texts)
     runners["dense floor"] = dense_floor_runner(packed, texts)
     vectors, first = {}, {}
     for key, run in runners.items():
@@ -232,7 +242,29 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
     if "pipeline" in runners:
         row["pipeline_vs_bare"] = float(np.median(np.divide(seconds["flax"],
                                                             seconds["pipeline"])))
+    if args.baseline:
+        row["vs_baseline"] = float(np.median(np.divide(seconds[f"flax@{args.baseline}"],
+                                                       seconds["flax"])))
     return row
+
+
+def bert_at(ref: str, folder: Path):
+    """`embaug_jax/embed/bert.py` as of git commit `ref`, imported as a module of its own."""
+    import importlib.util
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    shown = subprocess.run(["git", "show", f"{ref}:embaug_jax/embed/bert.py"], cwd=repo,
+                           capture_output=True, text=True)
+    if shown.returncode:
+        raise SystemExit(f"--baseline={ref}: git show failed: {shown.stderr.strip()}")
+    path = folder / "bert_baseline.py"
+    path.write_text(shown.stdout)
+    spec = importlib.util.spec_from_file_location("bert_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_bert_base(folder: Path, minilm: Path) -> Path:
@@ -264,6 +296,9 @@ def main(argv=None) -> int:
                              "core, as `embaug extract` makes)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (no util.reuse_freed_memory)")
+    parser.add_argument("--baseline", default="",
+                        help="a git commit whose embaug_jax/embed/bert.py also runs, as "
+                             "flax@REF (e.g. main)")
     args = parser.parse_args(argv)
 
     from embaug_jax.util import reuse_freed_memory
@@ -288,6 +323,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        args.baseline_module = bert_at(args.baseline, tmp) if args.baseline else None
         for model_name in args.models.split(","):
             if model_name == "minilm":
                 folder, n = minilm, args.texts
@@ -309,8 +345,10 @@ def main(argv=None) -> int:
           f"{os.getloadavg()[0]:.1f}")
     print("| model | texts | tokens mean/max | torch texts/s | flax texts/s | ratio | "
           "ratio's rounds | unpacked ratio | dense floor ratio | sys torch / flax | "
-          "faults/text torch / flax | pipeline vs bare | max abs diff |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "faults/text torch / flax | pipeline vs bare | max abs diff |"
+          + (f" flax vs flax@{args.baseline} |" if args.baseline else ""))
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+          + ("---:|" if args.baseline else ""))
     failed = []
     for row in rows:
         c = row["contenders"]
@@ -324,7 +362,8 @@ def main(argv=None) -> int:
               f"{'' if unpacked is None else f'{unpacked:.2f}'} | "
               f"{floor:.2f} | {t['sys']:.1%} / {f['sys']:.1%} | {t['faults_per_text']:.0f} / "
               f"{f['faults_per_text']:.0f} | {'' if pipe is None else f'{pipe:.2f}'} | "
-              f"{f['max_abs_diff']:.1e} |")
+              f"{f['max_abs_diff']:.1e} |"
+              + (f" {row['vs_baseline']:.3f} |" if args.baseline else ""))
         name = f"{row['model']}/{row['set']}"
         if f["ratio"] < GOAL_RATIO:
             failed.append(f"{name}: ratio {f['ratio']:.2f} < {GOAL_RATIO}")

@@ -26,16 +26,17 @@ Choices worth knowing:
   another, each device's stream padded to the next 1/32 of its rows' slots; each layer gathers
   q, k and v into the rows and the attention's output back. On long texts that skips most of
   the rows' padding (512 README paragraphs of 50-256 tokens: 12% -> 2%); MiniLM embedded them
-  5.5% faster on the 2-core test CPU (benchmarks/README.md, "text"). The devices share a
-  batch's rows so that their token counts are even.
+  5-9% faster on the 2-core test CPU, for about 0.25 s more compile time per program
+  (benchmarks/README.md, "text"). The devices share a batch's rows so that their token counts
+  are even.
 - Packing (`pack=True`, the default; not for "max" pooling): short texts may share a row of up
   to 32, 64 or 128 tokens, one after another, each with its own [CLS] ... [SEP], positions from
   0 and a block-diagonal attention mask, and are pooled separately. A text's vector is the one
   it gets alone, to float32 rounding (tests compare with Hugging Face's to 1e-4). Each text,
-  longest first, goes to the row it fills best. Packing saves
-  the padding of every text but a row's last and costs attention over longer rows; each chunk
-  of texts is packed only as far as an estimate of the compute (`TextEmbedder.plan_cost`) says
-  it pays.
+  longest first, goes to the row it fills best. Packing saves the row padding of every text
+  but a row's last (which costs attention, not the dense layers: see the token stream) and
+  costs attention over longer rows; each chunk of texts is packed only as far as an estimate
+  of the compute (`TextEmbedder.plan_cost`) says it pays.
 - Memory: the embedder calls `util.reuse_freed_memory()` (glibc keeps freed memory), because
   XLA allocates every batch's buffers afresh and would otherwise fault them in each time.
 - Weights: `model.safetensors` (or its sharded index) is read with numpy; `pytorch_model.bin` is
