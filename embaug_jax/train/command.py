@@ -28,6 +28,7 @@ from embaug_jax.train.engine import (
     OnChunk,
     TrainData,
     evaluation_epochs,
+    members_at_once,
     run_sweep,
     sweep_members,
 )
@@ -63,9 +64,7 @@ def validate_config(config) -> None:
              f"{jax.process_count()} processes run (--distributed): each must take part, so use "
              "0 (every device of every process).")
     check_cpu_devices(config.get("cpu_devices", 0))
-    at_once = config.get("members_at_once")
-    _require(at_once is None or int(at_once) >= 0, f"config.members_at_once={at_once}; use None "
-             "(auto), 0 (all of a device's members at once: vmap) or k >= 1 (k at a time).")
+    members_at_once(config, jax.devices())  # a UserError if the value is out of range
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
              f"{augment.ALL_METHOD_NAMES}.")
     for method in s.methods:

@@ -61,7 +61,7 @@ from jax.sharding import PartitionSpec as P
 from embaug_jax import augment
 from embaug_jax.metrics import DEFAULT_THRESHOLD, top_seen_prediction
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
-from embaug_jax.util import (large_dot_compiler_options, list_first, on_cpus,
+from embaug_jax.util import (UserError, large_dot_compiler_options, list_first, on_cpus,
                              reuse_freed_memory, unroll_cpu_threefry)
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -514,8 +514,8 @@ def members_at_once(config, devices: Sequence) -> int:
         # the cache through its whole call; vmapped members stream all of theirs every step.
         return 1 if on_cpus(devices) else 0
     if int(n) < 0:
-        raise ValueError(f"config.members_at_once={n}; use None (auto), 0 (all at once: vmap) "
-                         "or k >= 1 (k members at a time on each device).")
+        raise UserError(f"config.members_at_once={n}; use None (auto), 0 (all at once: vmap) "
+                        "or k >= 1 (k members at a time on each device).")
     return int(n)
 
 
