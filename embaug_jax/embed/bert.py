@@ -837,18 +837,22 @@ class TextEmbedder:
         return min(plans, key=lambda batches: self.plan_cost(batches, lengths))  # first if tied
 
     def plan_cost(self, batches: list[list[list[int]]], lengths: Sequence[int]) -> float:
-        """Estimated time of `batches`, in units of hidden multiply-adds: per real token the
-        dense layers (12 hidden^2 multiply-adds; they run on the token stream), plus per padded
-        row slot attention over the row. Attention was timed on MiniLM (rows of 64 and 256
-        tokens, with and without it): about 2 x hidden (its layout changes and masking) +
-        4 x length (its products and softmax)."""
+        """Estimated time of `batches`: per padded row slot, the dense layers (12 hidden^2
+        multiply-adds) plus attention over the row, in units of hidden multiply-adds. Attention
+        was timed on MiniLM (rows of 64 and 256 tokens, with and without it): about
+        2 x hidden (its layout changes and masking) + 4 x length (its products and softmax).
+
+        The dense layers run on the token stream, not on the padded rows, so this overcharges
+        padding, and packing wins more often than the compute alone would say. That is kept
+        on purpose: packed plans make fewer, fuller batches and fewer programs to compile. The
+        demo's extraction (10,000 short texts) took 32.0 s this way and 40.4 s with the
+        dense layers charged per real token, which ran 4,096 glosses 4.5% faster once
+        compiled (benchmarks/README.md, "text", session 5)."""
         hidden = self.config.hidden_size
         cost = 0.0
         for batch in batches:
-            fills = [sum(lengths[i] for i in row) for row in batch]
-            length = self.bucket(max(fills))
-            cost += (sum(fills) * 12 * hidden
-                     + self.padded_rows(length, len(batch)) * length * (2 * hidden + 4 * length))
+            length = self.bucket(max(sum(lengths[i] for i in row) for row in batch))
+            cost += self.padded_rows(length, len(batch)) * length * (14 * hidden + 4 * length)
         return cost
 
     def plan_batches(self, lengths: Sequence[int], *, pack_length: int = 0
