@@ -25,7 +25,7 @@ Choices worth knowing:
   each layer's dense products, GELU and LayerNorms) runs on the batch's real tokens one after
   another, each device's stream padded to the next 1/32 of its rows' slots; each layer gathers
   q, k and v into the rows and the attention's output back. On long texts that skips most of
-  the rows' padding (512 README paragraphs of 50-256 tokens: 12% -> 2%); MiniLM embedded them
+  the rows' padding (512 README paragraphs of 50-256 tokens: 8% -> 1%); MiniLM embedded them
   5-9% faster on the 2-core test CPU, for about 0.25 s more compile time per program
   (benchmarks/README.md, "text"). The devices share a batch's rows so that their token counts
   are even.
@@ -100,7 +100,7 @@ _PACK_LENGTHS = (32, 64, 128)
 _MAX_TEXTS_PER_ROW = 16
 # Each device's token stream is padded to a multiple of this fraction of its rows' slots, but
 # of at least _STREAM_STEP_MIN tokens (a small batch's stream is its rows' slots, one shape): a
-# long-text batch's dense layers then run on about 2% padding instead of the rows' 10-12%, for
+# long-text batch's dense layers then run on about 1% padding instead of the rows' 5-8%, for
 # a few more compiled shapes per length bucket (benchmarks/README.md, "text").
 _STREAM_STEPS = 32
 _STREAM_STEP_MIN = 64
