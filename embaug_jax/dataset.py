@@ -211,6 +211,30 @@ def _meta(ds: EmbeddingDataset) -> dict[str, Any]:
     }
 
 
+def is_saved_dataset(path: str | os.PathLike) -> bool:
+    """Whether `path` is an embedding dataset that `save_embeddings` wrote, and nothing more.
+
+    A folder qualifies when it holds only the format's files and its meta.json carries the
+    format version; a `.npz` when it carries the `meta` record. This is what a new save may
+    replace: anything else at the path (a user's folder, a plain `np.savez` file) is refused.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        return False
+    try:
+        if path.is_dir():
+            names = {p.name for p in path.iterdir()}
+            if not ({_EMBEDDINGS, _LABELS, _META} <= names <= {_EMBEDDINGS, _LABELS, _IDS, _META}):
+                return False
+            return "format_version" in json.loads((path / _META).read_text())
+        if path.is_file() and path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return "meta" in z.files and "format_version" in json.loads(str(z["meta"]))
+    except (OSError, ValueError, TypeError, KeyError):  # unreadable: not ours to replace
+        return False
+    return False
+
+
 def save_embeddings(
     path: str | os.PathLike,
     embeddings: np.ndarray,
@@ -249,7 +273,8 @@ def save_embeddings(
         raise UserError(f"save_embeddings({path}): `info` must be JSON-serialisable: {e}") from e
     path = Path(path)
     if path.suffix == ".npz":
-        with atomic_path(path) as tmp:  # tmp keeps the .npz name, so savez adds none
+        # tmp keeps the .npz name, so savez adds none.
+        with atomic_path(path, replace=is_saved_dataset) as tmp:
             arrays = {"embeddings": ds.embeddings, "labels": ds.labels,
                       "meta": np.asarray(json.dumps(_meta(ds)))}
             if ds.ids is not None:
@@ -258,7 +283,7 @@ def save_embeddings(
         return ds
     if path.exists() and not path.is_dir():
         raise UserError(f"save_embeddings: {path} exists and is not a directory.")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=is_saved_dataset) as tmp:
         tmp.mkdir()
         np.save(tmp / _EMBEDDINGS, ds.embeddings)
         np.save(tmp / _LABELS, ds.labels)
@@ -297,7 +322,7 @@ def _save_blocks(path: Path, blocks: list[Path], labels, class_names, *, ids, se
         raise ValueError(f"{where}: `info` must be JSON-serialisable: {e}") from e
     if path.exists() and not path.is_dir():
         raise ValueError(f"save_embeddings: {path} exists and is not a directory.")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=is_saved_dataset) as tmp:
         tmp.mkdir()
         with open(tmp / _EMBEDDINGS, "wb") as f:
             # The header np.save writes for the whole array, then the rows block after block.

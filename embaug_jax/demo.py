@@ -18,11 +18,10 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     from embaug_jax.embed.pipeline import run_extraction
     from embaug_jax.report import format_summary
     from embaug_jax.train.command import train_and_evaluate, validate_config
-    from embaug_jax.util import UserError
+    from embaug_jax.util import UserError, check_workdir
 
     workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    check_workdir(workdir)
     if config.train.data.get("path"):
         raise UserError(f"config.train.data.path={config.train.data.path!r}: the demo trains on "
                         "its own extraction; to train on other data run `embaug train "

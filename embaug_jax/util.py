@@ -12,9 +12,10 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 class UserError(ValueError):
@@ -47,22 +48,63 @@ def _disk_full_error(exc: OSError, path: Path) -> OSError | None:
     return None
 
 
+Replaceable = Callable[[Path], bool]
+
+
+def check_replaceable(path: str | os.PathLike, replace: bool | Replaceable) -> None:
+    """Raises UserError unless `path` is absent or may be replaced (see `atomic_path`): callers
+    about to do long work for an output check it first."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    is_dir = path.is_dir() and not path.is_symlink()
+    if callable(replace):
+        try:
+            ok = bool(replace(path))
+        except (OSError, ValueError):
+            ok = False
+    else:
+        ok = bool(replace) and not is_dir
+    if not ok:
+        what = "a folder" if is_dir else ("a symbolic link" if path.is_symlink() else "a file")
+        raise UserError(f"{path} already exists and is {what} that embaug_jax did not write; it "
+                        "is left untouched. Choose another output path, or move it away first.")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *,
+                replace: bool | Replaceable = False) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds.
 
     Works for files and directories alike: write whatever you like at the yielded path. On an
     exception the temporary is removed and `path` is untouched.
+
+    An existing `path` is replaced only when `replace` allows it, so a user's file or folder is
+    never lost to a mistyped output path: True replaces a file (not a folder) that the caller
+    owns by its location, such as a workdir's results; a predicate replaces what it recognises
+    as written by this project (an embedding dataset by its meta.json, a converted weights file
+    by its metadata). Anything else is refused with a UserError naming the path, both before the
+    block runs and again before the rename. A replaced folder is moved aside, the new one moved
+    in, and only then the old one deleted.
     """
     path = Path(path)
+    check_replaceable(path, replace)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name  # same name, so writers that add an extension add none
     try:
         yield target
+        check_replaceable(path, replace)
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(target, path)
+            old = tmp / f"{path.name}.old"
+            os.replace(path, old)
+            try:
+                os.replace(target, path)
+            except OSError:
+                os.replace(old, path)
+                raise
+        else:
+            os.replace(target, path)
     except OSError as e:
         full = _disk_full_error(e, path)
         if full is None:
@@ -72,13 +114,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text_atomic(path: str | os.PathLike, text: str, *,
+                      replace: bool | Replaceable = True) -> None:
+    """Writes a text file atomically; by default it replaces a file (never a folder) at `path`,
+    for the files a command keeps in a folder it owns (see `atomic_path`)."""
+    with atomic_path(path, replace=replace) as tmp:
         tmp.write_text(text)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
+                      replace: bool | Replaceable = True) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n",
+                      replace=replace)
 
 
 def is_traced(value: Any) -> bool:
@@ -117,12 +164,21 @@ def workdir_lock(workdir: str | os.PathLike, command: str, *, take: bool = True)
     import fcntl
 
     workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    check_workdir(workdir)
     created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = workdir / LOCK_FILE
     try:
+        # O_NOFOLLOW: a lock file that links elsewhere is refused, never truncated through.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{lock} is a symbolic link; embaug_jax keeps its lock in a plain "
+                            "file there. Remove the link, or use another --workdir.") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{lock} is not a regular file; remove it, or use another --workdir.")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -143,6 +199,25 @@ def workdir_lock(workdir: str | os.PathLike, command: str, *, take: bool = True)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def check_workdir(workdir: str | os.PathLike) -> Path:
+    """`workdir` if a run may use it as its own folder, else a UserError saying why.
+
+    A workdir is the run's: it gets a lock file, checkpoints and results beside whatever is
+    already there, so the filesystem root and the home folder are refused, as is a file.
+    """
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    resolved = workdir.expanduser().resolve()
+    home = Path.home().resolve()
+    if resolved == Path(resolved.anchor) or resolved == home:
+        what = "the home folder" if resolved == home else "the filesystem root"
+        raise UserError(f"--workdir {workdir} is {what}; a run keeps its files in a folder of "
+                        "its own, so pass a subfolder "
+                        f"(e.g. --workdir={workdir.as_posix().rstrip('/')}/embaug_run).")
+    return workdir
 
 
 _MALLOC_TUNED = False

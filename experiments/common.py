@@ -70,7 +70,7 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence])
     from embaug_jax.util import atomic_path
 
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path, replace=True) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)

@@ -92,7 +92,7 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     fig.suptitle(title + " (lines: mean over trials; bands: min-max)")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=True) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 
 

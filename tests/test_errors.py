@@ -138,6 +138,28 @@ def bert_folder_with_pickle(tmp: Path) -> Path:
     return folder
 
 
+def users_folder(tmp: Path) -> Path:
+    """A folder of the user's own, which no command may delete."""
+    folder = tmp / "papers"
+    folder.mkdir()
+    (folder / "paper.tex").write_text("\\documentclass{article}")
+    return folder
+
+
+def linked_lock(tmp: Path) -> Path:
+    """A workdir whose lock file is a symbolic link to a file of the user's."""
+    (tmp / "notes.txt").write_text("precious")
+    (tmp / "w").mkdir()
+    (tmp / "w" / ".embaug.lock").symlink_to(tmp / "notes.txt")
+    return tmp / "w"
+
+
+def _lite0() -> str:
+    from embaug_jax.embed.pipeline import resolve_model_path
+
+    return str(resolve_model_path("builtin:lite0"))
+
+
 def make_file(tmp: Path, name: str = "afile") -> Path:
     (tmp / name).write_text("not a folder")
     return tmp / name
@@ -270,6 +292,21 @@ CLI_CASES = [
         f"{t}/w/o.st", "--from=timm"], ("b.safetensors",)),
     Case("convert: unknown origin", lambda t: ["embaug", "convert", "efficientnet", "a", "b",
                                                "--from=caffe"], ()),
+    # never replace what the project did not write
+    Case("convert onto a user's folder", lambda t: [
+        "embaug", "convert", "efficientnet", _lite0(), str(users_folder(t))],
+        ("papers", "did not write", "left untouched")),
+    Case("convert onto a user's file", lambda t: [
+        "embaug", "convert", "efficientnet", _lite0(), str(_write(t / "mine.safetensors",
+                                                                  b"not ours"))],
+        ("mine.safetensors", "did not write")),
+    Case("extract overwrite=True onto a user's folder", lambda t: extract_argv(
+        t, f"--config.output={users_folder(t)}", "--config.overwrite=True"),
+        ("papers", "overwrite=True would remove", "did not write")),
+    Case("lock file that is a symbolic link", lambda t: train_argv(t)[:3] + [
+        f"--workdir={linked_lock(t)}"] + TINY, (".embaug.lock", "symbolic link")),
+    Case("workdir is the filesystem root", lambda t: train_argv(t)[:3] + ["--workdir=/"] + TINY,
+         ("--workdir /", "filesystem root", "subfolder")),
     # demo
     Case("demo: unknown key", lambda t: ["embaug", "demo", f"--config={DEMO}:smoke",
                                          f"--workdir={t / 'w'}", "--config.train.nope=1"],
@@ -304,6 +341,7 @@ def _snapshot(tmp: Path) -> dict[str, int]:
 def test_a_users_mistake_is_one_message_and_exit_2(case, tmp_path, capsys):
     argv = case.argv(tmp_path)
     before = _snapshot(tmp_path)
+    had_workdir = (tmp_path / "w").exists()
     capsys.readouterr()
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
@@ -312,7 +350,7 @@ def test_a_users_mistake_is_one_message_and_exit_2(case, tmp_path, capsys):
         assert word in err, (word, err)
     # Nothing half-written: no file appeared or changed, and the workdir was not created.
     assert _snapshot(tmp_path) == before
-    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+    assert had_workdir or not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
 
 
 def test_the_table_holds_at_least_40_distinct_bad_inputs():
@@ -336,6 +374,12 @@ API_CASES = [
         7, np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]),
         augment.method_params("e_mixup", 0.2), num_classes=2), TypeError,
      ("jax.random.key(7)",)),
+    ("save_embeddings onto a user's folder", lambda t: save_embeddings(
+        users_folder(t), np.ones((3, 2)), [0, 1, 0], ["a", "b"]), UserError,
+     ("papers", "did not write")),
+    ("save_embeddings onto a plain .npz", lambda t: save_embeddings(
+        npz(t, x=np.ones(2)), np.ones((3, 2)), [0, 1, 0], ["a", "b"]), UserError,
+     ("plain.npz", "did not write")),
     ("refused pytorch_model.bin (TextEmbedder)", lambda t: _text_embedder(
         bert_folder_with_pickle(t)), UserError, ("pytorch_model.bin", "refused")),
 ]

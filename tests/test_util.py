@@ -7,11 +7,14 @@ import os
 import pytest
 
 from embaug_jax.util import (
+    LOCK_FILE,
+    UserError,
     atomic_path,
     is_traced,
     list_first,
     write_json_atomic,
     write_text_atomic,
+    workdir_lock,
 )
 
 
@@ -19,25 +22,75 @@ def test_file_written_only_on_success(tmp_path):
     target = tmp_path / "out.txt"
     write_text_atomic(target, "old")
     with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
+        with atomic_path(target, replace=True) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
-def test_directory_replaced_whole(tmp_path):
+def test_directory_replaced_whole_only_when_recognised(tmp_path):
     target = tmp_path / "ds"
     with atomic_path(target) as tmp:
         tmp.mkdir()
         (tmp / "a").write_text("1")
         (tmp / "stale").write_text("x")
-    with atomic_path(target) as tmp:
+    ours = lambda p: (p / "a").is_file()  # noqa: E731  what the writer recognises as its own
+    with atomic_path(target, replace=ours) as tmp:
         tmp.mkdir()
         (tmp / "a").write_text("2")
     assert sorted(p.name for p in target.iterdir()) == ["a"]
     assert (target / "a").read_text() == "2"
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    # A folder is never replaced without a predicate, nor one the predicate does not know.
+    (target / "a").unlink()
+    (target / "paper.tex").write_text("mine")
+    for replace in (False, True, ours):
+        with pytest.raises(UserError, match="ds already exists and is a folder that embaug_jax "
+                                            "did not write; it is left untouched"):
+            with atomic_path(target, replace=replace) as tmp:
+                tmp.mkdir()
+    assert [p.name for p in target.iterdir()] == ["paper.tex"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_a_file_is_replaced_only_when_allowed(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("mine")
+    with pytest.raises(UserError, match="out.txt already exists and is a file"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("new")
+    assert target.read_text() == "mine"
+    # A file that appears while the block runs is not replaced either.
+    late = tmp_path / "late.txt"
+    with pytest.raises(UserError, match="late.txt already exists"):
+        with atomic_path(late) as tmp:
+            tmp.write_text("new")
+            late.write_text("theirs")
+    assert late.read_text() == "theirs"
+    write_text_atomic(target, "new")  # the writers of a command's own files replace them
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.txt", "out.txt"]
+
+
+def test_the_workdir_lock_never_follows_a_link_and_refuses_root_and_home(tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "notes.txt").write_text("precious")
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / LOCK_FILE).symlink_to(tmp_path / "notes.txt")
+    with pytest.raises(UserError, match="is a symbolic link"):
+        with workdir_lock(work, "train"):
+            pass
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    for folder, what in (("/", "the filesystem root"), (tmp_path / "home", "the home folder"),
+                         ("~", "the home folder")):
+        with pytest.raises(UserError, match=f"is {what}; a run keeps its files"):
+            with workdir_lock(folder, "train"):
+                pass
+    assert list((tmp_path / "home").iterdir()) == []
 
 
 def test_json_and_parent_creation(tmp_path):

@@ -34,8 +34,9 @@ from embaug_jax.embed.weights import (
     load_safetensors,
     merge_strict,
     save_safetensors,
+    written_here,
 )
-from embaug_jax.util import UserError
+from embaug_jax.util import UserError, check_replaceable
 
 # Transforms from a source layout to the Flax one.
 _CONV_OIHW = lambda a: np.transpose(a, (2, 3, 1, 0))  # noqa: E731  (O,I,H,W) -> (H,W,I,O)
@@ -687,6 +688,7 @@ def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
       origin: "keras", "pytorch", "lite", "timm" or "timm_tf"; None guesses from the file.
       variant: "b0".."b7" / "lite0".."lite4"; None infers it from the shapes.
     """
+    check_replaceable(dst, written_here)  # before the conversion's work, not after it
     flat, info = convert_checkpoint(src, origin=origin, variant=variant)
     meta = dict(info.to_metadata(), source=Path(src).name)
     save_safetensors(dst, flat, meta)

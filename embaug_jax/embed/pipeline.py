@@ -47,9 +47,10 @@ from absl import logging
 
 from embaug_jax import distributed
 from embaug_jax import sources as sources_lib
-from embaug_jax.dataset import Segment, class_ids, load_embeddings, save_embeddings
-from embaug_jax.util import (UserError, atomic_path, list_first, reuse_freed_memory,
-                             workdir_lock, write_json_atomic)
+from embaug_jax.dataset import (Segment, class_ids, is_saved_dataset, load_embeddings,
+                                save_embeddings)
+from embaug_jax.util import (UserError, atomic_path, check_workdir, list_first,
+                             reuse_freed_memory, workdir_lock, write_json_atomic)
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
@@ -283,6 +284,26 @@ def _stale_error(what: str, where: Path, old_parts, new_parts) -> UserError:
         "--config.overwrite=True to replace it, or use another --workdir / --config.output.")
 
 
+def _is_shards_dir(path: Path) -> bool:
+    """Whether `path` holds only what the extraction writes there: shards, their manifest and
+    the temporaries of an interrupted write."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return all(p.name == MANIFEST or (p.name.startswith("shard_") and p.suffix == ".npy")
+               or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in path.iterdir())
+
+
+def _is_skipped_report(path: Path) -> bool:
+    """Whether `path` is the skipped-images report an extraction wrote."""
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and set(report) == {"count", "items"}
+
+
 def _clear(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -428,7 +449,7 @@ def _embed_shards(data, keep: np.ndarray, shards_dir: Path, shard_size: int, tex
             rows = keep[start:start + shard_size]
             shard = _embed_shard(data, rows, text_fields, image_fields, text_embedder,
                                  image_embedder, dim, bar)
-            with atomic_path(path) as tmp:
+            with atomic_path(path, replace=True) as tmp:
                 np.save(tmp, shard)
     return paths
 
@@ -452,8 +473,7 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     shard_size = int(config.shard_size)
     if shard_size < 1:
         raise UserError(f"config.shard_size must be >= 1, got {shard_size}.")
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    check_workdir(workdir)
     if output.exists() and output.suffix != ".npz" and not output.is_dir():
         raise UserError(f"the output {output} exists and is a file, not a dataset folder; "
                         "remove it or set --config.output to another path (ending in .npz for "
@@ -495,8 +515,14 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
                             distributed.patient_timeout(started))
 
     if config.overwrite and primary:
-        for stale in (output, shards_dir, skipped_path):
-            if stale.exists():
+        for stale, ours in ((output, is_saved_dataset), (shards_dir, _is_shards_dir),
+                            (skipped_path, _is_skipped_report)):
+            if stale.exists() or stale.is_symlink():
+                if not ours(stale):
+                    raise UserError(
+                        f"--config.overwrite=True would remove {stale}, which embaug_jax did not "
+                        "write; it is left untouched. Point --config.output (or --workdir) "
+                        "elsewhere, or move it away first.")
                 logging.info("extract: overwrite=True, removing %s", stale)
                 _clear(stale)
     wait_for_all("cleared")
@@ -564,7 +590,7 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
                         f"{len(keep)} x {dim}; pass --config.overwrite=True to redo them.")
     if bad:
         write_json_atomic(skipped_path, {"count": len(bad), "items": dict(sorted(bad.items()))})
-    elif skipped_path.exists():
+    elif _is_skipped_report(skipped_path):
         skipped_path.unlink()
     kept = data.subset(keep)
     # A class left without items would be an empty row of every per-class metric.

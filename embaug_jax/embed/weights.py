@@ -65,8 +65,30 @@ def save_safetensors(path: str | os.PathLike, tree_or_flat: Mapping[str, Any],
     if bad:
         raise ValueError("only numeric arrays can be saved as safetensors; got " + ", ".join(bad))
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    with atomic_path(path) as tmp:
+    meta[WRITER_KEY] = WRITER
+    with atomic_path(path, replace=written_here) as tmp:
         save_file(arrays, str(tmp), metadata=meta)
+
+
+# Every safetensors file this project writes says so in its metadata: a later save may replace
+# it, and nothing else (see `util.atomic_path`).
+WRITER_KEY, WRITER = "written_by", "embaug_jax"
+
+
+def written_here(path: str | os.PathLike) -> bool:
+    """Whether `path` is a safetensors file this project wrote (a converted checkpoint): its
+    metadata names the writer, or, for files converted before that marker, the padding rule."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except Exception:  # safetensors' own error types for a file that is not one
+        return False
+    return meta.get(WRITER_KEY) == WRITER or "padding" in meta
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:

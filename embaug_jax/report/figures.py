@@ -21,7 +21,7 @@ def _new_figure(nrows, ncols, *, width=4.0, height=3.2, **kw):
 
 
 def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=True) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 
 

@@ -67,7 +67,7 @@ def save_predictions(path, outputs: SweepResult) -> None:
     for name in ("val_idx", "train_idx"):
         if getattr(outputs, name) is not None:
             arrays[name] = getattr(outputs, name)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, replace=True) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
 
 

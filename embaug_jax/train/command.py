@@ -37,6 +37,7 @@ from embaug_jax.train.splits import Splits, make_splits
 from embaug_jax.util import (
     UserError,
     check_cpu_devices,
+    check_workdir,
     workdir_lock,
     write_json_atomic,
     write_text_atomic,
@@ -292,8 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     started = time.monotonic()
     validate_config(config)
     workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir {workdir} is a file; pass a folder (it is created if missing).")
+    check_workdir(workdir)
     # Under --distributed every process runs this command; process 0 alone holds the workdir
     # and writes its files (orbax coordinates the checkpoints itself).
     primary = distributed.is_primary()
