@@ -7,6 +7,7 @@ import pytest
 from flax import traverse_util
 
 from embaug_jax.embed import weights
+from embaug_jax.util import UserError
 
 
 def _expected():
@@ -47,7 +48,7 @@ def test_safetensors_round_trip_is_atomic(tmp_path):
     tree = {"a": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "b": np.ones(2, np.int32)}
     weights.save_safetensors(tmp_path / "w.safetensors", tree, {"variant": "b4"})
     flat, meta = weights.load_safetensors(tmp_path / "w.safetensors")
-    assert meta == {"variant": "b4"}
+    assert meta == {"variant": "b4", "written_by": "embaug_jax"}
     np.testing.assert_array_equal(flat["a/w"], tree["a"]["w"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
     weights.save_safetensors(tmp_path / "flat.safetensors", flat)  # an already flat dict
@@ -62,6 +63,12 @@ def test_safetensors_round_trip_is_atomic(tmp_path):
         weights.load_safetensors(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
         weights.load_safetensors(tmp_path / "none.safetensors")
+    # A later save replaces a file this project wrote, never anything else.
+    weights.save_safetensors(tmp_path / "w.safetensors", tree, {"variant": "b0"})
+    assert weights.load_safetensors(tmp_path / "w.safetensors")[1]["variant"] == "b0"
+    with pytest.raises(UserError, match="junk.safetensors already exists and is a file"):
+        weights.save_safetensors(tmp_path / "junk.safetensors", tree)
+    assert (tmp_path / "junk.safetensors").read_bytes() == b"\x00\x01garbage"
 
 
 def test_hash_files_tracks_content(tmp_path):

@@ -284,6 +284,22 @@ def _stale_error(what: str, where: Path, old_parts, new_parts) -> UserError:
         "--config.overwrite=True to replace it, or use another --workdir / --config.output.")
 
 
+def _overwritten(output: Path, workdir: Path) -> list[Path]:
+    """What `overwrite=True` removes: the earlier outputs present, each checked to be one the
+    extraction wrote (a UserError, naming it, for anything else)."""
+    stale = []
+    for path, ours in ((output, is_saved_dataset), (workdir / SHARDS_DIR, _is_shards_dir),
+                       (output.parent / SKIPPED_REPORT, _is_skipped_report)):
+        if path.exists() or path.is_symlink():
+            if not ours(path):
+                raise UserError(
+                    f"--config.overwrite=True would remove {path}, which embaug_jax did not "
+                    "write; it is left untouched. Point --config.output (or --workdir) "
+                    "elsewhere, or move it away first.")
+            stale.append(path)
+    return stale
+
+
 def _is_shards_dir(path: Path) -> bool:
     """Whether `path` holds only what the extraction writes there: shards, their manifest and
     the temporaries of an interrupted write."""
@@ -478,6 +494,8 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
         raise UserError(f"the output {output} exists and is a file, not a dataset folder; "
                         "remove it or set --config.output to another path (ending in .npz for "
                         "one file).")
+    if config.overwrite:
+        _overwritten(output, workdir)  # refused at once, before any model is loaded
     # Only process 0 of a multi-process run writes, so only it holds the workdir.
     with workdir_lock(workdir, "extract", take=distributed.is_primary()):
         return _run_extraction(config, workdir, output, shard_size, text_embedder,
@@ -515,16 +533,9 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
                             distributed.patient_timeout(started))
 
     if config.overwrite and primary:
-        for stale, ours in ((output, is_saved_dataset), (shards_dir, _is_shards_dir),
-                            (skipped_path, _is_skipped_report)):
-            if stale.exists() or stale.is_symlink():
-                if not ours(stale):
-                    raise UserError(
-                        f"--config.overwrite=True would remove {stale}, which embaug_jax did not "
-                        "write; it is left untouched. Point --config.output (or --workdir) "
-                        "elsewhere, or move it away first.")
-                logging.info("extract: overwrite=True, removing %s", stale)
-                _clear(stale)
+        for stale in _overwritten(output, workdir):
+            logging.info("extract: overwrite=True, removing %s", stale)
+            _clear(stale)
     wait_for_all("cleared")
     info = _read_output_info(output)
     if info is not None:
