@@ -1,7 +1,7 @@
 """From a finished sweep to the paper's Table 1 and Figures 3-6, written into the workdir.
 
 `write_report(workdir, result)` evaluates every member of a finished sweep (`result`:
-`train.engine.run_sweep`'s `SweepResult`, or `load_predictions(workdir)`) with
+`train.driver.run_sweep`'s `SweepResult`, or `load_predictions(workdir)`) with
 `embaug_jax.metrics`, groups members into variants (method, alpha, softness) over trials and seeds, picks each method's best alpha by
 mean weighted AUC (as the paper's grid search did), and writes atomically:
 
@@ -55,7 +55,7 @@ from embaug_jax.report.tables import _results_markdown, format_summary, format_t
 from embaug_jax.util import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from embaug_jax.train.engine import SweepResult
+    from embaug_jax.train.result import SweepResult
 
 __all__ = ["DEFAULT_BOOTSTRAP_RESAMPLES", "DEFAULT_SELECTION_FRACTION", "FIGURES", "PREDICTIONS",
            "evaluate_members", "format_summary", "format_table", "group_variants",
@@ -92,7 +92,7 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
     Returns:
       The results dict, as written to results.json.
     """
-    from embaug_jax.train.engine import SweepResult
+    from embaug_jax.train.result import SweepResult
 
     if not isinstance(result, SweepResult):
         raise ValueError(f"write_report: result must be a SweepResult (run_sweep's return or "
