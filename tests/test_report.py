@@ -8,7 +8,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from embaug_jax import metrics, report
-from embaug_jax.train.engine import SweepResult
+from embaug_jax.train.result import SweepResult
 
 C = 6
 TRIALS = 3
