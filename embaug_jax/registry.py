@@ -60,10 +60,12 @@ __all__ = [
 KINDS = ("control", "mixup", "stitchup", "manifold")
 # The kinds that draw lam ~ Beta(alpha, alpha) for every pair: their methods read "alpha".
 _PAIR_KINDS = ("mixup", "stitchup", "manifold")
-# Keys a member record (`train.members.sweep_members`) or a method's traced parameters already
-# use: a setting of that name would overwrite them.
-_RESERVED = ("method", "trial", "seed", "member", "epoch", "mix", "soft", "methods")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Keys a member record (`train.members.sweep_members`, metrics.jsonl) or a method's traced
+# parameters (`augment.MethodParams`) already use, and the other keys under config.sweep: a
+# setting or grid of that name would overwrite them.
+_RESERVED = ("method", "trial", "seed", "member", "epoch", "mix", "soft", "static")
+_RESERVED_GRIDS = ("methods", "seeds")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -199,9 +201,9 @@ def _check_setting(row: Setting) -> None:
     if not (isinstance(row.name, str) and _NAME.match(row.name)) or row.name in _RESERVED:
         raise ValueError(f"setting name {row.name!r} must be an identifier other than "
                          f"{', '.join(_RESERVED)}")
-    if not (isinstance(row.grid, str) and _NAME.match(row.grid)) or row.grid in _RESERVED:
+    if not (isinstance(row.grid, str) and _NAME.match(row.grid)) or row.grid in _RESERVED_GRIDS:
         raise ValueError(f"setting {row.name!r}: grid {row.grid!r} must be an identifier other "
-                         f"than {', '.join(_RESERVED)} (it is a key under config.sweep)")
+                         f"than {', '.join(_RESERVED_GRIDS)} (it is a key under config.sweep)")
     for other in _SETTINGS.values():
         if other.name != row.name and row.grid in (other.grid, other.name):
             raise ValueError(f"setting {row.name!r}: grid {row.grid!r} is already setting "

@@ -98,6 +98,7 @@ def test_ranges_print_as_messages_say_them():
     (Method(name="e_mixup", display="Mine", kind="mixup", reads=("alpha",)), ValueError,
      "already registered.*replace=True"),
     (Setting(name="trial", grid="trials", range=Range(), default=(0,)), ValueError, "identifier"),
+    (Setting(name="depth", grid="seeds", range=Range(), default=(0,)), ValueError, "config.sweep"),
     (Setting(name="depth", grid="alphas", range=Range(), default=(1,)), ValueError,
      "grid 'alphas' is already setting 'alpha'"),
     (Setting(name="depth", grid="depths", range=Range(low=1), default=(0,)), ValueError,
@@ -123,16 +124,15 @@ def test_temporary_registration_is_restored():
         registry.register(SIGN_FLIP)  # the same row again: nothing happens
     assert (registry.methods(), registry.settings()) == before
 
-    @registry.register_method(display="Shuffle", kind="control", tags=("mine",))
-    def shuffled(key, x, y):
-        return x, y
+    with registry.temporary():  # restores what the decorator registers
+        @registry.register_method(display="Shuffle", kind="control", tags=("mine",))
+        def shuffled(key, x, y):
+            return x, y
 
-    try:
         row = registry.method("shuffled")
         assert row.function is shuffled and row.tags == frozenset({"mine"})
         assert registry.method_names(tag="mine") == ("shuffled",)
-    finally:
-        registry._METHODS.pop("shuffled")
+    assert registry.methods() == before[0]
 
 
 def test_a_registered_transform_is_the_traced_forms_and_a_new_program():

@@ -47,8 +47,18 @@ out-of-range class id an all-zero label row and a traced method index outside {0
 as mixup.
 """
 
-# The modules register their rows on import, in this order: the paper's methods first (Table 1's
-# order), then the baselines.
+# Importing registers the rows: methods.py's (the paper's, in Table 1's order) before
+# baselines.py's, which imports it.
+from embaug_jax.augment.baselines import (
+    ManifoldPairs,
+    feature_dropout,
+    gaussian_noise,
+    label_smoothing,
+    manifold_mixup,
+    manifold_rows,
+    smooth_labels,
+    soft_control,
+)
 from embaug_jax.augment.checks import LABEL_WEIGHTS, PAIRINGS
 from embaug_jax.augment.methods import (
     METHOD_NAMES,
@@ -75,16 +85,6 @@ from embaug_jax.augment.traced import (
     kind_rows,
     kind_transforms,
     method_params,
-)
-from embaug_jax.augment.baselines import (  # noqa: I001 (registered after the paper's)
-    ManifoldPairs,
-    feature_dropout,
-    gaussian_noise,
-    label_smoothing,
-    manifold_mixup,
-    manifold_rows,
-    smooth_labels,
-    soft_control,
 )
 from embaug_jax.registry import KINDS
 
