@@ -38,7 +38,7 @@ _EXPORTS = {
     "load_embeddings": "embaug_jax.dataset",
     "save_embeddings": "embaug_jax.dataset",
     # Training and the report.
-    "train_and_evaluate": "embaug_jax.train.command",
+    "train_and_evaluate": "embaug_jax.run.train",
     "run_sweep": "embaug_jax.train.engine",
     "write_report": "embaug_jax.report",
 }

@@ -37,7 +37,7 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "embaug_jax.train.command:train_and_evaluate",
+        "embaug_jax.run.train:train_and_evaluate",
         "train and evaluate a sweep (methods x alphas x softness x trials x seeds) from a config",
         show="embaug_jax.report:format_summary",
     ),

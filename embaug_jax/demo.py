@@ -17,7 +17,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     """
     from embaug_jax.embed.pipeline import run_extraction
     from embaug_jax.report import format_summary
-    from embaug_jax.train.command import train_and_evaluate, validate_config
+    from embaug_jax.run.train import train_and_evaluate, validate_config
     from embaug_jax.util import UserError, check_workdir
 
     workdir = Path(workdir)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embaug_jax import augment, cli, configlib
-from embaug_jax.train import command
+from embaug_jax.run import train as run_train
 from embaug_jax.train import engine as train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def test_default_holds_the_papers_settings():
     assert c.num_epochs == 576 and c.data.train_fraction == 0.1 and c.threshold == 0.6
     assert c.num_epochs % c.chunk_epochs == 0 and c.chunk_epochs % c.eval_every == 0
     assert c.checkpoint_every % c.chunk_epochs == 0
-    command.validate_config(c)
+    run_train.validate_config(c)
     t = _load("table1", None)
     assert t.sweep.methods == augment.METHOD_NAMES and max(t.sweep.alphas) <= 0.5
     assert len(train.sweep_members(t)) == 5 + 4 * 5 * 5
@@ -49,7 +49,7 @@ def test_default_holds_the_papers_settings():
 def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
     c = _load(name)
     assert c.data.source == "synthetic" and c.num_epochs <= 16
-    results = command.train_and_evaluate(c, tmp_path)
+    results = run_train.train_and_evaluate(c, tmp_path)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert set(on_disk["methods"]) == set(c.sweep.methods)
     for method, entry in on_disk["methods"].items():
@@ -85,7 +85,7 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
     c = _load("default:method=e_mixup")
     c.sweep.alphas = (0.3,)
     stop_after_first_chunk = lambda history, epochs_done: True  # noqa: E731
-    assert command.train_and_evaluate(c, tmp_path / "killed",
+    assert run_train.train_and_evaluate(c, tmp_path / "killed",
                                       on_chunk=stop_after_first_chunk) is None
     assert not (tmp_path / "killed" / "results.json").exists()
     assert cli.main(args + [f"--workdir={tmp_path / 'killed'}"]) == 0
@@ -102,7 +102,7 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
     # A different sweep in the same workdir must not silently resume the old checkpoints.
     c.sweep.methods = ("e_stitchup",)
     with pytest.raises(ValueError, match="different run.*sweep"):
-        command.train_and_evaluate(c, tmp_path / "killed")
+        run_train.train_and_evaluate(c, tmp_path / "killed")
 
 
 def test_file_source_with_segments(tmp_path, fast_compile):
@@ -110,13 +110,13 @@ def test_file_source_with_segments(tmp_path, fast_compile):
     c = _load("default:method=soft_e_mixup")
     from embaug_jax.dataset import save_embeddings
 
-    d = command.load_data(c)  # the smoke clusters, with segments (8, 16)
+    d = run_train.load_data(c)  # the smoke clusters, with segments (8, 16)
     save_embeddings(tmp_path / "emb", d.embeddings, d.labels, d.class_names,
                     segments=[{"name": s.name, "size": s.size} for s in d.segments])
     c.data.source = "file"
     c.data.path = str(tmp_path / "emb")
     c.augment.use_segments = True
-    results = command.train_and_evaluate(c, tmp_path / "run")
+    results = run_train.train_and_evaluate(c, tmp_path / "run")
     assert results["methods"]["soft_e_mixup"]["weighted_auc"]["mean"] > 0.7
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["path"] == str(tmp_path / "emb") and saved["augment"]["use_segments"]
@@ -143,7 +143,7 @@ def test_method_variant_and_each_configs_own_variants():
             _load(name, "method=e_mixup")
     c = _load("default", "method=mixup")
     with pytest.raises(ValueError, match="unknown method 'mixup'"):
-        command.validate_config(c)
+        run_train.validate_config(c)
 
 
 def test_configs_load_without_the_repository_on_sys_path(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from embaug_jax import cli
 from embaug_jax.embed.bert import TextEmbedder
-from embaug_jax.train import command
+from embaug_jax.run import train as run_train
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.needs_wordnet]
@@ -49,7 +49,7 @@ def test_demo_smoke_same_metrics_on_one_and_four_devices_and_cached_rerun(
 
     # A second run embeds nothing and trains nothing more: same results from the caches.
     monkeypatch.setattr(TextEmbedder, "embed", lambda *a, **k: pytest.fail("re-embedded"))
-    monkeypatch.setattr(command, "run_sweep", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(run_train, "run_sweep", lambda *a, **k: pytest.fail("retrained"))
     again = _demo(tmp_path / "one", 1)
     for method, entry in one["methods"].items():
         assert again["methods"][method]["weighted_auc"] == entry["weighted_auc"]

@@ -42,11 +42,11 @@ HOOK = r"""
 import os, sys
 from embaug_jax import cli
 from embaug_jax.embed import pipeline
-from embaug_jax.train import command
+from embaug_jax.run import train as run_train
 
 
 def train_one_chunk(config, workdir):
-    command.train_and_evaluate(config, workdir, on_chunk=lambda history, epochs_done: True)
+    run_train.train_and_evaluate(config, workdir, on_chunk=lambda history, epochs_done: True)
 
 
 class Failing:

@@ -475,7 +475,7 @@ def _no_training(monkeypatch):
 
 def test_smoke_variant_with_data_path_trains_on_that_file_and_changed_data_is_refused(
         tmp_path, capsys, fast_compile):
-    from embaug_jax.train.command import data_fingerprint
+    from embaug_jax.run.train import data_fingerprint
 
     data = dataset_dir(tmp_path, classes=4)
     assert cli.main(file_train(tmp_path, data=data)) == 0
@@ -589,12 +589,12 @@ def test_the_lock_is_taken_in_process_too(tmp_path):
 
 
 def test_a_failed_train_leaves_no_config_or_fingerprint(tmp_path, monkeypatch):
-    from embaug_jax.train import command
+    from embaug_jax.run import train as run_train
 
     def crash(*args, **kwargs):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(command, "run_sweep", crash)
+    monkeypatch.setattr(run_train, "run_sweep", crash)
     with pytest.raises(RuntimeError, match="device lost"):
         cli.main(file_train(tmp_path))
     assert not (tmp_path / "w").exists()

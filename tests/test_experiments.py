@@ -32,8 +32,8 @@ def test_table1_and_the_figure_scripts_share_one_sweep(tmp_path, scripts, capsys
 
     # The readers re-report the finished sweep from its predictions.npz: the engine never runs
     # (not even to restore a checkpoint).
-    from embaug_jax.train import command
-    monkeypatch.setattr(command, "run_sweep",
+    from embaug_jax.run import train as run_train
+    monkeypatch.setattr(run_train, "run_sweep",
                         lambda *a, **k: pytest.fail("a finished sweep went back to the engine"))
 
     scripts("threshold_sweep").main(["--smoke", f"--workdir={workdir}"])
