@@ -46,7 +46,7 @@ COMMANDS: dict[str, Command] = {
         "embed a data source (text and/or images) into the embedding dataset format",
     ),
     "demo": Command(
-        "embaug_jax.demo:run_demo",
+        "embaug_jax.run.demo:run_demo",
         "the main job: WordNet -> MiniLM embeddings -> the five Table-1 methods -> table + figures",
         default_config="configs/demo.py",
     ),
