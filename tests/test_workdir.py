@@ -1,6 +1,7 @@
 """embaug_jax.workdir: the names a run folder's files have (a contract with every workdir already
 written), the checks and the lock it delegates to util."""
 
+import ast
 import os
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import pytest
 
 from embaug_jax.util import UserError
 from embaug_jax.workdir import FIGURES, Workdir
+
+PACKAGE = Path(__file__).resolve().parent.parent / "embaug_jax"
 
 
 def test_the_names_old_workdirs_were_written_with(tmp_path):
@@ -69,3 +72,19 @@ def test_check_and_lock_are_utils(tmp_path):
     with w.lock("extract", take=False):  # a process other than 0 of a multi-process run
         assert not w.lock_file.exists()
 
+
+def test_no_other_module_spells_a_run_folders_file_name():
+    """Every path into a run folder comes from Workdir. Names that are also ordinary words
+    elsewhere ("train" the command, "config.json" of a BERT folder) are left out of the check."""
+    w = Workdir("")
+    names = {p.name for p in (w.fingerprint, w.metrics, w.checkpoints, w.predictions,
+                              w.results_json, w.results_md, w.shards, w.models,
+                              w.skipped_images())} | set(FIGURES.values())
+    spelt = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "workdir.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelt.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}")
+    assert not spelt, "take these paths from embaug_jax.workdir.Workdir:\n" + "\n".join(spelt)
