@@ -49,6 +49,11 @@ FIGURES = {
 }
 
 
+def _file(name: str, doc: str) -> property:
+    """A Workdir property: the path of `name` in the workdir."""
+    return property(lambda self: self.path / name, doc=doc)
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir(os.PathLike):
     """A run folder and the path of each file a command keeps in it.
@@ -82,39 +87,16 @@ class Workdir(os.PathLike):
         with util.workdir_lock(self.path, command, take=take):
             yield self
 
-    @property
-    def lock_file(self) -> Path:
-        return self.path / util.LOCK_FILE
+    lock_file = _file(util.LOCK_FILE, "Locked (`flock`) while a command runs here.")
 
     # A training run.
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def fingerprint(self) -> Path:
-        return self.path / "fingerprint.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def predictions(self) -> Path:
-        return self.path / "predictions.npz"
-
-    @property
-    def results_json(self) -> Path:
-        return self.path / "results.json"
-
-    @property
-    def results_md(self) -> Path:
-        return self.path / "results.md"
+    config = _file("config.json", "The config as run.")
+    fingerprint = _file("fingerprint.json", "What the checkpoints depend on.")
+    metrics = _file("metrics.jsonl", "One row per member per evaluation.")
+    checkpoints = _file("checkpoints", "The sweep's orbax checkpoints.")
+    predictions = _file("predictions.npz", "The final validation probabilities.")
+    results_json = _file("results.json", "The report's numbers.")
+    results_md = _file("results.md", "The report as tables and sentences.")
 
     def figure(self, name: str) -> Path:
         """The file of the report's figure `name` (a key of FIGURES)."""
@@ -131,19 +113,9 @@ class Workdir(os.PathLike):
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
     # An extraction.
-
-    @property
-    def embeddings(self) -> Path:
-        """The extraction's output when its config sets no other."""
-        return self.path / "embeddings"
-
-    @property
-    def shards(self) -> Path:
-        return self.path / "shards"
-
-    @property
-    def models(self) -> Path:
-        return self.path / "models"
+    embeddings = _file("embeddings", "The dataset, when the extract config names no other output.")
+    shards = _file("shards", "The finished shards of an unfinished extraction.")
+    models = _file("models", "Image checkpoints converted to safetensors.")
 
     def skipped_images(self, output: str | os.PathLike | None = None) -> Path:
         """The list of items left out for bad images: beside the extraction's `output`
@@ -152,11 +124,5 @@ class Workdir(os.PathLike):
             "skipped_images.json")
 
     # The demo's stages.
-
-    @property
-    def extract(self) -> Workdir:
-        return Workdir(self.path / "extract")
-
-    @property
-    def train(self) -> Workdir:
-        return Workdir(self.path / "train")
+    extract = property(lambda self: Workdir(self.path / "extract"), doc="The demo's extraction.")
+    train = property(lambda self: Workdir(self.path / "train"), doc="The demo's training run.")
