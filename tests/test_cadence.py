@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embaug_jax import configlib
-from embaug_jax.train import command
+from embaug_jax.run import train as run_train
 from embaug_jax.train.cadence import Cadence
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -42,7 +42,7 @@ def test_any_num_epochs_works_with_every_shipped_config(name, arg):
     for n in (1, 2, 3, 7, 40, 100, 577, 1000):
         c = _train_config(name, arg)
         c.num_epochs = n
-        command.validate_config(c)
+        run_train.validate_config(c)
         cadence = Cadence.from_config(c)
         epochs = cadence.eval_epochs
         assert epochs[-1] == n and np.all(np.diff(epochs) > 0) and epochs[0] >= 1, (n, epochs)
@@ -100,4 +100,4 @@ def test_set_values_that_cannot_nest_are_one_clear_error(changes, words):
     with pytest.raises(ValueError, match=words):
         Cadence.from_config(c)
     with pytest.raises(ValueError, match="bad config: "):
-        command.validate_config(c)
+        run_train.validate_config(c)

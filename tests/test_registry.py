@@ -12,7 +12,9 @@ import pytest
 
 from embaug_jax import augment, configlib, registry
 from embaug_jax.registry import Method, Range, Setting
-from embaug_jax.train import command, driver, program
+from embaug_jax.run import train as run_train
+from embaug_jax.train import driver, program
+from embaug_jax.workdir import Workdir
 from embaug_jax.train.members import member_groups, sweep_members
 
 default = configlib.load_module(Path(__file__).resolve().parent.parent / "configs" / "default.py")
@@ -181,12 +183,13 @@ def test_a_registered_method_and_setting_train_and_report(tmp_path, fast_compile
         c.sweep.flip_rates = (0.1, 0.3)
         members = sweep_members(c)
         assert [g.name for g in member_groups(members)] == ["control"]  # one program
-        command.train_and_evaluate(c, tmp_path)
+        run_train.train_and_evaluate(c, tmp_path)
         with pytest.raises(ValueError, match=r"flip_rate=2.0 in config.sweep.flip_rates must "
                            r"be in \[0, 1\] \(the share of elements negated\)"):
-            command.validate_config(_tiny(**{"sweep.methods": ("sign_flip",),
+            run_train.validate_config(_tiny(**{"sweep.methods": ("sign_flip",),
                                              "sweep.flip_rates": (2.0,)}))
-    results = json.loads((tmp_path / "results.json").read_text())
+    w = Workdir(tmp_path)
+    results = json.loads(w.results_json.read_text())
     assert list(results["variants"]) == ["control/alpha=0/softness=0",
                                          "sign_flip/alpha=0/softness=0/flip_rate=0.1",
                                          "sign_flip/alpha=0/softness=0/flip_rate=0.3"]
@@ -198,10 +201,10 @@ def test_a_registered_method_and_setting_train_and_report(tmp_path, fast_compile
     assert len(losses) == 3  # the transform changed what each member trained on
     assert results["methods"]["sign_flip"]["flip_rate"] in (0.1, 0.3)
     assert "sign_flip" in results["paired"]["methods"]
-    md = (tmp_path / "results.md").read_text()
+    md = w.results_md.read_text()
     assert "| Sign flip | - | - | flip_rate 0.1 |" in md and "flip_rate 0.3" in md
     assert "Sign flip against the control" in md
-    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in w.metrics.read_text().splitlines()]
     assert {m["flip_rate"] for m in metrics if m["method"] == "sign_flip"} == {0.1, 0.3}
 
 
@@ -220,7 +223,7 @@ def test_an_untraced_setting_splits_the_program(tmp_path, fast_compile):
     shifted = Method(name="shifted", display="Shifted", kind="control", reads=("shift",),
                      transform=shift_rows)
     c = _tiny()
-    data = command.prepare_data(c)[2]
+    data = run_train.prepare_data(c)[2]
     control = dict(method="control", trial=0, seed=0)
     with registry.temporary(shift, shifted):
         members = [control, dict(control, method="shifted", shift=1.0),

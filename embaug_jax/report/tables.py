@@ -4,6 +4,7 @@ from typing import Sequence
 
 from embaug_jax import registry
 from embaug_jax.registry import display_name
+from embaug_jax.workdir import FIGURES
 
 
 def _fmt(stat: dict, *, scale=1.0, digits=4, dev="max_dev") -> str:
@@ -225,7 +226,8 @@ def _paired_rows_text(results: dict) -> str:
             "procedure, which favours the methods")
 
 
-def _results_markdown(results: dict, title: str | None) -> str:
+def results_markdown(results: dict, title: str | None) -> str:
+    """results.md: `results` as tables and sentences, under the heading `title`."""
     t = results["threshold"]
     parts = [
         f"# {title or 'Results'}",
@@ -255,7 +257,7 @@ def _results_markdown(results: dict, title: str | None) -> str:
         "(\"none\" weight) x (\"none\" AUC) + (1 - \"none\" weight) x (seen-class AUC), "
         "where the \"none\" weight is the share of validation rows from classes held out of "
         "training. A method's gain over the control splits the same way "
-        "(auc_decomposition.png).",
+        f"({FIGURES['auc_decomposition']}).",
         "",
         format_decomposition(results),
         "",
