@@ -19,7 +19,8 @@ method's own members inside the kind's one compiled program. A method that compu
 no kind computes needs a new kind, which is code (`embaug_jax.augment.traced`).
 
 Rows are frozen dataclasses with keyword-only fields, so fields can be added later without
-breaking a user's rows. `temporary(...)` registers rows for a `with` block (tests, notebooks)
+breaking a user's rows (a setting that every method reads, such as a learning rate; the
+properties a method promises a property-based checker). `temporary(...)` registers rows for a `with` block (tests, notebooks)
 and then restores the registry as it was.
 """
 
@@ -119,7 +120,8 @@ class Setting:
       grid: its grid's key under config.sweep, e.g. "alphas".
       range: the values it may take.
       note: what a message adds after the range, e.g. "the Beta(alpha, alpha) parameter".
-      default: the grid configs/default.py starts with.
+      default: the grid configs/default.py starts with (its first value is also
+        `augment.method_params`' default).
       traced: True: a traced value of each member, so members that differ in it share one
         compiled program. False: it changes shapes or code paths, so each value gets a program
         of its own and reaches the method's transform as a Python number.

@@ -22,7 +22,7 @@ PAIRINGS = ("halve", "permute", "flip")
 LABEL_WEIGHTS = ("lambda", "realized")
 
 
-def holds(check: Callable[[jax.Array], jax.Array], value: Any) -> bool:
+def _holds(check: Callable[[jax.Array], jax.Array], value: Any) -> bool:
     """Evaluates `check` on a concrete array right away, even while an outer jit traces (where
     `value` is a closed-over constant); True for traced values, which cannot be checked."""
     if is_traced(value):
@@ -97,7 +97,7 @@ def check_x(x: Any) -> jax.Array:
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"x must be non-empty, got shape {x.shape}")
-    if not holds(lambda v: jnp.isfinite(v).all(), raw):
+    if not _holds(lambda v: jnp.isfinite(v).all(), raw):
         raise ValueError("x contains NaN or Inf; clean or drop those embeddings first")
     return x
 
@@ -123,7 +123,7 @@ def labels_to_float(y: Any, batch: int, num_classes: int | None) -> jax.Array:
             )
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not holds(lambda v: (v >= 0).all() & (v < num_classes).all(), raw):
+        if not _holds(lambda v: (v >= 0).all() & (v < num_classes).all(), raw):
             with jax.ensure_compile_time_eval():
                 lo, hi = int(jnp.min(jnp.asarray(raw))), int(jnp.max(jnp.asarray(raw)))
             raise ValueError(
@@ -142,14 +142,14 @@ def labels_to_float(y: Any, batch: int, num_classes: int | None) -> jax.Array:
         raise ValueError(
             f"labels have {y.shape[1]} classes but num_classes={num_classes}; make them agree"
         )
-    if not holds(lambda v: jnp.isfinite(v).all(), raw):
+    if not _holds(lambda v: jnp.isfinite(v).all(), raw):
         raise ValueError("labels contain NaN or Inf")
-    if not holds(lambda v: (v >= 0).all(), raw):
+    if not _holds(lambda v: (v >= 0).all(), raw):
         raise ValueError("labels must be >= 0 (class probabilities), found negative entries")
     return y
 
 
-def check_segments(segments: Sequence[int] | None, dim: int) -> tuple[int, ...] | None:
+def _check_segments(segments: Sequence[int] | None, dim: int) -> tuple[int, ...] | None:
     """Segment sizes as a tuple of positive ints that sum to `dim` (None stays None)."""
     if segments is None:
         return None
@@ -220,7 +220,7 @@ def prepare_inputs(x, y, *, num_classes=None, pairing="halve", label_weight="lam
     x = check_x(x)
     y = labels_to_float(y, x.shape[0], num_classes)
     check_batch(x.shape[0], pairing)
-    sizes = check_segments(segments, x.shape[1])
+    sizes = _check_segments(segments, x.shape[1])
     return x, y, sizes
 
 

@@ -111,6 +111,7 @@ class MethodParams:
         return f"MethodParams({', '.join(fields + [f'{k}={v!r}' for k, v in self.static])})"
 
     def _replace(self, **changes: Any) -> MethodParams:
+        """A copy with the fields `changes` names replaced, as a NamedTuple's `_replace`."""
         unknown = sorted(set(changes) - set(self._fields))
         if unknown:
             raise ValueError(f"MethodParams has no field {unknown}; fields: {list(self._fields)}")
@@ -183,8 +184,8 @@ def _any_member_batched(axis_size, in_batched, flag):
     return (jnp.any(flag) if in_batched[0] else flag), False
 
 
-def apply_transforms(transforms: Transforms, key, x, y, params: MethodParams, *,
-                     class_mask=None):
+def _apply_transforms(transforms: Transforms, key, x, y, params: MethodParams, *,
+                      class_mask=None):
     """Each (method id, transform) applied to the rows of its own method's members: run when
     some member is one of them (`any_member`), kept only for those."""
     for index, transform in transforms:
@@ -283,7 +284,7 @@ def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, lab
     (x_a, y_a), (x_b, y_b) = parents(k_pair, take_from(x, y), batch, pairing)
     x_mix, y_mix = combine(params.mix == MIX_STITCHUP, x_a, x_b, y_a, y_b, lam_a, lam_b, from_a,
                            label_weight=label_weight, sizes=sizes)
-    x_mix, y_mix = apply_transforms(mixing, k_mask, x_mix, y_mix, params, class_mask=class_mask)
+    x_mix, y_mix = _apply_transforms(mixing, k_mask, x_mix, y_mix, params, class_mask=class_mask)
     weight = jnp.ones(pairs, jnp.float32)
     if pairs < batch:
         pad = batch - pairs
@@ -291,7 +292,7 @@ def _augment_batch(key, x, y, params, class_mask, negative_mass, *, pairing, lab
         y_mix = jnp.concatenate([y_mix, jnp.zeros((pad,) + y_mix.shape[1:], y_mix.dtype)])
         weight = jnp.concatenate([weight, jnp.zeros(pad, jnp.float32)])
     # The control's rows, with the control-kind methods' transforms.
-    x_ctrl, y_ctrl = apply_transforms(control, k_mask, x, y, params, class_mask=class_mask)
+    x_ctrl, y_ctrl = _apply_transforms(control, k_mask, x, y, params, class_mask=class_mask)
     x_out = jnp.where(is_control, x_ctrl, x_mix)
     y_out = jnp.where(is_control, y_ctrl, y_mix)
     weight = jnp.where(is_control, 1.0, weight)
@@ -379,7 +380,7 @@ def augment_rows(key, take: Callable, batch: int, params: MethodParams, *, kind:
     k_pair, k_lam, k_mask = jax.random.split(key, 3)
     if kind == "control":
         x, y = take(slice(None))
-        x, y = apply_transforms(transforms, k_mask, x, y, params, class_mask=class_mask)
+        x, y = _apply_transforms(transforms, k_mask, x, y, params, class_mask=class_mask)
     elif kind == "manifold":
         if weights is None:
             weights = draw_weights(key, params, batch, pairing=pairing)
@@ -398,7 +399,7 @@ def augment_rows(key, take: Callable, batch: int, params: MethodParams, *, kind:
                   else None)
         x, y = combine(kind == "stitchup", x_a, x_b, y_a, y_b, lam_a, lam_b, from_a,
                        label_weight=label_weight, sizes=sizes)
-        x, y = apply_transforms(transforms, k_mask, x, y, params, class_mask=class_mask)
+        x, y = _apply_transforms(transforms, k_mask, x, y, params, class_mask=class_mask)
     softness = jnp.asarray(params.softness, jnp.float32)
     if negative_mass is not None:
         negative_mass = jnp.asarray(negative_mass, jnp.float32)

@@ -47,7 +47,7 @@ from embaug_jax.train.program import (
 from embaug_jax.train.result import SweepResult
 from embaug_jax.util import UserError, large_dot_compiler_options, on_cpus, reuse_freed_memory
 
-METRIC_NAMES = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
+_METRIC_NAMES = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
 OnChunk = Callable[[dict[str, np.ndarray], int], Any]
 
 
@@ -107,7 +107,7 @@ def place_members(hp: MemberHParams, mesh: Mesh) -> tuple[MemberHParams, jax.Arr
             jax.device_put(np.arange(n + -n % d) < n, by_member))
 
 
-def eval_block_rows(config, data: TrainData, on_device_bytes: int) -> int:
+def _eval_block_rows(config, data: TrainData, on_device_bytes: int) -> int:
     """Validation rows per evaluation block: `config.eval_block_rows`, shrunk so that the
     training rows and one block fit in `config.device_data_bytes` (0: no cap)."""
     trials, n_val = np.shape(data.val_idx)
@@ -140,7 +140,7 @@ def members_at_once(config, devices: Sequence) -> int:
     return int(n)
 
 
-def over_members(fn: Callable, at_once: int, skipped: Callable) -> Callable:
+def _over_members(fn: Callable, at_once: int, skipped: Callable) -> Callable:
     """`fn(*args)` over a leading member axis of every argument, with a bool `live` [M] first.
 
     at_once = 0: every member at once (`jax.vmap`); k >= 1: k members at a time
@@ -164,7 +164,7 @@ def over_members(fn: Callable, at_once: int, skipped: Callable) -> Callable:
 def compiled_group(spec: ProgramSpec, mesh: Mesh, at_once: int = 0):
     """The jitted, member-sharded init / train / evaluate of a spec (one kind).
 
-    Each device runs its members (`over_members`: all at once, or `at_once` at a time) with
+    Each device runs its members (`_over_members`: all at once, or `at_once` at a time) with
     `shard_map`; `live` [M] marks the members that are not device padding. Cached on the spec
     (all the program reads), so another sweep with the same spec in one process (a resume, a
     different method list, a test) reuses the compiled executables instead of tracing fresh
@@ -184,7 +184,7 @@ def compiled_group(spec: ProgramSpec, mesh: Mesh, at_once: int = 0):
         def local(key, hp, live, state, data):
             fn = lambda hp, state: program.train(key, hp, state, data, num_epochs)
             skip = lambda hp, state: (state, jnp.float32(jnp.nan))
-            return over_members(fn, at_once, skip)(live, hp, state)
+            return _over_members(fn, at_once, skip)(live, hp, state)
         return sharded(local, (r, m, m, m, r), (m, m))(key, hp, live, state, data)
 
     def evaluate(params, hp, live, data, block):
@@ -192,7 +192,7 @@ def compiled_group(spec: ProgramSpec, mesh: Mesh, at_once: int = 0):
             fn = lambda params, hp: program.evaluate(params, hp, data, block)
             skip = lambda params, hp: jax.tree.map(
                 lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, params, hp))
-            return over_members(fn, at_once, skip)(live, params, hp)
+            return _over_members(fn, at_once, skip)(live, params, hp)
         return sharded(local, (m, m, m, r, r), (m, m))(params, hp, live, data, block)
 
     train = jax.jit(train, static_argnums=5, donate_argnums=3, out_shardings=by_member)
@@ -246,7 +246,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     # Only what training gathers from goes to the devices; validation rows stream in blocks.
     host_part = device_data(data)
     placed = sum(a.nbytes for a in host_part)
-    block_rows = eval_block_rows(config, data, placed)
+    block_rows = _eval_block_rows(config, data, placed)
     placed += val_idx.shape[0] * block_rows * (np.shape(data.x)[1] * 4 + 4)
     on_device = jax.device_put(host_part, replicated)
     compiled, hps, live = {}, {}, {}
@@ -262,7 +262,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     eval_epochs = cadence.eval_epochs
     column = {int(epoch): e for e, epoch in enumerate(eval_epochs)}
     history = {k: np.full((num_members, len(eval_epochs)), np.nan, np.float32)
-               for k in METRIC_NAMES}
+               for k in _METRIC_NAMES}
     states = {g.name: compiled[g.name][0](key, hps[g.name], on_device) for g in groups}
 
     def evaluate(want_probs: bool):
@@ -309,7 +309,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                     for g in groups:
                         metrics = metrics_from_counts(counts[g.name])
                         metrics["train_loss"] = _host(losses[g.name])[:len(g.members)]
-                        for k in METRIC_NAMES:
+                        for k in _METRIC_NAMES:
                             history[k][g.members, column[done]] = np.asarray(metrics[k])
                 if manager is not None and cadence.checkpoints_at(done):
                     checkpoints.save(manager, done, states, history, groups)
