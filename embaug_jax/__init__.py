@@ -32,8 +32,8 @@ _EXPORTS = {
     "method_params": "embaug_jax.augment",
     "MethodParams": "embaug_jax.augment",
     # Embedders.
-    "TextEmbedder": "embaug_jax.embed.bert",
-    "ImageEmbedder": "embaug_jax.embed.efficientnet",
+    "TextEmbedder": "embaug_jax.embed.bert.embedder",
+    "ImageEmbedder": "embaug_jax.embed.efficientnet.embedder",
     # The on-disk embedding dataset.
     "load_embeddings": "embaug_jax.dataset",
     "save_embeddings": "embaug_jax.dataset",

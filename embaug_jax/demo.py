@@ -15,7 +15,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     Both stages cache: a second run finds the embeddings (same fingerprint) and the finished
     checkpoints, and only rewrites the report. Returns the results dict of the sweep.
     """
-    from embaug_jax.embed.pipeline import run_extraction
+    from embaug_jax.run.extract import run_extraction
     from embaug_jax.report import format_summary
     from embaug_jax.train.command import train_and_evaluate, validate_config
     from embaug_jax.util import UserError, check_workdir

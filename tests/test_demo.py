@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embaug_jax import cli
-from embaug_jax.embed.bert import TextEmbedder
+from embaug_jax.embed.bert.embedder import TextEmbedder
 from embaug_jax.train import command
 
 REPO = Path(__file__).resolve().parent.parent
