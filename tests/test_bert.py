@@ -374,6 +374,7 @@ def test_strict_merge_names_every_bad_leaf(tmp_path):
     del flat["encoder.layer.1.attention.self.query.weight"]
     flat["encoder.layer.2.output.dense.wieght"] = flat.pop("encoder.layer.2.output.dense.weight")
     flat["embeddings.LayerNorm.bias"] = np.zeros(95, np.float32)
+    (tmp_path / "model.safetensors").unlink()  # save_safetensors replaces only its own files
     save_safetensors(tmp_path / "model.safetensors", flat, metadata)
     with pytest.raises(ValueError) as err:
         checkpoint.load_pretrained(tmp_path)
@@ -390,6 +391,7 @@ def test_bfloat16_and_foreign_checkpoints(tmp_path):
     expected = model.encoder.layer[2].intermediate.dense.weight.detach().float().numpy().T
     np.testing.assert_array_equal(params["layers"]["intermediate"]["kernel"][2], expected)
     assert params["layers"]["intermediate"]["kernel"].dtype == np.float32
+    (tmp_path / "model.safetensors").unlink()  # save_safetensors replaces only its own files
     save_safetensors(tmp_path / "model.safetensors", {"roberta.embeddings.x": np.zeros(3)})
     with pytest.raises(ValueError, match="no BERT encoder weights.*roberta.embeddings.x"):
         checkpoint.load_pretrained(tmp_path)
