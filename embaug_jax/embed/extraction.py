@@ -27,6 +27,7 @@ from embaug_jax.embed.efficientnet.convert import convert_file
 from embaug_jax.embed.efficientnet.embedder import ImageEmbedder
 from embaug_jax.embed.weights import hash_files
 from embaug_jax.util import UserError, list_first
+from embaug_jax.workdir import Workdir
 
 # Keys of a model's config section that say where the model lives or runs, not what it
 # computes: the embedder's own fingerprint covers the weights they point at.
@@ -109,7 +110,8 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
         origin = origin or "lite"
     try:
         if not _is_converted(path):
-            converted = workdir / "models" / f"{path.stem}.{hash_files([path])[:12]}.safetensors"
+            name = f"{path.stem}.{hash_files([path])[:12]}.safetensors"
+            converted = Workdir(workdir).models / name
             if not converted.is_file():
                 logging.info("extract: converting %s -> %s", path, converted)
                 convert_file(path, converted, origin=origin, variant=variant)

@@ -56,12 +56,11 @@ from embaug_jax.embed.extraction import (build_image_embedder, build_text_embedd
 from embaug_jax.embed.images import decode_image
 from embaug_jax.util import (UserError, atomic_path, check_workdir, reuse_freed_memory,
                              workdir_lock, write_json_atomic)
+from embaug_jax.workdir import Workdir
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
-SHARDS_DIR = "shards"
 MANIFEST = "manifest.json"
-SKIPPED_REPORT = "skipped_images.json"
 # Keys of config.source that say where data lives, not what it is: the content hash covers the
 # data itself, so moving a data set does not invalidate its embeddings.
 _LOCATION_KEYS = ("path", "root", "data_dir")
@@ -181,8 +180,8 @@ def _overwritten(output: Path, workdir: Path) -> list[Path]:
     """What `overwrite=True` removes: the earlier outputs present, each checked to be one the
     extraction wrote (a UserError, naming it, for anything else)."""
     stale = []
-    for path, ours in ((output, is_saved_dataset), (workdir / SHARDS_DIR, _is_shards_dir),
-                       (output.parent / SKIPPED_REPORT, _is_skipped_report)):
+    for path, ours in ((output, is_saved_dataset), (Workdir(workdir).shards, _is_shards_dir),
+                       (Workdir(workdir).skipped_images(output), _is_skipped_report)):
         if path.exists() or path.is_symlink():
             if not ours(path):
                 raise UserError(
@@ -340,7 +339,7 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     # fresh pages in (see util.reuse_freed_memory).
     reuse_freed_memory()
     workdir = Path(workdir)
-    output = Path(config.output or workdir / "embeddings")
+    output = Path(config.output or Workdir(workdir).embeddings)
     shard_size = int(config.shard_size)
     if shard_size < 1:
         raise UserError(f"config.shard_size must be >= 1, got {shard_size}.")
@@ -359,8 +358,8 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
 
 def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, text_embedder,
                     image_embedder) -> Path:
-    skipped_path = output.parent / SKIPPED_REPORT
-    shards_dir = workdir / SHARDS_DIR
+    skipped_path = Workdir(workdir).skipped_images(output)
+    shards_dir = Workdir(workdir).shards
     keep_shards = bool(config.keep_shards)
 
     data = sources_lib.load_source(config)
