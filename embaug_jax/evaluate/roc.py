@@ -179,10 +179,14 @@ def column_aucs(truth, scores, weights) -> tuple[np.ndarray, np.ndarray]:
       (auc float64 [B, K], support int [B, K]); an AUC is NaN where its column has no positive
       or no negative weight.
     """
-    weights = np.asarray(weights)
-    auc = np.stack([mann_whitney_auc(tied_groups(truth[:, k], scores[:, k], weights))
-                    for k in range(truth.shape[1])], axis=1)
-    return auc, weights @ np.asarray(truth, np.int64)
+    auc, support = [], []
+    for k in range(truth.shape[1]):
+        groups = tied_groups(truth[:, k], scores[:, k], weights)
+        auc.append(mann_whitney_auc(groups))
+        # From the groups: numpy's integer matrix product (no BLAS) would cost more than the
+        # sorts.
+        support.append(groups.positive.sum(axis=1))
+    return np.stack(auc, axis=1), np.stack(support, axis=1)
 
 
 class AucParts(NamedTuple):
