@@ -19,7 +19,7 @@ the same functions with different weights.
 from embaug_jax.evaluate.bootstrap import bootstrap_counts, resampled_metrics
 from embaug_jax.evaluate.calibration import (NUM_BINS, CalibrationBins, calibration,
                                              calibration_bins, expected_calibration_error)
-from embaug_jax.evaluate.inputs import check_inputs, top_seen_prediction
+from embaug_jax.evaluate.inputs import top_seen_prediction
 from embaug_jax.evaluate.member import RESAMPLED_METRICS, evaluate_member, scalar_metrics
 from embaug_jax.evaluate.roc import (FPR_GRID, NONE_NAME, AucParts, OvrRoc, OvrScores,
                                      TiedGroups, auc_decomposition, auc_parts, binary_roc,
@@ -34,7 +34,7 @@ __all__ = [
     "AucParts", "COUNT_NAMES", "CalibrationBins", "FPR_GRID", "NONE_NAME", "NUM_BINS",
     "OvrRoc", "OvrScores", "RESAMPLED_METRICS", "THRESHOLDS", "TiedGroups", "accuracies",
     "auc_decomposition", "auc_parts", "binary_roc", "bootstrap_counts", "calibration",
-    "calibration_bins", "check_inputs", "check_threshold", "column_aucs", "evaluate_member",
+    "calibration_bins", "check_threshold", "column_aucs", "evaluate_member",
     "expected_calibration_error", "interpolate_roc", "mann_whitney_auc", "none_detection",
     "none_score", "ovr_roc", "ovr_scores", "resampled_metrics", "roc_points", "scalar_metrics",
     "seen_columns", "threshold_accuracy", "threshold_counts", "threshold_sweep", "tied_groups",
