@@ -96,7 +96,7 @@ def tied_groups(is_positive, score, weights) -> TiedGroups:
     Args:
       is_positive: bool [N]; score: float [N]; weights: int [B, N] (see `inputs`).
     """
-    order = np.argsort(score, kind="stable")
+    order = np.argsort(score)  # tie order is irrelevant: ties collapse into one group
     sorted_score, positive = np.asarray(score)[order], np.asarray(is_positive, bool)[order]
     starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
     weight = np.asarray(weights)[:, order]
