@@ -59,10 +59,9 @@ def save_predictions(path, outputs: SweepResult) -> None:
     arrays = dict(val_probs=outputs.val_probs, val_labels=outputs.val_labels,
                   seen_mask=outputs.seen_mask, eval_epochs=outputs.eval_epochs,
                   class_names=np.asarray(outputs.class_names, dtype=np.str_),
-                  threshold=np.float64(outputs.threshold),
                   members=np.asarray(json.dumps(outputs.members, default=_json_scalar)))
     arrays.update({f"history/{k}": v for k, v in outputs.history.items()})
-    for name in ("val_idx", "train_idx"):
+    for name in ("threshold", "val_idx", "train_idx"):
         if getattr(outputs, name) is not None:
             arrays[name] = getattr(outputs, name)
     with atomic_path(path, replace=True) as tmp, open(tmp, "wb") as f:
