@@ -11,10 +11,11 @@ layers): 1,536-d. 10% of the synsets train, so the rarest classes can land no tr
 and count as "none" (sec. 2.5); `holdout_classes` forces a few more out of training, so that the
 "none" accuracy is measured on a few hundred items in every trial.
 
-The sweep is configs/table1.py (control + four methods over its alpha grid) on 3 trials, trained
-as one compiled program. The training length is shortened from the paper's 576 epochs so the
-whole job fits in 10 minutes on a 2-core CPU; the learning-rate cycle is the paper's
-(3e-4 <-> 3e-3, 12-epoch half cycle). `--config.train.num_epochs=576` runs the paper's length.
+The sweep is configs/table1.py (control + four methods over its alpha grid) on 3 trials: 63
+members, trained as one compiled program per kind (three). The training length is shortened
+from the paper's 576 epochs so the whole job fits in 10 minutes on a 2-core CPU; the
+learning-rate cycle is the paper's (3e-4 <-> 3e-3, 12-epoch half cycle).
+`--config.train.num_epochs=576` runs the paper's length.
 Variants: `smoke` (100 synsets, a few epochs: what the tests run).
 """
 

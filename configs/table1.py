@@ -5,7 +5,8 @@
 
 The paper searched alpha in (0, 0.5] and reported the best alpha per method; results.json names
 the alpha that won (results["methods"][NAME]["alpha"]) and results.md lists the whole grid.
-Control appears once per trial (it has no alpha): 5 + 4 x 5 x 5 = 105 members in one program.
+Control appears once per trial (it has no alpha): 5 + 4 x 5 x 5 = 105 members, trained as one
+compiled program per kind (control, mixup, stitchup): three.
 Variants as configs/default.py (`:smoke` with a 2-point alpha grid, `:synthetic`, `trials=N`).
 """
 

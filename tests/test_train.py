@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from embaug_jax import configlib, registry
+from embaug_jax.evaluate import threshold_counts
 from embaug_jax.run import train as run_train
 from embaug_jax.train import driver, program
 from embaug_jax.train.members import member_groups, member_hparams
@@ -271,9 +272,17 @@ def test_blockwise_evaluation_equals_one_shot(sweep4, block, fast_compile):
         n_val = data.val_idx.shape[1]
         probs = np.concatenate([np.asarray(p) for _, p in blocks], axis=1)[:, :n_val]
         np.testing.assert_allclose(probs, r.val_probs[idx], atol=1e-6)
-        metrics = program.metrics_from_counts(sum(np.asarray(counts) for counts, _ in blocks))
+        counts = sum(np.asarray(counts) for counts, _ in blocks)
+        metrics = program.metrics_from_counts(counts)
         for k, v in metrics.items():
             np.testing.assert_array_equal(v, r.history[k][idx, -1])
+        # The device's counts are the host's rule applied to the probabilities it returned.
+        for j, i in enumerate(idx):
+            t = int(MEMBERS[i]["trial"])
+            labels = np.asarray(data.labels)[np.asarray(data.val_idx)[t]]
+            np.testing.assert_array_equal(counts[j], threshold_counts(
+                probs[j], labels, np.asarray(data.seen_mask)[t], c.threshold,
+                np.ones(n_val, np.int32)))
 
 
 def test_dataset_larger_than_the_device_budget_streams_to_the_same_results(sweep4, tmp_path,
@@ -347,7 +356,9 @@ def test_triangular_schedule_matches_optax_linear_pieces():
     ("chunk_epochs", 16, "checkpoint_every=8 must be a multiple of config.chunk_epochs=16"),
     ("chunk_epochs", 0, "must be >= 1"),
     ("num_epochs", 0, "num_epochs=0 must be >= 1"),
-    ("threshold", 1.2, "threshold"),
+    ("threshold", 1.2, r"config.threshold=1.2 must lie in \(0, 1\)"),
+    ("report.selection_fraction", 1.0, "config.report.selection_fraction=1.0"),
+    ("report.bootstrap_resamples", -1, "config.report.bootstrap_resamples=-1"),
     ("eval_block_rows", 0, "eval_block_rows"),
     ("cpu_devices", -2, "cpu_devices"),
     ("members_at_once", -1, "members_at_once"),

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from embaug_jax import augment, registry
-from embaug_jax.metrics import top_seen_prediction
+from embaug_jax.evaluate.threshold import accuracies, threshold_counts
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.members import MemberHParams
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
@@ -191,17 +191,10 @@ def _member_keys(key, hp: MemberHParams):
 
 
 def metrics_from_counts(counts) -> dict:
-    """`metrics.threshold_accuracy`'s values from summed `Program.evaluate` counts (exactly:
-    the sums are integers)."""
-    counts = jnp.asarray(counts)
-    correct, none_ok, none_n, seen_ok, seen_n = (counts[..., i] for i in range(5))
-    total = none_n + seen_n
-
-    def ratio(ok, n):
-        return jnp.where(n > 0, ok.astype(jnp.float32) / jnp.maximum(n, 1), jnp.nan)
-
-    return dict(overall_accuracy=correct.astype(jnp.float32) / jnp.maximum(total, 1),
-                none_accuracy=ratio(none_ok, none_n), seen_accuracy=ratio(seen_ok, seen_n))
+    """`evaluate.accuracies` of summed `Program.evaluate` counts, named as the driver's history
+    names them (float32: the sums are integers, so blocks summed on the host give the one-shot
+    values exactly)."""
+    return {f"{k}_accuracy": v for k, v in accuracies(jnp.asarray(counts)).items()}
 
 
 def make_program(spec: ProgramSpec) -> Program:
@@ -292,18 +285,8 @@ def make_program(spec: ProgramSpec) -> Program:
         labels = block.labels[hp.trial]
         seen = data.seen_mask[hp.trial]
         probs = probabilities(model.apply(params, x), head, seen).astype(jnp.float32)
-        predicted, confidence = top_seen_prediction(probs, seen)
-        predicted_none = ~(confidence > jnp.asarray(threshold, confidence.dtype))
-        truth_seen = seen[labels]
-        correct = jnp.where(truth_seen, ~predicted_none & (predicted == labels), predicted_none)
-        correct &= block.valid
-        none_rows, seen_rows = block.valid & ~truth_seen, block.valid & truth_seen
-        counts = jnp.stack([jnp.sum(correct, dtype=jnp.int32),
-                            jnp.sum(correct & none_rows, dtype=jnp.int32),
-                            jnp.sum(none_rows, dtype=jnp.int32),
-                            jnp.sum(correct & seen_rows, dtype=jnp.int32),
-                            jnp.sum(seen_rows, dtype=jnp.int32)])
-        return counts, probs
+        # Padding rows weigh 0: the counts are those of the block's valid rows.
+        return threshold_counts(probs, labels, seen, threshold, block.valid), probs
 
     return Program(init, train, evaluate, model, kind, rows, steps_per_epoch)
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from embaug_jax.metrics import DEFAULT_THRESHOLD
 from embaug_jax.util import list_first
 
 # What every member record holds; its settings read 0 where absent (a method that does not read
@@ -31,7 +30,8 @@ class SweepResult:
       val_labels: int [T, Nv], the validation labels of each trial (all trials have equal size).
       seen_mask: bool [T, C], the classes in each trial's training split.
       class_names: [C].
-      threshold: the confidence threshold of the accuracies (`config.threshold`).
+      threshold: the confidence threshold of the accuracies (`config.threshold`); None where
+        not recorded, and `write_report` then needs it.
       val_idx, train_idx: optional int [T, Nv] / [T, n_train], the dataset rows of each trial's
         validation and training split (saved with the predictions, so an analysis can go back to
         the embeddings).
@@ -50,7 +50,7 @@ class SweepResult:
     val_labels: np.ndarray
     seen_mask: np.ndarray
     class_names: list[str]
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None
     val_idx: np.ndarray | None = None
     train_idx: np.ndarray | None = None
     epochs_done: int | None = None
