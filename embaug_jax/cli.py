@@ -127,25 +127,12 @@ def load_config(spec: str):
     """The ConfigDict of `PATH[:variant]`: the file's `get_config(variant)`.
 
     Raises:
-      UserError: the file does not exist, has no get_config, or rejects the variant.
+      UserError: the file is missing or is not a file, does not run, has no get_config, rejects
+        the variant, raises, or returns no ConfigDict (`configlib.get_config`).
     """
     from embaug_jax import configlib
 
-    path, dot_py, variant = spec.partition(".py:")
-    path += ".py" if dot_py else ""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"config file {path} does not exist" +
-                        (" (it is a directory)" if file.is_dir() else "") +
-                        "; configs live in configs/ (e.g. --config=configs/default.py:smoke).")
-    module = configlib.load_module(file)
-    if not callable(getattr(module, "get_config", None)):
-        raise UserError(f"config file {path} defines no get_config(); every config file has one.")
-    try:
-        config = module.get_config(variant) if variant else module.get_config()
-    except ValueError as e:  # a bad variant string: the parser names the known ones
-        raise UserError(f"--config={spec}: {e}") from e
-    return config
+    return configlib.get_config(spec)
 
 
 def _run(cmd: Command, config, workdir: str) -> None:
