@@ -10,7 +10,7 @@ import numpy as np
 
 from embaug_jax.sources.items import ImageField, SourceData, _check_choice
 from embaug_jax.sources.sampling import finish
-from embaug_jax.util import UserError
+from embaug_jax.util import UserError, check_input
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
@@ -43,9 +43,9 @@ def load_fashion_mnist(src: Any) -> SourceData:
     image_path = root / f"{prefix}-images-idx3-ubyte.gz"
     label_path = root / f"{prefix}-labels-idx1-ubyte.gz"
     for p in (image_path, label_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: install Fashion-MNIST with `sudo apt-get "
-                                    "install dataset-fashion-mnist` (or set config.source.root).")
+        check_input(p, "a Fashion-MNIST file",
+                    missing=f"{p} is missing: install Fashion-MNIST with `sudo apt-get install "
+                            "dataset-fashion-mnist` (or set config.source.root).")
     pixels, label_ids = read_idx(image_path), read_idx(label_path)
     if pixels.ndim != 3 or label_ids.ndim != 1 or len(pixels) != len(label_ids):
         raise UserError(f"{root}: images {pixels.shape} and labels {label_ids.shape} disagree.")

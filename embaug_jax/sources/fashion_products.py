@@ -18,8 +18,8 @@ from embaug_jax.sources.items import (
     sort_class_names,
 )
 from embaug_jax.sources.sampling import apply_sampling
-from embaug_jax.sources.table import _decode_bytes
-from embaug_jax.util import UserError
+from embaug_jax.sources.table import decode_text
+from embaug_jax.util import UserError, check_input
 
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
@@ -31,6 +31,10 @@ def strip_html(text: str) -> str:
 
 
 def _fashion_description(path: Path) -> str | None:
+    try:
+        check_input(path, "an item's description JSON")
+    except FileNotFoundError:
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
         value = data["data"]["productDescriptors"]["description"]["value"]
@@ -54,12 +58,12 @@ def load_fashion_products(src: Any) -> SourceData:
 
     root = Path(str(src.root))
     styles = root / "styles.csv"
-    if not styles.is_file():
-        raise FileNotFoundError(f"{styles} does not exist: config.source.root must be the folder "
-                                "holding styles.csv, styles/ and images/ (the Kaggle layout).")
+    check_input(styles, "the Kaggle styles table",
+                missing=f"{styles} does not exist: config.source.root must be the folder holding "
+                        "styles.csv, styles/ and images/ (the Kaggle layout).")
     notes: dict[str, int] = {}
     dropped: dict[str, int] = {}
-    text = _decode_bytes(styles.read_bytes(), styles, "utf-8", "strict")
+    text = decode_text(styles.read_bytes(), styles, "utf-8", "strict")
     header = text.split("\n", 1)[0].strip().split(",")
 
     def repair(fields: list[str]) -> list[str] | None:
