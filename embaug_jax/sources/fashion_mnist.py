@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from embaug_jax.sources.items import ImageField, SourceData, _check_choice
+from embaug_jax.sources.items import ImageField, SourceData, check_choice
 from embaug_jax.sources.sampling import finish
 from embaug_jax.util import UserError, check_input
 
@@ -38,7 +38,7 @@ def load_fashion_mnist(src: Any) -> SourceData:
     plus the shared sampling knobs (e.g. `max_items`). Ids are "train.00042" style.
     """
     root = Path(str(src.root))
-    split = _check_choice("split", str(src.split), ("train", "test"))
+    split = check_choice("split", str(src.split), ("train", "test"))
     prefix = "train" if split == "train" else "t10k"
     image_path = root / f"{prefix}-images-idx3-ubyte.gz"
     label_path = root / f"{prefix}-labels-idx1-ubyte.gz"

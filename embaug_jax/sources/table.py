@@ -14,8 +14,8 @@ from absl import logging
 from embaug_jax.sources.items import (
     ImageField,
     SourceData,
-    _check_choice,
-    _count,
+    add_count,
+    check_choice,
     sort_class_names,
     split_names,
 )
@@ -289,12 +289,12 @@ def _table_texts(columns: dict[str, list[Any]], policy: str, notes: dict[str, in
         if empty.any():
             if policy == "error":
                 raise UserError(f"Text column {name!r} is empty in {int(empty.sum())} rows "
-                                f"(data rows {list_first(np.flatnonzero(empty))}, 0-based). Fill them, or set "
-                                "config.source.empty_texts to 'keep' or 'drop'.")
+                                f"(data rows {list_first(np.flatnonzero(empty))}, 0-based). Fill "
+                                "them, or set config.source.empty_texts to 'keep' or 'drop'.")
             if policy == "drop":
                 keep &= ~empty
             else:
-                _count(notes, f"empty text '{name}' (kept as '')", (empty & keep).sum())
+                add_count(notes, f"empty text '{name}' (kept as '')", (empty & keep).sum())
         texts[name] = [c or "" for c in cells]
     return texts
 
@@ -318,11 +318,11 @@ def load_table(src: Any) -> SourceData:
                 missing=f"Table {path} does not exist (config.source.path).")
     fmt, compression = table_format(path, src.format, src.compression)
     encoding = check_encoding(src.encoding)
-    missing_policy = _check_choice("missing_labels", src.missing_labels,
+    missing_policy = check_choice("missing_labels", src.missing_labels,
                                    ("drop", "error"))
-    empty_policy = _check_choice("empty_texts", src.empty_texts,
+    empty_policy = check_choice("empty_texts", src.empty_texts,
                                  ("keep", "drop", "error"))
-    errors = _check_choice("encoding_errors", src.encoding_errors,
+    errors = check_choice("encoding_errors", src.encoding_errors,
                            ("strict", "replace"))
     frame = _read_table(path, fmt, encoding, errors, compression)
 
@@ -352,16 +352,16 @@ def load_table(src: Any) -> SourceData:
     missing = np.array([label is None for label in labels], bool)
     if missing.any() and missing_policy == "error":
         raise UserError(f"Label column {label_column!r} is empty in {int(missing.sum())} rows "
-                        f"(data rows {list_first(np.flatnonzero(missing))}, 0-based). Fill them, or set "
-                        "config.source.missing_labels=drop to leave those rows out.")
+                        f"(data rows {list_first(np.flatnonzero(missing))}, 0-based). Fill them, "
+                        "or set config.source.missing_labels=drop to leave those rows out.")
     keep = ~missing
-    _count(dropped, "missing label", missing.sum())
+    add_count(dropped, "missing label", missing.sum())
     ids = ([_cell_text(v) or "" for v in frame[id_column].tolist()] if id_column
            else [str(i) for i in range(n)])
     n_keep_before = int(keep.sum())
     texts = _table_texts({c: frame[c].tolist() for c in text_columns}, empty_policy, notes, keep,
                          path)
-    _count(dropped, "empty text", n_keep_before - keep.sum())
+    add_count(dropped, "empty text", n_keep_before - keep.sum())
     images = {}
     for column in image_columns:
         paths = []
