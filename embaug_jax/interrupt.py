@@ -60,15 +60,18 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    state = {"signals": 0}
+    seen = 0
 
     def on_signal(signum, frame):
-        state["signals"] += 1
-        if state["signals"] == 1:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
             raise Interrupted(signum)
         _exit_now(signum, label)
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    # None is a handler installed outside Python, which cannot be put back; the default is.
+    previous = {s: signal.SIG_DFL if h is None else h for s, h in previous.items()}
     handled = [s for s in SIGNALS if previous[s] is not signal.SIG_IGN]
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)  # the C handler must never block on a full pipe

@@ -16,7 +16,10 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class UserError(ValueError):
@@ -251,7 +254,7 @@ def _read_head(file: Path) -> bytes:
 
 
 def load_npy(file: str | os.PathLike, what: str, remedy: str, *, mmap_mode: str | None = None,
-             error: type[UserError] = UserError) -> Any:
+             error: type[UserError] = UserError) -> np.ndarray:
     """One `.npy` array, never unpickled; a missing, empty, truncated or pickled file (or one
     that is not a regular file) is one `error` naming `file` (its role `what`) and `remedy`."""
     import numpy as np
@@ -269,7 +272,7 @@ def load_npy(file: str | os.PathLike, what: str, remedy: str, *, mmap_mode: str 
 
 
 def load_npz(file: str | os.PathLike, what: str, remedy: str, *,
-             error: type[UserError] = UserError) -> dict[str, Any]:
+             error: type[UserError] = UserError) -> dict[str, np.ndarray]:
     """Every array of a `.npz` archive, read now and never unpickled; a file that is not such
     an archive (empty, truncated, a single .npy, a pickle, a zip of other files) is one
     `error` naming `file` (its role `what`) and `remedy`."""
