@@ -40,7 +40,11 @@ TRAIN = ["--config=configs/default.py:smoke", "--config.data.trials=1",
 # The CLI plus two test commands: training that stops after one chunk (as if killed) and
 # extraction whose text embedder raises after FAIL_AFTER calls in the processes FAIL_IN.
 HOOK = r"""
-import os, sys
+import os, signal, sys
+# SIGINT and SIGTERM as a shell's command finds them, even where the tests run with them ignored
+# (a script's background job), which the command would respect.
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, signal.SIG_DFL)
 from embaug_jax import cli
 from embaug_jax.embed import pipeline
 from embaug_jax.train import command
@@ -115,16 +119,8 @@ def start(command: str, args: list[str], workdir: Path, *, processes: int,
         with open(logs / f"{i}.out", "w") as out, open(logs / f"{i}.err", "w") as err:
             procs[i] = subprocess.Popen(
                 [sys.executable, "-c", HOOK, command, *args, f"--workdir={workdir}", *dist],
-                cwd=REPO, env=full_env, stdout=out, stderr=err, text=True,
-                preexec_fn=_default_signals)
+                cwd=REPO, env=full_env, stdout=out, stderr=err, text=True)
     return procs, logs
-
-
-def _default_signals():
-    """SIGINT and SIGTERM as a shell's command finds them, even where the tests run with them
-    ignored (a script's background job)."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL)
 
 
 def launch(command: str, args: list[str], workdir: Path, *, processes: int,

@@ -625,11 +625,13 @@ def test_mistakes_exit_2_without_a_traceback_in_a_real_process(tmp_path):
 # Stopped by a signal: one line, status 128 + the signal, and the same command resumes.
 
 
-def _default_signals():
-    """For a child process: SIGINT and SIGTERM as a terminal's command finds them, even when
-    the tests run where they are ignored (a script's background job)."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL)
+# `embaug` with SIGINT and SIGTERM as a terminal's command finds them, even where the tests run
+# with them ignored (a script's background job), which the command would respect.
+_DEFAULT_SIGNALS = ("import signal\n"
+                    "for s in (signal.SIGINT, signal.SIGTERM):\n"
+                    "    signal.signal(s, signal.SIG_DFL)\n")
+_EMBAUG = _DEFAULT_SIGNALS + ("import sys\nfrom embaug_jax.cli import main\n"
+                              "sys.exit(main(['embaug', *sys.argv[1:]]))\n")
 
 
 def _has_checkpoint(workdir: Path) -> bool:
@@ -645,11 +647,10 @@ def test_a_signal_stops_train_in_one_line_and_the_same_command_resumes(signum, t
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     work = tmp_path / "w"
     # The smoke config checkpoints every 8 epochs: 400 epochs leave time to interrupt it.
-    argv = [sys.executable, "-m", "embaug_jax", "train", f"--config={DEFAULT}:smoke",
+    argv = [sys.executable, "-c", _EMBAUG, "train", f"--config={DEFAULT}:smoke",
             f"--workdir={work}", "--config.num_epochs=400"]
     with open(tmp_path / "stderr", "w") as err:  # a file: a full pipe would stall the run
-        run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env,
-                               preexec_fn=_default_signals)
+        run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
     try:
         deadline = time.monotonic() + 600
         while not _has_checkpoint(work):
@@ -684,8 +685,8 @@ def test_a_signal_stops_train_in_one_line_and_the_same_command_resumes(signum, t
     assert not [p for p in work.rglob("*") if "tmp" in p.name]
 
 
-_SLOW_CLEAN_UP = """
-import signal, time
+_SLOW_CLEAN_UP = _DEFAULT_SIGNALS + """
+import time
 from embaug_jax import interrupt
 
 with interrupt.handling_signals("embaug test"):
@@ -705,7 +706,7 @@ print("not reached")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_second_signal_ends_the_process_at_once(signum):
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLEAN_UP], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
+                            stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
         assert proc.stdout.readline() == "ready\n"
