@@ -29,7 +29,7 @@ def select_items(labels: Sequence[str], *, min_class_size: int = 0, per_class: i
     members = [np.flatnonzero(inverse == c) for c in range(len(classes))]
     keep_class = [len(m) >= min_class_size for m in members]
     add_count(dropped, f"class smaller than min_class_size={min_class_size}",
-           sum(len(m) for m, k in zip(members, keep_class) if not k))
+              sum(len(m) for m, k in zip(members, keep_class) if not k))
     members = [m for m, k in zip(members, keep_class) if k]
     classes = [c for c, k in zip(classes, keep_class) if k]
     # One seeded permutation per class (keyed by the class name, so it does not depend on which

@@ -24,7 +24,7 @@ from embaug_jax.util import UserError, check_input, list_first
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
                   ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-FORMATS = ("csv", "tsv", "jsonl", "parquet")
+_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 # The compressions pandas infers from a file name (`compression="infer"`), by suffix.
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}
 # Leading bytes of each compressed format, and of binary tables: a text decoder fed these would
@@ -59,20 +59,20 @@ def table_format(path: Path, fmt: str = "", compression: str = "") -> tuple[str,
         raise UserError(f"config.source.compression={compression!r} is not one of "
                          f"{sorted(set(_COMPRESSIONS.values()))}, 'none' or '' (from the name).")
     given = str(fmt or "").lower()
-    if given and given not in FORMATS:
+    if given and given not in _FORMATS:
         raise UserError(f"config.source.format={fmt!r} is not a table format embaug_jax reads; "
-                        f"set config.source.format to one of {', '.join(FORMATS)}, or to '' to "
+                        f"set config.source.format to one of {', '.join(_FORMATS)}, or to '' to "
                         "tell the format from the file's extension. (Save a spreadsheet as CSV "
                         "first.)")
     fmt = given or (_TABLE_FORMATS.get(suffixes[-1]) if suffixes else None)
     if fmt is None:
         raise UserError(f"Cannot tell the format of {path.name} from its extension; set "
-                        f"config.source.format to one of {', '.join(FORMATS)} (a compressed "
+                        f"config.source.format to one of {', '.join(_FORMATS)} (a compressed "
                         "table is named like items.csv.gz).")
     return fmt, compression
 
 
-def check_encoding(encoding: str) -> str:
+def _check_encoding(encoding: str) -> str:
     """`encoding` if Python can decode text with it, else a UserError saying how to name one."""
     try:
         # LookupError for unknown names and for codecs of bytes to bytes (base64, zlib); an empty
@@ -317,13 +317,10 @@ def load_table(src: Any) -> SourceData:
     check_input(path, "the table, config.source.path",
                 missing=f"Table {path} does not exist (config.source.path).")
     fmt, compression = table_format(path, src.format, src.compression)
-    encoding = check_encoding(src.encoding)
-    missing_policy = check_choice("missing_labels", src.missing_labels,
-                                   ("drop", "error"))
-    empty_policy = check_choice("empty_texts", src.empty_texts,
-                                 ("keep", "drop", "error"))
-    errors = check_choice("encoding_errors", src.encoding_errors,
-                           ("strict", "replace"))
+    encoding = _check_encoding(src.encoding)
+    missing_policy = check_choice("missing_labels", src.missing_labels, ("drop", "error"))
+    empty_policy = check_choice("empty_texts", src.empty_texts, ("keep", "drop", "error"))
+    errors = check_choice("encoding_errors", src.encoding_errors, ("strict", "replace"))
     frame = _read_table(path, fmt, encoding, errors, compression)
 
     text_columns = split_names(src.text_columns)
