@@ -31,6 +31,7 @@ from embaug_jax.dataset import load_embeddings, save_embeddings
 from embaug_jax.train.synthetic import make_synthetic
 from embaug_jax.report import load_predictions
 from embaug_jax.util import DamagedOutput, UserError, atomic_path, workdir_lock
+from embaug_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = str(REPO / "configs" / "default.py")
@@ -216,7 +217,7 @@ def damaged_predictions(tmp: Path, data: bytes | None = None) -> list[str]:
     """A finished run whose predictions.npz (the re-report's input) is cut short or replaced."""
     data_path = dataset_dir(tmp)
     assert cli.main(file_train(tmp, data=data_path)) == 0
-    predictions = tmp / "w" / "predictions.npz"
+    predictions = Workdir(tmp / "w").predictions
     predictions.write_bytes(data if data is not None else predictions.read_bytes()[:400])
     return file_train(tmp, data=data_path)
 
@@ -634,8 +635,9 @@ _EMBAUG = _DEFAULT_SIGNALS + ("import sys\nfrom embaug_jax.cli import main\n"
                               "sys.exit(main(['embaug', *sys.argv[1:]]))\n")
 
 
-def _has_checkpoint(workdir: Path) -> bool:
-    folder = workdir / "checkpoints"
+def _has_checkpoint(workdir: Workdir) -> bool:
+    """Whether orbax has finished a checkpoint in `workdir` (its name is the epoch)."""
+    folder = workdir.checkpoints
     return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
@@ -645,7 +647,7 @@ def test_a_signal_stops_train_in_one_line_and_the_same_command_resumes(signum, t
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    work = tmp_path / "w"
+    work = Workdir(tmp_path / "w")
     # The smoke config checkpoints every 8 epochs: 400 epochs leave time to interrupt it.
     argv = [sys.executable, "-c", _EMBAUG, "train", f"--config={DEFAULT}:smoke",
             f"--workdir={work}", "--config.num_epochs=400"]
@@ -674,15 +676,15 @@ def test_a_signal_stops_train_in_one_line_and_the_same_command_resumes(signum, t
     # temporary checkpoint folder, if the signal came during a save, goes when the run resumes).
     with workdir_lock(work, "train"):
         pass
-    assert not [p for p in work.rglob("*") if p.name.endswith(".tmp")]
-    last = max(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
-    assert last < 400 and not (work / "results.json").exists()
+    assert not [p for p in work.path.rglob("*") if p.name.endswith(".tmp")]
+    last = max(int(p.name) for p in work.checkpoints.iterdir() if p.name.isdigit())
+    assert last < 400 and not work.results_json.exists()
 
     rerun = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resumed from {work / 'checkpoints'} at epoch {last}" in rerun.stderr
-    assert json.loads((work / "results.json").read_text())["methods"]
-    assert not [p for p in work.rglob("*") if "tmp" in p.name]
+    assert f"resumed from {work.checkpoints} at epoch {last}" in rerun.stderr
+    assert json.loads(work.results_json.read_text())["methods"]
+    assert not [p for p in work.path.rglob("*") if "tmp" in p.name]
 
 
 _SLOW_CLEAN_UP = _DEFAULT_SIGNALS + """
@@ -776,16 +778,16 @@ def _no_training(monkeypatch):
 
 def test_smoke_variant_with_data_path_trains_on_that_file_and_changed_data_is_refused(
         tmp_path, capsys, fast_compile):
-    from embaug_jax.train.command import data_fingerprint
+    from embaug_jax.run.train import data_fingerprint
 
     data = dataset_dir(tmp_path, classes=4)
     assert cli.main(file_train(tmp_path, data=data)) == 0
-    work = tmp_path / "w"
-    config = json.loads((work / "config.json").read_text())
+    work = Workdir(tmp_path / "w")
+    config = json.loads(work.config.read_text())
     assert config["data"]["source"] == "file" and config["data"]["path"] == str(data)
-    fingerprint = json.loads((work / "fingerprint.json").read_text())
+    fingerprint = json.loads(work.fingerprint.read_text())
     assert fingerprint["data_content"] == data_fingerprint(load_embeddings(data))
-    results = (work / "results.json").read_bytes()
+    results = work.results_json.read_bytes()
 
     # Different data of the same shape at the same path: refused, results untouched.
     other = dataset_dir(tmp_path, "other", seed=1, classes=4)
@@ -795,7 +797,7 @@ def test_smoke_variant_with_data_path_trains_on_that_file_and_changed_data_is_re
     assert cli.main(file_train(tmp_path, data=data)) == 2
     err = capsys.readouterr().err
     assert "trained on other data" in err and "delete" in err and "Traceback" not in err
-    assert (work / "results.json").read_bytes() == results
+    assert work.results_json.read_bytes() == results
 
 
 def test_an_all_empty_text_column_is_an_error_and_a_mostly_empty_one_a_warning(tmp_path,
@@ -890,12 +892,12 @@ def test_the_lock_is_taken_in_process_too(tmp_path):
 
 
 def test_a_failed_train_leaves_no_config_or_fingerprint(tmp_path, monkeypatch):
-    from embaug_jax.train import command
+    from embaug_jax.run import train as run_train
 
     def crash(*args, **kwargs):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(command, "run_sweep", crash)
+    monkeypatch.setattr(run_train, "run_sweep", crash)
     with pytest.raises(RuntimeError, match="device lost"):
         cli.main(file_train(tmp_path))
     assert not (tmp_path / "w").exists()
@@ -913,14 +915,14 @@ def test_full_disk_keeps_the_results_and_a_rerun_finishes_without_training(
         assert cli.main(file_train(tmp_path)) == 2
     err = capsys.readouterr().err
     assert "no space left on device" in err and "run the same command again" in err
-    work = tmp_path / "w"
-    results = json.loads((work / "results.json").read_text())  # written before the figures
-    assert (work / "results.md").exists() and not list(work.glob("*.png"))
+    work = Workdir(tmp_path / "w")
+    results = json.loads(work.results_json.read_text())  # written before the figures
+    assert work.results_md.exists() and not list(work.path.glob("*.png"))
 
     _no_training(monkeypatch)
     assert cli.main(file_train(tmp_path)) == 0
-    assert sorted(p.name for p in work.glob("*.png")) == sorted(results["figures"])
-    assert json.loads((work / "results.json").read_text()) == results
+    assert sorted(p.name for p in work.path.glob("*.png")) == sorted(results["figures"])
+    assert json.loads(work.results_json.read_text()) == results
 
 
 class _DeviceFake:
@@ -964,16 +966,16 @@ def test_extract_redoes_shards_of_another_device_count(tmp_path, caplog):
 def test_damaged_predictions_are_written_again_by_doing_what_the_message_says(
         tmp_path, capsys, monkeypatch, fast_compile):
     argv = damaged_predictions(tmp_path)
-    work = tmp_path / "w"
-    results = json.loads((work / "results.json").read_text())
+    work = Workdir(tmp_path / "w")
+    results = json.loads(work.results_json.read_text())
     capsys.readouterr()
     assert cli.main(argv) == 1
     assert "Delete it and rerun" in capsys.readouterr().err
-    (work / "predictions.npz").unlink()
+    work.predictions.unlink()
     _no_training(monkeypatch)  # the last checkpoint has every epoch: nothing is trained again
     assert cli.main(argv) == 0
     assert load_predictions(work).members
-    assert json.loads((work / "results.json").read_text()) == results
+    assert json.loads(work.results_json.read_text()) == results
 
 
 def test_checkpoints_of_the_old_kernel_layout_are_refused_with_what_to_do(
@@ -982,11 +984,11 @@ def test_checkpoints_of_the_old_kernel_layout_are_refused_with_what_to_do(
 
     data = dataset_dir(tmp_path, classes=4)
     assert cli.main(file_train(tmp_path, data=data)) == 0
-    work = tmp_path / "w"
+    work = Workdir(tmp_path / "w")
     # What an earlier version wrote: the same fingerprint without the state layout.
-    fingerprint = json.loads((work / "fingerprint.json").read_text())
+    fingerprint = json.loads(work.fingerprint.read_text())
     del fingerprint["state_layout"]
-    (work / "fingerprint.json").write_text(json.dumps(fingerprint))
+    work.fingerprint.write_text(json.dumps(fingerprint))
     capsys.readouterr()
     assert cli.main(file_train(tmp_path, data=data)) == 2
     err = capsys.readouterr().err
@@ -994,7 +996,7 @@ def test_checkpoints_of_the_old_kernel_layout_are_refused_with_what_to_do(
     assert "Traceback" not in err
     # Doing what it says: without the checkpoints the finished run re-reports from its
     # predictions, and trains nothing (training would write checkpoints again).
-    shutil.rmtree(work / "checkpoints")
+    shutil.rmtree(work.checkpoints)
     assert cli.main(file_train(tmp_path, data=data)) == 0
-    assert not (work / "checkpoints").exists()
-    assert (work / "results.md").exists()
+    assert not work.checkpoints.exists()
+    assert work.results_md.exists()
