@@ -8,10 +8,12 @@ checkpoint), and the workdir lock is released. The command then prints one line 
 with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM); rerunning it resumes.
 
 The exception is raised only when the main thread runs Python again, which a long XLA call can
-delay. A second signal does not wait: the operating system's handler writes every signal to a
-pipe that a small thread reads, and that thread ends the process (`os._exit`) on the second.
+delay. A second signal does not wait: Python's low-level handler writes each signal to a pipe
+(`signal.set_wakeup_fd`) at once, and a small thread reading it ends the process (`os._exit`) on
+the second.
 
-A signal ignored when the command starts (`nohup`, a background job of a script) stays ignored.
+A signal ignored when the command starts stays ignored, as for any command: a shell script's
+background job (`embaug train ... &`) ignores SIGINT.
 """
 
 from __future__ import annotations
