@@ -54,8 +54,8 @@ from embaug_jax.dataset import (Segment, class_ids, is_saved_dataset, load_embed
 from embaug_jax.embed.extraction import (build_image_embedder, build_text_embedder,
                                          config_devices, embed_shard, model_fingerprint)
 from embaug_jax.embed.images import decode_image
-from embaug_jax.util import (UserError, atomic_path, check_workdir, read_json,
-                             reuse_freed_memory, workdir_lock, write_json_atomic)
+from embaug_jax.util import (DamagedOutput, UserError, atomic_path, check_workdir,
+                             read_json, reuse_freed_memory, workdir_lock, write_json_atomic)
 from embaug_jax.workdir import Workdir
 
 # Bumped when the pipeline changes what it writes for the same inputs.
@@ -279,7 +279,7 @@ def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any],
         except (OSError, ValueError):
             manifest = None
         if not isinstance(manifest, dict):
-            raise UserError(
+            raise DamagedOutput(
                 f"{manifest_path} is damaged (not the JSON object an extraction writes), so the "
                 f"unfinished shards in {shards_dir} cannot be matched to this run's inputs. Pass "
                 "--config.overwrite=True to redo them, or delete that folder.")

@@ -33,8 +33,8 @@ from embaug_jax.train.members import sweep_members
 from embaug_jax.train.program import OPTIMIZERS, TrainData
 from embaug_jax.train.mlp import HEADS
 from embaug_jax.train.splits import Splits, make_splits
-from embaug_jax.util import (UserError, check_cpu_devices, check_seed, write_json_atomic,
-                             write_text_atomic)
+from embaug_jax.util import (DamagedOutput, UserError, check_cpu_devices, check_seed,
+                             write_json_atomic, write_text_atomic)
 from embaug_jax.workdir import Workdir
 
 DATA_SOURCES = ("file", "synthetic")
@@ -232,7 +232,7 @@ def _check_fingerprint(workdir: Workdir, fingerprint: dict) -> None:
             "over, or use a new --workdir.")
     previous = _read_json(workdir.fingerprint)
     if not isinstance(previous, dict):
-        raise UserError(
+        raise DamagedOutput(
             f"{workdir.fingerprint} is damaged (not a JSON object), so nothing says which config "
             f"and data {held} belong to, and they are not reused. Delete {remove} to start over, "
             "or use a new --workdir.")

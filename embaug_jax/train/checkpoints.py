@@ -1,7 +1,10 @@
 """A sweep's orbax checkpoints: every group's training state and the learning curves so far.
 
 Saved without the device padding, so a run resumes on any device and process count. Nothing
-random is saved: every key is derived from the root key, the epoch and the step.
+random is saved: every key is derived from the root key, the epoch and the step. Each checkpoint
+folder also holds the sha256 of its files (`DIGESTS`), checked before a restore: a damaged file
+is named in one message, never read half-way (tensorstore's failed reads print tracebacks from
+its threads) nor resumed from.
 
 Several processes (`--distributed`). A checkpoint holds host (numpy) arrays, which the driver
 gathers from every process at a fixed point of its loop; process 0 alone writes them, and the
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -25,7 +29,10 @@ import numpy as np
 from absl import logging
 
 from embaug_jax.train.members import Group
-from embaug_jax.util import UserError
+from embaug_jax.util import DamagedOutput, list_first, read_json, write_json_atomic
+
+# The file in each checkpoint's folder that records the sha256 of the folder's other files.
+DIGESTS = "embaug_sha256.json"
 
 # Config keys whose change makes an existing checkpoint meaningless for this run.
 FINGERPRINT_KEYS = ("data", "model", "optim", "augment", "sweep", "num_epochs", "batch_size",
@@ -65,7 +72,7 @@ def checkpoint_manager(directory: str | os.PathLike | None, *,
         directory.mkdir(parents=True, exist_ok=True)
     alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                                active_processes={jax.process_index()})
-    with _quiet_orbax():
+    with _quiet_orbax(logging.FATAL):
         manager = ocp.CheckpointManager(
             directory, options=ocp.CheckpointManagerOptions(
                 max_to_keep=2 if writer else None, create=False,
@@ -97,6 +104,50 @@ def save(manager, epoch: int, states: dict[str, Any], history: dict[str, np.ndar
         if code is None:
             raise
         raise OSError(code, os.strerror(code), str(manager.directory)) from e
+    folder = _folder(manager, epoch)
+    write_json_atomic(folder / DIGESTS, _digests(folder))
+
+
+def _folder(manager, epoch: int) -> Path:
+    return Path(manager.directory) / str(epoch)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """{path relative to `folder`: sha256} of every file in it but the digests themselves."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != DIGESTS):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out[str(path.relative_to(folder))] = h.hexdigest()
+    return out
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with a checkpoint's files against its recorded digests (None: nothing,
+    or no digests recorded, as by an earlier embaug_jax)."""
+    if not (folder / DIGESTS).exists():
+        return None
+    try:
+        recorded = read_json(folder / DIGESTS)
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return f"its {DIGESTS} is damaged"
+    found = _digests(folder)
+    missing = [p for p in recorded if p not in found]
+    changed = [p for p in recorded if p in found and found[p] != recorded[p]]
+    parts = ([f"{len(missing)} file(s) missing ({list_first(missing, 3)})"] if missing else []) + (
+        [f"{len(changed)} file(s) changed since it was written ({list_first(changed, 3)})"]
+        if changed else [])
+    return "; ".join(parts) or None
+
+
+def latest_step(manager) -> int | None:
+    """The epoch of the newest checkpoint in `manager`'s folder (None: none)."""
+    with _quiet_orbax(logging.FATAL):
+        return manager.latest_step()
 
 
 def _os_error_code(e: BaseException) -> int | None:
@@ -115,7 +166,7 @@ def _os_error_code(e: BaseException) -> int | None:
 
 def steps(manager) -> list[int]:
     """The epochs of the checkpoints in `manager`'s folder, oldest first."""
-    with _quiet_orbax():
+    with _quiet_orbax(logging.FATAL):
         return sorted(int(s) for s in manager.all_steps())
 
 
@@ -129,26 +180,28 @@ def restore(manager, epoch: int, states: dict[str, Any], history: dict[str, np.n
     other number.
 
     Raises:
-      UserError: the checkpoint is of another sweep (other members or shapes), or its files are
-        damaged; the message names the folder to delete.
+      DamagedOutput: the checkpoint's files are damaged (or hold another sweep: `embaug train`
+        refuses those earlier, by their fingerprint); the message names what to delete.
     """
     import orbax.checkpoint as ocp
 
     target = {"state": {g.name: jax.tree.map(
         lambda x: np.zeros((len(g.members), *x.shape[1:]), x.dtype), states[g.name])
         for g in groups}, "history": history}
-    where = Path(manager.directory)
-    try:
-        with _quiet_orbax(logging.FATAL):
-            restored = manager.restore(epoch, args=ocp.args.StandardRestore(target))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    where, folder = Path(manager.directory), _folder(manager, epoch)
+    damage = _damage(folder)
+    if damage is None:
+        try:
+            with _quiet_orbax(logging.FATAL):
+                restored = manager.restore(epoch, args=ocp.args.StandardRestore(target))
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+            damage = f"its files are damaged or hold another sweep: {_first_line(e)}"
+    if damage:
         earlier = [s for s in steps(manager) if s < epoch]
-        remedy = (f"Delete {where / str(epoch)} to resume from epoch {earlier[-1]}, or delete "
-                  f"{where} to start over" if earlier else f"Delete {where} to start over")
-        raise UserError(
-            f"the checkpoint {where / str(epoch)} (epoch {epoch}) cannot be restored into this "
-            f"run: its files are damaged or hold another sweep ({_first_line(e)}). {remedy}, "
-            "or use a new --workdir.") from e
+        remedy = (f"Delete {folder} to resume from epoch {earlier[-1]}, or delete {where} to "
+                  "start over" if earlier else f"Delete {where} to start over")
+        raise DamagedOutput(f"the checkpoint {folder} (epoch {epoch}) cannot be restored "
+                            f"({damage}). {remedy}, or use a new --workdir.")
     # Padded on the host: device_put then places only this process's shards.
     states = {g.name: jax.tree.map(lambda x, padded: np.concatenate(
         [x, np.repeat(x[-1:], padded.shape[0] - x.shape[0], 0)]), restored["state"][g.name],

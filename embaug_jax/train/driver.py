@@ -352,7 +352,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
 def _agreed_step(manager) -> int | None:
     """The epoch of the checkpoint to resume (None: start afresh), as process 0 reads it:
     every process restores the same one even if a listing differed."""
-    step = None if manager is None else manager.latest_step()
+    step = None if manager is None else checkpoints.latest_step(manager)
     if jax.process_count() == 1:
         return step
     from jax.experimental import multihost_utils
