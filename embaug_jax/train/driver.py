@@ -18,6 +18,16 @@ streams the validation rows; a chunk (a tqdm tick and an `on_chunk` call) ends e
 `chunk_epochs` epochs, an orbax checkpoint is written every `checkpoint_every` epochs
 (`train.checkpoints`), and the last epoch is always evaluated and checkpointed. An existing
 checkpoint is resumed. `report.write_report(workdir, result)` turns the result into the report.
+
+Several processes. Every collective -- each gather of counts, losses or states to the host -- is
+issued by the main thread at a fixed point of the loop, in the same order on every process;
+process 0 writes the checkpoints from the gathered states, and orbax issues no collective of
+its own. Processes whose collectives interleave differently would wait for each other forever.
+
+Checks. A member whose training loss is not finite stops the sweep (`TrainingDiverged`) before
+a checkpoint of it is written; identical members (counted twice as replicates) and a trial that
+trains on one class are refused; training rows all alike, or of a scale far from 1, are warned
+about (the model would train to chance without any error).
 """
 
 from __future__ import annotations
