@@ -1,7 +1,8 @@
 """embaug_jax: data augmentation of pre-computed embeddings in JAX/Flax.
 
 Data flows one way, and each stage is a folder or module of this package: sources/ -> embed/
-(cached on disk in the `dataset` format) -> augment -> train/ -> metrics -> report/.
+(cached on disk in the `dataset` format) -> augment -> train/ -> metrics -> report/; run/ holds
+the commands that drive several stages in one workdir (laid out by `workdir.Workdir`).
 
 What a notebook needs is here (`import embaug_jax as ea`); everything else is reachable from its
 module. The names are imported on first use, so `import embaug_jax` (and `embaug --help`) loads
@@ -38,7 +39,7 @@ _EXPORTS = {
     "load_embeddings": "embaug_jax.dataset",
     "save_embeddings": "embaug_jax.dataset",
     # Training and the report.
-    "train_and_evaluate": "embaug_jax.train.command",
+    "train_and_evaluate": "embaug_jax.run.train",
     "run_sweep": "embaug_jax.train.engine",
     "write_report": "embaug_jax.report",
 }

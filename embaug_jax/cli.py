@@ -37,7 +37,7 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "embaug_jax.train.command:train_and_evaluate",
+        "embaug_jax.run.train:train_and_evaluate",
         "train and evaluate a sweep (methods x alphas x softness x trials x seeds) from a config",
         show="embaug_jax.report:format_summary",
     ),
@@ -46,7 +46,7 @@ COMMANDS: dict[str, Command] = {
         "embed a data source (text and/or images) into the embedding dataset format",
     ),
     "demo": Command(
-        "embaug_jax.demo:run_demo",
+        "embaug_jax.run.demo:run_demo",
         "the main job: WordNet -> MiniLM embeddings -> the five Table-1 methods -> table + figures",
         default_config="configs/demo.py",
     ),

@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from embaug_jax.workdir import Workdir
+
 REPO_ROOT = Path(__file__).resolve().parent.parent  # where configs/ is
 
 
@@ -54,7 +56,7 @@ def run_study(config_file: str, args: argparse.Namespace, overrides: Sequence[st
 
 
 def load_results(workdir: str | Path) -> dict:
-    path = Path(workdir) / "results.json"
+    path = Workdir(workdir).results_json
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the sweep in {workdir} has not finished.")
     return json.loads(path.read_text())
@@ -62,7 +64,7 @@ def load_results(workdir: str | Path) -> dict:
 
 def load_metrics(workdir: str | Path) -> list[dict]:
     """metrics.jsonl: one row per member per evaluation."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = Workdir(workdir).metrics
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from embaug_jax import augment, configlib, util
-from embaug_jax.train import command
+from embaug_jax.run import train as run_train
 from embaug_jax.train import engine as train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def main(argv):
     config.data.trials = args.trials
     util.split_cpu_into_devices(config.cpu_devices)  # as `embaug train` does
     t0 = time.perf_counter()
-    dataset, splits, data, _ = command.prepare_data(config)
+    dataset, splits, data, _ = run_train.prepare_data(config)
     n_train, n_val = splits.train_idx.shape[1], splits.val_idx.shape[1]
     print(f"data: {len(dataset)} x {dataset.dim}, {dataset.num_classes} classes, {n_train} train "
           f"/ {n_val} validation rows per trial, {args.trials} trial(s) "

@@ -14,6 +14,8 @@ import sys
 import numpy as np
 from common import fmt, parse, run_study, write_csv
 
+from embaug_jax.workdir import Workdir
+
 FPRS = (0.01, 0.05, 0.1, 0.2)
 
 
@@ -31,7 +33,7 @@ def main(argv):
         at = " ".join(f"{np.interp(f, fpr, tpr):>9.4f}" for f in FPRS)
         print(f"{method:<16} {area:>7.4f} {fmt(m['weighted_auc']['mean']):>7} {at}")
     path = write_csv(f"{args.workdir}/roc_curves.csv", ["method", "alpha", "fpr", "tpr_mean"], rows)
-    print(f"\n{path}\nfigure: {args.workdir}/fig4_roc.png")
+    print(f"\n{path}\nfigure: {Workdir(args.workdir).figure('roc')}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import sys
 
 from common import fmt, parse, run_study
 
+from embaug_jax.workdir import Workdir
+
 
 def main(argv):
     args, overrides = parse(argv, __doc__.splitlines()[0])
@@ -20,7 +22,7 @@ def main(argv):
     for name, v in results["variants"].items():
         print(f"{name:<45} {fmt(v['weighted_auc']['mean']):>7} "
               f"{fmt(v['overall_accuracy']['mean'], 3):>8} {fmt(v['none_accuracy']['mean'], 3):>7}")
-    print(f"\nfigure: {args.workdir}/fig6_softness.png")
+    print(f"\nfigure: {Workdir(args.workdir).figure('softness')}")
 
 
 if __name__ == "__main__":

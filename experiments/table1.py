@@ -13,6 +13,8 @@ import sys
 
 from common import fmt, parse, run_study
 
+from embaug_jax.workdir import Workdir
+
 
 def main(argv):
     args, overrides = parse(argv, __doc__.splitlines()[0])
@@ -21,7 +23,7 @@ def main(argv):
     for name, v in results["variants"].items():
         best = results["methods"][v["method"]]["variant"] == name
         print(f"  {name:<45} {fmt(v['weighted_auc']['mean'])}{'  <- best' if best else ''}")
-    print(f"\nresults: {args.workdir}/results.md")
+    print(f"\nresults: {Workdir(args.workdir).results_md}")
 
 
 if __name__ == "__main__":

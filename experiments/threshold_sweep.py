@@ -14,6 +14,8 @@ import sys
 import numpy as np
 from common import fmt, parse, run_study, write_csv
 
+from embaug_jax.workdir import Workdir
+
 
 def crossing(thresholds, overall, none):
     """The first threshold where "none" accuracy reaches overall accuracy (linear interpolation)."""
@@ -44,7 +46,7 @@ def main(argv):
     path = write_csv(f"{args.workdir}/threshold_sweep.csv",
                      ["method", "alpha", "threshold", "overall_mean", "overall_min", "overall_max",
                       "none_mean", "none_min", "none_max"], rows)
-    print(f"\n{path}\nfigure: {args.workdir}/fig3_threshold_sweep.png")
+    print(f"\n{path}\nfigure: {Workdir(args.workdir).figure('threshold_sweep')}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from collections import defaultdict
 import numpy as np
 from common import parse, run_study, load_metrics, write_csv
 
+from embaug_jax.workdir import Workdir
+
 
 def _key(alpha, softness):
     return (round(float(alpha or 0.0), 6), round(float(softness or 0.0), 6))
@@ -41,7 +43,7 @@ def main(argv):
         print(f"{method:<16} {first:>10.3f} {end:>9.3f} {first - end:>7.3f} {mean[-1, 0]:>11.3f}")
     path = write_csv(f"{args.workdir}/training_curves.csv",
                      ["method", "epoch", "overall_accuracy", "none_accuracy"], out)
-    print(f"\n{path}\nfigure: {args.workdir}/fig5_training_curves.png")
+    print(f"\n{path}\nfigure: {Workdir(args.workdir).figure('training_curves')}")
 
 
 if __name__ == "__main__":

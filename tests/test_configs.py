@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from embaug_jax import augment, cli, configlib
-from embaug_jax.train import command
+from embaug_jax.run import train as run_train
 from embaug_jax.train import engine as train
+from embaug_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
 default = configlib.load_module(REPO / "configs" / "default.py")
@@ -33,7 +34,7 @@ def test_default_holds_the_papers_settings():
     assert c.num_epochs == 576 and c.data.train_fraction == 0.1 and c.threshold == 0.6
     assert c.num_epochs % c.chunk_epochs == 0 and c.chunk_epochs % c.eval_every == 0
     assert c.checkpoint_every % c.chunk_epochs == 0
-    command.validate_config(c)
+    run_train.validate_config(c)
     t = _load("table1", None)
     assert t.sweep.methods == augment.METHOD_NAMES and max(t.sweep.alphas) <= 0.5
     assert len(train.sweep_members(t)) == 5 + 4 * 5 * 5
@@ -49,21 +50,22 @@ def test_default_holds_the_papers_settings():
 def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
     c = _load(name)
     assert c.data.source == "synthetic" and c.num_epochs <= 16
-    results = command.train_and_evaluate(c, tmp_path)
-    on_disk = json.loads((tmp_path / "results.json").read_text())
+    results = run_train.train_and_evaluate(c, tmp_path)
+    w = Workdir(tmp_path)
+    on_disk = json.loads(w.results_json.read_text())
     assert set(on_disk["methods"]) == set(c.sweep.methods)
     for method, entry in on_disk["methods"].items():
         assert 0.0 <= entry["weighted_auc"]["mean"] <= 1.0 and "std" in entry["weighted_auc"]
         assert "mean" in entry["overall_accuracy"] and "mean" in entry["none_accuracy"]
         assert "alpha" in entry
     assert results["methods"].keys() == on_disk["methods"].keys()
-    for f in ("config.json", "results.md", "fig3_threshold_sweep.png", "fig4_roc.png",
-              "fig5_training_curves.png", "reliability.png"):
-        assert (tmp_path / f).stat().st_size > 0, f
-    assert (tmp_path / "fig6_softness.png").exists() == (name == "softness")
+    for f in (w.config, w.results_md, *map(w.figure, ("threshold_sweep", "roc",
+                                                       "training_curves", "reliability"))):
+        assert f.stat().st_size > 0, f
+    assert w.figure("softness").exists() == (name == "softness")
     if name.startswith("default:method="):
         assert c.sweep.methods == (name.partition("=")[2],)
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    lines = w.metrics.read_text().splitlines()
     members = train.sweep_members(c)
     assert len(lines) == len(members) * (c.num_epochs // c.eval_every)
     def no_nan(name):
@@ -85,24 +87,24 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
     c = _load("default:method=e_mixup")
     c.sweep.alphas = (0.3,)
     stop_after_first_chunk = lambda history, epochs_done: True  # noqa: E731
-    assert command.train_and_evaluate(c, tmp_path / "killed",
-                                      on_chunk=stop_after_first_chunk) is None
-    assert not (tmp_path / "killed" / "results.json").exists()
+    assert run_train.train_and_evaluate(c, tmp_path / "killed",
+                                        on_chunk=stop_after_first_chunk) is None
+    killed_dir, whole_dir = Workdir(tmp_path / "killed"), Workdir(tmp_path / "whole")
+    assert not killed_dir.results_json.exists()
     assert cli.main(args + [f"--workdir={tmp_path / 'killed'}"]) == 0
     assert "E-Mixup" in capsys.readouterr().out
     assert cli.main(args + [f"--workdir={tmp_path / 'whole'}"]) == 0
-    killed = json.loads((tmp_path / "killed" / "results.json").read_text())
-    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    killed = json.loads(killed_dir.results_json.read_text())
+    whole = json.loads(whole_dir.results_json.read_text())
     assert killed["methods"]["e_mixup"]["alpha"] == pytest.approx(0.3)
     for key in ("weighted_auc", "overall_accuracy", "none_accuracy"):
         np.testing.assert_allclose(killed["methods"]["e_mixup"][key]["mean"],
                                    whole["methods"]["e_mixup"][key]["mean"], atol=1e-6)
-    assert ((tmp_path / "killed" / "metrics.jsonl").read_text()
-            == (tmp_path / "whole" / "metrics.jsonl").read_text())
+    assert killed_dir.metrics.read_text() == whole_dir.metrics.read_text()
     # A different sweep in the same workdir must not silently resume the old checkpoints.
     c.sweep.methods = ("e_stitchup",)
     with pytest.raises(ValueError, match="different run.*sweep"):
-        command.train_and_evaluate(c, tmp_path / "killed")
+        run_train.train_and_evaluate(c, tmp_path / "killed")
 
 
 def test_file_source_with_segments(tmp_path, fast_compile):
@@ -110,15 +112,15 @@ def test_file_source_with_segments(tmp_path, fast_compile):
     c = _load("default:method=soft_e_mixup")
     from embaug_jax.dataset import save_embeddings
 
-    d = command.load_data(c)  # the smoke clusters, with segments (8, 16)
+    d = run_train.load_data(c)  # the smoke clusters, with segments (8, 16)
     save_embeddings(tmp_path / "emb", d.embeddings, d.labels, d.class_names,
                     segments=[{"name": s.name, "size": s.size} for s in d.segments])
     c.data.source = "file"
     c.data.path = str(tmp_path / "emb")
     c.augment.use_segments = True
-    results = command.train_and_evaluate(c, tmp_path / "run")
+    results = run_train.train_and_evaluate(c, tmp_path / "run")
     assert results["methods"]["soft_e_mixup"]["weighted_auc"]["mean"] > 0.7
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    saved = json.loads(Workdir(tmp_path / "run").config.read_text())
     assert saved["data"]["path"] == str(tmp_path / "emb") and saved["augment"]["use_segments"]
 
 
@@ -143,7 +145,7 @@ def test_method_variant_and_each_configs_own_variants():
             _load(name, "method=e_mixup")
     c = _load("default", "method=mixup")
     with pytest.raises(ValueError, match="unknown method 'mixup'"):
-        command.validate_config(c)
+        run_train.validate_config(c)
 
 
 def test_configs_load_without_the_repository_on_sys_path(tmp_path):

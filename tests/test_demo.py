@@ -9,7 +9,8 @@ import pytest
 
 from embaug_jax import cli
 from embaug_jax.embed.bert import TextEmbedder
-from embaug_jax.train import command
+from embaug_jax.run import train as run_train
+from embaug_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.needs_wordnet]
@@ -21,7 +22,7 @@ def _demo(workdir: Path, devices: int) -> dict:
             f"--workdir={workdir}", f"--config.extract.num_devices={devices}",
             f"--config.train.num_devices={devices}", "--config.extract.progress=False"]
     assert cli.main(argv) == 0
-    return json.loads((workdir / "train" / "results.json").read_text())
+    return json.loads(Workdir(workdir).train.results_json.read_text())
 
 
 def test_demo_smoke_same_metrics_on_one_and_four_devices_and_cached_rerun(
@@ -32,10 +33,10 @@ def test_demo_smoke_same_metrics_on_one_and_four_devices_and_cached_rerun(
     # Next to Table 1: the weighted AUC by part and the paired differences from the control.
     assert "Weighted AUC by part" in out and "Differences from the control" in out
     assert "Soft E-Stitchup against the control" in out
-    train_dir = tmp_path / "one" / "train"
-    for name in ("results.md", "metrics.jsonl", "fig3_threshold_sweep.png", "fig4_roc.png",
-                 "fig5_training_curves.png", "reliability.png"):
-        assert (train_dir / name).stat().st_size > 0, name
+    train_dir = Workdir(tmp_path / "one").train
+    for path in (train_dir.results_md, train_dir.metrics, *map(train_dir.figure, (
+            "threshold_sweep", "roc", "training_curves", "reliability"))):
+        assert path.stat().st_size > 0, path
     assert one["num_none_examples"] and min(one["num_none_examples"]) > 0
     assert list(one["methods"]) == ["control", "e_mixup", "e_stitchup", "soft_e_mixup",
                                     "soft_e_stitchup"]
@@ -49,7 +50,7 @@ def test_demo_smoke_same_metrics_on_one_and_four_devices_and_cached_rerun(
 
     # A second run embeds nothing and trains nothing more: same results from the caches.
     monkeypatch.setattr(TextEmbedder, "embed", lambda *a, **k: pytest.fail("re-embedded"))
-    monkeypatch.setattr(command, "run_sweep", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(run_train, "run_sweep", lambda *a, **k: pytest.fail("retrained"))
     again = _demo(tmp_path / "one", 1)
     for method, entry in one["methods"].items():
         assert again["methods"][method]["weighted_auc"] == entry["weighted_auc"]

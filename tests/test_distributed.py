@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from embaug_jax.workdir import Workdir
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,11 +44,11 @@ HOOK = r"""
 import os, sys
 from embaug_jax import cli
 from embaug_jax.embed import pipeline
-from embaug_jax.train import command
+from embaug_jax.run import train as run_train
 
 
 def train_one_chunk(config, workdir):
-    command.train_and_evaluate(config, workdir, on_chunk=lambda history, epochs_done: True)
+    run_train.train_and_evaluate(config, workdir, on_chunk=lambda history, epochs_done: True)
 
 
 class Failing:
@@ -161,9 +163,9 @@ def _assert_close(got, want) -> int:
 
 
 def assert_same_results(workdir: Path, reference: Path):
-    got, want = (json.loads((w / "results.json").read_text()) for w in (workdir, reference))
+    got, want = (json.loads(Workdir(w).results_json.read_text()) for w in (workdir, reference))
     assert _assert_close(got, want) > 100
-    got, want = ([json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()]
+    got, want = ([json.loads(line) for line in Workdir(w).metrics.read_text().splitlines()]
                  for w in (workdir, reference))
     assert len(want) == 3 * 3  # members x evaluations
     _assert_close(got, want)
@@ -185,7 +187,7 @@ def test_train_two_processes_equal_one(train_reference, tmp_path):
     assert re.search(r"training 3 members .*on 4 device\(s\)", err0) and "Soft E-Stitchup" in out0
     assert "process 1 of 2 joined; 2 local of 4 devices" in err1
     assert "Soft E-Stitchup" not in out1 and "training 3 members" not in err1
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["12", "8"]
+    assert sorted(p.name for p in Workdir(tmp_path / "two").checkpoints.iterdir()) == ["12", "8"]
     # The same command on the finished workdir re-reports (it used to hang in the restore).
     (_, out0, _, _), (_, out1, _, _) = ok(launch("train", TRAIN, tmp_path / "two", processes=2))
     assert "Soft E-Stitchup" in out0 and "Soft E-Stitchup" not in out1
@@ -196,11 +198,11 @@ def test_train_killed_resumes_on_another_process_count(train_reference, tmp_path
     # One chunk on 1 process, the next on 2 (resumed 1 -> 2), the last on 1 (resumed 2 -> 1).
     workdir = tmp_path / "run"
     ok(launch("train_one_chunk", TRAIN, workdir, processes=1))
-    assert not (workdir / "results.json").exists()
+    assert not Workdir(workdir).results_json.exists()
     results = ok(launch("train_one_chunk", TRAIN, workdir, processes=2))
     assert all("resumed from" in err and "at epoch 4" in err for _, _, err, _ in results)
-    assert not (workdir / "results.json").exists()
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "8"]
+    assert not Workdir(workdir).results_json.exists()
+    assert sorted(p.name for p in Workdir(workdir).checkpoints.iterdir()) == ["4", "8"]
     (_, _, err, _), = ok(launch("train", TRAIN, workdir, processes=1))
     assert "resumed from" in err and "at epoch 8" in err
     assert_same_results(workdir, train_reference)
@@ -235,7 +237,7 @@ def test_extract_two_processes_byte_identical(extract_reference, tmp_path):
     assert "process 0 of 2 embeds shards [0, 2, 4] (5 unfinished of 5)" in err0
     assert "process 1 of 2 embeds shards [1, 3] (5 unfinished of 5)" in err1
     assert dir_bytes(tmp_path / "two" / "embeddings") == want
-    assert not (tmp_path / "two" / "shards").exists()
+    assert not Workdir(tmp_path / "two").shards.exists()
 
 
 def test_extract_process_dies_others_stop_then_resume_on_one(extract_reference, tmp_path):
@@ -249,7 +251,7 @@ def test_extract_process_dies_others_stop_then_resume_on_one(extract_reference, 
     assert code1 == 1 and "process 1 of 2 failed (RuntimeError: test: embedder killed)" in err1
     assert code0 != 0 and "stopped sending heartbeats" in err0, err0[-3000:]
     assert t1 < t0 < t1 + HEARTBEAT_S + 60, (t0, t1)
-    shards = sorted(p.name for p in (workdir / "shards").glob("shard_*.npy"))
+    shards = sorted(p.name for p in Workdir(workdir).shards.glob("shard_*.npy"))
     assert shards == ["shard_00000.npy", "shard_00002.npy", "shard_00004.npy"]
     ok(launch("extract", _extract_args(table), workdir, processes=1))
     assert dir_bytes(workdir / "embeddings") == want
@@ -262,7 +264,7 @@ def test_extract_killed_on_one_resumes_on_two(extract_reference, tmp_path):
     (code, _, err, _), = launch("failing_extract", _extract_args(table), workdir, processes=1,
                                 env={"FAIL_IN": "0", "FAIL_AFTER": "4"})
     assert code != 0 and "test: embedder killed" in err
-    assert len(list((workdir / "shards").glob("shard_*.npy"))) == 2
+    assert len(list(Workdir(workdir).shards.glob("shard_*.npy"))) == 2
     (_, _, err0, _), (_, _, err1, _) = ok(
         launch("extract", _extract_args(table), workdir, processes=2))
     assert "process 0 of 2 embeds shards [2, 4] (3 unfinished of 5)" in err0

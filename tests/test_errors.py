@@ -26,6 +26,7 @@ from embaug_jax import augment, cli
 from embaug_jax.dataset import load_embeddings, save_embeddings
 from embaug_jax.train.synthetic import make_synthetic
 from embaug_jax.util import UserError, atomic_path, workdir_lock
+from embaug_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = str(REPO / "configs" / "default.py")
@@ -475,16 +476,16 @@ def _no_training(monkeypatch):
 
 def test_smoke_variant_with_data_path_trains_on_that_file_and_changed_data_is_refused(
         tmp_path, capsys, fast_compile):
-    from embaug_jax.train.command import data_fingerprint
+    from embaug_jax.run.train import data_fingerprint
 
     data = dataset_dir(tmp_path, classes=4)
     assert cli.main(file_train(tmp_path, data=data)) == 0
-    work = tmp_path / "w"
-    config = json.loads((work / "config.json").read_text())
+    work = Workdir(tmp_path / "w")
+    config = json.loads(work.config.read_text())
     assert config["data"]["source"] == "file" and config["data"]["path"] == str(data)
-    fingerprint = json.loads((work / "fingerprint.json").read_text())
+    fingerprint = json.loads(work.fingerprint.read_text())
     assert fingerprint["data_content"] == data_fingerprint(load_embeddings(data))
-    results = (work / "results.json").read_bytes()
+    results = work.results_json.read_bytes()
 
     # Different data of the same shape at the same path: refused, results untouched.
     other = dataset_dir(tmp_path, "other", seed=1, classes=4)
@@ -494,7 +495,7 @@ def test_smoke_variant_with_data_path_trains_on_that_file_and_changed_data_is_re
     assert cli.main(file_train(tmp_path, data=data)) == 2
     err = capsys.readouterr().err
     assert "trained on other data" in err and "delete" in err and "Traceback" not in err
-    assert (work / "results.json").read_bytes() == results
+    assert work.results_json.read_bytes() == results
 
 
 def test_an_all_empty_text_column_is_an_error_and_a_mostly_empty_one_a_warning(tmp_path,
@@ -589,12 +590,12 @@ def test_the_lock_is_taken_in_process_too(tmp_path):
 
 
 def test_a_failed_train_leaves_no_config_or_fingerprint(tmp_path, monkeypatch):
-    from embaug_jax.train import command
+    from embaug_jax.run import train as run_train
 
     def crash(*args, **kwargs):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(command, "run_sweep", crash)
+    monkeypatch.setattr(run_train, "run_sweep", crash)
     with pytest.raises(RuntimeError, match="device lost"):
         cli.main(file_train(tmp_path))
     assert not (tmp_path / "w").exists()
@@ -612,14 +613,14 @@ def test_full_disk_keeps_the_results_and_a_rerun_finishes_without_training(
         assert cli.main(file_train(tmp_path)) == 2
     err = capsys.readouterr().err
     assert "no space left on device" in err and "run the same command again" in err
-    work = tmp_path / "w"
-    results = json.loads((work / "results.json").read_text())  # written before the figures
-    assert (work / "results.md").exists() and not list(work.glob("*.png"))
+    work = Workdir(tmp_path / "w")
+    results = json.loads(work.results_json.read_text())  # written before the figures
+    assert work.results_md.exists() and not list(work.path.glob("*.png"))
 
     _no_training(monkeypatch)
     assert cli.main(file_train(tmp_path)) == 0
-    assert sorted(p.name for p in work.glob("*.png")) == sorted(results["figures"])
-    assert json.loads((work / "results.json").read_text()) == results
+    assert sorted(p.name for p in work.path.glob("*.png")) == sorted(results["figures"])
+    assert json.loads(work.results_json.read_text()) == results
 
 
 class _DeviceFake:
@@ -666,11 +667,11 @@ def test_checkpoints_of_the_old_kernel_layout_are_refused_with_what_to_do(
 
     data = dataset_dir(tmp_path, classes=4)
     assert cli.main(file_train(tmp_path, data=data)) == 0
-    work = tmp_path / "w"
+    work = Workdir(tmp_path / "w")
     # What an earlier version wrote: the same fingerprint without the state layout.
-    fingerprint = json.loads((work / "fingerprint.json").read_text())
+    fingerprint = json.loads(work.fingerprint.read_text())
     del fingerprint["state_layout"]
-    (work / "fingerprint.json").write_text(json.dumps(fingerprint))
+    work.fingerprint.write_text(json.dumps(fingerprint))
     capsys.readouterr()
     assert cli.main(file_train(tmp_path, data=data)) == 2
     err = capsys.readouterr().err
@@ -678,7 +679,7 @@ def test_checkpoints_of_the_old_kernel_layout_are_refused_with_what_to_do(
     assert "Traceback" not in err
     # Doing what it says: without the checkpoints the finished run re-reports from its
     # predictions, and trains nothing (training would write checkpoints again).
-    shutil.rmtree(work / "checkpoints")
+    shutil.rmtree(work.checkpoints)
     assert cli.main(file_train(tmp_path, data=data)) == 0
-    assert not (work / "checkpoints").exists()
-    assert (work / "results.md").exists()
+    assert not work.checkpoints.exists()
+    assert work.results_md.exists()

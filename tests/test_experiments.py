@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embaug_jax.workdir import Workdir
+
 pytestmark = pytest.mark.slow
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -28,12 +30,12 @@ def test_table1_and_the_figure_scripts_share_one_sweep(tmp_path, scripts, capsys
     workdir = tmp_path / "table1"
     scripts("table1").main(["--smoke", f"--workdir={workdir}"])
     assert "<- best" in capsys.readouterr().out
-    results = json.loads((workdir / "results.json").read_text())
+    results = json.loads(Workdir(workdir).results_json.read_text())
 
     # The readers re-report the finished sweep from its predictions.npz: the engine never runs
     # (not even to restore a checkpoint).
-    from embaug_jax.train import command
-    monkeypatch.setattr(command, "run_sweep",
+    from embaug_jax.run import train as run_train
+    monkeypatch.setattr(run_train, "run_sweep",
                         lambda *a, **k: pytest.fail("a finished sweep went back to the engine"))
 
     scripts("threshold_sweep").main(["--smoke", f"--workdir={workdir}"])
@@ -56,7 +58,7 @@ def test_table1_and_the_figure_scripts_share_one_sweep(tmp_path, scripts, capsys
     assert {r["method"] for r in rows} == set(results["methods"])
     epochs = sorted({int(r["epoch"]) for r in rows})
     assert epochs == sorted({json.loads(line)["epoch"] for line in
-                             (workdir / "metrics.jsonl").read_text().splitlines()})
+                             Workdir(workdir).metrics.read_text().splitlines()})
 
 
 def test_softness_study_and_bad_arguments(tmp_path, scripts, capsys):
@@ -64,7 +66,7 @@ def test_softness_study_and_bad_arguments(tmp_path, scripts, capsys):
     out = capsys.readouterr().out
     for s in ("0.01", "0.05", "0.1", "0.2"):
         assert f"soft_e_stitchup/alpha=0.3/softness={s} " in out
-    assert (tmp_path / "fig6_softness.png").exists()
+    assert Workdir(tmp_path).figure("softness").exists()
     with pytest.raises(SystemExit):
         scripts("softness").main([f"--workdir={tmp_path}", "--epochs=3"])
     assert "overrides look like --config.a.b=value" in capsys.readouterr().err
@@ -78,8 +80,9 @@ def test_none_share_study(tmp_path, scripts, capsys):
     rows = _rows(tmp_path / "none_share.csv")
     assert [(r["holdout"], r["method"]) for r in rows][::5] == [("0", "control"), ("2", "control")]
     for k in (0, 2):
-        results = json.loads((tmp_path / f"holdout_{k}" / "results.json").read_text())
-        config = json.loads((tmp_path / f"holdout_{k}" / "config.json").read_text())
+        run = Workdir(tmp_path / f"holdout_{k}")
+        results = json.loads(run.results_json.read_text())
+        config = json.loads(run.config.read_text())
         assert str(config["data"]["holdout_classes"]) == str(k)  # a count or class names
         for r in (r for r in rows if r["holdout"] == str(k)):
             entry = results["methods"][r["method"]]

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from embaug_jax import metrics, report
 from embaug_jax.train.engine import SweepResult
+from embaug_jax.workdir import FIGURES, Workdir
 
 C = 6
 TRIALS = 3
@@ -78,12 +79,13 @@ def full_report(tmp_path_factory):
 
 def test_writes_every_file_atomically(full_report):
     workdir, _, results = full_report
-    expected = {"results.json", "results.md", report.PREDICTIONS, *report.FIGURES}
-    assert {p.name for p in workdir.iterdir()} == expected  # no temporaries left behind
-    for name in report.FIGURES:
-        _assert_png(workdir / name)
-    assert results["figures"] == list(report.FIGURES)
-    assert _strict_json(workdir / "results.json") == json.loads(json.dumps(results))
+    w = Workdir(workdir)
+    expected = {w.results_json, w.results_md, w.predictions, *map(w.figure, FIGURES)}
+    assert set(workdir.iterdir()) == expected  # no temporaries left behind
+    for name in FIGURES:
+        _assert_png(w.figure(name))
+    assert results["figures"] == list(FIGURES.values())
+    assert _strict_json(w.results_json) == json.loads(json.dumps(results))
 
 
 def test_perfect_classifier_scores_one(full_report):
@@ -126,7 +128,7 @@ def test_best_alpha_and_statistics(full_report):
 
 def test_results_markdown(full_report):
     workdir, _, results = full_report
-    md = (workdir / "results.md").read_text()
+    md = Workdir(workdir).results_md.read_text()
     assert md.startswith("# synthetic sweep")
     # The Table-1 rows, rebuilt from results.json's numbers: one per method, in the paper's order.
     names = {"control": "Control", "e_mixup": "E-Mixup", "e_stitchup": "E-Stitchup",
@@ -149,7 +151,7 @@ def test_results_markdown(full_report):
         assert heading in md
     assert "Paper's weighted AUC (its own data: Fashion Product Images)" in md
     assert "are absent" not in md  # every trial here has "none" examples
-    for name in report.FIGURES:
+    for name in FIGURES.values():
         assert f"({name})" in md
 
 
@@ -164,10 +166,10 @@ def test_no_none_examples_and_no_history(tmp_path):
     assert none_acc["n"] == TRIALS - 1 and none_acc["values"][1] is None
     assert results["num_none_examples"][1] == 0
     assert results["methods"]["control"]["threshold_sweep"]["thresholds"] == [0.2, 0.5, 0.8]
-    assert results["figures"] == ["fig3_threshold_sweep.png", "fig4_roc.png", "reliability.png",
-                                  "auc_decomposition.png"]
-    assert not (tmp_path / "fig5_training_curves.png").exists()
-    assert _strict_json(tmp_path / "results.json")["threshold"] == 0.5
+    assert results["figures"] == [FIGURES[k] for k in ("threshold_sweep", "roc", "reliability",
+                                                       "auc_decomposition")]
+    assert not Workdir(tmp_path).figure("training_curves").exists()
+    assert _strict_json(Workdir(tmp_path).results_json)["threshold"] == 0.5
 
 
 def test_bad_sweep_results_raise_clear_errors():

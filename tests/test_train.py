@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from embaug_jax import augment, configlib
-from embaug_jax.train import command
+from embaug_jax.run import train as run_train
 from embaug_jax.train import engine as train
 from embaug_jax.train.synthetic import make_synthetic
 
@@ -31,7 +31,7 @@ def _config(**overrides):
 
 def _data(c):
     """The engine's input as `embaug train` builds it."""
-    return command.prepare_data(c)[2]
+    return run_train.prepare_data(c)[2]
 
 
 def _spec(c, data, kind="control"):
@@ -246,7 +246,7 @@ def test_dataset_larger_than_the_device_budget_streams_to_the_same_results(sweep
     from embaug_jax.dataset import load_embeddings, save_embeddings
 
     c, data, hp, full = sweep4
-    ds = command.load_data(c)
+    ds = run_train.load_data(c)
     save_embeddings(tmp_path / "ds", np.asarray(ds.embeddings), np.asarray(ds.labels),
                     list(ds.class_names))
     mapped = load_embeddings(tmp_path / "ds")
@@ -330,16 +330,16 @@ def test_sweep_members_grid():
 def test_bad_config_values(key, value, match):
     c = _config(**{"sweep.methods": ("control", "soft_e_mixup"), key: value})
     with pytest.raises(ValueError, match=match):
-        command.validate_config(c)
+        run_train.validate_config(c)
 
 
 def test_bad_data(tmp_path):
     c = _config(**{"data.source": "file"})
     with pytest.raises(ValueError, match="config.data.path is not set"):
-        command.train_and_evaluate(c, tmp_path / "a")
+        run_train.train_and_evaluate(c, tmp_path / "a")
     c.data.path = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="missing"):
-        command.train_and_evaluate(c, tmp_path / "b")
+        run_train.train_and_evaluate(c, tmp_path / "b")
     c = _config(batch_size=128)
     with pytest.raises(ValueError, match="batch_size=128 exceeds"):
         train.make_program(train.ProgramSpec.from_config(c, 6, 80))
@@ -355,13 +355,13 @@ def test_holdout_classes_is_a_count_or_class_names():
     import ml_collections
 
     d = ml_collections.ConfigDict(dict(holdout_classes=" class_001, class_004"))
-    assert command._holdout(d) == ["class_001", "class_004"]
+    assert run_train._holdout(d) == ["class_001", "class_004"]
     d.holdout_classes = "2"
-    assert command._holdout(d) == 2
+    assert run_train._holdout(d) == 2
     d.holdout_classes = "7,"  # one class whose name is a number
-    assert command._holdout(d) == ["7"]
+    assert run_train._holdout(d) == ["7"]
     d.holdout_classes = ""
-    assert command._holdout(d) == []
+    assert run_train._holdout(d) == []
 
 
 def test_ablation_baselines_train_in_the_sweep(fast_compile):

@@ -51,12 +51,11 @@ from embaug_jax.dataset import (Segment, class_ids, is_saved_dataset, load_embed
                                 save_embeddings)
 from embaug_jax.util import (UserError, atomic_path, check_workdir, list_first,
                              reuse_freed_memory, workdir_lock, write_json_atomic)
+from embaug_jax.workdir import Workdir
 
 # Bumped when the pipeline changes what it writes for the same inputs.
 PIPELINE_VERSION = 1
-SHARDS_DIR = "shards"
 MANIFEST = "manifest.json"
-SKIPPED_REPORT = "skipped_images.json"
 # Keys of config.source that say where data lives, not what it is: the content hash covers the
 # data itself, so moving a data set does not invalidate its embeddings.
 _LOCATION_KEYS = ("path", "root", "data_dir")
@@ -162,7 +161,8 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
         if not _is_converted(path):
             from embaug_jax.embed.convert import convert_file
 
-            converted = workdir / "models" / f"{path.stem}.{hash_files([path])[:12]}.safetensors"
+            name = f"{path.stem}.{hash_files([path])[:12]}.safetensors"
+            converted = Workdir(workdir).models / name
             if not converted.is_file():
                 logging.info("extract: converting %s -> %s", path, converted)
                 convert_file(path, converted, origin=origin, variant=variant)
@@ -288,8 +288,8 @@ def _overwritten(output: Path, workdir: Path) -> list[Path]:
     """What `overwrite=True` removes: the earlier outputs present, each checked to be one the
     extraction wrote (a UserError, naming it, for anything else)."""
     stale = []
-    for path, ours in ((output, is_saved_dataset), (workdir / SHARDS_DIR, _is_shards_dir),
-                       (output.parent / SKIPPED_REPORT, _is_skipped_report)):
+    for path, ours in ((output, is_saved_dataset), (Workdir(workdir).shards, _is_shards_dir),
+                       (Workdir(workdir).skipped_images(output), _is_skipped_report)):
         if path.exists() or path.is_symlink():
             if not ours(path):
                 raise UserError(
@@ -485,7 +485,7 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     # fresh pages in (see util.reuse_freed_memory).
     reuse_freed_memory()
     workdir = Path(workdir)
-    output = Path(config.output or workdir / "embeddings")
+    output = Path(config.output or Workdir(workdir).embeddings)
     shard_size = int(config.shard_size)
     if shard_size < 1:
         raise UserError(f"config.shard_size must be >= 1, got {shard_size}.")
@@ -504,8 +504,8 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
 
 def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, text_embedder,
                     image_embedder) -> Path:
-    skipped_path = output.parent / SKIPPED_REPORT
-    shards_dir = workdir / SHARDS_DIR
+    skipped_path = Workdir(workdir).skipped_images(output)
+    shards_dir = Workdir(workdir).shards
     keep_shards = bool(config.keep_shards)
 
     data = sources_lib.load_source(config)

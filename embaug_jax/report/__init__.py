@@ -3,7 +3,8 @@
 `write_report(workdir, result)` evaluates every member of a finished sweep (`result`:
 `train.engine.run_sweep`'s `SweepResult`, or `load_predictions(workdir)`) with
 `embaug_jax.metrics`, groups members into variants (method, alpha, softness) over trials and seeds, picks each method's best alpha by
-mean weighted AUC (as the paper's grid search did), and writes atomically:
+mean weighted AUC (as the paper's grid search did), and writes atomically (each file where
+`embaug_jax.workdir.Workdir` puts it):
 
 - `predictions.npz`: every member's final validation probabilities with labels, splits and
   learning curves (`load_predictions` reads it back: re-analysis needs no checkpoint).
@@ -14,35 +15,23 @@ mean weighted AUC (as the paper's grid search did), and writes atomically:
   the rest) and `results["paired"]` (each method minus the control, trial by trial, with paired-t
   and bootstrap intervals; see `report.statistics`).
 - `results.md`: all of that as tables and plain sentences, beside the paper's own numbers.
-- `fig3_threshold_sweep.png`, `fig4_roc.png`, `fig5_training_curves.png`, `fig6_softness.png`
-  (only when a soft method ran with >= 2 softness values), `reliability.png` and
-  `auc_decomposition.png`.
+- the figures (`embaug_jax.workdir.FIGURES`): Figures 3-6 (Figure 6 only when a soft method
+  ran with >= 2 softness values), the reliability diagram and the AUC decomposition.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from embaug_jax import metrics
-from embaug_jax.report.figures import (
-    FIGURES,
-    _fig3_threshold_sweep,
-    _fig4_roc,
-    _fig5_training_curves,
-    _auc_decomposition,
-    _fig6_softness,
-    _reliability,
-    _softness_sweeps,
-)
 from embaug_jax.report import statistics
+from embaug_jax.report.figures import plan_figures
 from embaug_jax.report.results import (
-    PREDICTIONS,
-    _build_results,
+    build_results,
     evaluate_members,
     group_variants,
     held_out_selection,
@@ -51,15 +40,16 @@ from embaug_jax.report.results import (
     save_predictions,
     summarize,
 )
-from embaug_jax.report.tables import _results_markdown, format_summary, format_table
+from embaug_jax.report.tables import format_summary, format_table, results_markdown
 from embaug_jax.util import write_json_atomic, write_text_atomic
+from embaug_jax.workdir import Workdir
 
 if TYPE_CHECKING:
     from embaug_jax.train.engine import SweepResult
 
-__all__ = ["DEFAULT_BOOTSTRAP_RESAMPLES", "DEFAULT_SELECTION_FRACTION", "FIGURES", "PREDICTIONS",
-           "evaluate_members", "format_summary", "format_table", "group_variants",
-           "load_predictions", "save_predictions", "summarize", "write_report"]
+__all__ = ["DEFAULT_BOOTSTRAP_RESAMPLES", "DEFAULT_SELECTION_FRACTION", "evaluate_members",
+           "format_summary", "format_table", "group_variants", "load_predictions",
+           "save_predictions", "summarize", "write_report"]
 
 # Half of each trial's validation rows choose alpha, the other half report (results["selection"]).
 DEFAULT_SELECTION_FRACTION = 0.5
@@ -76,7 +66,7 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
     """Evaluates a sweep and writes predictions.npz, results.json, results.md and the figures.
 
     Args:
-      workdir: output directory (created if missing).
+      workdir: output directory (created if missing), a path or a `Workdir`.
       result: the sweep's `SweepResult` (`run_sweep`'s return), finished.
       threshold: confidence threshold of the accuracies in the tables (default: the one the
         sweep trained with, `result.threshold`).
@@ -115,17 +105,17 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
     if int(bootstrap_resamples) < 0:
         raise ValueError(f"write_report: bootstrap_resamples must be >= 0, got "
                          f"{bootstrap_resamples}.")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Workdir(workdir)
+    workdir.path.mkdir(parents=True, exist_ok=True)
     fpr_grid = metrics.DEFAULT_FPR_GRID
     # First, so that any later analysis reads these instead of restoring a checkpoint.
-    save_predictions(workdir / PREDICTIONS, result)
+    save_predictions(workdir.predictions, result)
 
     evaluation = dict(threshold=threshold, thresholds=thresholds, fpr_grid=fpr_grid,
                       num_bins=num_bins)
     per_member = evaluate_members(result, **evaluation)
     variants = group_variants(result.members)
-    results = _build_results(result, per_member, variants, threshold, thresholds, fpr_grid)
+    results = build_results(result, per_member, variants, threshold, thresholds, fpr_grid)
 
     key = jax.random.key(int(seed))
     chosen = {m: e["variant"] for m, e in results["methods"].items()}
@@ -150,20 +140,11 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
 
     # Results first: a full disk or a plotting failure must not lose the tables, and a rerun
     # (which re-reports from the saved predictions without training) redraws the figures.
-    plots = [(FIGURES[0], _fig3_threshold_sweep, (results, variants, per_member)),
-             (FIGURES[1], _fig4_roc, (results, variants, per_member, fpr_grid))]
-    if result.eval_epochs.size:
-        plots.append((FIGURES[2], _fig5_training_curves, (results, variants, result)))
-        sweeps = _softness_sweeps(results)
-        if sweeps:
-            plots.append((FIGURES[3], _fig6_softness, (results, variants, result, sweeps)))
-    plots.append((FIGURES[4], _reliability, (results, variants, per_member)))
-    plots.append((FIGURES[5], _auc_decomposition,
-                  (results, variants, per_member, result.members)))
-    results["figures"] = [name for name, _, _ in plots]
+    figures = plan_figures(results, variants, per_member, result, fpr_grid)
+    results["figures"] = [workdir.figure(name).name for name in figures]
 
-    write_json_atomic(workdir / "results.json", results)
-    write_text_atomic(workdir / "results.md", _results_markdown(results, title))
-    for name, draw, args in plots:
-        draw(workdir / name, *args)
+    write_json_atomic(workdir.results_json, results)
+    write_text_atomic(workdir.results_md, results_markdown(results, title))
+    for name, draw in figures.items():
+        draw(workdir.figure(name))
     return results

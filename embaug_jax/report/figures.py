@@ -1,15 +1,46 @@
-"""Figures 3-6 and the reliability diagram (matplotlib's object API with the Agg canvas: no pyplot state, no display needed)."""
+"""Figures 3-6, the reliability diagram and the AUC decomposition (matplotlib's object API with
+the Agg canvas: no pyplot state, no display needed)."""
 
+from __future__ import annotations
+
+import functools
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from embaug_jax.report.results import DISPLAY_NAMES, _nanreduce
+from embaug_jax.report.results import DISPLAY_NAMES, nanreduce
 from embaug_jax.util import atomic_path
 
-FIGURES = ("fig3_threshold_sweep.png", "fig4_roc.png", "fig5_training_curves.png",
-           "fig6_softness.png", "reliability.png", "auc_decomposition.png")
+if TYPE_CHECKING:
+    from embaug_jax.train.engine import SweepResult
+
+
+def plan_figures(results: dict, variants: dict[str, dict], per_member: list[dict],
+                 result: SweepResult, fpr_grid) -> dict[str, Callable[[Path], None]]:
+    """The figures a report draws, by their `embaug_jax.workdir.FIGURES` name, in that order:
+    each a function that draws it to the path it is given.
+
+    Learning curves need evaluations during training (`result.eval_epochs`); Figure 6 needs a
+    soft method that ran >= 2 softness values at one alpha.
+    """
+    plans = {"threshold_sweep": (_fig3_threshold_sweep, (results, variants, per_member)),
+             "roc": (_fig4_roc, (results, variants, per_member, fpr_grid))}
+    if result.eval_epochs.size:
+        plans["training_curves"] = (_fig5_training_curves, (results, variants, result))
+        sweeps = _softness_sweeps(results)
+        if sweeps:
+            plans["softness"] = (_fig6_softness, (results, variants, result, sweeps))
+    plans["reliability"] = (_reliability, (results, variants, per_member))
+    plans["auc_decomposition"] = (_auc_decomposition,
+                                  (results, variants, per_member, result.members))
+    # Each drawing function takes the path first: bind its other arguments behind it.
+    return {name: functools.partial(_draw_to, draw, args) for name, (draw, args) in plans.items()}
+
+
+def _draw_to(draw: Callable, args: tuple, path: Path) -> None:
+    draw(path, *args)
 
 
 def _new_figure(nrows, ncols, *, width=4.0, height=3.2, **kw):
@@ -45,10 +76,10 @@ def _fig3_threshold_sweep(path, results, variants, per_member):
         idx = variants[results["methods"][method]["variant"]]["members"]
         for key, color, label in (("sweep_overall", "C0", "overall"), ("sweep_none", "C1", "none")):
             curves = _stack(per_member, idx, key)
-            ax.plot(thresholds, _nanreduce(np.nanmean, curves), color=color, label=label)
+            ax.plot(thresholds, nanreduce(np.nanmean, curves), color=color, label=label)
             if len(idx) > 1:
                 for fn in (np.nanmin, np.nanmax):
-                    ax.plot(thresholds, _nanreduce(fn, curves), ":", color=color, lw=1)
+                    ax.plot(thresholds, nanreduce(fn, curves), ":", color=color, lw=1)
         ax.set_title(_label(method))
         ax.set_xlabel("confidence threshold")
         ax.set_ylim(-0.02, 1.02)
@@ -66,7 +97,7 @@ def _fig4_roc(path, results, variants, per_member, fpr_grid):
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
     for k, (method, entry) in enumerate(results["methods"].items()):
         idx = variants[entry["variant"]]["members"]
-        tpr = _nanreduce(np.nanmean, _stack(per_member, idx, "roc_tpr"))
+        tpr = nanreduce(np.nanmean, _stack(per_member, idx, "roc_tpr"))
         auc = entry["weighted_auc"]["mean"]
         ax.plot(np.r_[0.0, fpr_grid], np.r_[0.0, tpr], color=f"C{k}",
                 lw=3.0 if method == "control" else 1.4,
@@ -80,9 +111,9 @@ def _fig4_roc(path, results, variants, per_member, fpr_grid):
 
 
 def _plot_epochs(ax, epochs, curves, **kw):
-    line, = ax.plot(epochs, _nanreduce(np.nanmean, curves), **kw)
+    line, = ax.plot(epochs, nanreduce(np.nanmean, curves), **kw)
     if curves.shape[0] > 1:
-        ax.fill_between(epochs, _nanreduce(np.nanmin, curves), _nanreduce(np.nanmax, curves),
+        ax.fill_between(epochs, nanreduce(np.nanmin, curves), nanreduce(np.nanmax, curves),
                         color=line.get_color(), alpha=0.15, lw=0)
 
 
@@ -204,9 +235,9 @@ def _auc_decomposition(path, results, variants, per_member, members):
                                   (0.0, "weighted_auc", "black", "weighted (Table 1)"),
                                   (0.22, "none_auroc", "C1", "\"none\"")):
         values = [np.array([per_member[i][key] for i in idx], float) for idx in chosen]
-        means = np.array([_nanreduce(np.nanmean, v) for v in values])
-        low = means - np.array([_nanreduce(np.nanmin, v) for v in values])
-        high = np.array([_nanreduce(np.nanmax, v) for v in values]) - means
+        means = np.array([nanreduce(np.nanmean, v) for v in values])
+        low = means - np.array([nanreduce(np.nanmin, v) for v in values])
+        high = np.array([nanreduce(np.nanmax, v) for v in values]) - means
         left.errorbar(x + dx, means, yerr=[np.nan_to_num(low), np.nan_to_num(high)], fmt="o",
                       color=color, capsize=3, label=label)
     weight = np.nanmean([per_member[i]["none_weight"] for idx in chosen for i in idx])

@@ -48,8 +48,6 @@ SCALAR_METRICS = ("weighted_auc", "seen_auc", "none_weight", "seen_part", "none_
                   "none_fpr_at_95_tpr", "ece", "final_train_loss")
 
 
-PREDICTIONS = "predictions.npz"
-
 
 def save_predictions(path, outputs: SweepResult) -> None:
     """Writes a sweep's outputs (final validation probabilities, labels, splits, members,
@@ -85,10 +83,11 @@ def load_predictions(path) -> SweepResult:
     from pathlib import Path
 
     from embaug_jax.train.engine import SweepResult
+    from embaug_jax.workdir import Workdir
 
     path = Path(path)
     if path.suffix != ".npz":  # a workdir
-        path = path / PREDICTIONS
+        path = Workdir(path).predictions
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: a finished `embaug train` run writes it "
                                 f"beside results.json; rerun the sweep's command to make it.")
@@ -169,15 +168,17 @@ def group_variants(members: Sequence[dict]) -> dict[str, dict]:
     return out
 
 
-def _nanreduce(fn, a, axis=0):
+def nanreduce(fn, a, axis=0):
     """np.nanmean & co. without the all-NaN warning: an all-NaN slice just gives NaN."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return fn(a, axis=axis)
 
 
-def _build_results(outputs, per_member, variants, threshold, thresholds,
-                   fpr_grid) -> dict[str, Any]:
+def build_results(outputs, per_member, variants, threshold, thresholds,
+                  fpr_grid) -> dict[str, Any]:
+    """The dict results.json holds: every variant summarised over its members (`per_member`,
+    `evaluate_members`' list), each method's best variant, and the paper's Table 1 beside them."""
     variant_results = {}
     for name, v in variants.items():
         idx = v["members"]
@@ -191,11 +192,11 @@ def _build_results(outputs, per_member, variants, threshold, thresholds,
                  for k in ("overall", "none")}
         entry["threshold_sweep"] = dict(
             thresholds=[float(x) for x in thresholds],
-            **{f"{k}_mean": _json_list(_nanreduce(np.nanmean, a)) for k, a in sweep.items()},
-            **{f"{k}_min": _json_list(_nanreduce(np.nanmin, a)) for k, a in sweep.items()},
-            **{f"{k}_max": _json_list(_nanreduce(np.nanmax, a)) for k, a in sweep.items()})
+            **{f"{k}_mean": _json_list(nanreduce(np.nanmean, a)) for k, a in sweep.items()},
+            **{f"{k}_min": _json_list(nanreduce(np.nanmin, a)) for k, a in sweep.items()},
+            **{f"{k}_max": _json_list(nanreduce(np.nanmax, a)) for k, a in sweep.items()})
         # Figure 4's curve: the support-weighted mean ROC, averaged over the variant's members.
-        entry["roc"] = dict(fpr=_json_list(fpr_grid), tpr_mean=_json_list(_nanreduce(
+        entry["roc"] = dict(fpr=_json_list(fpr_grid), tpr_mean=_json_list(nanreduce(
             np.nanmean, np.stack([per_member[i]["roc_tpr"] for i in idx]))))
         variant_results[name] = entry
     methods = _best_variants(variants, [m["weighted_auc"] for m in per_member])

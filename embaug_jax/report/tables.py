@@ -3,6 +3,7 @@
 from typing import Sequence
 
 from embaug_jax.report.results import DISPLAY_NAMES
+from embaug_jax.workdir import FIGURES
 
 
 def _fmt(stat: dict, *, scale=1.0, digits=4, dev="max_dev") -> str:
@@ -218,7 +219,8 @@ def _paired_rows_text(results: dict) -> str:
             "procedure, which favours the methods")
 
 
-def _results_markdown(results: dict, title: str | None) -> str:
+def results_markdown(results: dict, title: str | None) -> str:
+    """results.md: `results` as tables and sentences, under the heading `title`."""
     t = results["threshold"]
     parts = [
         f"# {title or 'Results'}",
@@ -248,7 +250,7 @@ def _results_markdown(results: dict, title: str | None) -> str:
         "(\"none\" weight) x (\"none\" AUC) + (1 - \"none\" weight) x (seen-class AUC), "
         "where the \"none\" weight is the share of validation rows from classes held out of "
         "training. A method's gain over the control splits the same way "
-        "(auc_decomposition.png).",
+        f"({FIGURES['auc_decomposition']}).",
         "",
         format_decomposition(results),
         "",

@@ -66,8 +66,8 @@ from embaug_jax.util import (UserError, large_dot_compiler_options, list_first, 
 
 OPTIMIZERS = ("adamw", "sgd")
 # Config keys whose change makes an existing checkpoint meaningless for this run.
-_FINGERPRINT_KEYS = ("data", "model", "optim", "augment", "sweep", "num_epochs", "batch_size",
-                     "eval_every", "seed")
+FINGERPRINT_KEYS = ("data", "model", "optim", "augment", "sweep", "num_epochs", "batch_size",
+                    "eval_every", "seed")
 METRIC_NAMES = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
 
 

@@ -1,9 +1,11 @@
 """`embaug train`: a config's sweep end to end in a workdir (validate, load, split, train, report).
 
-`train_and_evaluate(config, workdir)` validates the config, loads the data, draws the splits, runs
-the sweep engine (`embaug_jax.train.engine.run_sweep`: a tqdm bar, an orbax checkpoint and a
-rewritten `metrics.jsonl` per chunk; rerunning the same command resumes from the last checkpoint)
-and hands the final validation probabilities to `embaug_jax.report.write_report`.
+`train_and_evaluate(config, workdir)` validates the config, loads the data, draws the splits,
+fingerprints config and data, runs the sweep engine (`embaug_jax.train.engine.run_sweep`: a tqdm
+bar, an orbax checkpoint and a rewritten metrics.jsonl per chunk; rerunning the same command
+resumes from the last checkpoint) and hands the final validation probabilities to
+`embaug_jax.report.write_report`. A finished run re-reports from its saved predictions. Where
+each file goes is `embaug_jax.workdir.Workdir`'s.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from embaug_jax import augment, distributed
+from embaug_jax import augment, distributed, report
 from embaug_jax.train.engine import (
-    _FINGERPRINT_KEYS,
+    FINGERPRINT_KEYS,
     HPARAM_GRIDS,
     OPTIMIZERS,
     OnChunk,
@@ -34,14 +36,8 @@ from embaug_jax.train.engine import (
 )
 from embaug_jax.train.mlp import HEADS
 from embaug_jax.train.splits import Splits, make_splits
-from embaug_jax.util import (
-    UserError,
-    check_cpu_devices,
-    check_workdir,
-    workdir_lock,
-    write_json_atomic,
-    write_text_atomic,
-)
+from embaug_jax.util import UserError, check_cpu_devices, write_json_atomic, write_text_atomic
+from embaug_jax.workdir import Workdir
 
 DATA_SOURCES = ("file", "synthetic")
 
@@ -192,7 +188,7 @@ def _fingerprint(config, dataset) -> dict:
     with other data of the same shape must not resume the old run; moving it may.
     """
     full = json.loads(config.to_json_best_effort())
-    out = {k: full[k] for k in _FINGERPRINT_KEYS if k in full}
+    out = {k: full[k] for k in FINGERPRINT_KEYS if k in full}
     if isinstance(out.get("data"), dict):
         out["data"] = {k: v for k, v in out["data"].items() if k != "path"}
     out["data_content"] = data_fingerprint(dataset)
@@ -208,24 +204,21 @@ def _same_run(previous: dict, fingerprint: dict) -> bool:
     return strip(previous) == strip(fingerprint)
 
 
-def _check_fingerprint(workdir: Path, fingerprint: dict) -> None:
+def _check_fingerprint(workdir: Workdir, fingerprint: dict) -> None:
     """Refuses to resume (or re-report) a run of another config or other data."""
-    from embaug_jax.report import PREDICTIONS
-
-    ckpt_dir, fp_path = workdir / "checkpoints", workdir / "fingerprint.json"
-    started = (ckpt_dir.exists() and any(ckpt_dir.iterdir())) or (workdir / PREDICTIONS).exists()
-    if not (started and fp_path.exists()):
+    ckpt_dir = workdir.checkpoints
+    started = workdir.has_checkpoints() or workdir.predictions.exists()
+    if not (started and workdir.fingerprint.exists()):
         return
-    try:
-        previous = json.loads(fp_path.read_text())
-    except (OSError, json.JSONDecodeError):
+    previous = _read_json(workdir.fingerprint)
+    if not isinstance(previous, dict):
         previous = {}
     if previous == fingerprint:
         return
     changed = sorted(k for k in set(previous) | set(fingerprint)
                      if previous.get(k) != fingerprint.get(k))
     if changed == ["state_layout"]:
-        if not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+        if not workdir.has_checkpoints():
             return  # a finished run without checkpoints: its report needs only the predictions
         raise UserError(
             f"{workdir} holds checkpoints of an earlier embaug_jax, whose MLP stored its kernels "
@@ -286,35 +279,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                        on_chunk: OnChunk | None = None) -> dict | None:
     """Runs a config's sweep end to end in `workdir`; returns the results dict.
 
-    Writes config.json, metrics.jsonl, checkpoints/ and (via `report.write_report`)
-    results.json, results.md and the figures. Rerunning with the same config resumes.
-    `on_chunk` is `run_sweep`'s: a truthy return stops the sweep as if killed (returns None).
+    Writes the config, its fingerprint, metrics.jsonl, the checkpoints and (via
+    `report.write_report`) the predictions, results and figures; see `Workdir` for the layout.
+    Rerunning with the same config resumes. `on_chunk` is `run_sweep`'s: a truthy return stops
+    the sweep as if killed (returns None).
     """
     started = time.monotonic()
     validate_config(config)
-    workdir = Path(workdir)
-    check_workdir(workdir)
+    workdir = Workdir(workdir).check()
     # Under --distributed every process runs this command; process 0 alone holds the workdir
     # and writes its files (orbax coordinates the checkpoints itself).
     primary = distributed.is_primary()
-    with workdir_lock(workdir, "train", take=primary):
+    with workdir.lock("train", take=primary):
         # Everything checkable is checked before anything is written: a run that fails here
         # leaves no config.json / fingerprint.json behind.
         dataset, splits, data, segments = prepare_data(config)
         fingerprint = _fingerprint(config, dataset)
         _check_fingerprint(workdir, fingerprint)
-        from embaug_jax import report
-
-        predictions = workdir / report.PREDICTIONS
-        fp_path = workdir / "fingerprint.json"
-        if predictions.exists() and fp_path.exists() and (
-                _same_run(_read_json(fp_path), fingerprint)):
+        if workdir.predictions.exists() and workdir.fingerprint.exists() and (
+                _same_run(_read_json(workdir.fingerprint), fingerprint)):
             # A finished run: its saved predictions are all the report needs, no checkpoint
             # restore (so they serve whatever the layout of its checkpoints).
-            logging.info("%s is finished; re-reporting from %s", workdir, predictions)
+            logging.info("%s is finished; re-reporting from %s", workdir, workdir.predictions)
             results = None
             if primary:
-                results = _report(config, workdir, report.load_predictions(predictions))
+                results = _report(config, workdir, report.load_predictions(workdir.predictions))
             _wait_for_report(started)
             return results
         return _train_and_report(config, workdir, fingerprint, dataset, splits, data, segments,
@@ -328,10 +317,9 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _train_and_report(config, workdir: Path, fingerprint: dict, dataset, splits, data,
+def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, splits, data,
                       segments, *, on_chunk: OnChunk | None, primary: bool,
                       started: float) -> dict | None:
-    ckpt_dir = workdir / "checkpoints"
     members = sweep_members(config)
     logging.info("%d members, %d training / %d validation rows per trial, %d unseen classes "
                  "on average", len(members), splits.train_idx.shape[1], splits.val_idx.shape[1],
@@ -340,32 +328,31 @@ def _train_and_report(config, workdir: Path, fingerprint: dict, dataset, splits,
 
     def write_metrics(history, epochs_done):
         if primary:
-            _write_metrics_jsonl(workdir / "metrics.jsonl", members, history, eval_epochs,
-                                 epochs_done)
+            _write_metrics_jsonl(workdir.metrics, members, history, eval_epochs, epochs_done)
         return on_chunk(history, epochs_done) if on_chunk is not None else None
 
     devices = None
     if int(config.num_devices):
         devices = jax.devices()[:int(config.num_devices)]
-    written = [workdir / "config.json", workdir / "fingerprint.json"]
+    written = [workdir.config, workdir.fingerprint]
     fresh = not any(p.exists() for p in written)
     if primary:
         write_json_atomic(written[0], json.loads(config.to_json_best_effort()))
         write_json_atomic(written[1], fingerprint)
     try:
         result = run_sweep(config, data, members, class_names=dataset.class_names,
-                           devices=devices, checkpoint_dir=ckpt_dir, segments=segments,
+                           devices=devices, checkpoint_dir=workdir.checkpoints, segments=segments,
                            on_chunk=write_metrics)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing that claims otherwise.
-        if primary and fresh and not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+        if primary and fresh and not workdir.has_checkpoints():
             for p in written:
                 p.unlink(missing_ok=True)
         raise
     # A resumed, finished sweep runs no chunk: metrics.jsonl is still rewritten from the
     # checkpoint's history.
     if primary:
-        _write_metrics_jsonl(workdir / "metrics.jsonl", members, result.history, eval_epochs,
+        _write_metrics_jsonl(workdir.metrics, members, result.history, eval_epochs,
                              result.epochs_done)
     if not result.finished:
         return None
@@ -385,9 +372,7 @@ def _wait_for_report(started: float) -> None:
     distributed.barrier("train: reported", distributed.patient_timeout(started))
 
 
-def _report(config, workdir: Path, result) -> dict:
-    from embaug_jax import report
-
+def _report(config, workdir: Workdir, result) -> dict:
     r = config.report
     return report.write_report(workdir, result, threshold=float(config.threshold),
                                selection_fraction=float(r.selection_fraction),

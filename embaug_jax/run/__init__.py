@@ -1,0 +1,1 @@
+"""Orchestration above the stages: the commands that run several stages in one workdir."""
