@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from embaug_jax import configlib
-from embaug_jax.embed import pipeline as extract
+from embaug_jax.embed import extraction
+from embaug_jax.run import extract
 from embaug_jax.sources import load_source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +47,8 @@ def main() -> None:
 
         # The same embedder object for the warm pipeline run and the bare calls: both reuse
         # the programs compiled above only if they share it.
-        embedder = extract.build_text_embedder(config.text_model, extract._devices(config))
+        embedder = extraction.build_text_embedder(config.text_model,
+                                                  extraction.config_devices(config))
         data = load_source(config)
         for field in ("lemmas", "gloss"):  # compile every bucket once
             embedder.embed(data.texts[field])

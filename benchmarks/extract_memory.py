@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         model = str(tiny_bert(tmp / "tiny")) if args.model == "tiny" else args.model
         import json
 
-        from embaug_jax.embed.pipeline import resolve_model_path
+        from embaug_jax.embed.extraction import resolve_model_path
 
         hidden = json.loads((Path(resolve_model_path(model)) / "config.json").read_text())[
             "hidden_size"]

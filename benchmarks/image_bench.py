@@ -55,7 +55,7 @@ def bench_torch(variant: str, x_nhwc: np.ndarray, repeats: int) -> float | None:
 
 def bench_flax(variant: str, x_nhwc: np.ndarray, repeats: int, depthwise: str
                ) -> tuple[float, float]:
-    from embaug_jax.embed import efficientnet as E
+    from embaug_jax.embed.efficientnet import model as E
 
     arch = E.architecture(variant)
     variables = jax.device_put(E.init_variables(arch, 0, randomize_stats=True))
@@ -68,7 +68,7 @@ def bench_flax(variant: str, x_nhwc: np.ndarray, repeats: int, depthwise: str
 
 def bench_depthwise(repeats: int) -> list[tuple]:
     """The depthwise layers that dominate B0 / B4 (shape, kernel, stride) alone."""
-    from embaug_jax.embed import efficientnet as E
+    from embaug_jax.embed.efficientnet import model as E
 
     cases = [((8, 112, 112, 96), 3, 2), ((8, 56, 56, 144), 3, 1), ((8, 28, 28, 240), 5, 1),
              ((8, 95, 95, 192), 5, 2), ((8, 24, 24, 672), 5, 1)]
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true", help="skip efficientnet-pytorch")
     args = parser.parse_args()
 
-    from embaug_jax.embed import efficientnet as E
+    from embaug_jax.embed.efficientnet import model as E
 
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"batch {args.batch}, median of {args.repeats} after one warm-up call")

@@ -1,9 +1,10 @@
 """Evaluation cost at the paper's scale, side by side in one run.
 
 One member: 39,600 validation examples (90% of 44,000) x 171 classes, ~10% of the classes
-unseen. Times Table 1's weighted AUC two ways (sklearn on `ovr_scores`; `metrics.ovr_roc`,
-float64 numpy, what the report uses), the Figure-3 threshold sweep (jnp vs a numpy loop), and `report.write_report` for a small
-sweep, per member.
+unseen. Times Table 1's weighted AUC two ways (sklearn on `ovr_scores`; `evaluate.ovr_roc`,
+float64 numpy, what the report uses), the Figure-3 threshold sweep (jnp vs a numpy loop), the
+paired bootstrap's `evaluate.resampled_metrics` (200 resamples of the member's rows, as
+configs/default.py) and `report.write_report` for a small sweep, per member.
 
     python benchmarks/metrics_bench.py [--members 10] [--repeats 3]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -45,7 +47,7 @@ def main():
     import jax
     from sklearn.metrics import roc_auc_score
 
-    from embaug_jax import metrics, report
+    from embaug_jax import configlib, evaluate, report
     from embaug_jax.train.engine import SweepResult
 
     rng = np.random.default_rng(0)
@@ -57,18 +59,18 @@ def main():
           f"{int((~seen).sum())} unseen classes; best of {args.repeats}")
 
     def sklearn_auc():
-        truth, scores, _, _ = metrics.ovr_scores(probs, labels, seen)
+        truth, scores, _, _ = evaluate.ovr_scores(probs, labels, seen)
         return roc_auc_score(truth, scores, average="weighted")
 
     want = sklearn_auc()
-    got_np = metrics.ovr_roc(probs, labels, seen).weighted_auc
+    got_np = evaluate.ovr_roc(probs, labels, seen).weighted_auc
     t_sk = _time(sklearn_auc, args.repeats)
-    t_np = _time(lambda: metrics.ovr_roc(probs, labels, seen), args.repeats)
+    t_np = _time(lambda: evaluate.ovr_roc(probs, labels, seen), args.repeats)
     print(f"weighted AUC  sklearn          {t_sk:7.3f} s  (1.00x)  auc={want:.8f}")
     print(f"weighted AUC  ovr_roc (numpy)  {t_np:7.3f} s  ({t_sk / t_np:.2f}x)  "
           f"|diff|={abs(got_np - want):.1e}  (also computes the Figure-4 curve)")
 
-    thresholds = metrics.DEFAULT_THRESHOLDS
+    thresholds = evaluate.THRESHOLDS
 
     def numpy_sweep():
         masked = np.where(seen, probs, -np.inf)
@@ -78,10 +80,19 @@ def main():
                 for t in thresholds]
 
     t_sweep_np = _time(numpy_sweep, args.repeats)
-    t_sweep_jnp = _time(lambda: metrics.threshold_sweep(probs, labels, seen)["overall"]
+    t_sweep_jnp = _time(lambda: evaluate.threshold_sweep(probs, labels, seen)["overall"]
                         .block_until_ready(), args.repeats)
     print(f"threshold sweep ({len(thresholds)} thresholds)  numpy {t_sweep_np:.3f} s, "
           f"jnp {t_sweep_jnp:.3f} s  ({t_sweep_np / t_sweep_jnp:.2f}x)")
+
+    settings = configlib.get_config(Path(__file__).resolve().parent.parent / "configs"
+                                    / "default.py")
+    counts = evaluate.bootstrap_counts(jax.random.key(0), n,
+                                       settings.report.bootstrap_resamples)
+    t_boot = _time(lambda: evaluate.resampled_metrics(probs, labels, seen, counts,
+                                                      threshold=settings.threshold),
+                   args.repeats)
+    print(f"bootstrap     resampled_metrics, {len(counts)} resamples  {t_boot:7.3f} s")
 
     trials = max(1, args.members // 2)
     val_labels = np.stack([rng.integers(0, c, n) for _ in range(trials)])
@@ -95,10 +106,11 @@ def main():
     history = {k: rng.random((len(members), len(epochs))) for k in
                ("overall_accuracy", "none_accuracy", "train_loss")}
     outputs = SweepResult(members, epochs, history, np.stack(val_probs), val_labels,
-                                  seen_mask, [f"class_{k}" for k in range(c)])
+                          seen_mask, [f"class_{k}" for k in range(c)],
+                          threshold=settings.threshold)
     with tempfile.TemporaryDirectory() as workdir:
         t0 = time.perf_counter()
-        report.write_report(workdir, outputs)
+        report.write_report(workdir, outputs, **settings.report)
         t_report = time.perf_counter() - t0
     print(f"write_report  {len(members)} members  {t_report:.2f} s  "
           f"({t_report / len(members):.2f} s per member, figures included)")

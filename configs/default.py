@@ -92,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # parameters and Adam moments stay in cache through its whole call), all at once (`vmap`)
     # on GPU/TPU; 0 = all at once; k = k at a time. Results agree to float rounding.
     c.members_at_once = ml_collections.FieldReference(None, field_type=int)
-    c.threshold = 0.6  # sec. 3.5 confidence threshold for the accuracy metrics
+    c.threshold = 0.6  # sec. 3.5 confidence threshold of the accuracy metrics, in (0, 1)
 
     c.augment = ml_collections.ConfigDict()
     c.augment.pairing = "halve"  # sec. 2.2: pairs of examples make one, halving the batch
@@ -100,8 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment.label_weight = "lambda"  # stitchup labels weighted by lambda (the paper)
     c.augment.use_segments = False  # True: an independent lambda per dataset segment
 
-    # The report's statistics (results["selection"], results["paired"]); changing them only
-    # rewrites the report of a finished run.
+    # The report's statistics (results["selection"], results["paired"]): the keyword arguments
+    # of `report.write_report(workdir, result, **config.report)`, whose only defaults are these.
+    # Changing them only rewrites the report of a finished run.
     c.report = ml_collections.ConfigDict()
     # Share of each trial's validation rows on which each method's alpha is chosen; the rest
     # report it. 0: only the paper's procedure (choose and report on the same rows).

@@ -1,8 +1,8 @@
 """embaug_jax: data augmentation of pre-computed embeddings in JAX/Flax.
 
 Data flows one way, and each stage is a folder or module of this package: sources/ -> embed/
-(cached on disk in the `dataset` format) -> augment -> train/ -> metrics -> report/; run/ holds
-the commands that drive several stages in one workdir (laid out by `workdir.Workdir`).
+(cached on disk in the `dataset` format) -> augment -> train/ -> evaluate/ -> report/; run/
+holds the commands that drive several stages in one workdir (laid out by `workdir.Workdir`).
 
 What a notebook needs is here (`import embaug_jax as ea`); everything else is reachable from its
 module. The names are imported on first use, so `import embaug_jax` (and `embaug --help`) loads
@@ -12,7 +12,7 @@ no JAX.
   ds = ea.load_embeddings("workdir/demo/extract/embeddings")
   results = ea.train_and_evaluate(config, workdir)          # a config's whole sweep + report
   result = ea.run_sweep(config, data, members)              # the engine alone
-  ea.write_report(workdir, result)
+  ea.write_report(workdir, result, **config.report)
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ _EXPORTS = {
     "method_params": "embaug_jax.augment",
     "MethodParams": "embaug_jax.augment",
     # Embedders.
-    "TextEmbedder": "embaug_jax.embed.bert",
-    "ImageEmbedder": "embaug_jax.embed.efficientnet",
+    "TextEmbedder": "embaug_jax.embed.bert.embedder",
+    "ImageEmbedder": "embaug_jax.embed.efficientnet.embedder",
     # The on-disk embedding dataset.
     "load_embeddings": "embaug_jax.dataset",
     "save_embeddings": "embaug_jax.dataset",

@@ -42,7 +42,7 @@ COMMANDS: dict[str, Command] = {
         show="embaug_jax.report:format_summary",
     ),
     "extract": Command(
-        "embaug_jax.embed.pipeline:run_extraction",
+        "embaug_jax.run.extract:run_extraction",
         "embed a data source (text and/or images) into the embedding dataset format",
     ),
     "demo": Command(

@@ -116,3 +116,26 @@ def write_fashion_products():
         return ids
 
     return write
+
+
+@pytest.fixture(scope="session")
+def metric_problem():
+    """metric_problem(seed, n=400, c=9, *, decimals=None, unseen=(2, 5), missing=(7,)) ->
+    (probs float32 [n, c], labels [n], seen_mask [c]): random sigmoid outputs with unseen classes
+    and a seen class absent from validation; `decimals` rounds them, so scores tie within and
+    across classes."""
+
+    def make(seed, n=400, c=9, *, decimals=None, unseen=(2, 5), missing=(7,)):
+        rng = np.random.default_rng(seed)
+        present = np.setdiff1d(np.arange(c), missing)
+        labels = rng.choice(present, n)
+        probs = rng.random((n, c))
+        probs[np.arange(n), labels] += rng.random(n)  # some signal, so AUCs are not all 0.5
+        probs = np.clip(probs / 1.5, 0, 1).astype(np.float32)
+        if decimals is not None:
+            probs = np.round(probs, decimals).astype(np.float32)
+        seen = np.ones(c, bool)
+        seen[list(unseen)] = False
+        return probs, labels, seen
+
+    return make

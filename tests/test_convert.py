@@ -1,4 +1,5 @@
-"""Checkpoint converters: strict errors, timm naming, the `embaug convert` command line.
+"""EfficientNet checkpoint converters (embed/efficientnet/convert.py) and the `embaug convert`
+command (embed/convert.py): strict errors, timm naming, Keras normalisation, the command line.
 
 The timm checkpoints are built here from timm's module structure (timm does not install):
 stage 0 blocks are DepthwiseSeparableConv (conv_dw, bn1, se, conv_pw, bn2), later ones
@@ -18,8 +19,11 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 from embaug_jax import cli
-from embaug_jax.embed import convert
-from embaug_jax.embed import efficientnet as E
+from embaug_jax.embed.convert import main as convert_main
+from embaug_jax.embed.efficientnet import convert
+from embaug_jax.embed.efficientnet.embedder import ImageEmbedder
+from embaug_jax.embed.efficientnet.model import EfficientNet, architecture
+from embaug_jax.embed.efficientnet.weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo
 from embaug_jax.embed.weights import load_safetensors
 
 # Stage layout of EfficientNet-B0 (repeats, expand ratio) and timm's per-variant depth scaling.
@@ -101,7 +105,7 @@ def test_timm_b4_table_has_timm_names_and_shapes():
     flat, info = convert.convert_timm({k: _zero_cost(v) for k, v in shapes.items()},
                                       tf_ported=True)
     assert info.variant == "b4"
-    used = {src for src, _ in convert.timm_table(E.architecture("b4")).values()}
+    used = {src for src, _ in convert.timm_table(architecture("b4")).values()}
     assert used == {k for k in shapes
                     if not k.endswith("num_batches_tracked") and not k.startswith("classifier")}
 
@@ -114,8 +118,8 @@ def _torch_features(model, x_nhwc):
 
 def _flax_features(path, x_nhwc):
     flat, meta = load_safetensors(path)
-    info = E.WeightsInfo.from_metadata(meta)
-    model = E.EfficientNet(E.architecture(info.variant), padding=info.padding,
+    info = WeightsInfo.from_metadata(meta)
+    model = EfficientNet(architecture(info.variant), padding=info.padding,
                            bn_epsilon=info.bn_epsilon)
     variables = traverse_util.unflatten_dict(flat, sep="/")
     return np.asarray(jax.jit(model.apply)(variables, x_nhwc)), info
@@ -203,31 +207,31 @@ def test_cli_round_trip(reference_b0, tmp_path, capsys, fast_compile):
     assert "EfficientNet-b0" in capsys.readouterr().out
     out, info = _flax_features(dst, _X)
     assert (info.origin, info.variant, info.padding) == ("pytorch", "b0", "tf")
-    np.testing.assert_allclose(info.mean, E.IMAGENET_MEAN)
+    np.testing.assert_allclose(info.mean, IMAGENET_MEAN)
     ref_out = _torch_features(reference_b0, _X)
     assert np.max(np.abs(out - ref_out)) <= 1e-4 * np.max(np.abs(ref_out))
     # The converted file needs neither torch nor the source: the embedder reads its metadata.
-    embedder = E.ImageEmbedder.from_pretrained(dst, variant="b0", batch_size=1)
+    embedder = ImageEmbedder.from_pretrained(dst, variant="b0", batch_size=1)
     assert embedder.info == info
     # A safetensors copy of the same state dict converts to the same file contents.
     st = tmp_path / "b0_state.safetensors"
     save_file({k: v.numpy() for k, v in reference_b0.state_dict().items()}, str(st))
-    assert convert.main(["embaug convert", "efficientnet", str(st), str(tmp_path / "b.st")]) == 0
+    assert convert_main(["embaug convert", "efficientnet", str(st), str(tmp_path / "b.st")]) == 0
     a, b = load_safetensors(dst)[0], load_safetensors(tmp_path / "b.st")[0]
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert convert.main(["embaug convert", "efficientnet", str(tmp_path / "nope.pth"),
+    assert convert_main(["embaug convert", "efficientnet", str(tmp_path / "nope.pth"),
                          str(tmp_path / "o.safetensors")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
-    assert convert.main(["embaug convert", "efficientnet", str(bad), str(tmp_path / "o.st")]) == 2
+    assert convert_main(["embaug convert", "efficientnet", str(bad), str(tmp_path / "o.st")]) == 2
     assert "neither a .keras archive nor an HDF5 file" in capsys.readouterr().err
     assert not (tmp_path / "o.st").exists()  # nothing half-written
-    assert convert.main(["embaug convert", "efficientnet", "a", "b", "--from", "caffe"]) == 2
-    assert convert.main(["embaug convert", "--help"]) == 0
+    assert convert_main(["embaug convert", "efficientnet", "a", "b", "--from", "caffe"]) == 2
+    assert convert_main(["embaug convert", "--help"]) == 0
 
 
 def test_keras_imagenet_normalisation_without_config():
@@ -237,44 +241,8 @@ def test_keras_imagenet_normalisation_without_config():
     weights = {"normalization/mean": np.array([0.485, 0.456, 0.406]),
                "normalization/variance": std}
     mean255, std255 = convert._keras_normalisation(weights, {"config": None})
-    np.testing.assert_allclose(mean255, E.IMAGENET_MEAN, rtol=1e-6)
-    np.testing.assert_allclose(std255, E.IMAGENET_STD, rtol=1e-6)
+    np.testing.assert_allclose(mean255, IMAGENET_MEAN, rtol=1e-6)
+    np.testing.assert_allclose(std255, IMAGENET_STD, rtol=1e-6)
     weights["normalization/variance"] = std ** 2  # a model whose layer holds the true variance
     np.testing.assert_allclose(convert._keras_normalisation(weights, {"config": None})[1],
-                               E.IMAGENET_STD, rtol=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------
-# BERT: Hugging Face state dicts
-
-
-def test_hf_bert_state_dict_names_transposes_and_ignores():
-    convert_hf_state_dict = convert.convert_hf_state_dict
-    rng = np.random.default_rng(0)
-    w = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in {
-        "word": (10, 4), "query": (6, 4), "ffn": (8, 4), "gamma": (4,), "beta": (4,)}.items()}
-    state = {  # a BertForMaskedLM checkpoint: "bert." prefix, a head, the pooler, buffers
-        "bert.embeddings.word_embeddings.weight": w["word"],
-        "bert.embeddings.LayerNorm.gamma": w["gamma"],  # old TF-ported names
-        "bert.embeddings.LayerNorm.beta": w["beta"],
-        "bert.embeddings.position_ids": np.arange(4)[None],
-        "bert.encoder.layer.0.attention.self.query.weight": w["query"],
-        "bert.encoder.layer.3.intermediate.dense.weight": w["ffn"],
-        "bert.encoder.layer.3.output.LayerNorm.weight": w["gamma"],
-        "bert.pooler.dense.weight": w["query"],
-        "cls.predictions.bias": w["beta"],
-    }
-    flat, ignored = convert_hf_state_dict(state)
-    assert sorted(ignored) == ["bert.embeddings.position_ids", "bert.pooler.dense.weight",
-                               "cls.predictions.bias"]
-    assert set(flat) == {"embeddings/word_embeddings/embedding", "embeddings/LayerNorm/scale",
-                         "embeddings/LayerNorm/bias", "layer_0/query/kernel",
-                         "layer_3/intermediate/kernel", "layer_3/output_norm/scale"}
-    np.testing.assert_array_equal(flat["embeddings/word_embeddings/embedding"], w["word"])
-    # Dense weights [out, in] become kernels [in, out].
-    np.testing.assert_array_equal(flat["layer_0/query/kernel"], w["query"].T)
-    np.testing.assert_array_equal(flat["layer_3/intermediate/kernel"], w["ffn"].T)
-    np.testing.assert_array_equal(flat["layer_3/output_norm/scale"], w["gamma"])
-    # Unknown encoder names pass through, so a strict merge reports them instead of losing them.
-    flat, _ = convert_hf_state_dict({"encoder.layer.1.attention.self.qeury.weight": w["query"]})
-    assert list(flat) == ["layer_1/attention/self/qeury/kernel"]
+                               IMAGENET_STD, rtol=1e-6)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embaug_jax import cli
-from embaug_jax.embed.bert import TextEmbedder
+from embaug_jax.embed.bert.embedder import TextEmbedder
 from embaug_jax.run import train as run_train
 from embaug_jax.workdir import Workdir
 

@@ -43,7 +43,8 @@ TRAIN = ["--config=configs/default.py:smoke", "--config.data.trials=1",
 HOOK = r"""
 import os, sys
 from embaug_jax import cli
-from embaug_jax.embed import pipeline
+from embaug_jax.embed import extraction
+from embaug_jax.run import extract
 from embaug_jax.run import train as run_train
 
 
@@ -67,10 +68,10 @@ class Failing:
 
 def failing_extract(config, workdir):
     import jax
-    embedder = pipeline.build_text_embedder(config.text_model, pipeline._devices(config))
+    embedder = extraction.build_text_embedder(config.text_model, extraction.config_devices(config))
     if str(jax.process_index()) in os.environ["FAIL_IN"].split(","):
         embedder = Failing(embedder, int(os.environ["FAIL_AFTER"]))
-    pipeline.run_extraction(config, workdir, text_embedder=embedder)
+    extract.run_extraction(config, workdir, text_embedder=embedder)
 
 
 cli.COMMANDS["train_one_chunk"] = cli.COMMANDS["train"]._replace(target="__main__:train_one_chunk")

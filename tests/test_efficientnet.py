@@ -17,8 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from embaug_jax.embed import convert
-from embaug_jax.embed import efficientnet as E
+from embaug_jax.embed.efficientnet import convert
+from embaug_jax.embed.efficientnet import model as E
+from embaug_jax.embed.efficientnet.embedder import ImageEmbedder
+from embaug_jax.embed.efficientnet.weights import IMAGENET_MEAN, IMAGENET_STD, default_weights_info
+from embaug_jax.embed.weights import save_safetensors
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -54,7 +57,7 @@ def torch_features(model, images_nhwc: np.ndarray) -> np.ndarray:
 
 
 def imagenet_normalise(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) - np.float32(E.IMAGENET_MEAN)) / np.float32(E.IMAGENET_STD)
+    return (images.astype(np.float32) - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
 
 
 def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -138,7 +141,7 @@ def test_pytorch_parity_random_weights(variant, batch, tmp_path, fast_compile):
     info = convert.convert_file(src, dst, origin="pytorch")
     assert (info.variant, info.padding, info.bn_epsilon) == (variant, "tf", 1e-3)
 
-    embedder = E.ImageEmbedder.from_pretrained(dst, variant=variant, batch_size=batch)
+    embedder = ImageEmbedder.from_pretrained(dst, variant=variant, batch_size=batch)
     assert embedder.dim == {"b0": 1280, "b4": 1792}[variant]
     assert embedder.resolution == {"b0": 224, "b4": 380}[variant]
     images = random_images(batch, embedder.resolution)
@@ -235,10 +238,10 @@ def test_keras_parity_random_weights(variant, fmt, batch, tmp_path, fast_compile
     info = convert.convert_file(src, dst)
     assert (info.origin, info.variant) == ("keras", variant)
     # The model's own Rescaling(1/255) + Normalization(mean, var), read from the file.
-    np.testing.assert_allclose(info.mean, E.IMAGENET_MEAN, rtol=1e-6)
-    np.testing.assert_allclose(info.std, E.IMAGENET_STD, rtol=1e-6)
+    np.testing.assert_allclose(info.mean, IMAGENET_MEAN, rtol=1e-6)
+    np.testing.assert_allclose(info.std, IMAGENET_STD, rtol=1e-6)
 
-    embedder = E.ImageEmbedder.from_pretrained(dst, variant=variant, batch_size=batch)
+    embedder = ImageEmbedder.from_pretrained(dst, variant=variant, batch_size=batch)
     images = random_images(batch, embedder.resolution, seed=1)
     ref = model.predict(images.astype(np.float32), batch_size=batch, verbose=0)
     if batch > 1:
@@ -265,7 +268,7 @@ def test_lite0_real_weights_match_efficientnet_lite_pytorch(lite0_file):
 
     src, dst = lite0_file
     ref = Ref.from_pretrained("efficientnet-lite0", weights_path=src).eval()
-    embedder = E.ImageEmbedder.from_pretrained(dst, variant="lite0", batch_size=2)
+    embedder = ImageEmbedder.from_pretrained(dst, variant="lite0", batch_size=2)
     images = random_images(2, 224, seed=2)
     normalised = (images.astype(np.float32) - 127.0) / 128.0
     assert rel_err(embedder.embed(images), torch_features(ref, normalised)) <= 1e-4
@@ -291,7 +294,7 @@ def test_lite0_fashion_mnist_linear_probe(lite0_file):
     y_train = _read_idx(FASHION_MNIST / "train-labels-idx1-ubyte.gz")[:2000]
     x_test = _read_idx(FASHION_MNIST / "t10k-images-idx3-ubyte.gz")[:1000]
     y_test = _read_idx(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz")[:1000]
-    embedder = E.ImageEmbedder.from_pretrained(lite0_file[1], variant="lite0", batch_size=16)
+    embedder = ImageEmbedder.from_pretrained(lite0_file[1], variant="lite0", batch_size=16)
     rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)  # noqa: E731  28x28 gray -> RGB
     f_train, f_test = embedder.embed(rgb(x_train)), embedder.embed(rgb(x_test))
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.1))
@@ -307,13 +310,12 @@ def test_lite0_fashion_mnist_linear_probe(lite0_file):
 def random_lite0(tmp_path_factory):
     variables = E.init_variables(E.architecture("lite0"), 3, randomize_stats=True)
     path = tmp_path_factory.mktemp("rand") / "lite0.safetensors"
-    from embaug_jax.embed.weights import save_safetensors
-    save_safetensors(path, variables, E.default_weights_info("lite0", "lite").to_metadata())
+    save_safetensors(path, variables, default_weights_info("lite0", "lite").to_metadata())
     return path
 
 
 def test_embedder_inputs_paths_and_arrays_agree(random_lite0, tmp_path):
-    embedder = E.ImageEmbedder.from_pretrained(random_lite0, variant=None, batch_size=3)
+    embedder = ImageEmbedder.from_pretrained(random_lite0, variant=None, batch_size=3)
     compiled = embedder._forward._cache_size()
     images = [np.asarray(Image.fromarray(a).resize((300, 260)))
               for a in random_images(4, 64, seed=4)]
@@ -335,9 +337,9 @@ def test_embedder_sharded_over_four_devices_matches_one(random_lite0):
     devices = jax.devices()
     assert len(devices) >= 4, "conftest forces 4 host devices"
     images = random_images(6, 224, seed=5)
-    one = E.ImageEmbedder.from_pretrained(random_lite0, variant="lite0", batch_size=4,
+    one = ImageEmbedder.from_pretrained(random_lite0, variant="lite0", batch_size=4,
                                           devices=devices[:1]).embed(images)
-    four_embedder = E.ImageEmbedder.from_pretrained(random_lite0, variant="lite0", batch_size=4,
+    four_embedder = ImageEmbedder.from_pretrained(random_lite0, variant="lite0", batch_size=4,
                                                     devices=devices[:4])
     four = four_embedder.embed(images)
     assert len(four_embedder.variables["params"]["stem"]["conv"]["kernel"].sharding.device_set) == 4
@@ -345,17 +347,17 @@ def test_embedder_sharded_over_four_devices_matches_one(random_lite0):
 
 
 def test_embedder_fingerprint_and_validation(random_lite0, tmp_path):
-    a = E.ImageEmbedder.from_pretrained(random_lite0, variant="lite0")
-    b = E.ImageEmbedder.from_pretrained(random_lite0, variant="lite0")
+    a = ImageEmbedder.from_pretrained(random_lite0, variant="lite0")
+    b = ImageEmbedder.from_pretrained(random_lite0, variant="lite0")
     assert a.fingerprint() == b.fingerprint()
-    assert a.fingerprint() != E.ImageEmbedder.from_pretrained(
+    assert a.fingerprint() != ImageEmbedder.from_pretrained(
         random_lite0, variant="lite0", dtype="bfloat16").fingerprint()
-    assert a.fingerprint() != E.ImageEmbedder.from_pretrained(
+    assert a.fingerprint() != ImageEmbedder.from_pretrained(
         random_lite0, variant="lite0", origin="timm").fingerprint()  # other padding, stats
     with pytest.raises(ValueError, match="lite0"):
-        E.ImageEmbedder.from_pretrained(random_lite0, variant="b4")
+        ImageEmbedder.from_pretrained(random_lite0, variant="b4")
     with pytest.raises(FileNotFoundError):
-        E.ImageEmbedder.from_pretrained(tmp_path / "missing.safetensors")
+        ImageEmbedder.from_pretrained(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="unknown EfficientNet variant"):
         E.architecture("b9")
     with pytest.raises(ValueError, match="uint8"):
@@ -365,9 +367,9 @@ def test_embedder_fingerprint_and_validation(random_lite0, tmp_path):
 
 
 def test_random_embedder_is_deterministic():
-    a = E.ImageEmbedder.random("lite0", seed=1, batch_size=1)
+    a = ImageEmbedder.random("lite0", seed=1, batch_size=1)
     images = random_images(1, 224, seed=6)
-    np.testing.assert_array_equal(a.embed(images), E.ImageEmbedder.random(
+    np.testing.assert_array_equal(a.embed(images), ImageEmbedder.random(
         "lite0", seed=1, batch_size=1).embed(images))
-    assert a.fingerprint() != E.ImageEmbedder.random("lite0", seed=2).fingerprint()
+    assert a.fingerprint() != ImageEmbedder.random("lite0", seed=2).fingerprint()
     assert a.dim == 1280 and a.resolution == 224

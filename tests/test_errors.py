@@ -127,7 +127,7 @@ class _Evil:
 
 
 def bert_folder_with_pickle(tmp: Path) -> Path:
-    from embaug_jax.embed.pipeline import resolve_model_path
+    from embaug_jax.embed.extraction import resolve_model_path
 
     minilm = Path(resolve_model_path("builtin:minilm"))
     folder = tmp / "bert"
@@ -156,7 +156,7 @@ def linked_lock(tmp: Path) -> Path:
 
 
 def _lite0() -> str:
-    from embaug_jax.embed.pipeline import resolve_model_path
+    from embaug_jax.embed.extraction import resolve_model_path
 
     return str(resolve_model_path("builtin:lite0"))
 
@@ -387,7 +387,7 @@ API_CASES = [
 
 
 def _text_embedder(folder):
-    from embaug_jax.embed.bert import TextEmbedder
+    from embaug_jax.embed.bert.embedder import TextEmbedder
 
     return TextEmbedder.from_pretrained(folder)
 
@@ -540,9 +540,9 @@ def test_a_plain_npz_is_a_dataset(tmp_path):
 
 
 def test_image_embedder_reads_the_shipped_lite0_pth_in_memory(tmp_path, fast_compile):
-    from embaug_jax.embed.convert import convert_file
-    from embaug_jax.embed.efficientnet import ImageEmbedder
-    from embaug_jax.embed.pipeline import resolve_model_path
+    from embaug_jax.embed.efficientnet.convert import convert_file
+    from embaug_jax.embed.efficientnet.embedder import ImageEmbedder
+    from embaug_jax.embed.extraction import resolve_model_path
 
     pth = resolve_model_path("builtin:lite0")
     direct = ImageEmbedder.from_pretrained(pth, variant=None)
@@ -643,7 +643,7 @@ class _DeviceFake:
 
 def test_extract_redoes_shards_of_another_device_count(tmp_path, caplog):
     from embaug_jax import configlib
-    from embaug_jax.embed import pipeline
+    from embaug_jax.run import extract
 
     c = configlib.get_config(TABLE)
     c.source.path = str(table_csv(tmp_path))  # 6 rows in shards of 2: three shards
@@ -651,12 +651,12 @@ def test_extract_redoes_shards_of_another_device_count(tmp_path, caplog):
     c.shard_size, c.progress = 2, False
     for workdir, resume_devices, redone in (("same", 4, 2), ("other", 1, 3)):
         with pytest.raises(RuntimeError, match="killed"):
-            pipeline.run_extraction(c, tmp_path / workdir,
+            extract.run_extraction(c, tmp_path / workdir,
                                     text_embedder=_DeviceFake(4, fail_after=1))
         assert len(list((tmp_path / workdir / "shards").glob("shard_*.npy"))) == 1
         resumed = _DeviceFake(resume_devices)
         caplog.clear()
-        out = pipeline.run_extraction(c, tmp_path / workdir, text_embedder=resumed)
+        out = extract.run_extraction(c, tmp_path / workdir, text_embedder=resumed)
         assert resumed.calls == redone and len(load_embeddings(out)) == 6
         assert ("so they are redone" in caplog.text) == (resume_devices != 4)
 

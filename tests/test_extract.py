@@ -1,4 +1,4 @@
-"""Tests for embaug_jax.embed.pipeline: resume, atomicity, fingerprints and caching (with fake
+"""Tests for embaug_jax.run.extract: resume, atomicity, fingerprints and caching (with fake
 embedders that count their calls), bad images, and real MiniLM / Lite0 runs of the smoke
 configs."""
 
@@ -16,8 +16,9 @@ from PIL import Image
 
 from embaug_jax import cli, configlib
 from embaug_jax.dataset import load_embeddings
-from embaug_jax.embed import pipeline as extract
-from embaug_jax.embed.efficientnet import decode_image
+from embaug_jax.embed.extraction import resolve_model_path
+from embaug_jax.embed.images import decode_image
+from embaug_jax.run import extract
 
 EXTRACT_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "extract"
 fashion_mnist_lite0, fashion_products, table, wordnet_minilm = (
@@ -282,7 +283,7 @@ def test_fashion_mnist_arrays_reach_the_image_embedder(tmp_path):
 @pytest.mark.slow
 @pytest.mark.needs_wordnet
 def test_wordnet_smoke_with_real_minilm_through_the_cli(tmp_path, monkeypatch, fast_compile):
-    from embaug_jax.embed.bert import TextEmbedder
+    from embaug_jax.embed.bert.embedder import TextEmbedder
 
     argv = ["embaug", "extract", "--config=configs/extract/wordnet_minilm.py:smoke",
             "--config.source.max_items=30", "--config.progress=False",
@@ -301,7 +302,7 @@ def test_wordnet_smoke_with_real_minilm_through_the_cli(tmp_path, monkeypatch, f
     config.source.max_items = 30
     data = load_source(config)
     assert data.ids.tolist() == ds.ids.tolist()
-    embedder = TextEmbedder.from_pretrained(extract.resolve_model_path("builtin:minilm"),
+    embedder = TextEmbedder.from_pretrained(resolve_model_path("builtin:minilm"),
                                             max_length=256, batch_size=32)
     np.testing.assert_allclose(ds.embeddings[:, :768], embedder.embed(data.texts["lemmas"]),
                                atol=1e-5)

@@ -1,13 +1,14 @@
 """embaug_jax.report on small synthetic sweeps: every file, sane numbers, best-alpha choice."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from embaug_jax import metrics, report
+from embaug_jax import configlib, evaluate, report
 from embaug_jax.train.engine import SweepResult
 from embaug_jax.workdir import FIGURES, Workdir
 
@@ -16,6 +17,9 @@ TRIALS = 3
 NV = 90
 # e_mixup's noise per alpha: alpha 0.2 is made the clear winner.
 MIXUP_NOISE = {0.1: 0.8, 0.2: 0.6, 0.4: 1.0}
+# The statistics' settings of a real run: configs/default.py's report section.
+REPORT = dict(configlib.get_config(Path(__file__).resolve().parent.parent / "configs"
+                                   / "default.py").report)
 
 
 def _labels_and_seen(rng, trials=TRIALS, all_seen_trials=()):
@@ -47,7 +51,7 @@ def _sweep(rng, plan, *, epochs=4, all_seen_trials=()):
     return SweepResult(members=members, eval_epochs=np.arange(1, epochs + 1) * 3,
                        history=history, val_probs=np.stack(probs).astype(np.float32),
                        val_labels=labels, seen_mask=seen,
-                       class_names=[f"class_{k}" for k in range(C)])
+                       class_names=[f"class_{k}" for k in range(C)], threshold=0.6)
 
 
 def _strict_json(path):
@@ -73,7 +77,7 @@ def full_report(tmp_path_factory):
     plan += [("e_stitchup", 0.3, 0.0, 0.5)]
     outputs = _sweep(rng, plan)
     workdir = tmp_path_factory.mktemp("report")
-    results = report.write_report(workdir, outputs, title="synthetic sweep")
+    results = report.write_report(workdir, outputs, title="synthetic sweep", **REPORT)
     return workdir, outputs, results
 
 
@@ -111,7 +115,7 @@ def test_best_alpha_and_statistics(full_report):
     aucs = []  # sklearn's, the oracle
     for i in idx:
         t = outputs.members[i]["trial"]
-        truth, scores, _, _ = metrics.ovr_scores(outputs.val_probs[i], outputs.val_labels[t],
+        truth, scores, _, _ = evaluate.ovr_scores(outputs.val_probs[i], outputs.val_labels[t],
                                                  outputs.seen_mask[t])
         aucs.append(roc_auc_score(truth, scores, average="weighted"))
     aucs = np.array(aucs)
@@ -161,7 +165,8 @@ def test_no_none_examples_and_no_history(tmp_path):
     rng = np.random.default_rng(1)
     outputs = _sweep(rng, [("control", 0.0, 0.0, 0.3), ("e_mixup", 0.2, 0.0, 0.3)], epochs=0,
                      all_seen_trials=(1,))
-    results = report.write_report(tmp_path, outputs, threshold=0.5, thresholds=[0.2, 0.5, 0.8])
+    results = report.write_report(tmp_path, outputs, threshold=0.5, thresholds=[0.2, 0.5, 0.8],
+                                  **REPORT)
     none_acc = results["methods"]["e_mixup"]["none_accuracy"]
     assert none_acc["n"] == TRIALS - 1 and none_acc["values"][1] is None
     assert results["num_none_examples"][1] == 0
@@ -198,8 +203,16 @@ def test_bad_sweep_results_raise_clear_errors():
         build(seen_mask=good.seen_mask[:, :-1])
     with pytest.raises(ValueError, match="class_names"):
         build(class_names=good.class_names[:-1])
-    with pytest.raises(ValueError, match="threshold must lie in"):
-        report.write_report("/nonexistent/never-written", good, threshold=1.5)
+    with pytest.raises(ValueError, match=r"threshold=1.5 must lie in \(0, 1\)"):
+        report.write_report("/nonexistent/never-written", good, threshold=1.5, **REPORT)
+    with pytest.raises(ValueError, match=r"selection_fraction=1.0 must lie in \[0, 1\)"):
+        report.write_report("/nonexistent/never-written", good,
+                            **{**REPORT, "selection_fraction": 1.0})
+    with pytest.raises(ValueError, match="bootstrap_resamples=-1 must be a whole number >= 0"):
+        report.write_report("/nonexistent/never-written", good,
+                            **{**REPORT, "bootstrap_resamples": -1})
+    with pytest.raises(ValueError, match="records no threshold"):
+        report.write_report("/nonexistent/never-written", build(threshold=None), **REPORT)
 
 
 def test_results_carry_the_curves_the_studies_redraw(full_report):

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score
 
-from embaug_jax import metrics, report
+from embaug_jax import evaluate, report
 from embaug_jax.report import statistics
 from embaug_jax.train.engine import SweepResult
 
@@ -41,7 +41,7 @@ def _outputs(seed=0, *, all_seen=False, trials=TRIALS, seeds=(0,)):
         history={k: rng.random((m, 2))
                  for k in ("overall_accuracy", "none_accuracy", "train_loss")},
         val_probs=np.stack(probs).astype(np.float32), val_labels=labels, seen_mask=seen,
-        class_names=[f"c{k}" for k in range(C)],
+        class_names=[f"c{k}" for k in range(C)], threshold=0.6,
         val_idx=np.stack([rng.permutation(1000)[:NV] for _ in range(trials)]),
         train_idx=rng.integers(0, 1000, (trials, 40)))
 
@@ -107,14 +107,14 @@ def test_paired_bootstrap_scores_both_members_on_the_same_resamples():
     # Direct: expand each resample, evaluate both members, difference, mean over the seeds.
     for t in range(TRIALS):
         keep = ~rows[t]
-        counts = metrics.bootstrap_counts(jax.random.fold_in(key, t), keep.sum(), 4)
+        counts = evaluate.bootstrap_counts(jax.random.fold_in(key, t), keep.sum(), 4)
         for r in range(4):
             expand = np.repeat(np.arange(keep.sum()), counts[r])
             diffs = []
             for m, c in pairs:
                 if members[m]["trial"] != t:
                     continue
-                auc = [metrics.ovr_roc(outputs.val_probs[i][keep][expand],
+                auc = [evaluate.ovr_roc(outputs.val_probs[i][keep][expand],
                                        outputs.val_labels[t][keep][expand],
                                        outputs.seen_mask[t]).weighted_auc for i in (m, c)]
                 diffs.append(auc[0] - auc[1])
@@ -136,7 +136,7 @@ def test_compare_with_control_marks_what_noise_explains():
     assert a["boot_low"] is None and a["boot_excludes_zero"] is None
     # A bootstrap interval that contains 0 vetoes a clear t interval.
     resampled = {"a": {k: np.full((4, 10), 0.02) + np.linspace(-0.05, 0.05, 10)
-                       for k in metrics.RESAMPLED_METRICS}}
+                       for k in evaluate.RESAMPLED_METRICS}}
     vetoed = statistics.compare_with_control(members, {"control": chosen["control"],
                                                        "a": chosen["a"]}, values, resampled)
     assert not vetoed["a"]["weighted_auc"]["distinguishable"]
@@ -163,7 +163,7 @@ def test_alpha_is_chosen_on_selection_rows_and_reported_on_the_rest(written):
 
     def auc_on(i, keep):
         t = outputs.members[i]["trial"]
-        truth, scores, _, _ = metrics.ovr_scores(outputs.val_probs[i][keep[t]],
+        truth, scores, _, _ = evaluate.ovr_scores(outputs.val_probs[i][keep[t]],
                                                  outputs.val_labels[t][keep[t]],
                                                  outputs.seen_mask[t])
         return roc_auc_score(truth, scores, average="weighted")
@@ -192,7 +192,7 @@ def test_paired_section_on_report_rows(written):
                  and m["alpha"] == alpha and m["trial"] == t)
         c = next(i for i, m in enumerate(outputs.members) if m["method"] == "control"
                  and m["trial"] == t)
-        acc = [metrics.threshold_accuracy(outputs.val_probs[j][keep], outputs.val_labels[t][keep],
+        acc = [evaluate.threshold_accuracy(outputs.val_probs[j][keep], outputs.val_labels[t][keep],
                                           outputs.seen_mask[t], 0.6)["overall"] for j in (i, c)]
         diffs.append(float(acc[0]) - float(acc[1]))
     d = paired["methods"]["e_mixup"]["overall_accuracy"]
@@ -243,7 +243,7 @@ def test_predictions_reload_to_the_same_report(written, tmp_path):
 def test_without_unseen_classes_the_report_says_so(tmp_path):
     outputs = _outputs(2, all_seen=True, trials=2)
     results = report.write_report(tmp_path, outputs, selection_fraction=0,
-                                  bootstrap_resamples=0)
+                                  bootstrap_resamples=0, seed=0)
     assert "selection" not in results and results["paired"]["rows"] == "all"
     assert results["paired"]["methods"]["e_mixup"]["weighted_auc"]["boot_low"] is None
     md = (tmp_path / "results.md").read_text()
@@ -252,3 +252,16 @@ def test_without_unseen_classes_the_report_says_so(tmp_path):
     entry = results["methods"]["control"]
     assert entry["none_weight"]["mean"] == 0 and entry["none_part"]["mean"] == 0
     assert entry["seen_auc"]["values"] == entry["weighted_auc"]["values"]
+
+
+@pytest.mark.parametrize("check,good,bad", [
+    (statistics.check_selection_fraction, (0, 0.5, 0.99), (1.0, -0.1, float("nan"))),
+    (statistics.check_bootstrap_resamples, (0, 200, 50.0), (-1, 2.5)),
+])
+def test_the_report_settings_are_checked_once(check, good, bad):
+    """The checks validate_config and write_report both make."""
+    for value in good:
+        assert check(value) == value
+    for value in bad:
+        with pytest.raises(ValueError, match=f"config.report.x={value}"):
+            check(value, "config.report.x")

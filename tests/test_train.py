@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from embaug_jax import augment, configlib
+from embaug_jax.evaluate import threshold_counts
 from embaug_jax.run import train as run_train
 from embaug_jax.train import engine as train
 from embaug_jax.train.synthetic import make_synthetic
@@ -233,9 +234,17 @@ def test_blockwise_evaluation_equals_one_shot(sweep4, block, fast_compile):
         n_val = data.val_idx.shape[1]
         probs = np.concatenate([np.asarray(p) for _, p in blocks], axis=1)[:, :n_val]
         np.testing.assert_allclose(probs, r.val_probs[idx], atol=1e-6)
-        metrics = train.metrics_from_counts(sum(np.asarray(counts) for counts, _ in blocks))
+        counts = sum(np.asarray(counts) for counts, _ in blocks)
+        metrics = train.metrics_from_counts(counts)
         for k, v in metrics.items():
             np.testing.assert_array_equal(v, r.history[k][idx, -1])
+        # The device's counts are the host's rule applied to the probabilities it returned.
+        for j, i in enumerate(idx):
+            t = int(MEMBERS[i]["trial"])
+            labels = np.asarray(data.labels)[np.asarray(data.val_idx)[t]]
+            np.testing.assert_array_equal(counts[j], threshold_counts(
+                probs[j], labels, np.asarray(data.seen_mask)[t], c.threshold,
+                np.ones(n_val, np.int32)))
 
 
 def test_dataset_larger_than_the_device_budget_streams_to_the_same_results(sweep4, tmp_path,
@@ -322,7 +331,9 @@ def test_sweep_members_grid():
     ("chunk_epochs", 12, "multiple of"),
     ("chunk_epochs", 16, "last chunk reuses the compiled program"),
     ("chunk_epochs", 0, "must be >= 1"),
-    ("threshold", 1.2, "threshold"),
+    ("threshold", 1.2, r"config.threshold=1.2 must lie in \(0, 1\)"),
+    ("report.selection_fraction", 1.0, "config.report.selection_fraction=1.0"),
+    ("report.bootstrap_resamples", -1, "config.report.bootstrap_resamples=-1"),
     ("eval_block_rows", 0, "eval_block_rows"),
     ("cpu_devices", -2, "cpu_devices"),
     ("members_at_once", -1, "members_at_once"),

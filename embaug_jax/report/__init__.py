@@ -1,10 +1,10 @@
 """From a finished sweep to the paper's Table 1 and Figures 3-6, written into the workdir.
 
-`write_report(workdir, result)` evaluates every member of a finished sweep (`result`:
-`train.engine.run_sweep`'s `SweepResult`, or `load_predictions(workdir)`) with
-`embaug_jax.metrics`, groups members into variants (method, alpha, softness) over trials and seeds, picks each method's best alpha by
-mean weighted AUC (as the paper's grid search did), and writes atomically (each file where
-`embaug_jax.workdir.Workdir` puts it):
+`write_report(workdir, result, **config.report)` evaluates every member of a finished sweep
+(`result`: `train.engine.run_sweep`'s `SweepResult`, or `load_predictions(workdir)`) with
+`embaug_jax.evaluate`, groups members into variants (method, alpha, softness) over trials and
+seeds, picks each method's best alpha by mean weighted AUC (as the paper's grid search did), and
+writes atomically (each file where `embaug_jax.workdir.Workdir` puts it):
 
 - `predictions.npz`: every member's final validation probabilities with labels, splits and
   learning curves (`load_predictions` reads it back: re-analysis needs no checkpoint).
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from embaug_jax import metrics
+from embaug_jax import evaluate
 from embaug_jax.report import statistics
 from embaug_jax.report.figures import plan_figures
 from embaug_jax.report.results import (
@@ -47,37 +47,34 @@ from embaug_jax.workdir import Workdir
 if TYPE_CHECKING:
     from embaug_jax.train.engine import SweepResult
 
-__all__ = ["DEFAULT_BOOTSTRAP_RESAMPLES", "DEFAULT_SELECTION_FRACTION", "evaluate_members",
-           "format_summary", "format_table", "group_variants", "load_predictions",
-           "save_predictions", "summarize", "write_report"]
-
-# Half of each trial's validation rows choose alpha, the other half report (results["selection"]).
-DEFAULT_SELECTION_FRACTION = 0.5
-# Resamples per trial of the paired bootstrap: enough for a 95% percentile interval to two
-# significant digits; the cost is one sort-free pass over [resamples, rows] per class column.
-DEFAULT_BOOTSTRAP_RESAMPLES = 200
+__all__ = ["evaluate_members", "format_summary", "format_table", "group_variants",
+           "load_predictions", "save_predictions", "summarize", "write_report"]
 
 
 def write_report(workdir: str | os.PathLike, result: SweepResult, *,
+                 selection_fraction: float, bootstrap_resamples: int, seed: int,
                  threshold: float | None = None, thresholds=None,
-                 title: str | None = None, num_bins: int = 15,
-                 selection_fraction: float = DEFAULT_SELECTION_FRACTION,
-                 bootstrap_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+                 title: str | None = None, num_bins: int = evaluate.NUM_BINS) -> dict:
     """Evaluates a sweep and writes predictions.npz, results.json, results.md and the figures.
+
+    The statistics' settings are the config's `report` section, so from a notebook
+    `write_report(workdir, result, **config.report)`, or with values of one's own:
+    `write_report(workdir, result, selection_fraction=0, bootstrap_resamples=0, seed=0)` keeps
+    only the paper's procedure.
 
     Args:
       workdir: output directory (created if missing), a path or a `Workdir`.
       result: the sweep's `SweepResult` (`run_sweep`'s return), finished.
-      threshold: confidence threshold of the accuracies in the tables (default: the one the
-        sweep trained with, `result.threshold`).
-      thresholds: Figure 3's sweep (default 0.05, 0.10, ..., 0.95).
-      title: heading of results.md.
-      num_bins: calibration bins.
       selection_fraction: share of each trial's validation rows on which alpha is chosen for
         results["selection"], the rest reporting; 0 keeps only the paper's procedure.
       bootstrap_resamples: resamples of the validation rows per trial for the paired bootstrap
         intervals (0: paired t only).
       seed: seeds the selection split and the bootstrap.
+      threshold: confidence threshold of the accuracies in the tables (default: the one the
+        sweep trained with, `result.threshold`).
+      thresholds: Figure 3's sweep (default 0.05, 0.10, ..., 0.95).
+      title: heading of results.md.
+      num_bins: calibration bins.
 
     Returns:
       The results dict, as written to results.json.
@@ -92,22 +89,22 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
                          f"{result.eval_epochs[-1]}, so it has no final probabilities; run it "
                          "to the end (rerunning resumes).")
     threshold = result.threshold if threshold is None else threshold
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"write_report: threshold must lie in [0, 1], got {threshold}.")
-    thresholds = np.asarray(metrics.DEFAULT_THRESHOLDS if thresholds is None else thresholds,
+    if threshold is None:
+        raise ValueError("write_report: the sweep records no threshold (its predictions.npz "
+                         "predates it); pass threshold=config.threshold.")
+    threshold = evaluate.check_threshold(threshold, "write_report: threshold")
+    thresholds = np.asarray(evaluate.THRESHOLDS if thresholds is None else thresholds,
                             np.float64)
     if thresholds.ndim != 1 or thresholds.size == 0 or not np.all(np.isfinite(thresholds)):
         raise ValueError(f"write_report: thresholds must be a non-empty 1-D array of numbers, "
                          f"got {thresholds!r}.")
-    if not 0.0 <= float(selection_fraction) < 1.0:
-        raise ValueError(f"write_report: selection_fraction must lie in [0, 1) (0: the paper's "
-                         f"selection only), got {selection_fraction}.")
-    if int(bootstrap_resamples) < 0:
-        raise ValueError(f"write_report: bootstrap_resamples must be >= 0, got "
-                         f"{bootstrap_resamples}.")
+    selection_fraction = statistics.check_selection_fraction(
+        selection_fraction, "write_report: selection_fraction")
+    bootstrap_resamples = statistics.check_bootstrap_resamples(
+        bootstrap_resamples, "write_report: bootstrap_resamples")
     workdir = Workdir(workdir)
     workdir.path.mkdir(parents=True, exist_ok=True)
-    fpr_grid = metrics.DEFAULT_FPR_GRID
+    fpr_grid = evaluate.FPR_GRID
     # First, so that any later analysis reads these instead of restoring a checkpoint.
     save_predictions(workdir.predictions, result)
 

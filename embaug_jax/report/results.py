@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from embaug_jax import augment, metrics
+from embaug_jax import augment, evaluate
 
 if TYPE_CHECKING:
     from embaug_jax.train.engine import SweepResult
@@ -59,10 +59,9 @@ def save_predictions(path, outputs: SweepResult) -> None:
     arrays = dict(val_probs=outputs.val_probs, val_labels=outputs.val_labels,
                   seen_mask=outputs.seen_mask, eval_epochs=outputs.eval_epochs,
                   class_names=np.asarray(outputs.class_names, dtype=np.str_),
-                  threshold=np.float64(outputs.threshold),
                   members=np.asarray(json.dumps(outputs.members, default=_json_scalar)))
     arrays.update({f"history/{k}": v for k, v in outputs.history.items()})
-    for name in ("val_idx", "train_idx"):
+    for name in ("threshold", "val_idx", "train_idx"):
         if getattr(outputs, name) is not None:
             arrays[name] = getattr(outputs, name)
     with atomic_path(path, replace=True) as tmp, open(tmp, "wb") as f:
@@ -102,22 +101,14 @@ def load_predictions(path) -> SweepResult:
             train_idx=z["train_idx"] if "train_idx" in z.files else None, **extra)
 
 
-def evaluate_members(outputs: SweepResult, *, threshold=metrics.DEFAULT_THRESHOLD,
-                     thresholds=metrics.DEFAULT_THRESHOLDS, fpr_grid=metrics.DEFAULT_FPR_GRID,
-                     num_bins=15) -> list[dict[str, Any]]:
-    """`metrics.evaluate_member` for every member, plus its final training loss."""
-    results = []
-    loss = outputs.history.get("train_loss")
-    for i, member in enumerate(tqdm(outputs.members, desc="evaluating members", leave=False)):
-        t = int(member["trial"])
-        # One member at a time: [Nv, C] fits where the whole [M, Nv, C] sweep might not.
-        result = metrics.evaluate_member(
-            outputs.val_probs[i], outputs.val_labels[t], outputs.seen_mask[t],
-            threshold=threshold, thresholds=thresholds, fpr_grid=fpr_grid, num_bins=num_bins)
-        result["final_train_loss"] = (float(loss[i, -1]) if loss is not None and loss.shape[1]
-                                      else math.nan)
-        results.append(result)
-    return results
+def evaluate_members(outputs: SweepResult, *, threshold, thresholds=evaluate.THRESHOLDS,
+                     fpr_grid=evaluate.FPR_GRID,
+                     num_bins=evaluate.NUM_BINS) -> list[dict[str, Any]]:
+    """`evaluate.evaluate_member` for every member, plus its final training loss."""
+    # One member at a time: [Nv, C] fits where the whole [M, Nv, C] sweep might not.
+    return [_evaluate_on(outputs, i, None, threshold=threshold, thresholds=thresholds,
+                         fpr_grid=fpr_grid, num_bins=num_bins)
+            for i in tqdm(range(len(outputs.members)), desc="evaluating members", leave=False)]
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:
@@ -253,8 +244,8 @@ def _json_list(a) -> list:
 def _evaluate_on(outputs, i, rows, **kw) -> dict[str, Any]:
     t = int(outputs.members[i]["trial"])
     keep = slice(None) if rows is None else rows[t]
-    result = metrics.evaluate_member(outputs.val_probs[i][keep], outputs.val_labels[t][keep],
-                                     outputs.seen_mask[t], **kw)
+    result = evaluate.evaluate_member(outputs.val_probs[i][keep], outputs.val_labels[t][keep],
+                                      outputs.seen_mask[t], **kw)
     loss = outputs.history.get("train_loss")
     result["final_train_loss"] = (float(loss[i, -1]) if loss is not None and loss.shape[1]
                                   else math.nan)
@@ -273,9 +264,9 @@ def held_out_selection(outputs: SweepResult, variants: dict[str, dict], rows: np
     selection_auc = []
     for i, member in enumerate(tqdm(outputs.members, desc="selecting alpha", leave=False)):
         t = int(member["trial"])
-        selection_auc.append(metrics.ovr_roc(outputs.val_probs[i][rows[t]],
-                                             outputs.val_labels[t][rows[t]],
-                                             outputs.seen_mask[t]).weighted_auc)
+        selection_auc.append(evaluate.ovr_roc(outputs.val_probs[i][rows[t]],
+                                              outputs.val_labels[t][rows[t]],
+                                              outputs.seen_mask[t]).weighted_auc)
     chosen = _best_variants(variants, selection_auc)
     report_rows = ~rows
     on_report = {i: _evaluate_on(outputs, i, report_rows, threshold=threshold,

@@ -28,9 +28,9 @@ import jax
 import numpy as np
 from scipy import stats as scipy_stats
 
-from embaug_jax import metrics
+from embaug_jax import evaluate
 
-# The per-member metrics compared with the control (all in metrics.RESAMPLED_METRICS).
+# The per-member metrics compared with the control (all in evaluate.RESAMPLED_METRICS).
 HEADLINE_METRICS = ("weighted_auc", "seen_auc", "none_auroc", "overall_accuracy",
                     "none_accuracy", "ece")
 CONFIDENCE = 0.95
@@ -75,6 +75,26 @@ def bootstrap_interval(resampled: np.ndarray, confidence: float = CONFIDENCE):
     return float(low), float(high)
 
 
+def check_selection_fraction(fraction, name: str = "selection_fraction") -> float:
+    """`fraction` as a float; ValueError unless 0 <= fraction < 1 (the one check of the value,
+    for the config and the Python API alike)."""
+    value = float(fraction)
+    if not 0 <= value < 1:  # NaN fails too
+        raise ValueError(f"{name}={fraction} must lie in [0, 1): the share of each trial's "
+                         "validation rows that choose alpha (0: choose it the paper's way only).")
+    return value
+
+
+def check_bootstrap_resamples(num_resamples, name: str = "bootstrap_resamples") -> int:
+    """`num_resamples` as an int; ValueError unless it is a whole number >= 0 (the one check of
+    the value, for the config and the Python API alike)."""
+    value = int(num_resamples)
+    if value != num_resamples or value < 0:
+        raise ValueError(f"{name}={num_resamples} must be a whole number >= 0: the resamples of "
+                         "each trial's validation rows (0: no bootstrap intervals).")
+    return value
+
+
 def selection_rows(key, num_trials: int, num_rows: int, fraction: float) -> np.ndarray:
     """Which validation rows of each trial select alpha (True) and which report (False).
 
@@ -112,12 +132,12 @@ def pair_members(members: Sequence[dict], method_idx: Sequence[int],
 
 
 def paired_bootstrap(key, pairs, members, probs, labels, seen_mask, rows=None, *,
-                     num_resamples: int, threshold: float, num_bins: int = 15,
+                     num_resamples: int, threshold: float, num_bins: int = evaluate.NUM_BINS,
                      cache: dict | None = None) -> dict[str, np.ndarray]:
     """Resampled paired differences (method - control) of every RESAMPLED_METRICS metric.
 
     Trial t's validation rows (those with rows[t] True, or all) are resampled num_resamples times
-    with the counts of `metrics.bootstrap_counts(fold_in(key, t), ...)`; both members of a pair
+    with the counts of `evaluate.bootstrap_counts(fold_in(key, t), ...)`; both members of a pair
     are scored on the same resamples, and pairs of one trial (several seeds) are averaged.
 
     Args:
@@ -136,16 +156,16 @@ def paired_bootstrap(key, pairs, members, probs, labels, seen_mask, rows=None, *
     def resampled(i, t, counts):
         if i not in cache:
             keep = slice(None) if rows is None else rows[t]
-            cache[i] = metrics.resampled_metrics(probs[i][keep], labels[t][keep], seen_mask[t],
-                                                 counts, threshold=threshold, num_bins=num_bins)
+            cache[i] = evaluate.resampled_metrics(probs[i][keep], labels[t][keep], seen_mask[t],
+                                                  counts, threshold=threshold, num_bins=num_bins)
         return cache[i]
 
-    out = {k: [] for k in metrics.RESAMPLED_METRICS}
+    out = {k: [] for k in evaluate.RESAMPLED_METRICS}
     for t in sorted(by_trial):
         num_rows = labels.shape[1] if rows is None else int(rows[t].sum())
-        counts = metrics.bootstrap_counts(jax.random.fold_in(key, t), num_rows, num_resamples)
+        counts = evaluate.bootstrap_counts(jax.random.fold_in(key, t), num_rows, num_resamples)
         diffs = [{k: resampled(m, t, counts)[k] - resampled(c, t, counts)[k]
-                  for k in metrics.RESAMPLED_METRICS} for m, c in by_trial[t]]
+                  for k in evaluate.RESAMPLED_METRICS} for m, c in by_trial[t]]
         for k in out:
             with np.errstate(invalid="ignore"):
                 out[k].append(np.mean([d[k] for d in diffs], axis=0))

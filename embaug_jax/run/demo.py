@@ -7,8 +7,8 @@ import time
 
 import ml_collections
 
-from embaug_jax.embed.pipeline import run_extraction
 from embaug_jax.report import format_summary
+from embaug_jax.run.extract import run_extraction
 from embaug_jax.run.train import train_and_evaluate, validate_config
 from embaug_jax.util import UserError
 from embaug_jax.workdir import Workdir

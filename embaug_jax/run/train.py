@@ -23,6 +23,8 @@ import numpy as np
 from absl import logging
 
 from embaug_jax import augment, distributed, report
+from embaug_jax.evaluate import check_threshold
+from embaug_jax.report.statistics import check_bootstrap_resamples, check_selection_fraction
 from embaug_jax.train.engine import (
     FINGERPRINT_KEYS,
     HPARAM_GRIDS,
@@ -49,6 +51,14 @@ DATA_SOURCES = ("file", "synthetic")
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(f"bad config: {message}")
+
+
+def _require_valid(check, value, name: str) -> None:
+    """`check(value, name)`, its ValueError a UserError about the config."""
+    try:
+        check(value, name)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad config: {e}") from None
 
 
 def validate_config(config) -> None:
@@ -127,13 +137,12 @@ def validate_config(config) -> None:
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(int(config.get("device_data_bytes", 0) or 0) >= 0, "config.device_data_bytes "
              "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")
-    _require(0 < float(config.threshold) < 1, f"config.threshold={config.threshold} must be "
-             "in (0, 1).")
-    r = config.report
-    _require(0 <= float(r.selection_fraction) < 1, f"config.report.selection_fraction="
-             f"{r.selection_fraction} must be in [0, 1) (0: choose alpha the paper's way only).")
-    _require(int(r.bootstrap_resamples) >= 0, f"config.report.bootstrap_resamples="
-             f"{r.bootstrap_resamples} must be >= 0 (0: no bootstrap intervals).")
+    # The checks write_report makes of the same values: the two cannot disagree.
+    _require_valid(check_threshold, config.threshold, "config.threshold")
+    _require_valid(check_selection_fraction, config.report.selection_fraction,
+                   "config.report.selection_fraction")
+    _require_valid(check_bootstrap_resamples, config.report.bootstrap_resamples,
+                   "config.report.bootstrap_resamples")
 
 
 def load_data(config):
@@ -373,10 +382,7 @@ def _wait_for_report(started: float) -> None:
 
 
 def _report(config, workdir: Workdir, result) -> dict:
-    r = config.report
-    return report.write_report(workdir, result, threshold=float(config.threshold),
-                               selection_fraction=float(r.selection_fraction),
-                               bootstrap_resamples=int(r.bootstrap_resamples), seed=int(r.seed))
+    return report.write_report(workdir, result, threshold=config.threshold, **config.report)
 
 
 def _holdout(data_config) -> int | list[str]:

@@ -59,7 +59,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from embaug_jax import augment
-from embaug_jax.metrics import DEFAULT_THRESHOLD, top_seen_prediction
+from embaug_jax.evaluate.threshold import accuracies, threshold_counts
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
 from embaug_jax.util import (UserError, large_dot_compiler_options, list_first, on_cpus,
                              reuse_freed_memory, unroll_cpu_threefry)
@@ -293,17 +293,9 @@ def _member_keys(key, hp: MemberHParams):
 
 
 def metrics_from_counts(counts) -> dict:
-    """`metrics.threshold_accuracy`'s values from summed `Program.evaluate` counts (exactly:
-    the sums are integers)."""
-    counts = jnp.asarray(counts)
-    correct, none_ok, none_n, seen_ok, seen_n = (counts[..., i] for i in range(5))
-    total = none_n + seen_n
-
-    def ratio(ok, n):
-        return jnp.where(n > 0, ok.astype(jnp.float32) / jnp.maximum(n, 1), jnp.nan)
-
-    return dict(overall_accuracy=correct.astype(jnp.float32) / jnp.maximum(total, 1),
-                none_accuracy=ratio(none_ok, none_n), seen_accuracy=ratio(seen_ok, seen_n))
+    """`evaluate.accuracies` of summed `Program.evaluate` counts, named as METRIC_NAMES (float32:
+    the sums are integers, so blocks summed on the host give the one-shot values exactly)."""
+    return {f"{k}_accuracy": v for k, v in accuracies(jnp.asarray(counts)).items()}
 
 
 def make_program(spec: ProgramSpec) -> Program:
@@ -391,18 +383,8 @@ def make_program(spec: ProgramSpec) -> Program:
         labels = block.labels[hp.trial]
         seen = data.seen_mask[hp.trial]
         probs = probabilities(model.apply(params, x), head, seen).astype(jnp.float32)
-        predicted, confidence = top_seen_prediction(probs, seen)
-        predicted_none = ~(confidence > jnp.asarray(threshold, confidence.dtype))
-        truth_seen = seen[labels]
-        correct = jnp.where(truth_seen, ~predicted_none & (predicted == labels), predicted_none)
-        correct &= block.valid
-        none_rows, seen_rows = block.valid & ~truth_seen, block.valid & truth_seen
-        counts = jnp.stack([jnp.sum(correct, dtype=jnp.int32),
-                            jnp.sum(correct & none_rows, dtype=jnp.int32),
-                            jnp.sum(none_rows, dtype=jnp.int32),
-                            jnp.sum(correct & seen_rows, dtype=jnp.int32),
-                            jnp.sum(seen_rows, dtype=jnp.int32)])
-        return counts, probs
+        # Padding rows weigh 0: the counts are those of the block's valid rows.
+        return threshold_counts(probs, labels, seen, threshold, block.valid), probs
 
     return Program(init, train, evaluate, model, kind, rows, steps_per_epoch)
 
@@ -634,7 +616,8 @@ class SweepResult:
       val_labels: int [T, Nv], the validation labels of each trial (all trials have equal size).
       seen_mask: bool [T, C], the classes in each trial's training split.
       class_names: [C].
-      threshold: the confidence threshold of the accuracies (`config.threshold`).
+      threshold: the confidence threshold of the accuracies (`config.threshold`); None where
+        not recorded, and `write_report` then needs it.
       val_idx, train_idx: optional int [T, Nv] / [T, n_train], the dataset rows of each trial's
         validation and training split (saved with the predictions, so an analysis can go back to
         the embeddings).
@@ -652,7 +635,7 @@ class SweepResult:
     val_labels: np.ndarray
     seen_mask: np.ndarray
     class_names: list[str]
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None
     val_idx: np.ndarray | None = None
     train_idx: np.ndarray | None = None
     epochs_done: int | None = None

