@@ -3,10 +3,11 @@
   python experiments/table1.py --data=workdir/demo/extract/embeddings --workdir=workdir/table1
   python experiments/table1.py --smoke --workdir=/tmp/table1_smoke
 
-Trains configs/table1.py (5 + 4 x 5 x 5 = 105 members, one compiled program) and prints the
-Table-1 analogue (weighted AUC mean +- max deviation over trials, as the paper prints it, next to
-the paper's numbers) and the whole alpha grid. The figures of the paper's Figures 3-5 and the
-reliability diagram are written beside results.md; the other scripts here read the same run.
+Trains configs/table1.py (5 + 4 x 5 x 5 = 105 members, one compiled program per kind) and
+prints the Table-1 analogue (weighted AUC mean +- max deviation over trials, as the paper prints
+it, next to the paper's numbers) and the whole alpha grid. The figures of the paper's Figures 3-5
+and the reliability diagram are written beside results.md; the other scripts here read the same
+run.
 """
 
 import sys

@@ -167,6 +167,10 @@ def _keras_model(variant: str, seed: int = 0):
     from keras.src.initializers.random_initializers import VarianceScaling, compute_fans
 
     rng = np.random.default_rng(seed)
+    # Keras's dropout layers draw from its global seed state, which every model built before
+    # advances: the calibration pass below would then set other moving statistics, and the
+    # network under test would depend on which tests ran first in the process.
+    keras.utils.set_random_seed(seed)
 
     def numpy_variance_scaling(self, shape, dtype=None):
         # Keras draws every kernel with a JAX program compiled for its shape (~20 s per model
