@@ -1,11 +1,14 @@
-"""Tests for embaug_jax.testing: every built-in passes `check_augmentation`, and deliberately
-broken augmentations are caught, each by the property it breaks, with a minimal example.
+"""Tests for embaug_jax.testing: every registered method passes `check_augmentation`, and
+deliberately broken augmentations are caught, each by the property it breaks, with a minimal
+example.
 
 The broken methods are one plain E-Mixup / E-Stitchup a researcher might write, with one
 mistake switched on at a time, so each failure is that mistake's alone.
 """
 
 import functools
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,9 @@ import numpy as np
 import pytest
 
 from embaug_jax import augment as A
+from embaug_jax import registry
+from embaug_jax.registry import Method, Range, Setting
+from embaug_jax.run.train import validate_config
 from embaug_jax.testing import (
     PROPERTIES,
     AugmentationCheckError,
@@ -35,22 +41,104 @@ def _fast(fast_compile):
 
 
 # ---------------------------------------------------------------------------------------------
-# Every built-in method and baseline
+# Every registered method: the built-ins, and any registered before collection
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", method_cases())
-def test_builtin_method_passes_its_declared_properties(method):
+def test_registered_method_passes_its_declared_properties(method):
     report = check_augmentation(method)
     assert isinstance(report, CheckReport) and report.passed
-    assert [r.name for r in report.results][0].startswith("rows=")
+    row = registry.method(method)
+    assert tuple(r.name for r in report.results) == Properties.parse(row.properties).declaration()
+
+
+def test_every_builtin_declares_what_it_is():
+    declared = {m.name: Properties.parse(m.properties) for m in registry.methods()}
+    assert set(declared) >= set(A.METHOD_NAMES) | set(registry.method_names(tag="baseline"))
+    for name, props in declared.items():
+        kind = registry.method(name).kind
+        assert props.rows == ("all" if kind == "control" else "half"), name
+        assert props.deterministic and props.jit and props.vmap and props.finite, name
+        assert props.label_mass == ("soft" if registry.method(name).soft else 1.0), name
+        assert props.beta_lambda == (kind != "control"), name
+        assert props.convex_mix == (kind in ("mixup", "manifold")), name
+        assert props.coordinate_stitch == (kind == "stitchup"), name
 
 
 def test_method_cases_are_pytest_params_named_by_method():
     cases = method_cases()
-    assert [c.id for c in cases] == [c.values[0] for c in cases]
-    assert {"control", "e_mixup", "soft_e_stitchup", "manifold_mixup"} <= {c.id for c in cases}
+    assert [c.id for c in cases] == [c.values[0] for c in cases] == list(registry.method_names())
     assert [c.id for c in method_cases(["e_mixup"])] == ["e_mixup"]
+
+
+# A user's own method, registered: a control-kind transform that negates each embedding element
+# with probability flip_rate; `check_augmentation` checks it by name, as the sweep trains it.
+FLIP_RATE = Setting(name="flip_rate", grid="flip_rates", range=Range(low=0, high=1),
+                    default=(0.25,), note="the share of elements negated")
+
+
+def _flip_rows(key, x, y, params, *, class_mask=None):
+    flip = jax.random.uniform(jax.random.fold_in(key, 7), x.shape) < params.flip_rate
+    return jnp.where(flip, -x, x), y
+
+
+SIGN_FLIP = Method(name="sign_flip", display="Sign flip", kind="control", reads=("flip_rate",),
+                   transform=_flip_rows, properties=("rows=all", "deterministic", "keyed", "jit",
+                                                     "vmap", "finite", "differentiable",
+                                                     "label_mass=1"))
+
+
+def test_a_registered_transform_is_checked_by_its_row():
+    # (By name, a registered method is checked in the docs' test below.)
+    with registry.temporary(FLIP_RATE, SIGN_FLIP):
+        assert "sign_flip" in [c.id for c in method_cases()]
+        report = check_augmentation(SIGN_FLIP, kwargs={"flip_rate": 0.5}, max_examples=5)
+        assert report.passed and report.method == "sign_flip"
+        assert [r.name for r in report.results] == list(SIGN_FLIP.properties)
+
+
+def test_a_registered_transform_that_ignores_its_key_is_caught():
+    def same_flips(key, x, y, params, *, class_mask=None):
+        return _flip_rows(jax.random.key(0), x, y, params)
+
+    broken = Method(name="sign_flip", display="Sign flip", kind="control", reads=("flip_rate",),
+                    transform=same_flips, properties=("keyed",))
+    with registry.temporary(FLIP_RATE, broken):
+        _, failed, message = _failure("sign_flip", None)
+    assert list(failed) == ["keyed"] and "check_augmentation(sign_flip)" in message
+
+
+def test_the_docs_method_registers_checks_and_sweeps_against_the_control():
+    """docs/testing.md's config file, run as the doc says (its registrations undone after)."""
+    repo = Path(__file__).resolve().parent.parent
+    source = re.search(r"```python\n(.*?)```", (repo / "docs" / "testing.md").read_text(),
+                       re.S).group(1)
+    config = {"__file__": str(repo / "configs" / "brightness.py"), "__name__": "brightness"}
+    with registry.temporary():
+        exec(compile(source, "docs/testing.md", "exec"), config)
+        assert check_augmentation("brightness_shift").passed
+        c = config["get_config"]("smoke")
+        validate_config(c)
+        assert c.sweep.methods == ("control", "brightness_shift")
+        assert c.sweep.brightness == (0.05, 0.1, 0.2)
+    assert "brightness_shift" not in registry.method_names()
+
+
+def test_registered_rows_must_be_registered_and_declare_properties():
+    with pytest.raises(ValueError, match="not the registered one"):
+        check_augmentation(Method(name="e_mixup", display="Mine", kind="mixup", reads=("alpha",)))
+    plain = Method(name="sign_flip", display="Sign flip", kind="control", reads=("flip_rate",),
+                   transform=_flip_rows)
+    with registry.temporary(FLIP_RATE, plain), pytest.raises(ValueError,
+                                                             match="declares no properties"):
+        check_augmentation("sign_flip")
+    with pytest.raises(TypeError, match="properties must be a tuple of names"):
+        with registry.temporary(FLIP_RATE, Method(name="x", display="X", kind="control",
+                                                  properties="jit")):
+            pass
+    with pytest.raises(ValueError, match="unknown method 'mixup'; .*did you mean"):
+        check_augmentation("mixup")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,11 +341,9 @@ def test_bad_declarations_are_refused_with_the_fix(declaration, message):
         Properties.parse(declaration)
 
 
-def test_check_needs_a_declaration_or_a_known_name():
+def test_a_function_needs_a_declaration():
     with pytest.raises(ValueError, match="declare what to check"):
         check_augmentation(my_mixup)
-    with pytest.raises(ValueError, match="unknown method 'mixup'"):
-        check_augmentation("mixup")
 
 
 def test_example_inputs_reproduce_and_name_the_parents():

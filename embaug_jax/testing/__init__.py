@@ -14,8 +14,11 @@ over batch and embedding sizes, float32 and bfloat16, alphas, keys and magnitude
 checker can recognise: one-hot labels name each output's parents and their weights, so the
 geometry and the lambdas are read back without changing the signature. The declared properties
 (`PROPERTIES`) run, and a failure raises `AugmentationCheckError` whose message names the
-property, why it failed and the minimal example hypothesis shrank it to. A built-in method is
-checked by name (`check_augmentation("e_mixup")`); `method_cases()` parametrises a test over them.
+property, why it failed and the minimal example hypothesis shrank it to.
+
+A registered method declares its properties in its `registry.Method` row and is checked by name
+or row, as a sweep trains it (`check_augmentation("e_mixup")`, see `registered`);
+`method_cases()` parametrises a pytest test over every registered method.
 
 Hypothesis settings (see `runner`): 20 examples per property (4 for jit, vmap and
 differentiable), no deadline, derandomized (a fixed seed, no example database), shrinking on.

@@ -19,8 +19,8 @@ from typing import Any
 
 import hypothesis
 
-from embaug_jax.testing import checks
-from embaug_jax.testing.builtins import BUILTINS
+from embaug_jax import registry
+from embaug_jax.testing import checks, registered
 from embaug_jax.testing.examples import Example, examples
 from embaug_jax.testing.properties import PROPERTIES, Properties
 
@@ -95,34 +95,35 @@ class AugmentationCheckError(AssertionError):
         self.report = report
 
 
-def check_augmentation(fn: Callable | str, properties: Iterable[str] | Properties | None = None,
-                       *, kwargs: Mapping[str, Any] | None = None,
+def check_augmentation(fn: Callable | str | registry.Method,
+                       properties: Iterable[str] | Properties | None = None, *,
+                       kwargs: Mapping[str, Any] | None = None,
                        max_examples: int = MAX_EXAMPLES, name: str | None = None) -> CheckReport:
     """Checks that `fn` is a well-behaved JAX augmentation: the properties it declares hold.
 
     Args:
-      fn: `fn(key, x, y, alpha, **kwargs) -> (x_out, y_out)`, key first; or a built-in
-        method's name (its function and properties come from `BUILTINS`).
+      fn: `fn(key, x, y, alpha, **kwargs) -> (x_out, y_out)`, key first; or a registered
+        method, by name or `registry.Method` row: its rows as a sweep trains them are checked
+        (`registered.trained_rows`) against the row's `properties`.
       properties: the declaration, e.g. ("rows=half", "deterministic", "keyed", "jit", "vmap",
         "finite", "differentiable", "label_mass=1", "convex_mix", "beta_lambda"); see
-        `PROPERTIES`. Taken from the method's entry when `fn` is a name.
+        `PROPERTIES`. A registered method's row declares its own.
       kwargs: keyword arguments for every call (e.g. softness=0.1: label_mass=soft then
-        checks that softness).
+        checks that softness). A registered method is called with the settings it reads,
+        other than alpha, at their default grids' first values, which `kwargs` overrides.
       max_examples: drawn examples per property (TRANSFORM_EXAMPLES for jit, vmap and
         differentiable).
-      name: the method's name in the report (default: the function's).
+      name: the method's name in the report (default: the method's or function's).
     Returns:
       The `CheckReport`, when every property holds.
     Raises:
       AugmentationCheckError: some property does not hold; the message is the report, with
         each failure's reason and minimal example.
     """
-    if isinstance(fn, str):
-        name = name or fn
-        if fn not in BUILTINS:
-            raise ValueError(f"unknown method {fn!r}; use one of {', '.join(BUILTINS)} or pass "
-                             "the function with its properties")
-        fn, properties = BUILTINS[fn].fn, properties or BUILTINS[fn].properties
+    if isinstance(fn, (str, registry.Method)):
+        fn, declared, settings = registered.resolve(fn)
+        properties = declared if properties is None else properties
+        kwargs = {**settings, **(kwargs or {})}
     if properties is None:
         raise ValueError("declare what to check: check_augmentation(fn, properties=(...)), e.g. "
                          '("rows=half", "deterministic", "keyed", "jit", "vmap", "finite", '
@@ -142,15 +143,19 @@ def check_augmentation(fn: Callable | str, properties: Iterable[str] | Propertie
 
 
 def method_cases(names: Iterable[str] | None = None) -> list:
-    """pytest parameters, one per built-in method (or per name given), for
+    """pytest parameters, one per registered method (or per name given), for
 
         @pytest.mark.parametrize("method", method_cases())
         def test_method_is_well_behaved(method):
             check_augmentation(method)
+
+    Every registered method is included, so a method registered (and given its properties)
+    before the test module is collected is checked with no new test code.
     """
     import pytest
 
-    return [pytest.param(n, id=n) for n in (BUILTINS if names is None else names)]
+    return [pytest.param(n, id=n)
+            for n in (registry.method_names() if names is None else names)]
 
 
 def _check_property(subject: checks.Subject, prop: str, key: str, max_examples: int) -> PropertyResult:
