@@ -6,6 +6,7 @@ The broken methods are one plain E-Mixup / E-Stitchup a researcher might write, 
 mistake switched on at a time, so each failure is that mistake's alone.
 """
 
+import dataclasses
 import functools
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from embaug_jax import augment as A
 from embaug_jax import registry
-from embaug_jax.registry import Method, Range, Setting
+from embaug_jax.registry import Method
 from embaug_jax.run.train import validate_config
 from embaug_jax.testing import (
     PROPERTIES,
@@ -72,51 +73,24 @@ def test_method_cases_are_pytest_params_named_by_method():
     assert [c.id for c in method_cases(["e_mixup"])] == ["e_mixup"]
 
 
-# A user's own method, registered: a control-kind transform that negates each embedding element
-# with probability flip_rate; `check_augmentation` checks it by name, as the sweep trains it.
-FLIP_RATE = Setting(name="flip_rate", grid="flip_rates", range=Range(low=0, high=1),
-                    default=(0.25,), note="the share of elements negated")
+# A user's own registered method: docs/testing.md's brightness shift, a control-kind transform,
+# registered by running the doc's config file (inside registry.temporary, so it is undone).
+REPO = Path(__file__).resolve().parent.parent
 
 
-def _flip_rows(key, x, y, params, *, class_mask=None):
-    flip = jax.random.uniform(jax.random.fold_in(key, 7), x.shape) < params.flip_rate
-    return jnp.where(flip, -x, x), y
-
-
-SIGN_FLIP = Method(name="sign_flip", display="Sign flip", kind="control", reads=("flip_rate",),
-                   transform=_flip_rows, properties=("rows=all", "deterministic", "keyed", "jit",
-                                                     "vmap", "finite", "differentiable",
-                                                     "label_mass=1"))
-
-
-def test_a_registered_transform_is_checked_by_its_row():
-    # (By name, a registered method is checked in the docs' test below.)
-    with registry.temporary(FLIP_RATE, SIGN_FLIP):
-        assert "sign_flip" in [c.id for c in method_cases()]
-        report = check_augmentation(SIGN_FLIP, kwargs={"flip_rate": 0.5}, max_examples=5)
-        assert report.passed and report.method == "sign_flip"
-        assert [r.name for r in report.results] == list(SIGN_FLIP.properties)
-
-
-def test_a_registered_transform_that_ignores_its_key_is_caught():
-    def same_flips(key, x, y, params, *, class_mask=None):
-        return _flip_rows(jax.random.key(0), x, y, params)
-
-    broken = Method(name="sign_flip", display="Sign flip", kind="control", reads=("flip_rate",),
-                    transform=same_flips, properties=("keyed",))
-    with registry.temporary(FLIP_RATE, broken):
-        _, failed, message = _failure("sign_flip", None)
-    assert list(failed) == ["keyed"] and "check_augmentation(sign_flip)" in message
+def _run_docs_config() -> dict:
+    """Runs docs/testing.md's config file as configs/brightness.py would run; its namespace."""
+    source = re.search(r"```python\n(.*?)```", (REPO / "docs" / "testing.md").read_text(),
+                       re.S).group(1)
+    namespace = {"__file__": str(REPO / "configs" / "brightness.py"), "__name__": "brightness"}
+    exec(compile(source, "docs/testing.md", "exec"), namespace)
+    return namespace
 
 
 def test_the_docs_method_registers_checks_and_sweeps_against_the_control():
-    """docs/testing.md's config file, run as the doc says (its registrations undone after)."""
-    repo = Path(__file__).resolve().parent.parent
-    source = re.search(r"```python\n(.*?)```", (repo / "docs" / "testing.md").read_text(),
-                       re.S).group(1)
-    config = {"__file__": str(repo / "configs" / "brightness.py"), "__name__": "brightness"}
     with registry.temporary():
-        exec(compile(source, "docs/testing.md", "exec"), config)
+        config = _run_docs_config()
+        assert "brightness_shift" in [c.id for c in method_cases()]
         assert check_augmentation("brightness_shift").passed
         c = config["get_config"]("smoke")
         validate_config(c)
@@ -125,17 +99,40 @@ def test_the_docs_method_registers_checks_and_sweeps_against_the_control():
     assert "brightness_shift" not in registry.method_names()
 
 
+def test_a_registered_row_is_checked_at_the_settings_given():
+    with registry.temporary():
+        _run_docs_config()
+        row = registry.method("brightness_shift")
+        report = check_augmentation(row, kwargs={"brightness": 0.5}, max_examples=5)
+        assert report.method == "brightness_shift"
+        assert [r.name for r in report.results] == list(row.properties)
+
+
+def test_a_registered_transform_that_ignores_its_key_is_caught():
+    with registry.temporary():
+        rows = _run_docs_config()["brightness_rows"]
+
+        def same_shifts(key, x, y, params, *, class_mask=None):
+            return rows(jax.random.key(0), x, y, params)
+
+        row = registry.method("brightness_shift")
+        registry.register(dataclasses.replace(row, transform=same_shifts, properties=("keyed",)),
+                          replace=True)
+        _, failed, message = _failure("brightness_shift", None)
+    assert list(failed) == ["keyed"] and "check_augmentation(brightness_shift)" in message
+
+
 def test_registered_rows_must_be_registered_and_declare_properties():
     with pytest.raises(ValueError, match="not the registered one"):
         check_augmentation(Method(name="e_mixup", display="Mine", kind="mixup", reads=("alpha",)))
-    plain = Method(name="sign_flip", display="Sign flip", kind="control", reads=("flip_rate",),
-                   transform=_flip_rows)
-    with registry.temporary(FLIP_RATE, plain), pytest.raises(ValueError,
-                                                             match="declares no properties"):
-        check_augmentation("sign_flip")
+    with registry.temporary():
+        _run_docs_config()
+        row = registry.method("brightness_shift")
+        registry.register(dataclasses.replace(row, properties=()), replace=True)
+        with pytest.raises(ValueError, match="declares no properties"):
+            check_augmentation("brightness_shift")
     with pytest.raises(TypeError, match="properties must be a tuple of names"):
-        with registry.temporary(FLIP_RATE, Method(name="x", display="X", kind="control",
-                                                  properties="jit")):
+        with registry.temporary(Method(name="x", display="X", kind="control", properties="jit")):
             pass
     with pytest.raises(ValueError, match="unknown method 'mixup'; .*did you mean"):
         check_augmentation("mixup")
