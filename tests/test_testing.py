@@ -51,7 +51,7 @@ def test_registered_method_passes_its_declared_properties(method):
     report = check_augmentation(method)
     assert isinstance(report, CheckReport) and report.passed
     row = registry.method(method)
-    assert tuple(r.name for r in report.results) == Properties.parse(row.properties).declaration()
+    assert tuple(r.name for r in report.results) == Properties.parse(row.properties).checks()
 
 
 def test_every_builtin_declares_what_it_is():
@@ -316,6 +316,7 @@ def test_properties_round_trip_and_defaults():
                              "label_range=0,2"])
     assert soft.declaration() == ("rows=all", "dtypes=float32", "label_mass=soft",
                                   "label_range=0,2")
+    assert soft.checks() == ("rows=all", "label_mass=soft")
     assert Properties.parse(frozenset(MIXUP)) == props
     assert set(PROPERTIES) >= {n.partition("=")[0] for n in MIXUP}
 

@@ -32,7 +32,7 @@ import scipy.stats
 from embaug_jax.testing.examples import LABEL_TOL, SHARE_TOL, Example, parent_weights
 from embaug_jax.testing.properties import Properties
 
-__all__ = ["CheckFailure", "EXAMPLE_CHECKS", "FIXED_SEED_CHECKS", "Subject"]
+__all__ = ["CheckFailure", "EXAMPLE_CHECKS", "FIXED_SEED_CHECKS", "Subject", "TRANSFORM_CHECKS"]
 
 # Relative tolerance of an embedding against its expected value: float32 sums of two products,
 # or one bfloat16 rounding of a float32 result (2^-9) with room for a second.
@@ -119,7 +119,8 @@ class Subject:
             keys, want = self.members(example)
             _, x, y = example.inputs()
             try:
-                got = [np.asarray(v) for v in self._jit_vmap(keys, x, y, jnp.float32(example.alpha))]
+                got = [np.asarray(v)
+                       for v in self._jit_vmap(keys, x, y, jnp.float32(example.alpha))]
             except Exception:  # noqa: BLE001 - the checks run each alone and report what raised
                 self._jit_vmap_matches[example] = False
             else:

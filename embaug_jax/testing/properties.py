@@ -46,6 +46,7 @@ PROPERTIES = {
     "beta_lambda": "the label weights of the parents follow Beta(alpha, alpha) (KS test)",
 }
 _WITH_VALUE = ("rows", "dtypes", "label_mass", "label_range")
+_DOMAIN = ("dtypes", "label_range")
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -90,7 +91,8 @@ class Properties:
             if name not in PROPERTIES:
                 close = difflib.get_close_matches(name, PROPERTIES, n=3)
                 hint = f"; did you mean {' or '.join(close)}?" if close else ""
-                raise ValueError(f"unknown property {name!r}{hint} Known: {', '.join(PROPERTIES)}")
+                raise ValueError(f"unknown property {name!r}{hint} Known: "
+                                 f"{', '.join(PROPERTIES)}")
             if name in fields:
                 raise ValueError(f"property {name!r} is declared twice")
             if (name in _WITH_VALUE) != bool(has_value):
@@ -121,8 +123,14 @@ class Properties:
                 names.append(name)
         return tuple(names)
 
+    def checks(self) -> tuple[str, ...]:
+        """The declared checks in report order: `declaration()` without the settings of the
+        domain they run over (dtypes, label_range)."""
+        return tuple(n for n in self.declaration() if n.partition("=")[0] not in _DOMAIN)
+
     def _check_combination(self) -> None:
-        geometry = [n for n in ("convex_mix", "coordinate_stitch", "beta_lambda") if getattr(self, n)]
+        geometry = [n for n in ("convex_mix", "coordinate_stitch", "beta_lambda")
+                    if getattr(self, n)]
         if geometry and self.label_mass is None:
             raise ValueError(f"{' and '.join(geometry)} recover each output's parents and lambda "
                              "from its labels: declare label_mass too")
@@ -141,7 +149,8 @@ def _number(value) -> str:
 def _parse_value(name: str, value: str):
     if name == "rows":
         if value not in ("half", "all"):
-            raise ValueError(f"rows must be 'half' (B/2 output rows) or 'all' (B rows), got {value!r}")
+            raise ValueError(f"rows must be 'half' (B/2 output rows) or 'all' (B rows), got "
+                             f"{value!r}")
         return value
     if name == "dtypes":
         dtypes = tuple(v.strip() for v in value.split(",") if v.strip())

@@ -22,7 +22,7 @@ import hypothesis
 from embaug_jax import registry
 from embaug_jax.testing import checks, registered
 from embaug_jax.testing.examples import Example, examples
-from embaug_jax.testing.properties import PROPERTIES, Properties
+from embaug_jax.testing.properties import Properties
 
 __all__ = ["AugmentationCheckError", "CheckReport", "MAX_EXAMPLES", "PropertyResult",
            "TRANSFORM_EXAMPLES", "check_augmentation", "method_cases"]
@@ -51,7 +51,8 @@ class PropertyResult:
 
     def __str__(self) -> str:
         ran = f"{self.examples} examples" if self.examples else "fixed seed"
-        head = f"  {'ok  ' if self.passed else 'FAIL'}  {self.name:<20} {ran:>12}  {self.seconds:5.1f} s"
+        mark = "ok  " if self.passed else "FAIL"
+        head = f"  {mark}  {self.name:<20} {ran:>12}  {self.seconds:5.1f} s"
         if self.passed:
             return head + (f"  {self.detail}" if self.detail else "")
         lines = [head, f"        {self.detail}"]
@@ -111,8 +112,8 @@ def check_augmentation(fn: Callable | str | registry.Method,
       kwargs: keyword arguments for every call (e.g. softness=0.1: label_mass=soft then
         checks that softness). A registered method is called with the settings it reads,
         other than alpha, at their default grids' first values, which `kwargs` overrides.
-      max_examples: drawn examples per property (TRANSFORM_EXAMPLES for jit, vmap and
-        differentiable).
+      max_examples: drawn examples per property (at most TRANSFORM_EXAMPLES for jit, vmap
+        and differentiable, whose examples share one shape).
       name: the method's name in the report (default: the method's or function's).
     Returns:
       The `CheckReport`, when every property holds.
@@ -130,12 +131,8 @@ def check_augmentation(fn: Callable | str | registry.Method,
                          '"differentiable", "label_mass=1", "convex_mix", "beta_lambda")')
     properties = Properties.parse(properties)
     subject = checks.Subject(fn, properties, kwargs or {})
-    results = []
-    for prop in properties.declaration():
-        key = prop.partition("=")[0]
-        if key in ("dtypes", "label_range"):
-            continue
-        results.append(_check_property(subject, prop, key, max_examples))
+    results = [_check_property(subject, prop, prop.partition("=")[0], max_examples)
+               for prop in properties.checks()]
     report = CheckReport(name or getattr(fn, "__name__", repr(fn)), tuple(results))
     if not report.passed:
         raise AugmentationCheckError(report)
@@ -158,7 +155,8 @@ def method_cases(names: Iterable[str] | None = None) -> list:
             for n in (registry.method_names() if names is None else names)]
 
 
-def _check_property(subject: checks.Subject, prop: str, key: str, max_examples: int) -> PropertyResult:
+def _check_property(subject: checks.Subject, prop: str, key: str,
+                    max_examples: int) -> PropertyResult:
     start, runs, detail = time.perf_counter(), 0, ""
     try:
         if key in checks.EXAMPLE_CHECKS:
