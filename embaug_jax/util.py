@@ -152,8 +152,8 @@ def read_json(path: str | os.PathLike) -> Any:
         where = f"{e.msg} at line {e.lineno}, column {e.colno}"
     except UnicodeDecodeError as e:
         where = f"byte {e.start} is not UTF-8"
-    raise ValueError(f"{path} is not a valid JSON file ({where}); restore it, e.g. from where "
-                     "it came from.")
+    raise ValueError(f"{path} is not a valid JSON file ({where}); restore it from where it "
+                     "came from.")
 
 
 def is_traced(value: Any) -> bool:
@@ -441,8 +441,8 @@ def check_seed(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise UserError(f"{name}={value!r} must be a whole number in [0, {MAX_SEED}].")
     if not 0 <= int(value) <= MAX_SEED:
-        raise UserError(f"{name}={value} must be in [0, 2^31 - 1 = {MAX_SEED}]: seeds are int32, "
-                        "and larger ones would wrap around onto smaller ones.")
+        raise UserError(f"{name}={value} must be in [0, 2^31 - 1 = {MAX_SEED}] (seeds are int32; "
+                        "a larger one would wrap around onto a smaller one).")
     return int(value)
 
 

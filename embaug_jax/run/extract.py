@@ -10,9 +10,9 @@ dataset stages around them in one workdir.
 
 Work is done in shards of `config.shard_size` items, each written atomically to
 `workdir/shards/shard_00000.npy`, so a run killed at any point and started again redoes no
-finished shard; the assembled dataset is byte-identical to that of an uninterrupted run. The
-output (`workdir/embeddings`, or `config.output`) is written atomically too; the shards are
-removed after assembly unless `config.keep_shards`.
+finished shard (and embeds a damaged one again); the assembled dataset is byte-identical to
+that of an uninterrupted run. The output (`workdir/embeddings`, or `config.output`) is written
+atomically too; the shards are removed after assembly unless `config.keep_shards`.
 
 A fingerprint -- sha256 over the embedders' own fingerprints (weights, tokenizer, pooling), their
 settings, the source's contents (ids, labels, texts, image bytes) and every config knob that
@@ -267,8 +267,9 @@ def _device_counts(text_embedder, image_embedder) -> dict[str, int]:
 
 def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any],
                   devices: Mapping[str, int], *, clean: bool = True) -> None:
-    """Errors on shards of other inputs; redoes those of another device count; drops the
-    temporaries of a run killed mid-write (if `clean`: one process does that)."""
+    """Errors on shards of other inputs or a damaged manifest; redoes those of another device
+    count, and damaged ones (truncated, overwritten); drops the temporaries of a run killed
+    mid-write (if `clean`: one process does that)."""
     if not shards_dir.exists():
         return
     manifest_path = shards_dir / MANIFEST
