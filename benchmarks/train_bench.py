@@ -37,7 +37,7 @@ import numpy as np
 
 from embaug_jax import augment, configlib, registry, util
 from embaug_jax.train import driver, program
-from embaug_jax.train.members import member_groups, member_hparams
+from embaug_jax.train.members import member_groups, member_hparams, with_config_settings
 from embaug_jax.train.splits import make_splits
 from embaug_jax.train.synthetic import make_synthetic
 
@@ -180,7 +180,7 @@ def main(argv=None):
     # The paper's five at their default settings (alpha 0.2, softness 0.05), 5 trials each.
     members = [dict(method=m.name, **{n: registry.setting(n).default[0] for n in m.reads},
                     trial=t, seed=0) for m in registry.methods(tag="paper") for t in range(5)]
-    hp25 = member_hparams(members)
+    hp25 = member_hparams(with_config_settings(c, members))
     groups = member_groups(members)
     dims = (args.dim, *c.model.hidden, args.classes)
     E = args.epochs

@@ -14,8 +14,13 @@ import pytest
 from embaug_jax import configlib, registry
 from embaug_jax.evaluate import threshold_counts
 from embaug_jax.run import train as run_train
-from embaug_jax.train import driver, program
-from embaug_jax.train.members import member_groups, member_hparams
+from embaug_jax.train import driver, optim, program
+from embaug_jax.train.members import (
+    member_groups,
+    member_hparams,
+    sweep_members,
+    with_config_settings,
+)
 from embaug_jax.train.synthetic import make_synthetic
 
 default = configlib.load_module(Path(__file__).resolve().parent.parent / "configs" / "default.py")
@@ -54,7 +59,7 @@ def sweep4():
     try:
         c = _config()
         data = _data(c)
-        hp = member_hparams(MEMBERS)
+        hp = member_hparams(with_config_settings(c, MEMBERS))
         yield c, data, hp, driver.run_sweep(c, data, MEMBERS, progress=False)
     finally:
         jax.config.update("jax_disable_most_optimizations", False)
@@ -224,12 +229,51 @@ def test_one_program_per_kind_and_no_padding_rows(fast_compile):
                                in_axes=(None, 0, 0, None, None)), static_argnums=4)
         init = jax.jit(jax.vmap(built.init, in_axes=(None, 0, None)))
         for members in member_sets:
-            hp = member_hparams(members)
+            hp = member_hparams(with_config_settings(c, members))
             _, loss = run(key, hp, init(key, hp, on_device), on_device, 1)
             assert np.isfinite(np.asarray(loss)).all()
     groups = member_groups(MEMBERS + mixup)
     assert [(g.name, list(g.members)) for g in groups] == [
         ("control", [0]), ("mixup", [1, 3, 4]), ("stitchup", [2])]
+
+
+def test_optimisation_settings_are_member_values_of_one_program_per_kind(fast_compile):
+    """A weight decay x dropout x lr_max grid crossed with methods and alphas trains as one
+    compiled program per kind, with no compile per value; each member equals the member of a
+    sweep whose config holds its values, and the values change what it learns."""
+    grids = {"sweep.weight_decay": (1e-5, 1e-3), "sweep.dropout": (0.0, 0.3),
+             "sweep.lr_max": (3e-3, 1e-2)}
+    # Evaluation blocks of their own: programs no other test compiles, so their count is ours.
+    c = _config(num_epochs=8, eval_every=8, chunk_epochs=8, checkpoint_every=8,
+                eval_block_rows=96, **{"data.trials": 1, "sweep.methods": ("control", "e_mixup"),
+                                       "sweep.alphas": (0.2, 0.4)}, **grids)
+    run_train.validate_config(c)
+    data = _data(c)
+    members = sweep_members(c)
+    assert len(members) == (1 + 2) * 2 * 2 * 2
+    assert [g.name for g in member_groups(members)] == ["control", "mixup"]
+    r = driver.run_sweep(c, data, members, progress=False)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
+    for kind in ("control", "mixup"):
+        _, run, _ = driver.compiled_group(_spec(c, data, kind), mesh,
+                                          driver.members_at_once(c, jax.devices()))
+        assert run._cache_size() == 1, kind
+    loss = r.history["train_loss"][:, -1]
+    assert len({round(float(v), 6) for v in loss}) == len(members)  # every value matters
+    for i in (0, 7, 13):  # control at the grid's first point, its last, and an E-Mixup member
+        m = members[i]
+        single = _config(num_epochs=8, eval_every=8, chunk_epochs=8, checkpoint_every=8,
+                         eval_block_rows=96, **{"data.trials": 1,
+                                                "optim.weight_decay": m["weight_decay"],
+                                                "model.dropout": m["dropout"],
+                                                "optim.lr_max": m["lr_max"]})
+        alone = driver.run_sweep(single, data, [{k: m[k] for k in (
+            "method", "alpha", "trial", "seed")}], progress=False)
+        every = [setting.name for setting in registry.settings(every_method=True)]
+        assert [alone.members[0][k] for k in every] == [m[k] for k in every]
+        np.testing.assert_allclose(alone.history["train_loss"][0], r.history["train_loss"][i],
+                                   rtol=1e-5)
+        np.testing.assert_allclose(alone.val_probs[0], r.val_probs[i], atol=1e-5)
 
 
 def test_every_chunk_runs_one_compiled_program(sweep4):
@@ -246,12 +290,17 @@ def test_program_spec_holds_every_knob_the_program_reads():
     base = program.ProgramSpec.from_config(c, 6, 80)
     assert base == program.ProgramSpec.from_config(_config(), 6, 80)
     assert hash(base) == hash(program.ProgramSpec.from_config(_config(), 6, 80))
-    # Knobs the program does not read leave the spec (and so the compiled program) alone.
+    # Knobs the program does not read, and the members' traced settings (the learning-rate
+    # cycle, the weight decay and the dropout rate among them), leave the spec (and so the
+    # compiled program) alone.
     for key, value in [("num_epochs", 48), ("checkpoint_every", 24), ("sweep.alphas", (0.4,)),
-                       ("seed", 3), ("data.trials", 3)]:
+                       ("seed", 3), ("data.trials", 3), ("optim.lr_max", 1e-2),
+                       ("optim.lr_min", 1e-4), ("optim.half_cycle_epochs", 6),
+                       ("optim.weight_decay", 1e-3), ("model.dropout", 0.5),
+                       ("sweep.weight_decay", (1e-5, 1e-3))]:
         assert program.ProgramSpec.from_config(_config(**{key: value}), 6, 80) == base, key
     for key, value in [("threshold", 0.7), ("eval_every", 4), ("eval_block_rows", 64),
-                       ("model.hidden", (16,)), ("optim.lr_max", 1e-2),
+                       ("model.hidden", (16,)), ("optim.optimizer", "sgd"),
                        ("augment.pairing", "flip"), ("augment.negative_mass", 0.5),
                        ("batch_size", 16)]:
         assert program.ProgramSpec.from_config(_config(**{key: value}), 6, 80) != base, key
@@ -329,7 +378,7 @@ def test_unseen_classes_never_get_loss(sweep4):
 
 
 def test_triangular_schedule_matches_optax_linear_pieces():
-    sched = program.triangular_schedule(3e-4, 3e-3, 5)
+    sched = optim.triangular_schedule(3e-4, 3e-3, 5)
     pieces = [optax.linear_schedule(3e-4, 3e-3, 5), optax.linear_schedule(3e-3, 3e-4, 5)] * 3
     ref = optax.join_schedules(pieces, boundaries=[5 * i for i in range(1, 6)])
     steps = jnp.arange(30)
@@ -348,6 +397,13 @@ def test_triangular_schedule_matches_optax_linear_pieces():
     ("model.head", "tanh", "head"),
     ("optim.optimizer", "lion", "optimizer"),
     ("optim.lr_min", 1.0, "lr_min"),
+    ("optim.weight_decay", -1.0, r"config.optim.weight_decay=-1 must be >= 0"),
+    ("model.dropout", 1.0, r"config.model.dropout=1 must be in \[0, 1\)"),
+    ("sweep.weight_decay", (1e-4, -1.0), r"weight_decay=-1.0 in config.sweep.weight_decay"),
+    ("sweep.dropout", (0.1, 1.0), r"dropout=1.0 in config.sweep.dropout must be in \[0, 1\)"),
+    ("sweep.lr_min", (1e-4, 1e-2), r"every lr_min \(config.sweep.lr_min=0.0001, 0.01\) must "
+     r"be <= every lr_max \(config.optim.lr_max=0.003\)"),
+    ("sweep.half_cycle_epochs", (2.5,), "must be whole epochs"),
     ("augment.pairing", "zip", "pairing"),
     ("batch_size", 15, "batch_size"),
     ("eval_every", 5, "multiple of"),
@@ -432,7 +488,7 @@ def test_ablation_baselines_train_in_the_sweep(fast_compile):
     np.testing.assert_allclose(alone.history["train_loss"][0], loss[0], rtol=1e-5)
     np.testing.assert_allclose(alone.val_probs[0], r.val_probs[0], atol=1e-5)
     lone = jax.jit(program.make_train(_spec(c, data, "manifold"), c.num_epochs))
-    hp = member_hparams(members)
+    hp = member_hparams(with_config_settings(c, members))
     state, metrics = lone(jax.random.key(c.seed), jax.tree.map(lambda x: x[8], hp), data)
     chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[8], r.state.params),
                                 atol=1e-5, rtol=1e-5)

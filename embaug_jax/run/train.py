@@ -29,8 +29,9 @@ from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.checkpoints import FINGERPRINT_KEYS
 from embaug_jax.train.driver import OnChunk, members_at_once, run_sweep
 from embaug_jax.train.members import sweep_members
-from embaug_jax.train.program import OPTIMIZERS, TrainData
 from embaug_jax.train.mlp import HEADS
+from embaug_jax.train.optim import OPTIMIZERS, sweep_grid
+from embaug_jax.train.program import TrainData
 from embaug_jax.train.splits import Splits, make_splits
 from embaug_jax.util import UserError, check_cpu_devices, write_json_atomic, write_text_atomic
 from embaug_jax.workdir import Workdir
@@ -74,17 +75,30 @@ def validate_config(config) -> None:
         except registry.UnknownNameError as e:
             raise UserError(f"bad config: config.sweep.methods: {e}") from None
     _require(len(set(s.methods)) == len(s.methods), "config.sweep.methods has duplicates.")
-    # The grid of each setting a listed method reads: non-empty, every value in range.
+    # The grid of each setting a listed method reads: non-empty, every value in range. A
+    # setting every method reads takes the config's value where its grid is unset.
     for setting in registry.settings():
         users = [mth for mth in s.methods if setting.name in registry.method(mth).reads]
-        if not users:
+        if setting.every_method and not s.get(setting.grid):
+            value = sweep_grid(config, setting)[0]
+            _require(value in setting.range, f"config.{setting.config_key}={value:g} must be "
+                     f"{setting.text}.")
+            continue
+        if not (users or setting.every_method):
             continue
         values = s.get(setting.grid, ())
-        _require(len(values) > 0, f"config.sweep.{setting.grid} is empty but {users[0]} needs "
-                 "it.")
+        _require(len(values) > 0, f"config.sweep.{setting.grid} is empty but "
+                 f"{(users or ['every method'])[0]} needs it.")
         for v in values:
             _require(float(v) in setting.range, f"{setting.name}={v} in "
                      f"config.sweep.{setting.grid} must be {setting.text}.")
+    lr_min, lr_max, half_cycle = (sweep_grid(config, registry.setting(n))
+                                  for n in ("lr_min", "lr_max", "half_cycle_epochs"))
+    _require(max(lr_min) <= min(lr_max), f"every lr_min ({_grid_text(config, 'lr_min')}) must "
+             f"be <= every lr_max ({_grid_text(config, 'lr_max')}), so that each member's cycle "
+             "rises from lr_min to lr_max.")
+    _require(all(v == int(v) for v in half_cycle), f"half_cycle_epochs "
+             f"({_grid_text(config, 'half_cycle_epochs')}) must be whole epochs.")
     _require(len(s.seeds) > 0, "config.sweep.seeds is empty.")
     _require(d.source in DATA_SOURCES, f"config.data.source={d.source!r}; choose one of "
              f"{DATA_SOURCES}.")
@@ -98,15 +112,10 @@ def validate_config(config) -> None:
              "must be in (0, 1) (the paper uses 0.1).")
     _require(int(d.trials) >= 1, f"config.data.trials={d.trials} must be >= 1.")
     _require(m.head in HEADS, f"config.model.head={m.head!r}; choose one of {HEADS}.")
-    _require(0 <= float(m.dropout) < 1, f"config.model.dropout={m.dropout} must be in [0, 1).")
     _require(all(int(h) > 0 for h in m.hidden), f"config.model.hidden={m.hidden} must be "
              "positive widths.")
     _require(o.optimizer in OPTIMIZERS, f"config.optim.optimizer={o.optimizer!r}; choose one "
              f"of {OPTIMIZERS}.")
-    _require(0 < float(o.lr_min) <= float(o.lr_max), f"need 0 < config.optim.lr_min "
-             f"({o.lr_min}) <= config.optim.lr_max ({o.lr_max}).")
-    _require(float(o.weight_decay) >= 0, "config.optim.weight_decay must be >= 0.")
-    _require(int(o.half_cycle_epochs) >= 1, "config.optim.half_cycle_epochs must be >= 1.")
     _require(a.pairing in augment.PAIRINGS, f"config.augment.pairing={a.pairing!r}; choose one of "
              f"{augment.PAIRINGS}.")
     bs = int(config.batch_size)
@@ -122,6 +131,14 @@ def validate_config(config) -> None:
                    "config.report.selection_fraction")
     _require_valid(check_bootstrap_resamples, config.report.bootstrap_resamples,
                    "config.report.bootstrap_resamples")
+
+
+def _grid_text(config, name: str) -> str:
+    """Where a setting every method reads gets its values, and what they are."""
+    setting = registry.setting(name)
+    where = (f"config.sweep.{setting.grid}" if config.sweep.get(setting.grid)
+             else f"config.{setting.config_key}")
+    return f"{where}={', '.join(f'{v:g}' for v in sweep_grid(config, setting))}"
 
 
 def load_data(config):

@@ -35,7 +35,12 @@ from jax.sharding import PartitionSpec as P
 
 from embaug_jax.train import checkpoints
 from embaug_jax.train.cadence import Cadence
-from embaug_jax.train.members import MemberHParams, member_groups, member_hparams
+from embaug_jax.train.members import (
+    MemberHParams,
+    member_groups,
+    member_hparams,
+    with_config_settings,
+)
 from embaug_jax.train.program import (
     DeviceData,
     EvalBlock,
@@ -213,7 +218,9 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     Args:
       data: `TrainData`; `x` may be a host array or memory map (only the training rows and one
         evaluation block at a time go to the devices; see `config.device_data_bytes`).
-      members: dicts with method, trial, seed and the settings (see `sweep_members`).
+      members: dicts with method, trial, seed and the settings (see `sweep_members`); a
+        setting every method reads that a member lacks takes the config's value
+        (`with_config_settings`), and the result's members record it.
       class_names: [C] names for the report (default "0", "1", ...).
       key: root PRNG key (default `jax.random.key(config.seed)`).
       devices: the devices the member axis is sharded over (default all).
@@ -235,7 +242,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     by_member = NamedSharding(mesh, P("members"))
     replicated = NamedSharding(mesh, P())
 
-    members = [dict(m) for m in members]
+    members = with_config_settings(config, members)
     num_members = len(members)
     groups = member_groups(members)
     hp = member_hparams(members)
