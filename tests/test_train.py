@@ -415,6 +415,8 @@ def test_triangular_schedule_matches_optax_linear_pieces():
     ("threshold", 1.2, r"config.threshold=1.2 must lie in \(0, 1\)"),
     ("report.selection_fraction", 1.0, "config.report.selection_fraction=1.0"),
     ("report.bootstrap_resamples", -1, "config.report.bootstrap_resamples=-1"),
+    ("report.axis_metrics", ("weighted_auc", "auc"),
+     r"config.report.axis_metrics=\('weighted_auc', 'auc'\) must name .*unknown: 'auc'"),
     ("eval_block_rows", 0, "eval_block_rows"),
     ("cpu_devices", -2, "cpu_devices"),
     ("members_at_once", -1, "members_at_once"),

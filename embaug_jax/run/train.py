@@ -2,8 +2,8 @@
 
 `train_and_evaluate(config, workdir)` validates the config, loads the data, draws the splits,
 fingerprints config and data, runs the sweep engine (`embaug_jax.train.driver.run_sweep`: a tqdm
-bar, an orbax checkpoint and a rewritten metrics.jsonl per chunk; rerunning the same command
-resumes from the last checkpoint) and hands the final validation probabilities to
+bar, an orbax checkpoint, a rewritten metrics.jsonl and TensorBoard events per chunk; rerunning
+the same command resumes from the last checkpoint) and hands the final validation probabilities to
 `embaug_jax.report.write_report`. A finished run re-reports from its saved predictions. Where
 each file goes is `embaug_jax.workdir.Workdir`'s.
 """
@@ -24,6 +24,8 @@ from absl import logging
 
 from embaug_jax import augment, distributed, registry, report
 from embaug_jax.evaluate import check_threshold
+from embaug_jax.report.results import AXIS_METRICS, check_axis_metrics
+from embaug_jax.report.tensorboard import TensorBoardLog
 from embaug_jax.report.statistics import check_bootstrap_resamples, check_selection_fraction
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.checkpoints import FINGERPRINT_KEYS
@@ -131,6 +133,8 @@ def validate_config(config) -> None:
                    "config.report.selection_fraction")
     _require_valid(check_bootstrap_resamples, config.report.bootstrap_resamples,
                    "config.report.bootstrap_resamples")
+    _require_valid(check_axis_metrics, config.report.get("axis_metrics", AXIS_METRICS),
+                   "config.report.axis_metrics")
 
 
 def _grid_text(config, name: str) -> str:
@@ -197,6 +201,12 @@ def _fingerprint(config, dataset) -> dict:
     out["eval_every"] = Cadence.from_config(config).eval_every  # resolved: None may be derived
     if isinstance(out.get("data"), dict):
         out["data"] = {k: v for k, v in out["data"].items() if k != "path"}
+    if isinstance(out.get("sweep"), dict):
+        # An unset grid of a setting every method reads runs the config's value, which the
+        # fingerprint holds already: left out, a run that sets none keeps its fingerprint.
+        unset = {s.grid for s in registry.settings(every_method=True)
+                 if not config.sweep.get(s.grid)}
+        out["sweep"] = {k: v for k, v in out["sweep"].items() if k not in unset}
     out["data_content"] = data_fingerprint(dataset)
     out["state_layout"] = STATE_LAYOUT
     return out
@@ -331,10 +341,15 @@ def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, spli
                  "on average", len(members), splits.train_idx.shape[1], splits.val_idx.shape[1],
                  int((~splits.seen_mask).sum(1).mean()))
     eval_epochs = Cadence.from_config(config).eval_epochs
+    tensorboard = TensorBoardLog(workdir.tensorboard, members, eval_epochs,
+                                 splits.train_idx.shape[1] // int(config.batch_size))
+    if primary and not workdir.has_checkpoints():
+        tensorboard.clear()  # training starts at epoch 0: no earlier run's events stay
 
     def write_metrics(history, epochs_done):
         if primary:
             _write_metrics_jsonl(workdir.metrics, members, history, eval_epochs, epochs_done)
+            tensorboard.write(history, epochs_done)
         return on_chunk(history, epochs_done) if on_chunk is not None else None
 
     devices = None
@@ -356,10 +371,11 @@ def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, spli
                 p.unlink(missing_ok=True)
         raise
     # A resumed, finished sweep runs no chunk: metrics.jsonl is still rewritten from the
-    # checkpoint's history.
+    # checkpoint's history, and any epoch TensorBoard lacks is written.
     if primary:
         _write_metrics_jsonl(workdir.metrics, members, result.history, eval_epochs,
                              result.epochs_done)
+        tensorboard.write(result.history, result.epochs_done)
     if not result.finished:
         return None
     if not primary:
