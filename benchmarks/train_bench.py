@@ -85,14 +85,17 @@ def plain_slice():
 _PROGRAMS = {}
 
 
-def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced=False):
+def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced=False,
+            fixed=()):
     """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs as the engine's
     driver does: `driver.compiled_group` on every device, members padded to the device count
-    (the padding skipped), `driver.members_at_once` of them stepped together on a device."""
+    (the padding skipped), `driver.members_at_once` of them stepped together on a device;
+    `fixed` is their group's shared settings (`Group.fixed`: the program's constants)."""
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
     at_once = driver.members_at_once(config, jax.devices())
     with plain_slice() if sliced else contextlib.nullcontext():
-        spec = program.ProgramSpec.from_config(config, num_classes, n_train, kind=kind)
+        spec = program.ProgramSpec.from_config(config, num_classes, n_train, kind=kind,
+                                               fixed=fixed)
         if (spec, sliced) not in _PROGRAMS:  # uncached: a sliced program shares its spec
             _PROGRAMS[spec, sliced] = driver.compiled_group.__wrapped__(spec, mesh, at_once)
         init, train, _ = _PROGRAMS[spec, sliced]

@@ -103,6 +103,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # on GPU/TPU; 0 = all at once; k = k at a time. Results agree to float rounding.
     c.members_at_once = ml_collections.FieldReference(None, field_type=int)
     c.threshold = 0.6  # sec. 3.5 confidence threshold of the accuracy metrics, in (0, 1)
+    # N > 0: a jax.profiler trace of the first N training steps after the first compiled call
+    # (whole evaluation periods) into WORKDIR/profile, for TensorBoard's profile plugin or
+    # Perfetto (embaug_jax/train/profiling.py). Changes no number.
+    c.profile = 0
 
     c.augment = ml_collections.ConfigDict()
     c.augment.pairing = "halve"  # sec. 2.2: pairs of examples make one, halving the batch

@@ -251,13 +251,18 @@ def test_optimisation_settings_are_member_values_of_one_program_per_kind(fast_co
     data = _data(c)
     members = sweep_members(c)
     assert len(members) == (1 + 2) * 2 * 2 * 2
-    assert [g.name for g in member_groups(members)] == ["control", "mixup"]
+    groups = member_groups(members)
+    assert [g.name for g in groups] == ["control", "mixup"]
+    # What all members share is a constant of the program; the grids are traced.
+    assert all(g.fixed == (("lr_min", 3e-4), ("half_cycle_epochs", 4.0)) for g in groups)
     r = driver.run_sweep(c, data, members, progress=False)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
-    for kind in ("control", "mixup"):
-        _, run, _ = driver.compiled_group(_spec(c, data, kind), mesh,
-                                          driver.members_at_once(c, jax.devices()))
-        assert run._cache_size() == 1, kind
+    for g in groups:
+        spec = program.ProgramSpec.from_config(c, data.seen_mask.shape[1],
+                                               data.train_idx.shape[1], kind=g.kind,
+                                               fixed=g.fixed)
+        _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, jax.devices()))
+        assert run._cache_size() == 1, g.kind
     loss = r.history["train_loss"][:, -1]
     assert len({round(float(v), 6) for v in loss}) == len(members)  # every value matters
     for i in (0, 7, 13):  # control at the grid's first point, its last, and an E-Mixup member
@@ -274,6 +279,26 @@ def test_optimisation_settings_are_member_values_of_one_program_per_kind(fast_co
         np.testing.assert_allclose(alone.history["train_loss"][0], r.history["train_loss"][i],
                                    rtol=1e-5)
         np.testing.assert_allclose(alone.val_probs[0], r.val_probs[i], atol=1e-5)
+
+
+def test_profile_traces_training_steps_and_changes_no_number(sweep4, tmp_path, fast_compile):
+    """config.profile=N: a jax.profiler trace (XPlane for TensorBoard, a Perfetto trace) of the
+    periods after the first compiled call, and the same results as without it."""
+    import gzip
+    import json
+
+    c, data, hp, full = sweep4
+    traced = _config(profile=100)  # 10 steps an epoch, 8 epochs a period: periods 2 and 3
+    r = driver.run_sweep(traced, data, MEMBERS, progress=False, profile_dir=tmp_path / "profile")
+    for k in full.history:
+        np.testing.assert_array_equal(r.history[k], full.history[k])
+    (session,) = (tmp_path / "profile" / "plugins" / "profile").iterdir()
+    assert list(session.glob("*.xplane.pb"))
+    with gzip.open(session / "perfetto_trace.json.gz") as f:
+        assert json.load(f)["traceEvents"]
+    with pytest.raises(ValueError, match="profile=-1 must be >= 0"):
+        driver.run_sweep(_config(profile=-1), data, MEMBERS, progress=False,
+                         profile_dir=tmp_path / "never")
 
 
 def test_every_chunk_runs_one_compiled_program(sweep4):

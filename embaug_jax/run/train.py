@@ -125,6 +125,8 @@ def validate_config(config) -> None:
              "be >= 2 and even (halving pairs the two halves of a batch).")
     Cadence.from_config(config)  # a UserError if the set values cannot nest
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
+    _require(int(config.get("profile") or 0) >= 0, "config.profile must be >= 0 (training "
+             "steps to trace with jax.profiler; 0: none).")
     _require(int(config.get("device_data_bytes", 0) or 0) >= 0, "config.device_data_bytes "
              "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")
     # The checks write_report makes of the same values: the two cannot disagree.
@@ -363,7 +365,7 @@ def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, spli
     try:
         result = run_sweep(config, data, members, class_names=dataset.class_names,
                            devices=devices, checkpoint_dir=workdir.checkpoints, segments=segments,
-                           on_chunk=write_metrics)
+                           on_chunk=write_metrics, profile_dir=workdir.profile)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing that claims otherwise.
         if primary and fresh and not workdir.has_checkpoints():

@@ -41,6 +41,7 @@ from embaug_jax.train.members import (
     member_hparams,
     with_config_settings,
 )
+from embaug_jax.train.profiling import StepTrace
 from embaug_jax.train.program import (
     DeviceData,
     EvalBlock,
@@ -209,7 +210,8 @@ def compiled_group(spec: ProgramSpec, mesh: Mesh, at_once: int = 0):
 def run_sweep(config, data: TrainData, members: Sequence[dict], *,
               class_names: Sequence[str] | None = None, key=None, devices=None,
               checkpoint_dir: str | os.PathLike | None = None, segments=None,
-              progress: bool = True, on_chunk: OnChunk | None = None) -> SweepResult:
+              progress: bool = True, on_chunk: OnChunk | None = None,
+              profile_dir: str | os.PathLike | None = None) -> SweepResult:
     """Trains every member (`sweep_members(config)` or any list like it) on `data`, chunk by chunk.
 
     Members are grouped by kind (one compiled program each); results come back in member order.
@@ -230,6 +232,8 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
       on_chunk: called as on_chunk(history so far [M, E] per metric, epochs done) after every
         chunk; a truthy return stops the sweep there, as if killed (the result then has no
         `val_probs`).
+      profile_dir: where a `jax.profiler` trace of `config.profile` training steps goes
+        (`train.profiling.StepTrace`; None or config.profile 0: no trace).
     """
     from tqdm.auto import tqdm
 
@@ -260,7 +264,8 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     at_once = members_at_once(config, devices)
     for g in groups:
         spec = ProgramSpec.from_config(config, num_classes, train_idx.shape[1],
-                                       segments=segments, kind=g.kind, static=g.static)
+                                       segments=segments, kind=g.kind, static=g.static,
+                                       fixed=g.fixed)
         compiled[g.name] = compiled_group(spec, mesh, at_once)
         hps[g.name], live[g.name] = place_members(jax.tree.map(lambda x: x[g.members], hp), mesh)
 
@@ -289,7 +294,9 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                     probs[g.members, start:start + n] = _host(p)[:len(g.members), :n]
         return {g.name: _host(counts[g.name])[:len(g.members)] for g in groups}, probs
 
-    with checkpoints.checkpoint_manager(checkpoint_dir) as manager:
+    trace = StepTrace(profile_dir, int(config.get("profile") or 0),
+                      train_idx.shape[1] // int(config.batch_size))
+    with checkpoints.checkpoint_manager(checkpoint_dir) as manager, trace:
         step = None if manager is None else manager.latest_step()
         if step is not None:
             states, history = checkpoints.restore(manager, step, states, history, groups,
@@ -308,9 +315,11 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                     # once more), then the streamed evaluation.
                     epochs = cadence.period_end(done) - done
                     losses = {}
-                    for g in groups:
-                        states[g.name], losses[g.name] = compiled[g.name][1](
-                            key, hps[g.name], live[g.name], states[g.name], on_device, epochs)
+                    with trace.period(epochs, done + epochs >= num_epochs, lambda: losses):
+                        for g in groups:
+                            states[g.name], losses[g.name] = compiled[g.name][1](
+                                key, hps[g.name], live[g.name], states[g.name], on_device,
+                                epochs)
                     counts, _ = evaluate(False)
                     done += epochs
                     for g in groups:

@@ -38,6 +38,9 @@ class Group(NamedTuple):
     members: np.ndarray  # int: their indices in the sweep's member list
     kind: str
     static: tuple[tuple[str, float], ...] = ()  # the untraced settings' (name, value)
+    # The settings every method reads that all its members share, (name, value): constants of
+    # the program (`train.program.ProgramSpec.fixed`).
+    fixed: tuple[tuple[str, float], ...] = ()
 
 
 def sweep_members(config) -> list[dict]:
@@ -95,7 +98,8 @@ def member_hparams(members: Sequence[dict]) -> MemberHParams:
 
 def member_groups(members: Sequence[dict]) -> list[Group]:
     """The members' groups, in order of first appearance: one per kind and values of the
-    untraced settings its methods read."""
+    untraced settings its methods read, each with the values of the settings every method reads
+    that all its members share."""
     untraced = {s.name for s in registry.settings(traced=False)}
     keys = []
     for m in members:
@@ -106,5 +110,9 @@ def member_groups(members: Sequence[dict]) -> list[Group]:
     for kind, static in dict.fromkeys(keys):
         name = kind + (f"({','.join(f'{n}={v:g}' for n, v in static)})" if static else "")
         idx = np.array([i for i, k in enumerate(keys) if k == (kind, static)])
-        groups.append(Group(name, idx, kind, static))
+        fixed = tuple((s.name, float(members[idx[0]][s.name]))
+                      for s in registry.settings(every_method=True)
+                      if all(s.name in members[i] for i in idx)
+                      and len({float(members[i][s.name]) for i in idx}) == 1)
+        groups.append(Group(name, idx, kind, static, fixed))
     return groups

@@ -45,23 +45,21 @@ class Dropout(nn.Module):
     """Inverted dropout at a rate given per call, which may be traced (a sweep member's).
 
     `nn.Dropout` holds its rate as a module field and branches on it in Python; here the rate is
-    an argument and nothing branches on it, so members with different rates share one compiled
-    program (a rate of 0 keeps every element, after a draw). For the same rate, rng and module
-    path (this class keeps `nn.Dropout`'s auto-names, "Dropout_0", ...) the numbers are
-    `nn.Dropout`'s.
+    an argument and nothing branches on a traced one, so members with different rates share one
+    compiled program (a traced rate of 0 keeps every element, after a draw). For the same rate,
+    rng and module path (this class keeps `nn.Dropout`'s auto-names, "Dropout_0", ...) the
+    numbers are `nn.Dropout`'s.
     """
 
     rng_collection: str = "dropout"
 
     @nn.compact
     def __call__(self, x, rate, *, deterministic: bool):
-        if deterministic:
+        if deterministic or (isinstance(rate, (int, float)) and rate == 0):
             return x
         keep = 1.0 - jnp.asarray(rate, jnp.float32)
         mask = jax.random.bernoulli(self.make_rng(self.rng_collection), keep, x.shape)
-        # Times the reciprocal, as XLA computes `x / keep` for a constant rate: a member at a
-        # given rate gets the bits of a program compiled for that one rate.
-        return jax.lax.select(mask, x * (1.0 / keep).astype(x.dtype), jnp.zeros_like(x))
+        return jax.lax.select(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
 
 
 class MLP(nn.Module):

@@ -76,9 +76,7 @@ def triangular_schedule(low, high, half_cycle_steps) -> optax.Schedule:
         raise ValueError(f"half_cycle_steps={half_cycle_steps} must be >= 1.")
 
     def schedule(step):
-        # Times the reciprocal, as XLA computes the division for a constant half cycle: a
-        # member gets the bits of a program compiled for its one setting.
-        phase = jnp.mod(step, 2 * half_cycle_steps) * (1.0 / half_cycle_steps)  # in [0, 2)
+        phase = jnp.mod(step, 2 * half_cycle_steps) / half_cycle_steps  # in [0, 2)
         return low + (high - low) * (1.0 - jnp.abs(phase - 1.0))
 
     return schedule

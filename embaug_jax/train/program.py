@@ -85,8 +85,8 @@ class ProgramSpec:
     `make_program` reads nothing else, and the compile cache is keyed on the spec itself, so a
     new knob the program depends on has to become a field here and can never reuse a stale
     program. Build one from a config with `ProgramSpec.from_config`. The learning-rate cycle,
-    the weight decay and the dropout rate are not here: they are each member's traced values
-    (`MemberHParams.optim`, `train.optim`).
+    the weight decay and the dropout rate are each member's traced values
+    (`MemberHParams.optim`, `train.optim`), except those in `fixed`.
     """
 
     num_classes: int
@@ -109,12 +109,18 @@ class ProgramSpec:
     # registered after a compile gets a new program.
     transforms: tuple[tuple[int, Callable], ...] = ()
     static: tuple[tuple[str, float], ...] = ()
+    # Settings every method reads that all the program's members share (a `Group`'s), as
+    # constants: XLA folds them into the program as it does any constant, so a sweep that sets
+    # no grid compiles the program it compiled before they could be swept, to the bit. The
+    # members' traced values of these are not read.
+    fixed: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_config(cls, config, num_classes: int, n_train: int, *, segments=None,
-                    kind: str = "control", static=()) -> ProgramSpec:
-        """The spec of `kind`'s program (with the untraced settings `static`, a `Group`'s) as
-        `config` sets it up, the kind's transforms as registered now."""
+                    kind: str = "control", static=(), fixed=()) -> ProgramSpec:
+        """The spec of `kind`'s program (with the untraced settings `static` and the shared
+        settings `fixed`, a `Group`'s) as `config` sets it up, the kind's transforms as
+        registered now."""
         m, o, a = config.model, config.optim, config.augment
         return cls(
             num_classes=int(num_classes), n_train=int(n_train),
@@ -128,7 +134,8 @@ class ProgramSpec:
             eval_every=Cadence.from_config(config).eval_every,
             eval_block_rows=int(config.eval_block_rows), threshold=float(config.threshold),
             kind=str(kind), transforms=augment.kind_transforms(kind, [n for n, _ in static]),
-            static=tuple((str(n), float(v)) for n, v in static))
+            static=tuple((str(n), float(v)) for n, v in static),
+            fixed=tuple((str(n), float(v)) for n, v in fixed))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -186,9 +193,15 @@ def make_program(spec: ProgramSpec) -> Program:
     threshold, segments = spec.threshold, spec.segments
     rows = augment.kind_rows(kind, batch, spec.pairing)
 
+    def settings(hp):
+        """The member's learning-rate cycle, weight decay and dropout rate: traced, or the
+        program's constants."""
+        return {**hp.optim, **dict(spec.fixed)}
+
     def optimizer(hp):
-        """The member's optimiser, from its traced learning-rate cycle and weight decay."""
-        return make_optimizer(spec.optimizer, hp.optim, steps_per_epoch, momentum=spec.momentum)
+        """The member's optimiser."""
+        return make_optimizer(spec.optimizer, settings(hp), steps_per_epoch,
+                              momentum=spec.momentum)
 
     def init(key, hp, data):
         init_key, _ = _member_keys(key, hp)
@@ -243,7 +256,7 @@ def make_program(spec: ProgramSpec) -> Program:
                 label_weight=spec.label_weight, segments=segments, weights=w,
                 transforms=spec.transforms)
             loss, grads = jax.value_and_grad(loss_fn)(params, x, y, seen, dropout_key,
-                                                      hp.optim["dropout"])
+                                                      settings(hp)["dropout"])
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
