@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from embaug_jax import configlib, registry, util
-from embaug_jax.train import driver, program
 from embaug_jax.train.members import member_groups, member_hparams, with_config_settings
-from embaug_jax.train.splits import make_splits
-from embaug_jax.train.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 bench = configlib.load_module(REPO / "benchmarks" / "train_bench.py")
@@ -49,11 +47,7 @@ def main(argv=None):
 
     c = configlib.get_config(REPO / "configs" / "default.py")
     n = args.train_rows + args.train_rows // 10
-    ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
-    s = make_splits(ds.labels, args.classes, trials=1, train_fraction=args.train_rows / n)
-    data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
-    on_device = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
-        jax.sharding.Mesh(np.asarray(jax.devices()), ("members",)), jax.sharding.PartitionSpec()))
+    _, s, on_device = bench.clusters(n, args.dim, args.classes, args.train_rows, trials=1)
     n_train = s.train_idx.shape[1]
 
     def member(method, **settings):
@@ -86,7 +80,9 @@ def main(argv=None):
     wall = {k: [] for k in cases}
     for r in range(args.rounds):
         for k, go in cases.items():
-            wall[k].append(bench._timed(go)[0])
+            start = time.perf_counter()
+            go()
+            wall[k].append(time.perf_counter() - start)
         print(f"round {r + 1}: " + ", ".join(f"{k} {wall[k][-1]:.2f}s" for k in cases),
               flush=True)
     member_epochs = 45 * args.epochs

@@ -112,6 +112,17 @@ def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced
     return go, spec.steps_per_epoch
 
 
+def clusters(n, dim, classes, train_rows, *, trials):
+    """Gaussian clusters (n x dim, `classes` balanced classes) split into `trials` splits of
+    `train_rows` training rows: (dataset, splits, the training rows placed on every device)."""
+    ds = make_synthetic(0, n, dim, classes, imbalance=1.0)
+    s = make_splits(ds.labels, classes, trials=trials, train_fraction=train_rows / n)
+    data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
+    on_device = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.asarray(jax.devices()), ("members",)), jax.sharding.PartitionSpec()))
+    return ds, s, on_device
+
+
 def torch_epochs(x, labels, train_rows, seen, config, epochs):
     """Plain PyTorch eager E-Mixup training of the same MLP (halving: 64 mixed rows a step)."""
     import torch
@@ -174,11 +185,7 @@ def main(argv=None):
     c = configlib.get_config(REPO / "configs" / "default.py")
     c.members_at_once = args.members_at_once
     n = args.train_rows + args.train_rows // 10
-    ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
-    s = make_splits(ds.labels, args.classes, trials=5, train_fraction=args.train_rows / n)
-    data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
-    on_device = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
-        jax.sharding.Mesh(np.asarray(jax.devices()), ("members",)), jax.sharding.PartitionSpec()))
+    ds, s, on_device = clusters(n, args.dim, args.classes, args.train_rows, trials=5)
     n_train = s.train_idx.shape[1]
     # The paper's five at their default settings (alpha 0.2, softness 0.05), 5 trials each.
     members = [dict(method=m.name, **{n: registry.setting(n).default[0] for n in m.reads},

@@ -47,6 +47,12 @@ def _spec(c, data, kind="control"):
                                          kind=kind)
 
 
+def _group_spec(c, data, group):
+    """The spec of a `Group`'s program, as `run_sweep` builds it (its shared settings fixed)."""
+    return program.ProgramSpec.from_config(c, data.seen_mask.shape[1], data.train_idx.shape[1],
+                                           kind=group.kind, fixed=group.fixed)
+
+
 MEMBERS = [dict(method="control", alpha=0.0, softness=0.0, trial=0, seed=0),
            dict(method="e_mixup", alpha=0.3, softness=0.0, trial=1, seed=0),
            dict(method="soft_e_stitchup", alpha=0.2, softness=0.05, trial=0, seed=1)]
@@ -258,9 +264,7 @@ def test_optimisation_settings_are_member_values_of_one_program_per_kind(fast_co
     r = driver.run_sweep(c, data, members, progress=False)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
     for g in groups:
-        spec = program.ProgramSpec.from_config(c, data.seen_mask.shape[1],
-                                               data.train_idx.shape[1], kind=g.kind,
-                                               fixed=g.fixed)
+        spec = _group_spec(c, data, g)
         _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, jax.devices()))
         assert run._cache_size() == 1, g.kind
     loss = r.history["train_loss"][:, -1]
@@ -304,9 +308,9 @@ def test_profile_traces_training_steps_and_changes_no_number(sweep4, tmp_path, f
 def test_every_chunk_runs_one_compiled_program(sweep4):
     c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable per kind
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
-    for kind in (g.kind for g in member_groups(MEMBERS)):
-        _, run, _ = driver.compiled_group(_spec(c, data, kind), mesh,
-                                          driver.members_at_once(c, jax.devices()))
+    for g in member_groups(with_config_settings(c, MEMBERS)):
+        spec = _group_spec(c, data, g)
+        _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, jax.devices()))
         assert run._cache_size() == 1
 
 
