@@ -5,10 +5,11 @@
 they read. Epochs and steps are `lax.scan`s; shuffling and augmentation happen on device.
 Everything a sweep varies within a kind -- alpha, softness, the soft switch, the method, the
 learning-rate cycle, the weight decay, the dropout rate, the trial's split, the seed -- is a
-traced array in `MemberHParams`, so one compiled program trains every member of the kind (`train.driver` maps it over the members on each device). Each member
-computes only the rows it trains on: under the paper's halving a mixing member trains on B/2
-mixed rows, the control on B rows, with no padding rows and no select between methods
-(`augment.augment_rows`); manifold mixup's pairs are mixed after the model's first hidden layer.
+traced array in `MemberHParams`, so one compiled program trains every member of the kind
+(`train.driver` maps it over the members on each device). Each member computes only the rows
+it trains on: under the paper's halving a mixing member trains on B/2 mixed rows, the control
+on B rows, with no padding rows and no select between methods (`augment.augment_rows`);
+manifold mixup's pairs are mixed after the model's first hidden layer.
 
 Keys: member key = fold_in(fold_in(root, seed), trial); its first split initialises the MLP, the
 second drives training: epoch key = fold_in(train_key, epoch) splits into the shuffle key and a
