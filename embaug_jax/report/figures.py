@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from embaug_jax import registry
-from embaug_jax.report.results import nanreduce
+from embaug_jax.report.results import entry_settings, nanreduce
 from embaug_jax.report.tables import metric_label
 from embaug_jax.util import atomic_path
 
@@ -154,16 +154,23 @@ def _fig5_training_curves(path, results, variants, outputs):
     _save(fig, path)
 
 
+def _others(entry: dict) -> dict[str, float]:
+    """A variant's settings but alpha and softness (a weight decay grid's, say)."""
+    return {k: v for k, v in entry_settings(entry).items() if k not in ("alpha", "softness")}
+
+
 def _softness_sweeps(results: dict) -> list[tuple[str, float, list[str]]]:
     """(soft method, alpha, its variants by softness) for each soft method that ran >= 2
-    softness values at one alpha (the alpha with the most; ties: the best variant's alpha)."""
+    softness values at one alpha (the alpha with the most; ties: the best variant's alpha),
+    its other settings at the best variant's."""
     found = []
     for method in results["methods"]:
         if _unsoftened(method) is None:
             continue
+        others = _others(results["methods"][method])
         by_alpha: dict[float, list[str]] = {}
         for name, e in results["variants"].items():
-            if e["method"] == method:
+            if e["method"] == method and _others(e) == others:
                 by_alpha.setdefault(e["alpha"], []).append(name)
         best_alpha = results["methods"][method]["alpha"]
         alpha = max(by_alpha, key=lambda a: (len(by_alpha[a]), a == best_alpha))
@@ -177,8 +184,9 @@ def _fig6_softness(path, results, variants, outputs, sweeps):
     epochs = outputs.eval_epochs
     for col, (method, alpha, names) in enumerate(sweeps):
         base = _unsoftened(method)
+        others = _others(results["variants"][names[0]])  # a weight decay grid's, say
         base_names = [n for n, e in results["variants"].items()
-                      if e["method"] == base and e["alpha"] == alpha]
+                      if e["method"] == base and e["alpha"] == alpha and _others(e) == others]
         if not base_names and base in results["methods"]:
             base_names = [results["methods"][base]["variant"]]
         for row, key in enumerate(("overall_accuracy", "none_accuracy")):

@@ -367,13 +367,13 @@ def axis_section(results: dict, metrics: Sequence[str]) -> dict[str, Any]:
         by_method.setdefault(entry["method"], []).append(name)
     settings: dict[str, dict] = {}
     for method, names in by_method.items():
-        point = _entry_settings(variants[chosen[method]])
+        point = entry_settings(variants[chosen[method]])
         for axis in point:
-            if len({_entry_settings(variants[n]).get(axis) for n in names}) < 2:
+            if len({entry_settings(variants[n]).get(axis) for n in names}) < 2:
                 continue
             fixed = {k: v for k, v in point.items() if k != axis}
-            line = {_entry_settings(variants[n])[axis]: n for n in names
-                    if {k: v for k, v in _entry_settings(variants[n]).items() if k != axis}
+            line = {entry_settings(variants[n])[axis]: n for n in names
+                    if {k: v for k, v in entry_settings(variants[n]).items() if k != axis}
                     == fixed}
             settings.setdefault(axis, {})[method] = dict(fixed=fixed, chosen=point[axis],
                                                          line=line)
@@ -392,7 +392,8 @@ def axis_section(results: dict, metrics: Sequence[str]) -> dict[str, Any]:
     return dict(metrics=list(metrics), choice="held-out" if held_out else "paper", settings=out)
 
 
-def _entry_settings(entry: dict) -> dict[str, float]:
-    """The settings a results["variants"] entry records (`variant_settings` of its variant)."""
+def entry_settings(entry: dict) -> dict[str, float]:
+    """The registered settings a results["variants"] entry records (`variant_settings` of its
+    variant)."""
     names = {s.name for s in registry.settings()}
     return {k: v for k, v in entry.items() if k in names}
