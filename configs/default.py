@@ -114,12 +114,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment.label_weight = "lambda"  # stitchup labels weighted by lambda (the paper)
     c.augment.use_segments = False  # True: an independent lambda per dataset segment
 
-    # The report's statistics (results["selection"], results["paired"]): the keyword arguments
-    # of `report.write_report(workdir, result, **config.report)`, whose only defaults are these.
-    # Changing them only rewrites the report of a finished run.
+    # The report's statistics (results["selection"], results["paired"], results["axes"]): the
+    # keyword arguments of `report.write_report(workdir, result, **config.report)`, whose only
+    # defaults are these (axis_metrics' is write_report's own as well). Changing them only
+    # rewrites the report of a finished run.
     c.report = ml_collections.ConfigDict()
-    # Share of each trial's validation rows on which each method's alpha is chosen; the rest
-    # report it. 0: only the paper's procedure (choose and report on the same rows).
+    # Share of each trial's validation rows on which each method's alpha (and any other setting
+    # it ran several values of) is chosen; the rest report it. 0: only the paper's procedure (choose and report on the same rows).
     c.report.selection_fraction = 0.5
     c.report.bootstrap_resamples = 200  # per trial, for the paired intervals (0: none)
     c.report.seed = 0  # the selection split and the bootstrap draws
