@@ -12,6 +12,12 @@ delay. A second signal does not wait: Python's low-level handler writes each sig
 (`signal.set_wakeup_fd`) at once, and a small thread reading it ends the process (`os._exit`) on
 the second.
 
+An exception Python would drop is not raised: in a garbage-collector callback or a `__del__`
+(where a signal can land at any allocation), or within `deferred()` around a library call that
+catches BaseException (orbax's checkpoint save). The signal is then held, and raised at the
+block's end or at the next `raise_if_signalled()`, which the training loop calls between its
+steps.
+
 A signal ignored when the command starts stays ignored, as for any command: a shell script's
 background job (`embaug train ... &`) ignores SIGINT.
 """
@@ -19,6 +25,7 @@ background job (`embaug train ... &`) ignores SIGINT.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -51,6 +58,51 @@ def signal_of(error: KeyboardInterrupt) -> int:
     return error.signum if isinstance(error, Interrupted) else signal.SIGINT
 
 
+# The first signal `handling_signals` received (None: none yet), and the depth of
+# `deferred()` blocks, within which it is held rather than raised.
+_received: int | None = None
+_deferring = 0
+
+
+def raise_if_signalled() -> None:
+    """Raises `Interrupted` if `handling_signals` has received a signal: a check point for
+    loops, where a signal the handler could not raise (see `deferred`, `_dropped_if_raised`)
+    stops the command."""
+    if _received is not None:
+        raise Interrupted(_received)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, a first SIGINT or SIGTERM is held and raised as `Interrupted` when
+    the block ends; a second still ends the process at once.
+
+    For library calls that catch BaseException: orbax's wait for its checkpoint-finishing
+    thread logs one and carries on, so a signal that came during a save would be lost and the
+    run go on to its end. Blocks nest.
+    """
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring:
+        raise_if_signalled()
+
+
+def _dropped_if_raised(frame) -> bool:
+    """Whether Python would print and drop an exception raised in `frame`: in a garbage
+    collector callback (JAX installs one) or a `__del__` method, which run wherever the main
+    thread happens to allocate."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def handling_signals(label: str = "embaug") -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise `Interrupted`; a second one exits at once,
@@ -59,17 +111,22 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
     A no-op outside the main thread, where Python cannot install signal handlers. On exit the
     previous handlers are restored, so a notebook or test calling the command stays as it was.
     """
+    global _received
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    seen = 0
+    seen, _received = 0, None
 
     def on_signal(signum, frame):
         nonlocal seen
+        global _received
         seen += 1
-        if seen == 1:
+        if seen > 1:
+            _exit_now(signum, label)
+        _received = signum
+        # Where the exception would be lost, the next `raise_if_signalled` raises it.
+        if not (_deferring or _dropped_if_raised(frame)):
             raise Interrupted(signum)
-        _exit_now(signum, label)
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     # None is a handler installed outside Python, which cannot be put back; the default is.
@@ -86,6 +143,7 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
         watcher.start()
         yield
     finally:
+        _received = None
         for s in handled:
             signal.signal(s, previous[s])
         signal.set_wakeup_fd(old_wakeup)

@@ -425,6 +425,10 @@ CLI_CASES = [
         t, "--config.optim.lr_max=1e6", "--config.optim.lr_min=1e5"),
         ("training diverged", "not finite after epoch 4", "config.optim.lr_max=1000000.0",
          "config.optim.lr_min=100000.0", "no checkpoint of the diverged state")),
+    Case("training diverges, learning rates swept", lambda t: file_train(
+        t, "--config.sweep.lr_max=(1e6,2e6)", "--config.sweep.lr_min=(1e5,)"),
+        ("training diverged", "lr_max=2e+06", "config.sweep.lr_max=(1000000.0,2000000.0)",
+         "--config.sweep.lr_max=(100000,200000)", "--config.sweep.lr_min=(10000,)")),
     Case("fingerprint.json deleted, then other data", lambda t: finished_run(
         t, lambda w: w.fingerprint.unlink(), other_data=True),
         ("no fingerprint.json", "checkpoints and predictions.npz", "not reused",
@@ -871,6 +875,62 @@ def test_a_second_signal_ends_the_process_at_once(signum):
     assert out == "" and err == (f"embaug test: {signal.Signals(signum).name} again: stopped at "
                                  "once; rerun the same command to resume from its last "
                                  "checkpoint.\n")
+
+
+def test_a_signal_in_a_gc_callback_is_held_until_the_next_check(capsys):
+    # Python prints and drops an exception raised in a garbage-collector callback (JAX
+    # installs one): a SIGINT whose handler ran there was lost, and training went on.
+    import gc
+
+    from embaug_jax import interrupt
+
+    fired = []
+
+    def callback(phase, info):
+        if phase == "start" and not fired:
+            fired.append(phase)
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, in this callback
+
+    with interrupt.handling_signals("embaug test"):
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        assert fired and "Interrupted" not in capsys.readouterr().err
+        with pytest.raises(interrupt.Interrupted):
+            interrupt.raise_if_signalled()
+    interrupt.raise_if_signalled()  # no longer once the command is over
+
+
+def test_a_signal_during_a_checkpoint_save_is_not_swallowed(tmp_path, monkeypatch):
+    # orbax's wait for its checkpoint-finishing thread catches BaseException: a SIGINT that
+    # came then was logged and dropped, and the run went on to its end.
+    import orbax.checkpoint as ocp
+
+    from embaug_jax import interrupt
+    from embaug_jax.train import checkpoints
+
+    save = ocp.CheckpointManager.save
+
+    def save_that_swallows_a_signal(self, *args, **kwargs):
+        out = save(self, *args, **kwargs)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here, in the main thread
+        except BaseException:
+            pass
+        return out
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save_that_swallows_a_signal)
+    states = {"g": {"w": np.ones((2, 3), np.float32)}}
+    history = {"train_loss": np.zeros((2, 1), np.float32)}
+    with interrupt.handling_signals("embaug test"):
+        with checkpoints.checkpoint_manager(tmp_path / "c") as manager:
+            with pytest.raises(interrupt.Interrupted):
+                checkpoints.save(manager, 4, states, history)
+    # Raised once the checkpoint was complete, its digests included.
+    assert (tmp_path / "c" / "4" / checkpoints.DIGESTS).is_file()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from embaug_jax import interrupt
 from embaug_jax.train.members import Group
 from embaug_jax.util import DamagedOutput, list_first, read_json, write_json_atomic
 
@@ -96,16 +97,20 @@ def save(manager, epoch: int, states: dict[str, Any], history: dict[str, np.ndar
     """
     import orbax.checkpoint as ocp
 
-    try:
-        with _quiet_orbax(logging.FATAL):
-            manager.save(epoch, args=ocp.args.StandardSave({"state": states, "history": history}))
-    except Exception as e:  # tensorstore reports a full disk as a ValueError with its errno
-        code = _os_error_code(e)
-        if code is None:
-            raise
-        raise OSError(code, os.strerror(code), str(manager.directory)) from e
-    folder = _folder(manager, epoch)
-    write_json_atomic(folder / DIGESTS, _digests(folder))
+    # A signal during the save is raised once the checkpoint and its digests are written:
+    # orbax's wait for its finishing thread would log and drop it.
+    with interrupt.deferred():
+        try:
+            with _quiet_orbax(logging.FATAL):
+                manager.save(epoch,
+                             args=ocp.args.StandardSave({"state": states, "history": history}))
+        except Exception as e:  # tensorstore reports a full disk as a ValueError with its errno
+            code = _os_error_code(e)
+            if code is None:
+                raise
+            raise OSError(code, os.strerror(code), str(manager.directory)) from e
+        folder = _folder(manager, epoch)
+        write_json_atomic(folder / DIGESTS, _digests(folder))
 
 
 def _folder(manager, epoch: int) -> Path:

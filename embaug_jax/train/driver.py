@@ -43,7 +43,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from embaug_jax import registry
+from embaug_jax import interrupt, registry
 from embaug_jax.train import checkpoints
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.members import (
@@ -52,6 +52,7 @@ from embaug_jax.train.members import (
     member_hparams,
     with_config_settings,
 )
+from embaug_jax.train.optim import sweep_grid
 from embaug_jax.train.profiling import StepTrace
 from embaug_jax.train.program import (
     DeviceData,
@@ -333,6 +334,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
             while done < num_epochs:
                 start, chunk_end = done, cadence.chunk_end(done)
                 while done < chunk_end:
+                    interrupt.raise_if_signalled()  # one the handler could not raise
                     # One compiled call per evaluation period (a shorter last one compiles
                     # once more), then the streamed evaluation.
                     epochs = cadence.period_end(done) - done
@@ -401,9 +403,9 @@ def _check_distinct(members: Sequence[dict]) -> None:
     for i, m in enumerate(members):
         j = first.setdefault(tuple(sorted(m.items())), i)
         if j != i:
-            raise UserError(f"members {j} and {i} of the sweep are the same, {_describe(m)}: "
-                            "they would train identically and count twice; list each value of "
-                            "a grid (and each seed) once.")
+            raise UserError(f"members {j} and {i} of the sweep are the same, "
+                            f"{_describe(m, members)}: they would train identically and count "
+                            "twice; list each value of a grid (and each seed) once.")
 
 
 def _check_two_classes(seen_mask: np.ndarray, labels: np.ndarray,
@@ -454,11 +456,38 @@ class TrainingDiverged(UserError):
     is too large for it."""
 
 
-def _describe(member: dict) -> str:
-    """A member in a message: its method, the settings it reads, its trial and seed."""
-    reads = registry.method(member["method"]).reads
-    settings = "".join(f" {n}={member.get(n, 0.0):g}" for n in reads)
+def _describe(member: dict, members: Sequence[dict]) -> str:
+    """A member in a message: its method, the settings it reads and those every method reads
+    that differ between `members`, its trial and seed."""
+    names = list(registry.method(member["method"]).reads) + [
+        s.name for s in registry.settings(every_method=True)
+        if len({m.get(s.name) for m in members}) > 1]
+    settings = "".join(f" {n}={member.get(n, 0.0):g}" for n in names)
     return f"{member['method']}{settings}, trial {member['trial']}, seed {member['seed']}"
+
+
+def _learning_rate_keys(config) -> tuple[str, str]:
+    """The keys that set the learning-rate cycle's ends (config.optim's, or config.sweep's
+    grids where set), with their values: now, and a tenth of them to try."""
+    now, lower = [], []
+    for name in ("lr_max", "lr_min"):
+        setting = registry.setting(name)
+        values = sweep_grid(config, setting)
+        if config.sweep.get(setting.grid):
+            key = f"config.sweep.{setting.grid}"
+            now.append(f"{key}={_tuple_text(str(v) for v in values)}")
+            lower.append(f"--{key}={_tuple_text(f'{v / 10:g}' for v in values)}")
+        else:
+            key = f"config.{setting.config_key}"
+            now.append(f"{key}={values[0]}")
+            lower.append(f"--{key}={values[0] / 10:g}")
+    return " and ".join(now), " ".join(lower)
+
+
+def _tuple_text(items) -> str:
+    """A tuple as a --config override writes it: `(a,b)`, `(a,)`."""
+    items = list(items)
+    return f"({','.join(items)}{',' * (len(items) == 1)})"
 
 
 def _check_finite(losses: np.ndarray, members: Sequence[dict], epoch: int, config) -> None:
@@ -467,15 +496,12 @@ def _check_finite(losses: np.ndarray, members: Sequence[dict], epoch: int, confi
     bad = np.flatnonzero(~np.isfinite(losses))
     if not bad.size:
         return
-    o = config.optim
-    which = list_first([_describe(members[i]) for i in bad], 3, sep="; ")
+    which = list_first([_describe(members[i], members) for i in bad], 3, sep="; ")
+    now, lower = _learning_rate_keys(config)
     raise TrainingDiverged(
         f"training diverged: the training loss of {len(bad)} of {len(losses)} member(s) is not "
-        f"finite after epoch {epoch} ({which}). "
-        f"Lower the learning rate, config.optim.lr_max={o.lr_max} and "
-        f"config.optim.lr_min={o.lr_min} (e.g. --config.optim.lr_max={float(o.lr_max) / 10:g} "
-        f"--config.optim.lr_min={float(o.lr_min) / 10:g}), and run again; no checkpoint of the "
-        "diverged state was written.")
+        f"finite after epoch {epoch} ({which}). Lower the learning rate, {now} (e.g. {lower}), "
+        "and run again; no checkpoint of the diverged state was written.")
 
 
 def _member_order(states: dict, groups, num_members: int):
