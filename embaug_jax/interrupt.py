@@ -8,15 +8,14 @@ checkpoint), and the workdir lock is released. The command then prints one line 
 with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM); rerunning it resumes.
 
 The exception is raised only when the main thread runs Python again, which a long XLA call can
-delay. A second signal does not wait: Python's low-level handler writes each signal to a pipe
-(`signal.set_wakeup_fd`) at once, and a small thread reading it ends the process (`os._exit`) on
-the second.
-
-An exception Python would drop is not raised: in a garbage-collector callback or a `__del__`
-(where a signal can land at any allocation), or within `deferred()` around a library call that
-catches BaseException (orbax's checkpoint save). The signal is then held, and raised at the
-block's end or at the next `raise_if_signalled()`, which the training loop calls between its
-steps.
+delay. Python ignores an exception raised in a garbage-collection callback or a finalizer (it
+prints "Exception ignored in ..." and goes on), and JAX runs one at each collection; so a signal
+that arrives during a collection is held, not raised, and the next `check()` raises it. The long
+loops (the sweep's chunks, the embedders' batches) call `check()`. A signal that arrives within
+`deferred()`, around a library call that would swallow it (orbax's checkpoint save), is held
+until the block ends. A second signal does not wait: Python's low-level handler writes each
+signal to a pipe (`signal.set_wakeup_fd`) at once, and a small thread reading it ends the
+process (`os._exit`) on the second.
 
 A signal ignored when the command starts stays ignored, as for any command: a shell script's
 background job (`embaug train ... &`) ignores SIGINT.
@@ -58,49 +57,51 @@ def signal_of(error: KeyboardInterrupt) -> int:
     return error.signum if isinstance(error, Interrupted) else signal.SIGINT
 
 
-# The first signal `handling_signals` received (None: none yet), and the depth of
-# `deferred()` blocks, within which it is held rather than raised.
-_received: int | None = None
-_deferring = 0
+class _State:
+    """The main thread's signal state while `handling_signals` is active."""
+
+    collecting = False  # inside a garbage collection: an exception raised now would be lost
+    deferring = 0  # the depth of `deferred()` blocks, where an exception would be swallowed
+    held: int | None = None  # a signal that arrived then, for `check()`
 
 
-def raise_if_signalled() -> None:
-    """Raises `Interrupted` if `handling_signals` has received a signal: a check point for
-    loops, where a signal the handler could not raise (see `deferred`, `_dropped_if_raised`)
-    stops the command."""
-    if _received is not None:
-        raise Interrupted(_received)
+_state = _State()
+
+
+def _on_gc_start(phase: str, info: dict) -> None:
+    if phase == "start":
+        _state.collecting = True
+
+
+def _on_gc_stop(phase: str, info: dict) -> None:
+    if phase == "stop":
+        _state.collecting = False
+
+
+def check() -> None:
+    """Raises `Interrupted` for a signal that arrived while it could not be raised (during a
+    garbage collection); a no-op otherwise. Long loops call it once per step."""
+    signum, _state.held = _state.held, None
+    if signum is not None:
+        raise Interrupted(signum)
 
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Within the block, a first SIGINT or SIGTERM is held and raised as `Interrupted` when
-    the block ends; a second still ends the process at once.
+    """Within the block, a first SIGINT or SIGTERM is held and raised as `Interrupted` when the
+    block ends; a second still ends the process at once.
 
     For library calls that catch BaseException: orbax's wait for its checkpoint-finishing
-    thread logs one and carries on, so a signal that came during a save would be lost and the
-    run go on to its end. Blocks nest.
+    thread logs one and carries on, so a signal during a save would be lost and the run go on
+    to its end. Blocks nest.
     """
-    global _deferring
-    _deferring += 1
+    _state.deferring += 1
     try:
         yield
     finally:
-        _deferring -= 1
-    if not _deferring:
-        raise_if_signalled()
-
-
-def _dropped_if_raised(frame) -> bool:
-    """Whether Python would print and drop an exception raised in `frame`: in a garbage
-    collector callback (JAX installs one) or a `__del__` method, which run wherever the main
-    thread happens to allocate."""
-    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
+        _state.deferring -= 1
+    if not _state.deferring:
+        check()
 
 
 @contextlib.contextmanager
@@ -111,21 +112,19 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
     A no-op outside the main thread, where Python cannot install signal handlers. On exit the
     previous handlers are restored, so a notebook or test calling the command stays as it was.
     """
-    global _received
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    seen, _received = 0, None
+    seen = 0
 
     def on_signal(signum, frame):
         nonlocal seen
-        global _received
         seen += 1
         if seen > 1:
             _exit_now(signum, label)
-        _received = signum
-        # Where the exception would be lost, the next `raise_if_signalled` raises it.
-        if not (_deferring or _dropped_if_raised(frame)):
+        if _state.collecting or _state.deferring:
+            _state.held = signum
+        else:
             raise Interrupted(signum)
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
@@ -137,15 +136,21 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
     watcher = threading.Thread(target=_watch, args=(read_end, set(handled), label),
                                name="embaug-signals", daemon=True)
     old_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    # First and last in gc.callbacks: a collection is marked for every other callback.
+    gc.callbacks.insert(0, _on_gc_start)
+    gc.callbacks.append(_on_gc_stop)
     try:
         for s in handled:
             signal.signal(s, on_signal)
         watcher.start()
         yield
+        check()  # a signal held until the end still ends the command as interrupted
     finally:
-        _received = None
         for s in handled:
             signal.signal(s, previous[s])
+        gc.callbacks.remove(_on_gc_start)
+        gc.callbacks.remove(_on_gc_stop)
+        _state.collecting, _state.held = False, None
         signal.set_wakeup_fd(old_wakeup)
         os.close(write_end)  # the watcher reads end-of-file and returns
         watcher.join()

@@ -47,7 +47,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from embaug_jax import distributed, interrupt
+from embaug_jax import distributed
 from embaug_jax import sources as sources_lib
 from embaug_jax.dataset import (Segment, class_ids, is_saved_dataset, load_embeddings,
                                 save_embeddings)
@@ -359,7 +359,6 @@ def _embed_shards(data, keep: np.ndarray, shards_dir: Path, shard_size: int, tex
         for i, (start, path) in enumerate(zip(starts, paths)):
             if path.is_file() or i not in todo:
                 continue
-            interrupt.raise_if_signalled()  # one the handler could not raise
             rows = keep[start:start + shard_size]
             shard = embed_shard(data, rows, text_fields, image_fields, text_embedder,
                                  image_embedder, dim, bar)

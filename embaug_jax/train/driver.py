@@ -334,7 +334,6 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
             while done < num_epochs:
                 start, chunk_end = done, cadence.chunk_end(done)
                 while done < chunk_end:
-                    interrupt.raise_if_signalled()  # one the handler could not raise
                     # One compiled call per evaluation period (a shorter last one compiles
                     # once more), then the streamed evaluation.
                     epochs = cadence.period_end(done) - done
@@ -346,6 +345,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                                 epochs)
                     counts, _ = evaluate(False)
                     done += epochs
+                    interrupt.check()
                     for g in groups:
                         metrics = metrics_from_counts(counts[g.name])
                         metrics["train_loss"] = _host(losses[g.name])[:len(g.members)]
