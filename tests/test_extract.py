@@ -105,6 +105,30 @@ def test_output_layout_segments_and_values(tmp_path, make_table):
                                text_embedder=FakeTextEmbedder())
 
 
+def test_the_summary_gives_the_time_spent_compiling(tmp_path, make_table, caplog):
+    import logging
+
+    with extract._compiling() as clock:
+        jax.jit(lambda x: x * 3 + 1)(np.ones(7))
+    assert clock["programs"] >= 1 and clock["seconds"] > 0
+    after = dict(clock)
+    jax.jit(lambda x: x - 2)(np.ones(3))  # outside the block: not counted
+    assert clock == after
+
+    add = jax.jit(lambda x: x + 1)
+
+    class Compiling(FakeTextEmbedder):
+        def embed(self, texts, *, progress=False):
+            return np.asarray(add(super().embed(texts)))
+
+    caplog.set_level(logging.INFO)
+    extract.run_extraction(table_config(make_table(tmp_path)), tmp_path / "w",
+                           text_embedder=Compiling())
+    [line] = [r.getMessage() for r in caplog.records if "extract: wrote" in r.getMessage()]
+    # Shards of 3, 3, 3 and 2 texts: a program for each shape.
+    assert "s of it (" in line and "compiling 2 XLA programs" in line, line
+
+
 def test_resume_redoes_no_finished_shard_and_matches_byte_for_byte(tmp_path, monkeypatch,
                                                                     make_table):
     path = make_table(tmp_path)  # 11 items, shards of 3 -> 4 shards x 2 text fields

@@ -35,6 +35,7 @@ one error, or, with `config.skip_bad_images=True`, those items are left out and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -401,13 +402,45 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     if config.overwrite:
         _overwritten(output, workdir)  # refused at once, before any model is loaded
     # Only process 0 of a multi-process run writes, so only it holds the workdir.
-    with workdir_lock(workdir, "extract", take=distributed.is_primary()):
+    with workdir_lock(workdir, "extract", take=distributed.is_primary()), _compiling() as clock:
         return _run_extraction(config, workdir, output, shard_size, text_embedder,
-                               image_embedder)
+                               image_embedder, clock)
+
+
+# The events JAX records the time of for each compile: tracing, lowering, XLA's compile.
+_COMPILE_EVENTS = "/jax/core/compile/"
+_XLA_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def _compiling():
+    """A clock of the time JAX spends compiling inside the block (tracing, lowering and XLA's
+    compile, from `jax.monitoring`): yields a dict whose "seconds" and "programs" (XLA
+    compiles) grow as compiles finish, and whose "start" is the block's start."""
+    clock = {"seconds": 0.0, "programs": 0, "start": time.perf_counter()}
+
+    def record(event: str, duration: float, **_) -> None:
+        if event.startswith(_COMPILE_EVENTS):
+            clock["seconds"] += duration
+            clock["programs"] += event == _XLA_COMPILE
+
+    jax.monitoring.register_event_duration_secs_listener(record)
+    try:
+        yield clock
+    finally:
+        jax.monitoring.unregister_event_duration_listener(record)
+
+
+def _timing(clock: Mapping[str, float]) -> str:
+    """"123.4 s, 5.6 s of it (4.5%) compiling 7 XLA programs": the time since the clock
+    started and the compiles in it."""
+    spent = time.perf_counter() - clock["start"]
+    return (f"{spent:.1f} s, {clock['seconds']:.1f} s of it ({clock['seconds'] / spent:.1%}) "
+            f"compiling {clock['programs']} XLA programs")
 
 
 def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, text_embedder,
-                    image_embedder) -> Path:
+                    image_embedder, clock: Mapping[str, float]) -> Path:
     skipped_path = Workdir(workdir).skipped_images(output)
     shards_dir = Workdir(workdir).shards
     keep_shards = bool(config.keep_shards)
@@ -492,6 +525,8 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
                                 text_embedder, image_embedder, dim, progress, todo=todo)
     wait_for_all("embedded")
     if not primary:
+        logging.info("extract: process %d embedded its shards; %s.", jax.process_index(),
+                     _timing(clock))
         wait_for_all("assembled")
         return output
 
@@ -519,8 +554,8 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
             "image_model": parts["image_model"]}
     save_embeddings(output, shard_paths, labels, class_names, ids=kept.ids, segments=segments,
                     info=info)
-    logging.info("extract: wrote %s: %d items x %d (%s).", output, len(keep), dim,
-                 " | ".join(f"{s.name} {s.size}" for s in segments))
+    logging.info("extract: wrote %s: %d items x %d (%s) in %s.", output, len(keep), dim,
+                 " | ".join(f"{s.name} {s.size}" for s in segments), _timing(clock))
     if not keep_shards:
         shutil.rmtree(shards_dir)
     wait_for_all("assembled")
