@@ -17,7 +17,7 @@ Choices worth knowing:
 - Batches: texts are truncated to `max_length` tokens, bucketed by length, packed several to a
   row where that pays, and run as a token stream of a fixed number of tokens per batch
   (`bert.packing`): at most `planner.max_programs` compiled programs (two per row length)
-  serve any stream of texts, and short texts need two or three.
+  serve any stream of texts, and short texts need two.
 - Memory: the embedder calls `util.reuse_freed_memory()` (glibc keeps freed memory), because
   XLA allocates every batch's buffers afresh and would otherwise fault them in each time.
 - Weights and tokenizer: read from the folder by `bert.checkpoint` (safetensors preferred, a

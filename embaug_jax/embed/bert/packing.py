@@ -3,14 +3,15 @@ budget, several short texts packed into a row, and each batch's token stream.
 
 - Programs: a batch is one of two shapes per row length. A full batch streams
   `token_budget` tokens (`batch_size` x 64) through the dense layers, shared out between the
-  devices; a small batch an eighth of that, for the last texts of a call. Rows per batch follow
-  from the stream (about stream / row length). A row length is a length bucket (8, 12, 16, 24,
-  32, 48, 64, 72, ..., `max_length`) for a row of one text, or a packing capacity (64, 128,
-  256, ..., `max_length`) for a row of several. So an embedder compiles at most
-  `max_programs` programs, 2 x (buckets + capacities), whatever the mix of lengths, and a run of
-  short texts two or three: the demo's 10,000 WordNet texts compiled 18 programs when the
-  stream was rounded to 1/32 of a batch's slots and short batches to powers of two of rows
-  (benchmarks/README.md, "extract: compiles").
+  devices; a small batch an eighth of that, for the last texts of a call (packed again into
+  rows of at least 128 tokens, so that they share one shape). Rows per batch follow from the
+  stream (about stream / row length). A row length is a length bucket (8, 12, 16, 24, 32, 48,
+  64, 72, ..., `max_length`) for a row of one text, or a packing capacity (64, 128, 256, ...,
+  `max_length`) for a row of several. So an embedder compiles at most `max_programs`
+  programs, 2 x (buckets + capacities), whatever the mix of lengths, and short texts two: the
+  demo's 10,000 WordNet texts compiled 18 when each batch's stream was rounded to 1/32 of its
+  slots and short batches to powers of two of rows (benchmarks/README.md, "extract:
+  compiles").
 - Token stream: only attention runs on padded rows. Everything else (the embeddings and each
   layer's dense products, GELU and LayerNorms) runs on the batch's tokens one text after
   another, each device's stream padded to the batch's fixed length; each layer gathers q, k
@@ -33,7 +34,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -42,13 +43,16 @@ _MIN_BUCKET = 8
 # _MAX_TEXTS_PER_ROW texts.
 _MIN_CAPACITY = 64
 _MAX_TEXTS_PER_ROW = 16
-# A batch streams about batch_size * _ROW_TOKENS tokens; a small batch 1/_SMALL of that.
+# A batch streams about batch_size * _ROW_TOKENS tokens; a small batch 1/_SMALL of that, in
+# packed rows of at least _SMALL_CAPACITY tokens.
 _ROW_TOKENS = 64
 _SMALL = 8
+_SMALL_CAPACITY = 128
 # Rows per batch, over stream / row length: one-text rows are shorter than their bucket (up to
-# an eighth step from 64 tokens, a third below), so a batch of them takes more rows than its
-# stream fills exactly; packed rows are nearly full.
-_ROW_SLACK = {False: 1.25, True: 1.0}
+# an eighth step from 64 tokens, a third below), and so are the rows of a small batch (the last
+# texts of a call, in rows of 128 tokens of at most 16 texts), so those batches take more rows
+# than their stream fills exactly; the packed rows of a full batch are nearly full.
+_ROW_SLACK, _FULL_ROW_SLACK = 1.25, 1.0
 # The cost estimate's units: multiply-adds of one hidden vector. The dense layers take about
 # 12 per token (q, k, v, output: 4 x hidden^2; feed-forward 8 x hidden^2); attention about
 # 2 x hidden + 4 x length per row slot (its layout changes and masking, then its products and
@@ -177,7 +181,8 @@ class BatchPlanner:
         """
         share = -(-self.token_budget // self.num_devices)
         stream = max(-(-share // _SMALL) if small else share, length)
-        rows = max(1, int(np.ceil(_ROW_SLACK[packed] * stream / length)))
+        slack = _FULL_ROW_SLACK if packed and not small else _ROW_SLACK
+        rows = max(1, int(np.ceil(slack * stream / length)))
         # A multiple of 4, so that attention's blocks of rows on CPUs (a divisor of the rows,
         # `bert.model`) are not cut down to one or two rows by an odd count.
         return (rows if rows <= 4 else -(-rows // 4) * 4), stream
@@ -212,19 +217,40 @@ class BatchPlanner:
         holds it), at most `slots` texts a row; batches hold rows of one capacity, fullest
         first. Otherwise each text is a row, and batches take rows fullest first, each batch at
         the bucket of its first (longest) row. A batch takes rows until its stream or its rows
-        are full (devices take rows in turn, each to the device with the fewest tokens). The
-        rows left at the end of a capacity (or of all) run as small batches where that is
-        estimated cheaper than one full batch.
+        are full (devices take rows in turn, each to the device with the fewest tokens).
+
+        The rows left at the end of a capacity (or of all) run as small batches where that is
+        estimated cheaper than one more full batch. Packed, their texts are packed again, into
+        rows of at least `small_capacity` tokens: so the last texts of every call share one
+        small shape (short texts need a full batch of rows of 64 and a small one of 128).
         """
         lengths = [int(n) for n in lengths]
-        if packed:
-            rows, fills, widths = self._pack_rows(lengths)
-            order = sorted(range(len(rows)), key=lambda r: (-widths[r], -fills[r], r))
-        else:
+        if not packed:
             rows = [(i,) for i in range(len(lengths))]
-            fills = lengths
-            widths = [self.bucket(n) for n in lengths]
-            order = sorted(range(len(rows)), key=lambda r: (-fills[r], r))
+            return self._batches(rows, lengths, [self.bucket(n) for n in lengths], packed=False)
+        rows, fills, widths = self._pack_rows(range(len(lengths)), lengths, self.capacity)
+        batches = self._batches(rows, fills, widths, packed=True)
+        tail = [i for b in batches if b.small for row in b for i in row]
+        if tail:  # the small batches' texts, packed again into rows of one small shape
+            rows, fills, widths = self._pack_rows(tail, lengths, self._small_capacity)
+            small = self._batches(rows, fills, widths, packed=True, small=True)
+            batches = [b for b in batches if not b.small] + small
+        return batches
+
+    @property
+    def small_capacity(self) -> int:
+        """The shortest row of a packed small batch: 128 tokens (or max_length if shorter)."""
+        return self.capacity(min(_SMALL_CAPACITY, self.max_length))
+
+    def _small_capacity(self, tokens: int) -> int:
+        return max(self.small_capacity, self.capacity(tokens))
+
+    def _batches(self, rows, fills, widths, *, packed: bool, small: bool = False
+                 ) -> list[Batch]:
+        """Batches of `rows` (with their tokens and row lengths), fullest first: full batches
+        and, for the last rows of each row length (packed) or of all, small batches if
+        cheaper; only small batches if `small`."""
+        order = sorted(range(len(rows)), key=lambda r: (-widths[r], -fills[r], r))
         batches: list[Batch] = []
         start = 0
         while start < len(order):
@@ -234,14 +260,14 @@ class BatchPlanner:
                 end = next((k for k in range(start, len(order)) if widths[order[k]] != length),
                            len(order))
             full, stop = self._fill(rows, fills, order, start, end, length, packed, small=False)
-            if stop == end:  # the last rows: maybe cheaper as small batches
+            if stop == end or small:  # the last rows: maybe cheaper as small batches
                 smalls, at = [], start
                 while at < end:
-                    small, at = self._fill(rows, fills, order, at, end,
+                    batch, at = self._fill(rows, fills, order, at, end,
                                            length if packed else widths[order[at]], packed,
                                            small=True)
-                    smalls.append(small)
-                if self.plan_cost(smalls) < self.plan_cost([full]):
+                    smalls.append(batch)
+                if small or self.plan_cost(smalls) < self.plan_cost([full]):
                     batches += smalls
                     start = end
                     continue
@@ -249,15 +275,18 @@ class BatchPlanner:
             start = stop
         return batches
 
-    def _pack_rows(self, lengths: list[int]):
-        """Best fit, longest first: (rows, their tokens, their capacities)."""
+    def _pack_rows(self, texts: Sequence[int], lengths: Sequence[int],
+                   capacity: Callable[[int], int]):
+        """Best fit, longest first, of `texts` (indices into `lengths`) into rows whose
+        capacity `capacity(tokens of the text that opens it)` gives: (rows, their tokens,
+        their capacities)."""
         rows: list[list[int]] = []
         fills: list[int] = []
         widths: list[int] = []
         room: list[tuple[int, int]] = []  # (free tokens, row) of the rows that take more texts
         # Best fit padded WordNet glosses in rows of 64 with 0.01 tokens per real token; next
         # fit, shortest first, with 0.23 (benchmarks/README.md, "text").
-        for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for i in sorted(texts, key=lambda i: (-lengths[i], i)):
             n = lengths[i]
             at = bisect.bisect_left(room, (n, -1))
             if at < len(room):
@@ -266,7 +295,7 @@ class BatchPlanner:
                 fills[r] += n
             else:
                 r = len(rows)
-                free = self.capacity(n)
+                free = capacity(n)
                 rows.append([i])
                 fills.append(n)
                 widths.append(free)
