@@ -532,3 +532,14 @@ def test_repeated_ids_are_found_in_chunks():
     assert repeated_values(ids, chunk=7).tolist() == ["i0", "i1", "i2"]
     assert repeated_values(np.array(["a", "b"]), chunk=1).tolist() == []
     assert repeated_values(np.array(["a"])).tolist() == []
+
+
+def test_a_compressed_parquet_file_reads_as_the_plain_one(tmp_path, tiny_batches):
+    import gzip
+
+    plain = write_table(tmp_path / "items.parquet", many_rows(50), "parquet")
+    packed = tmp_path / "items.parquet.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    want, got = (sources.load_source(table_cfg(p)) for p in (plain, packed))
+    assert got.info["compression"] == "gzip"
+    assert got.ids.tolist() == want.ids.tolist() and got.texts == want.texts
