@@ -9,9 +9,8 @@ budget, several short texts packed into a row, and each batch's token stream.
   64, 72, ..., `max_length`) for a row of one text, or a packing capacity (64, 128, 256, ...,
   `max_length`) for a row of several. So an embedder compiles at most `max_programs`
   programs, 2 x (buckets + capacities), whatever the mix of lengths, and short texts two: the
-  demo's 10,000 WordNet texts compiled 18 when each batch's stream was rounded to 1/32 of its
-  slots and short batches to powers of two of rows (benchmarks/README.md, "extract:
-  compiles").
+  demo's 10,000 WordNet texts compile 2, where batches of power-of-two row counts per length
+  bucket compiled 18 (benchmarks/README.md, "extract: compiles").
 - Token stream: only attention runs on padded rows. Everything else (the embeddings and each
   layer's dense products, GELU and LayerNorms) runs on the batch's tokens one text after
   another, each device's stream padded to the batch's fixed length; each layer gathers q, k
