@@ -144,7 +144,8 @@ class SourceData:
         self.ids = np.asarray(ids, dtype=str)
         self.class_names = list(class_names)
         self.texts, self.images = dict(texts), dict(images)
-        self.dropped, self.notes, self.info = dict(dropped or {}), dict(notes or {}), dict(info or {})
+        self.dropped, self.notes = dict(dropped or {}), dict(notes or {})
+        self.info = dict(info or {})
         if (labels is None) == (label_ids is None):
             raise UserError("SourceData needs exactly one of `labels` or `label_ids`.")
         if labels is not None:
