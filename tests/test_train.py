@@ -1,6 +1,8 @@
 """Tests for the sweep engine (embaug_jax.train.program, driver, checkpoints): its invariances,
 one program per kind, checkpoints and errors."""
 
+import logging
+import re
 from pathlib import Path
 
 import chex
@@ -17,6 +19,7 @@ from embaug_jax.run import train as run_train
 from embaug_jax.train import driver, program
 from embaug_jax.train.members import member_groups, member_hparams
 from embaug_jax.train.synthetic import make_synthetic
+from embaug_jax.util import UserError
 
 default = configlib.load_module(Path(__file__).resolve().parent.parent / "configs" / "default.py")
 
@@ -45,6 +48,10 @@ def _spec(c, data, kind="control"):
 MEMBERS = [dict(method="control", alpha=0.0, softness=0.0, trial=0, seed=0),
            dict(method="e_mixup", alpha=0.3, softness=0.0, trial=1, seed=0),
            dict(method="soft_e_stitchup", alpha=0.2, softness=0.05, trial=0, seed=1)]
+
+
+# MEMBERS and a second E-Mixup member: groups of 1, 2 and 1 members.
+FOUR = MEMBERS + [dict(method="e_mixup", alpha=0.2, softness=0.0, trial=0, seed=1)]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +109,86 @@ def test_one_and_four_devices_agree(sweep4, fast_compile):
     np.testing.assert_allclose(r1.val_probs, r4.val_probs, atol=1e-5)
 
 
+@pytest.mark.parametrize("members,devices,rows,want", [
+    (1, 1, 64, 1), (1, 2, 64, 2), (1, 4, 64, 4), (2, 4, 64, 2), (4, 4, 64, 1), (2, 8, 64, 4),
+    (3, 8, 64, 2),  # three members on 4 x 2: a split over 4 would make a device train two
+    (3, 4, 64, 1), (5, 4, 64, 1), (25, 2, 64, 1),  # any split would add a round of members
+    (1, 4, 6, 2), (1, 3, 64, 1), (1, 6, 9, 3),  # within the divisors of the rows a step
+])
+def test_devices_per_member_adds_no_round_of_members(members, devices, rows, want):
+    assert driver.devices_per_member(_config(), members, devices, rows) == want
+    # The override wins wherever it divides the devices and the rows.
+    assert driver.devices_per_member(_config(devices_per_member=1), members, devices, rows) == 1
+
+
+def test_devices_per_member_override_must_divide():
+    assert driver.devices_per_member(_config(devices_per_member=2), 7, 4, 64) == 2
+    for value, devices, rows in ((3, 4, 64), (0, 4, 64), (4, 4, 6)):
+        with pytest.raises(UserError, match=f"config.devices_per_member={value} must be >= 1 "
+                                            f"and divide the {devices} device"):
+            driver.devices_per_member(_config(devices_per_member=value), 1, devices, rows)
+
+
+@pytest.fixture(scope="module")
+def members_only(sweep4):
+    """FOUR on all 4 devices, each member on one device (the members-only layout)."""
+    c, data, hp, r = sweep4
+    return driver.run_sweep(_config(devices_per_member=1), data, FOUR, progress=False)
+
+
+@pytest.mark.parametrize("n,layout", [
+    (1, ["control: 1 member(s) on a 1 x 1", "mixup: 2 member(s) on a 1 x 1",
+         "stitchup: 1 member(s) on a 1 x 1"]),
+    (2, ["control: 1 member(s) on a 1 x 2", "mixup: 2 member(s) on a 2 x 1",
+         "stitchup: 1 member(s) on a 1 x 2"]),
+    (4, ["control: 1 member(s) on a 1 x 4", "mixup: 2 member(s) on a 2 x 2",
+         "stitchup: 1 member(s) on a 1 x 4"]),
+])
+def test_batches_split_over_idle_devices_equal_members_only(sweep4, members_only, n, layout,
+                                                             caplog, fast_compile):
+    """A group with fewer members than devices splits each member's batch over the devices the
+    members leave idle (a members x data mesh): every number is the members-only layout's (4
+    devices, each member on one) to float rounding."""
+    c, data, hp, _ = sweep4
+    with caplog.at_level(logging.INFO):
+        r = driver.run_sweep(c, data, FOUR, devices=jax.devices()[:n], progress=False)
+    assert [m for m in layout if m in caplog.text] == layout, caplog.text
+    for k in members_only.history:
+        np.testing.assert_allclose(r.history[k], members_only.history[k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.val_probs, members_only.val_probs, atol=1e-5)
+    chex.assert_trees_all_close(r.state, members_only.state, atol=1e-5, rtol=1e-5)
+
+
+def test_a_split_member_steps_with_one_all_reduce_and_identical_replicas(sweep4):
+    c, data, hp, r = sweep4
+    mesh = driver.group_mesh(jax.devices(), 4)  # one member on all 4 devices
+    init, run, evaluate = driver.compiled_group.__wrapped__(_spec(c, data, "mixup"), mesh, 1)
+    placed, live = driver.place_members(jax.tree.map(lambda x: x[1:2], hp), mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    on_device = jax.device_put(driver.device_data(data), replicated)
+    key = jax.random.key(0)
+    start = init(key, placed, on_device)
+    hlo = run.lower(key, placed, live, start, on_device, 2).compile().as_text()
+    # One all-reduce of the gradients per step (in the step loop), one of the call's loss.
+    reduces = re.findall(r"= \(?([^=]*?)\)? all-reduce\(", hlo)
+    assert len(reduces) == 2 and sorted(r.count("f32") for r in reduces) == [1, 4], reduces
+    state, loss = run(key, placed, live, start, on_device, 2)
+    # Every device applied the same averaged gradient: its replica holds the same bits.
+    for leaf in jax.tree.leaves(state):
+        shards = [np.asarray(s.data) for s in leaf.addressable_shards]
+        assert len(shards) == 4 and all(np.array_equal(s, shards[0]) for s in shards)
+    block = next(driver.eval_blocks(data, 101))  # 101 rows: padded to 104 over 4 devices
+    counts, probs = evaluate(state.params, placed, live, on_device, jax.device_put(block,
+                                                                                   replicated))
+    assert probs.shape == (1, 104, 6)
+    built = program.make_program(_spec(c, data, "mixup"))
+    params = jax.tree.map(lambda x: x[0], state.params)
+    want_counts, want_probs = built.evaluate(params, jax.tree.map(lambda x: x[0], placed),
+                                             driver.device_data(data), block)
+    np.testing.assert_array_equal(np.asarray(counts)[0], want_counts)
+    np.testing.assert_allclose(np.asarray(probs)[0, :101], want_probs, atol=1e-6)
+
+
 @pytest.mark.parametrize("at_once", [0, 2])
 def test_members_at_once_or_one_at_a_time_agree(sweep4, at_once, fast_compile):
     c, data, hp, r = sweep4  # CPU devices: one member at a time, the device padding skipped
@@ -128,7 +215,7 @@ def _map_body_primitives(jaxpr) -> set[str]:
 
 def test_device_padding_is_skipped_one_member_at_a_time(sweep4):
     c, data, hp, r = sweep4
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
+    mesh = driver.group_mesh(jax.devices(), 1)  # members only: 1 member padded to 4 devices
     # Uncached programs: the sweep's own executables stay as test_every_chunk_... counts them.
     init, run, evaluate = driver.compiled_group.__wrapped__(_spec(c, data, "control"), mesh, 1)
     one = jax.tree.map(lambda x: x[:1], hp)
@@ -234,10 +321,10 @@ def test_one_program_per_kind_and_no_padding_rows(fast_compile):
 
 def test_every_chunk_runs_one_compiled_program(sweep4):
     c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable per kind
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
     for kind in (g.kind for g in member_groups(MEMBERS)):
-        _, run, _ = driver.compiled_group(_spec(c, data, kind), mesh,
-                                          driver.members_at_once(c, jax.devices()))
+        spec = _spec(c, data, kind)  # one member of each kind: its batch split over 4 devices
+        mesh = driver.group_mesh(jax.devices(), 4)
+        _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, jax.devices()))
         assert run._cache_size() == 1
 
 
@@ -362,6 +449,8 @@ def test_triangular_schedule_matches_optax_linear_pieces():
     ("eval_block_rows", 0, "eval_block_rows"),
     ("cpu_devices", -2, "cpu_devices"),
     ("members_at_once", -1, "members_at_once"),
+    ("devices_per_member", 3, "devices_per_member=3 must be >= 1 and divide the 4 device"),
+    ("devices_per_member", 8, "devices_per_member=8 must be >= 1 and divide the 4 device"),
 ])
 def test_bad_config_values(key, value, match):
     c = _config(**{"sweep.methods": ("control", "soft_e_mixup"), key: value})

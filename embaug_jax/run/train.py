@@ -27,7 +27,7 @@ from embaug_jax.evaluate import check_threshold
 from embaug_jax.report.statistics import check_bootstrap_resamples, check_selection_fraction
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.checkpoints import FINGERPRINT_KEYS
-from embaug_jax.train.driver import OnChunk, members_at_once, run_sweep
+from embaug_jax.train.driver import OnChunk, devices_per_member, members_at_once, run_sweep
 from embaug_jax.train.members import sweep_members
 from embaug_jax.train.program import OPTIMIZERS, TrainData
 from embaug_jax.train.mlp import HEADS
@@ -113,6 +113,10 @@ def validate_config(config) -> None:
     _require(bs >= 2 and (bs % 2 == 0 or a.pairing != "halve"), f"config.batch_size={bs} must "
              "be >= 2 and even (halving pairs the two halves of a batch).")
     Cadence.from_config(config)  # a UserError if the set values cannot nest
+    for kind in sorted({registry.method(mth).kind for mth in s.methods}):
+        # A UserError if a set value does not divide the devices or this kind's rows a step.
+        devices_per_member(config, 1, n_dev or jax.device_count(),
+                           augment.kind_rows(kind, bs, a.pairing))
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(int(config.get("device_data_bytes", 0) or 0) >= 0, "config.device_data_bytes "
              "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")

@@ -41,6 +41,33 @@ class Linear(nn.Module):
         return y + bias.astype(y.dtype)
 
 
+class Dropout(nn.Module):
+    """`nn.Dropout` (the same masks for the same key and module path) that can take its rows'
+    slice of a larger batch's mask.
+
+    With `rows=(offset, total)`, the input holds rows [offset, offset + len(x)) of a batch of
+    `total` rows: the mask is drawn for the whole batch and those rows taken, so a member's
+    batch split over devices (`train.program`'s batch axis) is masked as it is whole.
+    """
+
+    rate: float
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool, rows=None):
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        rng = self.make_rng(self.rng_collection)
+        if rows is None:
+            mask = jax.random.bernoulli(rng, keep, x.shape)
+        else:
+            offset, total = rows
+            mask = jax.random.bernoulli(rng, keep, (total, *x.shape[1:]))
+            mask = jax.lax.dynamic_slice_in_dim(mask, offset, x.shape[0])
+        return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 class MLP(nn.Module):
     """Fully connected classifier: each hidden Dense -> Dropout -> ReLU, then a Dense to logits.
 
@@ -56,24 +83,26 @@ class MLP(nn.Module):
     head: str = "sigmoid"
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False, mix_with=None, mix_weights=None):
+    def __call__(self, x, *, train: bool = False, mix_with=None, mix_weights=None, rows=None):
         """Logits [B, C]. With `mix_with` ([B, D] second parents) and `mix_weights` ((lam_a,
         lam_b), each [B, 1]), the first hidden layer's output is mixed, lam_a h(x) + lam_b
         h(mix_with), before the rest of the network: manifold mixup (`augment.manifold_mixup`).
 
         The second parents' dropout draws from the "dropout_b" rng collection, so the "dropout"
         stream -- and with weights (1, 0) the whole result -- is what it is without mixing.
+        `rows=(offset, total)`: x is rows [offset, offset + B) of a batch of `total` rows, and
+        draws the dropout masks that the whole batch's rows would (`Dropout`).
         """
         mixing = mix_with is not None
         if mixing and not self.hidden:
             raise ValueError("manifold mixup needs a hidden layer to mix; the MLP has none.")
         for i, width in enumerate(self.hidden):
             dense = Linear(width, name=f"hidden_{i}")
-            x = nn.relu(nn.Dropout(self.dropout, deterministic=not train)(dense(x)))
+            x = nn.relu(Dropout(self.dropout)(dense(x), deterministic=not train, rows=rows))
             if mixing and i == 0:
                 # Named, so the unnamed Dropouts keep their auto-names (and rng paths).
-                h_b = nn.Dropout(self.dropout, deterministic=not train, name="dropout_b",
-                                 rng_collection="dropout_b")(dense(mix_with))
+                h_b = Dropout(self.dropout, name="dropout_b", rng_collection="dropout_b")(
+                    dense(mix_with), deterministic=not train, rows=rows)
                 lam_a, lam_b = (jnp.asarray(w, x.dtype) for w in mix_weights)
                 x = lam_a * x + lam_b * nn.relu(h_b)
         return Linear(self.num_classes, name="head")(x)
