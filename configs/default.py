@@ -90,13 +90,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Devices the members train on (0 = all visible ones); results do not depend on it, and a
     # run may resume on a different count.
     c.num_devices = 0
-    # Devices that split each member's batch (per-device gradients, one all-reduce per step),
-    # per group of members of one kind on N devices: a ("members", "data") mesh of
+    # Devices each member is split over by its embedding's features (each holds a block of the
+    # first layer's input columns; one all-reduce of the first layer's outputs per step), per
+    # group of members of one kind on N devices: a ("members", "features") mesh of
     # N / devices_per_member x devices_per_member. None (auto) = the most that add no round of
     # members: a group of M >= N members is sharded over members alone (1), M < N members get
-    # N / M devices each where M divides N (a lone member all N), within divisors of N and of
-    # the rows a member steps (batch_size, or batch_size / 2 for the mixing kinds). Set k to
-    # force it (1 = members only). Results agree across layouts to float rounding.
+    # N / M devices each where M divides N (a lone member all N), within the divisors of N and
+    # of the embedding's dimension. Set k to force it (1 = members only). Results agree across
+    # layouts to float rounding.
     c.devices_per_member = ml_collections.FieldReference(None, field_type=int)
     # XLA CPU devices the CLI splits the host into before JAX starts (0 = one per core, at most
     # 8), so the members of a group train side by side on the cores; each holds a copy of the

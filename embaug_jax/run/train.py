@@ -66,6 +66,8 @@ def validate_config(config) -> None:
              "0 (every device of every process).")
     check_cpu_devices(config.get("cpu_devices", 0))
     members_at_once(config, jax.devices())  # a UserError if the value is out of range
+    # A UserError if a set value does not divide the devices (the features: once loaded).
+    devices_per_member(config, 1, n_dev or jax.device_count(), None)
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
              f"{registry.method_names()}.")
     for method in s.methods:
@@ -113,10 +115,6 @@ def validate_config(config) -> None:
     _require(bs >= 2 and (bs % 2 == 0 or a.pairing != "halve"), f"config.batch_size={bs} must "
              "be >= 2 and even (halving pairs the two halves of a batch).")
     Cadence.from_config(config)  # a UserError if the set values cannot nest
-    for kind in sorted({registry.method(mth).kind for mth in s.methods}):
-        # A UserError if a set value does not divide the devices or this kind's rows a step.
-        devices_per_member(config, 1, n_dev or jax.device_count(),
-                           augment.kind_rows(kind, bs, a.pairing))
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(int(config.get("device_data_bytes", 0) or 0) >= 0, "config.device_data_bytes "
              "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")

@@ -16,12 +16,16 @@ steps key, and step key = fold_in(steps key, step). Nothing random depends on ho
 run, on the grouping or on the chunking, so a member trained alone, inside a sweep, on 1 or 4
 devices, or across a resume sees the same numbers.
 
-Batch axis: `make_program(spec, batch_axis=name)` splits each member's batch over the devices of
-a mapped axis (the driver's "data" mesh axis, when a group has fewer members than devices).
-Every device draws the member's whole step (its augmented rows, the dropout masks) from the same
-keys and computes the gradient of its share of the rows; one all-reduce per step averages the
-gradients, and every device applies the same update. Evaluation splits a block's rows the same
-way. The numbers are those of the whole batch on one device, to float rounding. Members that differ only in method or alpha
+Features axis: `make_program(spec, features_axis=name)` splits each member over the devices of
+a mapped axis (the driver's "features" mesh axis, when a group has fewer members than
+devices) by the embedding's features: each device holds a block of the first layer's input
+columns (its kernel's, and their optimizer moments: `Program.split_by_features`). Every device
+draws the member's whole step from the same keys -- shuffle, augmented rows, dropout masks --
+and keeps its block of the rows' features; the first layer's partial products are summed over
+the axis, one all-reduce of [rows, hidden] a step, and the rest of the network runs whole on
+every device. Each device's gradient of its kernel block is its own, the other gradients and
+updates are the same everywhere, so nothing else is reduced. The numbers are those of the
+whole member on one device, to float rounding. Members that differ only in method or alpha
 share their initialisation and shuffles (common random numbers), so a comparison of methods
 within a trial is not confounded by the draw; trials get independent initialisations as well
 as splits.
@@ -180,8 +184,8 @@ class Program:
     train(key, hp, state, data, num_epochs) -> (state, mean training loss of those epochs)
     evaluate(params, hp, data, block: EvalBlock) -> (counts int32 [5], probabilities float32 [rows, C]);
       counts = (correct, correct "none", "none" rows, correct seen, seen rows) over valid rows.
-      With a batch axis of S devices: the counts of the whole block, and this device's share
-      of the probabilities, rows [i r, (i + 1) r) of the block padded to S r rows.
+    With a features axis, `state` holds this device's block of the leaves `split_by_features`
+    marks, and every result is the whole member's.
     """
 
     init: Callable
@@ -191,6 +195,18 @@ class Program:
     kind: str
     rows: int  # rows a member trains on per step
     steps_per_epoch: int
+
+    def split_by_features(self, tree):
+        """A tree of bools like `tree` (a `TrainState`, its params or its optimizer state): True
+        for the leaves a features axis splits along their last axis -- the first layer's kernel
+        ([out, D]: the input's columns) and the optimizer's moments of it."""
+        first = self.model.first_layer
+
+        def split(path, _):
+            keys = [getattr(k, "key", None) for k in path]
+            return first in keys and keys[-1] == "kernel"
+
+        return jax.tree_util.tree_map_with_path(split, tree)
 
 
 def _member_keys(key, hp: MemberHParams):
@@ -206,24 +222,21 @@ def metrics_from_counts(counts) -> dict:
     return {f"{k}_accuracy": v for k, v in accuracies(jnp.asarray(counts)).items()}
 
 
-def _share(tree, axis: str, total: int):
-    """This device's equal share of `total` rows (the leading axis of every leaf of `tree`),
-    split over the mapped axis `axis`, and its place in them: (share, (offset, total))."""
+def _own_features(x, axis: str):
+    """This device's equal block of the features (last axis) of `x`, split over `axis`."""
     shards = jax.lax.axis_size(axis)
-    if total % shards:
-        raise ValueError(f"{total} rows a step cannot be split evenly over {shards} devices.")
-    n = total // shards
-    offset = jax.lax.axis_index(axis) * n
-    return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, offset, n), tree), (offset,
-                                                                                       total)
+    n = x.shape[-1] // shards
+    if n * shards != x.shape[-1]:
+        raise ValueError(f"{x.shape[-1]} features cannot be split evenly over {shards} devices.")
+    return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axis) * n, n, axis=x.ndim - 1)
 
 
-def make_program(spec: ProgramSpec, *, batch_axis: str | None = None) -> Program:
+def make_program(spec: ProgramSpec, *, features_axis: str | None = None) -> Program:
     """Builds the per-member init / train / evaluate of `spec.kind` (shapes are static).
 
     Args:
-      batch_axis: the name of a mapped axis (`shard_map`'s) whose devices share each member's
-        batch and evaluation rows (see the module docstring); None: all of them here.
+      features_axis: the name of a mapped axis (`shard_map`'s) over whose devices each member's
+        embedding features are split (see the module docstring); None: whole on each device.
     """
     if not isinstance(spec, ProgramSpec):
         raise TypeError(f"make_program takes a ProgramSpec (ProgramSpec.from_config(config, "
@@ -247,14 +260,16 @@ def make_program(spec: ProgramSpec, *, batch_axis: str | None = None) -> Program
         params = model.init(init_key, jnp.zeros((1, data.x.shape[1]), data.x.dtype))
         return TrainState(params, tx.init(params), jnp.int32(0))
 
-    def loss_fn(params, x, y, seen, dropout_key, part):
+    def loss_fn(params, x, y, seen, dropout_key):
         if kind == "manifold":  # pairs mixed after the first hidden layer, inside the model
             x_a, x_b, lam_a, lam_b = x
             logits = model.apply(params, x_a, train=True, mix_with=x_b, mix_weights=(lam_a, lam_b),
-                                 rows=part, rngs={"dropout": dropout_key,
-                                                  "dropout_b": jax.random.fold_in(dropout_key, 1)})
+                                 features_axis=features_axis,
+                                 rngs={"dropout": dropout_key,
+                                       "dropout_b": jax.random.fold_in(dropout_key, 1)})
         else:
-            logits = model.apply(params, x, train=True, rows=part, rngs={"dropout": dropout_key})
+            logits = model.apply(params, x, train=True, features_axis=features_axis,
+                                 rngs={"dropout": dropout_key})
         return classification_loss(logits, y, jnp.ones(y.shape[0], jnp.float32), seen, head)
 
     def train_epoch(train_key, hp, data, state):
@@ -291,12 +306,12 @@ def make_program(spec: ProgramSpec, *, batch_axis: str | None = None) -> Program
                 pairing=spec.pairing, negative_mass=spec.negative_mass,
                 label_weight=spec.label_weight, segments=segments, weights=w,
                 transforms=spec.transforms)
-            part = None
-            if batch_axis is not None:  # the step's whole rows drawn, this device's share kept
-                (x, y), part = _share((x, y), batch_axis, rows)
-            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, seen, dropout_key, part)
-            if batch_axis is not None:  # equal shares: the mean of theirs is the batch's
-                grads = jax.lax.pmean(grads, batch_axis)
+            if features_axis is not None:  # the step's whole rows drawn, this device's block kept
+                if kind == "manifold":
+                    x = (*(_own_features(a, features_axis) for a in x[:2]), *x[2:])
+                else:
+                    x = _own_features(x, features_axis)
+            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, seen, dropout_key)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -309,24 +324,18 @@ def make_program(spec: ProgramSpec, *, batch_axis: str | None = None) -> Program
         _, train_key = _member_keys(key, hp)
         state, losses = jax.lax.scan(lambda s, _: train_epoch(train_key, hp, data, s),
                                      state, None, length=num_epochs)
-        loss = losses.mean()
-        # Each device's losses are of its share of the rows: averaged once per call.
-        return state, loss if batch_axis is None else jax.lax.pmean(loss, batch_axis)
+        return state, losses.mean()
 
     def evaluate(params, hp, data, block):
         x = block.x[hp.trial]
+        if features_axis is not None:
+            x = _own_features(x, features_axis)
         labels = block.labels[hp.trial]
-        valid = block.valid
-        if batch_axis is not None:
-            pad = -x.shape[0] % jax.lax.axis_size(batch_axis)
-            x, labels, valid = (jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-                                for a in (x, labels, valid))
-            (x, labels, valid), _ = _share((x, labels, valid), batch_axis, x.shape[0])
         seen = data.seen_mask[hp.trial]
-        probs = probabilities(model.apply(params, x), head, seen).astype(jnp.float32)
+        probs = probabilities(model.apply(params, x, features_axis=features_axis), head,
+                              seen).astype(jnp.float32)
         # Padding rows weigh 0: the counts are those of the block's valid rows.
-        counts = threshold_counts(probs, labels, seen, threshold, valid)
-        return (counts if batch_axis is None else jax.lax.psum(counts, batch_axis)), probs
+        return threshold_counts(probs, labels, seen, threshold, block.valid), probs
 
     return Program(init, train, evaluate, model, kind, rows, steps_per_epoch)
 

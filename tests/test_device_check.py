@@ -1,0 +1,41 @@
+"""The accelerator check (benchmarks/device_check.py) in its reduced CPU form: every step runs
+and one dated report says what passed."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = ("environment", "tests", "train_bench", "text_bench", "image_bench")
+
+
+def test_reduced_check_writes_one_report_of_every_step(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    env.pop("XLA_FLAGS", None)  # the check's own subprocesses choose their devices
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "benchmarks/device_check.py", "--reduced",
+                           f"--out={tmp_path}"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = list(tmp_path.glob("device_check_*_cpu_reduced.md"))
+    assert len(reports) == 1, done.stdout
+    text = reports[0].read_text()
+    table = {line.split("|")[1].strip(): line.split("|")[2].strip()
+             for line in text.splitlines() if line.startswith("| ") and "|---" not in line}
+    for step in STEPS:
+        assert table[step] == "passed", (step, table[step], text[-4000:])
+        assert f"## {step}" in text
+    # What each step is there to show: pytest's summary and every benchmark's table.
+    assert " passed" in text.split("## tests")[1] and "failed" not in text.split("## tests")[1]
+    assert "| 5 | one E-Mixup member examples/s, 2 devices vs 1 |" in text
+    assert "| 7 | 25-member sweep time, members_at_once=0 vs auto (1) |" in text
+    assert "| minilm | long (16) |" in text and "variant" in text
+    # The step limits add up to the reduced budget: 2 minutes (and the process around them).
+    assert seconds < 120 + 60, seconds
