@@ -13,8 +13,9 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
 
   1. one E-Mixup member (64 mixed rows a step) against a plain PyTorch eager loop of the same
      model and augmentation: examples/s ratio (bound >= 1.5x)
-  2. the 25-member Table-1 sweep (5 methods x 5 trials, grouped by kind: three programs)
-     against the same 25 members each trained alone: cost per member-epoch (bound <= 1.05x)
+  2. the 25-member Table-1 sweep (5 methods x 5 trials, grouped by kind: three programs;
+     `--trials`) against the same 25 members each trained alone: cost per member-epoch
+     (bound <= 1.05x)
   3. augmentation's share of an E-Mixup member's time: the member against the same member with
      the augmentation (Beta draws, pairing, mixing) replaced by a plain slice of 64 rows
      (bound <= 5%)
@@ -22,15 +23,16 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
      2048^3 float32 peak measured before and after in the same run (bound >= 50%)
   5. one E-Mixup member on 2 devices (its batch split over both) against the same member on 1:
      examples/s ratio (bound >= 1.4x; needs 2 devices)
-  6. a 2-member E-Mixup sweep on 4 devices (a 2 x 2 members x data mesh) against the same on 2
-     (one member each): examples/s ratio (bound >= 1.4x; needs 4 devices)
+  6. a 2-member sweep (E-Mixup and Soft E-Mixup: one program) on 4 devices (a 2 x 2 members x
+     features mesh) against the same on 2 (one member each): examples/s ratio (bound >= 1.4x;
+     needs 4 devices)
   7. (`--at-once`) the 25-member sweep with each other `config.members_at_once` against the
      automatic choice: time ratio (no bound: which layout wins on this device)
 FLOPs count the matmuls of a step: forward, and backward without the first layer's input
 gradient (which nothing needs). Every case runs the engine's own programs
 (`driver.compiled_group`) on the devices and mesh `embaug train` would use: figures 1-4 on all
 the process's devices (on a CPU one XLA device per core, `--cpu-devices`), figures 5 and 6 on
-the first 1, 2 or 4 of them, each group on the members x data mesh of
+the first 1, 2 or 4 of them, each group on the members x features mesh of
 `driver.devices_per_member` (so a lone member is split over the devices; members padded to the
 members axis skip the padding). More CPU devices than cores share the cores: figure 6 then
 measures the sharing, not the layout.
@@ -109,7 +111,7 @@ def placed_on(on_all, devices):
 
 def trainer(config, kind, num_classes, n_train, on_all, hp, epochs, *, devices, sliced=False):
     """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs on `devices` as
-    the engine's driver does: `driver.compiled_group` on the group's members x data mesh
+    the engine's driver does: `driver.compiled_group` on the group's members x features mesh
     (`driver.devices_per_member`), members padded to the members axis (the padding skipped),
     `driver.members_at_once` of them stepped together on a device."""
     per_member = driver.devices_per_member(config, len(hp.trial), len(devices),
@@ -193,6 +195,7 @@ def main(argv=None):
                    help="epochs per timed call of the single-member cases (figures 1 and 3): "
                         "one epoch is ~0.15 s, too short to time on a shared machine")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    p.add_argument("--trials", type=int, default=5, help="trials of the sweep's five methods")
     p.add_argument("--cpu-devices", type=int, default=0,
                    help="XLA CPU devices (0: one per core, as `embaug train` does)")
     p.add_argument("--members-at-once", type=int, default=None,
@@ -209,7 +212,8 @@ def main(argv=None):
     c.members_at_once = args.members_at_once
     n = args.train_rows + args.train_rows // 10
     ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
-    s = make_splits(ds.labels, args.classes, trials=5, train_fraction=args.train_rows / n)
+    s = make_splits(ds.labels, args.classes, trials=args.trials,
+                    train_fraction=args.train_rows / n)
     data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
     devices = jax.devices()
     on_all = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
@@ -217,9 +221,11 @@ def main(argv=None):
     n_train = s.train_idx.shape[1]
     # The paper's five at their default settings (alpha 0.2, softness 0.05), 5 trials each.
     members = [dict(method=m.name, **{n: registry.setting(n).default[0] for n in m.reads},
-                    trial=t, seed=0) for m in registry.methods(tag="paper") for t in range(5)]
-    hp25 = member_hparams(members)
+                    trial=t, seed=0) for m in registry.methods(tag="paper")
+               for t in range(args.trials)]
+    hp_all = member_hparams(members)
     groups = member_groups(members)
+    sweep_name = f"{len(members)}-member sweep ({len(groups)} programs)"
     dims = (args.dim, *c.model.hidden, args.classes)
     E = args.epochs
 
@@ -233,11 +239,12 @@ def main(argv=None):
     print(f"float32 matmul peak (jnp.dot 2048^3) before: {peak0:.1f} GFLOP/s", flush=True)
 
     def hp_of(idx):
-        return jax.tree.map(lambda x: x[np.asarray(idx)], hp25)
+        return jax.tree.map(lambda x: x[np.asarray(idx)], hp_all)
 
     cases, members_in = {}, {}  # members_in: members a case trains (examples/s)
     mixup_member = members.index(dict(method="e_mixup", alpha=0.2, trial=0, seed=0))
-    pair = [mixup_member, members.index(dict(method="e_mixup", alpha=0.2, trial=1, seed=0))]
+    pair = [mixup_member, members.index(dict(method="soft_e_mixup", alpha=0.2, softness=0.05,
+                                             trial=0, seed=0))]
     ME = args.member_epochs
 
     def member_case(name, idx, *, on=devices, sliced=False):
@@ -259,7 +266,7 @@ def main(argv=None):
             continue
         names = []
         for n_dev in (many, few):
-            name = f"{len(idx)} e_mixup member(s), {n_dev} device(s)"
+            name = f"{len(idx)} mixup-kind member(s), {n_dev} device(s)"
             if n_dev == len(devices) and len(idx) == 1:  # the figure 1 case itself
                 name = "e_mixup member"
             elif name not in cases:
@@ -273,11 +280,12 @@ def main(argv=None):
         cases[name] = lambda: [go() for go in sweep]
         members_in[name] = len(members)
 
-    sweep_case("25-member sweep (3 programs)", c)
+    sweep_case(sweep_name, c)
     alone = [trainer(c, registry.method(m["method"]).kind, args.classes, n_train, on_all,
                      hp_of([i]), E, devices=devices)[0] for i, m in enumerate(members)]
-    cases["25 members alone, one after another"] = lambda: [go() for go in alone]
-    members_in["25 members alone, one after another"] = len(members)
+    alone_name = f"{len(members)} members alone, one after another"
+    cases[alone_name] = lambda: [go() for go in alone]
+    members_in[alone_name] = len(members)
     auto = driver.members_at_once(c, devices)
     at_once = {}
     for value in args.at_once.split(","):
@@ -285,7 +293,7 @@ def main(argv=None):
             continue
         variant = c.copy_and_resolve_references()
         variant.members_at_once = int(value)
-        at_once[int(value)] = f"25-member sweep, members_at_once={int(value)}"
+        at_once[int(value)] = f"{len(members)}-member sweep, members_at_once={int(value)}"
         sweep_case(at_once[int(value)], variant)
     print("compiled; timing", flush=True)
 
@@ -312,10 +320,10 @@ def main(argv=None):
     rows = [augment.kind_rows(registry.method(m["method"]).kind, c.batch_size) for m in members]
     useful = sum(step_flops(r, dims) for r in rows) * steps * E
     f1 = med["torch eager e_mixup member"] / med["e_mixup member"]
-    f2 = med["25-member sweep (3 programs)"] / med["25 members alone, one after another"]
+    f2 = med[sweep_name] / med[alone_name]
     f3 = 1 - med["same member, plain slice"] / med["e_mixup member"]
     f3_cpu = 1 - med_cpu["same member, plain slice"] / med_cpu["e_mixup member"]
-    rate = useful / med["25-member sweep (3 programs)"] / 1e9
+    rate = useful / med[sweep_name] / 1e9
     print("\n| # | figure | measured | bound |")
     print("|---|---|---|---|")
     print(f"| 1 | E-Mixup member examples/s vs PyTorch eager ({args.torch_device}) | {f1:.2f}x "
@@ -327,7 +335,7 @@ def main(argv=None):
           f"{100 * rate / peak:.0f}% | >= 50% |")
     cores = os.cpu_count() or 1
     for fig, need, what in ((5, 2, "one E-Mixup member examples/s, 2 devices vs 1"),
-                            (6, 4, "2-member E-Mixup sweep examples/s, 4 devices vs 2")):
+                            (6, 4, "2-member sweep examples/s, 4 devices vs 2")):
         if fig not in scaling:
             print(f"| {fig} | {what} | not measurable: {len(devices)} device(s), needs {need} "
                   "| >= 1.4x |")
@@ -337,8 +345,8 @@ def main(argv=None):
                   if devices[0].platform == "cpu" and need > cores else "")
         print(f"| {fig} | {what} | {med[slower] / med[faster]:.2f}x{shared} | >= 1.4x |")
     for value, name in at_once.items():
-        print(f"| 7 | 25-member sweep time, members_at_once={value} vs auto ({auto}) | "
-              f"{med[name] / med['25-member sweep (3 programs)']:.2f}x | |")
+        print(f"| 7 | {len(members)}-member sweep time, members_at_once={value} vs auto "
+              f"({auto}) | {med[name] / med[sweep_name]:.2f}x | |")
 
 if __name__ == "__main__":
     main()
