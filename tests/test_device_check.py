@@ -35,7 +35,7 @@ def test_reduced_check_writes_one_report_of_every_step(tmp_path):
     # What each step is there to show: pytest's summary and every benchmark's table.
     assert " passed" in text.split("## tests")[1] and "failed" not in text.split("## tests")[1]
     assert "| 5 | one E-Mixup member examples/s, 2 devices vs 1 |" in text
-    assert "| 7 | 25-member sweep time, members_at_once=0 vs auto (1) |" in text
+    assert "| 7 | 5-member sweep time, members_at_once=0 vs auto (1) |" in text
     assert "| minilm | long (16) |" in text and "variant" in text
     # The step limits add up to the reduced budget: 2 minutes (and the process around them).
     assert seconds < 120 + 60, seconds
