@@ -306,7 +306,9 @@ def main(argv=None):
             cpu[k].append(u)
         print(f"round {r + 1}: " + ", ".join(f"{k} {wall[k][-1]:.2f}s" for k in cases), flush=True)
     peak = max(peak0, matmul_peak())
-    print(f"float32 matmul peak, best of before/after: {peak:.1f} GFLOP/s\n")
+    print(f"float32 matmul peak, best of before/after: {peak:.1f} GFLOP/s; "
+          f"{time.strftime('%H:%M UTC', time.gmtime())}, load average "
+          f"{os.getloadavg()[0]:.1f}\n")
 
     med = {k: float(np.median(v)) for k, v in wall.items()}
     med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
