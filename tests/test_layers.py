@@ -32,6 +32,8 @@ LAYERS = (
     ("train", ("train",)),
     ("report", ("report",)),
     ("run", ("run",)),
+    # A tool above the stages (check_augmentation): it may import any of them, none imports it.
+    ("testing", ("testing",)),
     ("entry points", ("cli", "__main__", "")),  # "": the package's own __init__
 )
 
