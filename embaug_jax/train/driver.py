@@ -57,7 +57,7 @@ from embaug_jax.train.result import SweepResult
 from embaug_jax.util import UserError, large_dot_compiler_options, on_cpus, reuse_freed_memory
 
 _METRIC_NAMES = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
-MESH_AXES = ("members", "features")
+_MESH_AXES = ("members", "features")
 OnChunk = Callable[[dict[str, np.ndarray], int], Any]
 
 
@@ -140,10 +140,10 @@ def devices_per_member(config, num_members: int, num_devices: int,
 
 
 def group_mesh(devices: Sequence, per_member: int) -> Mesh:
-    """The `MESH_AXES` mesh of `devices` whose features axis holds `per_member` consecutive
-    devices (in `jax.devices()` order, a process's own devices first: a member's all-reduce
-    stays on one host wherever `per_member` divides the devices per host)."""
-    return Mesh(np.asarray(devices).reshape(-1, per_member), MESH_AXES)
+    """The ("members", "features") mesh of `devices` whose features axis holds `per_member`
+    consecutive devices (in `jax.devices()` order, a process's own devices first: a member's
+    all-reduce stays on one host wherever `per_member` divides the devices per host)."""
+    return Mesh(np.asarray(devices).reshape(-1, per_member), _MESH_AXES)
 
 
 def place_members(hp: MemberHParams, mesh: Mesh) -> tuple[MemberHParams, jax.Array]:

@@ -22,8 +22,8 @@ devices) by the embedding's features: each device holds a block of the first lay
 columns (its kernel's, and their optimizer moments: `Program.split_by_features`). Every device
 draws the member's whole step from the same keys -- shuffle, augmented rows, dropout masks --
 and keeps its block of the rows' features; the first layer's partial products are summed over
-the axis, one all-reduce of [rows, hidden] a step, and the rest of the network runs whole on
-every device. Each device's gradient of its kernel block is its own, the other gradients and
+the axis, one all-reduce of [rows, hidden] a step (two for manifold mixup, whose parents pass
+the first layer apart), and the rest of the network runs whole on every device. Each device's gradient of its kernel block is its own, the other gradients and
 updates are the same everywhere, so nothing else is reduced. The numbers are those of the
 whole member on one device, to float rounding. Members that differ only in method or alpha
 share their initialisation and shuffles (common random numbers), so a comparison of methods
