@@ -14,7 +14,10 @@ Keys: member key = fold_in(fold_in(root, seed), trial); its first split initiali
 second drives training: epoch key = fold_in(train_key, epoch) splits into the shuffle key and a
 steps key, and step key = fold_in(steps key, step). Nothing random depends on how many members
 run, on the grouping or on the chunking, so a member trained alone, inside a sweep, on 1 or 4
-devices, or across a resume sees the same numbers.
+devices, or across a resume sees the same numbers. Members that differ only in method or alpha
+share their initialisation and shuffles (common random numbers), so a comparison of methods
+within a trial is not confounded by the draw; trials get independent initialisations as well
+as splits.
 
 Features axis: `make_program(spec, features_axis=name)` splits each member over the devices of
 a mapped axis (the driver's "features" mesh axis, when a group has fewer members than
@@ -23,12 +26,10 @@ columns (its kernel's, and their optimizer moments: `Program.split_by_features`)
 draws the member's whole step from the same keys -- shuffle, augmented rows, dropout masks --
 and keeps its block of the rows' features; the first layer's partial products are summed over
 the axis, one all-reduce of [rows, hidden] a step (two for manifold mixup, whose parents pass
-the first layer apart), and the rest of the network runs whole on every device. Each device's gradient of its kernel block is its own, the other gradients and
-updates are the same everywhere, so nothing else is reduced. The numbers are those of the
-whole member on one device, to float rounding. Members that differ only in method or alpha
-share their initialisation and shuffles (common random numbers), so a comparison of methods
-within a trial is not confounded by the draw; trials get independent initialisations as well
-as splits.
+the first layer apart), and the rest of the network runs whole on every device. Each device's
+gradient of its kernel block is its own, the other gradients and updates are the same
+everywhere, so nothing else is reduced. The numbers are those of the whole member on one
+device, to float rounding.
 """
 
 from __future__ import annotations
