@@ -28,6 +28,9 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
      needs 4 devices)
   7. (`--at-once`) the 25-member sweep with each other `config.members_at_once` against the
      automatic choice: time ratio (no bound: which layout wins on this device)
+  8. the all-reduce over 2 devices that a split member pays each step: of the first layer's
+     [64, 250] outputs (the features split the engine makes) against that of the 1.3M-float
+     gradient (what splitting the batch instead would sum), in ms (no bound)
 FLOPs count the matmuls of a step: forward, and backward without the first layer's input
 gradient (which nothing needs). Every case runs the engine's own programs
 (`driver.compiled_group`) on the devices and mesh `embaug train` would use: figures 1-4 on all
@@ -66,6 +69,25 @@ def matmul_peak(n=2048, repeats=10) -> float:
     f(a).block_until_ready()
     best = min(_timed(lambda: f(a).block_until_ready())[0] for _ in range(repeats))
     return 2 * n**3 / best / 1e9
+
+
+def allreduce_ms(devices, size: int, steps: int = 34, repeats: int = 5) -> float:
+    """ms per all-reduce (a `lax.psum` inside a `lax.scan` of `steps`, as in an epoch) of
+    `size` float32s over `devices` (best of `repeats`)."""
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+
+    def epoch(x):
+        def step(c, _):
+            return c + 1e-6 * jax.lax.psum(c, "d"), None
+        return jax.lax.scan(step, x, None, length=steps)[0]
+
+    f = jax.jit(jax.shard_map(epoch, mesh=mesh, in_specs=jax.sharding.PartitionSpec(),
+                              out_specs=jax.sharding.PartitionSpec(), check_vma=False))
+    x = jax.device_put(jnp.ones((size,)), jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+    f(x).block_until_ready()
+    return 1e3 * min(_timed(lambda: f(x).block_until_ready())[0]
+                     for _ in range(repeats)) / steps
 
 
 def _timed(fn):
@@ -349,6 +371,13 @@ def main(argv=None):
     for value, name in at_once.items():
         print(f"| 7 | {len(members)}-member sweep time, members_at_once={value} vs auto "
               f"({auto}) | {med[name] / med[sweep_name]:.2f}x | |")
+    if len(devices) >= 2:
+        params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+        outputs, gradient = (allreduce_ms(devices[:2], n) for n in (64 * dims[1], params))
+        print(f"| 8 | all-reduce over 2 devices a step: the first layer's [64, {dims[1]}] "
+              f"outputs vs the {params / 1e6:.2f}M-float gradient | {outputs:.3f} vs "
+              f"{gradient:.3f} ms | |")
+
 
 if __name__ == "__main__":
     main()
