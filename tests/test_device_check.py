@@ -15,13 +15,18 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = ("environment", "tests", "train_bench", "text_bench", "image_bench")
 
 
+# The step limits' multiplier: the reduced check takes under 2 minutes on the quiet 2-core CPU
+# (benchmarks/README.md, "device check"), and this test shares the machine with other jobs.
+SLACK = 3
+
+
 def test_reduced_check_writes_one_report_of_every_step(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     env.pop("XLA_FLAGS", None)  # the check's own subprocesses choose their devices
     start = time.monotonic()
     done = subprocess.run([sys.executable, "benchmarks/device_check.py", "--reduced",
-                           f"--out={tmp_path}"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                           f"--out={tmp_path}", f"--slack={SLACK}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120 * SLACK + 120)
     seconds = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
     reports = list(tmp_path.glob("device_check_*_cpu_reduced.md"))
@@ -37,5 +42,4 @@ def test_reduced_check_writes_one_report_of_every_step(tmp_path):
     assert "| 5 | one E-Mixup member examples/s, 2 devices vs 1 |" in text
     assert "| 7 | 5-member sweep time, members_at_once=0 vs auto (1) |" in text
     assert "| minilm | long (16) |" in text and "variant" in text
-    # The step limits add up to the reduced budget: 2 minutes (and the process around them).
-    assert seconds < 120 + 60, seconds
+    assert seconds < 120 * SLACK + 60, seconds
