@@ -118,7 +118,7 @@ TESTS = {"tests/test_train.py": (), "tests/test_mlp.py": (), "tests/test_bert.py
 SELECT = {"full": "(" + " or ".join((
     "sweep_member_equals_lone_member", "one_and_four_devices", "members_at_once_or",
     "resume_after_kill", "any_num_epochs", "one_program_per_kind", "every_chunk",
-    "batches_split", "split_member", "blockwise", "ablation_baselines", "match_torch",
+    "members_split", "split_member", "blockwise", "ablation_baselines", "match_torch",
     "matches_torch", "match_hf", "matches_hf", "match_pytorch", "pytorch_parity",
     "equal_hf")) + ") and not lite",
     "reduced": " or ".join(("devices_per_member", "program_spec", "logits_match_torch",
