@@ -55,7 +55,7 @@ import numpy as np
 
 from embaug_jax import augment, configlib, registry, util
 from embaug_jax.train import driver, program
-from embaug_jax.train.members import member_groups, member_hparams
+from embaug_jax.train.members import member_groups, member_hparams, with_config_settings
 from embaug_jax.train.splits import make_splits
 from embaug_jax.train.synthetic import make_synthetic
 
@@ -131,18 +131,22 @@ def placed_on(on_all, devices):
         a.shape, sharding, [s.data for s in a.addressable_shards if s.device in devices]), on_all)
 
 
-def trainer(config, kind, num_classes, n_train, on_all, hp, epochs, *, devices, sliced=False):
-    """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs on `devices` as
-    the engine's driver does: `driver.compiled_group` on the group's members x features mesh
-    (`driver.devices_per_member`), members padded to the members axis (the padding skipped),
-    `driver.members_at_once` of them stepped together on a device."""
+def trainer(config, kind, num_classes, n_train, on_all, hp, epochs, *, devices=None,
+            sliced=False, fixed=()):
+    """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs on `devices`
+    (default all) as the engine's driver does: `driver.compiled_group` on the group's members x
+    features mesh (`driver.devices_per_member`), members padded to the members axis (the
+    padding skipped), `driver.members_at_once` of them stepped together on a device; `fixed` is
+    their group's shared settings (`Group.fixed`: the program's constants)."""
+    devices = jax.devices() if devices is None else list(devices)
     per_member = driver.devices_per_member(config, len(hp.trial), len(devices),
                                            on_all.x.shape[1])
     mesh = driver.group_mesh(devices, per_member)
     at_once = driver.members_at_once(config, devices)
     on_device = placed_on(on_all, devices)
     with plain_slice() if sliced else contextlib.nullcontext():
-        spec = program.ProgramSpec.from_config(config, num_classes, n_train, kind=kind)
+        spec = program.ProgramSpec.from_config(config, num_classes, n_train, kind=kind,
+                                               fixed=fixed)
         if (spec, sliced, mesh, at_once) not in _PROGRAMS:  # uncached: a sliced program
             _PROGRAMS[spec, sliced, mesh, at_once] = driver.compiled_group.__wrapped__(
                 spec, mesh, at_once)  # shares its spec
@@ -158,6 +162,17 @@ def trainer(config, kind, num_classes, n_train, on_all, hp, epochs, *, devices, 
         loss.block_until_ready()
 
     return go, spec.steps_per_epoch
+
+
+def clusters(n, dim, classes, train_rows, *, trials):
+    """Gaussian clusters (n x dim, `classes` balanced classes) split into `trials` splits of
+    `train_rows` training rows: (dataset, splits, the training rows placed on every device)."""
+    ds = make_synthetic(0, n, dim, classes, imbalance=1.0)
+    s = make_splits(ds.labels, classes, trials=trials, train_fraction=train_rows / n)
+    data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
+    on_device = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
+        driver.group_mesh(jax.devices(), 1), jax.sharding.PartitionSpec()))
+    return ds, s, on_device
 
 
 def torch_epochs(x, labels, train_rows, seen, config, epochs, device="cpu"):
@@ -237,18 +252,14 @@ def main(argv=None):
     c = configlib.get_config(REPO / "configs" / "default.py")
     c.members_at_once = args.members_at_once
     n = args.train_rows + args.train_rows // 10
-    ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
-    s = make_splits(ds.labels, args.classes, trials=args.trials,
-                    train_fraction=args.train_rows / n)
-    data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
+    ds, s, on_all = clusters(n, args.dim, args.classes, args.train_rows, trials=args.trials)
     devices = jax.devices()
-    on_all = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
-        driver.group_mesh(devices, 1), jax.sharding.PartitionSpec()))
     n_train = s.train_idx.shape[1]
     # The paper's five at their default settings (alpha 0.2, softness 0.05), 5 trials each.
     members = [dict(method=m.name, **{n: registry.setting(n).default[0] for n in m.reads},
                     trial=t, seed=0) for m in registry.methods(tag="paper")
                for t in range(args.trials)]
+    members = with_config_settings(c, members)
     hp_all = member_hparams(members)
     groups = member_groups(members)
     sweep_name = f"{len(members)}-member sweep ({len(groups)} programs)"
@@ -267,15 +278,21 @@ def main(argv=None):
     def hp_of(idx):
         return jax.tree.map(lambda x: x[np.asarray(idx)], hp_all)
 
+    def fixed_of(idx):  # the shared settings of these members' group, as run_sweep fixes them
+        return member_groups([members[i] for i in idx])[0].fixed
+
+    def find(**fields):
+        return next(i for i, m in enumerate(members)
+                    if all(m.get(k) == v for k, v in fields.items()))
+
     cases, members_in = {}, {}  # members_in: members a case trains (examples/s)
-    mixup_member = members.index(dict(method="e_mixup", alpha=0.2, trial=0, seed=0))
-    pair = [mixup_member, members.index(dict(method="soft_e_mixup", alpha=0.2, softness=0.05,
-                                             trial=0, seed=0))]
+    mixup_member = find(method="e_mixup", alpha=0.2, trial=0, seed=0)
+    pair = [mixup_member, find(method="soft_e_mixup", alpha=0.2, softness=0.05, trial=0, seed=0)]
     ME = args.member_epochs
 
     def member_case(name, idx, *, on=devices, sliced=False):
         cases[name], steps = trainer(c, "mixup", args.classes, n_train, on_all, hp_of(idx), ME,
-                                     devices=on, sliced=sliced)
+                                     devices=on, sliced=sliced, fixed=fixed_of(idx))
         members_in[name] = len(idx)
         return steps
 
@@ -303,7 +320,7 @@ def main(argv=None):
 
     def sweep_case(name, config):
         sweep = [trainer(config, g.kind, args.classes, n_train, on_all, hp_of(g.members), E,
-                         devices=devices)[0] for g in groups]
+                         devices=devices, fixed=g.fixed)[0] for g in groups]
         cases[name] = lambda: [go() for go in sweep]
         members_in[name] = len(members)
 
@@ -311,7 +328,8 @@ def main(argv=None):
     alone_name = f"{len(members)} members alone, one after another"
     if 2 not in skip:
         alone = [trainer(c, registry.method(m["method"]).kind, args.classes, n_train, on_all,
-                         hp_of([i]), E, devices=devices)[0] for i, m in enumerate(members)]
+                         hp_of([i]), E, devices=devices, fixed=fixed_of([i]))[0]
+                 for i, m in enumerate(members)]
         cases[alone_name] = lambda: [go() for go in alone]
         members_in[alone_name] = len(members)
     auto = driver.members_at_once(c, devices)

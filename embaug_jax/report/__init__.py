@@ -12,11 +12,13 @@ writes atomically (each file where `embaug_jax.workdir.Workdir` puts it):
   into seen-class and "none" parts and its per-class AUCs), `results["variants"]` (every variant,
   i.e. the alpha grid), each metric as {mean, std, max_dev, min, max, n, values};
   `results["selection"]` (alpha chosen on a selection part of the validation rows, reported on
-  the rest) and `results["paired"]` (each method minus the control, trial by trial, with paired-t
-  and bootstrap intervals; see `report.statistics`).
+  the rest), `results["paired"]` (each method minus the control, trial by trial, with paired-t
+  and bootstrap intervals; see `report.statistics`) and `results["axes"]` (chosen metrics
+  along each setting a method ran several values of: alpha, a weight decay grid, ...).
 - `results.md`: all of that as tables and plain sentences, beside the paper's own numbers.
 - the figures (`embaug_jax.workdir.FIGURES`): Figures 3-6 (Figure 6 only when a soft method
-  ran with >= 2 softness values), the reliability diagram and the AUC decomposition.
+  ran with >= 2 softness values), the reliability diagram, the AUC decomposition, and the
+  metrics along each swept setting (when a method ran several values of one).
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from embaug_jax import evaluate
 from embaug_jax.report import statistics
 from embaug_jax.report.figures import plan_figures
 from embaug_jax.report.results import (
+    AXIS_METRICS,
+    axis_section,
     build_results,
+    check_axis_metrics,
     evaluate_members,
     group_variants,
     held_out_selection,
@@ -54,7 +59,8 @@ __all__ = ["evaluate_members", "format_summary", "format_table", "group_variants
 def write_report(workdir: str | os.PathLike, result: SweepResult, *,
                  selection_fraction: float, bootstrap_resamples: int, seed: int,
                  threshold: float | None = None, thresholds=None,
-                 title: str | None = None, num_bins: int = evaluate.NUM_BINS) -> dict:
+                 title: str | None = None, num_bins: int = evaluate.NUM_BINS,
+                 axis_metrics=AXIS_METRICS) -> dict:
     """Evaluates a sweep and writes predictions.npz, results.json, results.md and the figures.
 
     The statistics' settings are the config's `report` section, so from a notebook
@@ -75,6 +81,8 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
       thresholds: Figure 3's sweep (default 0.05, 0.10, ..., 0.95).
       title: heading of results.md.
       num_bins: calibration bins.
+      axis_metrics: the metrics (names of `report.results.SCALAR_METRICS`) that
+        results["axes"], its tables and its figure show along each swept setting.
 
     Returns:
       The results dict, as written to results.json.
@@ -102,6 +110,7 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
         selection_fraction, "write_report: selection_fraction")
     bootstrap_resamples = statistics.check_bootstrap_resamples(
         bootstrap_resamples, "write_report: bootstrap_resamples")
+    axis_metrics = check_axis_metrics(axis_metrics, "write_report: axis_metrics")
     workdir = Workdir(workdir)
     workdir.path.mkdir(parents=True, exist_ok=True)
     fpr_grid = evaluate.FPR_GRID
@@ -134,6 +143,8 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
                                    key=jax.random.fold_in(key, 1),
                                    num_resamples=int(bootstrap_resamples),
                                    threshold=float(threshold), num_bins=num_bins))
+
+    results["axes"] = axis_section(results, axis_metrics)
 
     # Results first: a full disk or a plotting failure must not lose the tables, and a rerun
     # (which re-reports from the saved predictions without training) redraws the figures.

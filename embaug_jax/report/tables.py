@@ -15,31 +15,41 @@ def _fmt(stat: dict, *, scale=1.0, digits=4, dev="max_dev") -> str:
     return f"{stat['mean'] * scale:.{digits}f} ± {stat[dev] * scale:.{digits}f}"
 
 
-def _columns() -> list[str]:
-    """The settings with a column of their own (the paper's alpha and softness)."""
-    return [s.name for s in registry.settings() if s.column]
+def _swept(results: dict) -> list[str]:
+    """The settings every method reads that the sweep ran several values of: the variants
+    record only those (`report.results.swept_settings`)."""
+    return [s.name for s in registry.settings(every_method=True)
+            if any(s.name in e for e in results["variants"].values())]
 
 
-def _reads(method: str) -> tuple[str, ...]:
-    """The settings `method` reads (a method not registered here: the column settings)."""
+def _columns(results: dict) -> list[str]:
+    """The settings with a column of their own: the paper's alpha and softness, and the swept
+    settings every method reads (a weight decay grid, say)."""
+    return [s.name for s in registry.settings() if s.column] + _swept(results)
+
+
+def _reads(method: str, results: dict) -> tuple[str, ...]:
+    """The settings `method` reads (a method not registered here: the column settings), and
+    the swept ones every method reads."""
     try:
-        return registry.method(method).reads
+        own = registry.method(method).reads
     except registry.UnknownNameError:
-        return tuple(_columns())
+        own = tuple(s.name for s in registry.settings() if s.column)
+    return own + tuple(_swept(results))
 
 
-def _fmt_param(entry: dict, key: str) -> str:
+def _fmt_param(entry: dict, key: str, results: dict) -> str:
     """A variant's value of setting `key`, or "-" when its method does not read it; for key
     "other", the settings without a column of their own (e.g. "smoothing 0.1")."""
-    used = _reads(entry["method"])
+    used = _reads(entry["method"], results)
     if key == "other":
         return ", ".join(f"{k} {entry.get(k, 0):g}" for k in used
-                         if k not in _columns()) or "-"
+                         if k not in _columns(results)) or "-"
     return f"{entry[key]:g}" if key in used else "-"
 
 
 def _has_other(results: dict) -> bool:
-    return any(set(_reads(e["method"])) - set(_columns())
+    return any(set(_reads(e["method"], results)) - set(_columns(results))
                for e in results["variants"].values())
 
 
@@ -74,14 +84,14 @@ def format_table(results: dict) -> str:
     """The Table-1 analogue (markdown): best variant per method, mean ± max deviation."""
     t = results["threshold"]
     other = _has_other(results)
-    header = ["Method", *_columns(), *(["other"] if other else []), "Weighted AUC",
+    header = ["Method", *_columns(results), *(["other"] if other else []), "Weighted AUC",
               f"Overall acc @{t:g} (%)", f"None acc @{t:g} (%)", PAPER_COLUMN]
     rows = []
     for method, entry in results["methods"].items():
         paper = results.get("paper_table1", {}).get(method)
         rows.append([
-            display_name(method), *(_fmt_param(entry, k) for k in _columns()),
-            *([_fmt_param(entry, "other")] if other else []),
+            display_name(method), *(_fmt_param(entry, k, results) for k in _columns(results)),
+            *([_fmt_param(entry, "other", results)] if other else []),
             _fmt(entry["weighted_auc"]),
             _fmt(entry["overall_accuracy"], scale=100, digits=2),
             _fmt(entry["none_accuracy"], scale=100, digits=2),
@@ -170,17 +180,49 @@ def format_selection(results: dict) -> str:
     rows = []
     for method, entry in sel["methods"].items():
         paper = results["methods"][method]
-        rows.append([display_name(method), _setting(paper),
-                     _fmt(paper["weighted_auc"]), _setting(entry),
+        rows.append([display_name(method), _setting(paper, results),
+                     _fmt(paper["weighted_auc"]), _setting(entry, results),
                      _fmt(entry["weighted_auc"]),
                      _fmt(entry["overall_accuracy"], scale=100, digits=2),
                      _fmt(entry["none_accuracy"], scale=100, digits=2)])
     return _markdown(header, rows)
 
 
-def _setting(entry: dict) -> str:
+def _setting(entry: dict, results: dict) -> str:
     """A variant's settings in a few characters: "alpha 0.2, softness 0.05" or "-"."""
-    return ", ".join(f"{k} {entry.get(k, 0):g}" for k in _reads(entry["method"])) or "-"
+    return ", ".join(f"{k} {entry.get(k, 0):g}"
+                     for k in _reads(entry["method"], results)) or "-"
+
+
+def metric_label(metric: str) -> tuple[str, float, int]:
+    """(label, scale, digits) of a per-member metric in tables and figures: accuracies in %."""
+    label = {key: text for key, text, *_ in PAIRED_ROWS}.get(
+        metric, metric.replace("_", " ").replace("none", '"none"'))
+    return (label + " (%)", 100.0, 2) if metric.endswith("accuracy") else (label, 1.0, 4)
+
+
+def format_axes(results: dict) -> str:
+    """results["axes"] as markdown: per swept setting and metric, a row per method and a
+    column per value."""
+    axes = results["axes"]
+    parts = []
+    for axis, line in axes["settings"].items():
+        for metric in axes["metrics"]:
+            label, scale, digits = metric_label(metric)
+            rows = []
+            for method, e in line["methods"].items():
+                cells = []
+                for value, stat in zip(line["values"], e[metric]):
+                    text = "-" if stat is None else _fmt(stat, scale=scale, digits=digits)
+                    cells.append(f"**{text}**" if stat is not None and value == e["chosen"]
+                                 else text)
+                fixed = ", ".join(f"{k} {v:g}" for k, v in e["fixed"].items()
+                                  if k in _reads(method, results)) or "-"
+                rows.append([display_name(method), fixed, *cells])
+            parts += [f"{label[:1].upper()}{label[1:]} against {axis}:", "",
+                      _markdown(["Method", "other settings",
+                                 *(f"{axis} {v:g}" for v in line["values"])], rows), ""]
+    return "\n".join(parts[:-1])
 
 
 def format_class_auc(results: dict) -> str:
@@ -302,22 +344,37 @@ def results_markdown(results: dict, title: str | None) -> str:
               _fmt(e["none_fpr_at_95_tpr"]), _fmt(e["ece"])]
              for m, e in results["methods"].items()]),
         "",
+    ]
+    if results.get("axes", {}).get("settings"):
+        choice = ("chosen on the selection rows" if results["axes"]["choice"] == "held-out"
+                  else "chosen by the paper's procedure")
+        parts += [
+            "## Along each swept setting",
+            "",
+            f"Each method's metrics at each value of a setting it ran several values of, its "
+            f"other settings held at its chosen variant ({choice}; **bold**: the chosen value). "
+            f"Mean ± max deviation over trials on all validation rows, as in the table below "
+            f"({FIGURES['settings']}).",
+            "",
+            format_axes(results),
+            "",
+        ]
+    parts += [
         "## Every variant (the alpha grid)",
         "",
         _markdown(
-            ["Method", *_columns(), *(["other"] if _has_other(results) else []),
+            ["Method", *_columns(results), *(["other"] if _has_other(results) else []),
              "members", "Weighted AUC", "Overall acc (%)", "None acc (%)", "None AUROC", "ECE"],
-            [[display_name(e["method"]), *(_fmt_param(e, k) for k in _columns()),
-              *([_fmt_param(e, "other")] if _has_other(results) else []),
+            [[display_name(e["method"]), *(_fmt_param(e, k, results) for k in _columns(results)),
+              *([_fmt_param(e, "other", results)] if _has_other(results) else []),
               str(e["num_members"]), _fmt(e["weighted_auc"]),
               _fmt(e["overall_accuracy"], scale=100, digits=2),
               _fmt(e["none_accuracy"], scale=100, digits=2), _fmt(e["none_auroc"]),
               _fmt(e["ece"])]
              for e in results["variants"].values()]),
         "",
-        "## Figures",
-        "",
     ]
+    parts += ["## Figures", ""]
     parts += [f"![{f}]({f})" for f in results.get("figures", [])]
     return "\n".join(parts) + "\n"
 
