@@ -116,15 +116,18 @@ class Step:
 # Keras ones, and those needing other weights or data packages, are deselected).
 TESTS = {"tests/test_train.py": (), "tests/test_mlp.py": (), "tests/test_bert.py": (),
          "tests/test_efficientnet.py": ("PIL", "efficientnet_pytorch")}
-SELECT = {"full": "(" + " or ".join((
-    "sweep_member_equals_lone_member", "one_and_four_devices", "members_at_once_or",
-    "resume_after_kill", "any_num_epochs", "one_program_per_kind", "every_chunk",
-    "members_split", "split_member", "blockwise", "ablation_baselines", "match_torch",
-    "matches_torch", "match_hf", "matches_hf", "match_pytorch", "pytorch_parity",
-    "equal_hf")) + ") and not lite",
+KEYWORDS = {
+    "full": ("sweep_member_equals_lone_member", "one_and_four_devices", "members_at_once_or",
+             "resume_after_kill", "any_num_epochs", "one_program_per_kind", "every_chunk",
+             "members_split", "split_member", "blockwise", "ablation_baselines", "match_torch",
+             "matches_torch", "match_hf", "matches_hf", "match_pytorch", "pytorch_parity",
+             "equal_hf"),
     # Tests of the check's own plumbing (the mesh rule, one torch oracle per model file).
-    "reduced": " or ".join(("devices_per_member", "logits_match_torch",
-                            "activations_match_pytorch", "depthwise_impls_match_torch"))}
+    "reduced": ("devices_per_member", "logits_match_torch", "activations_match_pytorch",
+                "depthwise_impls_match_torch")}
+# pytest's -k expressions of the keywords (a test is selected when its name holds one).
+SELECT = {"full": "(" + " or ".join(KEYWORDS["full"]) + ") and not lite",
+          "reduced": " or ".join(KEYWORDS["reduced"])}
 
 
 def plan(reduced: bool, python: str, torch_device: str, slack: float = 1.0) -> list[Step]:

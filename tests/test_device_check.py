@@ -1,15 +1,15 @@
-"""The accelerator check (benchmarks/device_check.py) in its reduced CPU form: every step runs
-and one dated report says what passed."""
+"""The accelerator check (benchmarks/device_check.py): its test selection still names tests, and
+in its reduced CPU form every step runs and one dated report says what passed."""
 
 import os
+import re
+import runpy
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("environment", "tests", "train_bench", "text_bench", "image_bench")
@@ -20,6 +20,18 @@ STEPS = ("environment", "tests", "train_bench", "text_bench", "image_bench")
 SLACK = 3
 
 
+@pytest.mark.parametrize("variant", ["full", "reduced"])
+def test_every_keyword_selects_a_test(variant):
+    """A test renamed or removed would leave the check silently: each keyword of its -k
+    selection names at least one test of the files it runs."""
+    check = runpy.run_path(str(REPO / "benchmarks" / "device_check.py"), run_name="device_check")
+    names = [name for f in check["TESTS"]
+             for name in re.findall(r"^def (test_\w+)", (REPO / f).read_text(), re.M)]
+    for keyword in check["KEYWORDS"][variant]:
+        assert any(keyword in name for name in names), keyword
+
+
+@pytest.mark.slow
 def test_reduced_check_writes_one_report_of_every_step(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     env.pop("XLA_FLAGS", None)  # the check's own subprocesses choose their devices
