@@ -10,7 +10,7 @@ budget, several short texts packed into a row, and each batch's token stream.
   `max_length`) for a row of several. So an embedder compiles at most `max_programs`
   programs, 2 x (buckets + capacities), whatever the mix of lengths, and short texts two: the
   demo's 10,000 WordNet texts compile 2, where batches of power-of-two row counts per length
-  bucket compiled 18 (benchmarks/README.md, "extract: compiles").
+  bucket compiled 18 (benchmarks/README.md, "Compiles").
 - Token stream: only attention runs on padded rows. Everything else (the embeddings and each
   layer's dense products, GELU and LayerNorms) runs on the batch's tokens one text after
   another, each device's stream padded to the batch's fixed length; each layer gathers q, k
