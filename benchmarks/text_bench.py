@@ -56,7 +56,7 @@ from embaug_jax.embed.bert.embedder import TextEmbedder
 
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
 DOCS = Path("/usr/share/doc")
-# Goals of issue 14: ours / torch texts/s, system-time share, pipeline / bare embedder.
+# Targets: ours / torch texts/s, system-time share, pipeline / bare embedder.
 GOAL_RATIO, GOAL_SYS, GOAL_PIPELINE = 1.2, 0.05, 0.95
 
 
