@@ -177,8 +177,9 @@ def steps(manager) -> list[int]:
 
 def restore(manager, epoch: int, states: dict[str, Any], history: dict[str, np.ndarray],
             groups: Sequence[Group]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The checkpoint of `epoch` as host arrays in the shapes of `states` (this run's padded
-    group states, whose member axis it fills by repeating the last member) and `history`.
+    """The checkpoint of `epoch` in the shapes of `states` (this run's padded group states,
+    whose member axis it fills by repeating the last member), each leaf placed as its
+    counterpart in `states` is, and `history`.
 
     Every process reads the whole (small) checkpoint into host memory and places its own shards
     from there, so a checkpoint written by any number of processes and devices restores onto any
@@ -208,9 +209,9 @@ def restore(manager, epoch: int, states: dict[str, Any], history: dict[str, np.n
         raise DamagedOutput(f"the checkpoint {folder} (epoch {epoch}) cannot be restored "
                             f"({damage}). {remedy}, or use a new --workdir.")
     # Padded on the host: device_put then places only this process's shards.
-    states = {g.name: jax.tree.map(lambda x, padded: np.concatenate(
-        [x, np.repeat(x[-1:], padded.shape[0] - x.shape[0], 0)]), restored["state"][g.name],
-        states[g.name]) for g in groups}
+    states = {g.name: jax.tree.map(lambda x, padded: jax.device_put(np.concatenate(
+        [x, np.repeat(x[-1:], padded.shape[0] - x.shape[0], 0)]), padded.sharding),
+        restored["state"][g.name], states[g.name]) for g in groups}
     return states, {k: np.asarray(restored["history"][k]) for k in history}
 
 
