@@ -155,23 +155,22 @@ def check_same(what: str, value: Any, *, ignore: Sequence[str] = (),
     if jax.process_index() == 0:
         # Process 0 hosts the coordination service: were it gone while another process still
         # reads, that one would die of the lost connection instead of printing this message.
-        _wait_for_the_others_to_leave(client, timeout_s=30)
+        _wait_for_the_others(client, f"{key}/read", timeout_s=30)
+    else:
+        client.key_value_set(f"{key}/read/{jax.process_index()}", "1")
     raise UserError(f"the {jax.process_count()} processes were started with different "
                     f"{what}s: {'; '.join(differences)}. Start every process with the same "
                     "command and files (only --process_id differs).")
 
 
-_LEFT = "embaug/left"  # `abandon` posts each process's exit here
-
-
-def _wait_for_the_others_to_leave(client, timeout_s: float) -> None:
-    """Waits (up to `timeout_s`) until every other process has reached `abandon`."""
+def _wait_for_the_others(client, key: str, timeout_s: float) -> None:
+    """Waits (up to `timeout_s`) until every other process has posted `key/<its index>`."""
     deadline = time.monotonic() + timeout_s
     for i in range(1, jax.process_count()):
         left = max(1, int((deadline - time.monotonic()) * 1000))
         try:
-            client.blocking_key_value_get(f"{_LEFT}/{i}", left)
-        except Exception:  # gone already, or not leaving: process 0 goes on regardless
+            client.blocking_key_value_get(f"{key}/{i}", left)
+        except Exception:  # gone already: process 0 goes on regardless
             return
 
 
@@ -193,18 +192,8 @@ def abandon(exit_code: int) -> None:
 
     After an error in one process the others may be blocked in a collective, so waiting for them
     at the shutdown barrier would only delay the exit; they are stopped by the coordination
-    service within the heartbeat timeout instead. A process other than 0 posts its leaving to
-    the service first.
+    service within the heartbeat timeout instead.
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    # Said to process 0, which may wait for it (`check_same`); never starts JAX's backend.
-    from jax._src import distributed as jax_distributed
-
-    state = jax_distributed.global_state
-    if state.client is not None and state.process_id:
-        try:
-            state.client.key_value_set(f"{_LEFT}/{state.process_id}", str(exit_code))
-        except Exception:  # the service may be gone already: leaving is all that is left
-            pass
     os._exit(exit_code)
