@@ -10,7 +10,7 @@ Every figure comes from this one run, so the ratios are like for like. Columns:
 GB/s is the effective bandwidth: bytes the method must read (x, y) and write (its outputs),
 divided by the median time. The copy rows move the bytes of x once (read + write) with
 `np.copyto` and a jitted `jnp.copy`: the memory-bandwidth limit of this machine. "mask" rows
-compare ways of drawing stitchup's element mask (the choice is explained in augment.py).
+compare ways of drawing stitchup's element mask (the choice is explained in embaug_jax/augment/methods.py).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from embaug_jax import augment as A
+from embaug_jax.augment.methods import stitch_mask
 
 
 def time_interleaved(cases: dict, repeats: int, warmup: int = 3) -> dict:
@@ -81,7 +82,7 @@ def np_method(name, rng, x, y, alpha, pairing):
 
 
 # ---------------------------------------------------------------------------------------------
-# Ways to draw stitchup's mask (kept here so the choice in augment.py stays measurable).
+# Ways to draw stitchup's mask (kept so the choice in augment/methods.py stays measurable).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -94,8 +95,8 @@ def mask_bits24(key, lam, dim):
     return (jax.random.bits(key, (lam.shape[0], dim), jnp.uint32) >> 8) < threshold
 
 
-def mask_bits16_halves(key, lam, dim):  # what augment.py does
-    return A._stitch_mask(key, lam, dim, None)
+def mask_bits16_halves(key, lam, dim):  # what augment/methods.py does
+    return stitch_mask(key, lam, dim, None)
 
 
 def mask_bits8_quarters(key, lam, dim):  # faster, but each row's rate is lam +- 1/256
@@ -108,7 +109,7 @@ def mask_bits8_quarters(key, lam, dim):  # faster, but each row's rate is lam +-
 
 def mask_philox4x32_bits16(key, lam, dim):  # a different generator seeded from the key
     philox = jax.random.wrap_key_data(jax.random.bits(key, (2,), jnp.uint32), impl="philox4x32")
-    return A._stitch_mask(philox, lam, dim, None)
+    return stitch_mask(philox, lam, dim, None)
 
 
 def main(argv=None) -> int:

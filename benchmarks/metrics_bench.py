@@ -48,7 +48,7 @@ def main():
     from sklearn.metrics import roc_auc_score
 
     from embaug_jax import configlib, evaluate, report
-    from embaug_jax.train.engine import SweepResult
+    from embaug_jax.train.result import SweepResult
 
     rng = np.random.default_rng(0)
     n, c = args.num_val, args.num_classes

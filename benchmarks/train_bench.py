@@ -20,7 +20,7 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
      2048^3 float32 peak measured before and after in the same run (bound >= 50%)
 FLOPs count the matmuls of a step: forward, and backward without the first layer's input
 gradient (which nothing needs). Every case runs the engine's own programs
-(`engine.compiled_group`) on one XLA CPU device per core, as `embaug train` makes them
+(`driver.compiled_group`) on one XLA CPU device per core, as `embaug train` makes them
 (`--cpu-devices`; a lone member is padded to the device count, the padding skipped).
 """
 
@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from embaug_jax import augment, configlib, util
-from embaug_jax.train import engine
+from embaug_jax import augment, configlib, registry, util
+from embaug_jax.train import driver, program
+from embaug_jax.train.members import member_groups, member_hparams
 from embaug_jax.train.splits import make_splits
 from embaug_jax.train.synthetic import make_synthetic
 
@@ -86,16 +87,16 @@ _PROGRAMS = {}
 
 def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced=False):
     """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs as the engine's
-    driver does: `engine.compiled_group` on every device, members padded to the device count
-    (the padding skipped), `engine.members_at_once` of them stepped together on a device."""
+    driver does: `driver.compiled_group` on every device, members padded to the device count
+    (the padding skipped), `driver.members_at_once` of them stepped together on a device."""
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
-    at_once = engine.members_at_once(config, jax.devices())
+    at_once = driver.members_at_once(config, jax.devices())
     with plain_slice() if sliced else contextlib.nullcontext():
-        spec = engine.ProgramSpec.from_config(config, num_classes, n_train, kind=kind)
+        spec = program.ProgramSpec.from_config(config, num_classes, n_train, kind=kind)
         if (spec, sliced) not in _PROGRAMS:  # uncached: a sliced program shares its spec
-            _PROGRAMS[spec, sliced] = engine.compiled_group.__wrapped__(spec, mesh, at_once)
+            _PROGRAMS[spec, sliced] = driver.compiled_group.__wrapped__(spec, mesh, at_once)
         init, train, _ = _PROGRAMS[spec, sliced]
-        hp, live = engine.place_members(hp, mesh)
+        hp, live = driver.place_members(hp, mesh)
         key = jax.random.key(0)
         state = [init(key, hp, on_device)]
         state[0], loss = train(key, hp, live, state[0], on_device, epochs)  # compiles
@@ -172,15 +173,15 @@ def main(argv=None):
     n = args.train_rows + args.train_rows // 10
     ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
     s = make_splits(ds.labels, args.classes, trials=5, train_fraction=args.train_rows / n)
-    data = engine.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
-    on_device = jax.device_put(engine.device_data(data), jax.sharding.NamedSharding(
+    data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
+    on_device = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
         jax.sharding.Mesh(np.asarray(jax.devices()), ("members",)), jax.sharding.PartitionSpec()))
     n_train = s.train_idx.shape[1]
-    members = [dict(method=m, alpha=0.2 if m != "control" else 0.0,
-                    softness=0.05 if m.startswith("soft") else 0.0, trial=t, seed=0)
-               for m in augment.METHOD_NAMES for t in range(5)]
-    hp25 = engine.member_hparams(members)
-    groups = engine.member_groups(members)
+    # The paper's five at their default settings (alpha 0.2, softness 0.05), 5 trials each.
+    members = [dict(method=m.name, **{n: registry.setting(n).default[0] for n in m.reads},
+                    trial=t, seed=0) for m in registry.methods(tag="paper") for t in range(5)]
+    hp25 = member_hparams(members)
+    groups = member_groups(members)
     dims = (args.dim, *c.model.hidden, args.classes)
     E = args.epochs
 
@@ -195,7 +196,7 @@ def main(argv=None):
         return jax.tree.map(lambda x: x[np.asarray(idx)], hp25)
 
     cases = {}
-    mixup_member = members.index(dict(method="e_mixup", alpha=0.2, softness=0.0, trial=0, seed=0))
+    mixup_member = members.index(dict(method="e_mixup", alpha=0.2, trial=0, seed=0))
     ME = args.member_epochs
     cases["e_mixup member"], steps = trainer(c, "mixup", args.classes, n_train, on_device,
                                              hp_of([mixup_member]), ME)
@@ -204,10 +205,10 @@ def main(argv=None):
     cases["torch eager e_mixup member"] = torch_epochs(
         ds.embeddings, ds.labels, s.train_idx[0], s.seen_mask[0], c, ME)
     cases["torch eager e_mixup member"]()  # warm-up
-    sweep = [trainer(c, kind, args.classes, n_train, on_device, hp_of(idx), E)[0]
-             for kind, idx in groups]
+    sweep = [trainer(c, g.kind, args.classes, n_train, on_device, hp_of(g.members), E)[0]
+             for g in groups]
     cases["25-member sweep (3 programs)"] = lambda: [go() for go in sweep]
-    alone = [trainer(c, augment.KIND_OF_METHOD[m["method"]], args.classes, n_train, on_device,
+    alone = [trainer(c, registry.method(m["method"]).kind, args.classes, n_train, on_device,
                      hp_of([i]), E)[0] for i, m in enumerate(members)]
     cases["25 members alone, one after another"] = lambda: [go() for go in alone]
     print("compiled; timing", flush=True)
@@ -232,8 +233,7 @@ def main(argv=None):
         print(f"| {k} | {med[k]:.3f} | {med_cpu[k]:.3f} | "
               f"{m * c.batch_size * steps * e / med[k]:,.0f} |")
 
-    rows = [augment.kind_rows(augment.KIND_OF_METHOD[m["method"]], c.batch_size)
-            for m in members]
+    rows = [augment.kind_rows(registry.method(m["method"]).kind, c.batch_size) for m in members]
     useful = sum(step_flops(r, dims) for r in rows) * steps * E
     f1 = med["torch eager e_mixup member"] / med["e_mixup member"]
     f2 = med["25-member sweep (3 programs)"] / med["25 members alone, one after another"]

@@ -4,7 +4,7 @@ that each isolate one ingredient, in one sweep.
   python -m embaug_jax train --config=configs/ablation.py --workdir=/tmp/embaug/ablation \
       --config.data.path=/path/to/embeddings
 
-Baselines (`embaug_jax.augment`, each tested against its definition):
+Baselines (`embaug_jax.augment.baselines`, each tested against its definition):
   soft_control     the paper's label softening (sec. 2.4) without mixing     softness
   label_smoothing  standard label smoothing, (1 - eps) y + eps / K            smoothing (eps)
   gaussian_noise   x + std * rms(x) * N(0, I) on the embeddings               noise_std
@@ -16,7 +16,8 @@ alpha, and compares each with the control trial by trial. Variants as configs/de
 (`:smoke`, `:synthetic`, `trials=N`).
 """
 
-from embaug_jax import augment, configlib
+import embaug_jax.augment  # noqa: F401 (registers the built-in methods and settings)
+from embaug_jax import configlib, registry
 
 default = configlib.sibling(__file__, "default")
 
@@ -24,7 +25,8 @@ default = configlib.sibling(__file__, "default")
 def get_config(arg=None):
     args = configlib.parse_arg(arg, **default.VARIANTS)
     c = default.get_config(arg)
-    c.sweep.methods = augment.ALL_METHOD_NAMES  # the paper's five, then the five baselines
+    # The paper's five, then the five baselines.
+    c.sweep.methods = registry.method_names(tag="paper") + registry.method_names(tag="baseline")
     c.sweep.alphas = (0.2, 0.4)
     c.sweep.softness = (0.05,)
     c.sweep.smoothing = (0.05, 0.1)

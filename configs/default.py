@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ml_collections
 
+import embaug_jax.augment  # noqa: F401 (registers the built-in methods and settings)
+from embaug_jax import registry
 from embaug_jax.configlib import parse_arg
 
 # The variant keys and their types; configs built on this one parse their own from it.
@@ -30,7 +32,7 @@ VARIANTS = dict(smoke=False, synthetic=False, trials=0)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, method="", **VARIANTS)
     c = ml_collections.ConfigDict()
-    c.seed = 0  # root PRNG key: members fold in their seed and trial (embaug_jax/train/engine.py)
+    c.seed = 0  # root PRNG key: members fold in their seed and trial (embaug_jax/train/program.py)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "file"  # "file" (config.data.path) or "synthetic" (config.data.synthetic)
@@ -67,9 +69,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # rows per update -- large enough for stable Adam statistics with 171 classes, small
     # enough to keep the gradient noise that regularises a 1.3M-parameter MLP on 4,400 rows.
     c.batch_size = 128
-    # Validation metrics (Figure 5 curves) every 16 epochs: 36 points. An evaluation runs the MLP
-    # on the validation rows only (~2.7x a training epoch's FLOPs at 10% training data).
-    c.eval_every = 16
+    # The cadence, in epochs; None derives it from num_epochs (embaug_jax/train/cadence.py):
+    # eval_every = the largest power of two <= sqrt(num_epochs), chunk_epochs = eval_every,
+    # checkpoint_every = 3 chunks; here 16, 16 and 48. Any num_epochs works: evaluations fall
+    # every eval_every epochs (validation metrics, the Figure 5 curves: 36 points at 576) and
+    # after the last epoch; chunks (a progress tick and a metrics.jsonl rewrite each) and
+    # checkpoints likewise. Values you set must nest: chunk_epochs a multiple of eval_every,
+    # checkpoint_every a multiple of chunk_epochs. An evaluation runs the MLP on the validation
+    # rows only (~2.7x a training epoch's FLOPs at 10% training data).
+    c.eval_every = ml_collections.FieldReference(None, field_type=int)
+    c.chunk_epochs = ml_collections.FieldReference(None, field_type=int)
+    c.checkpoint_every = ml_collections.FieldReference(None, field_type=int)
     # Validation rows per trial in one evaluation block (streamed from the host): bounds the
     # block to trials x rows x D floats and its activations to members x rows x (250 + 250 + C).
     c.eval_block_rows = 8192
@@ -77,10 +87,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # evaluation block; validation rows stream from the host): 0 = no cap. The block shrinks to
     # fit, so a dataset larger than device memory still trains.
     c.device_data_bytes = 0
-    # Epochs per chunk: a progress tick and a metrics.jsonl rewrite each (the compiled calls are
-    # `eval_every` epochs long, each followed by a streamed evaluation).
-    c.chunk_epochs = 16
-    c.checkpoint_every = 48  # epochs between checkpoints (a multiple of chunk_epochs)
     # Devices the member axis is sharded over (0 = all visible ones); results do not depend on
     # it, and a run may resume on a different count.
     c.num_devices = 0
@@ -112,14 +118,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.sweep = ml_collections.ConfigDict()
     c.sweep.methods = ("soft_e_stitchup",)
-    c.sweep.alphas = (0.2,)  # Beta(alpha, alpha); the paper searched (0, 0.5]
-    c.sweep.softness = (0.05,)  # sec. 2.4 default
-    # The grids of the ablation baselines (configs/ablation.py), read only by the methods that
-    # use them: label smoothing's epsilon, Gaussian noise's std relative to an embedding's RMS,
-    # feature dropout's rate.
-    c.sweep.smoothing = (0.1,)
-    c.sweep.noise_std = (0.1,)
-    c.sweep.drop_rate = (0.1,)
+    # A grid per registered setting (embaug_jax.registry), read only by the methods that read
+    # the setting: config.sweep.alphas (Beta(alpha, alpha); the paper searched (0, 0.5]) = (0.2,),
+    # .softness (sec. 2.4) = (0.05,), and the ablation baselines' (configs/ablation.py)
+    # .smoothing (label smoothing's epsilon), .noise_std (Gaussian noise's std relative to an
+    # embedding's RMS) and .drop_rate (feature dropout's rate), each (0.1,).
+    for setting in registry.settings():
+        c.sweep[setting.grid] = setting.default
     c.sweep.seeds = (0,)
 
     if arg.method:
@@ -145,6 +150,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optim.half_cycle_epochs = 4
     c.num_epochs = 16
     c.batch_size = 16
+    # Two chunks of two evaluations, a checkpoint after each: a short run still resumes.
     c.eval_every = 4
     c.chunk_epochs = 8
     c.checkpoint_every = 8

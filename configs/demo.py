@@ -37,10 +37,7 @@ def get_config(arg=None):
     t.data.source = "file"  # the path is the extraction's output, filled in by `embaug demo`
     t.data.trials = 3
     t.data.holdout_classes = "2"
-    t.num_epochs = 96  # 4 full learning-rate cycles
-    t.eval_every = 8
-    t.chunk_epochs = 8
-    t.checkpoint_every = 24
+    t.num_epochs = 96  # 4 full learning-rate cycles; evaluated every 8, checkpointed every 24
     t.batch_size = 64  # ~500 training rows: 7 updates an epoch
     if args.smoke:
         default.smoke(t)

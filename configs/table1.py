@@ -10,7 +10,8 @@ compiled program per kind (control, mixup, stitchup): three.
 Variants as configs/default.py (`:smoke` with a 2-point alpha grid, `:synthetic`, `trials=N`).
 """
 
-from embaug_jax import augment, configlib
+import embaug_jax.augment  # noqa: F401 (registers the built-in methods and settings)
+from embaug_jax import configlib, registry
 
 default = configlib.sibling(__file__, "default")
 
@@ -18,7 +19,7 @@ default = configlib.sibling(__file__, "default")
 def get_config(arg=None):
     args = configlib.parse_arg(arg, **default.VARIANTS)
     c = default.get_config(arg)
-    c.sweep.methods = augment.METHOD_NAMES
+    c.sweep.methods = registry.method_names(tag="paper")  # Table 1's order
     c.sweep.alphas = (0.2, 0.4) if args.smoke else (0.1, 0.2, 0.3, 0.4, 0.5)
     c.sweep.softness = (0.05,)
     return c

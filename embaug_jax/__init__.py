@@ -40,7 +40,7 @@ _EXPORTS = {
     "save_embeddings": "embaug_jax.dataset",
     # Training and the report.
     "train_and_evaluate": "embaug_jax.run.train",
-    "run_sweep": "embaug_jax.train.engine",
+    "run_sweep": "embaug_jax.train.driver",
     "write_report": "embaug_jax.report",
 }
 __all__ = sorted(_EXPORTS)

@@ -57,7 +57,7 @@ def collect(results_by_k: dict[int, dict]) -> list[dict]:
 def plot(path: Path, rows: list[dict], title: str) -> None:
     from matplotlib.figure import Figure
 
-    from embaug_jax.report.results import DISPLAY_NAMES
+    from embaug_jax.registry import display_name
     from embaug_jax.util import atomic_path
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -68,7 +68,7 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["none_share"])
         share = np.array([r["none_share"] for r in mine])
         style = dict(color=f"C{k}", marker="o", lw=2.5 if method == "control" else 1.4,
-                     label=DISPLAY_NAMES.get(method, method))
+                     label=display_name(method))
         for ax, (key, label) in zip(axes, PANELS):
             mean = np.array([nan(r[f"{key}_mean"]) for r in mine], float)
             low = np.array([nan(r[f"{key}_min"]) for r in mine], float)

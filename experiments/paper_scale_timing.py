@@ -25,9 +25,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from embaug_jax import augment, configlib, util
+from embaug_jax import augment, configlib, registry, util
 from embaug_jax.run import train as run_train
-from embaug_jax.train import engine as train
+from embaug_jax.train.driver import run_sweep
+from embaug_jax.train.members import sweep_members
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,8 +52,8 @@ def chunk_seconds(config, data, members, epochs: int, repeats: int) -> list[floa
     c.num_epochs = epochs * (repeats + 1)  # one warm-up chunk (compiles), then `repeats`
     c.eval_every = c.chunk_epochs = c.checkpoint_every = epochs
     stamps = []
-    train.run_sweep(c, data, members, progress=False,
-                    on_chunk=lambda history, done: stamps.append(time.perf_counter()))
+    run_sweep(c, data, members, progress=False,
+              on_chunk=lambda history, done: stamps.append(time.perf_counter()))
     return list(np.diff(stamps))
 
 
@@ -76,9 +77,8 @@ def main(argv):
     peak = matmul_peak()
     print(f"float32 matmul peak (jnp.dot 2048^3) before: {peak:.1f} GFLOP/s", flush=True)
 
-    members = [dict(method=m, alpha=0.0 if m == "control" else 0.2,
-                    softness=0.05 if m.startswith("soft_") else 0.0, trial=t, seed=0)
-               for m in augment.METHOD_NAMES for t in range(args.trials)]
+    config.sweep.methods = registry.method_names(tag="paper")  # at the default grids' settings
+    members = sweep_members(config)
     one, three = [], []
     for _ in range(args.repeats):  # interleaved, so both see the same load
         one += chunk_seconds(config, data, members, 1, 1)
@@ -93,7 +93,7 @@ def main(argv):
     dims = (dataset.dim, *config.model.hidden, dataset.num_classes)
     layers = [2 * a * b for a, b in zip(dims[:-1], dims[1:])]  # FLOPs per row
     steps = n_train // config.batch_size
-    rows = sum(augment.kind_rows(augment.KIND_OF_METHOD[m["method"]], config.batch_size)
+    rows = sum(augment.kind_rows(registry.method(m["method"]).kind, config.batch_size)
                for m in members)
     train_flops = args.epochs * steps * rows * (2 * layers[0] + 3 * sum(layers[1:]))
     eval_flops = evals * len(members) * n_val * sum(layers)

@@ -10,7 +10,8 @@ import pytest
 
 from embaug_jax import augment, cli, configlib
 from embaug_jax.run import train as run_train
-from embaug_jax.train import engine as train
+from embaug_jax.train.cadence import Cadence
+from embaug_jax.train.members import sweep_members
 from embaug_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,12 +33,14 @@ def test_default_holds_the_papers_settings():
     assert (c.optim.optimizer, c.optim.lr_min, c.optim.lr_max) == ("adamw", 3e-4, 3e-3)
     assert c.optim.half_cycle_epochs == 12 and c.optim.weight_decay == 1e-4
     assert c.num_epochs == 576 and c.data.train_fraction == 0.1 and c.threshold == 0.6
-    assert c.num_epochs % c.chunk_epochs == 0 and c.chunk_epochs % c.eval_every == 0
-    assert c.checkpoint_every % c.chunk_epochs == 0
+    cadence = Cadence.from_config(c)  # derived from num_epochs (tests/test_cadence.py)
+    assert c.num_epochs % cadence.chunk_epochs == 0
+    assert cadence.chunk_epochs % cadence.eval_every == 0
+    assert cadence.checkpoint_every % cadence.chunk_epochs == 0
     run_train.validate_config(c)
     t = _load("table1", None)
     assert t.sweep.methods == augment.METHOD_NAMES and max(t.sweep.alphas) <= 0.5
-    assert len(train.sweep_members(t)) == 5 + 4 * 5 * 5
+    assert len(sweep_members(t)) == 5 + 4 * 5 * 5
     s = _load("softness", None)
     assert s.sweep.alphas == (0.3,) and s.sweep.softness == (0.01, 0.05, 0.1, 0.2)
     assert default.get_config("smoke,trials=3").data.trials == 3
@@ -66,8 +69,8 @@ def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
     if name.startswith("default:method="):
         assert c.sweep.methods == (name.partition("=")[2],)
     lines = w.metrics.read_text().splitlines()
-    members = train.sweep_members(c)
-    assert len(lines) == len(members) * (c.num_epochs // c.eval_every)
+    members = sweep_members(c)
+    assert len(lines) == len(members) * len(Cadence.from_config(c).eval_epochs)
     def no_nan(name):
         raise AssertionError(f"metrics.jsonl holds {name}: not strict JSON")
 
@@ -105,6 +108,18 @@ def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):
     c.sweep.methods = ("e_stitchup",)
     with pytest.raises(ValueError, match="different run.*sweep"):
         run_train.train_and_evaluate(c, tmp_path / "killed")
+
+
+def test_a_num_epochs_that_divides_nothing_runs_end_to_end(tmp_path, fast_compile):
+    """--config.num_epochs=6 on a config that evaluates every 4 and chunks by 8: the last,
+    shorter period is trained, evaluated and reported."""
+    c = _load("default:method=control")
+    c.num_epochs, c.data.trials = 6, 1
+    results = run_train.train_and_evaluate(c, tmp_path)
+    assert results["methods"]["control"]["weighted_auc"]["n"] == 1
+    w = Workdir(tmp_path)
+    assert [json.loads(line)["epoch"] for line in w.metrics.read_text().splitlines()] == [4, 6]
+    assert json.loads(w.fingerprint.read_text())["eval_every"] == 4
 
 
 def test_file_source_with_segments(tmp_path, fast_compile):

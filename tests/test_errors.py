@@ -204,8 +204,8 @@ CLI_CASES = [
     Case("alpha zero", lambda t: train_argv(t, "--config.sweep.alphas=(0.0,)"),
          ("alpha=0.0", "> 0")),
     Case("odd batch", lambda t: train_argv(t, "--config.batch_size=15"), ("batch_size=15", "even")),
-    Case("epochs not a multiple", lambda t: train_argv(t, "--config.num_epochs=6"),
-         ("num_epochs=6", "multiple")),
+    Case("chunk not a multiple of the evaluations", lambda t: train_argv(
+        t, "--config.chunk_epochs=6"), ("chunk_epochs=6", "multiple of", "eval_every=4")),
     Case("softness out of range", lambda t: train_argv(t, "--config.sweep.softness=(1.5,)"),
          ("softness=1.5", "[0, 1)")),
     Case("too many devices", lambda t: train_argv(t, "--config.num_devices=99"),

@@ -9,7 +9,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from embaug_jax import configlib, evaluate, report
-from embaug_jax.train.engine import SweepResult
+from embaug_jax.train.result import SweepResult
 from embaug_jax.workdir import FIGURES, Workdir
 
 C = 6

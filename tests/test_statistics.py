@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from embaug_jax import evaluate, report
 from embaug_jax.report import statistics
-from embaug_jax.train.engine import SweepResult
+from embaug_jax.train.result import SweepResult
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

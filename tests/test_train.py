@@ -1,4 +1,5 @@
-"""Tests for embaug_jax.train.engine: the sweep engine, its invariances, checkpoints and errors."""
+"""Tests for the sweep engine (embaug_jax.train.program, driver, checkpoints): its invariances,
+one program per kind, checkpoints and errors."""
 
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from embaug_jax import augment, configlib
+from embaug_jax import configlib, registry
 from embaug_jax.evaluate import threshold_counts
 from embaug_jax.run import train as run_train
-from embaug_jax.train import engine as train
+from embaug_jax.train import driver, program
+from embaug_jax.train.members import member_groups, member_hparams
 from embaug_jax.train.synthetic import make_synthetic
 
 default = configlib.load_module(Path(__file__).resolve().parent.parent / "configs" / "default.py")
@@ -36,7 +38,7 @@ def _data(c):
 
 
 def _spec(c, data, kind="control"):
-    return train.ProgramSpec.from_config(c, data.seen_mask.shape[1], data.train_idx.shape[1],
+    return program.ProgramSpec.from_config(c, data.seen_mask.shape[1], data.train_idx.shape[1],
                                          kind=kind)
 
 
@@ -52,8 +54,8 @@ def sweep4():
     try:
         c = _config()
         data = _data(c)
-        hp = train.member_hparams(MEMBERS)
-        yield c, data, hp, train.run_sweep(c, data, MEMBERS, progress=False)
+        hp = member_hparams(MEMBERS)
+        yield c, data, hp, driver.run_sweep(c, data, MEMBERS, progress=False)
     finally:
         jax.config.update("jax_disable_most_optimizations", False)
 
@@ -80,8 +82,8 @@ def test_loss_falls_and_clusters_are_learnt(sweep4):
 def test_sweep_member_equals_lone_member(sweep4, fast_compile):
     c, data, hp, r = sweep4
     for i in (0, 2):
-        kind = augment.KIND_OF_METHOD[MEMBERS[i]["method"]]
-        lone = jax.jit(train.make_train(_spec(c, data, kind), c.num_epochs))
+        kind = registry.method(MEMBERS[i]["method"]).kind
+        lone = jax.jit(program.make_train(_spec(c, data, kind), c.num_epochs))
         one = jax.tree.map(lambda x: x[i], hp)
         state, metrics = lone(jax.random.key(c.seed), one, data)
         chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[i], r.state.params),
@@ -94,7 +96,7 @@ def test_sweep_member_equals_lone_member(sweep4, fast_compile):
 def test_one_and_four_devices_agree(sweep4, fast_compile):
     c, data, hp, r4 = sweep4
     assert len(jax.devices()) == 4
-    r1 = train.run_sweep(c, data, MEMBERS, devices=jax.devices()[:1], progress=False)
+    r1 = driver.run_sweep(c, data, MEMBERS, devices=jax.devices()[:1], progress=False)
     for k in r1.history:
         np.testing.assert_allclose(r1.history[k], r4.history[k], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r1.val_probs, r4.val_probs, atol=1e-5)
@@ -103,9 +105,9 @@ def test_one_and_four_devices_agree(sweep4, fast_compile):
 @pytest.mark.parametrize("at_once", [0, 2])
 def test_members_at_once_or_one_at_a_time_agree(sweep4, at_once, fast_compile):
     c, data, hp, r = sweep4  # CPU devices: one member at a time, the device padding skipped
-    assert train.members_at_once(c, jax.devices()) == 1
+    assert driver.members_at_once(c, jax.devices()) == 1
     c = _config(members_at_once=at_once)  # 0: all of a device's members vmapped
-    r2 = train.run_sweep(c, data, MEMBERS, devices=jax.devices()[:1], progress=False)
+    r2 = driver.run_sweep(c, data, MEMBERS, devices=jax.devices()[:1], progress=False)
     for k in r.history:
         np.testing.assert_allclose(r2.history[k], r.history[k], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r2.val_probs, r.val_probs, atol=1e-5)
@@ -128,11 +130,11 @@ def test_device_padding_is_skipped_one_member_at_a_time(sweep4):
     c, data, hp, r = sweep4
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
     # Uncached programs: the sweep's own executables stay as test_every_chunk_... counts them.
-    init, run, evaluate = train.compiled_group.__wrapped__(_spec(c, data, "control"), mesh, 1)
+    init, run, evaluate = driver.compiled_group.__wrapped__(_spec(c, data, "control"), mesh, 1)
     one = jax.tree.map(lambda x: x[:1], hp)
-    placed, live = train.place_members(one, mesh)  # 1 member padded to 4 devices
+    placed, live = driver.place_members(one, mesh)  # 1 member padded to 4 devices
     np.testing.assert_array_equal(np.asarray(live), [True, False, False, False])
-    on_device = jax.device_put(train.device_data(data),
+    on_device = jax.device_put(driver.device_data(data),
                                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     key = jax.random.key(0)
     start = init(key, placed, on_device)
@@ -153,12 +155,12 @@ def test_resume_after_kill_equals_uninterrupted(sweep4, tmp_path, fast_compile):
     c, data, hp, full = sweep4
     ckpt = tmp_path / "ckpt"
     ticks = []
-    part = train.run_sweep(c, data, MEMBERS, checkpoint_dir=ckpt, progress=False,
+    part = driver.run_sweep(c, data, MEMBERS, checkpoint_dir=ckpt, progress=False,
                            on_chunk=lambda history, done: ticks.append(done) or True)
     assert ticks == [8] and part.epochs_done == 8 and part.val_probs is None
     assert np.isnan(part.history["train_loss"][:, 1:]).all()
     # Killed on 4 devices, resumed on 1: checkpoints hold no device padding.
-    resumed = train.run_sweep(c, data, MEMBERS, checkpoint_dir=ckpt, devices=jax.devices()[:1],
+    resumed = driver.run_sweep(c, data, MEMBERS, checkpoint_dir=ckpt, devices=jax.devices()[:1],
                               progress=False, on_chunk=lambda history, done: ticks.append(done))
     assert ticks == [8, 16, 24]
     assert resumed.epochs_done == 24
@@ -168,74 +170,110 @@ def test_resume_after_kill_equals_uninterrupted(sweep4, tmp_path, fast_compile):
     np.testing.assert_allclose(resumed.val_probs, full.val_probs, atol=1e-6)
 
 
+def test_any_num_epochs_trains_and_resumes_across_chunkings(sweep4, tmp_path, fast_compile):
+    """num_epochs need not be a multiple of eval_every or chunk_epochs: the shorter last period
+    is trained, evaluated and checkpointed; a run killed under one chunking resumes under
+    another to the uninterrupted run's numbers, and a member trained alone agrees."""
+    c, data, hp, full = sweep4
+    # Evaluations and chunks end after epochs 8, 16 and 20. Two evaluation blocks: programs of
+    # their own, so the sweep's cached ones keep the one executable test_every_chunk_... counts.
+    short = _config(num_epochs=20, eval_block_rows=120)
+    pair = MEMBERS[:2]  # control and E-Mixup
+    whole = driver.run_sweep(short, data, pair, progress=False)
+    np.testing.assert_array_equal(whole.eval_epochs, [8, 16, 20])
+    assert whole.epochs_done == 20 and np.all(np.asarray(whole.state.epoch) == 20)
+    assert np.isfinite(whole.history["train_loss"]).all()
+    for k in full.history:  # its first 16 epochs are the 24-epoch run's
+        np.testing.assert_allclose(whole.history[k][:, :2], full.history[k][:2, :2], rtol=1e-6,
+                                   atol=1e-7)
+    ckpt, ticks = tmp_path / "ckpt", []
+    driver.run_sweep(short, data, pair, checkpoint_dir=ckpt, progress=False,
+                     on_chunk=lambda history, done: ticks.append(done) or True)
+    rechunked = _config(num_epochs=20, eval_block_rows=120, chunk_epochs=16,
+                        checkpoint_every=16)
+    resumed = driver.run_sweep(rechunked, data, pair, checkpoint_dir=ckpt, progress=False,
+                               on_chunk=lambda history, done: ticks.append(done))
+    assert ticks == [8, 16, 20]  # realigned to the new chunks, then the shorter last one
+    for k in whole.history:
+        np.testing.assert_allclose(resumed.history[k], whole.history[k], rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(resumed.state.params, whole.state.params, atol=1e-6)
+    np.testing.assert_allclose(resumed.val_probs, whole.val_probs, atol=1e-6)
+    lone = jax.jit(program.make_train(_spec(short, data, "mixup"), short.num_epochs))
+    state, metrics = lone(jax.random.key(short.seed), jax.tree.map(lambda x: x[1], hp), data)
+    np.testing.assert_array_equal(metrics["epoch"], [8, 16, 20])
+    chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[1], whole.state.params),
+                                atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(metrics["train_loss"], whole.history["train_loss"][1], rtol=1e-5)
+
+
 def test_one_program_per_kind_and_no_padding_rows(fast_compile):
     """Members of one kind (any alpha, softness, soft switch, trial) share one compiled program;
     a mixing member trains on B/2 rows under halving, the control on B."""
     c = _config()
     data = _data(c)
-    on_device = train.device_data(data)
+    on_device = driver.device_data(data)
     key = jax.random.key(0)
     mixup = [dict(method="e_mixup", alpha=0.3, softness=0.0, trial=1, seed=0),
              dict(method="soft_e_mixup", alpha=0.1, softness=0.2, trial=0, seed=3)]
     for kind, member_sets in (("control", [[MEMBERS[0]] * 2, [dict(MEMBERS[0], trial=1)] * 2]),
                               ("mixup", [mixup, mixup[::-1]])):
         chex.clear_trace_counter()  # both kinds' `train` share one code object
-        program = train.make_program(_spec(c, data, kind))
-        assert program.rows == (c.batch_size if kind == "control" else c.batch_size // 2)
-        run = jax.jit(jax.vmap(chex.assert_max_traces(program.train, n=1),
+        built = program.make_program(_spec(c, data, kind))
+        assert built.rows == (c.batch_size if kind == "control" else c.batch_size // 2)
+        run = jax.jit(jax.vmap(chex.assert_max_traces(built.train, n=1),
                                in_axes=(None, 0, 0, None, None)), static_argnums=4)
-        init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)))
+        init = jax.jit(jax.vmap(built.init, in_axes=(None, 0, None)))
         for members in member_sets:
-            hp = train.member_hparams(members)
+            hp = member_hparams(members)
             _, loss = run(key, hp, init(key, hp, on_device), on_device, 1)
             assert np.isfinite(np.asarray(loss)).all()
-    groups = train.member_groups(MEMBERS + mixup)
-    assert [(k, list(i)) for k, i in groups] == [("control", [0]), ("mixup", [1, 3, 4]),
-                                                 ("stitchup", [2])]
+    groups = member_groups(MEMBERS + mixup)
+    assert [(g.name, list(g.members)) for g in groups] == [
+        ("control", [0]), ("mixup", [1, 3, 4]), ("stitchup", [2])]
 
 
 def test_every_chunk_runs_one_compiled_program(sweep4):
     c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable per kind
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
-    for kind, _ in train.member_groups(MEMBERS):
-        _, run, _ = train.compiled_group(_spec(c, data, kind), mesh,
-                                          train.members_at_once(c, jax.devices()))
+    for kind in (g.kind for g in member_groups(MEMBERS)):
+        _, run, _ = driver.compiled_group(_spec(c, data, kind), mesh,
+                                          driver.members_at_once(c, jax.devices()))
         assert run._cache_size() == 1
 
 
 def test_program_spec_holds_every_knob_the_program_reads():
     c = _config()
-    base = train.ProgramSpec.from_config(c, 6, 80)
-    assert base == train.ProgramSpec.from_config(_config(), 6, 80)
-    assert hash(base) == hash(train.ProgramSpec.from_config(_config(), 6, 80))
+    base = program.ProgramSpec.from_config(c, 6, 80)
+    assert base == program.ProgramSpec.from_config(_config(), 6, 80)
+    assert hash(base) == hash(program.ProgramSpec.from_config(_config(), 6, 80))
     # Knobs the program does not read leave the spec (and so the compiled program) alone.
     for key, value in [("num_epochs", 48), ("checkpoint_every", 24), ("sweep.alphas", (0.4,)),
                        ("seed", 3), ("data.trials", 3)]:
-        assert train.ProgramSpec.from_config(_config(**{key: value}), 6, 80) == base, key
+        assert program.ProgramSpec.from_config(_config(**{key: value}), 6, 80) == base, key
     for key, value in [("threshold", 0.7), ("eval_every", 4), ("eval_block_rows", 64),
                        ("model.hidden", (16,)), ("optim.lr_max", 1e-2),
                        ("augment.pairing", "flip"), ("augment.negative_mass", 0.5),
                        ("batch_size", 16)]:
-        assert train.ProgramSpec.from_config(_config(**{key: value}), 6, 80) != base, key
+        assert program.ProgramSpec.from_config(_config(**{key: value}), 6, 80) != base, key
     with pytest.raises(TypeError, match="ProgramSpec"):
-        train.make_program(c)
+        program.make_program(c)
 
 
 @pytest.mark.parametrize("block", [64, 100])
 def test_blockwise_evaluation_equals_one_shot(sweep4, block, fast_compile):
     c, data, hp, r = sweep4  # 240 validation rows: blocks of 64 (last padded) or 100
-    on_device = train.device_data(data)
-    for kind, idx in train.member_groups(MEMBERS):
-        program = train.make_program(_spec(c, data, kind))
-        evaluate = jax.jit(jax.vmap(program.evaluate, in_axes=(0, 0, None, None)))
+    on_device = driver.device_data(data)
+    for kind, idx in ((g.kind, g.members) for g in member_groups(MEMBERS)):
+        built = program.make_program(_spec(c, data, kind))
+        evaluate = jax.jit(jax.vmap(built.evaluate, in_axes=(0, 0, None, None)))
         params = jax.tree.map(lambda x: x[idx], r.state.params)
         member_hp = jax.tree.map(lambda x: x[idx], hp)
-        blocks = [evaluate(params, member_hp, on_device, b) for b in train.eval_blocks(data, block)]
+        blocks = [evaluate(params, member_hp, on_device, b) for b in driver.eval_blocks(data, block)]
         n_val = data.val_idx.shape[1]
         probs = np.concatenate([np.asarray(p) for _, p in blocks], axis=1)[:, :n_val]
         np.testing.assert_allclose(probs, r.val_probs[idx], atol=1e-6)
         counts = sum(np.asarray(counts) for counts, _ in blocks)
-        metrics = train.metrics_from_counts(counts)
+        metrics = program.metrics_from_counts(counts)
         for k, v in metrics.items():
             np.testing.assert_array_equal(v, r.history[k][idx, -1])
         # The device's counts are the host's rule applied to the probabilities it returned.
@@ -260,18 +298,18 @@ def test_dataset_larger_than_the_device_budget_streams_to_the_same_results(sweep
                     list(ds.class_names))
     mapped = load_embeddings(tmp_path / "ds")
     assert isinstance(mapped.embeddings, np.memmap)
-    host = train.TrainData(mapped.embeddings, np.asarray(data.labels), np.asarray(data.train_idx),
+    host = program.TrainData(mapped.embeddings, np.asarray(data.labels), np.asarray(data.train_idx),
                            np.asarray(data.val_idx), np.asarray(data.seen_mask))
     budget = int(0.75 * mapped.embeddings.nbytes)
     small = _config(device_data_bytes=budget)
-    r = train.run_sweep(small, host, MEMBERS, progress=False)
+    r = driver.run_sweep(small, host, MEMBERS, progress=False)
     assert r.device_data_bytes <= budget < mapped.embeddings.nbytes
     assert r.eval_block_rows < data.val_idx.shape[1]  # several blocks
     for k in full.history:
         np.testing.assert_allclose(r.history[k], full.history[k], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(r.val_probs, full.val_probs, atol=1e-6)
     with pytest.raises(ValueError, match="device_data_bytes=1000 cannot hold"):
-        train.run_sweep(_config(device_data_bytes=1000), host, MEMBERS, progress=False)
+        driver.run_sweep(_config(device_data_bytes=1000), host, MEMBERS, progress=False)
 
 
 def test_unseen_classes_never_get_loss(sweep4):
@@ -291,26 +329,12 @@ def test_unseen_classes_never_get_loss(sweep4):
 
 
 def test_triangular_schedule_matches_optax_linear_pieces():
-    sched = train.triangular_schedule(3e-4, 3e-3, 5)
+    sched = program.triangular_schedule(3e-4, 3e-3, 5)
     pieces = [optax.linear_schedule(3e-4, 3e-3, 5), optax.linear_schedule(3e-3, 3e-4, 5)] * 3
     ref = optax.join_schedules(pieces, boundaries=[5 * i for i in range(1, 6)])
     steps = jnp.arange(30)
     np.testing.assert_allclose(jax.vmap(sched)(steps), jax.vmap(ref)(steps), rtol=1e-6)
     assert float(sched(0)) == pytest.approx(3e-4) and float(sched(5)) == pytest.approx(3e-3)
-
-
-def test_sweep_members_grid():
-    c = default.get_config("smoke")
-    c.sweep.methods = augment.METHOD_NAMES
-    c.sweep.alphas = (0.1, 0.3)
-    c.sweep.softness = (0.05, 0.1)
-    c.sweep.seeds = (0, 1)
-    members = train.sweep_members(c)
-    # control once per trial x seed; 2 non-soft x 2 alphas; 2 soft x 2 alphas x 2 softness.
-    assert len(members) == (1 + 2 * 2 + 2 * 2 * 2) * 2 * 2
-    assert {(m["alpha"], m["softness"]) for m in members if m["method"] == "control"} == {(0, 0)}
-    hp = train.member_hparams(members)
-    assert hp.method.mix.shape == (len(members),)
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -329,8 +353,9 @@ def test_sweep_members_grid():
     ("eval_every", 5, "multiple of"),
     ("checkpoint_every", 12, "multiple of"),
     ("chunk_epochs", 12, "multiple of"),
-    ("chunk_epochs", 16, "last chunk reuses the compiled program"),
+    ("chunk_epochs", 16, "checkpoint_every=8 must be a multiple of config.chunk_epochs=16"),
     ("chunk_epochs", 0, "must be >= 1"),
+    ("num_epochs", 0, "num_epochs=0 must be >= 1"),
     ("threshold", 1.2, r"config.threshold=1.2 must lie in \(0, 1\)"),
     ("report.selection_fraction", 1.0, "config.report.selection_fraction=1.0"),
     ("report.bootstrap_resamples", -1, "config.report.bootstrap_resamples=-1"),
@@ -353,7 +378,7 @@ def test_bad_data(tmp_path):
         run_train.train_and_evaluate(c, tmp_path / "b")
     c = _config(batch_size=128)
     with pytest.raises(ValueError, match="batch_size=128 exceeds"):
-        train.make_program(train.ProgramSpec.from_config(c, 6, 80))
+        program.make_program(program.ProgramSpec.from_config(c, 6, 80))
     ds = make_synthetic(0, 40, 4, 3)
     bad = ds.embeddings.copy()
     bad[7, 1] = np.nan
@@ -393,9 +418,9 @@ def test_ablation_baselines_train_in_the_sweep(fast_compile):
                dict(base, method="feature_dropout", drop_rate=0.3),
                dict(base, method="soft_control", softness=0.05),
                dict(base, method="manifold_mixup", alpha=0.4)]
-    assert [(k, list(i)) for k, i in train.member_groups(members)] == [
+    assert [(g.name, list(g.members)) for g in member_groups(members)] == [
         ("control", list(range(8))), ("manifold", [8])]
-    r = train.run_sweep(c, data, members, progress=False)
+    r = driver.run_sweep(c, data, members, progress=False)
     loss = r.history["train_loss"]
     for i in (1, 2, 3):
         np.testing.assert_allclose(loss[i], loss[0], rtol=1e-6)
@@ -403,11 +428,11 @@ def test_ablation_baselines_train_in_the_sweep(fast_compile):
     for i in (4, 5, 6, 7, 8):
         assert np.isfinite(loss[i]).all() and not np.allclose(loss[i], loss[0])
     # The control without manifold mixup in the sweep: the same numbers.
-    alone = train.run_sweep(c, data, members[:1], progress=False)
+    alone = driver.run_sweep(c, data, members[:1], progress=False)
     np.testing.assert_allclose(alone.history["train_loss"][0], loss[0], rtol=1e-5)
     np.testing.assert_allclose(alone.val_probs[0], r.val_probs[0], atol=1e-5)
-    lone = jax.jit(train.make_train(_spec(c, data, "manifold"), c.num_epochs))
-    hp = train.member_hparams(members)
+    lone = jax.jit(program.make_train(_spec(c, data, "manifold"), c.num_epochs))
+    hp = member_hparams(members)
     state, metrics = lone(jax.random.key(c.seed), jax.tree.map(lambda x: x[8], hp), data)
     chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[8], r.state.params),
                                 atol=1e-5, rtol=1e-5)

@@ -1,9 +1,9 @@
 """From a finished sweep to the paper's Table 1 and Figures 3-6, written into the workdir.
 
 `write_report(workdir, result, **config.report)` evaluates every member of a finished sweep
-(`result`: `train.engine.run_sweep`'s `SweepResult`, or `load_predictions(workdir)`) with
-`embaug_jax.evaluate`, groups members into variants (method, alpha, softness) over trials and
-seeds, picks each method's best alpha by mean weighted AUC (as the paper's grid search did), and
+(`result`: `train.driver.run_sweep`'s `SweepResult`, or `load_predictions(workdir)`) with
+`embaug_jax.evaluate`, groups members into variants (method and settings) over trials and seeds,
+picks each method's best alpha by mean weighted AUC (as the paper's grid search did), and
 writes atomically (each file where `embaug_jax.workdir.Workdir` puts it):
 
 - `predictions.npz`: every member's final validation probabilities with labels, splits and
@@ -45,7 +45,7 @@ from embaug_jax.util import write_json_atomic, write_text_atomic
 from embaug_jax.workdir import Workdir
 
 if TYPE_CHECKING:
-    from embaug_jax.train.engine import SweepResult
+    from embaug_jax.train.result import SweepResult
 
 __all__ = ["evaluate_members", "format_summary", "format_table", "group_variants",
            "load_predictions", "save_predictions", "summarize", "write_report"]
@@ -79,7 +79,7 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
     Returns:
       The results dict, as written to results.json.
     """
-    from embaug_jax.train.engine import SweepResult
+    from embaug_jax.train.result import SweepResult
 
     if not isinstance(result, SweepResult):
         raise ValueError(f"write_report: result must be a SweepResult (run_sweep's return or "

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from embaug_jax.report.results import DISPLAY_NAMES, nanreduce
+from embaug_jax import registry
+from embaug_jax.report.results import nanreduce
 from embaug_jax.util import atomic_path
 
 if TYPE_CHECKING:
-    from embaug_jax.train.engine import SweepResult
+    from embaug_jax.train.result import SweepResult
 
 
 def plan_figures(results: dict, variants: dict[str, dict], per_member: list[dict],
@@ -57,7 +58,21 @@ def _save(fig, path: Path) -> None:
 
 
 def _label(method: str) -> str:
-    return DISPLAY_NAMES.get(method, method)
+    return registry.display_name(method)
+
+
+def _unsoftened(method: str) -> str | None:
+    """The method a soft method softens (soft_e_mixup -> e_mixup): the first of its kind that
+    reads the same settings but softness, is not soft and has no transform; None if not soft."""
+    try:
+        row = registry.method(method)
+    except registry.UnknownNameError:
+        return None
+    if not row.soft:
+        return None
+    reads = tuple(n for n in row.reads if n != "softness")
+    return next((m.name for m in registry.methods(kind=row.kind)
+                 if not m.soft and m.transform is None and m.reads == reads), None)
 
 
 def _stack(per_member, idx, key):
@@ -140,7 +155,7 @@ def _softness_sweeps(results: dict) -> list[tuple[str, float, list[str]]]:
     softness values at one alpha (the alpha with the most; ties: the best variant's alpha)."""
     found = []
     for method in results["methods"]:
-        if not method.startswith("soft_"):
+        if _unsoftened(method) is None:
             continue
         by_alpha: dict[float, list[str]] = {}
         for name, e in results["variants"].items():
@@ -157,7 +172,7 @@ def _fig6_softness(path, results, variants, outputs, sweeps):
     fig, axes = _new_figure(2, len(sweeps), width=5.0, height=3.4, sharex=True)
     epochs = outputs.eval_epochs
     for col, (method, alpha, names) in enumerate(sweeps):
-        base = method[len("soft_"):]
+        base = _unsoftened(method)
         base_names = [n for n, e in results["variants"].items()
                       if e["method"] == base and e["alpha"] == alpha]
         if not base_names and base in results["methods"]:

@@ -14,27 +14,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from embaug_jax import augment, evaluate
+import embaug_jax.augment  # noqa: F401 (registers the built-in methods and settings)
+from embaug_jax import evaluate, registry
+from embaug_jax.train.result import MEMBER_KEYS
 
 if TYPE_CHECKING:
-    from embaug_jax.train.engine import SweepResult
+    from embaug_jax.train.result import SweepResult
 
-# The paper's display names and numbers (weighted AUC, mean +- max deviation); methods are
-# listed in `augment.METHOD_NAMES` order.
-DISPLAY_NAMES = {
-    "control": "Control",
-    "e_mixup": "E-Mixup",
-    "e_stitchup": "E-Stitchup",
-    "soft_e_mixup": "Soft E-Mixup",
-    "soft_e_stitchup": "Soft E-Stitchup",
-    "soft_control": "Soft control",
-    "label_smoothing": "Label smoothing",
-    "gaussian_noise": "Gaussian noise",
-    "feature_dropout": "Feature dropout",
-    "manifold_mixup": "Manifold mixup",
-}
-# The baselines' hyperparameters beyond alpha and softness; a member without one reads 0.
-EXTRA_HPARAMS = ("smoothing", "noise_std", "drop_rate")
+# The paper's numbers (weighted AUC, mean +- max deviation).
 PAPER_TABLE1 = {
     "control": (0.9582, 0.0015),
     "e_mixup": (0.9763, 0.0002),
@@ -46,7 +33,6 @@ PAPER_TABLE1 = {
 SCALAR_METRICS = ("weighted_auc", "seen_auc", "none_weight", "seen_part", "none_part",
                   "overall_accuracy", "none_accuracy", "seen_accuracy", "none_auroc", "none_aupr",
                   "none_fpr_at_95_tpr", "ece", "final_train_loss")
-
 
 
 def save_predictions(path, outputs: SweepResult) -> None:
@@ -81,7 +67,7 @@ def load_predictions(path) -> SweepResult:
     import json
     from pathlib import Path
 
-    from embaug_jax.train.engine import SweepResult
+    from embaug_jax.train.result import SweepResult
     from embaug_jax.workdir import Workdir
 
     path = Path(path)
@@ -125,38 +111,54 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
 
 
 def _method_rank(method: str) -> tuple:
-    order = augment.ALL_METHOD_NAMES
+    order = registry.method_names()
     return (order.index(method) if method in order else len(order), method)
 
 
-def _variant_name(method: str, alpha: float, softness: float, *extra: float) -> str:
-    name = f"{method}/alpha={alpha:g}/softness={softness:g}"
-    return name + "".join(f"/{k}={v:g}" for k, v in zip(EXTRA_HPARAMS, extra) if v)
+def _setting_names(members: Sequence[dict]) -> list[str]:
+    """The settings members record: the registered ones in order, then any others (a run that
+    registered its own, re-reported without them) by name."""
+    registered = [s.name for s in registry.settings()]
+    others = {k for m in members for k in m} - set(registered) - set(MEMBER_KEYS)
+    return registered + sorted(others)
+
+
+def _shown(values: dict[str, float]) -> dict[str, float]:
+    """The settings a variant records and is named by: the column ones (the paper's alpha and
+    softness) always, the others when not 0."""
+    columns = {s.name for s in registry.settings() if s.column}
+    return {k: v for k, v in values.items() if k in columns or v}
 
 
 def _param(value) -> float:
-    """A member's alpha / softness as a grouping key: None or NaN (not applicable, e.g. the
-    control's alpha) reads as 0; rounded so 0.1 from a config and 0.1 from a float32 array
-    land in the same variant."""
+    """A member's setting as a grouping key: None or NaN (not applicable, e.g. the control's
+    alpha) reads as 0; rounded so 0.1 from a config and 0.1 from a float32 array land in the
+    same variant."""
     value = math.nan if value is None else float(value)
     return 0.0 if math.isnan(value) else round(value, 6)
 
 
 def group_variants(members: Sequence[dict]) -> dict[str, dict]:
-    """Members grouped by method and hyperparameters (alpha, softness and the baselines'
-    EXTRA_HPARAMS), in the paper's method order, then alpha."""
+    """Members grouped by method and settings (a member without one reads 0), in the
+    registry's method order, then the settings' values; each variant named like
+    "e_mixup/alpha=0.2/softness=0" (see `_shown`)."""
+    names = _setting_names(members)
     groups: dict[tuple, list[int]] = {}
     for i, member in enumerate(members):
-        key = (str(member["method"]), _param(member["alpha"]), _param(member["softness"]),
-               *(_param(member.get(k)) for k in EXTRA_HPARAMS))
+        key = (str(member["method"]), *(_param(member.get(n)) for n in names))
         groups.setdefault(key, []).append(i)
     ordered = sorted(groups, key=lambda k: (_method_rank(k[0]), *k[1:]))
     out = {}
     for k in ordered:
-        extra = {name: v for name, v in zip(EXTRA_HPARAMS, k[3:]) if v}
-        out[_variant_name(*k)] = dict(method=k[0], alpha=k[1], softness=k[2], **extra,
-                                      members=groups[k])
+        shown = _shown(dict(zip(names, k[1:])))
+        name = k[0] + "".join(f"/{n}={v:g}" for n, v in shown.items())
+        out[name] = dict(method=k[0], **shown, members=groups[k])
     return out
+
+
+def variant_settings(variant: dict) -> dict[str, float]:
+    """The settings a variant of `group_variants` records."""
+    return {k: v for k, v in variant.items() if k not in ("method", "members")}
 
 
 def nanreduce(fn, a, axis=0):
@@ -173,8 +175,7 @@ def build_results(outputs, per_member, variants, threshold, thresholds,
     variant_results = {}
     for name, v in variants.items():
         idx = v["members"]
-        entry = dict(method=v["method"], alpha=v["alpha"], softness=v["softness"],
-                     **{k: v[k] for k in EXTRA_HPARAMS if k in v}, num_members=len(idx),
+        entry = dict(method=v["method"], **variant_settings(v), num_members=len(idx),
                      trials=sorted({int(outputs.members[i]["trial"]) for i in idx}),
                      seeds=sorted({int(outputs.members[i]["seed"]) for i in idx}))
         for key in SCALAR_METRICS:
@@ -275,8 +276,7 @@ def held_out_selection(outputs: SweepResult, variants: dict[str, dict], rows: np
     methods = {}
     for method, name in chosen.items():
         v = variants[name]
-        entry = dict(variant=name, method=method, alpha=v["alpha"], softness=v["softness"],
-                     **{k: v[k] for k in EXTRA_HPARAMS if k in v},
+        entry = dict(variant=name, method=method, **variant_settings(v),
                      selection_weighted_auc=summarize([selection_auc[i] for i in v["members"]]))
         for key in SCALAR_METRICS:
             entry[key] = summarize([on_report[i][key] for i in v["members"]])

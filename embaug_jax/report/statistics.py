@@ -1,7 +1,7 @@
 """How sure a comparison with the control is: paired differences, their intervals, honest alpha.
 
 Members that differ only in method share their trial's split, their initialisation and their
-shuffles (see `embaug_jax.train.engine`), so a method is compared with the control trial by trial
+shuffles (see `embaug_jax.train.program`), so a method is compared with the control trial by trial
 (and seed by seed): the paired difference removes what the split and the draw add to both.
 Two 95% intervals of the mean paired difference answer two questions:
 

@@ -2,7 +2,8 @@
 
 from typing import Sequence
 
-from embaug_jax.report.results import DISPLAY_NAMES
+from embaug_jax import registry
+from embaug_jax.registry import display_name
 from embaug_jax.workdir import FIGURES
 
 
@@ -14,22 +15,31 @@ def _fmt(stat: dict, *, scale=1.0, digits=4, dev="max_dev") -> str:
     return f"{stat['mean'] * scale:.{digits}f} ± {stat[dev] * scale:.{digits}f}"
 
 
-def _fmt_param(entry: dict, key: str) -> str:
-    """A variant's value of hyperparameter `key`, or "-" when its method does not read it; for
-    key "other", the baselines' own hyperparameters (e.g. "smoothing 0.1")."""
-    from embaug_jax.augment import METHOD_HPARAMS
+def _columns() -> list[str]:
+    """The settings with a column of their own (the paper's alpha and softness)."""
+    return [s.name for s in registry.settings() if s.column]
 
-    used = METHOD_HPARAMS.get(entry["method"], ("alpha", "softness"))
+
+def _reads(method: str) -> tuple[str, ...]:
+    """The settings `method` reads (a method not registered here: the column settings)."""
+    try:
+        return registry.method(method).reads
+    except registry.UnknownNameError:
+        return tuple(_columns())
+
+
+def _fmt_param(entry: dict, key: str) -> str:
+    """A variant's value of setting `key`, or "-" when its method does not read it; for key
+    "other", the settings without a column of their own (e.g. "smoothing 0.1")."""
+    used = _reads(entry["method"])
     if key == "other":
         return ", ".join(f"{k} {entry.get(k, 0):g}" for k in used
-                         if k not in ("alpha", "softness")) or "-"
+                         if k not in _columns()) or "-"
     return f"{entry[key]:g}" if key in used else "-"
 
 
 def _has_other(results: dict) -> bool:
-    from embaug_jax.augment import METHOD_HPARAMS
-
-    return any(set(METHOD_HPARAMS.get(e["method"], ())) - {"alpha", "softness"}
+    return any(set(_reads(e["method"])) - set(_columns())
                for e in results["variants"].values())
 
 
@@ -64,14 +74,14 @@ def format_table(results: dict) -> str:
     """The Table-1 analogue (markdown): best variant per method, mean ± max deviation."""
     t = results["threshold"]
     other = _has_other(results)
-    header = ["Method", "alpha", "softness", *(["other"] if other else []), "Weighted AUC",
+    header = ["Method", *_columns(), *(["other"] if other else []), "Weighted AUC",
               f"Overall acc @{t:g} (%)", f"None acc @{t:g} (%)", PAPER_COLUMN]
     rows = []
     for method, entry in results["methods"].items():
         paper = results.get("paper_table1", {}).get(method)
         rows.append([
-            DISPLAY_NAMES.get(method, method), _fmt_param(entry, "alpha"),
-            _fmt_param(entry, "softness"), *([_fmt_param(entry, "other")] if other else []),
+            display_name(method), *(_fmt_param(entry, k) for k in _columns()),
+            *([_fmt_param(entry, "other")] if other else []),
             _fmt(entry["weighted_auc"]),
             _fmt(entry["overall_accuracy"], scale=100, digits=2),
             _fmt(entry["none_accuracy"], scale=100, digits=2),
@@ -96,7 +106,7 @@ def format_decomposition(results: dict, section: str = "methods") -> str:
     header = ["Method", "Weighted AUC", "= seen part", "+ \"none\" part", "Seen-class AUC",
               "\"None\" AUC", "\"None\" weight"]
     absent = "absent" if _no_none(results) else "n/a"
-    rows = [[DISPLAY_NAMES.get(m, m), _fmt(e["weighted_auc"]), _fmt(e["seen_part"]),
+    rows = [[display_name(m), _fmt(e["weighted_auc"]), _fmt(e["seen_part"]),
              _fmt(e["none_part"]), _fmt(e["seen_auc"]),
              _fmt(e["none_auroc"]) if e["none_auroc"]["mean"] is not None else absent,
              _fmt(e["none_weight"])] for m, e in results[section].items()]
@@ -116,7 +126,7 @@ def format_paired(results: dict) -> str:
                 continue
             digits = 2 if unit else 4
             rows.append([
-                DISPLAY_NAMES.get(method, method), label + (f" ({unit.strip()})" if unit else ""),
+                display_name(method), label + (f" ({unit.strip()})" if unit else ""),
                 _signed(d["mean"], scale, digits), str(d["n"]),
                 _interval(d["t_low"], d["t_high"], d["t_excludes_zero"], scale, digits),
                 _interval(d["boot_low"], d["boot_high"], d["boot_excludes_zero"], scale, digits),
@@ -131,7 +141,7 @@ def paired_sentences(results: dict) -> list[str]:
         return []
     out = []
     for method, entry in paired["methods"].items():
-        name = DISPLAY_NAMES.get(method, method)
+        name = display_name(method)
         clear, unclear = [], []
         for key, label, scale, unit in PAIRED_ROWS:
             d = entry[key]
@@ -160,7 +170,7 @@ def format_selection(results: dict) -> str:
     rows = []
     for method, entry in sel["methods"].items():
         paper = results["methods"][method]
-        rows.append([DISPLAY_NAMES.get(method, method), _setting(paper),
+        rows.append([display_name(method), _setting(paper),
                      _fmt(paper["weighted_auc"]), _setting(entry),
                      _fmt(entry["weighted_auc"]),
                      _fmt(entry["overall_accuracy"], scale=100, digits=2),
@@ -169,11 +179,8 @@ def format_selection(results: dict) -> str:
 
 
 def _setting(entry: dict) -> str:
-    """A variant's hyperparameters in a few characters: "alpha 0.2, softness 0.05" or "-"."""
-    from embaug_jax.augment import METHOD_HPARAMS
-
-    used = METHOD_HPARAMS.get(entry["method"], ("alpha", "softness"))
-    return ", ".join(f"{k} {entry.get(k, 0):g}" for k in used) or "-"
+    """A variant's settings in a few characters: "alpha 0.2, softness 0.05" or "-"."""
+    return ", ".join(f"{k} {entry.get(k, 0):g}" for k in _reads(entry["method"])) or "-"
 
 
 def format_class_auc(results: dict) -> str:
@@ -183,7 +190,7 @@ def format_class_auc(results: dict) -> str:
     classes = []
     for e in results["methods"].values():
         classes += [c for c in e.get("class_auc", {}) if c not in classes]
-    header = ["Class"] + [DISPLAY_NAMES.get(m, m) for m in methods] + ["n"]
+    header = ["Class"] + [display_name(m) for m in methods] + ["n"]
     rows = []
     for c in classes:
         stats = [results["methods"][m].get("class_auc", {}).get(c) for m in methods]
@@ -291,17 +298,16 @@ def results_markdown(results: dict, title: str | None) -> str:
         "",
         _markdown(
             ["Method", "None AUROC", "None AUPR", "FPR @ 95% TPR", "ECE (15 bins)"],
-            [[DISPLAY_NAMES.get(m, m), _fmt(e["none_auroc"]), _fmt(e["none_aupr"]),
+            [[display_name(m), _fmt(e["none_auroc"]), _fmt(e["none_aupr"]),
               _fmt(e["none_fpr_at_95_tpr"]), _fmt(e["ece"])]
              for m, e in results["methods"].items()]),
         "",
         "## Every variant (the alpha grid)",
         "",
         _markdown(
-            ["Method", "alpha", "softness", *(["other"] if _has_other(results) else []),
+            ["Method", *_columns(), *(["other"] if _has_other(results) else []),
              "members", "Weighted AUC", "Overall acc (%)", "None acc (%)", "None AUROC", "ECE"],
-            [[DISPLAY_NAMES.get(e["method"], e["method"]), _fmt_param(e, "alpha"),
-              _fmt_param(e, "softness"),
+            [[display_name(e["method"]), *(_fmt_param(e, k) for k in _columns()),
               *([_fmt_param(e, "other")] if _has_other(results) else []),
               str(e["num_members"]), _fmt(e["weighted_auc"]),
               _fmt(e["overall_accuracy"], scale=100, digits=2),

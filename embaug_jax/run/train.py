@@ -1,7 +1,7 @@
 """`embaug train`: a config's sweep end to end in a workdir (validate, load, split, train, report).
 
 `train_and_evaluate(config, workdir)` validates the config, loads the data, draws the splits,
-fingerprints config and data, runs the sweep engine (`embaug_jax.train.engine.run_sweep`: a tqdm
+fingerprints config and data, runs the sweep engine (`embaug_jax.train.driver.run_sweep`: a tqdm
 bar, an orbax checkpoint and a rewritten metrics.jsonl per chunk; rerunning the same command
 resumes from the last checkpoint) and hands the final validation probabilities to
 `embaug_jax.report.write_report`. A finished run re-reports from its saved predictions. Where
@@ -22,20 +22,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from embaug_jax import augment, distributed, report
+from embaug_jax import augment, distributed, registry, report
 from embaug_jax.evaluate import check_threshold
 from embaug_jax.report.statistics import check_bootstrap_resamples, check_selection_fraction
-from embaug_jax.train.engine import (
-    FINGERPRINT_KEYS,
-    HPARAM_GRIDS,
-    OPTIMIZERS,
-    OnChunk,
-    TrainData,
-    evaluation_epochs,
-    members_at_once,
-    run_sweep,
-    sweep_members,
-)
+from embaug_jax.train.cadence import Cadence
+from embaug_jax.train.checkpoints import FINGERPRINT_KEYS
+from embaug_jax.train.driver import OnChunk, members_at_once, run_sweep
+from embaug_jax.train.members import sweep_members
+from embaug_jax.train.program import OPTIMIZERS, TrainData
 from embaug_jax.train.mlp import HEADS
 from embaug_jax.train.splits import Splits, make_splits
 from embaug_jax.util import UserError, check_cpu_devices, write_json_atomic, write_text_atomic
@@ -73,27 +67,24 @@ def validate_config(config) -> None:
     check_cpu_devices(config.get("cpu_devices", 0))
     members_at_once(config, jax.devices())  # a UserError if the value is out of range
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
-             f"{augment.ALL_METHOD_NAMES}.")
+             f"{registry.method_names()}.")
     for method in s.methods:
-        _require(method in augment.ALL_METHOD_NAMES, f"unknown method {method!r} in "
-                 f"config.sweep.methods; choose from {augment.ALL_METHOD_NAMES}.")
+        try:
+            registry.method(method)
+        except registry.UnknownNameError as e:
+            raise UserError(f"bad config: config.sweep.methods: {e}") from None
     _require(len(set(s.methods)) == len(s.methods), "config.sweep.methods has duplicates.")
-    # Each hyperparameter grid a listed method reads: non-empty, every value in range.
-    ranges = dict(alpha=(lambda v: v > 0, "> 0 (the Beta(alpha, alpha) parameter; the paper "
-                                          "searched (0, 0.5])"),
-                  softness=(lambda v: 0 <= v < 1, "in [0, 1) (the paper's default is 0.05)"),
-                  smoothing=(lambda v: 0 <= v < 1, "in [0, 1)"),
-                  noise_std=(lambda v: v >= 0, ">= 0 (noise std relative to a row's RMS)"),
-                  drop_rate=(lambda v: 0 <= v < 1, "in [0, 1)"))
-    for name, (ok, text) in ranges.items():
-        users = [mth for mth in s.methods if name in augment.METHOD_HPARAMS[mth]]
+    # The grid of each setting a listed method reads: non-empty, every value in range.
+    for setting in registry.settings():
+        users = [mth for mth in s.methods if setting.name in registry.method(mth).reads]
         if not users:
             continue
-        grid = HPARAM_GRIDS[name]
-        values = s.get(grid, ())
-        _require(len(values) > 0, f"config.sweep.{grid} is empty but {users[0]} needs it.")
+        values = s.get(setting.grid, ())
+        _require(len(values) > 0, f"config.sweep.{setting.grid} is empty but {users[0]} needs "
+                 "it.")
         for v in values:
-            _require(ok(float(v)), f"{name}={v} in config.sweep.{grid} must be {text}.")
+            _require(float(v) in setting.range, f"{setting.name}={v} in "
+                     f"config.sweep.{setting.grid} must be {setting.text}.")
     _require(len(s.seeds) > 0, "config.sweep.seeds is empty.")
     _require(d.source in DATA_SOURCES, f"config.data.source={d.source!r}; choose one of "
              f"{DATA_SOURCES}.")
@@ -121,19 +112,7 @@ def validate_config(config) -> None:
     bs = int(config.batch_size)
     _require(bs >= 2 and (bs % 2 == 0 or a.pairing != "halve"), f"config.batch_size={bs} must "
              "be >= 2 and even (halving pairs the two halves of a batch).")
-    ne, ee = int(config.num_epochs), int(config.eval_every)
-    ch, ce = int(config.chunk_epochs), int(config.checkpoint_every)
-    _require(min(ne, ee, ch, ce) >= 1, "num_epochs, eval_every, chunk_epochs and "
-             "checkpoint_every must be >= 1.")
-    _require(ne % ee == 0, f"config.num_epochs={ne} must be a multiple of "
-             f"config.eval_every={ee} (evaluations happen at the end of every eval_every epochs).")
-    _require(ch % ee == 0, f"config.chunk_epochs={ch} must be a multiple of "
-             f"config.eval_every={ee} (a compiled chunk ends with an evaluation).")
-    # Every chunk is then one length: a shorter last chunk would compile a second program.
-    _require(ne % ch == 0, f"config.num_epochs={ne} must be a multiple of "
-             f"config.chunk_epochs={ch}, so the last chunk reuses the compiled program.")
-    _require(ce % ch == 0, f"config.checkpoint_every={ce} must be a multiple of "
-             f"config.chunk_epochs={ch} (checkpoints are written between chunks).")
+    Cadence.from_config(config)  # a UserError if the set values cannot nest
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
     _require(int(config.get("device_data_bytes", 0) or 0) >= 0, "config.device_data_bytes "
              "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")
@@ -198,6 +177,7 @@ def _fingerprint(config, dataset) -> dict:
     """
     full = json.loads(config.to_json_best_effort())
     out = {k: full[k] for k in FINGERPRINT_KEYS if k in full}
+    out["eval_every"] = Cadence.from_config(config).eval_every  # resolved: None may be derived
     if isinstance(out.get("data"), dict):
         out["data"] = {k: v for k, v in out["data"].items() if k != "path"}
     out["data_content"] = data_fingerprint(dataset)
@@ -333,7 +313,7 @@ def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, spli
     logging.info("%d members, %d training / %d validation rows per trial, %d unseen classes "
                  "on average", len(members), splits.train_idx.shape[1], splits.val_idx.shape[1],
                  int((~splits.seen_mask).sum(1).mean()))
-    eval_epochs = evaluation_epochs(config)
+    eval_epochs = Cadence.from_config(config).eval_epochs
 
     def write_metrics(history, epochs_done):
         if primary:

@@ -1,0 +1,348 @@
+"""The sweep driver: `run_sweep(config, data, members)` trains a whole sweep (method x settings
+x trial x seed) as a few compiled programs, chunk by chunk, and returns a `SweepResult`.
+
+Groups. Members are grouped by kind (`train.members.member_groups`: all controls and the
+control-kind baselines, all E-Mixup variants, all E-Stitchup variants, manifold mixup), and one
+member-sharded program per group present is compiled (`compiled_group`: vmapped on
+accelerators, one member after another on each CPU device). A method registered in
+`embaug_jax.registry` joins its kind's program; the driver needs no change for it.
+
+Data. Training gathers only from the training rows of every trial, so only those (their union)
+are placed on each device; evaluation computes only the validation rows, streamed from the host
+(a memory-mapped dataset stays on disk) in blocks of `config.eval_block_rows`, so the device
+holds a bounded amount whatever N is. `config.device_data_bytes` caps the dataset bytes placed
+on one device (training rows + one evaluation block); the block shrinks to fit.
+
+Cadence (`train.cadence.Cadence`): each compiled call trains up to the next evaluation, which
+streams the validation rows; a chunk (a tqdm tick and an `on_chunk` call) ends every
+`chunk_epochs` epochs, an orbax checkpoint is written every `checkpoint_every` epochs
+(`train.checkpoints`), and the last epoch is always evaluated and checkpointed. An existing
+checkpoint is resumed. `report.write_report(workdir, result)` turns the result into the report.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from embaug_jax.train import checkpoints
+from embaug_jax.train.cadence import Cadence
+from embaug_jax.train.members import MemberHParams, member_groups, member_hparams
+from embaug_jax.train.program import (
+    DeviceData,
+    EvalBlock,
+    ProgramSpec,
+    TrainData,
+    make_program,
+    metrics_from_counts,
+)
+from embaug_jax.train.result import SweepResult
+from embaug_jax.util import UserError, large_dot_compiler_options, on_cpus, reuse_freed_memory
+
+_METRIC_NAMES = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
+OnChunk = Callable[[dict[str, np.ndarray], int], Any]
+
+
+def device_data(data: TrainData) -> DeviceData:
+    """The training part of `data`, indices remapped into the union of the trials' rows."""
+    train_idx = np.asarray(data.train_idx)
+    rows, remapped = np.unique(train_idx, return_inverse=True)
+    x = np.asarray(data.x[rows], np.float32)
+    return DeviceData(x, np.asarray(data.labels)[rows].astype(np.int32),
+                      remapped.reshape(train_idx.shape).astype(np.int32),
+                      np.asarray(data.seen_mask, bool))
+
+
+def eval_blocks(data: TrainData, block_rows: int):
+    """Yields `EvalBlock`s of `block_rows` validation rows of every trial, gathered on the host
+    (only those rows are read from a memory-mapped `x`); the last block is padded."""
+    val_idx = np.asarray(data.val_idx)
+    labels = np.asarray(data.labels)
+    n_val = val_idx.shape[1]
+    for start in range(0, n_val, block_rows):
+        idx = val_idx[:, start:start + block_rows]
+        n = idx.shape[1]
+        rows = np.sort(np.unique(idx))  # one sorted read of the memory map
+        x = np.asarray(data.x[rows], np.float32)[np.searchsorted(rows, idx)]
+        pad = block_rows - n
+        if pad:
+            x = np.concatenate([x, np.zeros((x.shape[0], pad, x.shape[2]), np.float32)], 1)
+            idx = np.concatenate([idx, np.repeat(idx[:, :1], pad, 1)], 1)
+        yield EvalBlock(x, labels[idx].astype(np.int32), np.arange(block_rows) < n)
+
+
+def _host(x) -> np.ndarray:
+    """A device array as numpy on this host. Across several hosts (`jax.distributed`) the member
+    axis is sharded over every process's devices, so it is gathered from all of them first."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _pad(tree, multiple: int):
+    """Pads the leading axis to a multiple by repeating the last entry (dropped afterwards)."""
+    m = jax.tree.leaves(tree)[0].shape[0]
+    extra = -m % multiple
+    if not extra:
+        return tree
+    return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, 0)]), tree)
+
+
+def place_members(hp: MemberHParams, mesh: Mesh) -> tuple[MemberHParams, jax.Array]:
+    """A group's hyperparameters padded to a multiple of the mesh's devices and sharded over
+    them, and `live` [padded M], False for the padding (which `compiled_group` skips)."""
+    n, d = len(hp.trial), mesh.devices.size
+    by_member = NamedSharding(mesh, P("members"))
+    return (jax.device_put(_pad(hp, d), by_member),
+            jax.device_put(np.arange(n + -n % d) < n, by_member))
+
+
+def _eval_block_rows(config, data: TrainData, on_device_bytes: int) -> int:
+    """Validation rows per evaluation block: `config.eval_block_rows`, shrunk so that the
+    training rows and one block fit in `config.device_data_bytes` (0: no cap)."""
+    trials, n_val = np.shape(data.val_idx)
+    rows = max(1, min(int(config.eval_block_rows), n_val))
+    budget = int(config.get("device_data_bytes", 0) or 0)
+    if not budget:
+        return rows
+    row_bytes = trials * (np.shape(data.x)[1] * 4 + 4)  # float32 embedding + int32 label
+    fit = (budget - on_device_bytes) // row_bytes
+    if fit < 1:
+        raise ValueError(
+            f"config.device_data_bytes={budget} cannot hold the training rows of every trial "
+            f"({on_device_bytes} bytes) plus one validation row per trial ({row_bytes} bytes); "
+            "raise it (0 = no cap) or train on fewer trials at once.")
+    return int(min(rows, fit))
+
+
+def members_at_once(config, devices: Sequence) -> int:
+    """How many members of a group one device steps together: `config.members_at_once` (0 = all
+    of them, `vmap`; k >= 1 = k at a time), or when it is None one at a time on CPU devices and
+    all at once on accelerators."""
+    n = config.get("members_at_once")
+    if n is None:
+        # On a CPU a member's parameters and Adam moments (~21 MB at the paper's shapes) stay in
+        # the cache through its whole call; vmapped members stream all of theirs every step.
+        return 1 if on_cpus(devices) else 0
+    if int(n) < 0:
+        raise UserError(f"config.members_at_once={n}; use None (auto), 0 (all at once: vmap) "
+                        "or k >= 1 (k members at a time on each device).")
+    return int(n)
+
+
+def _over_members(fn: Callable, at_once: int, skipped: Callable) -> Callable:
+    """`fn(*args)` over a leading member axis of every argument, with a bool `live` [M] first.
+
+    at_once = 0: every member at once (`jax.vmap`); k >= 1: k members at a time
+    (`lax.map`), which runs the members' whole calls one group after another. A member whose
+    `live` is False (device padding) returns `skipped(*args)` instead; one at a time, it costs
+    nothing (k > 1 at a time computes it and discards it).
+    """
+    if not at_once:
+        return lambda live, *args: jax.vmap(fn)(*args)
+
+    def one(args):
+        return jax.lax.cond(args[0], fn, skipped, *args[1:])
+
+    # lax.map's batch_size vmaps its body, even over batches of one, and a vmapped cond runs
+    # both branches: one at a time must be a plain map for the padding to cost nothing.
+    return lambda live, *args: jax.lax.map(one, (live, *args),
+                                           batch_size=at_once if at_once > 1 else None)
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_group(spec: ProgramSpec, mesh: Mesh, at_once: int = 0):
+    """The jitted, member-sharded init / train / evaluate of a spec (one kind).
+
+    Each device runs its members (`_over_members`: all at once, or `at_once` at a time) with
+    `shard_map`; `live` [M] marks the members that are not device padding. Cached on the spec
+    (all the program reads), so another sweep with the same spec in one process (a resume, a
+    different method list, a test) reuses the compiled executables instead of tracing fresh
+    closures.
+    """
+    program = make_program(spec)
+    by_member = NamedSharding(mesh, P("members"))
+    m, r = P("members"), P()
+
+    def sharded(fn, in_specs, out_specs):
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                             check_vma=False)
+
+    init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)), out_shardings=by_member)
+
+    def train(key, hp, live, state, data, num_epochs):
+        def local(key, hp, live, state, data):
+            fn = lambda hp, state: program.train(key, hp, state, data, num_epochs)
+            skip = lambda hp, state: (state, jnp.float32(jnp.nan))
+            return _over_members(fn, at_once, skip)(live, hp, state)
+        return sharded(local, (r, m, m, m, r), (m, m))(key, hp, live, state, data)
+
+    def evaluate(params, hp, live, data, block):
+        def local(params, hp, live, data, block):
+            fn = lambda params, hp: program.evaluate(params, hp, data, block)
+            skip = lambda params, hp: jax.tree.map(
+                lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, params, hp))
+            return _over_members(fn, at_once, skip)(live, params, hp)
+        return sharded(local, (m, m, m, r, r), (m, m))(params, hp, live, data, block)
+
+    train = jax.jit(train, static_argnums=5, donate_argnums=3, out_shardings=by_member)
+    evaluate = jax.jit(evaluate, out_shardings=by_member,
+                       compiler_options=large_dot_compiler_options(mesh.devices.flat))
+    return init, train, evaluate
+
+
+def run_sweep(config, data: TrainData, members: Sequence[dict], *,
+              class_names: Sequence[str] | None = None, key=None, devices=None,
+              checkpoint_dir: str | os.PathLike | None = None, segments=None,
+              progress: bool = True, on_chunk: OnChunk | None = None) -> SweepResult:
+    """Trains every member (`sweep_members(config)` or any list like it) on `data`, chunk by chunk.
+
+    Members are grouped by kind (one compiled program each); results come back in member order.
+    Evaluations, chunks and checkpoints follow `Cadence.from_config(config)`.
+
+    Args:
+      data: `TrainData`; `x` may be a host array or memory map (only the training rows and one
+        evaluation block at a time go to the devices; see `config.device_data_bytes`).
+      members: dicts with method, trial, seed and the settings (see `sweep_members`).
+      class_names: [C] names for the report (default "0", "1", ...).
+      key: root PRNG key (default `jax.random.key(config.seed)`).
+      devices: the devices the member axis is sharded over (default all).
+      checkpoint_dir: orbax checkpoints; an existing one is resumed.
+      segments: sizes mixed independently by the augmentation (None: the whole vector).
+      progress: show a tqdm bar.
+      on_chunk: called as on_chunk(history so far [M, E] per metric, epochs done) after every
+        chunk; a truthy return stops the sweep there, as if killed (the result then has no
+        `val_probs`).
+    """
+    from tqdm.auto import tqdm
+
+    # Every evaluation gathers its blocks of validation rows afresh (hundreds of MB at the
+    # paper's scale): with glibc's defaults each block's pages are faulted in again.
+    reuse_freed_memory()
+    key = jax.random.key(int(config.seed)) if key is None else key
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = Mesh(np.asarray(devices), ("members",))
+    by_member = NamedSharding(mesh, P("members"))
+    replicated = NamedSharding(mesh, P())
+
+    members = [dict(m) for m in members]
+    num_members = len(members)
+    groups = member_groups(members)
+    hp = member_hparams(members)
+    val_idx, train_idx = np.asarray(data.val_idx), np.asarray(data.train_idx)
+    val_labels = np.asarray(data.labels)[val_idx]
+    seen_mask = np.asarray(data.seen_mask)
+    num_classes = seen_mask.shape[1]
+    # Only what training gathers from goes to the devices; validation rows stream in blocks.
+    host_part = device_data(data)
+    placed = sum(a.nbytes for a in host_part)
+    block_rows = _eval_block_rows(config, data, placed)
+    placed += val_idx.shape[0] * block_rows * (np.shape(data.x)[1] * 4 + 4)
+    on_device = jax.device_put(host_part, replicated)
+    compiled, hps, live = {}, {}, {}
+    at_once = members_at_once(config, devices)
+    for g in groups:
+        spec = ProgramSpec.from_config(config, num_classes, train_idx.shape[1],
+                                       segments=segments, kind=g.kind, static=g.static)
+        compiled[g.name] = compiled_group(spec, mesh, at_once)
+        hps[g.name], live[g.name] = place_members(jax.tree.map(lambda x: x[g.members], hp), mesh)
+
+    cadence = Cadence.from_config(config)
+    num_epochs = cadence.num_epochs
+    eval_epochs = cadence.eval_epochs
+    column = {int(epoch): e for e, epoch in enumerate(eval_epochs)}
+    history = {k: np.full((num_members, len(eval_epochs)), np.nan, np.float32)
+               for k in _METRIC_NAMES}
+    states = {g.name: compiled[g.name][0](key, hps[g.name], on_device) for g in groups}
+
+    def evaluate(want_probs: bool):
+        """Streams every block of validation rows through every group: summed counts per
+        group, and the probabilities ([M, n_val, C] in member order) if asked."""
+        counts = {g.name: None for g in groups}
+        n_val = val_idx.shape[1]
+        probs = np.zeros((num_members, n_val, num_classes), np.float32) if want_probs else None
+        for start, block in zip(range(0, n_val, block_rows), eval_blocks(data, block_rows)):
+            block = jax.device_put(block, replicated)
+            n = min(block_rows, n_val - start)
+            for g in groups:
+                c, p = compiled[g.name][2](states[g.name].params, hps[g.name], live[g.name],
+                                           on_device, block)
+                counts[g.name] = c if counts[g.name] is None else counts[g.name] + c
+                if want_probs:
+                    probs[g.members, start:start + n] = _host(p)[:len(g.members), :n]
+        return {g.name: _host(counts[g.name])[:len(g.members)] for g in groups}, probs
+
+    with checkpoints.checkpoint_manager(checkpoint_dir) as manager:
+        step = None if manager is None else manager.latest_step()
+        if step is not None:
+            states, history = checkpoints.restore(manager, step, states, history, groups,
+                                                  by_member)
+            logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
+        done = int(_host(states[groups[0].name].epoch)[0])
+        bar = tqdm(total=num_epochs, initial=done, unit="epoch",
+                   disable=not progress or jax.process_index() != 0,
+                   desc=f"training {num_members} members on {len(devices)} device(s) "
+                        f"({len(groups)} program{'s' * (len(groups) > 1)})")
+        try:
+            while done < num_epochs:
+                start, chunk_end = done, cadence.chunk_end(done)
+                while done < chunk_end:
+                    # One compiled call per evaluation period (a shorter last one compiles
+                    # once more), then the streamed evaluation.
+                    epochs = cadence.period_end(done) - done
+                    losses = {}
+                    for g in groups:
+                        states[g.name], losses[g.name] = compiled[g.name][1](
+                            key, hps[g.name], live[g.name], states[g.name], on_device, epochs)
+                    counts, _ = evaluate(False)
+                    done += epochs
+                    for g in groups:
+                        metrics = metrics_from_counts(counts[g.name])
+                        metrics["train_loss"] = _host(losses[g.name])[:len(g.members)]
+                        for k in _METRIC_NAMES:
+                            history[k][g.members, column[done]] = np.asarray(metrics[k])
+                if manager is not None and cadence.checkpoints_at(done):
+                    checkpoints.save(manager, done, states, history, groups)
+                bar.update(done - start)
+                last = column[done]
+                bar.set_postfix(loss=f"{np.nanmean(history['train_loss'][:, last]):.4f}",
+                                overall=f"{np.nanmean(history['overall_accuracy'][:, last]):.3f}")
+                if on_chunk is not None and on_chunk({k: v.copy() for k, v in history.items()},
+                                                     done):
+                    break
+        finally:
+            bar.close()
+
+    probs = evaluate(True)[1] if done >= num_epochs else None
+    return SweepResult(
+        members=members, eval_epochs=eval_epochs, history=history, val_probs=probs,
+        val_labels=val_labels, seen_mask=seen_mask,
+        class_names=(list(class_names) if class_names is not None
+                     else [str(i) for i in range(num_classes)]),
+        threshold=float(config.threshold), val_idx=val_idx, train_idx=train_idx,
+        epochs_done=done, state=_member_order(states, groups, num_members),
+        eval_block_rows=block_rows, device_data_bytes=int(placed))
+
+
+def _member_order(states, groups, num_members):
+    """The groups' states as one numpy tree with a leading [M] axis in member order."""
+    first = states[groups[0].name]
+
+    def assemble(*leaves):
+        out = np.empty((num_members,) + leaves[0].shape[1:], leaves[0].dtype)
+        for g, leaf in zip(groups, leaves):
+            out[g.members] = _host(leaf)[:len(g.members)]
+        return out
+
+    return jax.tree.map(assemble, *[states[g.name] for g in groups]) if len(groups) > 1 else \
+        jax.tree.map(lambda leaf: _host(leaf)[:num_members], first)
