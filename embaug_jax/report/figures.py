@@ -24,7 +24,7 @@ def plan_figures(results: dict, variants: dict[str, dict], per_member: list[dict
     each a function that draws it to the path it is given.
 
     Learning curves need evaluations during training (`result.eval_epochs`); Figure 6 needs a
-    soft method that ran >= 2 softness values at one alpha.
+    soft method that ran >= 2 softness values at one alpha; the OSCR curves need "none" rows.
     """
     plans = {"threshold_sweep": (_fig3_threshold_sweep, (results, variants, per_member)),
              "roc": (_fig4_roc, (results, variants, per_member, fpr_grid))}
@@ -36,6 +36,8 @@ def plan_figures(results: dict, variants: dict[str, dict], per_member: list[dict
     plans["reliability"] = (_reliability, (results, variants, per_member))
     plans["auc_decomposition"] = (_auc_decomposition,
                                   (results, variants, per_member, result.members))
+    if any(results["num_none_examples"]):
+        plans["oscr"] = (_oscr, (results, variants, per_member, fpr_grid))
     # Each drawing function takes the path first: bind its other arguments behind it.
     return {name: functools.partial(_draw_to, draw, args) for name, (draw, args) in plans.items()}
 
@@ -286,4 +288,28 @@ def _auc_decomposition(path, results, variants, per_member, members):
     right.set_ylabel("difference in weighted AUC")
     right.grid(alpha=0.3)
     right.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _oscr(path, results, variants, per_member, fpr_grid):
+    """Each method's mean OSCR curve: seen rows accepted with their true class against "none"
+    rows accepted, as the threshold falls."""
+    fig, axes = _new_figure(1, 1, width=5.5, height=5.0)
+    ax = axes[0, 0]
+    for k, (method, entry) in enumerate(results["methods"].items()):
+        idx = variants[entry["variant"]]["members"]
+        ccr = nanreduce(np.nanmean, _stack(per_member, idx, "oscr_ccr"))
+        area = entry["oscr_auc"]["mean"]
+        ax.plot(np.r_[0.0, fpr_grid], np.r_[0.0, ccr], color=f"C{k}",
+                lw=3.0 if method == "control" else 1.4,
+                label=f"{_label(method)} (area {area:.4f})" if area is not None
+                else _label(method))
+    ax.set_xlabel("false acceptance rate (\"none\" rows accepted)")
+    ax.set_ylabel("correct classification rate (seen rows)")
+    ax.set_title("Open-set classification rate curves\n(each method's Table-1 variant; mean "
+                 "over trials)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
     _save(fig, path)
