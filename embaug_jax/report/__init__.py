@@ -13,7 +13,7 @@ writes atomically (each file where `embaug_jax.workdir.Workdir` puts it):
   i.e. the alpha grid), each metric as {mean, std, max_dev, min, max, n, values};
   `results["selection"]` (alpha chosen on a selection part of the validation rows, reported on
   the rest, after each member's post-hoc fits there: temperature and vector scaling, its own
-  threshold, its best "none" detector; see `report.posthoc`) and `results["paired"]` (each
+  threshold, its best "none" detector; see `report.fits`) and `results["paired"]` (each
   method minus the control, trial by trial, with paired-t and bootstrap intervals, p-values and
   Holm's correction per table; see `report.statistics`). Beyond Table 1's metrics: the
   threshold-free "none" metrics (OSCR area, AUPR both ways), the "none" detectors (from the
@@ -39,7 +39,7 @@ import numpy as np
 from embaug_jax import evaluate
 from embaug_jax.report import statistics
 from embaug_jax.report.figures import plan_figures
-from embaug_jax.report.posthoc import embedding_scores, output_detectors
+from embaug_jax.report.fits import embedding_scores, output_detectors
 from embaug_jax.report.results import (
     build_results,
     evaluate_members,

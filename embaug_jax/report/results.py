@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 import embaug_jax.augment  # noqa: F401 (registers the built-in methods and settings)
 from embaug_jax import evaluate, registry
+from embaug_jax.report.fits import fit_members
 from embaug_jax.train.result import MEMBER_KEYS
 
 if TYPE_CHECKING:
@@ -98,8 +99,8 @@ def evaluate_members(outputs: SweepResult, *, threshold, thresholds=evaluate.THR
 
     Args:
       scores: per trial, the embedding detectors' scores of its validation rows
-        (`report.posthoc.embedding_scores`), or None.
-      detectors: the output detectors scored (`report.posthoc.output_detectors`).
+        (`report.fits.embedding_scores`), or None.
+      detectors: the output detectors scored (`report.fits.output_detectors`).
     """
     # One member at a time: [Nv, C] fits where the whole [M, Nv, C] sweep might not.
     return [_evaluate_on(outputs, i, None, threshold=threshold, thresholds=thresholds,
@@ -274,14 +275,12 @@ def held_out_selection(outputs: SweepResult, variants: dict[str, dict], rows: np
                        ) -> tuple[dict, dict[int, dict], dict[int, evaluate.PostHoc]]:
     """Each method's alpha chosen by mean weighted AUC on the selection rows (rows[t] True), and
     its metrics on the other, report rows, after the post-hoc fits of each of its members on
-    the selection rows (`report.posthoc.fit_members`).
+    the selection rows (`report.fits.fit_members`).
 
     Returns:
       (results["selection"] without its header, {member: metrics on the report rows} and
       {member: its post-hoc fits}, both for the chosen variants' members).
     """
-    from embaug_jax.report.posthoc import fit_members
-
     selection_auc = []
     for i, member in enumerate(tqdm(outputs.members, desc="selecting alpha", leave=False)):
         t = int(member["trial"])
