@@ -1,6 +1,7 @@
 """embaug_jax.report.answers and .formatting: the report's answers beyond Table 1 on a sweep
 with its dataset, checked against direct recomputation, and how results.md prints them."""
 
+import json
 import re
 
 import jax
@@ -24,7 +25,7 @@ def answered(tmp_path_factory, sweep_with_dataset):
 
 
 def test_held_out_metrics_are_the_fits_applied_to_the_report_rows(answered):
-    _, result, dataset, results = answered
+    workdir, result, dataset, results = answered
     selection = statistics.selection_rows(jax.random.fold_in(jax.random.key(5), 0),
                                           *result.val_labels.shape, 0.5)
     scores = report.fits.embedding_scores(result, dataset)
@@ -54,6 +55,9 @@ def test_held_out_metrics_are_the_fits_applied_to_the_report_rows(answered):
     assert results["detectors"] == dict(head="sigmoid", output=list(evaluate.OUTPUT_DETECTORS),
                                         embedding=list(evaluate.EMBEDDING_DETECTORS),
                                         knn_k=evaluate.KNN_K)
+    # Strict JSON: every number that is not defined is null, never NaN.
+    json.loads(Workdir(workdir).results_json.read_text(),
+               parse_constant=lambda token: pytest.fail(f"results.json holds {token}"))
 
 
 def test_every_paired_metric_and_its_holm_family(answered):
