@@ -108,17 +108,25 @@ def _fig3_threshold_sweep(path, results, variants, per_member):
     _save(fig, path)
 
 
+def _mean_curves(ax, results, variants, per_member, fpr_grid, curve: str, area: str,
+                 name: str) -> None:
+    """Each method's Table-1 variant's `curve` on the FPR grid, averaged over its members, its
+    mean `area` in the legend as "(name 0.1234)"; the control drawn thickest."""
+    for k, (method, entry) in enumerate(results["methods"].items()):
+        idx = variants[entry["variant"]]["members"]
+        mean = nanreduce(np.nanmean, _stack(per_member, idx, curve))
+        value = entry[area]["mean"]
+        ax.plot(np.r_[0.0, fpr_grid], np.r_[0.0, mean], color=f"C{k}",
+                lw=3.0 if method == "control" else 1.4,
+                label=f"{_label(method)} ({name} {value:.4f})" if value is not None
+                else _label(method))
+
+
 def _fig4_roc(path, results, variants, per_member, fpr_grid):
     fig, axes = _new_figure(1, 1, width=5.5, height=5.0)
     ax = axes[0, 0]
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
-    for k, (method, entry) in enumerate(results["methods"].items()):
-        idx = variants[entry["variant"]]["members"]
-        tpr = nanreduce(np.nanmean, _stack(per_member, idx, "roc_tpr"))
-        auc = entry["weighted_auc"]["mean"]
-        ax.plot(np.r_[0.0, fpr_grid], np.r_[0.0, tpr], color=f"C{k}",
-                lw=3.0 if method == "control" else 1.4,
-                label=f"{_label(method)} (AUC {auc:.4f})" if auc is not None else _label(method))
+    _mean_curves(ax, results, variants, per_member, fpr_grid, "roc_tpr", "weighted_auc", "AUC")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title("Weighted mean one-vs-rest ROC\n(seen classes + \"none\", weights = support)")
@@ -296,14 +304,7 @@ def _oscr(path, results, variants, per_member, fpr_grid):
     rows accepted, as the threshold falls."""
     fig, axes = _new_figure(1, 1, width=5.5, height=5.0)
     ax = axes[0, 0]
-    for k, (method, entry) in enumerate(results["methods"].items()):
-        idx = variants[entry["variant"]]["members"]
-        ccr = nanreduce(np.nanmean, _stack(per_member, idx, "oscr_ccr"))
-        area = entry["oscr_auc"]["mean"]
-        ax.plot(np.r_[0.0, fpr_grid], np.r_[0.0, ccr], color=f"C{k}",
-                lw=3.0 if method == "control" else 1.4,
-                label=f"{_label(method)} (area {area:.4f})" if area is not None
-                else _label(method))
+    _mean_curves(ax, results, variants, per_member, fpr_grid, "oscr_ccr", "oscr_auc", "area")
     ax.set_xlabel("false acceptance rate (\"none\" rows accepted)")
     ax.set_ylabel("correct classification rate (seen rows)")
     ax.set_title("Open-set classification rate curves\n(each method's Table-1 variant; mean "

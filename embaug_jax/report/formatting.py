@@ -7,6 +7,7 @@ from typing import Sequence
 
 from embaug_jax import evaluate, registry
 from embaug_jax.registry import display_name
+from embaug_jax.report.statistics import FAMILIES
 
 # Every metric a table compares with the control: (label, scale, unit, better), better being +1
 # where higher is better and -1 where lower is.
@@ -116,7 +117,7 @@ def format_paired(results: dict, family: str = "table1") -> str:
               f"95% bootstrap ({paired['bootstrap_resamples']} resamples)", "Beyond noise"]
     if holm:
         header.append(f"Holm ({holm['comparisons']} comparisons)")
-    metrics = holm["metrics"] if holm else list(METRIC_LABELS)[:6]
+    metrics = FAMILIES[family]
     rows = []
     for method, entry in paired["methods"].items():
         for key in metrics:
