@@ -27,7 +27,7 @@ def test_detection_metrics_are_sklearns_with_sample_weights(decimals, metric_pro
     is_none = ~seen[labels]
     weights = np.random.default_rng(1).integers(0, 3, (3, 150)).astype(np.int32)
     for name, score in evaluate.output_scores(probs, seen).items():
-        got = evaluate.detection_metrics(is_none, score, weights)
+        got = evaluate.detection_metrics(is_none, score, weights, seen_aupr=True)
         for b in range(3):
             w = weights[b]
             assert abs(got["auroc"][b] - roc_auc_score(is_none, score, sample_weight=w)) < 1e-12

@@ -54,18 +54,21 @@ def output_scores(probs, seen_mask, logits=None) -> dict[str, np.ndarray]:
                 energy=-np.logaddexp(0.0, z).sum(axis=1))
 
 
-def detection_metrics(is_none, score, weights, *, target_tpr: float = 0.95
-                      ) -> dict[str, np.ndarray]:
+def detection_metrics(is_none, score, weights, *, target_tpr: float = 0.95,
+                      seen_aupr: bool = False) -> dict[str, np.ndarray]:
     """How well `score` separates "none" rows (positives) from seen rows, per weighting.
 
     Returns:
-      {"auroc", "aupr" ("none" positive), "aupr_seen" (seen positive, score negated),
-      "fpr_at_95_tpr"}: float64 [B] each, NaN where a weighting lacks "none" or seen rows.
+      {"auroc", "aupr" ("none" positive), "fpr_at_95_tpr"} and, with `seen_aupr`, "aupr_seen"
+      (seen rows positive, the score negated): float64 [B] each, NaN where a weighting lacks
+      "none" or seen rows.
     """
     groups = tied_groups(is_none, score, weights)
-    return dict(auroc=mann_whitney_auc(groups), aupr=average_precision(groups),
-                aupr_seen=average_precision(swap_classes(groups)),
-                fpr_at_95_tpr=fpr_at_tpr(groups, target_tpr))
+    out = dict(auroc=mann_whitney_auc(groups), aupr=average_precision(groups),
+               fpr_at_95_tpr=fpr_at_tpr(groups, target_tpr))
+    if seen_aupr:
+        out["aupr_seen"] = average_precision(swap_classes(groups))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ def open_set_metrics(probs, labels, seen_mask, weights, *, posthoc: PostHoc | No
     scores.update({k: np.asarray(v) for k, v in (embedding_scores or {}).items()
                    if k in EMBEDDING_DETECTORS})
     out = dict(oscr_auc=oscr_area(probs, labels, seen_mask, weights))
-    found = {name: detection_metrics(is_none, score, weights) for name, score in scores.items()}
+    found = {name: detection_metrics(is_none, score, weights, seen_aupr=name == "msp")
+             for name, score in scores.items()}
     msp = found.get("msp")
     out.update(seen_aupr=msp["aupr_seen"] if msp else nan)
     for name in DETECTORS:

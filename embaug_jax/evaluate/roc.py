@@ -166,9 +166,9 @@ def interpolate_roc(fpr_grid, fpr, tpr):
 
 def _rates(groups: TiedGroups):
     """Each weighting's true and false positives at every distinct score, highest first, and
-    their totals: (tps float64 [B, G], fps [B, G], positives [B], negatives [B])."""
-    tps = np.cumsum(groups.positive[:, ::-1], axis=1, dtype=np.float64)
-    fps = np.cumsum(groups.negative[:, ::-1], axis=1, dtype=np.float64)
+    their totals: (tps int [B, G], fps [B, G], positives [B], negatives [B])."""
+    tps = np.cumsum(groups.positive[:, ::-1], axis=1)
+    fps = np.cumsum(groups.negative[:, ::-1], axis=1)
     return tps, fps, tps[:, -1], fps[:, -1]
 
 
@@ -180,12 +180,14 @@ def average_precision(groups: TiedGroups) -> np.ndarray:
     form one operating point. NaN where a weighting has no positive or no negative weight.
     """
     tps, fps, num_pos, num_neg = _rates(groups)
+    # Only points that hold a positive gain recall; there tps + fps >= 1.
+    gains = groups.positive[:, ::-1].any(axis=0)
+    gained, tps, fps = groups.positive[:, ::-1][:, gains], tps[:, gains], fps[:, gains]
+    # Row by row in memory order, so a weighting's sum does not depend on how many
+    # weightings are computed with it (the selected columns can come out column-major).
+    terms = np.ascontiguousarray(gained * (tps / np.maximum(tps + fps, 1)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        recall = tps / num_pos[:, None]
-        precision = tps / (tps + fps)
-    gained = np.diff(recall, axis=1, prepend=0.0)
-    # A group a weighting does not draw gains no recall: its undefined precision adds nothing.
-    ap = np.sum(np.where(gained > 0, gained * precision, 0.0), axis=1)
+        ap = np.sum(terms, axis=1) / num_pos
     return np.where((num_pos > 0) & (num_neg > 0), ap, np.nan)
 
 
