@@ -29,7 +29,7 @@ TABLE1_METRICS = ("weighted_auc", "seen_auc", "none_auroc", "none_weight", "seen
 # and as the negative class, and every detector's AUROC, AUPR and FPR at 95% TPR ("msp" is
 # the "none" column: none_auroc, none_aupr, none_fpr_at_95_tpr).
 OPEN_SET_METRICS = ("oscr_auc", "none_aupr", "seen_aupr", "none_fpr_at_95_tpr") + tuple(
-    key for name in DETECTORS[1:] for key in detector_keys(name).values())
+    key for name in DETECTORS if name != "msp" for key in detector_keys(name).values())
 # With a member's post-hoc fits (`PostHoc`): the accuracies at the threshold chosen on its
 # selection rows, and the chosen detector's figures.
 TUNED_METRICS = ("tuned_overall_accuracy", "tuned_none_accuracy", "tuned_seen_accuracy",

@@ -90,9 +90,9 @@ def headline(results: dict) -> list[str]:
         answers = "; ".join(f"{what}: {_verdict(entry.get(key), key)}"
                             for what, key in _QUESTIONS)
         line = f"- **{display_name(method)}** ({setting_text(chosen)}): {answers}."
-        tuned = [f"{METRIC_LABELS[k][0].split(' @')[0]} {difference_text(entry[k], k)}"
-                 f"{_interval_pair(entry[k], k)}"
-                 for k in ("tuned_overall_accuracy", "tuned_none_accuracy")
+        tuned = [f"{label} {difference_text(entry[k], k)}{_interval_pair(entry[k], k)}"
+                 for label, k in (("overall accuracy", "tuned_overall_accuracy"),
+                                  ("\"none\" accuracy", "tuned_none_accuracy"))
                  if entry.get(k) and entry[k]["mean"] is not None]
         if tuned:
             line += f" At each model's own threshold: {', '.join(tuned)}."
