@@ -89,7 +89,9 @@ def headline(results: dict) -> list[str]:
         chosen = sel["methods"][method]
         answers = "; ".join(f"{what}: {_verdict(entry.get(key), key)}"
                             for what, key in _QUESTIONS)
-        line = f"- **{display_name(method)}** ({setting_text(chosen)}): {answers}."
+        edges = "".join(f"; {e['setting']} at the {e['side']} end of its grid: extend it"
+                        for e in chosen.get("grid_edge", []))
+        line = f"- **{display_name(method)}** ({setting_text(chosen)}{edges}): {answers}."
         tuned = [f"{label} {difference_text(entry[k], k)}{_interval_pair(entry[k], k)}"
                  for label, k in (("overall accuracy", "tuned_overall_accuracy"),
                                   ("\"none\" accuracy", "tuned_none_accuracy"))
