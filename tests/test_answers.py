@@ -151,3 +151,18 @@ def test_a_chosen_setting_at_the_edge_of_its_grid_is_flagged():
 def test_numbers_that_round_to_zero_print_without_a_sign(value, kw, want):
     assert formatting.number(value, **kw) == want
     assert formatting.interval_text(-1e-6, 0.2, False, 1.0, 4) == "[0.0000, +0.2000] (contains 0)"
+
+
+def test_the_headline_and_the_tables_flag_a_setting_at_the_edge_of_its_grid(answered):
+    import copy
+
+    from embaug_jax.report import answers
+
+    results = copy.deepcopy(answered[3])
+    edge = [dict(setting="alpha", value=0.2, side="largest", grid=[0.1, 0.2])]
+    results["selection"]["methods"]["e_mixup"]["grid_edge"] = edge
+    line = next(row for row in answers.headline(results) if row.startswith("- **E-Mixup**"))
+    assert "alpha at the largest end of its grid: extend it" in line
+    assert answers.grid_notes(results, "selection") == [
+        "E-Mixup's alpha 0.2 is the largest of its grid (0.1, 0.2): the best may lie above it, "
+        "so extend the grid."]
