@@ -16,11 +16,13 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
+from embaug_jax import interrupt
 from embaug_jax.util import UserError, reuse_freed_memory, split_cpu_into_devices
 
 # The repository's configs/ folder (present in a checkout; an installed wheel has none).
@@ -127,25 +129,12 @@ def load_config(spec: str):
     """The ConfigDict of `PATH[:variant]`: the file's `get_config(variant)`.
 
     Raises:
-      UserError: the file does not exist, has no get_config, or rejects the variant.
+      UserError: the file is missing or is not a file, does not run, has no get_config, rejects
+        the variant, raises, or returns no ConfigDict (`configlib.get_config`).
     """
     from embaug_jax import configlib
 
-    path, dot_py, variant = spec.partition(".py:")
-    path += ".py" if dot_py else ""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"config file {path} does not exist" +
-                        (" (it is a directory)" if file.is_dir() else "") +
-                        "; configs live in configs/ (e.g. --config=configs/default.py:smoke).")
-    module = configlib.load_module(file)
-    if not callable(getattr(module, "get_config", None)):
-        raise UserError(f"config file {path} defines no get_config(); every config file has one.")
-    try:
-        config = module.get_config(variant) if variant else module.get_config()
-    except ValueError as e:  # a bad variant string: the parser names the known ones
-        raise UserError(f"--config={spec}: {e}") from e
-    return config
+    return configlib.get_config(spec)
 
 
 def _run(cmd: Command, config, workdir: str) -> None:
@@ -232,6 +221,8 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str], *,
     except ValueError as e:
         print(f"embaug {name}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # while waiting for the others to join
+        distributed.abandon(_interrupted(name, e, verbose))
     try:
         _run(cmd, config, fv.workdir)
     except BaseException as e:
@@ -239,18 +230,37 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str], *,
         # in a collective with this one; they are stopped within the heartbeat timeout.
         import jax
 
+        where = f"process {jax.process_index()} of {jax.process_count()}"
+        others = (f"the other processes stop within --heartbeat_timeout={fv.heartbeat_timeout} "
+                  "s")
+        if isinstance(e, KeyboardInterrupt):
+            distributed.abandon(_interrupted(name, e, verbose, f"{where} ", f" ({others})"))
         message = _user_message(e)
         if message is None or verbose:
             traceback.print_exc()
-        print(f"embaug {name}: process {jax.process_index()} of {jax.process_count()} failed "
-              f"({message or f'{type(e).__name__}: {e}'}); the other processes stop within "
-              f"--heartbeat_timeout={fv.heartbeat_timeout} s.", file=sys.stderr)
+        print(f"embaug {name}: {where} failed ({message or f'{type(e).__name__}: {e}'}); "
+              f"{others}.", file=sys.stderr)
         if isinstance(e, SystemExit):
             code = e.code if isinstance(e.code, int) else 1
         else:
-            code = 2 if message else 130 if isinstance(e, KeyboardInterrupt) else 1
+            code = e.exit_status if isinstance(e, UserError) else 2 if message else 1
         distributed.abandon(code)
     return 0
+
+
+def _interrupted(name: str, e: KeyboardInterrupt, verbose: bool, who: str = "",
+                 note: str = "") -> int:
+    """Prints the one line of a command stopped by SIGINT or SIGTERM; returns its exit status.
+
+    Nothing is left half-written: files are written atomically and checkpoints by orbax, each
+    complete or absent, and the workdir's lock (an flock) ends with the process.
+    """
+    if verbose:
+        traceback.print_exception(e)
+    signum = interrupt.signal_of(e)
+    print(f"embaug {name}: {who}interrupted by {signal.Signals(signum).name}{note}; rerun the "
+          "same command to resume.", file=sys.stderr)
+    return interrupt.exit_status(signum)
 
 
 class _OnlyOurInfo(logging.Filter):
@@ -318,8 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs `embaug <command> ...`; returns the exit status.
 
     A mistake in input or configuration (`UserError`, a missing file, a read-only or full disk)
-    ends with one message on stderr and status 2; `--verbose` (or `--debug`, which also logs at
-    DEBUG level) shows its traceback and the libraries' start-up logs.
+    ends with one message on stderr and status 2 (1 for a damaged file the project wrote,
+    `DamagedOutput`); `--verbose` (or `--debug`, which also logs at DEBUG level) shows its
+    traceback and the libraries' start-up logs. SIGINT or SIGTERM ends a command with one line
+    and status 130 or 143, and a second signal at once (`embaug_jax.interrupt`).
     """
     argv = list(sys.argv if argv is None else argv)
     debug = "--debug" in argv[1:]
@@ -340,18 +352,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and per-evaluation buffers then reuse pages instead of faulting fresh ones in.
     reuse_freed_memory()
     _configure_logging(verbose, debug)
-    try:
-        if not cmd.config_driven:
-            return int(_resolve(cmd.target)(sub_argv) or 0)
-        return _run_config_command(name, cmd, sub_argv, verbose=verbose)
-    except (UserError, OSError) as e:
-        message = _user_message(e)
-        if message is None:
-            raise
-        if verbose:
-            traceback.print_exception(e)
-        print(f"embaug {name}: error: {message}", file=sys.stderr)
-        return 2
+    with interrupt.handling_signals(f"embaug {name}"):
+        try:
+            if not cmd.config_driven:
+                return int(_resolve(cmd.target)(sub_argv) or 0)
+            return _run_config_command(name, cmd, sub_argv, verbose=verbose)
+        except (UserError, OSError) as e:
+            message = _user_message(e)
+            if message is None:
+                raise
+            if verbose:
+                traceback.print_exception(e)
+            print(f"embaug {name}: error: {message}", file=sys.stderr)
+            return e.exit_status if isinstance(e, UserError) else 2
+        except KeyboardInterrupt as e:
+            return _interrupted(name, e, verbose)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from embaug_jax.util import UserError, atomic_path, list_first
+from embaug_jax.util import (
+    UserError,
+    atomic_path,
+    check_input,
+    list_first,
+    load_npy,
+    load_npz,
+)
 
 FORMAT_VERSION = 1
 _EMBEDDINGS, _LABELS, _IDS, _META = "embeddings.npy", "labels.npy", "ids.npy", "meta.json"
@@ -362,7 +369,13 @@ def _from_meta(meta: Any, where: str) -> tuple[list[str], list[Segment] | None, 
     if not isinstance(meta["class_names"], list):
         raise UserError(f"{where}: `class_names` in the metadata must be a list of names; got "
                         f"{type(meta['class_names']).__name__} {str(meta['class_names'])[:60]!r}.")
-    return list(meta["class_names"]), segments, dict(meta.get("info") or {})
+    info = meta.get("info")
+    if info is not None and not isinstance(info, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(info), "a number")
+        raise UserError(f"{where}: `info` in the metadata must be a JSON object (name -> value) "
+                        f"or null; got {kind}, {json.dumps(info)[:60]}. Fix it in {_META}, or "
+                        f"re-create the dataset ({_RECREATE}).")
+    return list(meta["class_names"]), segments, dict(info or {})
 
 
 def load_embeddings(path: str | os.PathLike, *, mmap: bool = True,
@@ -370,27 +383,26 @@ def load_embeddings(path: str | os.PathLike, *, mmap: bool = True,
     """Reads a dataset directory or `.npz`; large directory arrays are memory-mapped."""
     path = Path(path)
     where = f"load_embeddings({path})"
-    if not path.exists():
-        raise FileNotFoundError(f"{where}: no such file or directory. Create one with "
-                                "`embaug extract` or `embaug_jax.save_embeddings`.")
+    check_input(path, "the dataset", directory=True,
+                missing=f"{where}: no such file or directory. Create one with `embaug extract` "
+                        "or `embaug_jax.save_embeddings`.")
     if not path.is_dir() and path.suffix != ".npz":
         raise UserError(f"{where}: expected a dataset directory (embeddings.npy, labels.npy, "
                         "meta.json) or a .npz file written by save_embeddings.")
     if path.is_dir():
-        missing = [f for f in (_EMBEDDINGS, _LABELS, _META) if not (path / f).exists()]
+        missing = [f for f in (_EMBEDDINGS, _LABELS, _META) if not os.path.lexists(path / f)]
         if missing:
             raise FileNotFoundError(f"{where}: missing {', '.join(missing)}; a dataset "
                                     f"directory holds {_EMBEDDINGS}, {_LABELS}, {_META} and "
                                     f"optionally {_IDS}.")
-    if path.is_dir():
-        mode = "r" if mmap else None
-        embeddings = _load_npy(path / _EMBEDDINGS, mode)
+        embeddings = _load_npy(path / _EMBEDDINGS, "r" if mmap else None)
         labels = _load_npy(path / _LABELS, None)
-        ids = _load_npy(path / _IDS, None) if (path / _IDS).exists() else None
+        ids = _load_npy(path / _IDS, None) if os.path.lexists(path / _IDS) else None
+        meta_file = check_input(path / _META, "the dataset's metadata")
         try:
-            meta = json.loads((path / _META).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{where}: {path / _META} is corrupt (not valid JSON: {e}); rewrite "
+            meta = json.loads(meta_file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{where}: {meta_file} is corrupt (not valid JSON: {e}); rewrite "
                             "the dataset with save_embeddings or `embaug extract`.") from e
     else:
         embeddings, labels, ids, meta = _load_npz(path, where)
@@ -401,68 +413,52 @@ def load_embeddings(path: str | os.PathLike, *, mmap: bool = True,
     return ds.validate(where=where) if validate else ds
 
 
-def _corrupt(file: Path, e: BaseException) -> UserError:
-    return UserError(f"{file} is corrupt or truncated ({type(e).__name__}: {e}); it cannot be "
-                     "read as a numpy array. Re-create the dataset (`embaug extract`, or "
-                     "save_embeddings).")
+_RECREATE = "`embaug extract`, or save_embeddings"
 
 
 def _load_npy(file: Path, mmap_mode: str | None) -> np.ndarray:
     """One `.npy` of a dataset directory; an empty, truncated or pickled file names itself."""
-    if file.stat().st_size == 0:
-        raise UserError(f"{file} is empty (0 bytes); re-create the dataset (`embaug extract`, or "
-                        "save_embeddings).")
-    try:
-        return np.load(file, mmap_mode=mmap_mode, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as e:
-        if isinstance(e, OSError) and e.errno is not None:
-            raise  # permissions and the like: the operating system's message says it
-        raise _corrupt(file, e) from e
+    return load_npy(file, "a dataset array", f"Re-create the dataset ({_RECREATE}).",
+                    mmap_mode=mmap_mode)
 
 
 def _load_npz(path: Path, where: str) -> tuple[np.ndarray, np.ndarray, Any, dict]:
     """(embeddings, labels, ids, meta) of a `.npz`, with or without its `meta` string."""
-    import zipfile
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            files = set(z.files)
-            missing = [k for k in ("embeddings", "labels") if k not in files]
-            if "meta" not in files and "class_names" not in files:
-                missing.append("class_names")
-            if missing:
-                raise UserError(f"{where}: missing arrays {missing}; found {sorted(files)}. A "
-                                ".npz dataset holds embeddings, labels and class_names "
-                                "(optionally ids, segments), or is written by save_embeddings.")
-            embeddings, labels = z["embeddings"], z["labels"]
-            ids = z["ids"] if "ids" in files else None
-            if "meta" in files:
-                meta = json.loads(str(z["meta"]))
-            else:
-                meta = _plain_npz_meta(z, files, where)
-    except UserError:
-        raise
-    except (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile,
-            json.JSONDecodeError) as e:
-        if isinstance(e, OSError) and e.errno is not None:
-            raise
-        raise _corrupt(path, e) from e
-    return embeddings, labels, ids, meta
+    arrays = load_npz(path, "the dataset",
+                      "It is not a dataset embaug_jax reads: a .npz dataset holds the arrays "
+                      "embeddings, labels and class_names, or is written by save_embeddings; "
+                      f"re-create it ({_RECREATE}).")
+    missing = [k for k in ("embeddings", "labels") if k not in arrays]
+    if "meta" not in arrays and "class_names" not in arrays:
+        missing.append("class_names")
+    if missing:
+        raise UserError(f"{where}: missing arrays {missing}; found {sorted(arrays)}. A .npz "
+                        "dataset holds embeddings, labels and class_names (optionally ids, "
+                        "segments), or is written by save_embeddings.")
+    if "meta" in arrays:
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: its `meta` record is corrupt (not valid JSON: {e}); "
+                            f"re-create the dataset ({_RECREATE}).") from e
+    else:
+        meta = _plain_npz_meta(arrays, where)
+    return arrays["embeddings"], arrays["labels"], arrays.get("ids"), meta
 
 
-def _plain_npz_meta(z, files: set[str], where: str) -> dict:
+def _plain_npz_meta(z: dict[str, np.ndarray], where: str) -> dict:
     """The metadata of a plain `np.savez(embeddings=, labels=, class_names=, ...)` file."""
     names = z["class_names"]
     if names.ndim != 1:
         raise UserError(f"{where}: `class_names` must be a 1-D array of names, one per class; got "
                         f"shape {names.shape} (one string is not a list of names).")
     segments = None
-    if "segments" in files:
+    if "segments" in z:
         sizes = z["segments"]
         if sizes.ndim != 1 or not np.issubdtype(sizes.dtype, np.integer):
             raise UserError(f"{where}: `segments` must be a 1-D array of integer sizes; got "
                             f"{sizes.dtype} of shape {sizes.shape}.")
-        seg_names = (z["segment_names"].astype(str).tolist() if "segment_names" in files
+        seg_names = (z["segment_names"].astype(str).tolist() if "segment_names" in z
                      else [f"segment_{i}" for i in range(len(sizes))])
         if len(seg_names) != len(sizes):
             raise UserError(f"{where}: {len(seg_names)} segment_names for {len(sizes)} segments.")

@@ -10,6 +10,11 @@ Failures are bounded in time, never a hang: a process that does not join within
 (killed, crashed), makes JAX's coordination service stop every other process, naming the
 missing one; `barrier` raises after its timeout; and a process whose command raises exits at
 once (`abandon`) instead of waiting for the others at JAX's shutdown barrier.
+
+JAX's preemption service is off: it would install a SIGTERM handler that only records the
+notice (for `multihost_utils.reached_preemption_sync_point`, which nothing here calls), so
+`timeout`, `kill` or a scheduler's SIGTERM could not stop a process. Each process stops on
+SIGINT or SIGTERM itself (`embaug_jax.interrupt`), and a rerun resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                  "?" if process_id is None else process_id,
                  "?" if num_processes is None else num_processes, where,
                  initialization_timeout, heartbeat_timeout)
+    jax.config.update("jax_enable_preemption_service", False)
     try:
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id,

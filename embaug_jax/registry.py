@@ -19,9 +19,9 @@ method's own members inside the kind's one compiled program. A method that compu
 no kind computes needs a new kind, which is code (`embaug_jax.augment.traced`).
 
 Rows are frozen dataclasses with keyword-only fields, so fields can be added later without
-breaking a user's rows (a setting that every method reads, such as a learning rate; the
-properties a method promises a property-based checker). `temporary(...)` registers rows for a `with` block (tests, notebooks)
-and then restores the registry as it was.
+breaking a user's rows (e.g. a setting that every method reads, such as a learning rate).
+`temporary(...)` registers rows for a `with` block (tests, notebooks) and then restores the
+registry as it was.
 """
 
 from __future__ import annotations
@@ -172,6 +172,10 @@ class Method:
       function: the named function, key first, e.g. `e_mixup(key, x, y, alpha, ...)`.
       tags: free labels; the built-ins carry "paper" (the paper's five methods, Table 1) or
         "baseline" (the ablation's), which configs/table1.py and ablation.py list.
+      properties: what `embaug_jax.testing.check_augmentation` checks of the rows the sweep
+        trains on, e.g. ("rows=half", "deterministic", "keyed", "jit", "vmap", "finite",
+        "differentiable", "label_mass=1", "convex_mix", "beta_lambda"); the names are
+        `embaug_jax.testing.PROPERTIES`'s, kept as plain strings so a row needs no import.
     """
 
     name: str
@@ -183,11 +187,14 @@ class Method:
     transform: Callable | None = None
     function: Callable | None = None
     tags: frozenset[str] = frozenset()
+    properties: tuple[str, ...] = ()
 
     def __post_init__(self):
         # Lists and sets are accepted for convenience; the row keeps hashable tuples.
         if isinstance(self.reads, (list, tuple)):
             object.__setattr__(self, "reads", tuple(self.reads))
+        if isinstance(self.properties, (list, tuple, set, frozenset)):
+            object.__setattr__(self, "properties", tuple(self.properties))
         if isinstance(self.tags, (list, tuple, set)):
             object.__setattr__(self, "tags", frozenset(self.tags))
 
@@ -249,6 +256,9 @@ def _check_method(row: Method) -> None:
         raise TypeError(f"{where}: function must be callable, got {row.function!r}")
     if not isinstance(row.tags, frozenset):
         raise TypeError(f"{where}: tags must be a frozenset, got {row.tags!r}")
+    if isinstance(row.properties, str) or not all(isinstance(p, str) for p in row.properties):
+        raise TypeError(f"{where}: properties must be a tuple of names such as 'jit' or "
+                        f"'label_mass=1', got {row.properties!r}")
 
 
 def register(row: Row, *, replace: bool = False) -> Row:

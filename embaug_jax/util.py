@@ -1,7 +1,8 @@
-"""Small helpers every stage shares: atomic file output, the workdir lock, `UserError` (a
-mistake in input or configuration), `is_traced`, `list_first`.
+"""Small helpers every stage shares: atomic file output, checked input files, the workdir lock,
+`UserError` (a mistake in input or configuration), `is_traced`, `list_first`.
 
-The invariant: a reader (or a resumed run) never sees a half-written file.
+The invariants: a reader (or a resumed run) never sees a half-written file, and no input is
+opened that could not be read (a named pipe would wait forever, a pickle could run code).
 """
 
 from __future__ import annotations
@@ -15,15 +16,27 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class UserError(ValueError):
     """Bad input or configuration: the message says what was wrong, where, and how to fix it.
 
-    `embaug` prints it without a traceback and exits with status 2 (`--verbose` shows the
+    `embaug` prints it without a traceback and exits with `exit_status` (`--verbose` shows the
     traceback). A ValueError, so `except ValueError` in callers keeps working.
     """
+
+    exit_status = 2
+
+
+class DamagedOutput(UserError):
+    """A file embaug_jax wrote earlier cannot be read (truncated, overwritten): not the user's
+    input, so `embaug` exits with status 1; the message says how to write the file again."""
+
+    exit_status = 1
 
 
 # errno values that mean "the disk cannot take this write" rather than a bug.
@@ -141,6 +154,151 @@ def list_first(items: Iterable[Any], n: int = 10, *, sep: str = ", ") -> str:
     items = [str(v) for v in (items.tolist() if hasattr(items, "tolist") else items)]
     shown = sep.join(items[:n])
     return shown + (f"{sep}... and {len(items) - n} more" if len(items) > n else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Input files: only what can be read is opened, and numpy files are never unpickled.
+
+# What a path holds instead of a regular file or a directory, tested in this order.
+_OTHER_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"))
+
+
+def check_input(path: str | os.PathLike, what: str, *, directory: bool = False,
+                missing: str | None = None) -> Path:
+    """`path` if it is a regular file (or, with `directory=True`, a directory), else an error
+    saying what it is instead, before anything opens it.
+
+    Opening a named pipe waits for a writer forever, a character device may never end and a
+    symbolic link loop reads as "no such file"; each is named for what it is.
+
+    Args:
+      path: the input.
+      what: its role, for the messages (e.g. "the table, config.source.path").
+      directory: whether a directory is a valid input too.
+      missing: the message when nothing is there (default: "PATH (WHAT) does not exist.").
+
+    Raises:
+      FileNotFoundError: nothing is there, or a symbolic link points nowhere.
+      UserError: something else is there: a directory where a file is read, a named pipe, a
+        socket, a device or a symbolic link loop.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        message = missing or f"{path} ({what}) does not exist."
+        if path.is_symlink():
+            message += f" (It is a symbolic link to {os.readlink(path)}, which does not exist.)"
+        raise FileNotFoundError(message) from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise UserError(f"{path} ({what}) is a symbolic link loop: following its links leads "
+                        "back to them, never to a file. Point the link at the real "
+                        f"{'file or directory' if directory else 'file'}, or give that path "
+                        "instead.") from None
+    if stat.S_ISREG(mode) or (directory and stat.S_ISDIR(mode)):
+        return path
+    kind = next((name for test, name in _OTHER_KINDS if test(mode)), "not a regular file")
+    wanted = "a regular file or a directory" if directory else "a regular file"
+    if stat.S_ISDIR(mode):
+        advice = "give the path of the file itself"
+    else:
+        advice = "copy the data into a regular file and give its path"
+        if stat.S_ISFIFO(mode):
+            advice = f"reading it would wait for a writer forever; {advice}"
+    raise UserError(f"{path} ({what}) is {kind}, not {wanted}: {advice}.")
+
+
+_PICKLE_PROTOCOL_2_AND_UP = b"\x80"  # every pickle protocol since Python 2.3 starts so
+
+
+def _numpy_file_problem(head: bytes, expected: str) -> str | None:
+    """Why a file starting with `head` is not the `expected` numpy format (".npy" or ".npz"),
+    judged by its first bytes; None when it looks right."""
+    if not head:
+        return "is empty (0 bytes)"
+    if head.startswith(_PICKLE_PROTOCOL_2_AND_UP):
+        return ("is a Python pickle, not a file of numpy arrays; embaug_jax never unpickles "
+                "(loading a pickle can run arbitrary code)")
+    is_npy, is_zip = head.startswith(b"\x93NUMPY"), head.startswith(b"PK")
+    if expected == ".npz" and is_npy:
+        return "holds one numpy array (.npy format), not a .npz archive of named arrays"
+    if expected == ".npy" and is_zip:
+        return "is a zip archive (.npz or other), not one numpy array (.npy format)"
+    if not (is_npy or is_zip):
+        return f"is not a {expected} file (it starts with the bytes {head[:8]!r})"
+    return None
+
+
+def _numpy_load_error(file: Path, e: BaseException, remedy: str,
+                      error: type[UserError]) -> UserError:
+    """numpy's error reading `file` as one message; never numpy's advice to unpickle."""
+    text = str(e)
+    if "allow_pickle" in text or "Object arrays" in text:
+        return error(f"{file} holds Python objects (an array of dtype object), which "
+                     f"embaug_jax never unpickles (that can run arbitrary code). {remedy}")
+    return error(f"{file} is corrupt or truncated ({type(e).__name__}: {text}); it cannot be "
+                 f"read as numpy arrays. {remedy}")
+
+
+# What numpy raises on a damaged file (an OSError with an errno is the system's, and passes).
+_DAMAGED = (ValueError, EOFError, OSError, KeyError)
+
+
+def _read_head(file: Path) -> bytes:
+    with open(file, "rb") as f:
+        return f.read(8)
+
+
+def load_npy(file: str | os.PathLike, what: str, remedy: str, *, mmap_mode: str | None = None,
+             error: type[UserError] = UserError) -> np.ndarray:
+    """One `.npy` array, never unpickled; a missing, empty, truncated or pickled file (or one
+    that is not a regular file) is one `error` naming `file` (its role `what`) and `remedy`."""
+    import numpy as np
+
+    file = check_input(file, what)
+    problem = _numpy_file_problem(_read_head(file), ".npy")
+    if problem:
+        raise error(f"{file} {problem}. {remedy}")
+    try:
+        return np.load(file, mmap_mode=mmap_mode, allow_pickle=False)
+    except _DAMAGED as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise _numpy_load_error(file, e, remedy, error) from e
+
+
+def load_npz(file: str | os.PathLike, what: str, remedy: str, *,
+             error: type[UserError] = UserError) -> dict[str, np.ndarray]:
+    """Every array of a `.npz` archive, read now and never unpickled; a file that is not such
+    an archive (empty, truncated, a single .npy, a pickle, a zip of other files) is one
+    `error` naming `file` (its role `what`) and `remedy`."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    file = check_input(file, what)
+    problem = _numpy_file_problem(_read_head(file), ".npz")
+    if problem:
+        raise error(f"{file} {problem}. {remedy}")
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+    except (*_DAMAGED, zipfile.BadZipFile, zlib.error) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise _numpy_load_error(file, e, remedy, error) from e
+    others = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if others:  # numpy hands back the bytes of members that are not .npy files
+        pickled = any(name.endswith((".pkl", ".pickle")) for name in others)
+        note = " (it holds a pickle: a PyTorch checkpoint?)" if pickled else ""
+        raise error(f"{file} is a zip archive of other files ({list_first(others, 3)}), not a "
+                    f".npz of numpy arrays{note}. {remedy}")
+    return arrays
 
 
 LOCK_FILE = ".embaug.lock"

@@ -1,5 +1,6 @@
 """The `embaug` dispatcher: usage, unknown commands, required flags, `python -m`."""
 
+import signal
 import subprocess
 import sys
 
@@ -42,3 +43,12 @@ def test_python_dash_m_runs_the_cli():
     proc = subprocess.run([sys.executable, "-m", "embaug_jax"], capture_output=True, text=True,
                           check=True)
     assert "usage: embaug <command>" in proc.stdout
+
+
+def test_a_command_leaves_the_signal_handlers_as_it_found_them(capsys, tmp_path):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    assert cli.main(["embaug", "train", f"--workdir={tmp_path}"]) == 2  # no --config
+    assert {s: signal.getsignal(s) for s in before} == before
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
+    assert wakeup == -1

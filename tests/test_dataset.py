@@ -125,6 +125,19 @@ def test_load_rejects_foreign_metadata(tmp_path):
         load_embeddings(tmp_path / "ds")
 
 
+def test_links_to_a_dataset_load_and_info_may_be_null(tmp_path):
+    x, y, names = _arrays()
+    save_embeddings(tmp_path / "ds", x, y, names, info={"source": "hand"})
+    save_embeddings(tmp_path / "ds.npz", x, y, names)
+    (tmp_path / "link").symlink_to(tmp_path / "ds")
+    (tmp_path / "link.npz").symlink_to(tmp_path / "ds.npz")
+    assert load_embeddings(tmp_path / "link").info == {"source": "hand"}
+    np.testing.assert_array_equal(load_embeddings(tmp_path / "link.npz").embeddings, x)
+    meta = tmp_path / "ds" / "meta.json"
+    meta.write_text(json.dumps(dict(json.loads(meta.read_text()), info=None)))
+    assert load_embeddings(tmp_path / "ds").info == {}
+
+
 def test_nan_check_is_chunked_for_large_files(tmp_path, monkeypatch):
     import embaug_jax.dataset as dataset
 

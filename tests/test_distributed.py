@@ -1,6 +1,6 @@
 """Multi-process runs on one machine: `embaug train/extract --distributed` as 2 processes x 2 CPU
 devices (jax.distributed over localhost, gloo collectives) against 1-process runs of the same
-command; resumes across process counts; a process that dies or never joins.
+command; resumes across process counts; a process that dies or never joins; SIGTERM.
 
 Each process is a subprocess of the checkout's own code (cwd and PYTHONPATH = the repository
 root), bounded by a timeout. Commands that must stop part-way run through a hook that registers
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +42,11 @@ TRAIN = ["--config=configs/default.py:smoke", "--config.data.trials=1",
 # The CLI plus two test commands: training that stops after one chunk (as if killed) and
 # extraction whose text embedder raises after FAIL_AFTER calls in the processes FAIL_IN.
 HOOK = r"""
-import os, sys
+import os, signal, sys
+# SIGINT and SIGTERM as a shell's command finds them, even where the tests run with them ignored
+# (a script's background job), which the command would respect.
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, signal.SIG_DFL)
 from embaug_jax import cli
 from embaug_jax.embed import extraction
 from embaug_jax.run import extract
@@ -95,18 +100,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(command: str, args: list[str], workdir: Path, *, processes: int,
-           env: dict | None = None, timeout: float = TIMEOUT_S, missing: tuple = (),
-           init_timeout: int = 120):
-    """Runs `embaug command args` as `processes` processes of 2 CPU devices each; returns
-    [(returncode, stdout, stderr, seconds until it exited)] per process. Processes numbered in
+def start(command: str, args: list[str], workdir: Path, *, processes: int,
+          env: dict | None = None, missing: tuple = (), init_timeout: int = 120):
+    """Starts `embaug command args` as `processes` processes of 2 CPU devices each; returns
+    ({process id: Popen}, the folder of their stdout and stderr files). Processes numbered in
     `missing` are not started (they never join)."""
     full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                     JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu",
                     PYTHONPATH=str(REPO), **_CACHE, **(env or {}))
     port = _free_port()
     logs = Path(tempfile.mkdtemp(prefix="logs.", dir=workdir.parent))
-    procs, ended, start = {}, {}, time.monotonic()
+    procs = {}
     for i in range(processes):
         if i in missing:
             continue
@@ -119,10 +123,22 @@ def launch(command: str, args: list[str], workdir: Path, *, processes: int,
             procs[i] = subprocess.Popen(
                 [sys.executable, "-c", HOOK, command, *args, f"--workdir={workdir}", *dist],
                 cwd=REPO, env=full_env, stdout=out, stderr=err, text=True)
-    while len(ended) < len(procs) and time.monotonic() - start < timeout:
+    return procs, logs
+
+
+def launch(command: str, args: list[str], workdir: Path, *, processes: int,
+           env: dict | None = None, timeout: float = TIMEOUT_S, missing: tuple = (),
+           init_timeout: int = 120):
+    """Runs `embaug command args` as `processes` processes of 2 CPU devices each (`start`);
+    returns [(returncode, stdout, stderr, seconds until it exited)] per process."""
+    start_time = time.monotonic()
+    procs, logs = start(command, args, workdir, processes=processes, env=env, missing=missing,
+                        init_timeout=init_timeout)
+    ended = {}
+    while len(ended) < len(procs) and time.monotonic() - start_time < timeout:
         for i, p in procs.items():
             if i not in ended and p.poll() is not None:
-                ended[i] = time.monotonic() - start
+                ended[i] = time.monotonic() - start_time
         time.sleep(0.2)
     read = {i: ((logs / f"{i}.out").read_text(), (logs / f"{i}.err").read_text()) for i in procs}
     if len(ended) < len(procs):
@@ -207,6 +223,42 @@ def test_train_killed_resumes_on_another_process_count(train_reference, tmp_path
     (_, _, err, _), = ok(launch("train", TRAIN, workdir, processes=1))
     assert "resumed from" in err and "at epoch 8" in err
     assert_same_results(workdir, train_reference)
+
+
+def test_sigterm_stops_every_process_in_one_line_and_a_rerun_resumes(tmp_path):
+    # What `timeout` or a scheduler sends; JAX's preemption service used to swallow it.
+    args = [*TRAIN[:2], "--config.num_epochs=400", "--config.chunk_epochs=4",
+            "--config.checkpoint_every=4"]
+    workdir = tmp_path / "run"
+    checkpoints = Workdir(workdir).checkpoints
+    procs, logs = start("train", args, workdir, processes=2)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        # A finished orbax checkpoint is a folder named by its epoch.
+        while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+            assert all(p.poll() is None for p in procs.values()), "a process ended early"
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        codes = {i: p.wait(timeout=60) for i, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, code in codes.items():
+        err = (logs / f"{i}.err").read_text()
+        lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+        assert code == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+        assert lines[-1] == (f"embaug train: process {i} of 2 interrupted by SIGTERM (the other "
+                             f"processes stop within --heartbeat_timeout={HEARTBEAT_S} s); rerun "
+                             "the same command to resume.")
+    last = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert last < 400
+    (_, out, err, _), = ok(launch("train", args, workdir, processes=1))
+    assert f"resumed from {checkpoints} at epoch {last}" in err
+    assert Workdir(workdir).results_json.exists() and "Soft E-Stitchup" in out
 
 
 def _extract_args(table: Path) -> list[str]:

@@ -1,9 +1,10 @@
 """A user's mistakes end in one clear message (exit status 2, no traceback) and write nothing.
 
 The table below holds the bad inputs, each run through `cli.main` in-process (or the Python API)
-and checked for the exit status (or exception type), the message's key words and an untouched
-workdir; a few run as real subprocesses to see the exit status and stderr a shell sees. Then the
-cases that once gave silently wrong results, the workdir lock, a full disk, results before
+and checked for the exit status (2, or 1 for a damaged file the project wrote; or the exception
+type), the message's key words and an untouched workdir; a few run as real subprocesses to see
+the exit status and stderr a shell sees, and real runs are stopped by SIGINT and SIGTERM. Then
+the cases that once gave silently wrong results, the workdir lock, a full disk, results before
 figures and resume after changed data.
 """
 
@@ -13,8 +14,11 @@ import dataclasses
 import errno
 import json
 import os
+import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +26,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embaug_jax import augment, cli
+from embaug_jax import augment, cli, configlib
 from embaug_jax.dataset import load_embeddings, save_embeddings
 from embaug_jax.train.synthetic import make_synthetic
-from embaug_jax.util import UserError, atomic_path, workdir_lock
+from embaug_jax.report import load_predictions
+from embaug_jax.util import DamagedOutput, UserError, atomic_path, workdir_lock
 from embaug_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,8 +171,59 @@ def make_file(tmp: Path, name: str = "afile") -> Path:
     return tmp / name
 
 
+def fifo(path: Path) -> Path:
+    """A named pipe: opening it to read waits for a writer that never comes."""
+    os.mkfifo(path)
+    return path
+
+
+def link_loop(path: Path) -> Path:
+    path.symlink_to(path.name)  # a relative link to itself
+    return path
+
+
+def pickled(path: Path) -> Path:
+    path.write_bytes(pickle.dumps({"embeddings": [[0.0, 1.0]], "labels": [0]}))
+    return path
+
+
+def fifo_in_dataset(tmp: Path, name: str) -> Path:
+    path = dataset_dir(tmp)
+    (path / name).unlink()
+    fifo(path / name)
+    return path
+
+
+def jsonl_table(tmp: Path, labels: list, name: str = "items.jsonl") -> Path:
+    path = tmp / name
+    path.write_text("".join(json.dumps({"sku": f"s{i}", "title": f"red shirt {i}",
+                                        "description": f"soft cotton {i}", "category": label})
+                            + "\n" for i, label in enumerate(labels)))
+    return path
+
+
+def utf16_table(tmp: Path, encoding: str = "utf-16") -> Path:
+    path = table_csv(tmp)
+    path.write_bytes(path.read_text().encode(encoding))
+    return path
+
+
+def config_file(tmp: Path, name: str, text: str) -> str:
+    (tmp / name).write_text(text)
+    return str(tmp / name)
+
+
+def damaged_predictions(tmp: Path, data: bytes | None = None) -> list[str]:
+    """A finished run whose predictions.npz (the re-report's input) is cut short or replaced."""
+    data_path = dataset_dir(tmp)
+    assert cli.main(file_train(tmp, data=data_path)) == 0
+    predictions = Workdir(tmp / "w").predictions
+    predictions.write_bytes(data if data is not None else predictions.read_bytes()[:400])
+    return file_train(tmp, data=data_path)
+
+
 # ---------------------------------------------------------------------------------------------
-# The table: (id, argv builder, key words of the message).
+# The table: (id, argv builder, key words of the message, exit status, words it must not say).
 
 
 @dataclasses.dataclass
@@ -175,6 +231,8 @@ class Case:
     id: str
     argv: Callable[[Path], list[str]]
     words: tuple[str, ...]
+    status: int = 2  # 1: not the user's input (a file the project wrote is damaged)
+    absent: tuple[str, ...] = ()
 
 
 CLI_CASES = [
@@ -188,6 +246,22 @@ CLI_CASES = [
          ("config file", "nope.py", "does not exist")),
     Case("config is a folder", lambda t: ["embaug", "train", f"--config={t}",
                                           f"--workdir={t / 'w'}"], ("is a directory",)),
+    Case("config is a named pipe", lambda t: [
+        "embaug", "train", f"--config={fifo(t / 'c.py')}", f"--workdir={t / 'w'}"],
+        ("c.py", "named pipe (FIFO)")),
+    Case("config with a syntax error", lambda t: [
+        "embaug", "train", f"--config={config_file(t, 'syn.py', 'def get_config(:')}",
+        f"--workdir={t / 'w'}"], ("config file", "syn.py", "line 1", "invalid syntax")),
+    Case("config that raises", lambda t: ["embaug", "train", "--config=" + config_file(
+        t, "boom.py", "def get_config(arg=None):\n    raise RuntimeError('boom')\n") + ":x",
+        f"--workdir={t / 'w'}"], ("boom.py", "get_config('x') raised RuntimeError: boom",
+                                  "line 2", "Fix the config file")),
+    Case("config that fails on import", lambda t: [
+        "embaug", "train", f"--config={config_file(t, 'imp.py', 'import no_such_module')}",
+        f"--workdir={t / 'w'}"], ("imp.py", "ModuleNotFoundError", "line 1")),
+    Case("get_config returns a dict", lambda t: ["embaug", "train", "--config=" + config_file(
+        t, "plain.py", "def get_config(arg=None):\n    return {'seed': 0}\n"),
+        f"--workdir={t / 'w'}"], ("plain.py", "returned a dict", "ml_collections.ConfigDict")),
     Case("unknown variant", lambda t: train_argv(t, config=DEFAULT + ":smok"),
          ("unknown config variant 'smok'", "smoke")),
     Case("bad variant value", lambda t: train_argv(t, config=DEFAULT + ":trials=two"),
@@ -232,6 +306,16 @@ CLI_CASES = [
         t, data=meta_edit(t, class_names="abcd")), ("class_names", "list of names")),
     Case("truncated .npz", lambda t: file_train(t, data=truncated_npz(t)),
          ("d.npz", "corrupt")),
+    Case("dataset is a named pipe", lambda t: file_train(t, data=fifo(t / "p.npz")),
+         ("p.npz", "named pipe (FIFO)", "wait for a writer")),
+    Case("dataset folder holds a named pipe", lambda t: file_train(
+        t, data=fifo_in_dataset(t, "meta.json")), ("meta.json", "named pipe (FIFO)")),
+    Case("dataset is a symbolic link loop", lambda t: file_train(t, data=link_loop(t / "l.npz")),
+         ("l.npz", "symbolic link loop"), absent=("no such file",)),
+    Case("dataset is a pickle named .npz", lambda t: file_train(t, data=pickled(t / "x.npz")),
+         ("x.npz", "pickle", "not a dataset embaug_jax reads"), absent=("allow_pickle",)),
+    Case("meta.json info not an object", lambda t: file_train(
+        t, data=meta_edit(t, info=["a", "b"])), ("`info`", "JSON object", "an array")),
     Case(".npz without class_names", lambda t: file_train(t, data=npz(
         t, embeddings=np.ones((8, 2), np.float32), labels=np.zeros(8, int))),
         ("missing arrays", "class_names")),
@@ -256,6 +340,29 @@ CLI_CASES = [
          ("no column(s) ['colour']", "its columns are")),
     Case("table missing", lambda t: extract_argv(t, csv=t / "gone.csv"),
          ("gone.csv", "does not exist")),
+    Case("table is a named pipe", lambda t: extract_argv(t, csv=fifo(t / "f.csv")),
+         ("f.csv", "named pipe (FIFO)", "wait for a writer"), absent=("does not exist",)),
+    Case("table is a directory named .csv", lambda t: extract_argv(t, csv=_mkdir(t / "d.csv")),
+         ("d.csv", "is a directory"), absent=("does not exist",)),
+    Case("table is a symbolic link loop", lambda t: extract_argv(t, csv=link_loop(t / "l.csv")),
+         ("l.csv", "symbolic link loop"), absent=("does not exist",)),
+    Case("UTF-16 table", lambda t: extract_argv(t, csv=utf16_table(t)),
+         ("UTF-16", "--config.source.encoding=utf-16"), absent=("binary",)),
+    Case("UTF-16 table without a byte-order mark", lambda t: extract_argv(
+        t, csv=utf16_table(t, "utf-16-le")), ("--config.source.encoding=utf-16-le",),
+        absent=("binary",)),
+    Case("unknown encoding", lambda t: extract_argv(t, "--config.source.encoding=klingon"),
+         ("config.source.encoding='klingon'", "utf-8", "utf-16", "standard-encodings")),
+    Case("format xlsx", lambda t: extract_argv(t, "--config.source.format=xlsx"),
+         ("config.source.format='xlsx'", "csv, tsv, jsonl, parquet"),
+         absent=("Cannot tell the format",)),
+    Case("JSONL labels that are lists and objects", lambda t: extract_argv(
+        t, csv=jsonl_table(t, ["a", ["a", "b"], "b", {"name": "c"}])),
+        ("label column 'category'", "list or an object", "2 rows", "data rows 1, 3")),
+    Case("JSONL labels of mixed types", lambda t: extract_argv(
+        t, csv=jsonl_table(t, ["3", 3, "4", 4.5, "5"])),
+        ("mixes value types", "strings in rows 0, 2, 4", "integers in rows 1",
+         "decimal numbers in rows 3")),
     Case("not utf-8", lambda t: extract_argv(t, csv=_write(
         t / "l1.csv", "sku,title,description,category\n1,caf\xe9,x,a\n".encode("latin-1"))),
         ("line 2", "not valid utf-8", "encoding")),
@@ -308,6 +415,13 @@ CLI_CASES = [
         f"--workdir={linked_lock(t)}"] + TINY, (".embaug.lock", "symbolic link")),
     Case("workdir is the filesystem root", lambda t: train_argv(t)[:3] + ["--workdir=/"] + TINY,
          ("--workdir /", "filesystem root", "subfolder")),
+    # damaged outputs of an earlier run: not the user's input, exit status 1
+    Case("truncated predictions.npz", lambda t: damaged_predictions(t),
+         ("predictions.npz", "corrupt or truncated", "rerun the `embaug train` command"),
+         status=1),
+    Case("predictions.npz replaced by a pickle", lambda t: damaged_predictions(
+        t, pickle.dumps([1, 2])), ("predictions.npz", "pickle", "rerun the `embaug train`"),
+        status=1, absent=("allow_pickle",)),
     # demo
     Case("demo: unknown key", lambda t: ["embaug", "demo", f"--config={DEMO}:smoke",
                                          f"--workdir={t / 'w'}", "--config.train.nope=1"],
@@ -328,6 +442,11 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 def _unlinked(tmp: Path, name: str) -> Path:
     path = dataset_dir(tmp)
     (path / name).unlink()
@@ -339,16 +458,19 @@ def _snapshot(tmp: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
-def test_a_users_mistake_is_one_message_and_exit_2(case, tmp_path, capsys):
+def test_a_bad_input_is_one_message_and_its_exit_status(case, tmp_path, capsys):
     argv = case.argv(tmp_path)
     before = _snapshot(tmp_path)
     had_workdir = (tmp_path / "w").exists()
     capsys.readouterr()
-    assert cli.main(argv) == 2
+    assert cli.main(argv) == case.status
     err = capsys.readouterr().err
     assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("embaug ")]) == 1, err
     for word in case.words:
         assert word in err, (word, err)
+    for word in case.absent:
+        assert word not in err, (word, err)
     # Nothing half-written: no file appeared or changed, and the workdir was not created.
     assert _snapshot(tmp_path) == before
     assert had_workdir or not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
@@ -383,7 +505,81 @@ API_CASES = [
      ("plain.npz", "did not write")),
     ("refused pytorch_model.bin (TextEmbedder)", lambda t: _text_embedder(
         bert_folder_with_pickle(t)), UserError, ("pytorch_model.bin", "refused")),
+    # inputs that are not regular files, and numpy files never unpickled
+    ("load_embeddings of a named pipe", lambda t: load_embeddings(fifo(t / "p.npz")), UserError,
+     ("p.npz", "named pipe (FIFO)")),
+    ("load_embeddings of a broken link", lambda t: load_embeddings(_link(t / "b.npz", "gone")),
+     FileNotFoundError, ("b.npz", "no such file", "symbolic link to gone")),
+    ("load_embeddings of a pickle", lambda t: load_embeddings(pickled(t / "x.npz")), UserError,
+     ("x.npz", "Python pickle", "not a dataset embaug_jax reads")),
+    ("load_embeddings of a .npy named .npz", lambda t: load_embeddings(_npy_as_npz(t)),
+     UserError, ("a.npz", "one numpy array (.npy format)")),
+    ("load_embeddings of an object array", lambda t: load_embeddings(npz(
+        t, embeddings=np.array([{"x": 1}], dtype=object), labels=np.zeros(1, int),
+        class_names=np.array(["a"]))), UserError, ("plain.npz", "Python objects")),
+    ("load_embeddings of a zip of other files", lambda t: load_embeddings(
+        pickle_checkpoint(t / "torch.npz")), UserError,
+     ("torch.npz", "zip archive of other files", "pickle")),
+    ("a pickle as a dataset's embeddings.npy", lambda t: load_embeddings(_replaced(
+        t, "embeddings.npy", pickle.dumps([1.0]))), UserError, ("embeddings.npy", "pickle")),
+    ("an object array as a dataset's labels.npy", lambda t: load_embeddings(_object_labels(t)),
+     UserError, ("labels.npy", "Python objects")),
+    ("load_predictions of garbage", lambda t: load_predictions(_write(
+        t / "predictions.npz", b"hello " * 50)), DamagedOutput,
+     ("predictions.npz", "not a .npz file", "rerun the `embaug train` command")),
+    ("load_predictions without its arrays", lambda t: load_predictions(npz(t, x=np.ones(2))),
+     DamagedOutput, ("plain.npz", "lacks part of a sweep's predictions", "members")),
+    ("load_predictions of a named pipe", lambda t: load_predictions(fifo(t / "p.npz")),
+     UserError, ("p.npz", "named pipe (FIFO)")),
+    # config files
+    ("get_config of a syntax error", lambda t: configlib.get_config(config_file(
+        t, "syn.py", "x = 1\ndef get_config(arg=None)\n    return None\n")), UserError,
+     ("syn.py", "line 2", "expected ':'")),
+    ("get_config returning a dict", lambda t: configlib.get_config(config_file(
+        t, "plain.py", "def get_config(arg=None):\n    return dict(seed=0)\n")), UserError,
+     ("returned a dict",)),
+    ("a variant for a get_config without one", lambda t: configlib.get_config(config_file(
+        t, "bare.py", "import ml_collections\ndef get_config():\n"
+        "    return ml_collections.ConfigDict()\n") + ":smoke"), UserError,
+     ("takes no variant", ":smoke")),
+    # tables
+    ("UTF-32 table", lambda t: _load_table(utf16_table(t, "utf-32")), UserError,
+     ("UTF-32", "--config.source.encoding=utf-32")),
+    ("JSONL labels of booleans and strings", lambda t: _load_table(jsonl_table(
+        t, [True, "yes", "no", False])), UserError,
+     ("mixes value types", "booleans in rows 0, 3", "strings in rows 1, 2")),
 ]
+
+
+def _link(path: Path, target: str) -> Path:
+    path.symlink_to(target)
+    return path
+
+
+def _npy_as_npz(tmp: Path) -> Path:
+    np.save(tmp / "a.npy", np.ones((3, 2), np.float32))
+    return (tmp / "a.npy").rename(tmp / "a.npz")
+
+
+def _replaced(tmp: Path, name: str, data: bytes) -> Path:
+    path = dataset_dir(tmp)
+    (path / name).write_bytes(data)
+    return path
+
+
+def _object_labels(tmp: Path) -> Path:
+    path = dataset_dir(tmp)
+    np.save(path / "labels.npy", np.array([{"label": 0}] * 160, dtype=object), allow_pickle=True)
+    return path
+
+
+def _load_table(path: Path):
+    from embaug_jax.sources import load_table
+
+    src = configlib.get_config(TABLE).source
+    src.update(dict(path=str(path), text_columns="title", label_column="category",
+                    id_column="sku"))
+    return load_table(src)
 
 
 def _text_embedder(folder):
@@ -400,6 +596,7 @@ def test_python_api_errors(name, call, exc, words, tmp_path):
     for word in words:
         assert word in message, (word, message)
     assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+    assert "allow_pickle" not in message
     assert not (tmp_path / "d").exists()
 
 
@@ -423,6 +620,111 @@ def test_mistakes_exit_2_without_a_traceback_in_a_real_process(tmp_path):
                           timeout=300)
     assert proc.returncode == 2 and "Traceback" in proc.stderr
     assert "data.path is not set" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopped by a signal: one line, status 128 + the signal, and the same command resumes.
+
+
+# `embaug` with SIGINT and SIGTERM as a terminal's command finds them, even where the tests run
+# with them ignored (a script's background job), which the command would respect.
+_DEFAULT_SIGNALS = ("import signal\n"
+                    "for s in (signal.SIGINT, signal.SIGTERM):\n"
+                    "    signal.signal(s, signal.SIG_DFL)\n")
+_EMBAUG = _DEFAULT_SIGNALS + ("import sys\nfrom embaug_jax.cli import main\n"
+                              "sys.exit(main(['embaug', *sys.argv[1:]]))\n")
+
+
+def _has_checkpoint(workdir: Workdir) -> bool:
+    """Whether orbax has finished a checkpoint in `workdir` (its name is the epoch)."""
+    folder = workdir.checkpoints
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_train_in_one_line_and_the_same_command_resumes(signum, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    work = Workdir(tmp_path / "w")
+    # The smoke config checkpoints every 8 epochs: 400 epochs leave time to interrupt it.
+    argv = [sys.executable, "-c", _EMBAUG, "train", f"--config={DEFAULT}:smoke",
+            f"--workdir={work}", "--config.num_epochs=400"]
+    with open(tmp_path / "stderr", "w") as err:  # a file: a full pipe would stall the run
+        run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while not _has_checkpoint(work):
+            assert run.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 600 s"
+            time.sleep(0.05)
+        run.send_signal(signum)
+        code = run.wait(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    stderr = (tmp_path / "stderr").read_text()
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    name = signal.Signals(signum).name
+    assert code == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr and "Warning" not in stderr, stderr[-3000:]
+    assert lines[-1] == f"embaug train: interrupted by {name}; rerun the same command to resume."
+    assert sum("interrupted" in line for line in lines) == 1
+    # The lock went with the process; no temporary of an atomic write is left (orbax's own
+    # temporary checkpoint folder, if the signal came during a save, goes when the run resumes).
+    with workdir_lock(work, "train"):
+        pass
+    assert not [p for p in work.path.rglob("*") if p.name.endswith(".tmp")]
+    last = max(int(p.name) for p in work.checkpoints.iterdir() if p.name.isdigit())
+    assert last < 400 and not work.results_json.exists()
+
+    rerun = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resumed from {work.checkpoints} at epoch {last}" in rerun.stderr
+    assert json.loads(work.results_json.read_text())["methods"]
+    assert not [p for p in work.path.rglob("*") if "tmp" in p.name]
+
+
+_SLOW_CLEAN_UP = _DEFAULT_SIGNALS + """
+import time
+from embaug_jax import interrupt
+
+with interrupt.handling_signals("embaug test"):
+    try:
+        print("ready", flush=True)
+        time.sleep(120)
+    except interrupt.Interrupted:
+        # A clean-up stuck outside Python (a long XLA call, say): the main thread takes no more
+        # signals, so only the watcher thread can act on the second.
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM])
+        print("cleaning up", flush=True)
+        time.sleep(120)
+print("not reached")
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_ends_the_process_at_once(signum):
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLEAN_UP], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signum)
+        assert proc.stdout.readline() == "cleaning up\n"
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signum and time.monotonic() - sent < 30
+    assert out == "" and err == (f"embaug test: {signal.Signals(signum).name} again: stopped at "
+                                 "once; rerun the same command to resume from its last "
+                                 "checkpoint.\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,6 +961,21 @@ def test_extract_redoes_shards_of_another_device_count(tmp_path, caplog):
         out = extract.run_extraction(c, tmp_path / workdir, text_embedder=resumed)
         assert resumed.calls == redone and len(load_embeddings(out)) == 6
         assert ("so they are redone" in caplog.text) == (resume_devices != 4)
+
+
+def test_damaged_predictions_are_written_again_by_doing_what_the_message_says(
+        tmp_path, capsys, monkeypatch, fast_compile):
+    argv = damaged_predictions(tmp_path)
+    work = Workdir(tmp_path / "w")
+    results = json.loads(work.results_json.read_text())
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    assert "Delete it and rerun" in capsys.readouterr().err
+    work.predictions.unlink()
+    _no_training(monkeypatch)  # the last checkpoint has every epoch: nothing is trained again
+    assert cli.main(argv) == 0
+    assert load_predictions(work).members
+    assert json.loads(work.results_json.read_text()) == results
 
 
 def test_checkpoints_of_the_old_kernel_layout_are_refused_with_what_to_do(

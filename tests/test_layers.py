@@ -23,7 +23,7 @@ PACKAGE = "embaug_jax"
 # and packages (a package covers everything under it). `metrics` is the evaluate stage until
 # evaluate/ replaces it.
 LAYERS = (
-    ("foundation", ("util", "configlib", "distributed", "registry", "workdir")),
+    ("foundation", ("util", "configlib", "distributed", "interrupt", "registry", "workdir")),
     ("sources", ("sources",)),
     ("embed", ("embed",)),
     ("dataset", ("dataset",)),
@@ -32,6 +32,8 @@ LAYERS = (
     ("train", ("train",)),
     ("report", ("report",)),
     ("run", ("run",)),
+    # A tool above the stages (check_augmentation): it may import any of them, none imports it.
+    ("testing", ("testing",)),
     ("entry points", ("cli", "__main__", "")),  # "": the package's own __init__
 )
 

@@ -250,6 +250,33 @@ def test_table_undecodable_bytes_name_the_line(tmp_path):
                                 label_column="l"))
 
 
+def test_json_cells_keep_their_types(tmp_path):
+    # Integer labels and ids with gaps stay integers: class "3", never "3.0".
+    path = tmp_path / "t.jsonl"
+    rows = [{"id": 7, "t": "a", "l": 3}, {"id": 8, "t": "b", "l": None},
+            {"id": None, "t": "c"}, {"id": 9, "t": "d", "l": 10}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = sources.load_source(cfg(kind="table", path=str(path), text_columns="t",
+                                   label_column="l", id_column="id"))
+    assert data.labels.tolist() == ["3", "10"] and data.class_names == ["3", "10"]
+    assert data.ids.tolist() == ["7", "9"] and data.dropped == {"missing label": 2}
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_tables_in_other_unicode_encodings(tmp_path, encoding):
+    plain = write_table(tmp_path / "items.csv", ROWS, "csv")
+    other = tmp_path / f"{encoding}.csv"
+    other.write_bytes(plain.read_text().encode(encoding))
+    want = sources.load_source(table_cfg(plain))
+    # A UTF-8 byte-order mark is no part of the first column's name ("sku", the id column).
+    named = "utf-8" if encoding == "utf-8-sig" else encoding
+    got = sources.load_source(table_cfg(other, encoding=named))
+    assert got.ids.tolist() == want.ids.tolist() and got.texts == want.texts
+    if encoding != "utf-8-sig":
+        with pytest.raises(ValueError, match=f"--config.source.encoding={encoding}"):
+            sources.load_source(table_cfg(other))
+
+
 def test_numeric_labels_sort_naturally(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps({"t": f"x{i}", "l": v}) + "\n"

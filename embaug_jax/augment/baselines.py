@@ -29,6 +29,7 @@ from embaug_jax.augment.checks import (
     prepare_inputs,
 )
 from embaug_jax.augment.methods import (
+    PURE_PROPERTIES,
     parents,
     sample_weights,
     soften_labels,
@@ -38,6 +39,8 @@ from embaug_jax.augment.traced import MethodParams, any_member
 from embaug_jax.registry import Range, Setting
 
 _BASELINE = ("baseline",)
+# What `embaug_jax.testing.check_augmentation` checks of each baseline's rows (see methods.py).
+_ROWWISE = ("rows=all", *PURE_PROPERTIES)
 _RATE = Range(low=0, high=1, high_closed=False)
 
 registry.register(Setting(name="smoothing", grid="smoothing", range=_RATE, default=(0.1,),
@@ -84,7 +87,8 @@ def _dropout_rows(key, x, y, params: MethodParams, *, class_mask=None):
 
 @registry.register_method(display="Soft control", kind="control", reads=("softness",),
                           soft=True, tags=_BASELINE,
-                          reference="the softening of sec. 2.4 without mixing")
+                          reference="the softening of sec. 2.4 without mixing",
+                          properties=(*_ROWWISE, "label_mass=soft"))
 def soft_control(key, x, y, *, softness=0.05, negative_mass=1.0, class_mask=None,
                  num_classes=None):
     """The paper's label softening without mixing: the control's rows, `soften_labels`'d.
@@ -122,7 +126,8 @@ def smooth_labels(y: Any, smoothing: Any = 0.1, *, class_mask: Any = None) -> ja
 
 @registry.register_method(display="Label smoothing", kind="control", reads=("smoothing",),
                           transform=_smooth_rows, tags=_BASELINE,
-                          reference="Szegedy et al., 2016")
+                          reference="Szegedy et al., 2016",
+                          properties=(*_ROWWISE, "label_mass=1"))
 def label_smoothing(key, x, y, smoothing=0.1, *, class_mask=None, num_classes=None):
     """The control's rows with `smooth_labels`: the standard way to soften targets. `key` unused."""
     del key
@@ -138,7 +143,8 @@ def _row_rms(x: jax.Array) -> jax.Array:
 
 @registry.register_method(display="Gaussian noise", kind="control", reads=("noise_std",),
                           transform=_noise_rows, tags=_BASELINE,
-                          reference="feature-space noise, DeVries and Taylor, 2017")
+                          reference="feature-space noise, DeVries and Taylor, 2017",
+                          properties=(*_ROWWISE, "keyed", "label_mass=1"))
 def gaussian_noise(key, x, y, noise_std=0.1, *, num_classes=None):
     """x + noise_std * rms(x_row) * N(0, I): isotropic noise scaled to each embedding's size.
 
@@ -159,7 +165,8 @@ def _add_noise(key, x, noise_std):
 
 @registry.register_method(display="Feature dropout", kind="control", reads=("drop_rate",),
                           transform=_dropout_rows, tags=_BASELINE,
-                          reference="dropout (Srivastava et al., 2014) on the input")
+                          reference="dropout (Srivastava et al., 2014) on the input",
+                          properties=(*_ROWWISE, "keyed", "label_mass=1"))
 def feature_dropout(key, x, y, rate=0.1, *, num_classes=None):
     """Each embedding element zeroed with probability `rate`, the rest scaled by 1 / (1 - rate)
     (inverted dropout on the input, so the expected input is unchanged). Labels unchanged."""
@@ -213,7 +220,9 @@ def manifold_rows(key, x, y, alpha, *, pairing="halve"):
 
 
 @registry.register_method(display="Manifold mixup", kind="manifold", reads=("alpha",),
-                          tags=_BASELINE, reference="Verma et al., 2019")
+                          tags=_BASELINE, reference="Verma et al., 2019",
+                          properties=("rows=half", *PURE_PROPERTIES, "keyed", "beta_lambda",
+                                      "label_mass=1", "convex_mix"))
 def manifold_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None) -> ManifoldPairs:
     """Manifold mixup (Verma et al., 2019) at the first hidden layer, fixed there.
 

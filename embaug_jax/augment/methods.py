@@ -35,6 +35,12 @@ from embaug_jax.registry import Range, Setting
 from embaug_jax.util import is_traced
 
 _PAPER = ("paper",)
+# What `embaug_jax.testing.check_augmentation` checks of a method's rows (`Method.properties`,
+# names from `embaug_jax.testing.PROPERTIES`): every built-in is a pure JAX function of its key,
+# and a mixing method blends or stitches two parents at a lambda ~ Beta(alpha, alpha).
+PURE_PROPERTIES = ("deterministic", "jit", "vmap", "finite", "differentiable")
+_ROWWISE = ("rows=all", *PURE_PROPERTIES)
+_PAIRS = ("rows=half", *PURE_PROPERTIES, "keyed", "beta_lambda")
 
 registry.register(Setting(
     name="alpha", grid="alphas", range=Range(low=0, low_closed=False), default=(0.2,),
@@ -252,7 +258,8 @@ def soften_labels(y: Any, softness: Any = 0.05, negative_mass: Any = 1.0, *, cla
 
 
 @registry.register_method(display="Control", kind="control", tags=_PAPER,
-                          reference="sec. 3: the paper's control, no augmentation")
+                          reference="sec. 3: the paper's control, no augmentation",
+                          properties=(*_ROWWISE, "label_mass=1"))
 def control(key, x, y, alpha=None, *, num_classes=None, **ignored):
     """The paper's control: no augmentation. Returns (x, y as float labels); key/alpha unused."""
     del key, alpha, ignored
@@ -261,7 +268,8 @@ def control(key, x, y, alpha=None, *, num_classes=None, **ignored):
 
 
 @registry.register_method(display="E-Mixup", kind="mixup", reads=("alpha",), tags=_PAPER,
-                          reference="sec. 2.2")
+                          reference="sec. 2.2",
+                          properties=(*_PAIRS, "label_mass=1", "convex_mix"))
 def e_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None, segments=None):
     """E-Mixup (section 2.2): `x_mix = lam * x_a + (1 - lam) * x_b`, labels alike.
 
@@ -282,7 +290,8 @@ def e_mixup(key, x, y, alpha, *, pairing="halve", num_classes=None, segments=Non
 
 
 @registry.register_method(display="E-Stitchup", kind="stitchup", reads=("alpha",),
-                          tags=_PAPER, reference="sec. 2.3")
+                          tags=_PAPER, reference="sec. 2.3",
+                          properties=(*_PAIRS, "label_mass=1", "coordinate_stitch"))
 def e_stitchup(key, x, y, alpha, *, pairing="halve", label_weight="lambda", num_classes=None, segments=None):
     """E-Stitchup (section 2.3): each element from `x_a` with probability lam, else from `x_b`.
 
@@ -299,7 +308,8 @@ def e_stitchup(key, x, y, alpha, *, pairing="halve", label_weight="lambda", num_
 
 
 @registry.register_method(display="Soft E-Mixup", kind="mixup", reads=("alpha", "softness"),
-                          soft=True, tags=_PAPER, reference="sec. 2.4")
+                          soft=True, tags=_PAPER, reference="sec. 2.4",
+                          properties=(*_PAIRS, "label_mass=soft", "convex_mix"))
 def soft_e_mixup(key, x, y, alpha, *, softness=0.05, negative_mass=1.0, class_mask=None,
                  pairing="halve", num_classes=None, segments=None):
     """Soft E-Mixup (section 2.4): `e_mixup` followed by `soften_labels`."""
@@ -310,7 +320,8 @@ def soft_e_mixup(key, x, y, alpha, *, softness=0.05, negative_mass=1.0, class_ma
 
 @registry.register_method(display="Soft E-Stitchup", kind="stitchup",
                           reads=("alpha", "softness"), soft=True, tags=_PAPER,
-                          reference="sec. 2.4")
+                          reference="sec. 2.4",
+                          properties=(*_PAIRS, "label_mass=soft", "coordinate_stitch"))
 def soft_e_stitchup(key, x, y, alpha, *, softness=0.05, negative_mass=1.0, class_mask=None,
                     pairing="halve", label_weight="lambda", num_classes=None, segments=None):
     """Soft E-Stitchup (section 2.4): `e_stitchup` followed by `soften_labels`."""

@@ -72,23 +72,32 @@ def load_predictions(path) -> SweepResult:
     from pathlib import Path
 
     from embaug_jax.train.result import SweepResult
+    from embaug_jax.util import DamagedOutput, check_input, load_npz
     from embaug_jax.workdir import Workdir
 
     path = Path(path)
     if path.suffix != ".npz":  # a workdir
         path = Workdir(path).predictions
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: a finished `embaug train` run writes it "
-                                f"beside results.json; rerun the sweep's command to make it.")
-    with np.load(path, allow_pickle=False) as z:
-        history = {k[len("history/"):]: z[k] for k in z.files if k.startswith("history/")}
-        extra = {"threshold": float(z["threshold"])} if "threshold" in z.files else {}
+    check_input(path, "a sweep's predictions",
+                missing=f"{path} is missing: a finished `embaug train` run writes it beside "
+                        "results.json; rerun the sweep's command to make it.")
+    # Rerunning a finished sweep without the file restores its last checkpoint and writes the
+    # predictions again; without checkpoints it trains again.
+    remedy = ("Delete it and rerun the `embaug train` command that made this workdir: it writes "
+              "the file again from the run's last checkpoint.")
+    z = load_npz(path, "a sweep's predictions",
+                 f"It is not the predictions file a sweep writes. {remedy}", error=DamagedOutput)
+    try:
+        history = {k[len("history/"):]: z[k] for k in z if k.startswith("history/")}
+        extra = {"threshold": float(z["threshold"])} if "threshold" in z else {}
         return SweepResult(
             members=json.loads(str(z["members"])), eval_epochs=z["eval_epochs"],
             history=history, val_probs=z["val_probs"], val_labels=z["val_labels"],
             seen_mask=z["seen_mask"], class_names=[str(c) for c in z["class_names"]],
-            val_idx=z["val_idx"] if "val_idx" in z.files else None,
-            train_idx=z["train_idx"] if "train_idx" in z.files else None, **extra)
+            val_idx=z.get("val_idx"), train_idx=z.get("train_idx"), **extra)
+    except (KeyError, ValueError, TypeError) as e:  # a missing array, a damaged members record
+        raise DamagedOutput(f"{path} lacks part of a sweep's predictions ({type(e).__name__}: "
+                            f"{e}). {remedy}") from e
 
 
 def evaluate_members(outputs: SweepResult, *, threshold, thresholds=evaluate.THRESHOLDS,

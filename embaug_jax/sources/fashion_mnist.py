@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from embaug_jax.sources.items import ImageField, SourceData, _check_choice
+from embaug_jax.sources.items import ImageField, SourceData, check_choice
 from embaug_jax.sources.sampling import finish
-from embaug_jax.util import UserError
+from embaug_jax.util import UserError, check_input
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
@@ -38,14 +38,14 @@ def load_fashion_mnist(src: Any) -> SourceData:
     plus the shared sampling knobs (e.g. `max_items`). Ids are "train.00042" style.
     """
     root = Path(str(src.root))
-    split = _check_choice("split", str(src.split), ("train", "test"))
+    split = check_choice("split", str(src.split), ("train", "test"))
     prefix = "train" if split == "train" else "t10k"
     image_path = root / f"{prefix}-images-idx3-ubyte.gz"
     label_path = root / f"{prefix}-labels-idx1-ubyte.gz"
     for p in (image_path, label_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: install Fashion-MNIST with `sudo apt-get "
-                                    "install dataset-fashion-mnist` (or set config.source.root).")
+        check_input(p, "a Fashion-MNIST file",
+                    missing=f"{p} is missing: install Fashion-MNIST with `sudo apt-get install "
+                            "dataset-fashion-mnist` (or set config.source.root).")
     pixels, label_ids = read_idx(image_path), read_idx(label_path)
     if pixels.ndim != 3 or label_ids.ndim != 1 or len(pixels) != len(label_ids):
         raise UserError(f"{root}: images {pixels.shape} and labels {label_ids.shape} disagree.")

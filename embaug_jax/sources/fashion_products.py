@@ -14,12 +14,12 @@ import numpy as np
 from embaug_jax.sources.items import (
     ImageField,
     SourceData,
-    _count,
+    add_count,
     sort_class_names,
 )
 from embaug_jax.sources.sampling import apply_sampling
-from embaug_jax.sources.table import _decode_bytes
-from embaug_jax.util import UserError
+from embaug_jax.sources.table import decode_text
+from embaug_jax.util import UserError, check_input
 
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
@@ -31,6 +31,10 @@ def strip_html(text: str) -> str:
 
 
 def _fashion_description(path: Path) -> str | None:
+    try:
+        check_input(path, "an item's description JSON")
+    except FileNotFoundError:
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
         value = data["data"]["productDescriptors"]["description"]["value"]
@@ -54,18 +58,18 @@ def load_fashion_products(src: Any) -> SourceData:
 
     root = Path(str(src.root))
     styles = root / "styles.csv"
-    if not styles.is_file():
-        raise FileNotFoundError(f"{styles} does not exist: config.source.root must be the folder "
-                                "holding styles.csv, styles/ and images/ (the Kaggle layout).")
+    check_input(styles, "the Kaggle styles table",
+                missing=f"{styles} does not exist: config.source.root must be the folder holding "
+                        "styles.csv, styles/ and images/ (the Kaggle layout).")
     notes: dict[str, int] = {}
     dropped: dict[str, int] = {}
-    text = _decode_bytes(styles.read_bytes(), styles, "utf-8", "strict")
+    text = decode_text(styles.read_bytes(), styles, "utf-8", "strict")
     header = text.split("\n", 1)[0].strip().split(",")
 
     def repair(fields: list[str]) -> list[str] | None:
         # The real file has product names with commas: the name is the last column, so the
         # surplus fields belong to it.
-        _count(notes, "styles.csv rows with extra commas (repaired)")
+        add_count(notes, "styles.csv rows with extra commas (repaired)")
         return fields[:len(header) - 1] + [",".join(fields[len(header) - 1:])]
 
     frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False,
@@ -78,16 +82,16 @@ def load_fashion_products(src: Any) -> SourceData:
                         f"{list(frame.columns)}.")
     labels = frame[label_column].str.strip().tolist()
     has_label = np.array([bool(v) for v in labels])
-    _count(dropped, "missing label", (~has_label).sum())
+    add_count(dropped, "missing label", (~has_label).sum())
     frame = frame[has_label].reset_index(drop=True)
     labels = [v for v, k in zip(labels, has_label) if k]
     indices, sampled = apply_sampling(labels, src)
     frame = frame.iloc[indices].reset_index(drop=True)
     for reason, count in sampled.items():
-        _count(dropped, reason, count)
+        add_count(dropped, reason, count)
     ids = frame["id"].str.strip().tolist()
     titles = frame["productDisplayName"].str.strip().tolist()
-    _count(notes, "empty text 'title' (kept as '')", sum(1 for t in titles if not t))
+    add_count(notes, "empty text 'title' (kept as '')", sum(1 for t in titles if not t))
     from tqdm.auto import tqdm
 
     descriptions = []
@@ -95,9 +99,9 @@ def load_fashion_products(src: Any) -> SourceData:
                         disable=len(ids) < 1000):
         description = _fashion_description(root / "styles" / f"{item_id}.json")
         if description is None:
-            _count(notes, "no description JSON / value (kept as '')")
+            add_count(notes, "no description JSON / value (kept as '')")
         elif not description:
-            _count(notes, "empty text 'description' (kept as '')")
+            add_count(notes, "empty text 'description' (kept as '')")
         descriptions.append(description or "")
     images = {}
     if src.images:

@@ -74,8 +74,8 @@ class SourceData:
             raise UserError(f"Source fields disagree on the number of items: ids has {n}, {bad}.")
         unique, counts = np.unique(self.ids, return_counts=True)
         if len(unique) != n:
-            raise UserError(f"Item ids must be unique; repeated: {list_first(unique[counts > 1])}. Pick another id column "
-                            "(or none: row numbers are used).")
+            raise UserError(f"Item ids must be unique; repeated: {list_first(unique[counts > 1])}. "
+                            "Pick another id column (or none: row numbers are used).")
         unknown = sorted(set(self.labels.tolist()) - set(self.class_names))
         if unknown:
             raise UserError(f"Labels {list_first(unknown)} are not among class_names.")
@@ -100,7 +100,8 @@ class SourceData:
             dropped=dict(self.dropped), notes=dict(self.notes), info=dict(self.info))
 
 
-def _count(counter: dict[str, int], reason: str, n: int = 1) -> None:
+def add_count(counter: dict[str, int], reason: str, n: int = 1) -> None:
+    """Adds `n` items to `counter[reason]` (a source's dropped / notes counts); 0 adds no key."""
     if n:
         counter[reason] = counter.get(reason, 0) + int(n)
 
@@ -122,13 +123,14 @@ def sort_class_names(labels: Sequence[str]) -> list[str]:
     return sorted(set(labels), key=lambda name: (key(name), name))
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """`value` if it is one of `choices`, else a UserError naming `config.source.<name>`."""
     if value not in choices:
         raise UserError(f"config.source.{name}={value!r} is not one of {list(choices)}.")
     return value
 
 
-def _to_rgb(image: np.ndarray) -> np.ndarray:
+def to_rgb(image: np.ndarray) -> np.ndarray:
     """uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] -> uint8 [H, W, 3]."""
     image = np.asarray(image)
     if image.dtype != np.uint8:

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from embaug_jax.sources.items import SourceData, _count
+from embaug_jax.sources.items import SourceData, add_count
 from embaug_jax.util import UserError
 
 
@@ -28,8 +28,8 @@ def select_items(labels: Sequence[str], *, min_class_size: int = 0, per_class: i
     classes, inverse = np.unique(labels, return_inverse=True)
     members = [np.flatnonzero(inverse == c) for c in range(len(classes))]
     keep_class = [len(m) >= min_class_size for m in members]
-    _count(dropped, f"class smaller than min_class_size={min_class_size}",
-           sum(len(m) for m, k in zip(members, keep_class) if not k))
+    add_count(dropped, f"class smaller than min_class_size={min_class_size}",
+              sum(len(m) for m, k in zip(members, keep_class) if not k))
     members = [m for m, k in zip(members, keep_class) if k]
     classes = [c for c, k in zip(classes, keep_class) if k]
     # One seeded permutation per class (keyed by the class name, so it does not depend on which
@@ -41,12 +41,13 @@ def select_items(labels: Sequence[str], *, min_class_size: int = 0, per_class: i
         orders.append(m[rng.permutation(len(m))])
     quotas = np.array([len(m) for m in members], np.int64)
     if per_class:
-        _count(dropped, f"over per_class={per_class}", np.maximum(quotas - per_class, 0).sum())
+        add_count(dropped, f"over per_class={per_class}",
+                  np.maximum(quotas - per_class, 0).sum())
         quotas = np.minimum(quotas, per_class)
     if max_items and quotas.sum() > max_items:
         before = quotas.sum()
         quotas = _water_fill(quotas, max_items)
-        _count(dropped, f"over max_items={max_items}", before - quotas.sum())
+        add_count(dropped, f"over max_items={max_items}", before - quotas.sum())
     kept = [o[:q] for o, q in zip(orders, quotas)]
     indices = np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
     return indices, dropped
@@ -86,7 +87,7 @@ def finish(data: SourceData, src: Any) -> SourceData:
     present = set(data.labels.tolist())
     data.class_names = [c for c in data.class_names if c in present]
     for reason, count in dropped.items():
-        _count(data.dropped, reason, count)
+        add_count(data.dropped, reason, count)
     if len(data) == 0:
         raise UserError(f"The source has no items left (dropped: {data.dropped}). Loosen "
                         "min_class_size / the filters, or check the data.")

@@ -14,22 +14,30 @@ from absl import logging
 from embaug_jax.sources.items import (
     ImageField,
     SourceData,
-    _check_choice,
-    _count,
+    add_count,
+    check_choice,
     sort_class_names,
     split_names,
 )
 from embaug_jax.sources.sampling import finish
-from embaug_jax.util import UserError, list_first
+from embaug_jax.util import UserError, check_input, list_first
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
                   ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 # The compressions pandas infers from a file name (`compression="infer"`), by suffix.
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}
 # Leading bytes of each compressed format, and of binary tables: a text decoder fed these would
 # turn them into garbage tokens, so the error must never suggest decoding them anyway.
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"PK\x03\x04", "zip"),
           (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"PAR1", "parquet"))
+# Byte-order marks and the encoding family each names; UTF-32-LE's mark starts with UTF-16-LE's,
+# so it is tested first.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
+# Bytes sampled for NULs, the sign of binary data or of UTF-16/32 text.
+_SAMPLE = 8192
 
 
 def table_format(path: Path, fmt: str = "", compression: str = "") -> tuple[str, str | None]:
@@ -50,12 +58,34 @@ def table_format(path: Path, fmt: str = "", compression: str = "") -> tuple[str,
     elif compression not in _COMPRESSIONS.values():
         raise UserError(f"config.source.compression={compression!r} is not one of "
                          f"{sorted(set(_COMPRESSIONS.values()))}, 'none' or '' (from the name).")
-    fmt = str(fmt or "").lower() or (_TABLE_FORMATS.get(suffixes[-1]) if suffixes else None)
-    if fmt not in ("csv", "tsv", "jsonl", "parquet"):
+    given = str(fmt or "").lower()
+    if given and given not in _FORMATS:
+        raise UserError(f"config.source.format={fmt!r} is not a table format embaug_jax reads; "
+                        f"set config.source.format to one of {', '.join(_FORMATS)}, or to '' to "
+                        "tell the format from the file's extension. (Save a spreadsheet as CSV "
+                        "first.)")
+    fmt = given or (_TABLE_FORMATS.get(suffixes[-1]) if suffixes else None)
+    if fmt is None:
         raise UserError(f"Cannot tell the format of {path.name} from its extension; set "
-                         "config.source.format to one of csv, tsv, jsonl, parquet (a compressed "
-                         "table is named like items.csv.gz).")
+                        f"config.source.format to one of {', '.join(_FORMATS)} (a compressed "
+                        "table is named like items.csv.gz).")
     return fmt, compression
+
+
+def _check_encoding(encoding: str) -> str:
+    """`encoding` if Python can decode text with it, else a UserError saying how to name one."""
+    try:
+        # LookupError for unknown names and for codecs of bytes to bytes (base64, zlib); an empty
+        # input would skip the lookup.
+        b"x".decode(str(encoding), errors="ignore")
+    except (LookupError, UnicodeError):
+        raise UserError(
+            f"config.source.encoding={encoding!r} is not a text encoding Python knows. Name one "
+            "as Python's codecs do: utf-8 (the default), utf-8-sig, utf-16 (with a byte-order "
+            "mark), utf-16-le or utf-16-be (without), latin-1, cp1252, shift_jis, gb18030, ... "
+            "(the list: https://docs.python.org/3/library/codecs.html#standard-encodings)."
+        ) from None
+    return str(encoding)
 
 
 def _read_bytes(path: Path, compression: str | None) -> bytes:
@@ -75,32 +105,71 @@ def _read_bytes(path: Path, compression: str | None) -> bytes:
                          "really compressed ('none' if it is not).") from None
 
 
-def _binary_kind(raw: bytes, encoding: str) -> str | None:
+def _binary_kind(raw: bytes) -> str | None:
     """What binary data `raw` starts with (a compression, parquet), None if it may be text."""
     for magic, kind in _MAGIC:
         if raw.startswith(magic):
             return kind
-    wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))  # NULs are text there
-    return "binary" if not wide and b"\0" in raw[:8192] else None
+    return None
 
 
-def _decode_bytes(raw: bytes, path: Path, encoding: str, errors: str) -> str:
-    kind = _binary_kind(raw, encoding)
+def _bom_family(raw: bytes) -> str | None:
+    """The encoding family ("utf-8", "utf-16", "utf-32") whose byte-order mark starts `raw`."""
+    return next((family for mark, family in _BOMS if raw.startswith(mark)), None)
+
+
+def _wide_text_guess(raw: bytes) -> str | None:
+    """"utf-16-le" (or -be, utf-32-le, -be) for text without a byte-order mark whose
+    characters are mostly ASCII: NULs fill the same byte positions of each character."""
+    n = len(raw[:_SAMPLE]) // 4 * 4
+    if n == 0:
+        return None
+    # Share of NULs at each byte position modulo 4.
+    nul = [raw[i:n:4].count(0) / (n // 4) for i in range(4)]
+    layouts = {"utf-16-le": (1, 3), "utf-16-be": (0, 2), "utf-32-le": (1, 2, 3),
+               "utf-32-be": (0, 1, 2)}
+    for name, zero in layouts.items():
+        if all(nul[i] > 0.5 if i in zero else nul[i] < 0.1 for i in range(4)):
+            return name
+    return None
+
+
+def decode_text(raw: bytes, path: Path, encoding: str, errors: str) -> str:
+    """A text table's bytes as text; binary data and text of another width are refused.
+
+    Compressed data or Parquet is never decoded (not even with errors="replace": a tokenizer would
+    get garbage); UTF-16 or UTF-32 text read as a narrow encoding names the encoding to set. A
+    leading byte-order mark is dropped: it is no part of the first column's name.
+    """
+    kind = _binary_kind(raw)
     if kind is not None:
-        # Never decode these, not even with errors="replace": the tokenizer would get garbage.
         suffix = {v: k for k, v in _COMPRESSIONS.items()}.get(kind)
         fix = (f"name it {path.name}{suffix} or set config.source.compression={kind}" if suffix
-               else "name it .parquet or set config.source.format=parquet" if kind == "parquet"
-               else "give the table itself (CSV, TSV, JSONL or Parquet)")
+               else "name it .parquet or set config.source.format=parquet")
         raise UserError(f"{path} holds {kind} data, not text: {fix}.")
+    family = codecs.lookup(encoding).name
+    bom = _bom_family(raw)
+    if bom in ("utf-16", "utf-32") and not family.startswith(bom):
+        raise UserError(f"{path} is {bom.upper()} text (it starts with a {bom.upper()} "
+                        f"byte-order mark), not {encoding}: pass "
+                        f"--config.source.encoding={bom}.")
+    if not family.startswith(("utf-16", "utf-32")) and b"\0" in raw[:_SAMPLE]:
+        guess = _wide_text_guess(raw)
+        if guess:
+            raise UserError(f"{path} looks like {guess.upper()} text without a byte-order mark "
+                            f"(NUL bytes between its letters), not {encoding}: pass "
+                            f"--config.source.encoding={guess}.")
+        raise UserError(f"{path} holds binary data, not text: give the table itself (CSV, TSV, "
+                        "JSONL or Parquet).")
     try:
-        return raw.decode(encoding, errors=errors)
+        text = raw.decode(encoding, errors=errors)
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise UserError(
             f"{path}: line {line} is not valid {encoding} ({e.reason} at byte {e.start}). Fix the "
             f"file, set config.source.encoding to its real encoding, or pass "
             f"--config.source.encoding_errors=replace to replace undecodable bytes.") from None
+    return text.removeprefix("\ufeff")
 
 
 def _read_table(path: Path, fmt: str, encoding: str, encoding_errors: str,
@@ -114,7 +183,7 @@ def _read_table(path: Path, fmt: str, encoding: str, encoding_errors: str,
                         "data row (config.source.path).")
     if fmt == "parquet":
         return pd.read_parquet(io.BytesIO(raw))
-    text = _decode_bytes(raw, path, encoding, encoding_errors)
+    text = decode_text(raw, path, encoding, encoding_errors)
     del raw
     if not text.strip():
         raise UserError(f"{path} holds only whitespace: a table needs a header row and at least "
@@ -138,7 +207,9 @@ def _read_table(path: Path, fmt: str, encoding: str, encoding_errors: str,
             raise UserError(f"{path}: line {lineno} is a JSON {type(row).__name__}, expected an "
                             "object with one key per column.")
         rows.append(row)
-    return pd.DataFrame(rows)
+    # Each cell keeps its JSON value: a column of integers with a gap stays integers (not floats
+    # that would name class 3 "3.0"), and a label's type can be checked.
+    return pd.DataFrame(rows, dtype=object)
 
 
 def _cell_text(value: Any) -> str | None:
@@ -149,6 +220,46 @@ def _cell_text(value: Any) -> str | None:
         value = value.decode("utf-8", errors="replace")
     value = str(value)
     return value if value.strip() else None
+
+
+def _value_kind(value: Any) -> str:
+    """The kind of a cell's value, as a label check names it."""
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        return "list or object"
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, np.integer)):
+        return "integer"
+    if isinstance(value, (float, np.floating)):
+        return "decimal number"
+    return "string"
+
+
+def _check_label_values(values: list[Any], column: str, path: Path) -> None:
+    """Refuses labels that are not one kind of single value.
+
+    A list or an object (JSON, Parquet) is no class name, and mixed kinds change the classes
+    silently: 3 and "3" would become one class, 3 and 3.0 two.
+    """
+    rows: dict[str, list[int]] = {}
+    for row, value in enumerate(values):
+        if _cell_text(value) is not None:  # missing labels are the missing_labels policy's
+            rows.setdefault(_value_kind(value), []).append(row)
+    nested = rows.pop("list or object", [])
+    if nested:
+        example = json.dumps(values[nested[0]], default=str)[:60]
+        raise UserError(
+            f"{path.name}: label column {column!r} holds a list or an object in {len(nested)} "
+            f"rows (data rows {list_first(nested)}, 0-based; e.g. {example}); a label is one "
+            "class name, a string or a number. Make each label a single value, or pick another "
+            "config.source.label_column.")
+    if len(rows) > 1:
+        kinds = "; ".join(f"{kind}s in rows {list_first(r)}" for kind, r in
+                          sorted(rows.items(), key=lambda item: -len(item[1])))
+        raise UserError(
+            f"{path.name}: label column {column!r} mixes value types ({kinds}; data rows, "
+            "0-based): 3 and \"3\" would become one class, 3 and 3.0 two. Write every label "
+            "the same way (e.g. all as strings).")
 
 
 # A text column empty in more than this share of its rows is probably the wrong column.
@@ -178,12 +289,12 @@ def _table_texts(columns: dict[str, list[Any]], policy: str, notes: dict[str, in
         if empty.any():
             if policy == "error":
                 raise UserError(f"Text column {name!r} is empty in {int(empty.sum())} rows "
-                                f"(data rows {list_first(np.flatnonzero(empty))}, 0-based). Fill them, or set "
-                                "config.source.empty_texts to 'keep' or 'drop'.")
+                                f"(data rows {list_first(np.flatnonzero(empty))}, 0-based). Fill "
+                                "them, or set config.source.empty_texts to 'keep' or 'drop'.")
             if policy == "drop":
                 keep &= ~empty
             else:
-                _count(notes, f"empty text '{name}' (kept as '')", (empty & keep).sum())
+                add_count(notes, f"empty text '{name}' (kept as '')", (empty & keep).sum())
         texts[name] = [c or "" for c in cells]
     return texts
 
@@ -203,16 +314,14 @@ def load_table(src: Any) -> SourceData:
     if not str(src.path):
         raise UserError("config.source.path is required for a table source "
                         "(--config.source.path=data.csv).")
-    if not path.is_file():
-        raise FileNotFoundError(f"Table {path} does not exist (config.source.path).")
+    check_input(path, "the table, config.source.path",
+                missing=f"Table {path} does not exist (config.source.path).")
     fmt, compression = table_format(path, src.format, src.compression)
-    missing_policy = _check_choice("missing_labels", src.missing_labels,
-                                   ("drop", "error"))
-    empty_policy = _check_choice("empty_texts", src.empty_texts,
-                                 ("keep", "drop", "error"))
-    errors = _check_choice("encoding_errors", src.encoding_errors,
-                           ("strict", "replace"))
-    frame = _read_table(path, fmt, src.encoding, errors, compression)
+    encoding = _check_encoding(src.encoding)
+    missing_policy = check_choice("missing_labels", src.missing_labels, ("drop", "error"))
+    empty_policy = check_choice("empty_texts", src.empty_texts, ("keep", "drop", "error"))
+    errors = check_choice("encoding_errors", src.encoding_errors, ("strict", "replace"))
+    frame = _read_table(path, fmt, encoding, errors, compression)
 
     text_columns = split_names(src.text_columns)
     image_columns = split_names(src.image_columns)
@@ -234,20 +343,22 @@ def load_table(src: Any) -> SourceData:
         raise UserError(f"{path} has a header ({', '.join(available)}) but no data rows.")
     dropped: dict[str, int] = {}
     notes: dict[str, int] = {}
-    labels = [_cell_text(v) for v in frame[label_column].tolist()]
+    label_values = frame[label_column].tolist()
+    _check_label_values(label_values, label_column, path)
+    labels = [_cell_text(v) for v in label_values]
     missing = np.array([label is None for label in labels], bool)
     if missing.any() and missing_policy == "error":
         raise UserError(f"Label column {label_column!r} is empty in {int(missing.sum())} rows "
-                        f"(data rows {list_first(np.flatnonzero(missing))}, 0-based). Fill them, or set "
-                        "config.source.missing_labels=drop to leave those rows out.")
+                        f"(data rows {list_first(np.flatnonzero(missing))}, 0-based). Fill them, "
+                        "or set config.source.missing_labels=drop to leave those rows out.")
     keep = ~missing
-    _count(dropped, "missing label", missing.sum())
+    add_count(dropped, "missing label", missing.sum())
     ids = ([_cell_text(v) or "" for v in frame[id_column].tolist()] if id_column
            else [str(i) for i in range(n)])
     n_keep_before = int(keep.sum())
     texts = _table_texts({c: frame[c].tolist() for c in text_columns}, empty_policy, notes, keep,
                          path)
-    _count(dropped, "empty text", n_keep_before - keep.sum())
+    add_count(dropped, "empty text", n_keep_before - keep.sum())
     images = {}
     for column in image_columns:
         paths = []

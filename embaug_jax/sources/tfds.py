@@ -9,9 +9,9 @@ import numpy as np
 from embaug_jax.sources.items import (
     ImageField,
     SourceData,
-    _count,
-    _to_rgb,
+    add_count,
     split_names,
+    to_rgb,
 )
 from embaug_jax.sources.sampling import finish
 from embaug_jax.util import UserError
@@ -81,12 +81,13 @@ def load_tfds(src: Any) -> SourceData:
     texts = {k: [as_text(v) for v in columns[k]] for k in text_features}
     notes: dict[str, int] = {}
     for k, values in texts.items():
-        _count(notes, f"empty text '{k}' (kept as '')", sum(1 for v in values if not v.strip()))
+        add_count(notes, f"empty text '{k}' (kept as '')",
+                  sum(1 for v in values if not v.strip()))
     images = {}
     if image_feature:
         def load_images(indices: np.ndarray) -> np.ndarray:
             arrays = [np.asarray(records[int(i)][image_feature]) for i in indices]
-            return np.stack([_to_rgb(a) for a in arrays])
+            return np.stack([to_rgb(a) for a in arrays])
 
         images[image_feature] = ImageField(loader=load_images, count=n)
     data = SourceData(ids=ids, labels=labels, class_names=list(class_names), texts=texts,

@@ -8,7 +8,7 @@ from typing import Any
 
 from embaug_jax.sources.items import SourceData, split_names
 from embaug_jax.sources.sampling import finish
-from embaug_jax.util import UserError
+from embaug_jax.util import UserError, check_input
 
 # WordNet's lexicographer files, indexed by the 2-digit lex_filenum of data.* lines (the standard
 # table of lexnames(5WN); Debian's wordnet-base ships no lexnames file).
@@ -53,11 +53,10 @@ def load_wordnet(src: Any) -> SourceData:
     ids, lemmas, glosses, labels = [], [], [], []
     for pos in pos_list:
         path = root / f"data.{_WORDNET_FILES[pos]}"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"WordNet is not installed: {path} is missing. Install it with "
-                "`sudo apt-get install wordnet-base` (or point config.source.root at a folder "
-                "holding data.noun / data.verb / data.adj / data.adv).")
+        check_input(path, "a WordNet data file",
+                    missing=f"WordNet is not installed: {path} is missing. Install it with "
+                            "`sudo apt-get install wordnet-base` (or point config.source.root at "
+                            "a folder holding data.noun / data.verb / data.adj / data.adv).")
         with open(path, encoding="utf-8", errors="strict") as f:
             for lineno, line in enumerate(f, 1):
                 if line.startswith("  "):  # the licence header

@@ -1,0 +1,123 @@
+"""SIGINT and SIGTERM end a command cleanly; a second one ends it at once.
+
+Inside `handling_signals()` (the `embaug` command runs in it) the first SIGINT or SIGTERM raises
+`Interrupted` in the main thread. It is a KeyboardInterrupt, so `except Exception` in a library
+does not swallow it, and it unwinds like one: every `with` block exits on the way out, so an
+atomic write removes its temporary and leaves the last complete file (orbax its last complete
+checkpoint), and the workdir lock is released. The command then prints one line and exits
+with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM); rerunning it resumes.
+
+The exception is raised only when the main thread runs Python again, which a long XLA call can
+delay. A second signal does not wait: Python's low-level handler writes each signal to a pipe
+(`signal.set_wakeup_fd`) at once, and a small thread reading it ends the process (`os._exit`) on
+the second.
+
+A signal ignored when the command starts stays ignored, as for any command: a shell script's
+background job (`embaug train ... &`) ignores SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was asked to stop by a signal (`signum`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return exit_status(self.signum)
+
+
+def exit_status(signum: int) -> int:
+    """The shell's status for a command ended by signal `signum`: 128 + its number."""
+    return 128 + int(signum)
+
+
+def signal_of(error: KeyboardInterrupt) -> int:
+    """The signal behind a KeyboardInterrupt: its own for `Interrupted`, else SIGINT (Python's
+    own handler raised it)."""
+    return error.signum if isinstance(error, Interrupted) else signal.SIGINT
+
+
+@contextlib.contextmanager
+def handling_signals(label: str = "embaug") -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise `Interrupted`; a second one exits at once,
+    printing "LABEL: SIGINT again: stopped at once; ..." to stderr.
+
+    A no-op outside the main thread, where Python cannot install signal handlers. On exit the
+    previous handlers are restored, so a notebook or test calling the command stays as it was.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen = 0
+
+    def on_signal(signum, frame):
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            raise Interrupted(signum)
+        _exit_now(signum, label)
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    # None is a handler installed outside Python, which cannot be put back; the default is.
+    previous = {s: signal.SIG_DFL if h is None else h for s, h in previous.items()}
+    handled = [s for s in SIGNALS if previous[s] is not signal.SIG_IGN]
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # the C handler must never block on a full pipe
+    watcher = threading.Thread(target=_watch, args=(read_end, set(handled), label),
+                               name="embaug-signals", daemon=True)
+    old_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    try:
+        for s in handled:
+            signal.signal(s, on_signal)
+        watcher.start()
+        yield
+    finally:
+        for s in handled:
+            signal.signal(s, previous[s])
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(write_end)  # the watcher reads end-of-file and returns
+        watcher.join()
+        os.close(read_end)
+
+
+def _watch(read_end: int, signals: set[int], label: str) -> None:
+    """Counts the handled signals the operating system delivers; exits at the second."""
+    seen = 0
+    while True:
+        try:
+            data = os.read(read_end, 64)
+        except InterruptedError:
+            continue
+        if not data:
+            return
+        for signum in data:
+            if signum in signals:
+                seen += 1
+                if seen >= 2:
+                    _exit_now(signum, label)
+
+
+def _exit_now(signum: int, label: str) -> None:
+    """Ends the process at once with the signal's status, skipping every clean-up."""
+    try:
+        sys.stderr.write(f"{label}: {signal.Signals(signum).name} again: stopped at once; rerun "
+                         "the same command to resume from its last checkpoint.\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(exit_status(signum))
