@@ -148,7 +148,8 @@ def format_open_set(results: dict) -> list[str]:
     methods, source = _source(results)
     rows = [[display_name(m), stat_text(e["oscr_auc"]), stat_text(e["none_aupr"]),
              stat_text(e["seen_aupr"]), stat_text(e["none_fpr_at_95_tpr"]),
-             stat_text(e["tuned_threshold"], digits=3) if "tuned_threshold" in e else "n/a",
+             # Six digits: an overconfident model's best threshold can sit within 1e-4 of 1.
+             stat_text(e["tuned_threshold"], digits=6) if "tuned_threshold" in e else "n/a",
              _tuned(e, "tuned_overall_accuracy"), _tuned(e, "tuned_none_accuracy"),
              _tuned(e, "tuned_seen_accuracy")] for m, e in methods.items()]
     out = [
