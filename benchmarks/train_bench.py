@@ -37,7 +37,7 @@ import numpy as np
 
 from embaug_jax import augment, configlib, registry, util
 from embaug_jax.train import driver, program
-from embaug_jax.train.members import member_groups, member_hparams
+from embaug_jax.train.members import member_groups, member_hparams, with_config_settings
 from embaug_jax.train.splits import make_splits
 from embaug_jax.train.synthetic import make_synthetic
 
@@ -85,14 +85,17 @@ def plain_slice():
 _PROGRAMS = {}
 
 
-def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced=False):
+def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced=False,
+            fixed=()):
     """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs as the engine's
     driver does: `driver.compiled_group` on every device, members padded to the device count
-    (the padding skipped), `driver.members_at_once` of them stepped together on a device."""
+    (the padding skipped), `driver.members_at_once` of them stepped together on a device;
+    `fixed` is their group's shared settings (`Group.fixed`: the program's constants)."""
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
     at_once = driver.members_at_once(config, jax.devices())
     with plain_slice() if sliced else contextlib.nullcontext():
-        spec = program.ProgramSpec.from_config(config, num_classes, n_train, kind=kind)
+        spec = program.ProgramSpec.from_config(config, num_classes, n_train, kind=kind,
+                                               fixed=fixed)
         if (spec, sliced) not in _PROGRAMS:  # uncached: a sliced program shares its spec
             _PROGRAMS[spec, sliced] = driver.compiled_group.__wrapped__(spec, mesh, at_once)
         init, train, _ = _PROGRAMS[spec, sliced]
@@ -107,6 +110,17 @@ def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced
         loss.block_until_ready()
 
     return go, spec.steps_per_epoch
+
+
+def clusters(n, dim, classes, train_rows, *, trials):
+    """Gaussian clusters (n x dim, `classes` balanced classes) split into `trials` splits of
+    `train_rows` training rows: (dataset, splits, the training rows placed on every device)."""
+    ds = make_synthetic(0, n, dim, classes, imbalance=1.0)
+    s = make_splits(ds.labels, classes, trials=trials, train_fraction=train_rows / n)
+    data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
+    on_device = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.asarray(jax.devices()), ("members",)), jax.sharding.PartitionSpec()))
+    return ds, s, on_device
 
 
 def torch_epochs(x, labels, train_rows, seen, config, epochs):
@@ -171,16 +185,12 @@ def main(argv=None):
     c = configlib.get_config(REPO / "configs" / "default.py")
     c.members_at_once = args.members_at_once
     n = args.train_rows + args.train_rows // 10
-    ds = make_synthetic(0, n, args.dim, args.classes, imbalance=1.0)
-    s = make_splits(ds.labels, args.classes, trials=5, train_fraction=args.train_rows / n)
-    data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
-    on_device = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
-        jax.sharding.Mesh(np.asarray(jax.devices()), ("members",)), jax.sharding.PartitionSpec()))
+    ds, s, on_device = clusters(n, args.dim, args.classes, args.train_rows, trials=5)
     n_train = s.train_idx.shape[1]
     # The paper's five at their default settings (alpha 0.2, softness 0.05), 5 trials each.
     members = [dict(method=m.name, **{n: registry.setting(n).default[0] for n in m.reads},
                     trial=t, seed=0) for m in registry.methods(tag="paper") for t in range(5)]
-    hp25 = member_hparams(members)
+    hp25 = member_hparams(with_config_settings(c, members))
     groups = member_groups(members)
     dims = (args.dim, *c.model.hidden, args.classes)
     E = args.epochs

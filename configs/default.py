@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ml_collections
 
-import embaug_jax.augment  # noqa: F401 (registers the built-in methods and settings)
+import embaug_jax.train.optim  # noqa: F401 (registers the built-in methods and settings)
 from embaug_jax import registry
 from embaug_jax.configlib import parse_arg
 
@@ -50,6 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         seed=0, n=44_000, dim=4864, num_classes=171, class_sep=0.35, noise=1.0, imbalance=1.5,
         segments=(1536, 1536, 1792)))  # title BERT | description BERT | EfficientNet-B4
 
+    # The dropout rate, the learning-rate cycle and the weight decay below are each member's
+    # value unless config.sweep sets a grid for them (the end of this file): members that differ
+    # in them share one compiled program. The hidden sizes, the batch size and the optimizer
+    # change shapes or code: each value is a compiled program of its own, and a run of its own.
     c.model = ml_collections.ConfigDict()
     c.model.hidden = (250, 250)  # sec. 3.3: two hidden layers of 250
     c.model.dropout = 0.3  # Dense -> Dropout(0.3) -> ReLU
@@ -99,6 +103,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # on GPU/TPU; 0 = all at once; k = k at a time. Results agree to float rounding.
     c.members_at_once = ml_collections.FieldReference(None, field_type=int)
     c.threshold = 0.6  # sec. 3.5 confidence threshold of the accuracy metrics, in (0, 1)
+    # N > 0: a jax.profiler trace of the first N training steps after the first compiled call
+    # (whole evaluation periods) into WORKDIR/profile, for TensorBoard's profile plugin or
+    # Perfetto (embaug_jax/train/profiling.py). Changes no number.
+    c.profile = 0
 
     c.augment = ml_collections.ConfigDict()
     c.augment.pairing = "halve"  # sec. 2.2: pairs of examples make one, halving the batch
@@ -106,15 +114,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment.label_weight = "lambda"  # stitchup labels weighted by lambda (the paper)
     c.augment.use_segments = False  # True: an independent lambda per dataset segment
 
-    # The report's statistics (results["selection"], results["paired"]): the keyword arguments
-    # of `report.write_report(workdir, result, **config.report)`, whose only defaults are these.
-    # Changing them only rewrites the report of a finished run.
+    # The report's statistics (results["selection"], results["paired"], results["axes"]): the
+    # keyword arguments of `report.write_report(workdir, result, **config.report)`, whose only
+    # defaults are these (axis_metrics' is write_report's own as well). Changing them only
+    # rewrites the report of a finished run.
     c.report = ml_collections.ConfigDict()
-    # Share of each trial's validation rows on which each method's alpha is chosen; the rest
-    # report it. 0: only the paper's procedure (choose and report on the same rows).
+    # Share of each trial's validation rows on which each method's alpha (and any other setting
+    # it ran several values of) is chosen; the rest report it. 0: only the paper's procedure (choose and report on the same rows).
     c.report.selection_fraction = 0.5
     c.report.bootstrap_resamples = 200  # per trial, for the paired intervals (0: none)
     c.report.seed = 0  # the selection split and the bootstrap draws
+    # What results.md's "Along each swept setting" tables and settings.png show: each method's
+    # metrics at each value of a setting it ran several values of (report.results.SCALAR_METRICS).
+    c.report.axis_metrics = ("weighted_auc", "none_accuracy")
 
     c.sweep = ml_collections.ConfigDict()
     c.sweep.methods = ("soft_e_stitchup",)
@@ -123,6 +135,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # .softness (sec. 2.4) = (0.05,), and the ablation baselines' (configs/ablation.py)
     # .smoothing (label smoothing's epsilon), .noise_std (Gaussian noise's std relative to an
     # embedding's RMS) and .drop_rate (feature dropout's rate), each (0.1,).
+    # Every method reads .lr_min, .lr_max, .half_cycle_epochs, .weight_decay and .dropout
+    # (embaug_jax/train/optim.py): empty, each member takes config.optim's / config.model's value;
+    # set, e.g. "--config.sweep.weight_decay=(1e-5,1e-4,1e-3)", every method runs each value, in
+    # the same compiled programs (configs/regularization.py). The report chooses each method's
+    # setting over every grid it ran, as it chooses alpha.
     for setting in registry.settings():
         c.sweep[setting.grid] = setting.default
     c.sweep.seeds = (0,)

@@ -18,8 +18,12 @@ of an existing kind needs no engine change: a `transform` of the kind's rows is 
 method's own members inside the kind's one compiled program. A method that computes something
 no kind computes needs a new kind, which is code (`embaug_jax.augment.traced`).
 
+Settings that every method reads -- the learning-rate cycle, the weight decay, the dropout rate
+-- are rows too, with a `config_key`: `embaug_jax.train.optim` registers them, and a member takes
+the config's value (config.optim / config.model) unless config.sweep sets a grid for them.
+
 Rows are frozen dataclasses with keyword-only fields, so fields can be added later without
-breaking a user's rows (e.g. a setting that every method reads, such as a learning rate).
+breaking a user's rows (as `Method.properties` and `Setting.config_key` were).
 `temporary(...)` registers rows for a `with` block (tests, notebooks) and then restores the
 registry as it was.
 """
@@ -67,6 +71,7 @@ _PAIR_KINDS = ("mixup", "stitchup", "manifold")
 _RESERVED = ("method", "trial", "seed", "member", "epoch", "mix", "soft", "static")
 _RESERVED_GRIDS = ("methods", "seeds")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+_CONFIG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+\Z")
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -121,13 +126,19 @@ class Setting:
       range: the values it may take.
       note: what a message adds after the range, e.g. "the Beta(alpha, alpha) parameter".
       default: the grid configs/default.py starts with (its first value is also
-        `augment.method_params`' default).
+        `augment.method_params`' default); empty for a setting with a `config_key`, whose grid
+        starts unset.
       traced: True: a traced value of each member, so members that differ in it share one
         compiled program. False: it changes shapes or code paths, so each value gets a program
         of its own and reaches the method's transform as a Python number.
       column: a column of its own in the report's tables and always part of a variant's name
         (the paper's alpha and softness); other settings are listed together and named only
         when not 0.
+      config_key: set for a setting that every method reads (an optimisation or model
+        setting, not an augmentation's), e.g. "optim.weight_decay": the config field whose
+        value every member takes when config.sweep sets no grid for it. Such a setting is in
+        no method's `reads`, and is part of a variant's name only when the sweep ran more
+        than one value of it.
     """
 
     name: str
@@ -137,6 +148,7 @@ class Setting:
     default: tuple[float, ...]
     traced: bool = True
     column: bool = False
+    config_key: str = ""
 
     def __post_init__(self):
         if isinstance(self.default, (list, tuple)):
@@ -146,6 +158,11 @@ class Setting:
     def text(self) -> str:
         """The range as a message prints it: "> 0 (the Beta(alpha, alpha) parameter)"."""
         return f"{self.range} ({self.note})" if self.note else str(self.range)
+
+    @property
+    def every_method(self) -> bool:
+        """Whether every method reads it (it has a `config_key`)."""
+        return bool(self.config_key)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -157,7 +174,8 @@ class Method:
       display: its name in tables and figures, e.g. "E-Mixup".
       kind: the compiled program it joins, one of `KINDS`.
       reads: the settings it reads, in the order its grids are swept (the first outermost).
-        Its members hold 0 for every other setting.
+        Its members hold 0 for every other method's setting. The settings every method reads
+        (`Setting.every_method`) are never listed.
       reference: where it is defined: the paper's section, or the baseline's source.
       soft: its labels are softened by `soften_labels` at its softness (the paper's soft
         variants), after the kind's rows and the transform.
@@ -219,11 +237,21 @@ def _check_setting(row: Setting) -> None:
                              f"{other.name!r}'s")
     if not isinstance(row.range, Range):
         raise TypeError(f"setting {row.name!r}: range must be a Range, got {row.range!r}")
+    if row.config_key and not (isinstance(row.config_key, str)
+                               and _CONFIG_KEY.match(row.config_key)):
+        raise ValueError(f"setting {row.name!r}: config_key {row.config_key!r} must be a dotted "
+                         "config field such as 'optim.weight_decay'")
     default = tuple(row.default) if isinstance(row.default, (tuple, list)) else None
-    if not default or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                          or v not in row.range for v in default):
-        raise ValueError(f"setting {row.name!r}: default must be a non-empty tuple of numbers "
+    if default is None or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                              or v not in row.range for v in default):
+        raise ValueError(f"setting {row.name!r}: default must be a tuple of numbers "
                          f"{row.range}, got {row.default!r}")
+    if bool(default) == bool(row.config_key):
+        raise ValueError(f"setting {row.name!r}: " + (
+            f"a setting with a config_key takes its value from config.{row.config_key} unless "
+            f"a grid is set, so its default grid must be empty, got {row.default!r}"
+            if row.config_key else "default must be a non-empty tuple of numbers "
+            f"{row.range}, got {row.default!r}"))
 
 
 def _check_method(row: Method) -> None:
@@ -241,6 +269,9 @@ def _check_method(row: Method) -> None:
     for name in row.reads:
         if name not in _SETTINGS:
             raise UnknownNameError.naming(f"setting (read by {where})", name, _SETTINGS)
+        if _SETTINGS[name].every_method:
+            raise ValueError(f"{where}: {name!r} is read by every method (it has a config_key); "
+                             "leave it out of reads")
     if row.kind in _PAIR_KINDS and "alpha" not in row.reads:
         raise ValueError(f"{where}: the {row.kind} kind draws lam ~ Beta(alpha, alpha) for "
                          "every pair, so the method must read 'alpha'")
@@ -344,9 +375,13 @@ def method_index(name: str) -> int:
     return list(_METHODS).index(name)
 
 
-def settings(*, traced: bool | None = None) -> tuple[Setting, ...]:
-    """The registered settings in registration order (optionally only traced or untraced)."""
-    return tuple(s for s in _SETTINGS.values() if traced is None or s.traced == traced)
+def settings(*, traced: bool | None = None,
+             every_method: bool | None = None) -> tuple[Setting, ...]:
+    """The registered settings in registration order, optionally only the traced or untraced
+    ones, and only those every method reads (`Setting.every_method`) or only the methods' own."""
+    return tuple(s for s in _SETTINGS.values()
+                 if (traced is None or s.traced == traced)
+                 and (every_method is None or s.every_method == every_method))
 
 
 def display_name(name: str) -> str:

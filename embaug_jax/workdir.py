@@ -9,6 +9,8 @@ A training run (`embaug train`)::
     config.json        the config as run
     fingerprint.json   what the checkpoints depend on (training config keys, data content)
     metrics.jsonl      one row per member per evaluation, rewritten after every chunk
+    tensorboard/       TensorBoard event files, a run per variant, written after every chunk
+    profile/           a jax.profiler trace of the first training steps (--config.profile=N)
     checkpoints/       orbax checkpoints; a rerun resumes from the last one
     predictions.npz    the final validation probabilities: a finished run re-reports from them
     results.json       the report's numbers
@@ -25,7 +27,8 @@ An extraction (`embaug extract`)::
 The demo (`embaug demo`) keeps an extraction in `extract/` and a training run in `train/`.
 
 What is inside a sub-folder belongs to the format that writes it: `checkpoints/` to orbax,
-`embeddings/` to `embaug_jax.dataset`, `shards/` to the extraction driver.
+`tensorboard/` to `embaug_jax.report.tensorboard`, `profile/` to `jax.profiler`, `embeddings/`
+to `embaug_jax.dataset`, `shards/` to the extraction driver.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ FIGURES = {
     "reliability": "reliability.png",
     "auc_decomposition": "auc_decomposition.png",
     "oscr": "oscr.png",
+    "settings": "settings.png",
 }
 
 
@@ -94,6 +98,8 @@ class Workdir(os.PathLike):
     config = _file("config.json", "The config as run.")
     fingerprint = _file("fingerprint.json", "What the checkpoints depend on.")
     metrics = _file("metrics.jsonl", "One row per member per evaluation.")
+    tensorboard = _file("tensorboard", "TensorBoard event files: a run per variant.")
+    profile = _file("profile", "A jax.profiler trace of training steps (config.profile).")
     checkpoints = _file("checkpoints", "The sweep's orbax checkpoints.")
     predictions = _file("predictions.npz", "The final validation probabilities.")
     results_json = _file("results.json", "The report's numbers.")

@@ -1,5 +1,6 @@
 """Every config's smoke variant end to end, the command line, and resume through a workdir."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -11,13 +12,13 @@ import pytest
 from embaug_jax import augment, cli, configlib
 from embaug_jax.run import train as run_train
 from embaug_jax.train.cadence import Cadence
-from embaug_jax.train.members import sweep_members
+from embaug_jax.train.members import member_groups, sweep_members
 from embaug_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
 default = configlib.load_module(REPO / "configs" / "default.py")
 CONFIGS = ["default", *(f"default:method={m}" for m in augment.METHOD_NAMES), "table1",
-           "softness", "ablation"]
+           "softness", "ablation", "regularization"]
 
 
 def _load(name, arg="smoke"):
@@ -66,6 +67,8 @@ def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
                                                        "training_curves", "reliability"))):
         assert f.stat().st_size > 0, f
     assert w.figure("softness").exists() == (name == "softness")
+    # A method that ran several values of a setting: each metric along it.
+    assert w.figure("settings").exists() == (name in ("table1", "softness", "regularization"))
     if name.startswith("default:method="):
         assert c.sweep.methods == (name.partition("=")[2],)
     lines = w.metrics.read_text().splitlines()
@@ -81,6 +84,25 @@ def test_smoke_variant_runs_end_to_end(name, tmp_path, fast_compile):
     if name == "table1":  # the paper's protocol: the best alpha per method from the grid
         for method in ("e_mixup", "soft_e_stitchup"):
             assert on_disk["methods"][method]["alpha"] in c.sweep.alphas
+
+
+def test_regularization_tunes_every_method_over_the_same_grid():
+    """configs/regularization.py: the control, the four methods and label smoothing, each over
+    the one weight decay x dropout grid and one value of its own setting, in three programs."""
+    c = _load("regularization", None)
+    run_train.validate_config(c)
+    assert c.sweep.methods == augment.METHOD_NAMES + ("label_smoothing",)
+    members = sweep_members(c)
+    grid = sorted(itertools.product((1e-5, 1e-4, 1e-3), (0.1, 0.3, 0.5)))
+    for method in c.sweep.methods:
+        mine = [m for m in members if m["method"] == method]
+        assert len(mine) == len(grid) * c.data.trials == 9 * 5, method
+        assert sorted({(m["weight_decay"], m["dropout"]) for m in mine}) == grid, method
+        assert len({(m["alpha"], m["softness"], m["smoothing"]) for m in mine}) == 1, method
+    assert {m["lr_max"] for m in members} == {c.optim.lr_max}  # not swept: the config's
+    assert [g.name for g in member_groups(members)] == ["control", "mixup", "stitchup"]
+    smoke = _load("regularization")
+    assert len(sweep_members(smoke)) == 6 * 2 * 2 * smoke.data.trials
 
 
 def test_command_line_with_overrides_and_resume(tmp_path, capsys, fast_compile):

@@ -49,10 +49,20 @@ def test_the_built_in_rows():
         "control", "e_mixup", "e_stitchup", "soft_e_mixup", "soft_e_stitchup")
     assert registry.method_names(tag="baseline") == (
         "soft_control", "label_smoothing", "gaussian_noise", "feature_dropout", "manifold_mixup")
-    assert [s.name for s in registry.settings()] == ["alpha", "softness", "smoothing",
-                                                     "noise_std", "drop_rate"]
-    assert [s.grid for s in registry.settings()] == ["alphas", "softness", "smoothing",
-                                                     "noise_std", "drop_rate"]
+    own = ["alpha", "softness", "smoothing", "noise_std", "drop_rate"]
+    every = ["lr_min", "lr_max", "half_cycle_epochs", "weight_decay", "dropout"]
+    assert [s.name for s in registry.settings()] == own + every
+    assert [s.grid for s in registry.settings()] == ["alphas"] + own[1:] + every
+    assert [s.name for s in registry.settings(every_method=False)] == own
+    assert [s.name for s in registry.settings(every_method=True)] == every
+    assert [s.config_key for s in registry.settings(every_method=True)] == [
+        "optim.lr_min", "optim.lr_max", "optim.half_cycle_epochs", "optim.weight_decay",
+        "model.dropout"]
+    assert all(s.traced and s.default == () for s in registry.settings(every_method=True))
+    assert not any(set(every) & set(m.reads) for m in registry.methods())
+    assert "weight_decay" not in augment.method_params("control")._fields
+    with pytest.raises(ValueError, match="weight_decay is read by every method"):
+        augment.method_params("control", weight_decay=1e-3)
     assert [s.name for s in registry.settings() if s.column] == ["alpha", "softness"]
     assert registry.method_names(kind="control") == (
         "control", "soft_control", "label_smoothing", "gaussian_noise", "feature_dropout")
@@ -107,6 +117,12 @@ def test_ranges_print_as_messages_say_them():
      "default"),
     (Setting(name="depth", grid="depths", range=Range(low=1), default=()), ValueError,
      "default"),
+    (Setting(name="depth", grid="depths", range=Range(low=1), default=(2,),
+             config_key="model.depth"), ValueError, "default grid must be empty"),
+    (Setting(name="depth", grid="depths", range=Range(low=1), default=(),
+             config_key="depth"), ValueError, "dotted config field"),
+    (Method(name="x", display="X", kind="control", reads=("weight_decay",)), ValueError,
+     "'weight_decay' is read by every method"),
 ])
 def test_bad_rows_are_refused_with_a_clear_error(row, error, words):
     with pytest.raises(error, match=words):

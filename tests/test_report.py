@@ -232,3 +232,63 @@ def test_results_carry_the_curves_the_studies_redraw(full_report):
     for kind in ("overall", "none"):
         lo, mean, hi = (np.asarray(sweep[f"{kind}_{s}"], float) for s in ("min", "mean", "max"))
         assert np.all(lo <= mean + 1e-12) and np.all(mean <= hi + 1e-12)
+
+
+def test_swept_settings_every_method_reads_name_variants_and_get_axes(tmp_path):
+    """A weight decay x dropout grid over the control and E-Mixup: the swept settings name the
+    variants (the unswept learning rate does not), each method's setting is chosen over the
+    grid, and results["axes"], results.md and settings.png show each metric along each."""
+    rng = np.random.default_rng(3)
+    labels, seen = _labels_and_seen(rng)
+    fixed = dict(lr_min=3e-4, lr_max=3e-3, half_cycle_epochs=12.0)
+    # The control learns best at weight decay 1e-3 and dropout 0.3, E-Mixup at 1e-5 and 0.1.
+    noise = {("control", 1e-5): 1.4, ("control", 1e-3): 1.0, ("e_mixup", 1e-5): 0.9,
+             ("e_mixup", 1e-3): 1.3}
+    members, probs = [], []
+    for method, alpha in (("control", 0.0), ("e_mixup", 0.2)):
+        for wd in (1e-5, 1e-3):
+            for dropout in (0.1, 0.3):
+                for trial in range(TRIALS):
+                    members.append(dict(method=method, alpha=alpha, softness=0.0, **fixed,
+                                        weight_decay=wd, dropout=dropout, trial=trial, seed=0))
+                    bonus = 0.3 if (dropout == 0.3) == (method == "control") else 0.0
+                    probs.append(_member_probs(rng, labels[trial], seen[trial],
+                                               noise[method, wd] - bonus))
+    outputs = SweepResult(members=members, eval_epochs=np.array([4]),
+                          history={k: rng.random((len(members), 1)) for k in (
+                              "overall_accuracy", "none_accuracy", "train_loss")},
+                          val_probs=np.stack(probs).astype(np.float32), val_labels=labels,
+                          seen_mask=seen, class_names=[f"class_{k}" for k in range(C)],
+                          threshold=0.6)
+    results = report.write_report(tmp_path, outputs, **REPORT)
+    assert list(results["variants"])[:2] == [
+        "control/alpha=0/softness=0/weight_decay=1e-05/dropout=0.1",
+        "control/alpha=0/softness=0/weight_decay=1e-05/dropout=0.3"]
+    for method, wd, dropout in (("control", 1e-3, 0.3), ("e_mixup", 1e-5, 0.1)):
+        for section in (results["methods"], results["selection"]["methods"]):
+            assert (section[method]["weight_decay"], section[method]["dropout"]) == (wd, dropout)
+    axes = results["axes"]
+    assert axes["choice"] == "held-out" and axes["metrics"] == list(REPORT["axis_metrics"])
+    assert list(axes["settings"]) == ["weight_decay", "dropout"]
+    line = axes["settings"]["weight_decay"]
+    assert line["values"] == [1e-5, 1e-3]
+    control = line["methods"]["control"]
+    assert control["chosen"] == 1e-3 and control["fixed"] == dict(alpha=0, softness=0,
+                                                                   dropout=0.3)
+    assert control["variants"] == ["control/alpha=0/softness=0/weight_decay=1e-05/dropout=0.3",
+                                   "control/alpha=0/softness=0/weight_decay=0.001/dropout=0.3"]
+    for name, stat in zip(control["variants"], control["weighted_auc"]):
+        assert stat == results["variants"][name]["weighted_auc"]
+    assert control["weighted_auc"][1]["mean"] > control["weighted_auc"][0]["mean"]
+    w = Workdir(tmp_path)
+    _assert_png(w.figure("settings"))
+    assert results["figures"][-1] == FIGURES["settings"]
+    md = w.results_md.read_text()
+    assert "| Method | alpha | softness | weight_decay | dropout | Weighted AUC |" in md
+    along = md[md.index("## Along each swept setting"):md.index("## Every variant")]
+    assert "Weighted AUC against weight_decay:" in along
+    assert "\"none\" accuracy (%) against dropout:" in along
+    auc = results["variants"]["control/alpha=0/softness=0/weight_decay=0.001/dropout=0.3"][
+        "weighted_auc"]
+    assert (f"| Control | dropout 0.3 | {auc['mean'] - 0:.4f}" not in along
+            and f"**{auc['mean']:.4f} ± {auc['max_dev']:.4f}**" in along)

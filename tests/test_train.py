@@ -14,8 +14,13 @@ import pytest
 from embaug_jax import configlib, registry
 from embaug_jax.evaluate import threshold_counts
 from embaug_jax.run import train as run_train
-from embaug_jax.train import driver, program
-from embaug_jax.train.members import member_groups, member_hparams
+from embaug_jax.train import driver, optim, program
+from embaug_jax.train.members import (
+    member_groups,
+    member_hparams,
+    sweep_members,
+    with_config_settings,
+)
 from embaug_jax.train.synthetic import make_synthetic
 
 default = configlib.load_module(Path(__file__).resolve().parent.parent / "configs" / "default.py")
@@ -42,6 +47,12 @@ def _spec(c, data, kind="control"):
                                          kind=kind)
 
 
+def _group_spec(c, data, group):
+    """The spec of a `Group`'s program, as `run_sweep` builds it (its shared settings fixed)."""
+    return program.ProgramSpec.from_config(c, data.seen_mask.shape[1], data.train_idx.shape[1],
+                                           kind=group.kind, fixed=group.fixed)
+
+
 MEMBERS = [dict(method="control", alpha=0.0, softness=0.0, trial=0, seed=0),
            dict(method="e_mixup", alpha=0.3, softness=0.0, trial=1, seed=0),
            dict(method="soft_e_stitchup", alpha=0.2, softness=0.05, trial=0, seed=1)]
@@ -54,7 +65,7 @@ def sweep4():
     try:
         c = _config()
         data = _data(c)
-        hp = member_hparams(MEMBERS)
+        hp = member_hparams(with_config_settings(c, MEMBERS))
         yield c, data, hp, driver.run_sweep(c, data, MEMBERS, progress=False)
     finally:
         jax.config.update("jax_disable_most_optimizations", False)
@@ -224,7 +235,7 @@ def test_one_program_per_kind_and_no_padding_rows(fast_compile):
                                in_axes=(None, 0, 0, None, None)), static_argnums=4)
         init = jax.jit(jax.vmap(built.init, in_axes=(None, 0, None)))
         for members in member_sets:
-            hp = member_hparams(members)
+            hp = member_hparams(with_config_settings(c, members))
             _, loss = run(key, hp, init(key, hp, on_device), on_device, 1)
             assert np.isfinite(np.asarray(loss)).all()
     groups = member_groups(MEMBERS + mixup)
@@ -232,12 +243,74 @@ def test_one_program_per_kind_and_no_padding_rows(fast_compile):
         ("control", [0]), ("mixup", [1, 3, 4]), ("stitchup", [2])]
 
 
+def test_optimisation_settings_are_member_values_of_one_program_per_kind(fast_compile):
+    """A weight decay x dropout x lr_max grid crossed with methods and alphas trains as one
+    compiled program per kind, with no compile per value; each member equals the member of a
+    sweep whose config holds its values, and the values change what it learns."""
+    grids = {"sweep.weight_decay": (1e-5, 1e-3), "sweep.dropout": (0.0, 0.3),
+             "sweep.lr_max": (3e-3, 1e-2)}
+    # Evaluation blocks of their own: programs no other test compiles, so their count is ours.
+    c = _config(num_epochs=8, eval_every=8, chunk_epochs=8, checkpoint_every=8,
+                eval_block_rows=96, **{"data.trials": 1, "sweep.methods": ("control", "e_mixup"),
+                                       "sweep.alphas": (0.2, 0.4)}, **grids)
+    run_train.validate_config(c)
+    data = _data(c)
+    members = sweep_members(c)
+    assert len(members) == (1 + 2) * 2 * 2 * 2
+    groups = member_groups(members)
+    assert [g.name for g in groups] == ["control", "mixup"]
+    # What all members share is a constant of the program; the grids are traced.
+    assert all(g.fixed == (("lr_min", 3e-4), ("half_cycle_epochs", 4.0)) for g in groups)
+    r = driver.run_sweep(c, data, members, progress=False)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
+    for g in groups:
+        spec = _group_spec(c, data, g)
+        _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, jax.devices()))
+        assert run._cache_size() == 1, g.kind
+    loss = r.history["train_loss"][:, -1]
+    assert len({round(float(v), 6) for v in loss}) == len(members)  # every value matters
+    for i in (0, 7, 13):  # control at the grid's first point, its last, and an E-Mixup member
+        m = members[i]
+        single = _config(num_epochs=8, eval_every=8, chunk_epochs=8, checkpoint_every=8,
+                         eval_block_rows=96, **{"data.trials": 1,
+                                                "optim.weight_decay": m["weight_decay"],
+                                                "model.dropout": m["dropout"],
+                                                "optim.lr_max": m["lr_max"]})
+        alone = driver.run_sweep(single, data, [{k: m[k] for k in (
+            "method", "alpha", "trial", "seed")}], progress=False)
+        every = [setting.name for setting in registry.settings(every_method=True)]
+        assert [alone.members[0][k] for k in every] == [m[k] for k in every]
+        np.testing.assert_allclose(alone.history["train_loss"][0], r.history["train_loss"][i],
+                                   rtol=1e-5)
+        np.testing.assert_allclose(alone.val_probs[0], r.val_probs[i], atol=1e-5)
+
+
+def test_profile_traces_training_steps_and_changes_no_number(sweep4, tmp_path, fast_compile):
+    """config.profile=N: a jax.profiler trace (XPlane for TensorBoard, a Perfetto trace) of the
+    periods after the first compiled call, and the same results as without it."""
+    import gzip
+    import json
+
+    c, data, hp, full = sweep4
+    traced = _config(profile=100)  # 10 steps an epoch, 8 epochs a period: periods 2 and 3
+    r = driver.run_sweep(traced, data, MEMBERS, progress=False, profile_dir=tmp_path / "profile")
+    for k in full.history:
+        np.testing.assert_array_equal(r.history[k], full.history[k])
+    (session,) = (tmp_path / "profile" / "plugins" / "profile").iterdir()
+    assert list(session.glob("*.xplane.pb"))
+    with gzip.open(session / "perfetto_trace.json.gz") as f:
+        assert json.load(f)["traceEvents"]
+    with pytest.raises(ValueError, match="profile=-1 must be >= 0"):
+        driver.run_sweep(_config(profile=-1), data, MEMBERS, progress=False,
+                         profile_dir=tmp_path / "never")
+
+
 def test_every_chunk_runs_one_compiled_program(sweep4):
     c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable per kind
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
-    for kind in (g.kind for g in member_groups(MEMBERS)):
-        _, run, _ = driver.compiled_group(_spec(c, data, kind), mesh,
-                                          driver.members_at_once(c, jax.devices()))
+    for g in member_groups(with_config_settings(c, MEMBERS)):
+        spec = _group_spec(c, data, g)
+        _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, jax.devices()))
         assert run._cache_size() == 1
 
 
@@ -246,12 +319,17 @@ def test_program_spec_holds_every_knob_the_program_reads():
     base = program.ProgramSpec.from_config(c, 6, 80)
     assert base == program.ProgramSpec.from_config(_config(), 6, 80)
     assert hash(base) == hash(program.ProgramSpec.from_config(_config(), 6, 80))
-    # Knobs the program does not read leave the spec (and so the compiled program) alone.
+    # Knobs the program does not read, and the members' traced settings (the learning-rate
+    # cycle, the weight decay and the dropout rate among them), leave the spec (and so the
+    # compiled program) alone.
     for key, value in [("num_epochs", 48), ("checkpoint_every", 24), ("sweep.alphas", (0.4,)),
-                       ("seed", 3), ("data.trials", 3)]:
+                       ("seed", 3), ("data.trials", 3), ("optim.lr_max", 1e-2),
+                       ("optim.lr_min", 1e-4), ("optim.half_cycle_epochs", 6),
+                       ("optim.weight_decay", 1e-3), ("model.dropout", 0.5),
+                       ("sweep.weight_decay", (1e-5, 1e-3))]:
         assert program.ProgramSpec.from_config(_config(**{key: value}), 6, 80) == base, key
     for key, value in [("threshold", 0.7), ("eval_every", 4), ("eval_block_rows", 64),
-                       ("model.hidden", (16,)), ("optim.lr_max", 1e-2),
+                       ("model.hidden", (16,)), ("optim.optimizer", "sgd"),
                        ("augment.pairing", "flip"), ("augment.negative_mass", 0.5),
                        ("batch_size", 16)]:
         assert program.ProgramSpec.from_config(_config(**{key: value}), 6, 80) != base, key
@@ -329,7 +407,7 @@ def test_unseen_classes_never_get_loss(sweep4):
 
 
 def test_triangular_schedule_matches_optax_linear_pieces():
-    sched = program.triangular_schedule(3e-4, 3e-3, 5)
+    sched = optim.triangular_schedule(3e-4, 3e-3, 5)
     pieces = [optax.linear_schedule(3e-4, 3e-3, 5), optax.linear_schedule(3e-3, 3e-4, 5)] * 3
     ref = optax.join_schedules(pieces, boundaries=[5 * i for i in range(1, 6)])
     steps = jnp.arange(30)
@@ -348,6 +426,13 @@ def test_triangular_schedule_matches_optax_linear_pieces():
     ("model.head", "tanh", "head"),
     ("optim.optimizer", "lion", "optimizer"),
     ("optim.lr_min", 1.0, "lr_min"),
+    ("optim.weight_decay", -1.0, r"config.optim.weight_decay=-1 must be >= 0"),
+    ("model.dropout", 1.0, r"config.model.dropout=1 must be in \[0, 1\)"),
+    ("sweep.weight_decay", (1e-4, -1.0), r"weight_decay=-1.0 in config.sweep.weight_decay"),
+    ("sweep.dropout", (0.1, 1.0), r"dropout=1.0 in config.sweep.dropout must be in \[0, 1\)"),
+    ("sweep.lr_min", (1e-4, 1e-2), r"every lr_min \(config.sweep.lr_min=0.0001, 0.01\) must "
+     r"be <= every lr_max \(config.optim.lr_max=0.003\)"),
+    ("sweep.half_cycle_epochs", (2.5,), "must be whole epochs"),
     ("augment.pairing", "zip", "pairing"),
     ("batch_size", 15, "batch_size"),
     ("eval_every", 5, "multiple of"),
@@ -359,6 +444,8 @@ def test_triangular_schedule_matches_optax_linear_pieces():
     ("threshold", 1.2, r"config.threshold=1.2 must lie in \(0, 1\)"),
     ("report.selection_fraction", 1.0, "config.report.selection_fraction=1.0"),
     ("report.bootstrap_resamples", -1, "config.report.bootstrap_resamples=-1"),
+    ("report.axis_metrics", ("weighted_auc", "auc"),
+     r"config.report.axis_metrics=\('weighted_auc', 'auc'\) must name .*unknown: 'auc'"),
     ("eval_block_rows", 0, "eval_block_rows"),
     ("cpu_devices", -2, "cpu_devices"),
     ("members_at_once", -1, "members_at_once"),
@@ -432,7 +519,7 @@ def test_ablation_baselines_train_in_the_sweep(fast_compile):
     np.testing.assert_allclose(alone.history["train_loss"][0], loss[0], rtol=1e-5)
     np.testing.assert_allclose(alone.val_probs[0], r.val_probs[0], atol=1e-5)
     lone = jax.jit(program.make_train(_spec(c, data, "manifold"), c.num_epochs))
-    hp = member_hparams(members)
+    hp = member_hparams(with_config_settings(c, members))
     state, metrics = lone(jax.random.key(c.seed), jax.tree.map(lambda x: x[8], hp), data)
     chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[8], r.state.params),
                                 atol=1e-5, rtol=1e-5)

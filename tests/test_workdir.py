@@ -17,16 +17,19 @@ def test_the_names_old_workdirs_were_written_with(tmp_path):
     """Renaming any of these orphans every earlier run: it would neither resume nor re-report."""
     w = Workdir(tmp_path)
     names = {p.relative_to(tmp_path).as_posix() for p in (
-        w.config, w.fingerprint, w.metrics, w.checkpoints, w.predictions, w.results_json,
+        w.config, w.fingerprint, w.metrics, w.tensorboard, w.profile, w.checkpoints,
+        w.predictions, w.results_json,
         w.results_md, w.embeddings, w.shards, w.models, w.skipped_images(), w.lock_file,
         w.extract.path, w.train.path, w.train.results_json)}
-    assert names == {"config.json", "fingerprint.json", "metrics.jsonl", "checkpoints",
+    assert names == {"config.json", "fingerprint.json", "metrics.jsonl", "tensorboard",
+                     "profile", "checkpoints",
                      "predictions.npz", "results.json", "results.md", "embeddings", "shards",
                      "models", "skipped_images.json", ".embaug.lock", "extract", "train",
                      "train/results.json"}
     assert list(FIGURES.values()) == ["fig3_threshold_sweep.png", "fig4_roc.png",
                                       "fig5_training_curves.png", "fig6_softness.png",
-                                      "reliability.png", "auc_decomposition.png", "oscr.png"]
+                                      "reliability.png", "auc_decomposition.png", "oscr.png",
+                                      "settings.png"]
     assert w.figure("roc") == tmp_path / "fig4_roc.png"
     with pytest.raises(KeyError, match="no figure 'fig4'.*threshold_sweep, roc"):
         w.figure("fig4")

@@ -66,8 +66,10 @@ class MethodParams:
     MIX_CONTROL, MIX_MIXUP, MIX_STITCHUP, MIX_MANIFOLD), `soft` (bool: apply `soften_labels`
     after the kind's rows; a switch of its own, as softness 0 still adds the negative mass),
     `method` (int32, `registry.method_index`: selects the method's transform), then one float32
-    per traced registered setting (alpha, softness, smoothing, noise_std, drop_rate, ...), 0
-    where the method does not read it. Stack members along a leading axis to vmap.
+    per traced registered method setting (alpha, softness, smoothing, noise_std, drop_rate,
+    ...), 0 where the method does not read it; the settings every method reads (the learning
+    rate, ...: `registry.Setting.every_method`) are the training engine's, not here. Stack
+    members along a leading axis to vmap.
 
     Untraced settings ride along as Python numbers (`static`, read as attributes like the
     rest); members stacked together must share them.
@@ -80,7 +82,7 @@ class MethodParams:
 
     def __init__(self, *, mix: Any, soft: Any, method: Any,
                  static: tuple[tuple[str, float], ...] = (), **settings: Any):
-        names = tuple(s.name for s in registry.settings(traced=True))
+        names = tuple(s.name for s in registry.settings(traced=True, every_method=False))
         unknown = sorted(set(settings) - set(names))
         if unknown:
             raise TypeError(f"MethodParams has no traced setting {unknown}; registered: "
@@ -142,9 +144,14 @@ def method_params(name: str, alpha: float | None = None, softness: float | None 
     given = {k: v for k, v in dict(alpha=alpha, softness=softness, **settings).items()
              if v is not None}
     for key, value in given.items():
-        check_setting(registry.setting(key), value)
+        setting = registry.setting(key)
+        if setting.every_method:
+            raise ValueError(f"{key} is read by every method: a sweep member's value "
+                             f"(config.{setting.config_key} or config.sweep.{setting.grid}), "
+                             "not a method parameter")
+        check_setting(setting, value)
     traced, static = {}, []
-    for s in registry.settings():
+    for s in registry.settings(every_method=False):
         value = given.get(s.name, s.default[0]) if s.name in row.reads else 0.0
         if s.traced:
             traced[s.name] = jnp.asarray(value, jnp.float32)

@@ -13,19 +13,21 @@ writes atomically (each file where `embaug_jax.workdir.Workdir` puts it):
   i.e. the alpha grid), each metric as {mean, std, max_dev, min, max, n, values};
   `results["selection"]` (alpha chosen on a selection part of the validation rows, reported on
   the rest, after each member's post-hoc fits there: temperature and vector scaling, its own
-  threshold, its best "none" detector; see `report.fits`) and `results["paired"]` (each
-  method minus the control, trial by trial, with paired-t and bootstrap intervals, p-values and
-  Holm's correction per table; see `report.statistics`). Beyond Table 1's metrics: the
-  threshold-free "none" metrics (OSCR area, AUPR both ways), the "none" detectors (from the
-  outputs, and from the embeddings when the report is given the dataset), calibration (ECE
-  with equal-width and equal-mass bins and over the seen rows, NLL, Brier score) before and
-  after post-hoc scaling.
+  threshold, its best "none" detector; see `report.fits`), `results["paired"]` (each method
+  minus the control, trial by trial, with paired-t and bootstrap intervals, p-values and Holm's
+  correction per table; see `report.statistics`) and `results["axes"]` (chosen metrics along
+  each setting a method ran several values of: alpha, a weight decay grid, ...). Beyond
+  Table 1's metrics: the threshold-free "none" metrics (OSCR area, AUPR both ways), the "none"
+  detectors (from the outputs, and from the embeddings when the report is given the dataset),
+  calibration (ECE with equal-width and equal-mass bins and over the seen rows, NLL, Brier
+  score) before and after post-hoc scaling.
 - `results.md`: all of that as tables and plain sentences, beside the paper's own numbers,
   headed by the answers: does each method beat the control once the control is calibrated and
   thresholded as well as it can be, on the seen classes, on "none" and in calibration?
 - the figures (`embaug_jax.workdir.FIGURES`): Figures 3-6 (Figure 6 only when a soft method
-  ran with >= 2 softness values), the reliability diagram, the AUC decomposition and the OSCR
-  curves (when there are "none" rows).
+  ran with >= 2 softness values), the reliability diagram, the AUC decomposition, the OSCR
+  curves (when there are "none" rows) and the metrics along each swept setting (when a method
+  ran several values of one).
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ from embaug_jax.report import statistics
 from embaug_jax.report.figures import plan_figures
 from embaug_jax.report.fits import embedding_scores, output_detectors
 from embaug_jax.report.results import (
+    AXIS_METRICS,
+    axis_section,
     build_results,
+    check_axis_metrics,
     evaluate_members,
     group_variants,
     held_out_selection,
@@ -66,7 +71,8 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
                  selection_fraction: float, bootstrap_resamples: int, seed: int,
                  threshold: float | None = None, thresholds=None,
                  title: str | None = None, num_bins: int = evaluate.NUM_BINS,
-                 dataset: EmbeddingDataset | None = None, head: str = "sigmoid") -> dict:
+                 dataset: EmbeddingDataset | None = None, head: str = "sigmoid",
+                 axis_metrics=AXIS_METRICS) -> dict:
     """Evaluates a sweep and writes predictions.npz, results.json, results.md and the figures.
 
     The statistics' settings are the config's `report` section, so from a notebook
@@ -92,6 +98,8 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
       head: the MLP's output (config.model.head): "sigmoid" outputs invert to their logits
         (max-logit, energy, post-hoc scaling); "softmax" ones do not, so max-logit and energy
         are left out and the scalings act on the outputs' log-odds.
+      axis_metrics: the metrics (names of `report.results.SCALAR_METRICS`) that
+        results["axes"], its tables and its figure show along each swept setting.
 
     Returns:
       The results dict, as written to results.json.
@@ -120,6 +128,7 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
         selection_fraction, "write_report: selection_fraction")
     bootstrap_resamples = statistics.check_bootstrap_resamples(
         bootstrap_resamples, "write_report: bootstrap_resamples")
+    axis_metrics = check_axis_metrics(axis_metrics, "write_report: axis_metrics")
     workdir = Workdir(workdir)
     workdir.path.mkdir(parents=True, exist_ok=True)
     fpr_grid = evaluate.FPR_GRID
@@ -159,6 +168,8 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
                                    threshold=float(threshold), num_bins=num_bins,
                                    posthoc=fits, scores=scores, detectors=detectors))
         results["paired"]["families"] = statistics.holm_families(results["paired"]["methods"])
+
+    results["axes"] = axis_section(results, axis_metrics)
 
     # Results first: a full disk or a plotting failure must not lose the tables, and a rerun
     # (which re-reports from the saved predictions without training) redraws the figures.

@@ -91,7 +91,8 @@ def headline(results: dict) -> list[str]:
                             for what, key in _QUESTIONS)
         edges = "".join(f"; {e['setting']} at the {e['side']} end of its grid: extend it"
                         for e in chosen.get("grid_edge", []))
-        line = f"- **{display_name(method)}** ({setting_text(chosen)}{edges}): {answers}."
+        line = (f"- **{display_name(method)}** ({setting_text(chosen, results)}{edges}): "
+                f"{answers}.")
         tuned = [f"{label} {difference_text(entry[k], k)}{_interval_pair(entry[k], k)}"
                  for label, k in (("overall accuracy", "tuned_overall_accuracy"),
                                   ("\"none\" accuracy", "tuned_none_accuracy"))
@@ -257,9 +258,9 @@ def format_detectors(results: dict) -> list[str]:
         f"classes of softplus of the logit, the energy of sigmoid outputs); the logits are the "
         f"sigmoid's inverse of the stored probabilities, float32 saturation capping them at "
         f"+16.6. The sigmoid being monotone, max-logit orders rows exactly as 1 - max "
-        f"probability does, so the two agree. {distances} The last column counts the members whose selection rows chose "
-        f"the detector (highest AUROC there); the paired rows below compare each method's "
-        f"chosen detector with the control's.",
+        f"probability does, so the two agree. {distances} The last column counts the members "
+        f"whose selection rows chose the detector (highest AUROC there); the paired rows below "
+        f"compare each method's chosen detector with the control's.",
         "",
         markdown_table(["Method", "Detector", "AUROC", "AUPR", "FPR @ 95% TPR",
                         "Chosen for (members)"], rows),

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from embaug_jax import registry
-from embaug_jax.report.results import nanreduce
+from embaug_jax.report.results import entry_settings, nanreduce
+from embaug_jax.report.formatting import metric_label
 from embaug_jax.util import atomic_path
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ def plan_figures(results: dict, variants: dict[str, dict], per_member: list[dict
     each a function that draws it to the path it is given.
 
     Learning curves need evaluations during training (`result.eval_epochs`); Figure 6 needs a
-    soft method that ran >= 2 softness values at one alpha; the OSCR curves need "none" rows.
+    soft method that ran >= 2 softness values at one alpha; the OSCR curves need "none" rows;
+    the settings figure needs a method that ran several values of a setting (results["axes"]).
     """
     plans = {"threshold_sweep": (_fig3_threshold_sweep, (results, variants, per_member)),
              "roc": (_fig4_roc, (results, variants, per_member, fpr_grid))}
@@ -38,6 +40,8 @@ def plan_figures(results: dict, variants: dict[str, dict], per_member: list[dict
                                   (results, variants, per_member, result.members))
     if any(results["num_none_examples"]):
         plans["oscr"] = (_oscr, (results, variants, per_member, fpr_grid))
+    if results.get("axes", {}).get("settings"):
+        plans["settings"] = (_settings, (results,))
     # Each drawing function takes the path first: bind its other arguments behind it.
     return {name: functools.partial(_draw_to, draw, args) for name, (draw, args) in plans.items()}
 
@@ -160,16 +164,23 @@ def _fig5_training_curves(path, results, variants, outputs):
     _save(fig, path)
 
 
+def _others(entry: dict) -> dict[str, float]:
+    """A variant's settings but alpha and softness (a weight decay grid's, say)."""
+    return {k: v for k, v in entry_settings(entry).items() if k not in ("alpha", "softness")}
+
+
 def _softness_sweeps(results: dict) -> list[tuple[str, float, list[str]]]:
     """(soft method, alpha, its variants by softness) for each soft method that ran >= 2
-    softness values at one alpha (the alpha with the most; ties: the best variant's alpha)."""
+    softness values at one alpha (the alpha with the most; ties: the best variant's alpha),
+    its other settings at the best variant's."""
     found = []
     for method in results["methods"]:
         if _unsoftened(method) is None:
             continue
+        others = _others(results["methods"][method])
         by_alpha: dict[float, list[str]] = {}
         for name, e in results["variants"].items():
-            if e["method"] == method:
+            if e["method"] == method and _others(e) == others:
                 by_alpha.setdefault(e["alpha"], []).append(name)
         best_alpha = results["methods"][method]["alpha"]
         alpha = max(by_alpha, key=lambda a: (len(by_alpha[a]), a == best_alpha))
@@ -183,8 +194,9 @@ def _fig6_softness(path, results, variants, outputs, sweeps):
     epochs = outputs.eval_epochs
     for col, (method, alpha, names) in enumerate(sweeps):
         base = _unsoftened(method)
+        others = _others(results["variants"][names[0]])  # a weight decay grid's, say
         base_names = [n for n, e in results["variants"].items()
-                      if e["method"] == base and e["alpha"] == alpha]
+                      if e["method"] == base and e["alpha"] == alpha and _others(e) == others]
         if not base_names and base in results["methods"]:
             base_names = [results["methods"][base]["variant"]]
         for row, key in enumerate(("overall_accuracy", "none_accuracy")):
@@ -314,3 +326,43 @@ def _oscr(path, results, variants, per_member, fpr_grid):
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def _settings(path, results):
+    """results["axes"]: a panel per metric (rows) and swept setting (columns), a line per method
+    through its values (mean; bars: min-max over trials), the chosen value circled."""
+    axes_ = results["axes"]
+    settings, metrics = list(axes_["settings"]), axes_["metrics"]
+    fig, axes = _new_figure(len(metrics), len(settings), width=4.4, height=3.4)
+    order = list(registry.method_names())
+    for col, axis in enumerate(settings):
+        line = axes_["settings"][axis]
+        values = np.asarray(line["values"], float)
+        # A grid spanning decades (a weight decay, a learning rate) reads best on a log axis.
+        log = values.min() > 0 and values.max() / values.min() >= 10
+        for row, metric in enumerate(metrics):
+            ax = axes[row, col]
+            label, scale, _ = metric_label(metric)
+            for method, e in line["methods"].items():
+                k = order.index(method) if method in order else len(order)
+                have = [i for i, stat in enumerate(e[metric]) if stat and stat["mean"] is not None]
+                x = values[have]
+                mean = np.array([e[metric][i]["mean"] for i in have]) * scale
+                low = mean - np.array([e[metric][i]["min"] for i in have]) * scale
+                high = np.array([e[metric][i]["max"] for i in have]) * scale - mean
+                ax.errorbar(x, mean, yerr=[low, high], fmt="o-", color=f"C{k % 10}", capsize=3,
+                            lw=2.5 if method == "control" else 1.4, ms=4, label=_label(method))
+                chosen = [i for i in have if values[i] == e["chosen"]]
+                if chosen:
+                    ax.plot(values[chosen], np.array([e[metric][i]["mean"] for i in chosen])
+                            * scale, "o", ms=11, mfc="none", mec=f"C{k % 10}", mew=1.5)
+            if log:
+                ax.set_xscale("log")
+            ax.set_xlabel(axis)
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize="small")
+    fig.suptitle("Each method along each swept setting, the others at its chosen variant "
+                 "(circled: chosen)")
+    _save(fig, path)
+

@@ -72,17 +72,39 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def reads(method: str) -> tuple[str, ...]:
-    """The settings `method` reads (a method not registered here: the column settings)."""
+def _swept(results: dict) -> list[str]:
+    """The settings every method reads that the sweep ran several values of: the variants
+    record only those (`report.results.swept_settings`)."""
+    return [s.name for s in registry.settings(every_method=True)
+            if any(s.name in e for e in results["variants"].values())]
+
+
+def column_settings(results: dict) -> list[str]:
+    """The settings with a column of their own: the paper's alpha and softness, and the swept
+    settings every method reads (a weight decay grid, say)."""
+    return [s.name for s in registry.settings() if s.column] + _swept(results)
+
+
+def reads(method: str, results: dict) -> tuple[str, ...]:
+    """The settings `method` reads (a method not registered here: the column settings), and
+    the swept ones every method reads."""
     try:
-        return registry.method(method).reads
+        own = registry.method(method).reads
     except registry.UnknownNameError:
-        return tuple(s.name for s in registry.settings() if s.column)
+        own = tuple(s.name for s in registry.settings() if s.column)
+    return own + tuple(_swept(results))
 
 
-def setting_text(entry: dict) -> str:
+def setting_text(entry: dict, results: dict) -> str:
     """A variant's settings in a few characters: "alpha 0.2, softness 0.05" or "-"."""
-    return ", ".join(f"{k} {entry.get(k, 0):g}" for k in reads(entry["method"])) or "-"
+    return ", ".join(f"{k} {entry.get(k, 0):g}"
+                     for k in reads(entry["method"], results)) or "-"
+
+
+def metric_label(metric: str) -> tuple[str, float, int]:
+    """(label, scale, digits) of a per-member metric in tables and figures: accuracies in %."""
+    label = METRIC_LABELS.get(metric, (metric.replace("_", " ").replace("none", '"none"'),))[0]
+    return (label + " (%)", 100.0, 2) if metric.endswith("accuracy") else (label, 1.0, 4)
 
 
 def paired_rows_text(results: dict) -> str:

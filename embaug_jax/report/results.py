@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-import embaug_jax.augment  # noqa: F401 (registers the built-in methods and settings)
+import embaug_jax.train.optim  # noqa: F401 (registers the built-in methods and settings)
 from embaug_jax import evaluate, registry
 from embaug_jax.report.fits import fit_members
 from embaug_jax.train.result import MEMBER_KEYS
@@ -144,26 +144,39 @@ def _setting_names(members: Sequence[dict]) -> list[str]:
     return registered + sorted(others)
 
 
-def _shown(values: dict[str, float]) -> dict[str, float]:
+def swept_settings(members: Sequence[dict]) -> list[str]:
+    """The settings every method reads (`registry.Setting.every_method`) that the members ran
+    more than one value of: the ones that tell variants apart."""
+    return [s.name for s in registry.settings(every_method=True)
+            if len({_param(m.get(s.name)) for m in members}) > 1]
+
+
+def _shown(values: dict[str, float], swept: Sequence[str]) -> dict[str, float]:
     """The settings a variant records and is named by: the column ones (the paper's alpha and
-    softness) always, the others when not 0."""
+    softness) always, the swept ones every method reads always, the methods' others when not
+    0 (a setting every method reads at one value across the sweep is the run's, not the
+    variant's)."""
     columns = {s.name for s in registry.settings() if s.column}
-    return {k: v for k, v in values.items() if k in columns or v}
+    every = {s.name for s in registry.settings(every_method=True)}
+    return {k: v for k, v in values.items()
+            if k in columns or k in swept or (v and k not in every)}
 
 
 def _param(value) -> float:
     """A member's setting as a grouping key: None or NaN (not applicable, e.g. the control's
-    alpha) reads as 0; rounded so 0.1 from a config and 0.1 from a float32 array land in the
-    same variant."""
+    alpha) reads as 0; rounded to 6 significant digits so 0.1 from a config and 0.1 from a
+    float32 array land in the same variant (and a weight decay of 1e-7 stays apart from 0)."""
     value = math.nan if value is None else float(value)
-    return 0.0 if math.isnan(value) else round(value, 6)
+    return 0.0 if math.isnan(value) else float(f"{value:.6g}")
 
 
 def group_variants(members: Sequence[dict]) -> dict[str, dict]:
     """Members grouped by method and settings (a member without one reads 0), in the
     registry's method order, then the settings' values; each variant named like
-    "e_mixup/alpha=0.2/softness=0" (see `_shown`)."""
+    "e_mixup/alpha=0.2/softness=0", or "e_mixup/alpha=0.2/softness=0/weight_decay=0.001" in a
+    sweep over weight decay (see `_shown`)."""
     names = _setting_names(members)
+    swept = swept_settings(members)
     groups: dict[tuple, list[int]] = {}
     for i, member in enumerate(members):
         key = (str(member["method"]), *(_param(member.get(n)) for n in names))
@@ -171,7 +184,7 @@ def group_variants(members: Sequence[dict]) -> dict[str, dict]:
     ordered = sorted(groups, key=lambda k: (_method_rank(k[0]), *k[1:]))
     out = {}
     for k in ordered:
-        shown = _shown(dict(zip(names, k[1:])))
+        shown = _shown(dict(zip(names, k[1:])), swept)
         name = k[0] + "".join(f"/{n}={v:g}" for n, v in shown.items())
         out[name] = dict(method=k[0], **shown, members=groups[k])
     return out
@@ -325,9 +338,10 @@ def held_out_selection(outputs: SweepResult, variants: dict[str, dict], rows: np
 def grid_edge(variants: dict[str, dict], name: str) -> list[dict[str, Any]]:
     """The settings at which variant `name` sits on the edge of its method's grid.
 
-    For each setting the method reads whose grid (the values its variants ran) has at least
-    two values: where the chosen value is the smallest or the largest, unless the setting's
-    range ends there (a softness of 0 cannot go lower), the grid should be extended.
+    For each setting the method reads (its own, and the swept ones every method reads) whose
+    grid (the values its variants ran) has at least two values: where the chosen value is the
+    smallest or the largest, unless the setting's range ends there (a softness of 0 cannot go
+    lower), the grid should be extended.
 
     Returns:
       [dict(setting=, value=, side="smallest" | "largest", grid=[...])], possibly empty.
@@ -338,6 +352,8 @@ def grid_edge(variants: dict[str, dict], name: str) -> list[dict[str, Any]]:
         reads = registry.method(method).reads
     except registry.UnknownNameError:
         reads = tuple(variant_settings(chosen))
+    reads += tuple(s.name for s in registry.settings(every_method=True)
+                   if s.name in chosen and s.name not in reads)
     out = []
     for setting in reads:
         grid = sorted({v.get(setting, 0.0) for v in variants.values() if v["method"] == method})
@@ -384,3 +400,72 @@ def paired_section(outputs: SweepResult, chosen: dict[str, str], variants: dict[
                 detectors=detectors)
     per_member = [values.get(i) for i in range(len(outputs.members))]
     return statistics.compare_with_control(outputs.members, members, per_member, resampled)
+
+
+# ---------------------------------------------------------------------------------------------
+# A metric along each swept setting.
+
+# What the axis tables and figure show unless told otherwise (config.report.axis_metrics).
+AXIS_METRICS = ("weighted_auc", "none_accuracy")
+
+
+def check_axis_metrics(metrics, name: str = "axis_metrics") -> tuple[str, ...]:
+    """`metrics` as a tuple of names; ValueError unless each is one of SCALAR_METRICS (the one
+    check of the value, for the config and the Python API alike)."""
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    bad = [m for m in metrics if m not in SCALAR_METRICS]
+    if not metrics or bad:
+        raise ValueError(f"{name}={metrics!r} must name one or more of {', '.join(SCALAR_METRICS)}"
+                         + (f"; unknown: {', '.join(map(repr, bad))}" if bad else ""))
+    return metrics
+
+
+def axis_section(results: dict, metrics: Sequence[str]) -> dict[str, Any]:
+    """results["axes"]: each method's `metrics` along each setting it ran several values of,
+    its other settings held at its chosen variant (the held-out choice where there is one).
+
+    Returns:
+      {"metrics", "choice": "held-out" or "paper", "settings": {setting: {"values": sorted
+      union over methods, "methods": {method: {"fixed": the other settings, "chosen": the
+      chosen value, "variants": [variant name or None per value], metric: [summary (as
+      results["variants"]) or None per value]}}}}}.
+    """
+    held_out = "selection" in results
+    chosen = results["selection" if held_out else "methods"]
+    chosen = {m: e["variant"] for m, e in (chosen["methods"] if held_out else chosen).items()}
+    variants = results["variants"]
+    by_method: dict[str, list[str]] = {}
+    for name, entry in variants.items():
+        by_method.setdefault(entry["method"], []).append(name)
+    settings: dict[str, dict] = {}
+    for method, names in by_method.items():
+        point = entry_settings(variants[chosen[method]])
+        for axis in point:
+            if len({entry_settings(variants[n]).get(axis) for n in names}) < 2:
+                continue
+            fixed = {k: v for k, v in point.items() if k != axis}
+            line = {entry_settings(variants[n])[axis]: n for n in names
+                    if {k: v for k, v in entry_settings(variants[n]).items() if k != axis}
+                    == fixed}
+            settings.setdefault(axis, {})[method] = dict(fixed=fixed, chosen=point[axis],
+                                                         line=line)
+    out = {}
+    for axis in (s.name for s in registry.settings()):  # the registry's order
+        if axis not in settings:
+            continue
+        values = sorted({v for e in settings[axis].values() for v in e["line"]})
+        methods = {}
+        for method, e in settings[axis].items():
+            names = [e["line"].get(v) for v in values]
+            methods[method] = dict(fixed=e["fixed"], chosen=e["chosen"], variants=names,
+                                   **{k: [variants[n][k] if n else None for n in names]
+                                      for k in metrics})
+        out[axis] = dict(values=values, methods=methods)
+    return dict(metrics=list(metrics), choice="held-out" if held_out else "paper", settings=out)
+
+
+def entry_settings(entry: dict) -> dict[str, float]:
+    """The registered settings a results["variants"] entry records (`variant_settings` of its
+    variant)."""
+    names = {s.name for s in registry.settings()}
+    return {k: v for k, v in entry.items() if k in names}

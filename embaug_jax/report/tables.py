@@ -1,33 +1,27 @@
 """The Table-1 analogue and results.md, as markdown."""
 
-from embaug_jax import registry
 from embaug_jax.registry import display_name
 from embaug_jax.report.answers import (format_calibration, format_detectors, format_open_set,
                                        grid_notes, headline)
-from embaug_jax.report.formatting import (METRIC_LABELS, difference_text, format_paired,
-                                          holm_note, markdown_table, paired_rows_text, reads,
-                                          setting_text, stat_text)
+from embaug_jax.report.formatting import (METRIC_LABELS, column_settings, difference_text,
+                                          format_paired, holm_note, markdown_table, metric_label,
+                                          paired_rows_text, reads, setting_text, stat_text)
 from embaug_jax.report.statistics import HEADLINE_METRICS
 from embaug_jax.workdir import FIGURES
 
 
-def _columns() -> list[str]:
-    """The settings with a column of their own (the paper's alpha and softness)."""
-    return [s.name for s in registry.settings() if s.column]
-
-
-def _fmt_param(entry: dict, key: str) -> str:
+def _fmt_param(entry: dict, key: str, results: dict) -> str:
     """A variant's value of setting `key`, or "-" when its method does not read it; for key
     "other", the settings without a column of their own (e.g. "smoothing 0.1")."""
-    used = reads(entry["method"])
+    used = reads(entry["method"], results)
     if key == "other":
         return ", ".join(f"{k} {entry.get(k, 0):g}" for k in used
-                         if k not in _columns()) or "-"
+                         if k not in column_settings(results)) or "-"
     return f"{entry[key]:g}" if key in used else "-"
 
 
 def _has_other(results: dict) -> bool:
-    return any(set(reads(e["method"])) - set(_columns())
+    return any(set(reads(e["method"], results)) - set(column_settings(results))
                for e in results["variants"].values())
 
 
@@ -51,14 +45,16 @@ def format_table(results: dict) -> str:
     """The Table-1 analogue (markdown): best variant per method, mean ± max deviation."""
     t = results["threshold"]
     other = _has_other(results)
-    header = ["Method", *_columns(), *(["other"] if other else []), "Weighted AUC",
+    header = ["Method", *column_settings(results), *(["other"] if other else []),
+              "Weighted AUC",
               f"Overall acc @{t:g} (%)", f"None acc @{t:g} (%)", PAPER_COLUMN]
     rows = []
     for method, entry in results["methods"].items():
         paper = results.get("paper_table1", {}).get(method)
         rows.append([
-            display_name(method), *(_fmt_param(entry, k) for k in _columns()),
-            *([_fmt_param(entry, "other")] if other else []),
+            display_name(method),
+            *(_fmt_param(entry, k, results) for k in column_settings(results)),
+            *([_fmt_param(entry, "other", results)] if other else []),
             stat_text(entry["weighted_auc"]),
             stat_text(entry["overall_accuracy"], scale=100, digits=2),
             stat_text(entry["none_accuracy"], scale=100, digits=2),
@@ -114,12 +110,36 @@ def format_selection(results: dict) -> str:
     rows = []
     for method, entry in sel["methods"].items():
         paper = results["methods"][method]
-        rows.append([display_name(method), setting_text(paper),
-                     stat_text(paper["weighted_auc"]), setting_text(entry),
+        rows.append([display_name(method), setting_text(paper, results),
+                     stat_text(paper["weighted_auc"]), setting_text(entry, results),
                      stat_text(entry["weighted_auc"]),
                      stat_text(entry["overall_accuracy"], scale=100, digits=2),
                      stat_text(entry["none_accuracy"], scale=100, digits=2)])
     return markdown_table(header, rows)
+
+
+def format_axes(results: dict) -> str:
+    """results["axes"] as markdown: per swept setting and metric, a row per method and a
+    column per value."""
+    axes = results["axes"]
+    parts = []
+    for axis, line in axes["settings"].items():
+        for metric in axes["metrics"]:
+            label, scale, digits = metric_label(metric)
+            rows = []
+            for method, e in line["methods"].items():
+                cells = []
+                for value, stat in zip(line["values"], e[metric]):
+                    text = "-" if stat is None else stat_text(stat, scale=scale, digits=digits)
+                    cells.append(f"**{text}**" if stat is not None and value == e["chosen"]
+                                 else text)
+                fixed = ", ".join(f"{k} {v:g}" for k, v in e["fixed"].items()
+                                  if k in reads(method, results)) or "-"
+                rows.append([display_name(method), fixed, *cells])
+            parts += [f"{label[:1].upper()}{label[1:]} against {axis}:", "",
+                      markdown_table(["Method", "other settings",
+                                      *(f"{axis} {v:g}" for v in line["values"])], rows), ""]
+    return "\n".join(parts[:-1])
 
 
 def format_class_auc(results: dict) -> str:
@@ -249,24 +269,40 @@ def results_markdown(results: dict, title: str | None) -> str:
               stat_text(e["none_fpr_at_95_tpr"]), stat_text(e["ece"])]
              for m, e in results["methods"].items()]),
         "",
+    ]
+    if results.get("axes", {}).get("settings"):
+        choice = ("chosen on the selection rows" if results["axes"]["choice"] == "held-out"
+                  else "chosen by the paper's procedure")
+        parts += [
+            "## Along each swept setting",
+            "",
+            f"Each method's metrics at each value of a setting it ran several values of, its "
+            f"other settings held at its chosen variant ({choice}; **bold**: the chosen value). "
+            f"Mean ± max deviation over trials on all validation rows, as in the table below "
+            f"({FIGURES['settings']}).",
+            "",
+            format_axes(results),
+            "",
+        ]
+    parts += [
         "## Every variant (the alpha grid)",
         "",
         "Every variant on all validation rows: no choice is made here.",
         "",
         markdown_table(
-            ["Method", *_columns(), *(["other"] if _has_other(results) else []),
+            ["Method", *column_settings(results), *(["other"] if _has_other(results) else []),
              "members", "Weighted AUC", "Overall acc (%)", "None acc (%)", "None AUROC", "ECE"],
-            [[display_name(e["method"]), *(_fmt_param(e, k) for k in _columns()),
-              *([_fmt_param(e, "other")] if _has_other(results) else []),
+            [[display_name(e["method"]),
+              *(_fmt_param(e, k, results) for k in column_settings(results)),
+              *([_fmt_param(e, "other", results)] if _has_other(results) else []),
               str(e["num_members"]), stat_text(e["weighted_auc"]),
               stat_text(e["overall_accuracy"], scale=100, digits=2),
               stat_text(e["none_accuracy"], scale=100, digits=2), stat_text(e["none_auroc"]),
               stat_text(e["ece"])]
              for e in results["variants"].values()]),
         "",
-        "## Figures",
-        "",
     ]
+    parts += ["## Figures", ""]
     parts += [f"![{f}]({f})" for f in results.get("figures", [])]
     return "\n".join(parts) + "\n"
 

@@ -2,8 +2,8 @@
 
 `train_and_evaluate(config, workdir)` validates the config, loads the data, draws the splits,
 fingerprints config and data, runs the sweep engine (`embaug_jax.train.driver.run_sweep`: a tqdm
-bar, an orbax checkpoint and a rewritten metrics.jsonl per chunk; rerunning the same command
-resumes from the last checkpoint) and hands the final validation probabilities to
+bar, an orbax checkpoint, a rewritten metrics.jsonl and TensorBoard events per chunk; rerunning
+the same command resumes from the last checkpoint) and hands the final validation probabilities to
 `embaug_jax.report.write_report`. A finished run re-reports from its saved predictions. Where
 each file goes is `embaug_jax.workdir.Workdir`'s.
 """
@@ -24,13 +24,16 @@ from absl import logging
 
 from embaug_jax import augment, distributed, registry, report
 from embaug_jax.evaluate import check_threshold
+from embaug_jax.report.results import AXIS_METRICS, check_axis_metrics
+from embaug_jax.report.tensorboard import TensorBoardLog
 from embaug_jax.report.statistics import check_bootstrap_resamples, check_selection_fraction
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.checkpoints import FINGERPRINT_KEYS
 from embaug_jax.train.driver import OnChunk, members_at_once, run_sweep
 from embaug_jax.train.members import sweep_members
-from embaug_jax.train.program import OPTIMIZERS, TrainData
 from embaug_jax.train.mlp import HEADS
+from embaug_jax.train.optim import OPTIMIZERS, sweep_grid
+from embaug_jax.train.program import TrainData
 from embaug_jax.train.splits import Splits, make_splits
 from embaug_jax.util import UserError, check_cpu_devices, write_json_atomic, write_text_atomic
 from embaug_jax.workdir import Workdir
@@ -74,17 +77,30 @@ def validate_config(config) -> None:
         except registry.UnknownNameError as e:
             raise UserError(f"bad config: config.sweep.methods: {e}") from None
     _require(len(set(s.methods)) == len(s.methods), "config.sweep.methods has duplicates.")
-    # The grid of each setting a listed method reads: non-empty, every value in range.
+    # The grid of each setting a listed method reads: non-empty, every value in range. A
+    # setting every method reads takes the config's value where its grid is unset.
     for setting in registry.settings():
         users = [mth for mth in s.methods if setting.name in registry.method(mth).reads]
-        if not users:
+        if setting.every_method and not s.get(setting.grid):
+            value = sweep_grid(config, setting)[0]
+            _require(value in setting.range, f"config.{setting.config_key}={value:g} must be "
+                     f"{setting.text}.")
+            continue
+        if not (users or setting.every_method):
             continue
         values = s.get(setting.grid, ())
-        _require(len(values) > 0, f"config.sweep.{setting.grid} is empty but {users[0]} needs "
-                 "it.")
+        _require(len(values) > 0, f"config.sweep.{setting.grid} is empty but "
+                 f"{(users or ['every method'])[0]} needs it.")
         for v in values:
             _require(float(v) in setting.range, f"{setting.name}={v} in "
                      f"config.sweep.{setting.grid} must be {setting.text}.")
+    lr_min, lr_max, half_cycle = (sweep_grid(config, registry.setting(n))
+                                  for n in ("lr_min", "lr_max", "half_cycle_epochs"))
+    _require(max(lr_min) <= min(lr_max), f"every lr_min ({_grid_text(config, 'lr_min')}) must "
+             f"be <= every lr_max ({_grid_text(config, 'lr_max')}), so that each member's cycle "
+             "rises from lr_min to lr_max.")
+    _require(all(v == int(v) for v in half_cycle), f"half_cycle_epochs "
+             f"({_grid_text(config, 'half_cycle_epochs')}) must be whole epochs.")
     _require(len(s.seeds) > 0, "config.sweep.seeds is empty.")
     _require(d.source in DATA_SOURCES, f"config.data.source={d.source!r}; choose one of "
              f"{DATA_SOURCES}.")
@@ -98,15 +114,10 @@ def validate_config(config) -> None:
              "must be in (0, 1) (the paper uses 0.1).")
     _require(int(d.trials) >= 1, f"config.data.trials={d.trials} must be >= 1.")
     _require(m.head in HEADS, f"config.model.head={m.head!r}; choose one of {HEADS}.")
-    _require(0 <= float(m.dropout) < 1, f"config.model.dropout={m.dropout} must be in [0, 1).")
     _require(all(int(h) > 0 for h in m.hidden), f"config.model.hidden={m.hidden} must be "
              "positive widths.")
     _require(o.optimizer in OPTIMIZERS, f"config.optim.optimizer={o.optimizer!r}; choose one "
              f"of {OPTIMIZERS}.")
-    _require(0 < float(o.lr_min) <= float(o.lr_max), f"need 0 < config.optim.lr_min "
-             f"({o.lr_min}) <= config.optim.lr_max ({o.lr_max}).")
-    _require(float(o.weight_decay) >= 0, "config.optim.weight_decay must be >= 0.")
-    _require(int(o.half_cycle_epochs) >= 1, "config.optim.half_cycle_epochs must be >= 1.")
     _require(a.pairing in augment.PAIRINGS, f"config.augment.pairing={a.pairing!r}; choose one of "
              f"{augment.PAIRINGS}.")
     bs = int(config.batch_size)
@@ -114,6 +125,8 @@ def validate_config(config) -> None:
              "be >= 2 and even (halving pairs the two halves of a batch).")
     Cadence.from_config(config)  # a UserError if the set values cannot nest
     _require(int(config.eval_block_rows) >= 1, "config.eval_block_rows must be >= 1.")
+    _require(int(config.get("profile") or 0) >= 0, "config.profile must be >= 0 (training "
+             "steps to trace with jax.profiler; 0: none).")
     _require(int(config.get("device_data_bytes", 0) or 0) >= 0, "config.device_data_bytes "
              "must be >= 0 (0 = no cap on the dataset bytes placed on a device).")
     # The checks write_report makes of the same values: the two cannot disagree.
@@ -122,6 +135,16 @@ def validate_config(config) -> None:
                    "config.report.selection_fraction")
     _require_valid(check_bootstrap_resamples, config.report.bootstrap_resamples,
                    "config.report.bootstrap_resamples")
+    _require_valid(check_axis_metrics, config.report.get("axis_metrics", AXIS_METRICS),
+                   "config.report.axis_metrics")
+
+
+def _grid_text(config, name: str) -> str:
+    """Where a setting every method reads gets its values, and what they are."""
+    setting = registry.setting(name)
+    where = (f"config.sweep.{setting.grid}" if config.sweep.get(setting.grid)
+             else f"config.{setting.config_key}")
+    return f"{where}={', '.join(f'{v:g}' for v in sweep_grid(config, setting))}"
 
 
 def load_data(config):
@@ -180,6 +203,12 @@ def _fingerprint(config, dataset) -> dict:
     out["eval_every"] = Cadence.from_config(config).eval_every  # resolved: None may be derived
     if isinstance(out.get("data"), dict):
         out["data"] = {k: v for k, v in out["data"].items() if k != "path"}
+    if isinstance(out.get("sweep"), dict):
+        # An unset grid of a setting every method reads runs the config's value, which the
+        # fingerprint holds already: left out, a run that sets none keeps its fingerprint.
+        unset = {s.grid for s in registry.settings(every_method=True)
+                 if not config.sweep.get(s.grid)}
+        out["sweep"] = {k: v for k, v in out["sweep"].items() if k not in unset}
     out["data_content"] = data_fingerprint(dataset)
     out["state_layout"] = STATE_LAYOUT
     return out
@@ -315,10 +344,15 @@ def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, spli
                  "on average", len(members), splits.train_idx.shape[1], splits.val_idx.shape[1],
                  int((~splits.seen_mask).sum(1).mean()))
     eval_epochs = Cadence.from_config(config).eval_epochs
+    tensorboard = TensorBoardLog(workdir.tensorboard, members, eval_epochs,
+                                 splits.train_idx.shape[1] // int(config.batch_size))
+    if primary and not workdir.has_checkpoints():
+        tensorboard.clear()  # training starts at epoch 0: no earlier run's events stay
 
     def write_metrics(history, epochs_done):
         if primary:
             _write_metrics_jsonl(workdir.metrics, members, history, eval_epochs, epochs_done)
+            tensorboard.write(history, epochs_done)
         return on_chunk(history, epochs_done) if on_chunk is not None else None
 
     devices = None
@@ -332,7 +366,7 @@ def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, spli
     try:
         result = run_sweep(config, data, members, class_names=dataset.class_names,
                            devices=devices, checkpoint_dir=workdir.checkpoints, segments=segments,
-                           on_chunk=write_metrics)
+                           on_chunk=write_metrics, profile_dir=workdir.profile)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing that claims otherwise.
         if primary and fresh and not workdir.has_checkpoints():
@@ -340,10 +374,11 @@ def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, spli
                 p.unlink(missing_ok=True)
         raise
     # A resumed, finished sweep runs no chunk: metrics.jsonl is still rewritten from the
-    # checkpoint's history.
+    # checkpoint's history, and any epoch TensorBoard lacks is written.
     if primary:
         _write_metrics_jsonl(workdir.metrics, members, result.history, eval_epochs,
                              result.epochs_done)
+        tensorboard.write(result.history, result.epochs_done)
     if not result.finished:
         return None
     if not primary:

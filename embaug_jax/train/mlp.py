@@ -41,6 +41,27 @@ class Linear(nn.Module):
         return y + bias.astype(y.dtype)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout at a rate given per call, which may be traced (a sweep member's).
+
+    `nn.Dropout` holds its rate as a module field and branches on it in Python; here the rate is
+    an argument and nothing branches on a traced one, so members with different rates share one
+    compiled program (a traced rate of 0 keeps every element, after a draw). For the same rate,
+    rng and module path (this class keeps `nn.Dropout`'s auto-names, "Dropout_0", ...) the
+    numbers are `nn.Dropout`'s.
+    """
+
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x, rate, *, deterministic: bool):
+        if deterministic or (isinstance(rate, (int, float)) and rate == 0):
+            return x
+        keep = 1.0 - jnp.asarray(rate, jnp.float32)
+        mask = jax.random.bernoulli(self.make_rng(self.rng_collection), keep, x.shape)
+        return jax.lax.select(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
 class MLP(nn.Module):
     """Fully connected classifier: each hidden Dense -> Dropout -> ReLU, then a Dense to logits.
 
@@ -56,24 +77,28 @@ class MLP(nn.Module):
     head: str = "sigmoid"
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False, mix_with=None, mix_weights=None):
+    def __call__(self, x, *, train: bool = False, dropout=None, mix_with=None,
+                 mix_weights=None):
         """Logits [B, C]. With `mix_with` ([B, D] second parents) and `mix_weights` ((lam_a,
         lam_b), each [B, 1]), the first hidden layer's output is mixed, lam_a h(x) + lam_b
         h(mix_with), before the rest of the network: manifold mixup (`augment.manifold_mixup`).
 
-        The second parents' dropout draws from the "dropout_b" rng collection, so the "dropout"
-        stream -- and with weights (1, 0) the whole result -- is what it is without mixing.
+        `dropout` is this call's rate, a number or a traced scalar (a sweep member's; default
+        the module's `dropout`). The second parents' dropout draws from the "dropout_b" rng
+        collection, so the "dropout" stream -- and with weights (1, 0) the whole result -- is
+        what it is without mixing.
         """
+        rate = self.dropout if dropout is None else dropout
         mixing = mix_with is not None
         if mixing and not self.hidden:
             raise ValueError("manifold mixup needs a hidden layer to mix; the MLP has none.")
         for i, width in enumerate(self.hidden):
             dense = Linear(width, name=f"hidden_{i}")
-            x = nn.relu(nn.Dropout(self.dropout, deterministic=not train)(dense(x)))
+            x = nn.relu(Dropout()(dense(x), rate, deterministic=not train))
             if mixing and i == 0:
                 # Named, so the unnamed Dropouts keep their auto-names (and rng paths).
-                h_b = nn.Dropout(self.dropout, deterministic=not train, name="dropout_b",
-                                 rng_collection="dropout_b")(dense(mix_with))
+                h_b = Dropout(name="dropout_b", rng_collection="dropout_b")(
+                    dense(mix_with), rate, deterministic=not train)
                 lam_a, lam_b = (jnp.asarray(w, x.dtype) for w in mix_weights)
                 x = lam_a * x + lam_b * nn.relu(h_b)
         return Linear(self.num_classes, name="head")(x)

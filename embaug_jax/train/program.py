@@ -4,11 +4,12 @@
 `spec.kind`; `ProgramSpec.from_config(config, num_classes, n_train, kind=...)` holds everything
 they read. Epochs and steps are `lax.scan`s; shuffling and augmentation happen on device.
 Everything a sweep varies within a kind -- alpha, softness, the soft switch, the method, the
-trial's split, the seed -- is a traced array in `MemberHParams`, so one compiled program trains
-every member of the kind (`train.driver` maps it over the members on each device). Each member
-computes only the rows it trains on: under the paper's halving a mixing member trains on B/2
-mixed rows, the control on B rows, with no padding rows and no select between methods
-(`augment.augment_rows`); manifold mixup's pairs are mixed after the model's first hidden layer.
+learning-rate cycle, the weight decay, the dropout rate, the trial's split, the seed -- is a
+traced array in `MemberHParams`, so one compiled program trains every member of the kind
+(`train.driver` maps it over the members on each device). Each member computes only the rows
+it trains on: under the paper's halving a mixing member trains on B/2 mixed rows, the control
+on B rows, with no padding rows and no select between methods (`augment.augment_rows`);
+manifold mixup's pairs are mixed after the model's first hidden layer.
 
 Keys: member key = fold_in(fold_in(root, seed), trial); its first split initialises the MLP, the
 second drives training: epoch key = fold_in(train_key, epoch) splits into the shuffle key and a
@@ -34,9 +35,8 @@ from embaug_jax.evaluate.threshold import accuracies, threshold_counts
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.members import MemberHParams
 from embaug_jax.train.mlp import MLP, classification_loss, probabilities
+from embaug_jax.train.optim import make_optimizer
 from embaug_jax.util import unroll_cpu_threefry
-
-OPTIMIZERS = ("adamw", "sgd")
 
 
 class TrainData(NamedTuple):
@@ -79,37 +79,22 @@ class TrainState(NamedTuple):
 # The pure program.
 
 
-def triangular_schedule(low: float, high: float, half_cycle_steps: int) -> optax.Schedule:
-    """Triangular cyclic learning rate: low -> high over `half_cycle_steps`, back, and repeat."""
-    if half_cycle_steps < 1:
-        raise ValueError(f"half_cycle_steps={half_cycle_steps} must be >= 1.")
-
-    def schedule(step):
-        phase = jnp.mod(step, 2 * half_cycle_steps) / half_cycle_steps  # in [0, 2)
-        return low + (high - low) * (1.0 - jnp.abs(phase - 1.0))
-
-    return schedule
-
-
 @dataclasses.dataclass(frozen=True)
 class ProgramSpec:
     """Everything the compiled program reads besides the traced members and the data arrays.
 
     `make_program` reads nothing else, and the compile cache is keyed on the spec itself, so a
     new knob the program depends on has to become a field here and can never reuse a stale
-    program. Build one from a config with `ProgramSpec.from_config`.
+    program. Build one from a config with `ProgramSpec.from_config`. The learning-rate cycle,
+    the weight decay and the dropout rate are each member's traced values
+    (`MemberHParams.optim`, `train.optim`), except those in `fixed`.
     """
 
     num_classes: int
     n_train: int  # training rows per trial
     hidden: tuple[int, ...]
-    dropout: float
     head: str
     optimizer: str
-    lr_min: float
-    lr_max: float
-    half_cycle_epochs: int
-    weight_decay: float
     momentum: float
     batch_size: int
     pairing: str
@@ -125,19 +110,24 @@ class ProgramSpec:
     # registered after a compile gets a new program.
     transforms: tuple[tuple[int, Callable], ...] = ()
     static: tuple[tuple[str, float], ...] = ()
+    # Settings every method reads that all the program's members share (a `Group`'s), as
+    # constants: XLA folds them into the program as it does any constant, so a sweep that sets
+    # no grid compiles the program it compiled before they could be swept, to the bit. The
+    # members' traced values of these are not read.
+    fixed: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_config(cls, config, num_classes: int, n_train: int, *, segments=None,
-                    kind: str = "control", static=()) -> ProgramSpec:
-        """The spec of `kind`'s program (with the untraced settings `static`, a `Group`'s) as
-        `config` sets it up, the kind's transforms as registered now."""
+                    kind: str = "control", static=(), fixed=()) -> ProgramSpec:
+        """The spec of `kind`'s program (with the untraced settings `static` and the shared
+        settings `fixed`, a `Group`'s) as `config` sets it up, the kind's transforms as
+        registered now."""
         m, o, a = config.model, config.optim, config.augment
         return cls(
             num_classes=int(num_classes), n_train=int(n_train),
-            hidden=tuple(int(h) for h in m.hidden), dropout=float(m.dropout), head=str(m.head),
-            optimizer=str(o.optimizer), lr_min=float(o.lr_min), lr_max=float(o.lr_max),
-            half_cycle_epochs=int(o.half_cycle_epochs), weight_decay=float(o.weight_decay),
-            momentum=float(o.momentum), batch_size=int(config.batch_size),
+            hidden=tuple(int(h) for h in m.hidden), head=str(m.head),
+            optimizer=str(o.optimizer), momentum=float(o.momentum),
+            batch_size=int(config.batch_size),
             pairing=str(a.pairing),
             negative_mass=None if a.negative_mass is None else float(a.negative_mass),
             label_weight=str(a.label_weight),
@@ -145,23 +135,12 @@ class ProgramSpec:
             eval_every=Cadence.from_config(config).eval_every,
             eval_block_rows=int(config.eval_block_rows), threshold=float(config.threshold),
             kind=str(kind), transforms=augment.kind_transforms(kind, [n for n, _ in static]),
-            static=tuple((str(n), float(v)) for n, v in static))
+            static=tuple((str(n), float(v)) for n, v in static),
+            fixed=tuple((str(n), float(v)) for n, v in fixed))
 
     @property
     def steps_per_epoch(self) -> int:
         return self.n_train // self.batch_size
-
-
-def make_optimizer(spec: ProgramSpec) -> optax.GradientTransformation:
-    """AdamW (decoupled weight decay) or SGD with momentum and L2, on the triangular cycle."""
-    lr = triangular_schedule(spec.lr_min, spec.lr_max,
-                             spec.half_cycle_epochs * spec.steps_per_epoch)
-    if spec.optimizer == "adamw":
-        return optax.adamw(lr, weight_decay=spec.weight_decay)
-    if spec.optimizer == "sgd":
-        return optax.chain(optax.add_decayed_weights(spec.weight_decay),
-                           optax.sgd(lr, momentum=spec.momentum))
-    raise ValueError(f"unknown optimizer {spec.optimizer!r}; choose one of {OPTIMIZERS}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,31 +186,43 @@ def make_program(spec: ProgramSpec) -> Program:
         raise registry.UnknownNameError.naming("kind", kind, registry.KINDS)
     unroll_cpu_threefry()  # a step's dropout, pairing and shuffle draws: same bits, one pass each
     num_classes, head, batch = spec.num_classes, spec.head, spec.batch_size
-    model = MLP(num_classes=num_classes, hidden=spec.hidden, dropout=spec.dropout, head=head)
+    model = MLP(num_classes=num_classes, hidden=spec.hidden, head=head)
     steps_per_epoch = spec.steps_per_epoch
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size={batch} exceeds the {spec.n_train} training rows of a "
                          "split; lower config.batch_size or raise config.data.train_fraction.")
-    tx = make_optimizer(spec)
     threshold, segments = spec.threshold, spec.segments
     rows = augment.kind_rows(kind, batch, spec.pairing)
+
+    def settings(hp):
+        """The member's learning-rate cycle, weight decay and dropout rate: traced, or the
+        program's constants."""
+        return {**hp.optim, **dict(spec.fixed)}
+
+    def optimizer(hp):
+        """The member's optimiser."""
+        return make_optimizer(spec.optimizer, settings(hp), steps_per_epoch,
+                              momentum=spec.momentum)
 
     def init(key, hp, data):
         init_key, _ = _member_keys(key, hp)
         params = model.init(init_key, jnp.zeros((1, data.x.shape[1]), data.x.dtype))
-        return TrainState(params, tx.init(params), jnp.int32(0))
+        return TrainState(params, optimizer(hp).init(params), jnp.int32(0))
 
-    def loss_fn(params, x, y, seen, dropout_key):
+    def loss_fn(params, x, y, seen, dropout_key, dropout):
         if kind == "manifold":  # pairs mixed after the first hidden layer, inside the model
             x_a, x_b, lam_a, lam_b = x
-            logits = model.apply(params, x_a, train=True, mix_with=x_b, mix_weights=(lam_a, lam_b),
+            logits = model.apply(params, x_a, train=True, dropout=dropout, mix_with=x_b,
+                                 mix_weights=(lam_a, lam_b),
                                  rngs={"dropout": dropout_key,
                                        "dropout_b": jax.random.fold_in(dropout_key, 1)})
         else:
-            logits = model.apply(params, x, train=True, rngs={"dropout": dropout_key})
+            logits = model.apply(params, x, train=True, dropout=dropout,
+                                 rngs={"dropout": dropout_key})
         return classification_loss(logits, y, jnp.ones(y.shape[0], jnp.float32), seen, head)
 
     def train_epoch(train_key, hp, data, state):
+        tx = optimizer(hp)
         method = hp.method.with_static(spec.static) if spec.static else hp.method
         seen = data.seen_mask[hp.trial]
         order = data.train_idx[hp.trial]
@@ -265,7 +256,8 @@ def make_program(spec: ProgramSpec) -> Program:
                 pairing=spec.pairing, negative_mass=spec.negative_mass,
                 label_weight=spec.label_weight, segments=segments, weights=w,
                 transforms=spec.transforms)
-            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, seen, dropout_key)
+            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, seen, dropout_key,
+                                                      settings(hp)["dropout"])
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
