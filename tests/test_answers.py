@@ -143,6 +143,21 @@ def test_a_chosen_setting_at_the_edge_of_its_grid_is_flagged():
     assert [e["side"] for e in top] == ["largest"]
 
 
+def test_a_swept_setting_every_method_reads_is_flagged_at_the_edge_of_its_grid():
+    # A weight decay x dropout grid: the control reads neither as its own, yet its choice at
+    # the largest dropout tried is as much an edge as an augmentation's alpha.
+    members = [dict(method="control", weight_decay=w, dropout=d, trial=0, seed=0)
+               for w in (1e-5, 1e-4, 1e-3) for d in (0.1, 0.5)]
+    variants = results_module.group_variants(members)
+    assert results_module.grid_edge(variants, "control/alpha=0/softness=0/weight_decay=0.0001"
+                                    "/dropout=0.5") == [
+        dict(setting="dropout", value=0.5, side="largest", grid=[0.1, 0.5])]
+    low = results_module.grid_edge(variants, "control/alpha=0/softness=0/weight_decay=1e-05"
+                                   "/dropout=0.1")
+    assert [(e["setting"], e["side"]) for e in low] == [("weight_decay", "smallest"),
+                                                        ("dropout", "smallest")]
+
+
 @pytest.mark.parametrize("value,kw,want", [
     (-0.00004, dict(signed=True), "0.0000"), (-0.00004, {}, "0.0000"),
     (0.00006, dict(signed=True), "+0.0001"), (-0.0123, dict(signed=True), "-0.0123"),
