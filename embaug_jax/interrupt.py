@@ -8,7 +8,10 @@ checkpoint), and the workdir lock is released. The command then prints one line 
 with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM); rerunning it resumes.
 
 The exception is raised only when the main thread runs Python again, which a long XLA call can
-delay. A second signal does not wait: Python's low-level handler writes each signal to a pipe
+delay. Python ignores an exception raised in a garbage-collection callback or a finalizer (it
+prints "Exception ignored in ..." and goes on), and JAX runs one at each collection; so a signal
+that arrives during a collection is held, not raised, and the next `check()` raises it. The long
+loops (the sweep's chunks, the embedders' batches) call `check()`. A second signal does not wait: Python's low-level handler writes each signal to a pipe
 (`signal.set_wakeup_fd`) at once, and a small thread reading it ends the process (`os._exit`) on
 the second.
 
@@ -19,6 +22,7 @@ background job (`embaug train ... &`) ignores SIGINT.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -51,6 +55,34 @@ def signal_of(error: KeyboardInterrupt) -> int:
     return error.signum if isinstance(error, Interrupted) else signal.SIGINT
 
 
+class _State:
+    """The main thread's signal state while `handling_signals` is active."""
+
+    collecting = False  # inside a garbage collection: an exception raised now would be lost
+    held: int | None = None  # a signal that arrived during a collection, for `check()`
+
+
+_state = _State()
+
+
+def _on_gc_start(phase: str, info: dict) -> None:
+    if phase == "start":
+        _state.collecting = True
+
+
+def _on_gc_stop(phase: str, info: dict) -> None:
+    if phase == "stop":
+        _state.collecting = False
+
+
+def check() -> None:
+    """Raises `Interrupted` for a signal that arrived while it could not be raised (during a
+    garbage collection); a no-op otherwise. Long loops call it once per step."""
+    signum, _state.held = _state.held, None
+    if signum is not None:
+        raise Interrupted(signum)
+
+
 @contextlib.contextmanager
 def handling_signals(label: str = "embaug") -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise `Interrupted`; a second one exits at once,
@@ -67,9 +99,12 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
     def on_signal(signum, frame):
         nonlocal seen
         seen += 1
-        if seen == 1:
+        if seen > 1:
+            _exit_now(signum, label)
+        if _state.collecting:
+            _state.held = signum
+        else:
             raise Interrupted(signum)
-        _exit_now(signum, label)
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     # None is a handler installed outside Python, which cannot be put back; the default is.
@@ -80,14 +115,21 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
     watcher = threading.Thread(target=_watch, args=(read_end, set(handled), label),
                                name="embaug-signals", daemon=True)
     old_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    # First and last in gc.callbacks: a collection is marked for every other callback.
+    gc.callbacks.insert(0, _on_gc_start)
+    gc.callbacks.append(_on_gc_stop)
     try:
         for s in handled:
             signal.signal(s, on_signal)
         watcher.start()
         yield
+        check()  # a signal held until the end still ends the command as interrupted
     finally:
         for s in handled:
             signal.signal(s, previous[s])
+        gc.callbacks.remove(_on_gc_start)
+        gc.callbacks.remove(_on_gc_stop)
+        _state.collecting, _state.held = False, None
         signal.set_wakeup_fd(old_wakeup)
         os.close(write_end)  # the watcher reads end-of-file and returns
         watcher.join()

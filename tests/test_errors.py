@@ -727,6 +727,50 @@ def test_a_second_signal_ends_the_process_at_once(signum):
                                  "checkpoint.\n")
 
 
+_SIGNAL_IN_A_COLLECTION = _DEFAULT_SIGNALS + """
+import gc
+import sys
+from embaug_jax import interrupt
+
+def signal_now(phase, info):
+    # A signal that Python handles inside a collection's callbacks, as JAX's runs each time.
+    if phase == "start" and armed:
+        signal.raise_signal(signal.SIG{name})
+        for _ in range(1000):
+            pass
+
+for check in (True, False):
+    armed = False
+    try:
+        with interrupt.handling_signals("embaug test"):
+            gc.callbacks.insert(1, signal_now)
+            armed = True
+            gc.collect()
+            armed = False
+            gc.callbacks.remove(signal_now)
+            print("collected", flush=True)
+            if check:
+                interrupt.check()
+            print("not interrupted", flush=True)
+    except interrupt.Interrupted as e:
+        print("interrupted", signal.Signals(e.signum).name, flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_a_garbage_collection_is_held_not_lost(signum):
+    # Python drops an exception raised in a gc callback ("Exception ignored in ..."): the
+    # signal is held, and the next check, or the end of the block, raises it.
+    name = signal.Signals(signum).name
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_IN_A_COLLECTION.replace(
+        "{name}", name[3:])], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["collected", f"interrupted {name}",
+                                        "collected", "not interrupted", f"interrupted {name}"]
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Environment faults: read-only and full disks.
 

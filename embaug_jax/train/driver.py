@@ -33,6 +33,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from embaug_jax import interrupt
 from embaug_jax.train import checkpoints
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.members import (
@@ -322,6 +323,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                                 epochs)
                     counts, _ = evaluate(False)
                     done += epochs
+                    interrupt.check()
                     for g in groups:
                         metrics = metrics_from_counts(counts[g.name])
                         metrics["train_loss"] = _host(losses[g.name])[:len(g.members)]

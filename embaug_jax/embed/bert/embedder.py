@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from embaug_jax import interrupt
 from embaug_jax.embed.bert.checkpoint import (
     checkpoint_folder,
     load_pretrained,
@@ -352,6 +353,7 @@ class TextEmbedder:
                 bar.update(len(where))
                 if on_batch is not None:
                     on_batch(len(where))
+                interrupt.check()
 
             for offset in range(0, len(texts), chunk):
                 ids = [e.ids for e in self.tokenizer.encode_batch(texts[offset:offset + chunk])]

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from embaug_jax import interrupt
 from embaug_jax.embed.efficientnet.convert import convert_checkpoint
 from embaug_jax.embed.efficientnet.model import (
     PADDINGS,
@@ -223,6 +224,7 @@ class ImageEmbedder:
             out[start:start + m] = np.asarray(self._forward(self.variables, x))[:m]
             if on_batch is not None:
                 on_batch(m)
+            interrupt.check()
         if not np.all(np.isfinite(out)):
             raise ValueError("the model produced non-finite features; check the weights file")
         return out
