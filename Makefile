@@ -7,7 +7,7 @@ STAMP := $(VENV)/.embaug-installed
 WORKDIR ?= workdir/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps test test-fast demo bench clean-venv
+.PHONY: setup system-deps test test-fast demo bench device-check clean-venv
 
 # The venv is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -38,6 +38,14 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/augment_bench.py
+
+# The accelerator check (benchmarks/device_check.py): at most 8 minutes on a GPU or TPU, one
+# dated report in OUT. Run by a plain Python that has jax, flax, optax, orbax, torch and
+# transformers (no venv, no download); WHEELS=DIR installs the rest offline first.
+OUT ?= workdir/device_check
+WHEELS ?=
+device-check:
+	$(PYTHON) benchmarks/device_check.py --out=$(OUT) $(if $(WHEELS),--wheels=$(WHEELS))
 
 clean-venv:
 	rm -rf $(VENV)

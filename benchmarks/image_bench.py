@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true", help="skip efficientnet-pytorch")
+    parser.add_argument("--no-depthwise", action="store_true",
+                        help="skip the depthwise convolutions timed alone")
     args = parser.parse_args()
 
     from embaug_jax.embed.efficientnet import model as E
@@ -110,6 +112,8 @@ def main() -> None:
         torch_s = f"{torch_ips:12.2f}" if torch_ips else f"{'-':>12}"
         print(f"{variant:<7} {res:>4} {torch_s} {shifted:13.2f} {grouped:13.2f} {ratio} "
               f"{c_sh:8.1f}/{c_gr:<8.1f}")
+    if args.no_depthwise:
+        return
     print("\ndepthwise conv alone (ms per call, batch 8, TF padding)")
     print(f"{'input':<20} {'k':>2} {'s':>2} {'shifted':>9} {'grouped':>9} {'grouped/shifted':>16}")
     for shape, k, s, t_sh, t_gr in bench_depthwise(args.repeats):

@@ -13,7 +13,7 @@ Every contender embeds the same texts into the same vectors (mean of the last tw
 `max|diff|` against torch is printed as a check), in one process on the same cores:
 - torch: Hugging Face `BertModel` under `inference_mode`, length-sorted batches of
   `--batch-size`, each padded to its longest text (the fastest way to call it), one thread
-  per core;
+  per core (or on CUDA, `--torch-device=cuda`; flax then runs on JAX's default device too);
 - flax: `TextEmbedder.embed` as shipped, on one XLA CPU device per core as `embaug extract`
   makes them (`--cpu-devices`), each batch's rows shared out between them (short texts packed
   several to a row);
@@ -56,7 +56,7 @@ from embaug_jax.embed.bert.embedder import TextEmbedder
 
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
 DOCS = Path("/usr/share/doc")
-# Goals of issue 14: ours / torch texts/s, system-time share, pipeline / bare embedder.
+# Targets: ours / torch texts/s, system-time share, pipeline / bare embedder.
 GOAL_RATIO, GOAL_SYS, GOAL_PIPELINE = 1.2, 0.05, 0.95
 
 
@@ -113,11 +113,11 @@ def torch_embed(model, tokenizer, texts, batch_size, max_length, order):
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
+                            max_length=max_length, return_tensors="pt").to(model.device)
             hidden = model(**enc, output_hidden_states=True).hidden_states
             mask = enc["attention_mask"][..., None].float()
             pooled = [(h * mask).sum(1) / mask.sum(1) for h in hidden[-2:]]
-            out[rows] = torch.cat(pooled, -1).numpy()
+            out[rows] = torch.cat(pooled, -1).cpu().numpy()
     return out
 
 
@@ -192,7 +192,7 @@ def bench(model_name, folder, set_name, texts, args, tmp: Path) -> dict:
     import transformers
 
     devices = jax.local_devices()  # one per core unless --cpu-devices says otherwise
-    hf_model = transformers.BertModel.from_pretrained(str(folder)).eval()
+    hf_model = transformers.BertModel.from_pretrained(str(folder)).eval().to(args.torch_device)
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     make = lambda pack: TextEmbedder.from_pretrained(
         folder, max_length=args.max_length, batch_size=args.batch_size, devices=devices, pack=pack)
@@ -311,6 +311,7 @@ def main(argv=None) -> int:
                         help="leave glibc malloc as it is (no util.reuse_freed_memory)")
     parser.add_argument("--baseline", default="",
                         help="a git commit whose TextEmbedder also runs, as flax@REF (e.g. main)")
+    parser.add_argument("--torch-device", default="cpu", help="where torch runs (cpu, cuda)")
     args = parser.parse_args(argv)
 
     from embaug_jax.util import reuse_freed_memory

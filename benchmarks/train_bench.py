@@ -1,7 +1,9 @@
-"""Training speed of the sweep engine at the paper's shapes: issue 10's figures 1-4, one run.
+"""Training speed of the sweep engine at the paper's shapes: figures 1-7, one run.
 
   python benchmarks/train_bench.py                              # the paper's shapes
   python benchmarks/train_bench.py --dim=512 --rounds=2         # a quicker look
+  python benchmarks/train_bench.py --cpu-devices=4              # figure 6 needs 4 devices
+  python benchmarks/train_bench.py --at-once=auto,0,1           # figure 7: vmap / one at a time
 
 The paper's MLP and batch (D -> 250 -> 250 -> C, batch 128, 4,400 training rows, AdamW on the
 cyclic lr), Gaussian-cluster data. Every case is timed in each of `--rounds` interleaved rounds
@@ -11,23 +13,39 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
 
   1. one E-Mixup member (64 mixed rows a step) against a plain PyTorch eager loop of the same
      model and augmentation: examples/s ratio (bound >= 1.5x)
-  2. the 25-member Table-1 sweep (5 methods x 5 trials, grouped by kind: three programs)
-     against the same 25 members each trained alone: cost per member-epoch (bound <= 1.05x)
+  2. the 25-member Table-1 sweep (5 methods x 5 trials, grouped by kind: three programs;
+     `--trials`) against the same 25 members each trained alone: cost per member-epoch
+     (bound <= 1.05x)
   3. augmentation's share of an E-Mixup member's time: the member against the same member with
      the augmentation (Beta draws, pairing, mixing) replaced by a plain slice of 64 rows
      (bound <= 5%)
   4. useful FLOP rate of the sweep (every FLOP is useful: no padding rows) against the jnp.dot
      2048^3 float32 peak measured before and after in the same run (bound >= 50%)
+  5. one E-Mixup member on 2 devices (its batch split over both) against the same member on 1:
+     examples/s ratio (bound >= 1.4x; needs 2 devices)
+  6. a 2-member sweep (E-Mixup and Soft E-Mixup: one program) on 4 devices (a 2 x 2 members x
+     features mesh) against the same on 2 (one member each): examples/s ratio (bound >= 1.4x;
+     needs 4 devices)
+  7. (`--at-once`) the 25-member sweep with each other `config.members_at_once` against the
+     automatic choice: time ratio (no bound: which layout wins on this device)
+  8. the all-reduce over 2 devices that a split member pays each step: of the first layer's
+     [64, 250] outputs (the features split the engine makes) against that of the 1.3M-float
+     gradient (what splitting the batch instead would sum), in ms (no bound)
 FLOPs count the matmuls of a step: forward, and backward without the first layer's input
 gradient (which nothing needs). Every case runs the engine's own programs
-(`driver.compiled_group`) on one XLA CPU device per core, as `embaug train` makes them
-(`--cpu-devices`; a lone member is padded to the device count, the padding skipped).
+(`driver.compiled_group`) on the devices and mesh `embaug train` would use: figures 1-4 on all
+the process's devices (on a CPU one XLA device per core, `--cpu-devices`), figures 5 and 6 on
+the first 1, 2 or 4 of them, each group on the members x features mesh of
+`driver.devices_per_member` (so a lone member is split over the devices; members padded to the
+members axis skip the padding). More CPU devices than cores share the cores: figure 6 then
+measures the sharing, not the layout.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -51,6 +69,25 @@ def matmul_peak(n=2048, repeats=10) -> float:
     f(a).block_until_ready()
     best = min(_timed(lambda: f(a).block_until_ready())[0] for _ in range(repeats))
     return 2 * n**3 / best / 1e9
+
+
+def allreduce_ms(devices, size: int, steps: int = 34, repeats: int = 5) -> float:
+    """ms per all-reduce (a `lax.psum` inside a `lax.scan` of `steps`, as in an epoch) of
+    `size` float32s over `devices` (best of `repeats`)."""
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+
+    def epoch(x):
+        def step(c, _):
+            return c + 1e-6 * jax.lax.psum(c, "d"), None
+        return jax.lax.scan(step, x, None, length=steps)[0]
+
+    f = jax.jit(jax.shard_map(epoch, mesh=mesh, in_specs=jax.sharding.PartitionSpec(),
+                              out_specs=jax.sharding.PartitionSpec(), check_vma=False))
+    x = jax.device_put(jnp.ones((size,)), jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+    f(x).block_until_ready()
+    return 1e3 * min(_timed(lambda: f(x).block_until_ready())[0]
+                     for _ in range(repeats)) / steps
 
 
 def _timed(fn):
@@ -85,20 +122,35 @@ def plain_slice():
 _PROGRAMS = {}
 
 
-def trainer(config, kind, num_classes, n_train, on_device, hp, epochs, *, sliced=False,
-            fixed=()):
-    """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs as the engine's
-    driver does: `driver.compiled_group` on every device, members padded to the device count
-    (the padding skipped), `driver.members_at_once` of them stepped together on a device;
-    `fixed` is their group's shared settings (`Group.fixed`: the program's constants)."""
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
-    at_once = driver.members_at_once(config, jax.devices())
+def placed_on(on_all, devices):
+    """`on_all` (replicated over every device) as arrays over `devices` alone, sharing their
+    buffers: no further copy of the training rows."""
+    sharding = jax.sharding.NamedSharding(driver.group_mesh(devices, 1),
+                                          jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda a: jax.make_array_from_single_device_arrays(
+        a.shape, sharding, [s.data for s in a.addressable_shards if s.device in devices]), on_all)
+
+
+def trainer(config, kind, num_classes, n_train, on_all, hp, epochs, *, devices=None,
+            sliced=False, fixed=()):
+    """A `go()` that trains the members `hp` (all of `kind`) for `epochs` epochs on `devices`
+    (default all) as the engine's driver does: `driver.compiled_group` on the group's members x
+    features mesh (`driver.devices_per_member`), members padded to the members axis (the
+    padding skipped), `driver.members_at_once` of them stepped together on a device; `fixed` is
+    their group's shared settings (`Group.fixed`: the program's constants)."""
+    devices = jax.devices() if devices is None else list(devices)
+    per_member = driver.devices_per_member(config, len(hp.trial), len(devices),
+                                           on_all.x.shape[1])
+    mesh = driver.group_mesh(devices, per_member)
+    at_once = driver.members_at_once(config, devices)
+    on_device = placed_on(on_all, devices)
     with plain_slice() if sliced else contextlib.nullcontext():
         spec = program.ProgramSpec.from_config(config, num_classes, n_train, kind=kind,
                                                fixed=fixed)
-        if (spec, sliced) not in _PROGRAMS:  # uncached: a sliced program shares its spec
-            _PROGRAMS[spec, sliced] = driver.compiled_group.__wrapped__(spec, mesh, at_once)
-        init, train, _ = _PROGRAMS[spec, sliced]
+        if (spec, sliced, mesh, at_once) not in _PROGRAMS:  # uncached: a sliced program
+            _PROGRAMS[spec, sliced, mesh, at_once] = driver.compiled_group.__wrapped__(
+                spec, mesh, at_once)  # shares its spec
+        init, train, _ = _PROGRAMS[spec, sliced, mesh, at_once]
         hp, live = driver.place_members(hp, mesh)
         key = jax.random.key(0)
         state = [init(key, hp, on_device)]
@@ -119,12 +171,13 @@ def clusters(n, dim, classes, train_rows, *, trials):
     s = make_splits(ds.labels, classes, trials=trials, train_fraction=train_rows / n)
     data = program.TrainData(ds.embeddings, ds.labels, s.train_idx, s.val_idx, s.seen_mask)
     on_device = jax.device_put(driver.device_data(data), jax.sharding.NamedSharding(
-        jax.sharding.Mesh(np.asarray(jax.devices()), ("members",)), jax.sharding.PartitionSpec()))
+        driver.group_mesh(jax.devices(), 1), jax.sharding.PartitionSpec()))
     return ds, s, on_device
 
 
-def torch_epochs(x, labels, train_rows, seen, config, epochs):
-    """Plain PyTorch eager E-Mixup training of the same MLP (halving: 64 mixed rows a step)."""
+def torch_epochs(x, labels, train_rows, seen, config, epochs, device="cpu"):
+    """Plain PyTorch eager E-Mixup training of the same MLP (halving: 64 mixed rows a step) on
+    `device`."""
     import torch
 
     torch.manual_seed(0)
@@ -132,25 +185,27 @@ def torch_epochs(x, labels, train_rows, seen, config, epochs):
     h1, h2 = config.model.hidden
     model = torch.nn.Sequential(
         torch.nn.Linear(d, h1), torch.nn.Dropout(0.3), torch.nn.ReLU(),
-        torch.nn.Linear(h1, h2), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(h2, c))
+        torch.nn.Linear(h1, h2), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(h2, c)
+    ).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr_min,
                             weight_decay=config.optim.weight_decay)
     steps = len(train_rows) // config.batch_size
     sched = torch.optim.lr_scheduler.CyclicLR(
         opt, config.optim.lr_min, config.optim.lr_max,
         step_size_up=config.optim.half_cycle_epochs * steps, cycle_momentum=False)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
-    mask = torch.from_numpy(seen)
-    beta = torch.distributions.Beta(0.2, 0.2)
+    xt, yt = (torch.from_numpy(a).to(device) for a in (x, labels.astype(np.int64)))
+    mask, rows = torch.from_numpy(seen).to(device), torch.from_numpy(train_rows).to(device)
+    beta = torch.distributions.Beta(torch.tensor(0.2, device=device),
+                                    torch.tensor(0.2, device=device))
 
     def go():
         for _ in range(epochs):
-            perm = torch.from_numpy(train_rows)[torch.randperm(len(train_rows))]
+            perm = rows[torch.randperm(len(train_rows), device=device)]
             for i in range(steps):
                 idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
                 xb = xt[idx]
                 yb = torch.nn.functional.one_hot(yt[idx], c).float()
-                shuffle = torch.randperm(len(idx))
+                shuffle = torch.randperm(len(idx), device=device)
                 a, b = shuffle[: len(idx) // 2], shuffle[len(idx) // 2:]
                 lam = beta.sample((len(a), 1))
                 xm = lam * xb[a] + (1 - lam) * xb[b]
@@ -161,6 +216,8 @@ def torch_epochs(x, labels, train_rows, seen, config, epochs):
                 loss.backward()
                 opt.step()
                 sched.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     return go
 
@@ -175,26 +232,42 @@ def main(argv=None):
                    help="epochs per timed call of the single-member cases (figures 1 and 3): "
                         "one epoch is ~0.15 s, too short to time on a shared machine")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    p.add_argument("--trials", type=int, default=5, help="trials of the sweep's five methods")
     p.add_argument("--cpu-devices", type=int, default=0,
                    help="XLA CPU devices (0: one per core, as `embaug train` does)")
     p.add_argument("--members-at-once", type=int, default=None,
                    help="config.members_at_once (default: auto)")
+    p.add_argument("--at-once", default="auto",
+                   help="figure 7: comma-separated config.members_at_once values the 25-member "
+                        "sweep is also timed with (0: vmap, k: k at a time), against 'auto'")
+    p.add_argument("--skip", default="",
+                   help="comma-separated figures not to measure (2: the members alone, 3: the "
+                        "plain slice), e.g. for a quick look")
+    p.add_argument("--torch-device", default="cpu",
+                   help="where the PyTorch eager member of figure 1 runs (cpu, cuda)")
     args = p.parse_args(argv)
+    skip = {int(f) for f in args.skip.split(",") if f.strip()}
     util.split_cpu_into_devices(args.cpu_devices)
 
     c = configlib.get_config(REPO / "configs" / "default.py")
     c.members_at_once = args.members_at_once
     n = args.train_rows + args.train_rows // 10
-    ds, s, on_device = clusters(n, args.dim, args.classes, args.train_rows, trials=5)
+    ds, s, on_all = clusters(n, args.dim, args.classes, args.train_rows, trials=args.trials)
+    devices = jax.devices()
     n_train = s.train_idx.shape[1]
     # The paper's five at their default settings (alpha 0.2, softness 0.05), 5 trials each.
     members = [dict(method=m.name, **{n: registry.setting(n).default[0] for n in m.reads},
-                    trial=t, seed=0) for m in registry.methods(tag="paper") for t in range(5)]
-    hp25 = member_hparams(with_config_settings(c, members))
+                    trial=t, seed=0) for m in registry.methods(tag="paper")
+               for t in range(args.trials)]
+    members = with_config_settings(c, members)
+    hp_all = member_hparams(members)
     groups = member_groups(members)
+    sweep_name = f"{len(members)}-member sweep ({len(groups)} programs)"
     dims = (args.dim, *c.model.hidden, args.classes)
     E = args.epochs
 
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs, load "
+          f"average {os.getloadavg()[0]:.1f}")
     print(f"jax {jax.__version__} on {jax.devices()}; data {n} x {args.dim}, {args.classes} "
           f"classes, {args.train_rows} training rows, batch {c.batch_size}, {E} epoch(s) per "
           f"sweep call, {args.member_epochs} per single-member call, {args.rounds} interleaved "
@@ -203,24 +276,71 @@ def main(argv=None):
     print(f"float32 matmul peak (jnp.dot 2048^3) before: {peak0:.1f} GFLOP/s", flush=True)
 
     def hp_of(idx):
-        return jax.tree.map(lambda x: x[np.asarray(idx)], hp25)
+        return jax.tree.map(lambda x: x[np.asarray(idx)], hp_all)
 
-    cases = {}
-    mixup_member = members.index(dict(method="e_mixup", alpha=0.2, trial=0, seed=0))
+    def fixed_of(idx):  # the shared settings of these members' group, as run_sweep fixes them
+        return member_groups([members[i] for i in idx])[0].fixed
+
+    def find(**fields):
+        return next(i for i, m in enumerate(members)
+                    if all(m.get(k) == v for k, v in fields.items()))
+
+    cases, members_in = {}, {}  # members_in: members a case trains (examples/s)
+    mixup_member = find(method="e_mixup", alpha=0.2, trial=0, seed=0)
+    pair = [mixup_member, find(method="soft_e_mixup", alpha=0.2, softness=0.05, trial=0, seed=0)]
     ME = args.member_epochs
-    cases["e_mixup member"], steps = trainer(c, "mixup", args.classes, n_train, on_device,
-                                             hp_of([mixup_member]), ME)
-    cases["same member, plain slice"], _ = trainer(c, "mixup", args.classes, n_train, on_device,
-                                                   hp_of([mixup_member]), ME, sliced=True)
+
+    def member_case(name, idx, *, on=devices, sliced=False):
+        cases[name], steps = trainer(c, "mixup", args.classes, n_train, on_all, hp_of(idx), ME,
+                                     devices=on, sliced=sliced, fixed=fixed_of(idx))
+        members_in[name] = len(idx)
+        return steps
+
+    steps = member_case("e_mixup member", [mixup_member])
+    if 3 not in skip:
+        member_case("same member, plain slice", [mixup_member], sliced=True)
     cases["torch eager e_mixup member"] = torch_epochs(
-        ds.embeddings, ds.labels, s.train_idx[0], s.seen_mask[0], c, ME)
+        ds.embeddings, ds.labels, s.train_idx[0], s.seen_mask[0], c, ME, args.torch_device)
     cases["torch eager e_mixup member"]()  # warm-up
-    sweep = [trainer(c, g.kind, args.classes, n_train, on_device, hp_of(g.members), E)[0]
-             for g in groups]
-    cases["25-member sweep (3 programs)"] = lambda: [go() for go in sweep]
-    alone = [trainer(c, registry.method(m["method"]).kind, args.classes, n_train, on_device,
-                     hp_of([i]), E)[0] for i, m in enumerate(members)]
-    cases["25 members alone, one after another"] = lambda: [go() for go in alone]
+    members_in["torch eager e_mixup member"] = 1
+    # Figures 5 and 6: the same E-Mixup members on the first 1, 2 or 4 devices.
+    scaling = {}  # figure: (the case on more devices, the case on fewer)
+    for fig, idx, (few, many) in ((5, [mixup_member], (1, 2)), (6, pair, (2, 4))):
+        if len(devices) < many:
+            continue
+        names = []
+        for n_dev in (many, few):
+            name = f"{len(idx)} mixup-kind member(s), {n_dev} device(s)"
+            if n_dev == len(devices) and len(idx) == 1:  # the figure 1 case itself
+                name = "e_mixup member"
+            elif name not in cases:
+                member_case(name, idx, on=devices[:n_dev])
+            names.append(name)
+        scaling[fig] = tuple(names)
+
+    def sweep_case(name, config):
+        sweep = [trainer(config, g.kind, args.classes, n_train, on_all, hp_of(g.members), E,
+                         devices=devices, fixed=g.fixed)[0] for g in groups]
+        cases[name] = lambda: [go() for go in sweep]
+        members_in[name] = len(members)
+
+    sweep_case(sweep_name, c)
+    alone_name = f"{len(members)} members alone, one after another"
+    if 2 not in skip:
+        alone = [trainer(c, registry.method(m["method"]).kind, args.classes, n_train, on_all,
+                         hp_of([i]), E, devices=devices, fixed=fixed_of([i]))[0]
+                 for i, m in enumerate(members)]
+        cases[alone_name] = lambda: [go() for go in alone]
+        members_in[alone_name] = len(members)
+    auto = driver.members_at_once(c, devices)
+    at_once = {}
+    for value in args.at_once.split(","):
+        if value.strip() in ("", "auto") or int(value) == auto:
+            continue
+        variant = c.copy_and_resolve_references()
+        variant.members_at_once = int(value)
+        at_once[int(value)] = f"{len(members)}-member sweep, members_at_once={int(value)}"
+        sweep_case(at_once[int(value)], variant)
     print("compiled; timing", flush=True)
 
     wall = {k: [] for k in cases}
@@ -232,32 +352,57 @@ def main(argv=None):
             cpu[k].append(u)
         print(f"round {r + 1}: " + ", ".join(f"{k} {wall[k][-1]:.2f}s" for k in cases), flush=True)
     peak = max(peak0, matmul_peak())
-    print(f"float32 matmul peak, best of before/after: {peak:.1f} GFLOP/s\n")
+    print(f"float32 matmul peak, best of before/after: {peak:.1f} GFLOP/s; "
+          f"{time.strftime('%H:%M UTC', time.gmtime())}, load average "
+          f"{os.getloadavg()[0]:.1f}\n")
 
     med = {k: float(np.median(v)) for k, v in wall.items()}
     med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
     print("| case | wall median (s) | CPU median (s) | examples/s |")
     print("|---|---|---|---|")
     for k in cases:
-        m, e = (25, E) if k.startswith("25") else (1, ME)
+        e = E if members_in[k] == len(members) else ME
         print(f"| {k} | {med[k]:.3f} | {med_cpu[k]:.3f} | "
-              f"{m * c.batch_size * steps * e / med[k]:,.0f} |")
+              f"{members_in[k] * c.batch_size * steps * e / med[k]:,.0f} |")
 
     rows = [augment.kind_rows(registry.method(m["method"]).kind, c.batch_size) for m in members]
     useful = sum(step_flops(r, dims) for r in rows) * steps * E
     f1 = med["torch eager e_mixup member"] / med["e_mixup member"]
-    f2 = med["25-member sweep (3 programs)"] / med["25 members alone, one after another"]
-    f3 = 1 - med["same member, plain slice"] / med["e_mixup member"]
-    f3_cpu = 1 - med_cpu["same member, plain slice"] / med_cpu["e_mixup member"]
-    rate = useful / med["25-member sweep (3 programs)"] / 1e9
+    rate = useful / med[sweep_name] / 1e9
     print("\n| # | figure | measured | bound |")
     print("|---|---|---|---|")
-    print(f"| 1 | E-Mixup member examples/s vs PyTorch eager | {f1:.2f}x | >= 1.5x |")
-    print(f"| 2 | sweep cost per member-epoch vs members alone | {f2:.3f}x | <= 1.05x |")
-    print(f"| 3 | augmentation's share of the E-Mixup member's time | {100 * f3:.1f}% "
-          f"(CPU time: {100 * f3_cpu:.1f}%) | <= 5% |")
+    print(f"| 1 | E-Mixup member examples/s vs PyTorch eager ({args.torch_device}) | {f1:.2f}x "
+          "| >= 1.5x |")
+    if 2 not in skip:
+        f2 = med[sweep_name] / med[alone_name]
+        print(f"| 2 | sweep cost per member-epoch vs members alone | {f2:.3f}x | <= 1.05x |")
+    if 3 not in skip:
+        f3 = 1 - med["same member, plain slice"] / med["e_mixup member"]
+        f3_cpu = 1 - med_cpu["same member, plain slice"] / med_cpu["e_mixup member"]
+        print(f"| 3 | augmentation's share of the E-Mixup member's time | {100 * f3:.1f}% "
+              f"(CPU time: {100 * f3_cpu:.1f}%) | <= 5% |")
     print(f"| 4 | sweep useful FLOP rate vs jnp.dot peak | {rate:.1f} / {peak:.1f} GFLOP/s = "
           f"{100 * rate / peak:.0f}% | >= 50% |")
+    cores = os.cpu_count() or 1
+    for fig, need, what in ((5, 2, "one E-Mixup member examples/s, 2 devices vs 1"),
+                            (6, 4, "2-member sweep examples/s, 4 devices vs 2")):
+        if fig not in scaling:
+            print(f"| {fig} | {what} | not measurable: {len(devices)} device(s), needs {need} "
+                  "| >= 1.4x |")
+            continue
+        faster, slower = scaling[fig]
+        shared = (f" ({need} CPU devices share {cores} cores: not measurable here)"
+                  if devices[0].platform == "cpu" and need > cores else "")
+        print(f"| {fig} | {what} | {med[slower] / med[faster]:.2f}x{shared} | >= 1.4x |")
+    for value, name in at_once.items():
+        print(f"| 7 | {len(members)}-member sweep time, members_at_once={value} vs auto "
+              f"({auto}) | {med[name] / med[sweep_name]:.2f}x | |")
+    if len(devices) >= 2:
+        params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+        outputs, gradient = (allreduce_ms(devices[:2], n) for n in (64 * dims[1], params))
+        print(f"| 8 | all-reduce over 2 devices a step: the first layer's [64, {dims[1]}] "
+              f"outputs vs the {params / 1e6:.2f}M-float gradient | {outputs:.3f} vs "
+              f"{gradient:.3f} ms | |")
 
 
 if __name__ == "__main__":

@@ -320,7 +320,7 @@ def _save_blocks(path: Path, blocks: list[Path], labels, class_names, *, ids, se
     ds = EmbeddingDataset(
         embeddings=np.broadcast_to(np.zeros((1, dim), dtype), (n, dim)),
         labels=np.asarray(labels), class_names=[str(c) for c in class_names],
-        ids=None if ids is None else np.asarray([str(i) for i in ids]),
+        ids=None if ids is None else _str_array(ids),
         segments=_as_segments(segments), info=dict(info or {}))
     _validate(ds, where, values=False)
     try:
@@ -353,6 +353,14 @@ def _save_blocks(path: Path, blocks: list[Path], labels, class_names, *, ids, se
             np.save(tmp / _IDS, ds.ids)
         (tmp / _META).write_text(json.dumps(_meta(ds), indent=2) + "\n")
     return dataclasses.replace(ds, embeddings=np.load(path / _EMBEDDINGS, mmap_mode="r"))
+
+
+def _str_array(ids: Iterable) -> np.ndarray:
+    """Ids as a str array as wide as the longest (as `np.asarray` of their strings makes it);
+    a str array is narrowed in place of a round trip through a list of Python strings."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "U" and ids.size:
+        return ids.astype(f"<U{max(1, int(np.char.str_len(ids).max()))}", copy=False)
+    return np.asarray([str(i) for i in ids])
 
 
 def _from_meta(meta: Any, where: str) -> tuple[list[str], list[Segment] | None, dict]:

@@ -4,7 +4,9 @@ each other).
 Four host devices are forced before JAX is imported, so multi-device tests (sharded sweeps,
 sharded extraction) run in-process; single-device tests simply use the default device.
 Markers: `slow` (heavy end-to-end runs; `make test-fast` skips them), `needs_wordnet` and
-`needs_fashion_mnist` (skipped where Debian's data package is not installed).
+`needs_fashion_mnist` (skipped where Debian's data package is not installed), `devices(n)` (a
+test that needs n devices: skipped on an accelerator with fewer, as in
+benchmarks/device_check.py on one GPU; on a CPU, where four are forced, fewer is an error).
 """
 
 import json
@@ -43,12 +45,20 @@ _NEEDS = {
 def pytest_configure(config):
     for name, (_, reason) in _NEEDS.items():
         config.addinivalue_line("markers", f"{name}: {reason}")
+    config.addinivalue_line("markers", "devices(n): needs n devices of the default backend")
 
 
 def pytest_runtest_setup(item):
     for name, (path, reason) in _NEEDS.items():
         if item.get_closest_marker(name) and not path.exists():
             pytest.skip(reason)
+    marker = item.get_closest_marker("devices")
+    if marker and len(jax.devices()) < marker.args[0]:
+        message = (f"needs {marker.args[0]} devices; the default backend "
+                   f"({jax.default_backend()}) has {len(jax.devices())}")
+        if jax.default_backend() == "cpu":
+            pytest.fail(f"{message}, where this conftest forces 4 (XLA_FLAGS set another count)")
+        pytest.skip(message)
 
 
 @pytest.fixture

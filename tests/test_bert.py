@@ -196,10 +196,12 @@ def test_attention_in_blocks_of_rows_matches_hf(minilm, hf_minilm):
     texts = [" ".join(rng.choice(words, rng.integers(150, 240))) for _ in range(4)]
     long = _variant(minilm, max_length=256, batch_size=32)
     lengths = [len(t) for t in long.tokenize(texts)]
-    [batch] = long.planner.plan(lengths)
-    length = long.planner.bucket(max(lengths))
-    assert len(batch) == 4 and length > 128  # four rows, of which attention takes one or two
-    assert bert_model._rows_per_block(4, 12, length, bert_model.CPU_SCORE_BLOCK_BYTES) <= 2
+    batches = long.planner.plan(lengths)
+    assert sum(map(len, batches)) == 4 and batches[0].length > 128
+    for batch in batches:  # rows of which attention takes one or two at a time
+        rows, _ = long.planner.shape(batch.length, packed=batch.packed, small=batch.small)
+        assert bert_model._rows_per_block(rows, 12, batch.length,
+                                          bert_model.CPU_SCORE_BLOCK_BYTES) <= 2
     hidden, _, mask = _hf_hidden_states(model, tokenizer, texts, truncation=True, max_length=256)
     np.testing.assert_allclose(long.embed(texts), _hf_pool(hidden, mask, (-2, -1), "mean"),
                                atol=ATOL, rtol=0)
@@ -266,9 +268,10 @@ def test_sharded_over_four_devices_equals_one_device(minilm):
     assert len(sharded.embed_batch(sharded.params, *batch).sharding.device_set) == 4
 
 
-def test_one_compile_per_length_bucket_and_row_count(minilm):
-    embedder = _variant(minilm, batch_size=2, pack=False)
-    # (2, 8) and the last batch's (1, 8); then (2, long bucket), for the rest of the calls.
+def test_one_compile_per_batch_shape(minilm):
+    embedder = _variant(minilm, batch_size=2, pack=False)  # batches of 128 tokens
+    # A small batch of bucket 8; then a full and a small batch of the long text's bucket, for
+    # the rest of the calls.
     embedder.embed_batch = jax.jit(chex.assert_max_traces(embedder.forward, n=3))
     short = ["shirt", "red boots", "a blue dress", "wool hat", "green socks"]
     embedder.embed(short, progress=True)
@@ -277,8 +280,10 @@ def test_one_compile_per_length_bucket_and_row_count(minilm):
     assert {embedder.planner.bucket(len(t)) for t in embedder.tokenize(short)} == {8}
     # on_batch hears of every batch as it is collected (a caller's per-batch progress).
     calls = []
-    embedder.embed(short + [TEXTS[-1]], on_batch=calls.append)
-    assert calls == [2, 2, 2]
+    texts = short + [TEXTS[-1]]
+    embedder.embed(texts, on_batch=calls.append)
+    batches = embedder.planner.plan([len(t) for t in embedder.tokenize(texts)])
+    assert calls == [len(b) for b in batches] == [4, 2]
 
 
 # ---------------------------------------------------------------------------------------------

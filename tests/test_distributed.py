@@ -190,9 +190,12 @@ def assert_same_results(workdir: Path, reference: Path):
 
 @pytest.fixture(scope="module")
 def train_reference(tmp_path_factory):
-    """The uninterrupted 1-process run every multi-process run must match."""
+    """The uninterrupted 1-process run every multi-process run must match, each member on one
+    device (the members-only layout); the runs below split each member over every device."""
     workdir = tmp_path_factory.mktemp("train") / "one"
-    ok(launch("train", TRAIN, workdir, processes=1))
+    (_, _, err, _), = ok(launch("train", [*TRAIN, "--config.devices_per_member=1"], workdir,
+                                processes=1))
+    assert "control: 1 member(s) on a 2 x 1 (members x features) mesh" in err
     return workdir
 
 
@@ -200,8 +203,11 @@ def test_train_two_processes_equal_one(train_reference, tmp_path):
     results = ok(launch("train", TRAIN, tmp_path / "two", processes=2))
     assert_same_results(tmp_path / "two", train_reference)
     (_, out0, err0, _), (_, out1, err1, _) = results
-    # Every process trains its share of the four devices; process 0 alone reports.
+    # Every process trains its share of the four devices; process 0 alone reports. Each of the
+    # three groups has one member, split over all four devices: all-reduces across processes.
     assert re.search(r"training 3 members .*on 4 device\(s\)", err0) and "Soft E-Stitchup" in out0
+    for err in (err0, err1):
+        assert "stitchup: 1 member(s) on a 1 x 4 (members x features) mesh" in err
     assert "process 1 of 2 joined; 2 local of 4 devices" in err1
     assert "Soft E-Stitchup" not in out1 and "training 3 members" not in err1
     assert sorted(p.name for p in Workdir(tmp_path / "two").checkpoints.iterdir()) == ["12", "8"]

@@ -105,6 +105,30 @@ def test_output_layout_segments_and_values(tmp_path, make_table):
                                text_embedder=FakeTextEmbedder())
 
 
+def test_the_summary_gives_the_time_spent_compiling(tmp_path, make_table, caplog):
+    import logging
+
+    with extract._compiling() as clock:
+        jax.jit(lambda x: x * 3 + 1)(np.ones(7))
+    assert clock["programs"] >= 1 and clock["seconds"] > 0
+    after = dict(clock)
+    jax.jit(lambda x: x - 2)(np.ones(3))  # outside the block: not counted
+    assert clock == after
+
+    add = jax.jit(lambda x: x + 1)
+
+    class Compiling(FakeTextEmbedder):
+        def embed(self, texts, *, progress=False):
+            return np.asarray(add(super().embed(texts)))
+
+    caplog.set_level(logging.INFO)
+    extract.run_extraction(table_config(make_table(tmp_path)), tmp_path / "w",
+                           text_embedder=Compiling())
+    [line] = [r.getMessage() for r in caplog.records if "extract: wrote" in r.getMessage()]
+    # Shards of 3, 3, 3 and 2 texts: a program for each shape.
+    assert "s of it (" in line and "compiling 2 XLA programs" in line, line
+
+
 def test_resume_redoes_no_finished_shard_and_matches_byte_for_byte(tmp_path, monkeypatch,
                                                                     make_table):
     path = make_table(tmp_path)  # 11 items, shards of 3 -> 4 shards x 2 text fields
@@ -262,6 +286,62 @@ def test_bad_images_are_listed_together_or_skipped(tmp_path):
     assert ds.info["skipped_images"] == 3
     pixels = decode_image(tmp_path / "img" / "3.png")
     np.testing.assert_allclose(ds.embeddings[1, 6:9], pixels.mean((0, 1)), rtol=1e-6)
+
+
+def test_an_image_path_that_is_a_named_pipe_is_a_bad_image_not_a_hang(tmp_path):
+    import os
+
+    path = write_image_table(tmp_path)
+    os.mkfifo(tmp_path / "img" / "fifo.png")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["photo"] = "img/fifo.png"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = table_config(path, **{"source.text_columns": "title", "source.image_columns": "photo",
+                                   "source.label_column": "label", "source.id_column": "id",
+                                   "skip_bad_images": True})
+    out = extract.run_extraction(config, tmp_path / "w", text_embedder=FakeTextEmbedder(),
+                                 image_embedder=FakeImageEmbedder())
+    report = json.loads((tmp_path / "w" / "skipped_images.json").read_text())
+    assert "named pipe" in report["items"]["p0"]
+    assert load_embeddings(out).ids.tolist() == ["p3", "p5"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_table_read_in_batches_gives_the_dataset_of_the_table_read_whole(tmp_path, fmt,
+                                                                         monkeypatch):
+    from embaug_jax.sources import table_reader
+
+    path = make_table_like(tmp_path, fmt, n=40)
+    config = lambda: table_config(path, shard_size=7, keep_shards=False,
+                                  **{"source.max_items": 30})
+    monkeypatch.setattr(table_reader, "_MIN_ROWS", 1 << 30)  # the whole table in one batch
+    monkeypatch.setattr(table_reader, "_READ_BYTES", 1 << 30)
+    whole = extract.run_extraction(config(), tmp_path / "whole", text_embedder=FakeTextEmbedder())
+    monkeypatch.setattr(table_reader, "_BATCH_CHARS", 1)  # batches of 2 rows, reads of 3 bytes
+    monkeypatch.setattr(table_reader, "_MIN_ROWS", 2)
+    monkeypatch.setattr(table_reader, "_READ_BYTES", 3)
+    batched = extract.run_extraction(config(), tmp_path / "batched",
+                                     text_embedder=FakeTextEmbedder())
+    assert dir_bytes(batched) == dir_bytes(whole)
+    assert len(load_embeddings(batched)) == 30
+
+
+def make_table_like(folder: Path, fmt: str, n: int) -> Path:
+    """The conftest table's items (sku, title, description, category) as a `fmt` file, with
+    multi-byte characters in every text."""
+    rng = np.random.default_rng(1)
+    words = ["r\u00f6d", "blue", "\u65e5\u672c", "cotton", "shirt", "jeans", "l\u00een"]
+    frame = pd.DataFrame([{"sku": f"s{i:03d}", "title": " ".join(rng.choice(words, 3)),
+                           "description": " ".join(rng.choice(words, 6)),
+                           "category": f"c{i % 3}"} for i in range(n)])
+    path = folder / f"items.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_parquet(path)
+    return path
 
 
 @pytest.mark.needs_fashion_mnist

@@ -372,3 +372,174 @@ def test_fashion_mnist_bad_files(tmp_path):
         f.write(bytes([0, 0, 8, 1]) + (5).to_bytes(4, "big") + b"\0" * 5)
     with pytest.raises(ValueError, match="truncated"):
         sources.load_source(cfg(kind="fashion_mnist", root=str(tmp_path), split="test"))
+
+
+# ---------------------------------------------------------------------------------- streamed tables
+
+
+def many_rows(n: int = 600, seed: int = 0) -> list[dict]:
+    """Rows whose cells cross every batch and read boundary when those are a few bytes: texts
+    of multi-byte characters and embedded line breaks, empty texts, missing labels."""
+    rng = np.random.default_rng(seed)
+    words = ["caf\u00e9", "na\u00efve", "\u65e5\u672c", "x", "line\nbreak", "\"quoted\"", "a,b"]
+    return [{"sku": f"k{i:05d}", "title": " ".join(rng.choice(words, rng.integers(1, 6))),
+             "description": "" if i % 7 == 3 else " ".join(rng.choice(words, 3)),
+             "category": "" if i % 11 == 5 else f"c{rng.integers(0, 5)}"} for i in range(n)]
+
+
+def read_whole(path: Path, fmt: str) -> pd.DataFrame:
+    """The table as one pandas read of the whole file (how tables were read before)."""
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    if fmt == "jsonl":
+        return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()
+                             if line.strip()], dtype=object)
+    return pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str,
+                       keep_default_na=False, na_filter=False)
+
+
+@pytest.fixture
+def tiny_batches(monkeypatch):
+    """Batches of 3 rows and reads of 5 bytes: every boundary falls inside some cell."""
+    from embaug_jax.sources import table_reader
+
+    monkeypatch.setattr(table_reader, "_BATCH_CHARS", 1)
+    monkeypatch.setattr(table_reader, "_MIN_ROWS", 3)
+    monkeypatch.setattr(table_reader, "_READ_BYTES", 5)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+@pytest.mark.parametrize("empty_texts", ["keep", "drop"])
+def test_a_table_read_in_small_batches_is_the_table_read_whole(tmp_path, fmt, empty_texts,
+                                                               tiny_batches):
+    path = write_table(tmp_path / f"items.{fmt}", many_rows(), fmt)
+    data = sources.load_source(table_cfg(path, empty_texts=empty_texts, max_items=400, seed=3))
+    # The items as the loader found them when it read the whole table.
+    frame = read_whole(path, fmt)
+    cell = lambda v: v if isinstance(v, str) and v.strip() else None
+    keep = np.array([cell(v) is not None for v in frame.category])
+    if empty_texts == "drop":
+        keep &= np.array([cell(v) is not None for v in frame.description])
+    rows = np.flatnonzero(keep)
+    chosen, _ = sources.select_items(frame.category[rows].tolist(), max_items=400, seed=3)
+    rows = rows[chosen]
+    assert data.ids.tolist() == frame.sku[rows].tolist()
+    assert data.labels.tolist() == frame.category[rows].tolist()
+    assert isinstance(data.texts["title"], sources.StreamedColumn)
+    assert data.texts["title"] == frame.title[rows].tolist()
+    assert data.texts["description"] == [cell(v) or "" for v in frame.description[rows]]
+    # Shards read in order, out of order and again give the same texts.
+    shard = np.arange(100, 180)
+    assert sources.take(data.texts["title"], shard) == frame.title[rows[shard]].tolist()
+    assert sources.take(data.texts["title"], shard[::-1]) == frame.title[rows[shard[::-1]]].tolist()
+    assert data.texts["description"][5] == (cell(frame.description[rows[5]]) or "")
+    assert data.texts["title"][-1] == frame.title[rows[-1]]
+
+
+def test_shards_in_order_read_the_table_once(tmp_path, tiny_batches, monkeypatch):
+    from embaug_jax.sources import table_reader
+
+    path = write_table(tmp_path / "items.csv", many_rows(), "csv")
+    data = sources.load_source(table_cfg(path))
+    opened = []
+    batches = table_reader.TableReader.batches
+
+    def counted(self, *args, **kwargs):
+        opened.append(args)
+        return batches(self, *args, **kwargs)
+
+    monkeypatch.setattr(table_reader.TableReader, "batches", counted)
+    for start in range(0, len(data), 50):
+        rows = np.arange(start, min(start + 50, len(data)))
+        for field in ("title", "description"):
+            sources.take(data.texts[field], rows)
+    assert len(opened) == 1  # both fields of every shard, in one pass
+    sources.take(data.texts["title"], [0])
+    assert len(opened) == 2  # back to the start: a second pass
+
+
+def test_streamed_decoding_names_the_line_and_byte_of_a_bad_byte(tmp_path, tiny_batches):
+    lines = ["title,category"] + [f"t\u00e9{i},A" for i in range(40)]
+    raw = "\n".join(lines).encode("utf-8") + b"\ncaf\xe9,B\n"
+    path = tmp_path / "bad.csv"
+    path.write_bytes(raw)
+    at = raw.index(b"\xe9,B")
+    with pytest.raises(ValueError, match=f"line 42 is not valid utf-8 .* at byte {at}\\)"):
+        sources.load_source(cfg(kind="table", path=str(path), text_columns="title",
+                                label_column="category"))
+    replaced = sources.load_source(cfg(kind="table", path=str(path), text_columns="title",
+                                       label_column="category", encoding_errors="replace"))
+    assert replaced.texts["title"][-1] == "caf\ufffd" and replaced.texts["title"][3] == "t\u00e93"
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes("\n".join(lines).encode("utf-16"))
+    assert sources.load_source(cfg(kind="table", path=str(wide), text_columns="title",
+                                   label_column="category", encoding="utf-16")
+                               ).texts["title"] == [f"t\u00e9{i}" for i in range(40)]
+
+
+def test_jsonl_lines_split_as_the_whole_text_splits_them(tmp_path, tiny_batches):
+    rows = [{"t": f"text {i}", "l": "ab"[i % 2]} for i in range(30)]
+    # "\r\n" split between two reads is one line break, "\r" alone another.
+    body = "\r\n".join(json.dumps(r) for r in rows[:15]) + "\r" + "\n\n".join(
+        json.dumps(r) for r in rows[15:])
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(body.encode())
+    data = sources.load_source(cfg(kind="table", path=str(path), text_columns="t",
+                                   label_column="l"))
+    assert data.texts["t"] == [r["t"] for r in rows]
+    assert data.ids.tolist() == [str(i) for i in range(30)]
+    broken = body + "\n{oops}\n"
+    path.write_bytes(broken.encode())
+    line = broken.splitlines().index("{oops}") + 1
+    assert line == 45
+    with pytest.raises(ValueError, match=f"line {line} is not valid JSON"):
+        sources.load_source(cfg(kind="table", path=str(path), text_columns="t",
+                                label_column="l"))
+
+
+def test_parquet_integers_with_a_gap_read_as_pandas_reads_the_whole_file(tmp_path,
+                                                                           tiny_batches):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # The gap is in the last batch: the first ones, read alone, would hold plain integers.
+    labels = [1, 2, 3] * 5 + [None]
+    table = pa.table({"t": [f"x{i}" for i in range(16)], "l": pa.array(labels, pa.int64()),
+                      "id": pa.array(range(16), pa.int32())})
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path, row_group_size=4)
+    data = sources.load_source(cfg(kind="table", path=str(path), text_columns="t",
+                                   label_column="l", id_column="id"))
+    whole = pd.read_parquet(path)
+    assert data.class_names == ["1.0", "2.0", "3.0"]  # as pandas converts the whole column
+    assert data.labels.tolist() == [str(v) for v in whole.l[:15]]
+    assert data.ids.tolist() == [str(v) for v in whole.id[:15]] == [str(i) for i in range(15)]
+
+
+def test_a_table_changed_between_passes_is_an_error(tmp_path):
+    path = write_table(tmp_path / "items.csv", ROWS, "csv")
+    data = sources.load_source(table_cfg(path))
+    with open(path, "a") as f:
+        f.write("a6,late row,x,Shirts\n")
+    with pytest.raises(ValueError, match="changed while it was being read"):
+        list(data.texts["title"])
+
+
+def test_repeated_ids_are_found_in_chunks():
+    from embaug_jax.sources.items import repeated_values
+
+    ids = np.array([f"i{i % 5000}" for i in range(5003)])
+    assert repeated_values(ids, chunk=7).tolist() == ["i0", "i1", "i2"]
+    assert repeated_values(np.array(["a", "b"]), chunk=1).tolist() == []
+    assert repeated_values(np.array(["a"])).tolist() == []
+
+
+def test_a_compressed_parquet_file_reads_as_the_plain_one(tmp_path, tiny_batches):
+    import gzip
+
+    plain = write_table(tmp_path / "items.parquet", many_rows(50), "parquet")
+    packed = tmp_path / "items.parquet.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    want, got = (sources.load_source(table_cfg(p)) for p in (plain, packed))
+    assert got.info["compression"] == "gzip"
+    assert got.ids.tolist() == want.ids.tolist() and got.texts == want.texts

@@ -1,6 +1,8 @@
 """Tests for the sweep engine (embaug_jax.train.program, driver, checkpoints): its invariances,
 one program per kind, checkpoints and errors."""
 
+import logging
+import re
 from pathlib import Path
 
 import chex
@@ -22,6 +24,7 @@ from embaug_jax.train.members import (
     with_config_settings,
 )
 from embaug_jax.train.synthetic import make_synthetic
+from embaug_jax.util import UserError, on_cpus
 
 default = configlib.load_module(Path(__file__).resolve().parent.parent / "configs" / "default.py")
 
@@ -53,9 +56,20 @@ def _group_spec(c, data, group):
                                            kind=group.kind, fixed=group.fixed)
 
 
+def _group_mesh(c, data, group, devices=None):
+    """The ("members", "features") mesh `run_sweep` trains a `Group` on."""
+    devices = jax.devices() if devices is None else devices
+    return driver.group_mesh(devices, driver.devices_per_member(
+        c, len(group.members), len(devices), data.x.shape[1]))
+
+
 MEMBERS = [dict(method="control", alpha=0.0, softness=0.0, trial=0, seed=0),
            dict(method="e_mixup", alpha=0.3, softness=0.0, trial=1, seed=0),
            dict(method="soft_e_stitchup", alpha=0.2, softness=0.05, trial=0, seed=1)]
+
+
+# MEMBERS and a second E-Mixup member: groups of 1, 2 and 1 members.
+FOUR = MEMBERS + [dict(method="e_mixup", alpha=0.2, softness=0.0, trial=0, seed=1)]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +118,7 @@ def test_sweep_member_equals_lone_member(sweep4, fast_compile):
         np.testing.assert_allclose(metrics["overall_accuracy"], r.history["overall_accuracy"][i])
 
 
+@pytest.mark.devices(4)
 def test_one_and_four_devices_agree(sweep4, fast_compile):
     c, data, hp, r4 = sweep4
     assert len(jax.devices()) == 4
@@ -113,10 +128,106 @@ def test_one_and_four_devices_agree(sweep4, fast_compile):
     np.testing.assert_allclose(r1.val_probs, r4.val_probs, atol=1e-5)
 
 
+@pytest.mark.parametrize("members,devices,features,want", [
+    (1, 1, 4864, 1), (1, 2, 4864, 2), (1, 4, 4864, 4), (2, 4, 4864, 2), (4, 4, 4864, 1),
+    (2, 8, 4864, 4), (1, 32, 4864, 32),
+    (3, 8, 4864, 2),  # three members on 4 x 2: a split over 4 would make a device train two
+    (3, 4, 4864, 1), (5, 4, 4864, 1), (25, 2, 4864, 1),  # a split would add a round of members
+    (1, 4, 6, 2), (1, 3, 64, 1), (1, 6, 9, 3),  # within the divisors of the features
+])
+def test_devices_per_member_adds_no_round_of_members(members, devices, features, want):
+    assert driver.devices_per_member(_config(), members, devices, features) == want
+    # The override wins wherever it divides the devices and the features.
+    assert driver.devices_per_member(_config(devices_per_member=1), members, devices,
+                                     features) == 1
+
+
+def test_devices_per_member_override_must_divide():
+    assert driver.devices_per_member(_config(devices_per_member=2), 7, 4, 64) == 2
+    assert driver.devices_per_member(_config(devices_per_member=4), 1, 4, None) == 4
+    for value, devices, features, what in ((3, 4, 64, "4 device(s) and the embeddings' 64"),
+                                           (0, 4, None, "4 device(s);"),
+                                           (4, 4, 6, "4 device(s) and the embeddings' 6")):
+        with pytest.raises(UserError, match=re.escape(
+                f"config.devices_per_member={value} must be >= 1 and divide the {what}")):
+            driver.devices_per_member(_config(devices_per_member=value), 1, devices, features)
+
+
+@pytest.fixture(scope="module")
+def members_only(sweep4):
+    """FOUR on all 4 devices, each member on one device (the members-only layout)."""
+    c, data, hp, r = sweep4
+    return driver.run_sweep(_config(devices_per_member=1), data, FOUR, progress=False)
+
+
+@pytest.mark.devices(4)
+@pytest.mark.parametrize("n,layout", [
+    (1, ["control: 1 member(s) on a 1 x 1", "mixup: 2 member(s) on a 1 x 1",
+         "stitchup: 1 member(s) on a 1 x 1"]),
+    (2, ["control: 1 member(s) on a 1 x 2", "mixup: 2 member(s) on a 2 x 1",
+         "stitchup: 1 member(s) on a 1 x 2"]),
+    (4, ["control: 1 member(s) on a 1 x 4", "mixup: 2 member(s) on a 2 x 2",
+         "stitchup: 1 member(s) on a 1 x 4"]),
+])
+def test_members_split_over_idle_devices_equal_members_only(sweep4, members_only, n, layout,
+                                                             caplog, fast_compile):
+    """A group with fewer members than devices splits each member over the devices the members
+    leave idle, by its embedding's features (a members x features mesh): every number is the
+    members-only layout's (4 devices, each member on one) to float rounding."""
+    c, data, hp, _ = sweep4
+    with caplog.at_level(logging.INFO):
+        r = driver.run_sweep(c, data, FOUR, devices=jax.devices()[:n], progress=False)
+    assert [m for m in layout if m in caplog.text] == layout, caplog.text
+    for k in members_only.history:
+        np.testing.assert_allclose(r.history[k], members_only.history[k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.val_probs, members_only.val_probs, atol=1e-5)
+    chex.assert_trees_all_close(r.state, members_only.state, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.devices(4)
+def test_a_split_member_steps_with_one_all_reduce_and_identical_replicas(sweep4):
+    c, data, hp, r = sweep4
+    mesh = driver.group_mesh(jax.devices(), 4)  # one member, its 12 features over 4 devices
+    init, run, evaluate = driver.compiled_group.__wrapped__(_spec(c, data, "mixup"), mesh, 1)
+    placed, live = driver.place_members(jax.tree.map(lambda x: x[1:2], hp), mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    on_device = jax.device_put(driver.device_data(data), replicated)
+    key = jax.random.key(0)
+    start = init(key, placed, on_device)
+    hlo = run.lower(key, placed, live, start, on_device, 2).compile().as_text()
+    # One collective in the program: the step's all-reduce of the first layer's [4 rows, 32].
+    collectives = re.findall(
+        r"= (\S+) (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)\(", hlo)
+    assert [shape.split("{")[0] for shape, _ in collectives] == ["f32[4,32]"], collectives
+    state, loss = run(key, placed, live, start, on_device, 2)
+    # The first layer's kernel and its moments are split by features (3 of 12 a device); every
+    # other leaf took the same update everywhere: its replicas hold the same bits.
+    split = jax.tree.leaves(program.make_program(_spec(c, data)).split_by_features(state))
+    assert sum(split) == 3  # the kernel, Adam's mu and nu of it
+    for leaf, by_features in zip(jax.tree.leaves(state), split):
+        shards = [np.asarray(s.data) for s in leaf.addressable_shards]
+        assert len(shards) == 4
+        if by_features:
+            assert leaf.shape[-1] == 12 and shards[0].shape[-1] == 3
+        else:
+            assert all(np.array_equal(s, shards[0]) for s in shards)
+    block = next(driver.eval_blocks(data, 101))
+    counts, probs = evaluate(state.params, placed, live, on_device, jax.device_put(block,
+                                                                                   replicated))
+    assert probs.shape == (1, 101, 6)
+    built = program.make_program(_spec(c, data, "mixup"))
+    params = jax.tree.map(lambda x: x[0], state.params)
+    want_counts, want_probs = built.evaluate(params, jax.tree.map(lambda x: x[0], placed),
+                                             driver.device_data(data), block)
+    np.testing.assert_array_equal(np.asarray(counts)[0], want_counts)
+    np.testing.assert_allclose(np.asarray(probs)[0], want_probs, atol=1e-6)
+
+
 @pytest.mark.parametrize("at_once", [0, 2])
 def test_members_at_once_or_one_at_a_time_agree(sweep4, at_once, fast_compile):
     c, data, hp, r = sweep4  # CPU devices: one member at a time, the device padding skipped
-    assert driver.members_at_once(c, jax.devices()) == 1
+    # (an accelerator: all at once)
+    assert driver.members_at_once(c, jax.devices()) == (1 if on_cpus(jax.devices()) else 0)
     c = _config(members_at_once=at_once)  # 0: all of a device's members vmapped
     r2 = driver.run_sweep(c, data, MEMBERS, devices=jax.devices()[:1], progress=False)
     for k in r.history:
@@ -137,9 +248,10 @@ def _map_body_primitives(jaxpr) -> set[str]:
     return set()
 
 
+@pytest.mark.devices(4)
 def test_device_padding_is_skipped_one_member_at_a_time(sweep4):
     c, data, hp, r = sweep4
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
+    mesh = driver.group_mesh(jax.devices(), 1)  # members only: 1 member padded to 4 devices
     # Uncached programs: the sweep's own executables stay as test_every_chunk_... counts them.
     init, run, evaluate = driver.compiled_group.__wrapped__(_spec(c, data, "control"), mesh, 1)
     one = jax.tree.map(lambda x: x[:1], hp)
@@ -262,10 +374,10 @@ def test_optimisation_settings_are_member_values_of_one_program_per_kind(fast_co
     # What all members share is a constant of the program; the grids are traced.
     assert all(g.fixed == (("lr_min", 3e-4), ("half_cycle_epochs", 4.0)) for g in groups)
     r = driver.run_sweep(c, data, members, progress=False)
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
     for g in groups:
         spec = _group_spec(c, data, g)
-        _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, jax.devices()))
+        _, run, _ = driver.compiled_group(spec, _group_mesh(c, data, g),
+                                          driver.members_at_once(c, jax.devices()))
         assert run._cache_size() == 1, g.kind
     loss = r.history["train_loss"][:, -1]
     assert len({round(float(v), 6) for v in loss}) == len(members)  # every value matters
@@ -307,10 +419,12 @@ def test_profile_traces_training_steps_and_changes_no_number(sweep4, tmp_path, f
 
 def test_every_chunk_runs_one_compiled_program(sweep4):
     c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable per kind
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("members",))
+    devices = jax.devices()
     for g in member_groups(with_config_settings(c, MEMBERS)):
-        spec = _group_spec(c, data, g)
-        _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, jax.devices()))
+        spec = _group_spec(c, data, g)  # one member of each kind, split over every device
+        assert driver.devices_per_member(c, 1, len(devices), data.x.shape[1]) == len(devices)
+        mesh = _group_mesh(c, data, g)
+        _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, devices))
         assert run._cache_size() == 1
 
 
@@ -449,6 +563,8 @@ def test_triangular_schedule_matches_optax_linear_pieces():
     ("eval_block_rows", 0, "eval_block_rows"),
     ("cpu_devices", -2, "cpu_devices"),
     ("members_at_once", -1, "members_at_once"),
+    ("devices_per_member", 3, "devices_per_member=3 must be >= 1 and divide the"),
+    ("devices_per_member", 8, "devices_per_member=8 must be >= 1 and divide the"),
 ])
 def test_bad_config_values(key, value, match):
     c = _config(**{"sweep.methods": ("control", "soft_e_mixup"), key: value})

@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.text_model.pooling = "mean"  # "mean" (over non-padding tokens), "cls" or "max"
     c.text_model.max_length = 512  # truncation, in tokens
     c.text_model.dtype = "float32"  # or "bfloat16" (faster, small deviation)
-    c.text_model.batch_size = 64
+    c.text_model.batch_size = 64  # a batch streams batch_size x 64 tokens (rows of 64 tokens)
     c.image_model = ml_collections.ConfigDict()
     # Converted EfficientNet weights (safetensors from `embaug convert`), a Keras .h5 / PyTorch
     # .pth checkpoint, or builtin:lite0 for the shipped ImageNet EfficientNet-Lite0.

@@ -26,6 +26,7 @@ from embaug_jax.embed.bert.embedder import TextEmbedder
 from embaug_jax.embed.efficientnet.convert import convert_file
 from embaug_jax.embed.efficientnet.embedder import ImageEmbedder
 from embaug_jax.embed.weights import hash_files
+from embaug_jax.sources.items import take
 from embaug_jax.util import UserError, list_first
 from embaug_jax.workdir import Workdir
 
@@ -174,12 +175,10 @@ def embed_shard(data, rows: np.ndarray, text_fields: Sequence[str], image_fields
     """
     parts = []
     for name in text_fields:
-        parts.append(_embed_with_progress(text_embedder, [data.texts[name][i] for i in rows],
-                                          bar))
+        parts.append(_embed_with_progress(text_embedder, take(data.texts[name], rows), bar))
     for name in image_fields:
         field = data.images[name]
-        images = ([field.paths[i] for i in rows] if field.paths is not None
-                  else field.loader(rows))
+        images = take(field.paths, rows) if field.paths is not None else field.loader(rows)
         parts.append(_embed_with_progress(image_embedder, images, bar))
     out = np.concatenate([np.asarray(p, np.float32) for p in parts], axis=1)
     if out.shape != (len(rows), dim):

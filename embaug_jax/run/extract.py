@@ -35,13 +35,14 @@ one error, or, with `config.skip_bad_images=True`, those items are left out and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -49,13 +50,12 @@ from absl import logging
 
 from embaug_jax import distributed
 from embaug_jax import sources as sources_lib
-from embaug_jax.dataset import (Segment, class_ids, is_saved_dataset, load_embeddings,
-                                save_embeddings)
+from embaug_jax.dataset import Segment, is_saved_dataset, load_embeddings, save_embeddings
 from embaug_jax.embed.extraction import (build_image_embedder, build_text_embedder,
                                          config_devices, embed_shard, model_fingerprint)
 from embaug_jax.embed.images import decode_image
-from embaug_jax.util import (UserError, atomic_path, check_workdir, reuse_freed_memory,
-                             workdir_lock, write_json_atomic)
+from embaug_jax.util import (UserError, atomic_path, check_input, check_workdir,
+                             reuse_freed_memory, workdir_lock, write_json_atomic)
 from embaug_jax.workdir import Workdir
 
 # Bumped when the pipeline changes what it writes for the same inputs.
@@ -100,31 +100,49 @@ def content_hash(data: sources_lib.SourceData, text_fields: Sequence[str],
                  image_fields: Sequence[str], *, progress: bool = True) -> str:
     """sha256 over what the output depends on: ids, labels, classes, texts and image bytes.
 
-    A missing or unreadable image file hashes as such, so fixing it changes the hash.
+    Each part is hashed as its JSON (`json.dumps(..., ensure_ascii=False)`), written a chunk of
+    items at a time, so a table's texts are read as they stream (one pass per field) and never
+    held whole. A missing, unreadable or not regular image file hashes as such, so fixing it
+    changes the hash.
     """
     from tqdm.auto import tqdm
 
     h = hashlib.sha256()
 
+    def dump(obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
     def put(obj: Any) -> None:
-        h.update(json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+        h.update(dump(obj))
+        h.update(b"\0")
+
+    def put_list(values: Iterable[Any], prefix: bytes = b"", suffix: bytes = b"") -> None:
+        """`put(list(values))` with `prefix` after its "[" and `suffix` before its "]" (for a
+        list nested in a list), without the whole list in memory."""
+        h.update(b"[" + prefix)
+        first = True
+        for chunk in _chunks(values, _HASH_CHUNK):
+            h.update((b"" if first else b", ") + b", ".join(dump(v) for v in chunk))
+            first = False
+        h.update(suffix + b"]")
         h.update(b"\0")
 
     put(data.class_names)
-    put(data.ids.tolist())
-    put(data.labels.tolist())
+    put_list(data.ids[i:i + _HASH_CHUNK].tolist() for i in range(0, len(data), _HASH_CHUNK))
+    names = np.asarray(data.class_names, dtype=str)
+    put_list(names[data.label_ids[i:i + _HASH_CHUNK]].tolist()
+             for i in range(0, len(data), _HASH_CHUNK))
     for name in text_fields:
-        put([name, data.texts[name]])
+        # json.dumps([name, texts]): '["name", [...]]'
+        h.update(b"[" + dump(name) + b", ")
+        put_list([data.texts[name]], suffix=b"]")
     for name in image_fields:
         put(name)
         field = data.images[name]
         if field.paths is not None:
             for p in tqdm(field.paths, desc=f"hash images '{name}'", unit="img",
                           disable=not progress, leave=False):
-                try:
-                    h.update(hashlib.sha256(Path(p).read_bytes()).digest() if p else b"none")
-                except OSError as e:
-                    h.update(f"unreadable:{type(e).__name__}".encode())
+                h.update(_file_digest(p) if p else b"none")
         else:
             for start in range(0, len(field), 4096):
                 h.update(np.ascontiguousarray(
@@ -132,9 +150,39 @@ def content_hash(data: sources_lib.SourceData, text_fields: Sequence[str],
     return h.hexdigest()
 
 
+# Items a content hash encodes at a time.
+_HASH_CHUNK = 4096
+
+
+def _chunks(parts: Iterable[Any], size: int):
+    """Lists of up to `size` values from `parts`, an iterable of lists (or of one iterable)."""
+    chunk: list = []
+    for part in parts:
+        for value in part:
+            chunk.append(value)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _file_digest(path: str) -> bytes:
+    """sha256 of an image file's bytes, or what kept it from being read; nothing that is not a
+    regular file is opened (a named pipe would wait for a writer forever)."""
+    try:
+        check_input(path, "an image")
+        return hashlib.sha256(Path(path).read_bytes()).digest()
+    except OSError as e:
+        return f"unreadable:{type(e).__name__}".encode()
+    except UserError:
+        return b"unreadable:not a regular file"
+
+
 def find_bad_images(data: sources_lib.SourceData, image_fields: Sequence[str], *,
                     progress: bool = True) -> dict[str, str]:
-    """{item id: why} for every item whose image file is missing, unreadable or undecodable."""
+    """{item id: why} for every item whose image file is missing, unreadable, undecodable or
+    not a regular file."""
     from tqdm.auto import tqdm
 
     bad: dict[str, str] = {}
@@ -142,18 +190,21 @@ def find_bad_images(data: sources_lib.SourceData, image_fields: Sequence[str], *
         field = data.images[name]
         if field.paths is None:
             continue  # in-memory arrays: validated when the source built them
-        for item_id, p in tqdm(zip(data.ids.tolist(), field.paths), total=len(field),
+        ids = (item_id for i in range(0, len(data), _HASH_CHUNK)
+               for item_id in data.ids[i:i + _HASH_CHUNK].tolist())
+        for item_id, p in tqdm(zip(ids, field.paths), total=len(field),
                                desc=f"check images '{name}'", unit="img", disable=not progress,
                                leave=False):
             if not p:
                 reason = "no image path given"
-            elif not Path(p).is_file():
-                reason = f"missing file {p}"
             else:
                 try:
+                    check_input(p, "an image", missing=f"missing file {p}")
                     decode_image(p)
                     continue
-                except ValueError as e:  # BadImageError, which names the path
+                except FileNotFoundError as e:
+                    reason = str(e)
+                except ValueError as e:  # not a regular file; BadImageError, which names it
                     reason = str(e)
             bad.setdefault(item_id, f"{name}: {reason}")
     return bad
@@ -351,13 +402,45 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     if config.overwrite:
         _overwritten(output, workdir)  # refused at once, before any model is loaded
     # Only process 0 of a multi-process run writes, so only it holds the workdir.
-    with workdir_lock(workdir, "extract", take=distributed.is_primary()):
+    with workdir_lock(workdir, "extract", take=distributed.is_primary()), _compiling() as clock:
         return _run_extraction(config, workdir, output, shard_size, text_embedder,
-                               image_embedder)
+                               image_embedder, clock)
+
+
+# The events JAX records the time of for each compile: tracing, lowering, XLA's compile.
+_COMPILE_EVENTS = "/jax/core/compile/"
+_XLA_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def _compiling():
+    """A clock of the time JAX spends compiling inside the block (tracing, lowering and XLA's
+    compile, from `jax.monitoring`): yields a dict whose "seconds" and "programs" (XLA
+    compiles) grow as compiles finish, and whose "start" is the block's start."""
+    clock = {"seconds": 0.0, "programs": 0, "start": time.perf_counter()}
+
+    def record(event: str, duration: float, **_) -> None:
+        if event.startswith(_COMPILE_EVENTS):
+            clock["seconds"] += duration
+            clock["programs"] += event == _XLA_COMPILE
+
+    jax.monitoring.register_event_duration_secs_listener(record)
+    try:
+        yield clock
+    finally:
+        jax.monitoring.unregister_event_duration_listener(record)
+
+
+def _timing(clock: Mapping[str, float]) -> str:
+    """"123.4 s, 5.6 s of it (4.5%) compiling 7 XLA programs": the time since the clock
+    started and the compiles in it."""
+    spent = time.perf_counter() - clock["start"]
+    return (f"{spent:.1f} s, {clock['seconds']:.1f} s of it ({clock['seconds'] / spent:.1%}) "
+            f"compiling {clock['programs']} XLA programs")
 
 
 def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, text_embedder,
-                    image_embedder) -> Path:
+                    image_embedder, clock: Mapping[str, float]) -> Path:
     skipped_path = Workdir(workdir).skipped_images(output)
     shards_dir = Workdir(workdir).shards
     keep_shards = bool(config.keep_shards)
@@ -413,7 +496,8 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
         raise UserError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
                         f"{listing}\nFix or remove them, or pass "
                         "--config.skip_bad_images=True to leave those items out.")
-    keep = np.flatnonzero(~np.isin(data.ids, list(bad)))
+    keep = (np.flatnonzero(~np.isin(data.ids, list(bad))) if bad
+            else np.arange(len(data), dtype=np.int64))
     if len(keep) == 0:
         raise UserError("Every item has a bad image; nothing to embed.")
     if bad:
@@ -441,6 +525,8 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
                                 text_embedder, image_embedder, dim, progress, todo=todo)
     wait_for_all("embedded")
     if not primary:
+        logging.info("extract: process %d embedded its shards; %s.", jax.process_index(),
+                     _timing(clock))
         wait_for_all("assembled")
         return output
 
@@ -457,18 +543,19 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
         write_json_atomic(skipped_path, {"count": len(bad), "items": dict(sorted(bad.items()))})
     elif _is_skipped_report(skipped_path):
         skipped_path.unlink()
-    kept = data.subset(keep)
+    kept = data.subset(keep) if bad else data
     # A class left without items would be an empty row of every per-class metric.
-    present = set(kept.labels.tolist())
-    class_names = [c for c in kept.class_names if c in present]
+    counts = np.bincount(kept.label_ids, minlength=len(kept.class_names))
+    class_names = [c for c, n in zip(kept.class_names, counts) if n]
+    labels = (np.cumsum(counts > 0) - 1).astype(np.int64)[kept.label_ids]
     info = {"fingerprint": fingerprint, "fingerprint_parts": parts,
             "source": _jsonable(data.info), "dropped": data.dropped, "notes": data.notes,
             "skipped_images": len(bad), "text_model": parts["text_model"],
             "image_model": parts["image_model"]}
-    save_embeddings(output, shard_paths, class_ids(kept.labels, class_names),
-                    class_names, ids=kept.ids, segments=segments, info=info)
-    logging.info("extract: wrote %s: %d items x %d (%s).", output, len(keep), dim,
-                 " | ".join(f"{s.name} {s.size}" for s in segments))
+    save_embeddings(output, shard_paths, labels, class_names, ids=kept.ids, segments=segments,
+                    info=info)
+    logging.info("extract: wrote %s: %d items x %d (%s) in %s.", output, len(keep), dim,
+                 " | ".join(f"{s.name} {s.size}" for s in segments), _timing(clock))
     if not keep_shards:
         shutil.rmtree(shards_dir)
     wait_for_all("assembled")

@@ -29,7 +29,7 @@ from embaug_jax.report.tensorboard import TensorBoardLog
 from embaug_jax.report.statistics import check_bootstrap_resamples, check_selection_fraction
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.checkpoints import FINGERPRINT_KEYS
-from embaug_jax.train.driver import OnChunk, members_at_once, run_sweep
+from embaug_jax.train.driver import OnChunk, devices_per_member, members_at_once, run_sweep
 from embaug_jax.train.members import sweep_members
 from embaug_jax.train.mlp import HEADS
 from embaug_jax.train.optim import OPTIMIZERS, sweep_grid
@@ -69,6 +69,8 @@ def validate_config(config) -> None:
              "0 (every device of every process).")
     check_cpu_devices(config.get("cpu_devices", 0))
     members_at_once(config, jax.devices())  # a UserError if the value is out of range
+    # A UserError if a set value does not divide the devices (the features: once loaded).
+    devices_per_member(config, 1, n_dev or jax.device_count(), None)
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
              f"{registry.method_names()}.")
     for method in s.methods:

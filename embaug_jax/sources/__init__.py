@@ -12,6 +12,10 @@ Every source returns a `SourceData`. What a source drops, and what it keeps but 
 in `SourceData.dropped` / `SourceData.notes` (reason -> count) rather than silently absorbed;
 the extraction pipeline logs both and stores them in the dataset's `info`.
 
+A table is read in batches, never whole: its items' texts and image paths are
+`StreamedColumn`s, read from the file again when asked (`take(column, indices)` reads a shard's
+in one pass), so a table larger than memory can be embedded.
+
 Every source also takes the same sampling knobs, applied after loading and before anything
 expensive (reading descriptions, decoding images): `min_class_size` (drop classes with fewer
 items), `per_class` (keep at most this many per class) and `max_items` (then keep this many in
@@ -27,8 +31,10 @@ from embaug_jax.sources.fashion_products import load_fashion_products
 from embaug_jax.sources.items import (
     ImageField,
     SourceData,
+    StreamedColumn,
     sort_class_names,
     split_names,
+    take,
 )
 from embaug_jax.sources.sampling import select_items
 from embaug_jax.sources.table import load_table
@@ -37,9 +43,10 @@ from embaug_jax.sources.wordnet import WORDNET_LEXNAMES, load_wordnet
 from embaug_jax.util import UserError
 
 SOURCE_KINDS = ("table", "wordnet", "fashion_products", "tfds", "fashion_mnist")
-__all__ = ["FASHION_MNIST_CLASSES", "ImageField", "SOURCE_KINDS", "SourceData", "WORDNET_LEXNAMES",
-           "load_fashion_mnist", "load_fashion_products", "load_source", "load_table", "load_tfds",
-           "load_wordnet", "select_items", "sort_class_names", "split_names"]
+__all__ = ["FASHION_MNIST_CLASSES", "ImageField", "SOURCE_KINDS", "SourceData", "StreamedColumn",
+           "WORDNET_LEXNAMES", "load_fashion_mnist", "load_fashion_products", "load_source",
+           "load_table", "load_tfds", "load_wordnet", "select_items", "sort_class_names",
+           "split_names", "take"]
 
 _LOADERS = {"table": load_table, "wordnet": load_wordnet,
             "fashion_products": load_fashion_products, "tfds": load_tfds,

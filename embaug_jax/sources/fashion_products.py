@@ -18,7 +18,7 @@ from embaug_jax.sources.items import (
     sort_class_names,
 )
 from embaug_jax.sources.sampling import apply_sampling
-from embaug_jax.sources.table import decode_text
+from embaug_jax.sources.table_reader import decode_text
 from embaug_jax.util import UserError, check_input
 
 _TAG = re.compile(r"<[^>]*>")

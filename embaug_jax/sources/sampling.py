@@ -19,14 +19,30 @@ def select_items(labels: Sequence[str], *, min_class_size: int = 0, per_class: i
     (a class smaller than its share keeps all, and the rest is re-shared among the others).
     Which items a class keeps is a seeded permutation, so the choice is the same on every run.
     """
+    names, label_ids = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    return select_classified(label_ids, names.tolist(), min_class_size=min_class_size,
+                             per_class=per_class, max_items=max_items, seed=seed)
+
+
+def select_classified(label_ids: np.ndarray, class_names: Sequence[str], *,
+                      min_class_size: int = 0, per_class: int = 0, max_items: int = 0,
+                      seed: int = 0) -> tuple[np.ndarray, dict[str, int]]:
+    """`select_items` of labels given as indices into `class_names`: the same choice as
+    `select_items(np.asarray(class_names)[label_ids], ...)`, without the labels' strings."""
     for name, v in (("min_class_size", min_class_size), ("per_class", per_class),
                     ("max_items", max_items)):
         if int(v) < 0:
             raise UserError(f"config.source.{name} must be >= 0 (0 = no limit), got {v}.")
-    labels = np.asarray(labels, dtype=str)
+    label_ids = np.asarray(label_ids).reshape(-1)
     dropped: dict[str, int] = {}
-    classes, inverse = np.unique(labels, return_inverse=True)
-    members = [np.flatnonzero(inverse == c) for c in range(len(classes))]
+    counts = np.bincount(label_ids, minlength=len(class_names))
+    # Each class's items in source order; the classes present, in the order of their names
+    # (as np.unique sorts the labels).
+    by_class = np.split(np.argsort(label_ids, kind="stable"), np.cumsum(counts)[:-1])
+    present = sorted((c for c in range(len(class_names)) if counts[c]),
+                     key=lambda c: str(class_names[c]))
+    classes = [str(class_names[c]) for c in present]
+    members = [by_class[c] for c in present]
     keep_class = [len(m) >= min_class_size for m in members]
     add_count(dropped, f"class smaller than min_class_size={min_class_size}",
               sum(len(m) for m, k in zip(members, keep_class) if not k))
@@ -74,18 +90,23 @@ def _water_fill(sizes: np.ndarray, total: int) -> np.ndarray:
 
 
 def apply_sampling(labels: Sequence[str], src: Any) -> tuple[np.ndarray, dict[str, int]]:
-    return select_items(labels, min_class_size=int(src.min_class_size),
-                        per_class=int(src.per_class), max_items=int(src.max_items),
-                        seed=int(src.seed))
+    """`select_items` with the sampling knobs of `config.source`."""
+    names, label_ids = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    return _apply_classified(label_ids, names.tolist(), src)
+
+
+def _apply_classified(label_ids: np.ndarray, class_names: Sequence[str], src: Any):
+    return select_classified(label_ids, class_names, min_class_size=int(src.min_class_size),
+                             per_class=int(src.per_class), max_items=int(src.max_items),
+                             seed=int(src.seed))
 
 
 def finish(data: SourceData, src: Any) -> SourceData:
     """Applies the shared sampling knobs; classes left without items are removed."""
-    indices, dropped = apply_sampling(data.labels, src)
+    indices, dropped = _apply_classified(data.label_ids, data.class_names, src)
     if len(indices) != len(data):
         data = data.subset(indices)
-    present = set(data.labels.tolist())
-    data.class_names = [c for c in data.class_names if c in present]
+    data.drop_empty_classes()
     for reason, count in dropped.items():
         add_count(data.dropped, reason, count)
     if len(data) == 0:

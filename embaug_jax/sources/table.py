@@ -1,12 +1,17 @@
-"""Tables (CSV, TSV, JSONL, Parquet): how users bring their own data."""
+"""Tables (CSV, TSV, JSONL, Parquet): how users bring their own data.
+
+A table is read in batches (`table_reader.TableReader`), never whole: one pass at load checks
+every row and keeps, per kept item, its id, its label's index and its row number; the texts and
+image paths stay in the file and are read again, a batch at a time, when the pipeline asks for
+them (`items.StreamedColumn`). Memory then grows with the items' ids and the classes, not with
+the table's texts, so a table larger than memory can be embedded.
+"""
 
 from __future__ import annotations
 
-import codecs
-import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import logging
@@ -14,202 +19,20 @@ from absl import logging
 from embaug_jax.sources.items import (
     ImageField,
     SourceData,
+    StreamedColumn,
     add_count,
     check_choice,
     sort_class_names,
     split_names,
 )
 from embaug_jax.sources.sampling import finish
-from embaug_jax.util import UserError, check_input, list_first
+from embaug_jax.sources.table_reader import TableReader, check_encoding, table_format
+from embaug_jax.util import UserError, check_input
 
-_TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
-                  ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-_FORMATS = ("csv", "tsv", "jsonl", "parquet")
-# The compressions pandas infers from a file name (`compression="infer"`), by suffix.
-_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}
-# Leading bytes of each compressed format, and of binary tables: a text decoder fed these would
-# turn them into garbage tokens, so the error must never suggest decoding them anyway.
-_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"PK\x03\x04", "zip"),
-          (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"PAR1", "parquet"))
-# Byte-order marks and the encoding family each names; UTF-32-LE's mark starts with UTF-16-LE's,
-# so it is tested first.
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"),
-         (codecs.BOM_UTF16_BE, "utf-16"))
-# Bytes sampled for NULs, the sign of binary data or of UTF-16/32 text.
-_SAMPLE = 8192
-
-
-def table_format(path: Path, fmt: str = "", compression: str = "") -> tuple[str, str | None]:
-    """(format, compression or None) of a table file: as given, else from its name.
-
-    "items.csv.gz" is gzip-compressed CSV, "items.jsonl.zst" zstd-compressed JSONL, as in pandas'
-    `compression="infer"`; compression "none" reads the file as it is.
-    """
-    suffixes = [s.lower() for s in path.suffixes]
-    inferred = _COMPRESSIONS.get(suffixes[-1]) if suffixes else None
-    if inferred:
-        suffixes = suffixes[:-1]
-    compression = str(compression or "").lower()
-    if compression in ("", "infer"):
-        compression = inferred
-    elif compression == "none":
-        compression = None
-    elif compression not in _COMPRESSIONS.values():
-        raise UserError(f"config.source.compression={compression!r} is not one of "
-                         f"{sorted(set(_COMPRESSIONS.values()))}, 'none' or '' (from the name).")
-    given = str(fmt or "").lower()
-    if given and given not in _FORMATS:
-        raise UserError(f"config.source.format={fmt!r} is not a table format embaug_jax reads; "
-                        f"set config.source.format to one of {', '.join(_FORMATS)}, or to '' to "
-                        "tell the format from the file's extension. (Save a spreadsheet as CSV "
-                        "first.)")
-    fmt = given or (_TABLE_FORMATS.get(suffixes[-1]) if suffixes else None)
-    if fmt is None:
-        raise UserError(f"Cannot tell the format of {path.name} from its extension; set "
-                        f"config.source.format to one of {', '.join(_FORMATS)} (a compressed "
-                        "table is named like items.csv.gz).")
-    return fmt, compression
-
-
-def _check_encoding(encoding: str) -> str:
-    """`encoding` if Python can decode text with it, else a UserError saying how to name one."""
-    try:
-        # LookupError for unknown names and for codecs of bytes to bytes (base64, zlib); an empty
-        # input would skip the lookup.
-        b"x".decode(str(encoding), errors="ignore")
-    except (LookupError, UnicodeError):
-        raise UserError(
-            f"config.source.encoding={encoding!r} is not a text encoding Python knows. Name one "
-            "as Python's codecs do: utf-8 (the default), utf-8-sig, utf-16 (with a byte-order "
-            "mark), utf-16-le or utf-16-be (without), latin-1, cp1252, shift_jis, gb18030, ... "
-            "(the list: https://docs.python.org/3/library/codecs.html#standard-encodings)."
-        ) from None
-    return str(encoding)
-
-
-def _read_bytes(path: Path, compression: str | None) -> bytes:
-    """The file's bytes, decompressed the way pandas does (`pandas.io.common.get_handle`)."""
-    if compression is None:
-        return path.read_bytes()
-    from pandas.io.common import get_handle
-
-    try:
-        with get_handle(path, "rb", compression=compression, is_text=False) as handles:
-            return handles.handle.read()
-    except ImportError as e:  # zstd needs the zstandard package
-        raise ImportError(f"{path}: reading {compression} needs an extra package: {e}") from e
-    except (OSError, EOFError, ValueError) as e:  # bad gzip/xz/bz2 data, zip of several files
-        raise UserError(f"{path}: cannot decompress it as {compression} ({e}). Check the file "
-                         "(is it complete?), or set config.source.compression to how it is "
-                         "really compressed ('none' if it is not).") from None
-
-
-def _binary_kind(raw: bytes) -> str | None:
-    """What binary data `raw` starts with (a compression, parquet), None if it may be text."""
-    for magic, kind in _MAGIC:
-        if raw.startswith(magic):
-            return kind
-    return None
-
-
-def _bom_family(raw: bytes) -> str | None:
-    """The encoding family ("utf-8", "utf-16", "utf-32") whose byte-order mark starts `raw`."""
-    return next((family for mark, family in _BOMS if raw.startswith(mark)), None)
-
-
-def _wide_text_guess(raw: bytes) -> str | None:
-    """"utf-16-le" (or -be, utf-32-le, -be) for text without a byte-order mark whose
-    characters are mostly ASCII: NULs fill the same byte positions of each character."""
-    n = len(raw[:_SAMPLE]) // 4 * 4
-    if n == 0:
-        return None
-    # Share of NULs at each byte position modulo 4.
-    nul = [raw[i:n:4].count(0) / (n // 4) for i in range(4)]
-    layouts = {"utf-16-le": (1, 3), "utf-16-be": (0, 2), "utf-32-le": (1, 2, 3),
-               "utf-32-be": (0, 1, 2)}
-    for name, zero in layouts.items():
-        if all(nul[i] > 0.5 if i in zero else nul[i] < 0.1 for i in range(4)):
-            return name
-    return None
-
-
-def decode_text(raw: bytes, path: Path, encoding: str, errors: str) -> str:
-    """A text table's bytes as text; binary data and text of another width are refused.
-
-    Compressed data or Parquet is never decoded (not even with errors="replace": a tokenizer would
-    get garbage); UTF-16 or UTF-32 text read as a narrow encoding names the encoding to set. A
-    leading byte-order mark is dropped: it is no part of the first column's name.
-    """
-    kind = _binary_kind(raw)
-    if kind is not None:
-        suffix = {v: k for k, v in _COMPRESSIONS.items()}.get(kind)
-        fix = (f"name it {path.name}{suffix} or set config.source.compression={kind}" if suffix
-               else "name it .parquet or set config.source.format=parquet")
-        raise UserError(f"{path} holds {kind} data, not text: {fix}.")
-    family = codecs.lookup(encoding).name
-    bom = _bom_family(raw)
-    if bom in ("utf-16", "utf-32") and not family.startswith(bom):
-        raise UserError(f"{path} is {bom.upper()} text (it starts with a {bom.upper()} "
-                        f"byte-order mark), not {encoding}: pass "
-                        f"--config.source.encoding={bom}.")
-    if not family.startswith(("utf-16", "utf-32")) and b"\0" in raw[:_SAMPLE]:
-        guess = _wide_text_guess(raw)
-        if guess:
-            raise UserError(f"{path} looks like {guess.upper()} text without a byte-order mark "
-                            f"(NUL bytes between its letters), not {encoding}: pass "
-                            f"--config.source.encoding={guess}.")
-        raise UserError(f"{path} holds binary data, not text: give the table itself (CSV, TSV, "
-                        "JSONL or Parquet).")
-    try:
-        text = raw.decode(encoding, errors=errors)
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise UserError(
-            f"{path}: line {line} is not valid {encoding} ({e.reason} at byte {e.start}). Fix the "
-            f"file, set config.source.encoding to its real encoding, or pass "
-            f"--config.source.encoding_errors=replace to replace undecodable bytes.") from None
-    return text.removeprefix("\ufeff")
-
-
-def _read_table(path: Path, fmt: str, encoding: str, encoding_errors: str,
-                compression: str | None = None):
-    import pandas as pd
-
-    raw = _read_bytes(path, compression)
-    if not raw:
-        size = "0 bytes" if compression is None else "nothing once decompressed"
-        raise UserError(f"{path} is empty ({size}): a table needs a header row and at least one "
-                        "data row (config.source.path).")
-    if fmt == "parquet":
-        return pd.read_parquet(io.BytesIO(raw))
-    text = decode_text(raw, path, encoding, encoding_errors)
-    del raw
-    if not text.strip():
-        raise UserError(f"{path} holds only whitespace: a table needs a header row and at least "
-                        "one data row (config.source.path).")
-    if fmt in ("csv", "tsv"):
-        # Every cell as a string, empty cells as "" (not NaN), so ids like "007" survive.
-        try:
-            return pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str,
-                               keep_default_na=False, na_filter=False)
-        except pd.errors.ParserError as e:
-            raise UserError(f"{path}: not a well-formed {fmt.upper()} file: {e}") from None
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {lineno} is not valid JSON: {e.msg}.") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}: line {lineno} is a JSON {type(row).__name__}, expected an "
-                            "object with one key per column.")
-        rows.append(row)
-    # Each cell keeps its JSON value: a column of integers with a gap stays integers (not floats
-    # that would name class 3 "3.0"), and a label's type can be checked.
-    return pd.DataFrame(rows, dtype=object)
+# Row numbers a message names before "... and K more" (as `util.list_first`).
+_SHOWN = 10
+# A text column empty in more than this share of its rows is probably the wrong column.
+_MOSTLY_EMPTY = 0.5
 
 
 def _cell_text(value: Any) -> str | None:
@@ -235,68 +58,204 @@ def _value_kind(value: Any) -> str:
     return "string"
 
 
-def _check_label_values(values: list[Any], column: str, path: Path) -> None:
-    """Refuses labels that are not one kind of single value.
+class _Rows:
+    """Row numbers counted as a table streams by, the first few kept for a message."""
+
+    def __init__(self):
+        self.count, self.first = 0, []
+
+    def add(self, rows: np.ndarray | Sequence[int]) -> None:
+        rows = np.asarray(rows, np.int64)
+        if len(self.first) < _SHOWN:
+            self.first += rows[:_SHOWN - len(self.first)].tolist()
+        self.count += len(rows)
+
+    def __str__(self) -> str:
+        shown = ", ".join(map(str, self.first))
+        more = self.count - len(self.first)
+        return shown + (f", ... and {more} more" if more > 0 else "")
+
+
+class _TextCounts:
+    """What the empty-text policy needs of one text column, counted over the batches."""
+
+    def __init__(self):
+        self.rows = 0  # rows kept before this column's policy applies
+        self.empty_kept = 0  # empty among them
+        self.empty = _Rows()  # empty in any row, labelled or not
+
+
+class _Scan:
+    """The one pass over a table at load: checks and counts, and per kept item its row number,
+    its label's index (in order of first appearance) and its id."""
+
+    def __init__(self, text_columns: list[str], id_column: str, empty_policy: str):
+        self.text_columns, self.id_column, self.empty_policy = text_columns, id_column, empty_policy
+        self.rows = 0
+        self.kinds: dict[str, _Rows] = {}  # label value kind -> rows
+        self.nested_example: Any = None
+        self.missing = _Rows()
+        self.texts = {c: _TextCounts() for c in text_columns}
+        self.empty_ids = _Rows()
+        self.classes: dict[str, int] = {}
+        self.kept_rows: list[np.ndarray] = []
+        self.kept_labels: list[np.ndarray] = []
+        self.kept_ids: list[np.ndarray] = []
+
+    def add(self, start: int, cells: dict[str, list[Any]], label_column: str) -> None:
+        values = cells[label_column]
+        n = len(values)
+        labels = [_cell_text(v) for v in values]
+        for row, (value, label) in enumerate(zip(values, labels)):
+            if label is not None:  # missing labels are the missing_labels policy's
+                kind = _value_kind(value)
+                if kind == "list or object" and self.nested_example is None:
+                    self.nested_example = value
+                self.kinds.setdefault(kind, _Rows()).add([start + row])
+        labelled = np.array([label is not None for label in labels], bool)
+        self.missing.add(start + np.flatnonzero(~labelled))
+        keep = labelled
+        for column in self.text_columns:
+            empty = np.array([_cell_text(v) is None for v in cells[column]], bool)
+            counts = self.texts[column]
+            counts.rows += int(keep.sum())
+            counts.empty_kept += int((empty & keep).sum())
+            counts.empty.add(start + np.flatnonzero(empty))
+            if self.empty_policy == "drop":
+                keep = keep & ~empty
+        kept = np.flatnonzero(keep)
+        if self.id_column:
+            ids = [_cell_text(cells[self.id_column][i]) or "" for i in kept.tolist()]
+            self.empty_ids.add(start + kept[[not i for i in ids]])
+            self.kept_ids.append(np.asarray(ids, dtype=str))
+        self.kept_rows.append(start + kept)
+        self.kept_labels.append(np.array(
+            [self.classes.setdefault(labels[i], len(self.classes)) for i in kept.tolist()],
+            np.int32))
+        self.rows += n
+
+
+class _TableStore:
+    """The text and image-path columns of a table, read again in batches when asked: the
+    store of its `StreamedColumn`s. Requests for ascending rows, shard after shard, continue
+    one pass through the file; the cells of the last request are kept, so each field of a
+    shard reads the same rows once."""
+
+    def __init__(self, reader: TableReader, convert: dict[str, Callable[[Any], Any]]):
+        self._reader, self._convert = reader, convert
+        self._batches = None
+        self._batch: tuple[int, dict[str, list[Any]]] | None = None
+        self._last: tuple[np.ndarray, dict[str, list[Any]]] | None = None
+
+    def _restart(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+        self._batches = self._reader.batches(list(self._convert))
+        self._batch = None
+        self._next_batch()
+
+    def _next_batch(self) -> None:
+        try:
+            self._batch = next(self._batches)
+        except StopIteration:
+            raise UserError(f"{self._reader.path} has fewer rows than when it was loaded; run "
+                            "the command again once the table is complete.") from None
+
+    def values(self, name: str, rows: np.ndarray) -> list[Any]:
+        rows = np.asarray(rows, np.int64)
+        if self._last is None or not np.array_equal(self._last[0], rows):
+            self._last = (rows.copy(), self._cells(rows))
+        convert = self._convert[name]
+        return [convert(v) for v in self._last[1][name]]
+
+    def _cells(self, rows: np.ndarray) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {c: [] for c in self._convert}
+        if not len(rows):
+            return out
+        if self._batch is None or rows[0] < self._batch[0]:
+            self._restart()
+        i = 0
+        while i < len(rows):
+            start, cells = self._batch
+            end = start + len(next(iter(cells.values())))
+            if rows[i] >= end:
+                self._next_batch()
+                continue
+            j = int(np.searchsorted(rows, end, side="left"))
+            local = (rows[i:j] - start).tolist()
+            for column, values in cells.items():
+                out[column].extend(values[k] for k in local)
+            i = j
+        return out
+
+
+def _image_path(table: Path) -> Callable[[Any], str | None]:
+    def resolve(cell: Any) -> str | None:
+        value = _cell_text(cell)
+        if value is None:
+            return None
+        return str((table.parent / value).resolve() if not Path(value).is_absolute()
+                   else Path(value))
+
+    return resolve
+
+
+def _text(cell: Any) -> str:
+    return _cell_text(cell) or ""
+
+
+def _check_labels(scan: _Scan, column: str, path: Path, missing_policy: str) -> None:
+    """Refuses labels that are not one kind of single value, and missing labels under
+    missing_labels=error.
 
     A list or an object (JSON, Parquet) is no class name, and mixed kinds change the classes
     silently: 3 and "3" would become one class, 3 and 3.0 two.
     """
-    rows: dict[str, list[int]] = {}
-    for row, value in enumerate(values):
-        if _cell_text(value) is not None:  # missing labels are the missing_labels policy's
-            rows.setdefault(_value_kind(value), []).append(row)
-    nested = rows.pop("list or object", [])
-    if nested:
-        example = json.dumps(values[nested[0]], default=str)[:60]
+    kinds = dict(scan.kinds)
+    nested = kinds.pop("list or object", None)
+    if nested is not None:
+        example = json.dumps(scan.nested_example, default=str)[:60]
         raise UserError(
-            f"{path.name}: label column {column!r} holds a list or an object in {len(nested)} "
-            f"rows (data rows {list_first(nested)}, 0-based; e.g. {example}); a label is one "
-            "class name, a string or a number. Make each label a single value, or pick another "
+            f"{path.name}: label column {column!r} holds a list or an object in {nested.count} "
+            f"rows (data rows {nested}, 0-based; e.g. {example}); a label is one class name, a "
+            "string or a number. Make each label a single value, or pick another "
             "config.source.label_column.")
-    if len(rows) > 1:
-        kinds = "; ".join(f"{kind}s in rows {list_first(r)}" for kind, r in
-                          sorted(rows.items(), key=lambda item: -len(item[1])))
+    if len(kinds) > 1:
+        listed = "; ".join(f"{kind}s in rows {rows}" for kind, rows in
+                           sorted(kinds.items(), key=lambda item: -item[1].count))
         raise UserError(
-            f"{path.name}: label column {column!r} mixes value types ({kinds}; data rows, "
+            f"{path.name}: label column {column!r} mixes value types ({listed}; data rows, "
             "0-based): 3 and \"3\" would become one class, 3 and 3.0 two. Write every label "
             "the same way (e.g. all as strings).")
+    if scan.missing.count and missing_policy == "error":
+        raise UserError(f"Label column {column!r} is empty in {scan.missing.count} rows "
+                        f"(data rows {scan.missing}, 0-based). Fill them, or set "
+                        "config.source.missing_labels=drop to leave those rows out.")
 
 
-# A text column empty in more than this share of its rows is probably the wrong column.
-_MOSTLY_EMPTY = 0.5
-
-
-def _table_texts(columns: dict[str, list[Any]], policy: str, notes: dict[str, int],
-                 keep: np.ndarray, path: Path) -> dict[str, list[str]]:
-    """Applies the empty-text policy; marks rows to drop in `keep` (in place).
+def _check_texts(scan: _Scan, path: Path, notes: dict[str, int]) -> None:
+    """Applies the empty-text policy's checks and counts, column after column.
 
     A column empty in every (labelled) row is an error whatever the policy: it would embed as N
     identical vectors. One empty in most rows is kept, with a warning giving the count.
     """
-    texts = {}
-    for name, values in columns.items():
-        cells = [_cell_text(v) for v in values]
-        empty = np.array([c is None for c in cells], bool)
-        n_rows, n_empty = int(keep.sum()), int((empty & keep).sum())
-        if n_rows and n_empty == n_rows:
-            raise UserError(f"{path.name}: text column {name!r} is empty in all {n_rows} rows; "
-                            "it would embed every item as the same vector. Check "
+    policy = scan.empty_policy
+    for name, counts in scan.texts.items():
+        if counts.rows and counts.empty_kept == counts.rows:
+            raise UserError(f"{path.name}: text column {name!r} is empty in all {counts.rows} "
+                            "rows; it would embed every item as the same vector. Check "
                             "config.source.text_columns (a misspelt or unfilled column?).")
-        if policy == "keep" and n_empty > _MOSTLY_EMPTY * n_rows:
+        if policy == "keep" and counts.empty_kept > _MOSTLY_EMPTY * counts.rows:
             logging.warning("%s: text column %r is empty in %d of %d rows (kept as '', each "
                             "embedded as the same vector); config.source.empty_texts=drop "
-                            "leaves them out.", path.name, name, n_empty, n_rows)
-        if empty.any():
+                            "leaves them out.", path.name, name, counts.empty_kept, counts.rows)
+        if counts.empty.count:
             if policy == "error":
-                raise UserError(f"Text column {name!r} is empty in {int(empty.sum())} rows "
-                                f"(data rows {list_first(np.flatnonzero(empty))}, 0-based). Fill "
-                                "them, or set config.source.empty_texts to 'keep' or 'drop'.")
-            if policy == "drop":
-                keep &= ~empty
-            else:
-                add_count(notes, f"empty text '{name}' (kept as '')", (empty & keep).sum())
-        texts[name] = [c or "" for c in cells]
-    return texts
+                raise UserError(f"Text column {name!r} is empty in {counts.empty.count} rows "
+                                f"(data rows {counts.empty}, 0-based). Fill them, or set "
+                                "config.source.empty_texts to 'keep' or 'drop'.")
+            if policy == "keep":
+                add_count(notes, f"empty text '{name}' (kept as '')", counts.empty_kept)
 
 
 def load_table(src: Any) -> SourceData:
@@ -309,6 +268,9 @@ def load_table(src: Any) -> SourceData:
     `empty_texts`: "keep" (default; embedded as "" -- [CLS][SEP] only -- and counted), "drop"
     or "error"; `encoding` (default "utf-8") and `encoding_errors`: "strict" (default: an error
     naming the line) or "replace".
+
+    The table is read in batches (see the module doc): the texts and image paths of the items
+    are `StreamedColumn`s, read from the file again when asked.
     """
     path = Path(str(src.path))
     if not str(src.path):
@@ -317,11 +279,12 @@ def load_table(src: Any) -> SourceData:
     check_input(path, "the table, config.source.path",
                 missing=f"Table {path} does not exist (config.source.path).")
     fmt, compression = table_format(path, src.format, src.compression)
-    encoding = _check_encoding(src.encoding)
+    encoding = check_encoding(src.encoding)
     missing_policy = check_choice("missing_labels", src.missing_labels, ("drop", "error"))
     empty_policy = check_choice("empty_texts", src.empty_texts, ("keep", "drop", "error"))
     errors = check_choice("encoding_errors", src.encoding_errors, ("strict", "replace"))
-    frame = _read_table(path, fmt, encoding, errors, compression)
+    reader = TableReader(path, fmt, compression, encoding, errors)
+    header = reader.columns()  # None for JSONL: its columns are known after the pass
 
     text_columns = split_names(src.text_columns)
     image_columns = split_names(src.image_columns)
@@ -333,55 +296,56 @@ def load_table(src: Any) -> SourceData:
         raise UserError("Set config.source.text_columns and/or config.source.image_columns "
                         "(comma-separated column names).")
     wanted = [*text_columns, *image_columns, label_column, *([id_column] if id_column else [])]
-    available = [str(c) for c in frame.columns]
-    unknown = [c for c in wanted if c not in available]
-    if unknown:
-        raise UserError(f"{path.name} has no column(s) {unknown}; its columns are {available}.")
 
-    n = len(frame)
-    if n == 0:
+    def check_columns(available: list[str]) -> None:
+        unknown = [c for c in wanted if c not in available]
+        if unknown:
+            raise UserError(f"{path.name} has no column(s) {unknown}; its columns are "
+                            f"{available}.")
+
+    if header is not None:
+        check_columns(header)
+    scan = _Scan(text_columns, id_column, empty_policy)
+    seen: dict[str, None] = {}
+    read = list(dict.fromkeys([label_column, *([id_column] if id_column else []),
+                               *text_columns]))
+    for start, cells in reader.batches(read, seen_columns=seen):
+        scan.add(start, cells, label_column)
+    available = header if header is not None else list(seen)
+    check_columns(available)
+    if scan.rows == 0:
         raise UserError(f"{path} has a header ({', '.join(available)}) but no data rows.")
+
     dropped: dict[str, int] = {}
     notes: dict[str, int] = {}
-    label_values = frame[label_column].tolist()
-    _check_label_values(label_values, label_column, path)
-    labels = [_cell_text(v) for v in label_values]
-    missing = np.array([label is None for label in labels], bool)
-    if missing.any() and missing_policy == "error":
-        raise UserError(f"Label column {label_column!r} is empty in {int(missing.sum())} rows "
-                        f"(data rows {list_first(np.flatnonzero(missing))}, 0-based). Fill them, "
-                        "or set config.source.missing_labels=drop to leave those rows out.")
-    keep = ~missing
-    add_count(dropped, "missing label", missing.sum())
-    ids = ([_cell_text(v) or "" for v in frame[id_column].tolist()] if id_column
-           else [str(i) for i in range(n)])
-    n_keep_before = int(keep.sum())
-    texts = _table_texts({c: frame[c].tolist() for c in text_columns}, empty_policy, notes, keep,
-                         path)
-    add_count(dropped, "empty text", n_keep_before - keep.sum())
-    images = {}
-    for column in image_columns:
-        paths = []
-        for cell in frame[column].tolist():
-            value = _cell_text(cell)
-            paths.append(None if value is None else str((path.parent / value).resolve()
-                                                        if not Path(value).is_absolute()
-                                                        else Path(value)))
-        images[column] = ImageField(paths=tuple(paths))
-    rows = np.flatnonzero(keep)
-    empty_ids = [int(r) for r in rows if not ids[r]]
-    if empty_ids:
-        raise UserError(f"Id column {id_column!r} is empty in {len(empty_ids)} rows (data rows "
-                        f"{list_first(empty_ids)}, 0-based); every item needs an id.")
-    kept_labels = [labels[i] for i in rows]
+    _check_labels(scan, label_column, path, missing_policy)
+    add_count(dropped, "missing label", scan.missing.count)
+    _check_texts(scan, path, notes)
+    rows = np.concatenate(scan.kept_rows)
+    add_count(dropped, "empty text", scan.rows - scan.missing.count - len(rows))
+    if scan.empty_ids.count:
+        raise UserError(f"Id column {id_column!r} is empty in {scan.empty_ids.count} rows (data "
+                        f"rows {scan.empty_ids}, 0-based); every item needs an id.")
+    if id_column:
+        ids = np.concatenate(scan.kept_ids)
+    else:  # row numbers, as wide as the longest of them
+        ids = rows.astype(f"<U{len(str(int(rows.max()))) if len(rows) else 1}")
+    scan.kept_ids.clear()
+    label_ids = np.concatenate(scan.kept_labels)
+    # The classes of the kept items, in natural order; the scan numbered them as they came.
+    names = list(scan.classes)
+    present = np.unique(label_ids)
+    class_names = sort_class_names([names[c] for c in present.tolist()])
+    order = {name: i for i, name in enumerate(class_names)}
+    position = np.zeros(max(1, len(names)), np.int32)
+    position[present] = [order[names[c]] for c in present.tolist()]
+    store = _TableStore(reader, {**{c: _text for c in text_columns},
+                                 **{c: _image_path(path) for c in image_columns}})
     data = SourceData(
-        ids=[ids[i] for i in rows], labels=kept_labels, class_names=sort_class_names(kept_labels),
-        texts={k: [v[i] for i in rows] for k, v in texts.items()},
-        images={k: v.subset(rows) for k, v in images.items()},
+        ids=ids, label_ids=position[label_ids], class_names=class_names,
+        texts={c: StreamedColumn(store, c, rows) for c in text_columns},
+        images={c: ImageField(paths=StreamedColumn(store, c, rows)) for c in image_columns},
+        dropped=dropped, notes=notes,
         info={"kind": "table", "path": str(path.resolve()), "format": fmt,
-              "compression": compression or "none", "rows": n})
-    data.dropped.update(dropped)
-    data.notes.update(notes)
+              "compression": compression or "none", "rows": scan.rows})
     return finish(data, src)
-
-

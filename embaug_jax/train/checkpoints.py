@@ -70,9 +70,9 @@ def save(manager, epoch: int, states: dict, history: dict[str, np.ndarray],
 
 
 def restore(manager, epoch: int, states: dict, history: dict[str, np.ndarray],
-            groups: Sequence[Group], sharding) -> tuple[dict, dict[str, np.ndarray]]:
+            groups: Sequence[Group]) -> tuple[dict, dict[str, np.ndarray]]:
     """Restores the checkpoint of `epoch` into the shapes of `states` (this run's padded group
-    states) and `history`, and places every group with `sharding`.
+    states, placed) and `history`, each leaf placed as its counterpart in `states` is.
 
     Every process reads the whole (small) checkpoint into host memory and places its own shards
     from there, so a checkpoint written by any number of processes and devices restores onto any
@@ -90,7 +90,7 @@ def restore(manager, epoch: int, states: dict, history: dict[str, np.ndarray],
         raise ValueError(f"the checkpoint at {manager.directory} (epoch {epoch}) does not fit "
                          f"this run ({e}); use a new workdir or delete the checkpoints.") from e
     # Padded on the host: device_put then places only this process's shards.
-    states = {g.name: jax.device_put(jax.tree.map(lambda x, padded: np.concatenate(
-        [x, np.repeat(x[-1:], padded.shape[0] - x.shape[0], 0)]), restored["state"][g.name],
-        states[g.name]), sharding) for g in groups}
+    states = {g.name: jax.tree.map(lambda x, padded: jax.device_put(np.concatenate(
+        [x, np.repeat(x[-1:], padded.shape[0] - x.shape[0], 0)]), padded.sharding),
+        restored["state"][g.name], states[g.name]) for g in groups}
     return states, {k: np.asarray(restored["history"][k]) for k in history}

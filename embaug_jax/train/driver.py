@@ -7,6 +7,15 @@ member-sharded program per group present is compiled (`compiled_group`: vmapped 
 accelerators, one member after another on each CPU device). A method registered in
 `embaug_jax.registry` joins its kind's program; the driver needs no change for it.
 
+Devices. Each group trains on a ("members", "features") mesh of all the devices
+(`group_mesh`): its members are sharded over the first axis, and each member is split over the
+devices of the second by its embedding's features (`program.make_program`'s features axis:
+each device the gradient of its block of the first layer, one all-reduce of the first layer's
+[rows, hidden] outputs per step). `devices_per_member` picks the features axis from the
+group's size and the device count: a group with fewer members than devices lends the idle
+devices to its members (a lone member trains on every device), one with at least as many is
+sharded over members alone.
+
 Data. Training gathers only from the training rows of every trial, so only those (their union)
 are placed on each device; evaluation computes only the validation rows, streamed from the host
 (a memory-mapped dataset stays on disk) in blocks of `config.eval_block_rows`, so the device
@@ -55,6 +64,7 @@ from embaug_jax.train.result import SweepResult
 from embaug_jax.util import UserError, large_dot_compiler_options, on_cpus, reuse_freed_memory
 
 _METRIC_NAMES = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
+_MESH_AXES = ("members", "features")
 OnChunk = Callable[[dict[str, np.ndarray], int], Any]
 
 
@@ -105,10 +115,49 @@ def _pad(tree, multiple: int):
     return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, 0)]), tree)
 
 
+def devices_per_member(config, num_members: int, num_devices: int,
+                       num_features: int | None) -> int:
+    """Devices each member is split over (the features axis of `group_mesh`) for a group of
+    `num_members` members of `num_features`-dimensional embeddings on `num_devices` devices.
+
+    `config.devices_per_member` when set (it must divide the device count and the features;
+    `num_features` None: not known yet, not checked). When None, the most devices that add no
+    round of members: the largest d dividing both num_devices and num_features for which each
+    device still trains ceil(M / N) members in turn, as sharded over members alone. So a group
+    of M < N members whose size divides N runs on N / M devices per member, a lone member on
+    all N (features permitting), and M >= N members on one device each (d = 1: the
+    members-only layout). A split never makes a device train more members than the
+    members-only layout would.
+    """
+    n = config.get("devices_per_member")
+    divides_features = lambda d: num_features is None or num_features % d == 0
+    if n is not None:
+        n = int(n)
+        if n < 1 or num_devices % n or not divides_features(n):
+            raise UserError(
+                f"config.devices_per_member={n} must be >= 1 and divide the {num_devices} "
+                "device(s)" + ("" if num_features is None else
+                               f" and the embeddings' {num_features} features")
+                + "; use None (auto), 1 (each member on one device) or a common divisor.")
+        return n
+    rounds = -(-num_members // num_devices)
+    return max(d for d in range(1, num_devices + 1)
+               if num_devices % d == 0 and divides_features(d)
+               and -(-num_members * d // num_devices) == rounds)
+
+
+def group_mesh(devices: Sequence, per_member: int) -> Mesh:
+    """The ("members", "features") mesh of `devices` whose features axis holds `per_member`
+    consecutive devices (in `jax.devices()` order, a process's own devices first: a member's
+    all-reduce stays on one host wherever `per_member` divides the devices per host)."""
+    return Mesh(np.asarray(devices).reshape(-1, per_member), _MESH_AXES)
+
+
 def place_members(hp: MemberHParams, mesh: Mesh) -> tuple[MemberHParams, jax.Array]:
-    """A group's hyperparameters padded to a multiple of the mesh's devices and sharded over
-    them, and `live` [padded M], False for the padding (which `compiled_group` skips)."""
-    n, d = len(hp.trial), mesh.devices.size
+    """A group's hyperparameters padded to a multiple of the mesh's members axis and sharded
+    over it (each member replicated over the features axis), and `live` [padded M], False for
+    the padding (which `compiled_group` skips)."""
+    n, d = len(hp.trial), mesh.shape["members"]
     by_member = NamedSharding(mesh, P("members"))
     return (jax.device_put(_pad(hp, d), by_member),
             jax.device_put(np.arange(n + -n % d) < n, by_member))
@@ -169,30 +218,44 @@ def _over_members(fn: Callable, at_once: int, skipped: Callable) -> Callable:
 
 @functools.lru_cache(maxsize=16)
 def compiled_group(spec: ProgramSpec, mesh: Mesh, at_once: int = 0):
-    """The jitted, member-sharded init / train / evaluate of a spec (one kind).
+    """The jitted, member-sharded init / train / evaluate of a spec (one kind) on a `group_mesh`.
 
     Each device runs its members (`_over_members`: all at once, or `at_once` at a time) with
-    `shard_map`; `live` [M] marks the members that are not device padding. Cached on the spec
-    (all the program reads), so another sweep with the same spec in one process (a resume, a
+    `shard_map`; `live` [M] marks the members that are not device padding. Over a features axis
+    of more than one device each member is split by its features (the program's features
+    axis): the leaves `Program.split_by_features` marks are sharded over that axis along their
+    last dimension, everything else is replicated over it. Cached on the spec (all the program
+    reads) and the mesh, so another sweep with the same spec in one process (a resume, a
     different method list, a test) reuses the compiled executables instead of tracing fresh
     closures.
     """
-    program = make_program(spec)
-    by_member = NamedSharding(mesh, P("members"))
+    split = mesh.shape["features"] > 1
+    program = make_program(spec, features_axis="features" if split else None)
     m, r = P("members"), P()
+
+    def specs(state):
+        """The state's PartitionSpecs: [M, ...] by member, split leaves also by features."""
+        return jax.tree.map(
+            lambda leaf, by_features: P("members", *[None] * (leaf.ndim - 2), "features")
+            if split and by_features else m, state, program.split_by_features(state))
 
     def sharded(fn, in_specs, out_specs):
         return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                              check_vma=False)
 
-    init = jax.jit(jax.vmap(program.init, in_axes=(None, 0, None)), out_shardings=by_member)
+    def init(key, hp, data):
+        state = jax.vmap(program.init, in_axes=(None, 0, None))(key, hp, data)
+        return jax.lax.with_sharding_constraint(
+            state, jax.tree.map(lambda p: NamedSharding(mesh, p), specs(state)))
 
     def train(key, hp, live, state, data, num_epochs):
         def local(key, hp, live, state, data):
             fn = lambda hp, state: program.train(key, hp, state, data, num_epochs)
             skip = lambda hp, state: (state, jnp.float32(jnp.nan))
             return _over_members(fn, at_once, skip)(live, hp, state)
-        return sharded(local, (r, m, m, m, r), (m, m))(key, hp, live, state, data)
+        state_specs = specs(state)
+        return sharded(local, (r, m, m, state_specs, r), (state_specs, m))(
+            key, hp, live, state, data)
 
     def evaluate(params, hp, live, data, block):
         def local(params, hp, live, data, block):
@@ -200,9 +263,11 @@ def compiled_group(spec: ProgramSpec, mesh: Mesh, at_once: int = 0):
             skip = lambda params, hp: jax.tree.map(
                 lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, params, hp))
             return _over_members(fn, at_once, skip)(live, params, hp)
-        return sharded(local, (m, m, m, r, r), (m, m))(params, hp, live, data, block)
+        return sharded(local, (specs(params), m, m, r, r), (m, m))(params, hp, live, data, block)
 
-    train = jax.jit(train, static_argnums=5, donate_argnums=3, out_shardings=by_member)
+    by_member = NamedSharding(mesh, m)
+    init = jax.jit(init)
+    train = jax.jit(train, static_argnums=5, donate_argnums=3)
     evaluate = jax.jit(evaluate, out_shardings=by_member,
                        compiler_options=large_dot_compiler_options(mesh.devices.flat))
     return init, train, evaluate
@@ -226,7 +291,8 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
         (`with_config_settings`), and the result's members record it.
       class_names: [C] names for the report (default "0", "1", ...).
       key: root PRNG key (default `jax.random.key(config.seed)`).
-      devices: the devices the member axis is sharded over (default all).
+      devices: the devices the members train on (default all; each group's mesh of them is
+        `group_mesh(devices, devices_per_member(...))`).
       checkpoint_dir: orbax checkpoints; an existing one is resumed.
       segments: sizes mixed independently by the augmentation (None: the whole vector).
       progress: show a tqdm bar.
@@ -243,9 +309,8 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     reuse_freed_memory()
     key = jax.random.key(int(config.seed)) if key is None else key
     devices = list(jax.devices() if devices is None else devices)
-    mesh = Mesh(np.asarray(devices), ("members",))
-    by_member = NamedSharding(mesh, P("members"))
-    replicated = NamedSharding(mesh, P())
+    # Every group's mesh holds the devices in this order, so data placed once serves them all.
+    replicated = NamedSharding(group_mesh(devices, 1), P())
 
     members = with_config_settings(config, members)
     num_members = len(members)
@@ -267,6 +332,11 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
         spec = ProgramSpec.from_config(config, num_classes, train_idx.shape[1],
                                        segments=segments, kind=g.kind, static=g.static,
                                        fixed=g.fixed)
+        per_member = devices_per_member(config, len(g.members), len(devices),
+                                        np.shape(data.x)[1])
+        mesh = group_mesh(devices, per_member)
+        logging.info("%s: %d member(s) on a %d x %d (members x features) mesh", g.name,
+                     len(g.members), *mesh.devices.shape)
         compiled[g.name] = compiled_group(spec, mesh, at_once)
         hps[g.name], live[g.name] = place_members(jax.tree.map(lambda x: x[g.members], hp), mesh)
 
@@ -300,8 +370,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     with checkpoints.checkpoint_manager(checkpoint_dir) as manager, trace:
         step = None if manager is None else manager.latest_step()
         if step is not None:
-            states, history = checkpoints.restore(manager, step, states, history, groups,
-                                                  by_member)
+            states, history = checkpoints.restore(manager, step, states, history, groups)
             logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
         done = int(_host(states[groups[0].name].epoch)[0])
         bar = tqdm(total=num_epochs, initial=done, unit="epoch",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -20,6 +21,25 @@ def _transposed(init):
     return transposed_init
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _summed_over(x, axis: str):
+    """`lax.psum(x, axis)` for a sum whose every consumer is replicated over `axis`: each
+    device's share then receives the whole cotangent, which a psum's transpose (another psum)
+    would count once per device."""
+    return jax.lax.psum(x, axis)
+
+
+def _summed_fwd(x, axis):
+    return jax.lax.psum(x, axis), None
+
+
+def _summed_bwd(axis, _, g):
+    return (g,)
+
+
+_summed_over.defvjp(_summed_fwd, _summed_bwd)
+
+
 class Linear(nn.Module):
     """`x @ kernel.T + bias` with the kernel stored [out, in], as `torch.nn.Linear` stores it.
 
@@ -28,9 +48,14 @@ class Linear(nn.Module):
     layer's 1.2M-element gradient inside its moment updates, strided reads that cost more than
     the update itself (a step at the paper's shapes: 6.2 -> 4.9 ms, benchmarks/README.md,
     section "train"). Initialised to exactly what `nn.Dense` draws (LeCun normal, zero bias).
+
+    With `sum_over`, the name of a mapped axis, x and the kernel hold one device's block of the
+    input features: the partial products are summed over the axis (`_summed_over`) before the
+    bias, so every device gets the whole layer's output.
     """
 
     features: int
+    sum_over: str | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -38,6 +63,8 @@ class Linear(nn.Module):
                             (self.features, x.shape[-1]))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         y = jax.lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (1,)), ((), ())))
+        if self.sum_over is not None:
+            y = _summed_over(y, self.sum_over)
         return y + bias.astype(y.dtype)
 
 
@@ -76,9 +103,14 @@ class MLP(nn.Module):
     dropout: float = 0.3
     head: str = "sigmoid"
 
+    @property
+    def first_layer(self) -> str:
+        """The name of the layer that reads the input (its kernel's columns are the input's)."""
+        return "hidden_0" if self.hidden else "head"
+
     @nn.compact
     def __call__(self, x, *, train: bool = False, dropout=None, mix_with=None,
-                 mix_weights=None):
+                 mix_weights=None, features_axis: str | None = None):
         """Logits [B, C]. With `mix_with` ([B, D] second parents) and `mix_weights` ((lam_a,
         lam_b), each [B, 1]), the first hidden layer's output is mixed, lam_a h(x) + lam_b
         h(mix_with), before the rest of the network: manifold mixup (`augment.manifold_mixup`).
@@ -87,13 +119,16 @@ class MLP(nn.Module):
         the module's `dropout`). The second parents' dropout draws from the "dropout_b" rng
         collection, so the "dropout" stream -- and with weights (1, 0) the whole result -- is
         what it is without mixing.
+        `features_axis`: the name of a mapped axis over whose devices the input's features are
+        split (x [B, D / devices] and `first_layer`'s kernel columns: `Linear(sum_over=)`);
+        everything after the first layer's sum is computed whole on every device.
         """
         rate = self.dropout if dropout is None else dropout
         mixing = mix_with is not None
         if mixing and not self.hidden:
             raise ValueError("manifold mixup needs a hidden layer to mix; the MLP has none.")
         for i, width in enumerate(self.hidden):
-            dense = Linear(width, name=f"hidden_{i}")
+            dense = Linear(width, name=f"hidden_{i}", sum_over=None if i else features_axis)
             x = nn.relu(Dropout()(dense(x), rate, deterministic=not train))
             if mixing and i == 0:
                 # Named, so the unnamed Dropouts keep their auto-names (and rng paths).
@@ -101,7 +136,8 @@ class MLP(nn.Module):
                     dense(mix_with), rate, deterministic=not train)
                 lam_a, lam_b = (jnp.asarray(w, x.dtype) for w in mix_weights)
                 x = lam_a * x + lam_b * nn.relu(h_b)
-        return Linear(self.num_classes, name="head")(x)
+        return Linear(self.num_classes, name="head",
+                      sum_over=None if self.hidden else features_axis)(x)
 
 
 def probabilities(logits, head: str = "sigmoid", class_mask=None):

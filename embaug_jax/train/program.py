@@ -19,6 +19,18 @@ devices, or across a resume sees the same numbers. Members that differ only in m
 share their initialisation and shuffles (common random numbers), so a comparison of methods
 within a trial is not confounded by the draw; trials get independent initialisations as well
 as splits.
+
+Features axis: `make_program(spec, features_axis=name)` splits each member over the devices of
+a mapped axis (the driver's "features" mesh axis, when a group has fewer members than
+devices) by the embedding's features: each device holds a block of the first layer's input
+columns (its kernel's, and their optimizer moments: `Program.split_by_features`). Every device
+draws the member's whole step from the same keys -- shuffle, augmented rows, dropout masks --
+and keeps its block of the rows' features; the first layer's partial products are summed over
+the axis, one all-reduce of [rows, hidden] a step (two for manifold mixup, whose parents pass
+the first layer apart), and the rest of the network runs whole on every device. Each device's
+gradient of its kernel block is its own, the other gradients and updates are the same
+everywhere, so nothing else is reduced. The numbers are those of the whole member on one
+device, to float rounding.
 """
 
 from __future__ import annotations
@@ -152,6 +164,8 @@ class Program:
     train(key, hp, state, data, num_epochs) -> (state, mean training loss of those epochs)
     evaluate(params, hp, data, block: EvalBlock) -> (counts int32 [5], probabilities float32 [rows, C]);
       counts = (correct, correct "none", "none" rows, correct seen, seen rows) over valid rows.
+    With a features axis, `state` holds this device's block of the leaves `split_by_features`
+    marks, and every result is the whole member's.
     """
 
     init: Callable
@@ -161,6 +175,18 @@ class Program:
     kind: str
     rows: int  # rows a member trains on per step
     steps_per_epoch: int
+
+    def split_by_features(self, tree):
+        """A tree of bools like `tree` (a `TrainState`, its params or its optimizer state): True
+        for the leaves a features axis splits along their last axis -- the first layer's kernel
+        ([out, D]: the input's columns) and the optimizer's moments of it."""
+        first = self.model.first_layer
+
+        def split(path, _):
+            keys = [getattr(k, "key", None) for k in path]
+            return first in keys and keys[-1] == "kernel"
+
+        return jax.tree_util.tree_map_with_path(split, tree)
 
 
 def _member_keys(key, hp: MemberHParams):
@@ -176,8 +202,22 @@ def metrics_from_counts(counts) -> dict:
     return {f"{k}_accuracy": v for k, v in accuracies(jnp.asarray(counts)).items()}
 
 
-def make_program(spec: ProgramSpec) -> Program:
-    """Builds the per-member init / train / evaluate of `spec.kind` (shapes are static)."""
+def _own_features(x, axis: str):
+    """This device's equal block of the features (last axis) of `x`, split over `axis`."""
+    shards = jax.lax.axis_size(axis)
+    n = x.shape[-1] // shards
+    if n * shards != x.shape[-1]:
+        raise ValueError(f"{x.shape[-1]} features cannot be split evenly over {shards} devices.")
+    return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axis) * n, n, axis=x.ndim - 1)
+
+
+def make_program(spec: ProgramSpec, *, features_axis: str | None = None) -> Program:
+    """Builds the per-member init / train / evaluate of `spec.kind` (shapes are static).
+
+    Args:
+      features_axis: the name of a mapped axis (`shard_map`'s) over whose devices each member's
+        embedding features are split (see the module docstring); None: whole on each device.
+    """
     if not isinstance(spec, ProgramSpec):
         raise TypeError(f"make_program takes a ProgramSpec (ProgramSpec.from_config(config, "
                         f"num_classes, n_train)), got {type(spec).__name__}.")
@@ -213,12 +253,12 @@ def make_program(spec: ProgramSpec) -> Program:
         if kind == "manifold":  # pairs mixed after the first hidden layer, inside the model
             x_a, x_b, lam_a, lam_b = x
             logits = model.apply(params, x_a, train=True, dropout=dropout, mix_with=x_b,
-                                 mix_weights=(lam_a, lam_b),
+                                 mix_weights=(lam_a, lam_b), features_axis=features_axis,
                                  rngs={"dropout": dropout_key,
                                        "dropout_b": jax.random.fold_in(dropout_key, 1)})
         else:
             logits = model.apply(params, x, train=True, dropout=dropout,
-                                 rngs={"dropout": dropout_key})
+                                 features_axis=features_axis, rngs={"dropout": dropout_key})
         return classification_loss(logits, y, jnp.ones(y.shape[0], jnp.float32), seen, head)
 
     def train_epoch(train_key, hp, data, state):
@@ -256,6 +296,11 @@ def make_program(spec: ProgramSpec) -> Program:
                 pairing=spec.pairing, negative_mass=spec.negative_mass,
                 label_weight=spec.label_weight, segments=segments, weights=w,
                 transforms=spec.transforms)
+            if features_axis is not None:  # the step's whole rows drawn, this device's block kept
+                if kind == "manifold":
+                    x = (*(_own_features(a, features_axis) for a in x[:2]), *x[2:])
+                else:
+                    x = _own_features(x, features_axis)
             loss, grads = jax.value_and_grad(loss_fn)(params, x, y, seen, dropout_key,
                                                       settings(hp)["dropout"])
             updates, opt_state = tx.update(grads, opt_state, params)
@@ -274,9 +319,12 @@ def make_program(spec: ProgramSpec) -> Program:
 
     def evaluate(params, hp, data, block):
         x = block.x[hp.trial]
+        if features_axis is not None:
+            x = _own_features(x, features_axis)
         labels = block.labels[hp.trial]
         seen = data.seen_mask[hp.trial]
-        probs = probabilities(model.apply(params, x), head, seen).astype(jnp.float32)
+        probs = probabilities(model.apply(params, x, features_axis=features_axis), head,
+                              seen).astype(jnp.float32)
         # Padding rows weigh 0: the counts are those of the block's valid rows.
         return threshold_counts(probs, labels, seen, threshold, block.valid), probs
 

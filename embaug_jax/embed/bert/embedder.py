@@ -15,8 +15,9 @@ Choices worth knowing:
 - Layer index 0 is the embedding output, index i the i-th transformer layer, negatives count from
   the last, as in Hugging Face's `output_hidden_states`.
 - Batches: texts are truncated to `max_length` tokens, bucketed by length, packed several to a
-  row where that pays, and run as a token stream (`bert.packing`), so a few compiled programs
-  serve any stream of texts.
+  row where that pays, and run as a token stream of a fixed number of tokens per batch
+  (`bert.packing`): at most `planner.max_programs` compiled programs (two per row length)
+  serve any stream of texts, and short texts need two.
 - Memory: the embedder calls `util.reuse_freed_memory()` (glibc keeps freed memory), because
   XLA allocates every batch's buffers afresh and would otherwise fault them in each time.
 - Weights and tokenizer: read from the folder by `bert.checkpoint` (safetensors preferred, a
@@ -229,9 +230,9 @@ class TextEmbedder:
             NamedSharding(mesh, PartitionSpec()),
         )
 
-        # One compiled program per bucket length and power-of-two row count. Each device embeds
-        # its own rows (shard_map): nothing crosses devices, and the attention's blocks of
-        # rows are blocks of the device's rows.
+        # One compiled program per batch shape (`BatchPlanner.shape`). Each device embeds its
+        # own rows (shard_map): nothing crosses devices, and the attention's blocks of rows
+        # are blocks of the device's rows.
         batch_spec = PartitionSpec("batch")
         self.embed_batch = jax.jit(
             jax.shard_map(self.forward, mesh=mesh, in_specs=(PartitionSpec(), *[batch_spec] * 5),
@@ -288,7 +289,8 @@ class TextEmbedder:
             pooling: "mean" (over non-padding tokens, [CLS]/[SEP] included), "cls" or "max".
             max_length: truncation length in tokens, clipped to max_position_embeddings.
             dtype: "float32", or "bfloat16" for faster, slightly deviating inference.
-            batch_size: rows per compiled batch (rounded up to a multiple of the device count).
+            batch_size: a batch streams batch_size x 64 tokens, rows of 64 tokens' worth
+                (rounded up to a multiple of the device count).
             devices: devices to shard each batch over; default all local devices.
             pack: pack several short texts into one row (each text's vector stays that of the
                 text alone, to float32 rounding); ignored for "max" pooling.
@@ -336,9 +338,10 @@ class TextEmbedder:
         """Embeds texts; returns float32 [len(texts), dim] in the order given.
 
         Texts are tokenised a chunk at a time (bounded memory), sorted by token length within
-        it and packed into rows (`BatchPlanner.plan`), so each batch pads little. Batches are dispatched
-        without waiting for results; at most two are in flight before the oldest is copied
-        back. `on_batch(n)` is called as each batch's n texts are done (a caller's progress bar).
+        it and packed into rows (`BatchPlanner.plan`), so each batch pads little. Batches are
+        dispatched without waiting for results; at most two are in flight before the oldest is
+        copied back. `on_batch(n)` is called as each batch's n texts are done (a caller's
+        progress bar).
         """
         from tqdm.auto import tqdm
 
@@ -357,11 +360,11 @@ class TextEmbedder:
 
             for offset in range(0, len(texts), chunk):
                 ids = [e.ids for e in self.tokenizer.encode_batch(texts[offset:offset + chunk])]
-                for rows in self.planner.plan([len(t) for t in ids]):
-                    arrays, slot_of = self.planner.pack_batch(ids, rows)
-                    batch = jax.device_put(arrays, self._batch_sharding)
-                    where = offset + np.concatenate([np.asarray(r, np.int64) for r in rows])
-                    pending.append((where, slot_of, self.embed_batch(self.params, *batch)))
+                for batch in self.planner.plan([len(t) for t in ids]):
+                    arrays, slot_of = self.planner.pack_batch(ids, batch)
+                    where = offset + np.concatenate([np.asarray(r, np.int64) for r in batch])
+                    arrays = jax.device_put(arrays, self._batch_sharding)
+                    pending.append((where, slot_of, self.embed_batch(self.params, *arrays)))
                     if len(pending) > 2:
                         collect()
             while pending:

@@ -151,7 +151,8 @@ class BertLayer(nn.Module):
     """One post-LayerNorm transformer layer: masked self-attention, then the feed-forward block.
 
     `score_block_bytes`: when set, attention runs over as many rows at a time as keep their
-    float32 scores (heads x length^2 each) within it (see `BertModel`).
+    float32 scores (heads x length^2 each) within it, skipping blocks whose rows have no key to
+    attend to (see `BertModel`).
     """
 
     config: BertConfig
@@ -178,9 +179,15 @@ class BertLayer(nn.Module):
         rows = _rows_per_block(batch, cfg.num_attention_heads, length, self.score_block_bytes)
         if rows < batch:
             # A few rows at a time: their scores stay in the CPU's cache between the two
-            # products and the softmax instead of a round trip to memory for each step.
+            # products and the softmax instead of a round trip to memory for each step. A
+            # block of unused rows (no key to attend to: a batch's spare rows) is skipped.
+            def block(a):
+                q, k, v, mask = a
+                return jax.lax.cond(mask.any(), attend, lambda q, *_: jnp.zeros_like(q),
+                                    q, k, v, mask)
+
             blocks = lambda y: y.reshape(batch // rows, rows, *y.shape[1:])
-            context = jax.lax.map(lambda a: attend(*a), tuple(map(blocks, (q, k, v, mask))))
+            context = jax.lax.map(block, tuple(map(blocks, (q, k, v, mask))))
             context = context.reshape(batch, *context.shape[2:])
         else:
             context = attend(q, k, v, mask)
@@ -257,7 +264,10 @@ class BertModel(nn.Module):
 
     `score_block_bytes` (None: all rows at once) makes attention run over blocks of rows whose
     float32 scores fit in that many bytes, one block after another; the embedder sets it on
-    CPUs, where scores that stay in cache make long rows faster (`CPU_SCORE_BLOCK_BYTES`).
+    CPUs, where scores that stay in cache make long rows faster (`CPU_SCORE_BLOCK_BYTES`). A
+    block of rows that attend to nothing (all keys masked: rows a batch leaves unused) is
+    skipped; its outputs are zeros, where all-masked rows otherwise get the mean of their
+    values (meaningless either way, like every padding position).
 
     Token stream (`layout` given): `input_ids`, `position_ids` (required) and `token_type_ids`
     are [tokens], the texts' tokens one after another, and everything but attention runs on
@@ -309,8 +319,14 @@ class BertModel(nn.Module):
 
 
 def init_shapes(config: BertConfig) -> dict:
-    """The parameter tree's shapes and dtypes (jax.ShapeDtypeStruct leaves), without allocating."""
-    ids = jnp.zeros((1, 2), jnp.int32)
-    variables = jax.eval_shape(BertModel(config).init, jax.random.key(0), ids, ids)
-    return variables["params"]
+    """The parameter tree's shapes and dtypes (jax.ShapeDtypeStruct leaves), without allocating.
+
+    The key and the ids are made inside `eval_shape` too: made outside, each is a small
+    compiled program (an extraction counts its compiles)."""
+
+    def init():
+        ids = jnp.zeros((1, 2), jnp.int32)
+        return BertModel(config).init(jax.random.key(0), ids, ids)
+
+    return jax.eval_shape(init)["params"]
 
