@@ -2,11 +2,15 @@
 
 One member: 39,600 validation examples (90% of 44,000) x 171 classes, ~10% of the classes
 unseen. Times Table 1's weighted AUC two ways (sklearn on `ovr_scores`; `evaluate.ovr_roc`,
-float64 numpy, what the report uses), the Figure-3 threshold sweep (jnp vs a numpy loop), the
-paired bootstrap's `evaluate.resampled_metrics` (200 resamples of the member's rows, as
-configs/default.py) and `report.write_report` for a small sweep, per member.
+float64 numpy, what the report uses), the Figure-3 threshold sweep (jnp vs a numpy loop), one
+member's `evaluate.evaluate_member` (every metric), its post-hoc fits on half its rows
+(`evaluate.fit_posthoc`), the paired bootstrap's `evaluate.resampled_metrics` (200 resamples of
+the member's rows, as configs/default.py) without and with the post-hoc fits and distance scores,
+the distance detectors of one trial (`evaluate.mahalanobis_scores` and `knn_scores` on 4,400
+training rows of 4,864 values, the paper's) and `report.write_report` for a small sweep, per
+member.
 
-    python benchmarks/metrics_bench.py [--members 10] [--repeats 3]
+    python benchmarks/metrics_bench.py [--members 10] [--repeats 3] [--dim 4864]
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def main():
     parser.add_argument("--num-classes", type=int, default=171)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dim", type=int, default=4864, help="embedding size (distances)")
+    parser.add_argument("--train-rows", type=int, default=4400, help="training rows (distances)")
     args = parser.parse_args()
 
     import jax
@@ -93,6 +99,32 @@ def main():
                                                       threshold=settings.threshold),
                    args.repeats)
     print(f"bootstrap     resampled_metrics, {len(counts)} resamples  {t_boot:7.3f} s")
+
+    t_member = _time(lambda: evaluate.evaluate_member(probs, labels, seen,
+                                                      threshold=settings.threshold),
+                     args.repeats)
+    print(f"evaluate_member, every metric  {t_member:7.3f} s")
+    half = np.arange(n) % 2 == 0
+    t_fit = _time(lambda: evaluate.fit_posthoc(probs[half], labels[half], seen), args.repeats)
+    fits = evaluate.fit_posthoc(probs[half], labels[half], seen)
+    print(f"fit_posthoc on {half.sum()} rows (temperature, vector scaling, threshold, "
+          f"detector)  {t_fit:7.3f} s")
+    distances = dict(knn=rng.random(n), mahalanobis=rng.random(n))
+    t_boot_fits = _time(lambda: evaluate.resampled_metrics(
+        probs, labels, seen, counts, threshold=settings.threshold, posthoc=fits,
+        embedding_scores=distances), args.repeats)
+    print(f"bootstrap     resampled_metrics with post-hoc fits and distance scores  "
+          f"{t_boot_fits:7.3f} s")
+
+    train_labels = rng.choice(np.flatnonzero(seen), args.train_rows)
+    centres = rng.normal(size=(c, args.dim)).astype(np.float32)
+    train_x = centres[train_labels] + rng.normal(size=(args.train_rows, args.dim)).astype(
+        np.float32)
+    val_x = centres[labels] + rng.normal(size=(n, args.dim)).astype(np.float32)
+    t_maha = _time(lambda: evaluate.mahalanobis_scores(train_x, train_labels, val_x), 1)
+    t_knn = _time(lambda: evaluate.knn_scores(train_x, val_x), 1)
+    print(f"distance detectors, one trial ({args.train_rows} training rows, {n} queries, "
+          f"D={args.dim}): Mahalanobis {t_maha:.2f} s, k-NN {t_knn:.2f} s")
 
     trials = max(1, args.members // 2)
     val_labels = np.stack([rng.integers(0, c, n) for _ in range(trials)])

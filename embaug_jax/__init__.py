@@ -12,7 +12,7 @@ no JAX.
   ds = ea.load_embeddings("workdir/demo/extract/embeddings")
   results = ea.train_and_evaluate(config, workdir)          # a config's whole sweep + report
   result = ea.run_sweep(config, data, members)              # the engine alone
-  ea.write_report(workdir, result, **config.report)
+  ea.write_report(workdir, result, dataset=ds, **config.report)  # ds: the distance detectors
 """
 
 from __future__ import annotations

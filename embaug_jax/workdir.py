@@ -49,6 +49,7 @@ FIGURES = {
     "softness": "fig6_softness.png",
     "reliability": "reliability.png",
     "auc_decomposition": "auc_decomposition.png",
+    "oscr": "oscr.png",
     "settings": "settings.png",
 }
 

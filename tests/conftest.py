@@ -149,3 +149,49 @@ def metric_problem():
         return probs, labels, seen
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sweep_with_dataset():
+    """sweep_with_dataset(seed=0, trials=3, methods=("control", "e_mixup")) -> (SweepResult,
+    EmbeddingDataset): Gaussian clusters of 6 classes, class 5 held out of every trial's
+    training rows (its validation rows are "none"), and made-up member probabilities whose
+    splits (train_idx, val_idx) point into the dataset, as a real sweep's do."""
+    from embaug_jax.dataset import EmbeddingDataset
+    from embaug_jax.train.result import SweepResult
+
+    def make(seed=0, trials=3, methods=("control", "e_mixup")):
+        rng = np.random.default_rng(seed)
+        c, n, dim, num_train, num_val = 6, 600, 12, 100, 150
+        labels = rng.integers(0, c, n).astype(np.int32)
+        centres = rng.normal(0, 2.0, (c, dim))
+        embeddings = (centres[labels] + rng.normal(0, 1.0, (n, dim))).astype(np.float32)
+        dataset = EmbeddingDataset(embeddings, labels, [f"c{k}" for k in range(c)])
+        train_idx, val_idx = [], []
+        for _ in range(trials):
+            order = rng.permutation(n)
+            train = order[labels[order] != c - 1][:num_train]
+            train_idx.append(train)
+            val_idx.append(np.setdiff1d(order, train)[:num_val][rng.permutation(num_val)])
+        train_idx, val_idx = np.stack(train_idx), np.stack(val_idx)
+        val_labels = labels[val_idx]
+        seen = np.stack([np.isin(np.arange(c), labels[t]) for t in train_idx])
+        members, probs = [], []
+        for k, method in enumerate(methods):
+            for t in range(trials):
+                members.append(dict(method=method, alpha=0.0 if method == "control" else 0.2,
+                                    softness=0.0, trial=t, seed=0))
+                logits = ((2.5 - 0.3 * k) * np.eye(c)[val_labels[t]] * seen[t]
+                          + rng.normal(0, 1, (num_val, c)) - 1.5)
+                probs.append(1 / (1 + np.exp(-logits)))
+        m = len(members)
+        result = SweepResult(
+            members=members, eval_epochs=np.array([2, 4]),
+            history={k: rng.random((m, 2)) for k in ("overall_accuracy", "none_accuracy",
+                                                      "train_loss")},
+            val_probs=np.stack(probs).astype(np.float32), val_labels=val_labels,
+            seen_mask=seen, class_names=dataset.class_names, threshold=0.6,
+            val_idx=val_idx, train_idx=train_idx)
+        return result, dataset
+
+    return make

@@ -45,6 +45,30 @@ def test_resampled_metrics_equal_evaluation_of_the_expanded_resample(decimals, m
         assert abs(got["weighted_auc"][r] - want_auc) < 1e-12
 
 
+def test_resampled_metrics_with_fits_and_distances_equal_the_expanded_resample(metric_problem):
+    """The post-hoc fits stay fixed across resamples and the distance scores follow their
+    rows: every metric is still the evaluation of the expanded resample."""
+    probs, labels, seen = metric_problem(42, n=120, c=6, unseen=(4,), missing=(), decimals=2)
+    rng = np.random.default_rng(2)
+    sel_probs, sel_labels, _ = metric_problem(43, n=120, c=6, unseen=(4,), missing=())
+    fits = evaluate.fit_posthoc(sel_probs, sel_labels, seen,
+                                embedding_scores=dict(knn=rng.random(120) + ~seen[sel_labels]))
+    distances = dict(knn=rng.random(120) + ~seen[labels], mahalanobis=rng.random(120))
+    counts = evaluate.bootstrap_counts(jax.random.key(3), len(labels), 4)
+    got = evaluate.resampled_metrics(probs, labels, seen, counts, threshold=0.5, num_bins=6,
+                                     posthoc=fits, embedding_scores=distances)
+    for r in range(len(counts)):
+        rows = np.repeat(np.arange(len(labels)), counts[r])
+        want = evaluate.evaluate_member(probs[rows], labels[rows], seen, threshold=0.5,
+                                        num_bins=6, posthoc=fits,
+                                        embedding_scores={k: v[rows] for k, v in
+                                                          distances.items()})
+        for key in evaluate.RESAMPLED_METRICS:
+            rtol = 1e-6 if key in evaluate.TABLE1_METRICS and key.endswith("accuracy") else 1e-10
+            np.testing.assert_allclose(got[key][r], want[key], rtol=rtol, atol=1e-12,
+                                       err_msg=key)
+
+
 def test_resampled_metrics_undefined_parts_are_nan(metric_problem):
     probs, labels, seen = metric_problem(41, n=40, c=4, unseen=(3,), missing=())
     counts = np.zeros((2, 40), np.int32)

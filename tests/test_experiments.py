@@ -85,9 +85,17 @@ def test_none_share_study(tmp_path, scripts, capsys):
         config = json.loads(run.config.read_text())
         assert str(config["data"]["holdout_classes"]) == str(k)  # a count or class names
         for r in (r for r in rows if r["holdout"] == str(k)):
-            entry = results["methods"][r["method"]]
+            # One procedure throughout: the held-out one, whose rows the paired gains use.
+            assert r["procedure"] == "held-out"
+            entry = results["selection"]["methods"][r["method"]]
             assert float(r["none_share"]) == pytest.approx(entry["none_weight"]["mean"])
             assert float(r["weighted_auc_mean"]) == pytest.approx(entry["weighted_auc"]["mean"])
+            oscr = entry["oscr_auc"]["mean"]  # None without "none" rows: an empty cell
+            assert r["oscr_auc_mean"] == "" if oscr is None else (
+                float(r["oscr_auc_mean"]) == pytest.approx(oscr))
+            gain = results["paired"]["methods"].get(r["method"], {}).get("oscr_auc")
+            if gain and gain["mean"] is not None:
+                assert float(r["gain_oscr_auc"]) == pytest.approx(gain["mean"])
     shares = {r["holdout"]: float(r["none_share"]) for r in rows}
     assert shares["0"] == 0 and shares["2"] > 0
     assert (tmp_path / "none_share.png").stat().st_size > 10_000

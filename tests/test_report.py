@@ -172,7 +172,7 @@ def test_no_none_examples_and_no_history(tmp_path):
     assert results["num_none_examples"][1] == 0
     assert results["methods"]["control"]["threshold_sweep"]["thresholds"] == [0.2, 0.5, 0.8]
     assert results["figures"] == [FIGURES[k] for k in ("threshold_sweep", "roc", "reliability",
-                                                       "auc_decomposition")]
+                                                       "auc_decomposition", "oscr")]
     assert not Workdir(tmp_path).figure("training_curves").exists()
     assert _strict_json(Workdir(tmp_path).results_json)["threshold"] == 0.5
 

@@ -166,3 +166,35 @@ def test_none_detection_matches_sklearn(decimals, metric_problem):
     assert got["auroc"] == evaluate.auc_decomposition(probs, labels, seen).none_auc
     # Without "none" examples the task is undefined.
     assert np.isnan(evaluate.none_detection(probs, labels, np.ones_like(seen))["auroc"])
+
+
+# ----- average precision and FPR at a TPR, under weights --------------------------------------
+
+
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_average_precision_and_fpr_at_tpr_are_sklearns_with_sample_weights(decimals,
+                                                                          metric_problem):
+    probs, labels, seen = metric_problem(12, n=160, decimals=decimals)
+    is_none = ~seen[labels]
+    score = evaluate.none_score(probs, seen)
+    weights = np.random.default_rng(4).integers(0, 3, (3, 160)).astype(np.int32)
+    groups = evaluate.tied_groups(is_none, score, weights)
+    ap = evaluate.average_precision(groups)
+    ap_seen = evaluate.average_precision(evaluate.swap_classes(groups))
+    fpr95 = evaluate.fpr_at_tpr(groups, 0.95)
+    for b in range(3):
+        w = weights[b]
+        assert abs(ap[b] - average_precision_score(is_none, score, sample_weight=w)) < 1e-12
+        assert abs(ap_seen[b] - average_precision_score(~is_none, -score, sample_weight=w)) \
+            < 1e-12
+        fpr, tpr, _ = roc_curve(is_none, score, sample_weight=w, drop_intermediate=False)
+        assert abs(fpr95[b] - fpr[np.argmax(tpr >= 0.95)]) < 1e-12
+
+
+def test_average_precision_and_fpr_at_tpr_are_nan_without_both_classes():
+    score = np.array([0.1, 0.4, 0.4, 0.9])
+    groups = evaluate.tied_groups(np.array([True, False, True, False]), score,
+                                  np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1]]))
+    assert np.isfinite(evaluate.average_precision(groups)[0])
+    assert np.isnan(evaluate.average_precision(groups)[1:]).all()
+    assert np.isnan(evaluate.fpr_at_tpr(groups)[1:]).all()

@@ -77,6 +77,35 @@ def test_bootstrap_interval_is_the_percentile_interval_of_the_mean_over_trials()
     assert low < 0.01 < high
 
 
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_p_values_are_scipys_and_match_the_intervals(n):
+    rng = np.random.default_rng(n)
+    diffs = rng.normal(0.01, 0.02, n)
+    assert abs(statistics.paired_t_p_value(diffs)
+               - scipy_stats.ttest_1samp(diffs, 0.0).pvalue) < 1e-12
+    # p < 0.05 exactly when the 95% t interval excludes 0.
+    _, low, high, _ = statistics.paired_t_interval(diffs)
+    assert (statistics.paired_t_p_value(diffs) < 0.05) == (not low <= 0 <= high)
+    assert statistics.paired_t_p_value([0.01, 0.01]) == 0.0
+    assert statistics.paired_t_p_value([0.0, 0.0]) == 1.0
+    assert math.isnan(statistics.paired_t_p_value([0.01]))
+    resampled = rng.normal(0.01, 0.02, (n, 300))
+    se = resampled.mean(0).std(ddof=1)
+    assert abs(statistics.bootstrap_p_value(resampled, 0.004)
+               - 2 * scipy_stats.norm.sf(0.004 / se)) < 1e-12
+    assert statistics.bootstrap_p_value(np.zeros((n, 5)), 0.0) == 1.0
+    assert math.isnan(statistics.bootstrap_p_value(np.full((n, 5), np.nan), 0.1))
+
+
+def test_holm_is_the_step_down_rule_written_out():
+    p = [0.01, 0.04, np.nan, 0.03, 0.005, 0.5]
+    got = statistics.holm(p)
+    # By hand: sorted 0.005, 0.01, 0.03, 0.04, 0.5 (m = 5) -> 0.025, 0.04, 0.09, 0.09, 0.5.
+    np.testing.assert_allclose(got, [0.04, 0.09, np.nan, 0.09, 0.025, 0.5], rtol=1e-12)
+    assert np.isnan(statistics.holm([np.nan])).all() and statistics.holm([]).size == 0
+    assert statistics.holm([0.6, 0.7])[1] == 1.0  # capped at 1
+
+
 def test_selection_rows_split_each_trial_in_two():
     rows = statistics.selection_rows(jax.random.key(3), 4, 101, 0.3)
     assert rows.shape == (4, 101) and (rows.sum(1) == 30).all()

@@ -28,7 +28,7 @@ def test_the_names_old_workdirs_were_written_with(tmp_path):
                      "train/results.json"}
     assert list(FIGURES.values()) == ["fig3_threshold_sweep.png", "fig4_roc.png",
                                       "fig5_training_curves.png", "fig6_softness.png",
-                                      "reliability.png", "auc_decomposition.png",
+                                      "reliability.png", "auc_decomposition.png", "oscr.png",
                                       "settings.png"]
     assert w.figure("roc") == tmp_path / "fig4_roc.png"
     with pytest.raises(KeyError, match="no figure 'fig4'.*threshold_sweep, roc"):

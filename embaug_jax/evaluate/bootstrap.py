@@ -2,18 +2,23 @@
 
 A resample is a weighting of the rows (how often each is drawn), so every metric is the one
 `evaluate_member` computes, called with the resamples' row counts [B, N] as its weights instead
-of ones: the result equals evaluation of each expanded resample, without expanding it.
+of ones: the result equals evaluation of each expanded resample, without expanding it. A
+member's post-hoc fits (`PostHoc`, from its selection rows) are held fixed across resamples.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import jax
 import numpy as np
 
 from embaug_jax.evaluate.calibration import (NUM_BINS, calibration_bins,
                                              expected_calibration_error)
-from embaug_jax.evaluate.inputs import check_inputs, check_weights
-from embaug_jax.evaluate.member import scalar_metrics
+from embaug_jax.evaluate.detectors import OUTPUT_DETECTORS
+from embaug_jax.evaluate.inputs import check_inputs, check_weights, sigmoid_logits
+from embaug_jax.evaluate.member import calibration_metrics, open_set_metrics, scalar_metrics
+from embaug_jax.evaluate.posthoc import PostHoc
 from embaug_jax.evaluate.roc import auc_parts, column_aucs, ovr_scores
 from embaug_jax.evaluate.threshold import accuracies, threshold_counts
 
@@ -34,8 +39,10 @@ def bootstrap_counts(key, num_rows: int, num_resamples: int) -> np.ndarray:
     return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.int32)
 
 
-def resampled_metrics(probs, labels, seen_mask, counts, *, threshold,
-                      num_bins=NUM_BINS) -> dict[str, np.ndarray]:
+def resampled_metrics(probs, labels, seen_mask, counts, *, threshold, num_bins=NUM_BINS,
+                      posthoc: PostHoc | None = None,
+                      embedding_scores: Mapping[str, np.ndarray] | None = None,
+                      detectors=OUTPUT_DETECTORS) -> dict[str, np.ndarray]:
     """`evaluate_member`'s scalar metrics on every bootstrap resample of the validation rows.
 
     Resample r is the validation set with row i repeated counts[r, i] times (see
@@ -44,6 +51,7 @@ def resampled_metrics(probs, labels, seen_mask, counts, *, threshold,
 
     Args:
       counts: int [B, N] row counts, N = len(labels).
+      posthoc, embedding_scores, detectors: as `evaluate_member`'s.
 
     Returns:
       {name: float64 [B]} for each name in RESAMPLED_METRICS.
@@ -57,4 +65,10 @@ def resampled_metrics(probs, labels, seen_mask, counts, *, threshold,
     parts = auc_parts(*column_aucs(truth, scores, counts), has_none)
     accuracy = accuracies(threshold_counts(probs, labels, seen_mask, threshold, counts))
     ece = expected_calibration_error(calibration_bins(probs, labels, seen_mask, counts, num_bins))
-    return scalar_metrics(parts, accuracy, ece)
+    logits = sigmoid_logits(probs)
+    return dict(**scalar_metrics(parts, accuracy, ece),
+                **open_set_metrics(probs, labels, seen_mask, counts, posthoc=posthoc,
+                                   embedding_scores=embedding_scores, detectors=detectors,
+                                   logits=logits),
+                **calibration_metrics(probs, labels, seen_mask, counts, num_bins=num_bins,
+                                      posthoc=posthoc, logits=logits))

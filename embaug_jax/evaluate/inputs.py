@@ -8,6 +8,9 @@
 - `weights` int [B, N]: how often each row counts, in each of B weightings. Every metric is a
   sum over rows, so one definition serves plain evaluation (weights 1, B = 1), bootstrap
   resamples (row counts) and, on device, a padded block (its bool validity mask [N]).
+
+The sweep stores probabilities, not logits: `sigmoid_logits` inverts the sigmoid for the metrics
+that need logits (max-logit and energy detectors, post-hoc scaling, the NLL).
 """
 
 from __future__ import annotations
@@ -81,3 +84,21 @@ def top_seen_prediction(probs, seen_mask):
     xp = array_namespace(probs, seen_mask)
     masked = xp.where(xp.asarray(seen_mask, bool)[None, :], probs, -xp.inf)
     return xp.argmax(masked, axis=-1), xp.max(masked, axis=-1)
+
+
+def sigmoid_logits(probs) -> np.ndarray:
+    """The logits behind sigmoid outputs, log p - log(1 - p), as float64 numpy [N, C].
+
+    Stored outputs saturate in their dtype: float32 rounds every logit above ~16.64 to p = 1.0,
+    which has no finite logit, and underflows below ~-87.3 (p subnormal or 0). So each
+    probability is first clipped to [the smallest normal number, the largest number below 1]
+    of its dtype: a saturated output reads as the most extreme logit that dtype tells apart
+    (+16.64 and -87.34 for float32; float32 resolves logits above ~10 only coarsely, its steps
+    below 1 being 2^-24). The true logit of a saturated output lies beyond that value, and all
+    saturated outputs tie, as their probabilities already do.
+    """
+    probs = np.asarray(probs)
+    dtype = probs.dtype if np.issubdtype(probs.dtype, np.floating) else np.dtype(np.float64)
+    top = np.nextafter(dtype.type(1), dtype.type(0))
+    p = np.clip(probs.astype(np.float64), float(np.finfo(dtype).tiny), float(top))
+    return np.log(p) - np.log1p(-p)

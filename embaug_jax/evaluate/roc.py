@@ -7,13 +7,13 @@ One column's AUC has one definition, `mann_whitney_auc`: the weighted Mann-Whitn
 `roc_auc_score` computes, to float64 rounding, and per-row weights make it serve plain
 evaluation (weights 1) and bootstrap resamples (row counts [B, N]) alike. The weighted AUC, its
 seen-class and "none" parts (`auc_parts`) all come from the same per-column AUCs and supports.
-The ROC curve points (Figure 4, "none" detection's precision and FPR at 95% TPR) come from the
-same groups (`roc_points`).
+The ROC curve points (Figure 4) come from the same groups (`roc_points`), and so do a
+detection's average precision and FPR at 95% TPR under every weighting (`average_precision`,
+`fpr_at_tpr`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -164,6 +164,50 @@ def interpolate_roc(fpr_grid, fpr, tpr):
     return np.where(on_point, y0, y0 + t * (y1 - y0))
 
 
+def _rates(groups: TiedGroups):
+    """Each weighting's true and false positives at every distinct score, highest first, and
+    their totals: (tps int [B, G], fps [B, G], positives [B], negatives [B])."""
+    tps = np.cumsum(groups.positive[:, ::-1], axis=1)
+    fps = np.cumsum(groups.negative[:, ::-1], axis=1)
+    return tps, fps, tps[:, -1], fps[:, -1]
+
+
+def average_precision(groups: TiedGroups) -> np.ndarray:
+    """Average precision of each weighting [B]: the sum over operating points (distinct scores,
+    highest first) of the recall gained there times the precision there.
+
+    sklearn's `average_precision_score` with sample weights: no interpolation, and tied rows
+    form one operating point. NaN where a weighting has no positive or no negative weight.
+    """
+    tps, fps, num_pos, num_neg = _rates(groups)
+    # Only points that hold a positive gain recall; there tps + fps >= 1.
+    gains = groups.positive[:, ::-1].any(axis=0)
+    gained, tps, fps = groups.positive[:, ::-1][:, gains], tps[:, gains], fps[:, gains]
+    # Row by row in memory order, so a weighting's sum does not depend on how many
+    # weightings are computed with it (the selected columns can come out column-major).
+    terms = np.ascontiguousarray(gained * (tps / np.maximum(tps + fps, 1)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.sum(terms, axis=1) / num_pos
+    return np.where((num_pos > 0) & (num_neg > 0), ap, np.nan)
+
+
+def fpr_at_tpr(groups: TiedGroups, target_tpr: float = 0.95) -> np.ndarray:
+    """Each weighting's lowest false-positive rate among operating points whose TPR reaches
+    `target_tpr` [B]; NaN where a weighting has no positive or no negative weight."""
+    tps, fps, num_pos, num_neg = _rates(groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, fpr = tps / num_pos[:, None], fps / num_neg[:, None]
+    # The last point (everything positive) has TPR 1, so every defined weighting finds one.
+    lowest = np.min(np.where(tpr >= target_tpr, fpr, np.inf), axis=1)
+    return np.where((num_pos > 0) & (num_neg > 0), lowest, np.nan)
+
+
+def swap_classes(groups: TiedGroups) -> TiedGroups:
+    """The same rows with positives and negatives swapped and the scores negated: the
+    detection problem seen from the other class (AUPR with "none" as the negative class)."""
+    return TiedGroups(-groups.scores[::-1], groups.negative[:, ::-1], groups.positive[:, ::-1])
+
+
 # --------------------------------------------------------------------------------------------
 # Every column: the weighted AUC and its seen / "none" parts
 # --------------------------------------------------------------------------------------------
@@ -308,23 +352,17 @@ def none_detection(probs, labels, seen_mask, *, target_tpr=0.95):
 
     Returns:
       dict(auroc=, aupr=, fpr_at_95_tpr=, num_none=, num_seen=). `auroc` is the "none" column's
-      AUC of `ovr_roc`; `aupr` is average precision (sklearn's `average_precision_score`, no
-      interpolation); `fpr_at_95_tpr` is the lowest FPR among operating points whose TPR >=
-      `target_tpr`. All three are NaN without both "none" and seen examples.
+      AUC of `ovr_roc`; `aupr` is average precision (`average_precision`, as sklearn's
+      `average_precision_score`); `fpr_at_95_tpr` is the lowest FPR among operating points whose
+      TPR >= `target_tpr`. All three are NaN without both "none" and seen examples.
     """
     check_inputs(probs, labels, seen_mask, where="none_detection")
     seen_mask = np.asarray(seen_mask, bool)
     is_none = ~seen_mask[np.asarray(labels)]
     groups = tied_groups(is_none, none_score(np.asarray(probs), seen_mask),
                          unit_weights(is_none.size))
-    fpr, tpr, _, num_pos, num_neg = roc_points(groups)
-    result = dict(auroc=math.nan, aupr=math.nan, fpr_at_95_tpr=math.nan, num_none=num_pos,
-                  num_seen=num_neg)
-    if num_pos == 0 or num_neg == 0:
-        return result
-    tps, fps = tpr * num_pos, fpr * num_neg
-    precision = tps[1:] / (tps[1:] + fps[1:])
-    result["auroc"] = float(mann_whitney_auc(groups)[0])
-    result["aupr"] = float(np.sum(np.diff(tpr) * precision))
-    result["fpr_at_95_tpr"] = float(np.min(fpr[tpr >= target_tpr]))
-    return result
+    num_none = int(groups.positive.sum())
+    return dict(auroc=float(mann_whitney_auc(groups)[0]),
+                aupr=float(average_precision(groups)[0]),
+                fpr_at_95_tpr=float(fpr_at_tpr(groups, target_tpr)[0]), num_none=num_none,
+                num_seen=int(is_none.size - num_none))

@@ -12,13 +12,22 @@ writes atomically (each file where `embaug_jax.workdir.Workdir` puts it):
   into seen-class and "none" parts and its per-class AUCs), `results["variants"]` (every variant,
   i.e. the alpha grid), each metric as {mean, std, max_dev, min, max, n, values};
   `results["selection"]` (alpha chosen on a selection part of the validation rows, reported on
-  the rest), `results["paired"]` (each method minus the control, trial by trial, with paired-t
-  and bootstrap intervals; see `report.statistics`) and `results["axes"]` (chosen metrics
-  along each setting a method ran several values of: alpha, a weight decay grid, ...).
-- `results.md`: all of that as tables and plain sentences, beside the paper's own numbers.
+  the rest, after each member's post-hoc fits there: temperature and vector scaling, its own
+  threshold, its best "none" detector; see `report.fits`), `results["paired"]` (each method
+  minus the control, trial by trial, with paired-t and bootstrap intervals, p-values and Holm's
+  correction per table; see `report.statistics`) and `results["axes"]` (chosen metrics along
+  each setting a method ran several values of: alpha, a weight decay grid, ...). Beyond
+  Table 1's metrics: the threshold-free "none" metrics (OSCR area, AUPR both ways), the "none"
+  detectors (from the outputs, and from the embeddings when the report is given the dataset),
+  calibration (ECE with equal-width and equal-mass bins and over the seen rows, NLL, Brier
+  score) before and after post-hoc scaling.
+- `results.md`: all of that as tables and plain sentences, beside the paper's own numbers,
+  headed by the answers: does each method beat the control once the control is calibrated and
+  thresholded as well as it can be, on the seen classes, on "none" and in calibration?
 - the figures (`embaug_jax.workdir.FIGURES`): Figures 3-6 (Figure 6 only when a soft method
-  ran with >= 2 softness values), the reliability diagram, the AUC decomposition, and the
-  metrics along each swept setting (when a method ran several values of one).
+  ran with >= 2 softness values), the reliability diagram, the AUC decomposition, the OSCR
+  curves (when there are "none" rows) and the metrics along each swept setting (when a method
+  ran several values of one).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import numpy as np
 from embaug_jax import evaluate
 from embaug_jax.report import statistics
 from embaug_jax.report.figures import plan_figures
+from embaug_jax.report.fits import embedding_scores, output_detectors
 from embaug_jax.report.results import (
     AXIS_METRICS,
     axis_section,
@@ -50,6 +60,7 @@ from embaug_jax.util import write_json_atomic, write_text_atomic
 from embaug_jax.workdir import Workdir
 
 if TYPE_CHECKING:
+    from embaug_jax.dataset import EmbeddingDataset
     from embaug_jax.train.result import SweepResult
 
 __all__ = ["evaluate_members", "format_summary", "format_table", "group_variants",
@@ -60,6 +71,7 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
                  selection_fraction: float, bootstrap_resamples: int, seed: int,
                  threshold: float | None = None, thresholds=None,
                  title: str | None = None, num_bins: int = evaluate.NUM_BINS,
+                 dataset: EmbeddingDataset | None = None, head: str = "sigmoid",
                  axis_metrics=AXIS_METRICS) -> dict:
     """Evaluates a sweep and writes predictions.npz, results.json, results.md and the figures.
 
@@ -81,6 +93,11 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
       thresholds: Figure 3's sweep (default 0.05, 0.10, ..., 0.95).
       title: heading of results.md.
       num_bins: calibration bins.
+      dataset: the embedding dataset the sweep trained on (`load_embeddings(config.data.path)`),
+        for the distance detectors (Mahalanobis, k nearest neighbours); None leaves them out.
+      head: the MLP's output (config.model.head): "sigmoid" outputs invert to their logits
+        (max-logit, energy, post-hoc scaling); "softmax" ones do not, so max-logit and energy
+        are left out and the scalings act on the outputs' log-odds.
       axis_metrics: the metrics (names of `report.results.SCALAR_METRICS`) that
         results["axes"], its tables and its figure show along each swept setting.
 
@@ -106,6 +123,7 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
     if thresholds.ndim != 1 or thresholds.size == 0 or not np.all(np.isfinite(thresholds)):
         raise ValueError(f"write_report: thresholds must be a non-empty 1-D array of numbers, "
                          f"got {thresholds!r}.")
+    detectors = output_detectors(head)
     selection_fraction = statistics.check_selection_fraction(
         selection_fraction, "write_report: selection_fraction")
     bootstrap_resamples = statistics.check_bootstrap_resamples(
@@ -117,19 +135,24 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
     # First, so that any later analysis reads these instead of restoring a checkpoint.
     save_predictions(workdir.predictions, result)
 
+    scores = embedding_scores(result, dataset) if dataset is not None else None
     evaluation = dict(threshold=threshold, thresholds=thresholds, fpr_grid=fpr_grid,
-                      num_bins=num_bins)
+                      num_bins=num_bins, scores=scores, detectors=detectors)
     per_member = evaluate_members(result, **evaluation)
     variants = group_variants(result.members)
     results = build_results(result, per_member, variants, threshold, thresholds, fpr_grid)
+    results["detectors"] = dict(
+        head=head, output=list(detectors),
+        embedding=list(evaluate.EMBEDDING_DETECTORS) if scores is not None else [],
+        knn_k=evaluate.KNN_K)
 
     key = jax.random.key(int(seed))
     chosen = {m: e["variant"] for m, e in results["methods"].items()}
-    values, rows = dict(enumerate(per_member)), None
+    values, rows, fits = dict(enumerate(per_member)), None, None
     if selection_fraction:
         selection = statistics.selection_rows(jax.random.fold_in(key, 0), *result.val_labels.shape,
                                               selection_fraction)
-        held_out, values = held_out_selection(result, variants, selection, **evaluation)
+        held_out, values, fits = held_out_selection(result, variants, selection, **evaluation)
         results["selection"] = dict(fraction=float(selection_fraction), seed=int(seed),
                                     num_selection_rows=int(selection[0].sum()),
                                     num_report_rows=int((~selection[0]).sum()), **held_out)
@@ -142,7 +165,9 @@ def write_report(workdir: str | os.PathLike, result: SweepResult, *,
             methods=paired_section(result, chosen, variants, values, rows,
                                    key=jax.random.fold_in(key, 1),
                                    num_resamples=int(bootstrap_resamples),
-                                   threshold=float(threshold), num_bins=num_bins))
+                                   threshold=float(threshold), num_bins=num_bins,
+                                   posthoc=fits, scores=scores, detectors=detectors))
+        results["paired"]["families"] = statistics.holm_families(results["paired"]["methods"])
 
     results["axes"] = axis_section(results, axis_metrics)
 

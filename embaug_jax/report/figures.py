@@ -12,7 +12,7 @@ import numpy as np
 
 from embaug_jax import registry
 from embaug_jax.report.results import entry_settings, nanreduce
-from embaug_jax.report.tables import metric_label
+from embaug_jax.report.formatting import metric_label
 from embaug_jax.util import atomic_path
 
 if TYPE_CHECKING:
@@ -25,8 +25,8 @@ def plan_figures(results: dict, variants: dict[str, dict], per_member: list[dict
     each a function that draws it to the path it is given.
 
     Learning curves need evaluations during training (`result.eval_epochs`); Figure 6 needs a
-    soft method that ran >= 2 softness values at one alpha; the settings figure needs a method
-    that ran several values of a setting (results["axes"]).
+    soft method that ran >= 2 softness values at one alpha; the OSCR curves need "none" rows;
+    the settings figure needs a method that ran several values of a setting (results["axes"]).
     """
     plans = {"threshold_sweep": (_fig3_threshold_sweep, (results, variants, per_member)),
              "roc": (_fig4_roc, (results, variants, per_member, fpr_grid))}
@@ -38,6 +38,8 @@ def plan_figures(results: dict, variants: dict[str, dict], per_member: list[dict
     plans["reliability"] = (_reliability, (results, variants, per_member))
     plans["auc_decomposition"] = (_auc_decomposition,
                                   (results, variants, per_member, result.members))
+    if any(results["num_none_examples"]):
+        plans["oscr"] = (_oscr, (results, variants, per_member, fpr_grid))
     if results.get("axes", {}).get("settings"):
         plans["settings"] = (_settings, (results,))
     # Each drawing function takes the path first: bind its other arguments behind it.
@@ -110,17 +112,25 @@ def _fig3_threshold_sweep(path, results, variants, per_member):
     _save(fig, path)
 
 
+def _mean_curves(ax, results, variants, per_member, fpr_grid, curve: str, area: str,
+                 name: str) -> None:
+    """Each method's Table-1 variant's `curve` on the FPR grid, averaged over its members, its
+    mean `area` in the legend as "(name 0.1234)"; the control drawn thickest."""
+    for k, (method, entry) in enumerate(results["methods"].items()):
+        idx = variants[entry["variant"]]["members"]
+        mean = nanreduce(np.nanmean, _stack(per_member, idx, curve))
+        value = entry[area]["mean"]
+        ax.plot(np.r_[0.0, fpr_grid], np.r_[0.0, mean], color=f"C{k}",
+                lw=3.0 if method == "control" else 1.4,
+                label=f"{_label(method)} ({name} {value:.4f})" if value is not None
+                else _label(method))
+
+
 def _fig4_roc(path, results, variants, per_member, fpr_grid):
     fig, axes = _new_figure(1, 1, width=5.5, height=5.0)
     ax = axes[0, 0]
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
-    for k, (method, entry) in enumerate(results["methods"].items()):
-        idx = variants[entry["variant"]]["members"]
-        tpr = nanreduce(np.nanmean, _stack(per_member, idx, "roc_tpr"))
-        auc = entry["weighted_auc"]["mean"]
-        ax.plot(np.r_[0.0, fpr_grid], np.r_[0.0, tpr], color=f"C{k}",
-                lw=3.0 if method == "control" else 1.4,
-                label=f"{_label(method)} (AUC {auc:.4f})" if auc is not None else _label(method))
+    _mean_curves(ax, results, variants, per_member, fpr_grid, "roc_tpr", "weighted_auc", "AUC")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title("Weighted mean one-vs-rest ROC\n(seen classes + \"none\", weights = support)")
@@ -298,6 +308,23 @@ def _auc_decomposition(path, results, variants, per_member, members):
     right.set_ylabel("difference in weighted AUC")
     right.grid(alpha=0.3)
     right.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _oscr(path, results, variants, per_member, fpr_grid):
+    """Each method's mean OSCR curve: seen rows accepted with their true class against "none"
+    rows accepted, as the threshold falls."""
+    fig, axes = _new_figure(1, 1, width=5.5, height=5.0)
+    ax = axes[0, 0]
+    _mean_curves(ax, results, variants, per_member, fpr_grid, "oscr_ccr", "oscr_auc", "area")
+    ax.set_xlabel("false acceptance rate (\"none\" rows accepted)")
+    ax.set_ylabel("correct classification rate (seen rows)")
+    ax.set_title("Open-set classification rate curves\n(each method's Table-1 variant; mean "
+                 "over trials)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
     _save(fig, path)
 
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 import embaug_jax.train.optim  # noqa: F401 (registers the built-in methods and settings)
 from embaug_jax import evaluate, registry
+from embaug_jax.report.fits import fit_members
 from embaug_jax.train.result import MEMBER_KEYS
 
 if TYPE_CHECKING:
@@ -29,10 +30,13 @@ PAPER_TABLE1 = {
     "soft_e_mixup": (0.9795, 0.0001),
     "soft_e_stitchup": (0.9812, 0.0004),
 }
-# Per-member scalar metrics, in the order results.json lists them.
-SCALAR_METRICS = ("weighted_auc", "seen_auc", "none_weight", "seen_part", "none_part",
-                  "overall_accuracy", "none_accuracy", "seen_accuracy", "none_auroc", "none_aupr",
-                  "none_fpr_at_95_tpr", "ece", "final_train_loss")
+# Per-member scalar metrics, in the order results.json lists them: Table 1's, then the rest of
+# evaluate.RESAMPLED_METRICS (threshold-free "none", detectors, tuned threshold, calibration).
+_TABLE1_SCALARS = ("weighted_auc", "seen_auc", "none_weight", "seen_part", "none_part",
+                   "overall_accuracy", "none_accuracy", "seen_accuracy", "none_auroc",
+                   "none_aupr", "none_fpr_at_95_tpr", "ece", "final_train_loss")
+SCALAR_METRICS = _TABLE1_SCALARS + tuple(k for k in evaluate.RESAMPLED_METRICS
+                                         if k not in _TABLE1_SCALARS)
 
 
 def save_predictions(path, outputs: SweepResult) -> None:
@@ -97,12 +101,20 @@ def load_predictions(path) -> SweepResult:
 
 
 def evaluate_members(outputs: SweepResult, *, threshold, thresholds=evaluate.THRESHOLDS,
-                     fpr_grid=evaluate.FPR_GRID,
-                     num_bins=evaluate.NUM_BINS) -> list[dict[str, Any]]:
-    """`evaluate.evaluate_member` for every member, plus its final training loss."""
+                     fpr_grid=evaluate.FPR_GRID, num_bins=evaluate.NUM_BINS,
+                     scores: Sequence[dict] | None = None,
+                     detectors=evaluate.OUTPUT_DETECTORS) -> list[dict[str, Any]]:
+    """`evaluate.evaluate_member` for every member, plus its final training loss.
+
+    Args:
+      scores: per trial, the embedding detectors' scores of its validation rows
+        (`report.fits.embedding_scores`), or None.
+      detectors: the output detectors scored (`report.fits.output_detectors`).
+    """
     # One member at a time: [Nv, C] fits where the whole [M, Nv, C] sweep might not.
     return [_evaluate_on(outputs, i, None, threshold=threshold, thresholds=thresholds,
-                         fpr_grid=fpr_grid, num_bins=num_bins)
+                         fpr_grid=fpr_grid, num_bins=num_bins, scores=scores,
+                         detectors=detectors)
             for i in tqdm(range(len(outputs.members)), desc="evaluating members", leave=False)]
 
 
@@ -212,6 +224,9 @@ def build_results(outputs, per_member, variants, threshold, thresholds,
         # Figure 4's curve: the support-weighted mean ROC, averaged over the variant's members.
         entry["roc"] = dict(fpr=_json_list(fpr_grid), tpr_mean=_json_list(nanreduce(
             np.nanmean, np.stack([per_member[i]["roc_tpr"] for i in idx]))))
+        # The OSCR curve on the same grid (NaN where a trial has no "none" row).
+        entry["oscr"] = dict(fpr=_json_list(fpr_grid), ccr_mean=_json_list(nanreduce(
+            np.nanmean, np.stack([per_member[i]["oscr_ccr"] for i in idx]))))
         variant_results[name] = entry
     methods = _best_variants(variants, [m["weighted_auc"] for m in per_member])
     return dict(
@@ -225,7 +240,8 @@ def build_results(outputs, per_member, variants, threshold, thresholds,
         num_none_examples=[int((~outputs.seen_mask[t][outputs.val_labels[t]]).sum())
                            for t in range(outputs.val_labels.shape[0])],
         methods={m: dict(variant=name, **variant_results[name],
-                         class_auc=_class_auc(outputs, per_member, variants[name]["members"]))
+                         class_auc=_class_auc(outputs, per_member, variants[name]["members"]),
+                         grid_edge=grid_edge(variants, name))
                  for m, name in methods.items()},
         variants=variant_results,
         paper_table1={m: dict(mean=mu, max_dev=dev) for m, (mu, dev) in PAPER_TABLE1.items()},
@@ -258,17 +274,16 @@ def _json_list(a) -> list:
     return [float(x) if np.isfinite(x) else None for x in np.asarray(a, np.float64)]
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Beyond Table 1: alpha chosen on held-out rows, and paired comparisons with the control.
 
 
-def _evaluate_on(outputs, i, rows, **kw) -> dict[str, Any]:
+def _evaluate_on(outputs, i, rows, *, scores=None, **kw) -> dict[str, Any]:
     t = int(outputs.members[i]["trial"])
     keep = slice(None) if rows is None else rows[t]
+    embedding = None if scores is None else {k: v[keep] for k, v in scores[t].items()}
     result = evaluate.evaluate_member(outputs.val_probs[i][keep], outputs.val_labels[t][keep],
-                                      outputs.seen_mask[t], **kw)
+                                      outputs.seen_mask[t], embedding_scores=embedding, **kw)
     loss = outputs.history.get("train_loss")
     result["final_train_loss"] = (float(loss[i, -1]) if loss is not None and loss.shape[1]
                                   else math.nan)
@@ -276,13 +291,17 @@ def _evaluate_on(outputs, i, rows, **kw) -> dict[str, Any]:
 
 
 def held_out_selection(outputs: SweepResult, variants: dict[str, dict], rows: np.ndarray, *,
-                       threshold, thresholds, fpr_grid, num_bins) -> tuple[dict, dict[int, dict]]:
+                       threshold, thresholds, fpr_grid, num_bins,
+                       scores: Sequence[dict] | None = None,
+                       detectors=evaluate.OUTPUT_DETECTORS
+                       ) -> tuple[dict, dict[int, dict], dict[int, evaluate.PostHoc]]:
     """Each method's alpha chosen by mean weighted AUC on the selection rows (rows[t] True), and
-    its metrics on the other, report rows.
+    its metrics on the other, report rows, after the post-hoc fits of each of its members on
+    the selection rows (`report.fits.fit_members`).
 
     Returns:
-      (results["selection"] without its header, {member: metrics on the report rows} for the
-      chosen variants' members).
+      (results["selection"] without its header, {member: metrics on the report rows} and
+      {member: its post-hoc fits}, both for the chosen variants' members).
     """
     selection_auc = []
     for i, member in enumerate(tqdm(outputs.members, desc="selecting alpha", leave=False)):
@@ -291,26 +310,78 @@ def held_out_selection(outputs: SweepResult, variants: dict[str, dict], rows: np
                                               outputs.val_labels[t][rows[t]],
                                               outputs.seen_mask[t]).weighted_auc)
     chosen = _best_variants(variants, selection_auc)
+    members = [i for name in chosen.values() for i in variants[name]["members"]]
+    fits = fit_members(outputs, members, rows, scores=scores, detectors=detectors)
     report_rows = ~rows
     on_report = {i: _evaluate_on(outputs, i, report_rows, threshold=threshold,
-                                 thresholds=thresholds, fpr_grid=fpr_grid, num_bins=num_bins)
-                 for name in chosen.values() for i in variants[name]["members"]}
+                                 thresholds=thresholds, fpr_grid=fpr_grid, num_bins=num_bins,
+                                 scores=scores, posthoc=fits[i], detectors=detectors)
+                 for i in members}
     methods = {}
     for method, name in chosen.items():
         v = variants[name]
+        idx = v["members"]
         entry = dict(variant=name, method=method, **variant_settings(v),
-                     selection_weighted_auc=summarize([selection_auc[i] for i in v["members"]]))
+                     selection_weighted_auc=summarize([selection_auc[i] for i in idx]))
         for key in SCALAR_METRICS:
-            entry[key] = summarize([on_report[i][key] for i in v["members"]])
+            entry[key] = summarize([on_report[i][key] for i in idx])
+        entry["temperature"] = summarize([fits[i].temperature for i in idx])
+        entry["tuned_threshold"] = summarize([fits[i].threshold for i in idx])
+        entry["best_detector"] = {d: sum(fits[i].detector == d for i in idx)
+                                  for d in evaluate.DETECTORS
+                                  if any(fits[i].detector == d for i in idx)}
+        entry["grid_edge"] = grid_edge(variants, name)
         methods[method] = entry
-    return dict(methods=methods), on_report
+    return dict(methods=methods), on_report, fits
+
+
+def grid_edge(variants: dict[str, dict], name: str) -> list[dict[str, Any]]:
+    """The settings at which variant `name` sits on the edge of its method's grid.
+
+    For each setting the method reads (its own, and the swept ones every method reads) whose
+    grid (the values its variants ran) has at least two values: where the chosen value is the
+    smallest or the largest, unless the setting's range ends there (a softness of 0 cannot go
+    lower), the grid should be extended.
+
+    Returns:
+      [dict(setting=, value=, side="smallest" | "largest", grid=[...])], possibly empty.
+    """
+    chosen = variants[name]
+    method = chosen["method"]
+    try:
+        reads = registry.method(method).reads
+    except registry.UnknownNameError:
+        reads = tuple(variant_settings(chosen))
+    reads += tuple(s.name for s in registry.settings(every_method=True)
+                   if s.name in chosen and s.name not in reads)
+    out = []
+    for setting in reads:
+        grid = sorted({v.get(setting, 0.0) for v in variants.values() if v["method"] == method})
+        value = chosen.get(setting, 0.0)
+        if len(grid) < 2 or value not in (grid[0], grid[-1]):
+            continue
+        side = "smallest" if value == grid[0] else "largest"
+        try:
+            limits = registry.setting(setting).range
+        except registry.UnknownNameError:
+            limits = None
+        if limits is not None and (
+                (side == "smallest" and limits.low_closed and value == limits.low)
+                or (side == "largest" and limits.high_closed and value == limits.high)):
+            continue
+        out.append(dict(setting=setting, value=value, side=side, grid=grid))
+    return out
 
 
 def paired_section(outputs: SweepResult, chosen: dict[str, str], variants: dict[str, dict],
                    values: dict[int, dict], rows: np.ndarray | None, *, key, num_resamples: int,
-                   threshold: float, num_bins: int) -> dict[str, dict]:
+                   threshold: float, num_bins: int,
+                   posthoc: dict[int, evaluate.PostHoc] | None = None,
+                   scores: Sequence[dict] | None = None,
+                   detectors=evaluate.OUTPUT_DETECTORS) -> dict[str, dict]:
     """`statistics.compare_with_control` of the chosen variants, with the bootstrap over `rows`
-    (None: all validation rows) unless num_resamples is 0."""
+    (None: all validation rows) unless num_resamples is 0; `posthoc`, `scores` and
+    `detectors` are `statistics.paired_bootstrap`'s."""
     from embaug_jax.report import statistics
 
     members = {m: variants[name]["members"] for m, name in chosen.items()}
@@ -325,7 +396,8 @@ def paired_section(outputs: SweepResult, chosen: dict[str, str], variants: dict[
             resampled[method] = statistics.paired_bootstrap(
                 key, pairs, outputs.members, outputs.val_probs, outputs.val_labels,
                 outputs.seen_mask, rows, num_resamples=num_resamples, threshold=threshold,
-                num_bins=num_bins, cache=cache)
+                num_bins=num_bins, cache=cache, posthoc=posthoc, embedding_scores=scores,
+                detectors=detectors)
     per_member = [values.get(i) for i in range(len(outputs.members))]
     return statistics.compare_with_control(outputs.members, members, per_member, resampled)
 

@@ -1,70 +1,31 @@
 """The Table-1 analogue and results.md, as markdown."""
 
-from typing import Sequence
-
-from embaug_jax import registry
 from embaug_jax.registry import display_name
+from embaug_jax.report.answers import (format_calibration, format_detectors, format_open_set,
+                                       grid_notes, headline)
+from embaug_jax.report.formatting import (METRIC_LABELS, column_settings, difference_text,
+                                          format_paired, holm_note, markdown_table, metric_label,
+                                          paired_rows_text, reads, setting_text, stat_text)
+from embaug_jax.report.statistics import HEADLINE_METRICS
 from embaug_jax.workdir import FIGURES
-
-
-def _fmt(stat: dict, *, scale=1.0, digits=4, dev="max_dev") -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    if stat["n"] < 2:
-        return f"{stat['mean'] * scale:.{digits}f}"
-    return f"{stat['mean'] * scale:.{digits}f} ± {stat[dev] * scale:.{digits}f}"
-
-
-def _swept(results: dict) -> list[str]:
-    """The settings every method reads that the sweep ran several values of: the variants
-    record only those (`report.results.swept_settings`)."""
-    return [s.name for s in registry.settings(every_method=True)
-            if any(s.name in e for e in results["variants"].values())]
-
-
-def _columns(results: dict) -> list[str]:
-    """The settings with a column of their own: the paper's alpha and softness, and the swept
-    settings every method reads (a weight decay grid, say)."""
-    return [s.name for s in registry.settings() if s.column] + _swept(results)
-
-
-def _reads(method: str, results: dict) -> tuple[str, ...]:
-    """The settings `method` reads (a method not registered here: the column settings), and
-    the swept ones every method reads."""
-    try:
-        own = registry.method(method).reads
-    except registry.UnknownNameError:
-        own = tuple(s.name for s in registry.settings() if s.column)
-    return own + tuple(_swept(results))
 
 
 def _fmt_param(entry: dict, key: str, results: dict) -> str:
     """A variant's value of setting `key`, or "-" when its method does not read it; for key
     "other", the settings without a column of their own (e.g. "smoothing 0.1")."""
-    used = _reads(entry["method"], results)
+    used = reads(entry["method"], results)
     if key == "other":
         return ", ".join(f"{k} {entry.get(k, 0):g}" for k in used
-                         if k not in _columns(results)) or "-"
+                         if k not in column_settings(results)) or "-"
     return f"{entry[key]:g}" if key in used else "-"
 
 
 def _has_other(results: dict) -> bool:
-    return any(set(_reads(e["method"], results)) - set(_columns(results))
+    return any(set(reads(e["method"], results)) - set(column_settings(results))
                for e in results["variants"].values())
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 PAPER_COLUMN = "Paper's weighted AUC (its own data: Fashion Product Images)"
-# Paired differences: (metric, label, scale, unit) in the order the tables list them.
-PAIRED_ROWS = (("weighted_auc", "weighted AUC", 1.0, ""), ("seen_auc", "seen-class AUC", 1.0, ""),
-               ("none_auroc", "\"none\" AUC", 1.0, ""),
-               ("overall_accuracy", "overall accuracy", 100.0, " pp"),
-               ("none_accuracy", "\"none\" accuracy", 100.0, " pp"), ("ece", "ECE", 1.0, ""))
 
 
 def _no_none(results: dict) -> bool:
@@ -84,31 +45,22 @@ def format_table(results: dict) -> str:
     """The Table-1 analogue (markdown): best variant per method, mean ± max deviation."""
     t = results["threshold"]
     other = _has_other(results)
-    header = ["Method", *_columns(results), *(["other"] if other else []), "Weighted AUC",
+    header = ["Method", *column_settings(results), *(["other"] if other else []),
+              "Weighted AUC",
               f"Overall acc @{t:g} (%)", f"None acc @{t:g} (%)", PAPER_COLUMN]
     rows = []
     for method, entry in results["methods"].items():
         paper = results.get("paper_table1", {}).get(method)
         rows.append([
-            display_name(method), *(_fmt_param(entry, k, results) for k in _columns(results)),
+            display_name(method),
+            *(_fmt_param(entry, k, results) for k in column_settings(results)),
             *([_fmt_param(entry, "other", results)] if other else []),
-            _fmt(entry["weighted_auc"]),
-            _fmt(entry["overall_accuracy"], scale=100, digits=2),
-            _fmt(entry["none_accuracy"], scale=100, digits=2),
+            stat_text(entry["weighted_auc"]),
+            stat_text(entry["overall_accuracy"], scale=100, digits=2),
+            stat_text(entry["none_accuracy"], scale=100, digits=2),
             f"{paper['mean']:.4f} ± {paper['max_dev']:.4f}" if paper else "-",
         ])
-    return _markdown(header, rows)
-
-
-def _signed(x, scale=1.0, digits=4) -> str:
-    return "n/a" if x is None else f"{x * scale:+.{digits}f}"
-
-
-def _interval(low, high, excludes, scale, digits) -> str:
-    if low is None or high is None:
-        return "-"
-    mark = "" if excludes else " (contains 0)"
-    return f"[{low * scale:+.{digits}f}, {high * scale:+.{digits}f}]{mark}"
+    return markdown_table(header, rows)
 
 
 def format_decomposition(results: dict, section: str = "methods") -> str:
@@ -116,32 +68,11 @@ def format_decomposition(results: dict, section: str = "methods") -> str:
     header = ["Method", "Weighted AUC", "= seen part", "+ \"none\" part", "Seen-class AUC",
               "\"None\" AUC", "\"None\" weight"]
     absent = "absent" if _no_none(results) else "n/a"
-    rows = [[display_name(m), _fmt(e["weighted_auc"]), _fmt(e["seen_part"]),
-             _fmt(e["none_part"]), _fmt(e["seen_auc"]),
-             _fmt(e["none_auroc"]) if e["none_auroc"]["mean"] is not None else absent,
-             _fmt(e["none_weight"])] for m, e in results[section].items()]
-    return _markdown(header, rows)
-
-
-def format_paired(results: dict) -> str:
-    """Each method minus the control: mean paired difference and its two 95% intervals."""
-    paired = results["paired"]
-    header = ["Method", "Difference in", "Mean", "Trials", "95% paired t",
-              f"95% bootstrap ({paired['bootstrap_resamples']} resamples)", "Beyond noise"]
-    rows = []
-    for method, entry in paired["methods"].items():
-        for key, label, scale, unit in PAIRED_ROWS:
-            d = entry[key]
-            if d["mean"] is None:  # e.g. no "none" example in any trial: nothing to compare
-                continue
-            digits = 2 if unit else 4
-            rows.append([
-                display_name(method), label + (f" ({unit.strip()})" if unit else ""),
-                _signed(d["mean"], scale, digits), str(d["n"]),
-                _interval(d["t_low"], d["t_high"], d["t_excludes_zero"], scale, digits),
-                _interval(d["boot_low"], d["boot_high"], d["boot_excludes_zero"], scale, digits),
-                "yes" if d["distinguishable"] else "no"])
-    return _markdown(header, rows)
+    rows = [[display_name(m), stat_text(e["weighted_auc"]), stat_text(e["seen_part"]),
+             stat_text(e["none_part"]), stat_text(e["seen_auc"]),
+             stat_text(e["none_auroc"]) if e["none_auroc"]["mean"] is not None else absent,
+             stat_text(e["none_weight"])] for m, e in results[section].items()]
+    return markdown_table(header, rows)
 
 
 def paired_sentences(results: dict) -> list[str]:
@@ -153,14 +84,13 @@ def paired_sentences(results: dict) -> list[str]:
     for method, entry in paired["methods"].items():
         name = display_name(method)
         clear, unclear = [], []
-        for key, label, scale, unit in PAIRED_ROWS:
+        for key in HEADLINE_METRICS:
             d = entry[key]
             if d["mean"] is None:
                 continue
-            digits = 2 if unit else 4
-            text = f"{label} {_signed(d['mean'], scale, digits)}{unit}"
+            text = f"{METRIC_LABELS[key][0]} {difference_text(d, key)}"
             (clear if d["distinguishable"] else unclear).append(text)
-        n = max((entry[k]["n"] for k, *_ in PAIRED_ROWS), default=0)
+        n = max((entry[k]["n"] for k in HEADLINE_METRICS), default=0)
         sentence = f"{name} against the control ({n} paired trial{'s' if n != 1 else ''}): "
         if clear:
             sentence += "distinguishable from noise: " + ", ".join(clear)
@@ -180,25 +110,12 @@ def format_selection(results: dict) -> str:
     rows = []
     for method, entry in sel["methods"].items():
         paper = results["methods"][method]
-        rows.append([display_name(method), _setting(paper, results),
-                     _fmt(paper["weighted_auc"]), _setting(entry, results),
-                     _fmt(entry["weighted_auc"]),
-                     _fmt(entry["overall_accuracy"], scale=100, digits=2),
-                     _fmt(entry["none_accuracy"], scale=100, digits=2)])
-    return _markdown(header, rows)
-
-
-def _setting(entry: dict, results: dict) -> str:
-    """A variant's settings in a few characters: "alpha 0.2, softness 0.05" or "-"."""
-    return ", ".join(f"{k} {entry.get(k, 0):g}"
-                     for k in _reads(entry["method"], results)) or "-"
-
-
-def metric_label(metric: str) -> tuple[str, float, int]:
-    """(label, scale, digits) of a per-member metric in tables and figures: accuracies in %."""
-    label = {key: text for key, text, *_ in PAIRED_ROWS}.get(
-        metric, metric.replace("_", " ").replace("none", '"none"'))
-    return (label + " (%)", 100.0, 2) if metric.endswith("accuracy") else (label, 1.0, 4)
+        rows.append([display_name(method), setting_text(paper, results),
+                     stat_text(paper["weighted_auc"]), setting_text(entry, results),
+                     stat_text(entry["weighted_auc"]),
+                     stat_text(entry["overall_accuracy"], scale=100, digits=2),
+                     stat_text(entry["none_accuracy"], scale=100, digits=2)])
+    return markdown_table(header, rows)
 
 
 def format_axes(results: dict) -> str:
@@ -213,15 +130,15 @@ def format_axes(results: dict) -> str:
             for method, e in line["methods"].items():
                 cells = []
                 for value, stat in zip(line["values"], e[metric]):
-                    text = "-" if stat is None else _fmt(stat, scale=scale, digits=digits)
+                    text = "-" if stat is None else stat_text(stat, scale=scale, digits=digits)
                     cells.append(f"**{text}**" if stat is not None and value == e["chosen"]
                                  else text)
                 fixed = ", ".join(f"{k} {v:g}" for k, v in e["fixed"].items()
-                                  if k in _reads(method, results)) or "-"
+                                  if k in reads(method, results)) or "-"
                 rows.append([display_name(method), fixed, *cells])
             parts += [f"{label[:1].upper()}{label[1:]} against {axis}:", "",
-                      _markdown(["Method", "other settings",
-                                 *(f"{axis} {v:g}" for v in line["values"])], rows), ""]
+                      markdown_table(["Method", "other settings",
+                                      *(f"{axis} {v:g}" for v in line["values"])], rows), ""]
     return "\n".join(parts[:-1])
 
 
@@ -243,7 +160,12 @@ def format_class_auc(results: dict) -> str:
     if any(s["mean"] is not None for s in none):
         rows.append(["\"none\""] + [f"{s['mean']:.4f}" if s["mean"] is not None else "-"
                                      for s in none] + [str(max(s["n"] for s in none))])
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
+
+
+def _lines(sentences: list[str]) -> list[str]:
+    """Sentences as a paragraph of their own (nothing when there are none)."""
+    return [" ".join(sentences), ""] if sentences else []
 
 
 def format_summary(results: dict) -> str:
@@ -251,21 +173,14 @@ def format_summary(results: dict) -> str:
     parts = [format_table(results), "", "Weighted AUC by part (each method's Table-1 variant):",
              "", format_decomposition(results)]
     if results.get("paired"):
-        where = _paired_rows_text(results)
+        where = paired_rows_text(results)
         parts += ["", f"Differences from the control, trial by trial ({where}):", "",
                   format_paired(results), ""] + paired_sentences(results)
     if _no_none(results):
         parts += ["", no_none_note(results)]
-    return "\n".join(parts)
-
-
-def _paired_rows_text(results: dict) -> str:
-    if results["paired"]["rows"] == "report":
-        sel = results["selection"]
-        return (f"alpha chosen on {sel['num_selection_rows']} selection rows per trial, "
-                f"differences on the other {sel['num_report_rows']}")
-    return ("alpha chosen and differences measured on the same validation rows, the paper's "
-            "procedure, which favours the methods")
+    if results.get("paired", {}).get("rows") == "report":
+        parts += ["", *headline(results)[2:]]
+    return "\n".join(parts).rstrip("\n")
 
 
 def results_markdown(results: dict, title: str | None) -> str:
@@ -281,6 +196,7 @@ def results_markdown(results: dict, title: str | None) -> str:
         f"mean ± max deviation over trials and seeds, as the paper prints them; accuracies at "
         f"confidence threshold {t:g} (a prediction needs probability strictly above it).",
         "",
+        *headline(results),
         "## Table 1: best alpha per method (by mean weighted AUC)",
         "",
         "The paper's procedure: alpha chosen by the weighted AUC on the same validation rows "
@@ -289,6 +205,7 @@ def results_markdown(results: dict, title: str | None) -> str:
         "",
         format_table(results),
         "",
+        *_lines(grid_notes(results)),
     ]
     if _no_none(results):
         parts += [no_none_note(results), ""]
@@ -299,7 +216,8 @@ def results_markdown(results: dict, title: str | None) -> str:
         "(\"none\" weight) x (\"none\" AUC) + (1 - \"none\" weight) x (seen-class AUC), "
         "where the \"none\" weight is the share of validation rows from classes held out of "
         "training. A method's gain over the control splits the same way "
-        f"({FIGURES['auc_decomposition']}).",
+        f"({FIGURES['auc_decomposition']}). Each method's Table-1 variant on all validation "
+        "rows (the paper's procedure).",
         "",
         format_decomposition(results),
         "",
@@ -316,6 +234,7 @@ def results_markdown(results: dict, title: str | None) -> str:
             "",
             format_selection(results),
             "",
+            *_lines(grid_notes(results, "selection")),
         ]
     if results.get("paired"):
         parts += [
@@ -323,14 +242,18 @@ def results_markdown(results: dict, title: str | None) -> str:
             "",
             f"Members that differ only in method share split, initialisation and shuffles, so "
             f"each method is compared with the control trial by trial "
-            f"({_paired_rows_text(results)}). Intervals are 95%: paired t over trials (does "
+            f"({paired_rows_text(results)}). Intervals are 95%: paired t over trials (does "
             f"the difference survive another split and initialisation?) and a bootstrap over "
             f"validation rows within each trial (does it survive another draw of validation "
             f"rows?). A difference is distinguishable from noise when every interval excludes 0.",
             "",
             format_paired(results),
             "",
+            holm_note(results, "table1"),
+            "",
         ] + paired_sentences(results) + [""]
+    parts += [*format_open_set(results), *format_calibration(results),
+              *format_detectors(results)]
     parts += [
         "## Per-class AUC (each method's Table-1 variant; mean over trials)",
         "",
@@ -338,10 +261,12 @@ def results_markdown(results: dict, title: str | None) -> str:
         "",
         "## \"None\" detection (score = 1 - max seen probability) and calibration",
         "",
-        _markdown(
+        "Each method's Table-1 variant on all validation rows (the paper's procedure).",
+        "",
+        markdown_table(
             ["Method", "None AUROC", "None AUPR", "FPR @ 95% TPR", "ECE (15 bins)"],
-            [[display_name(m), _fmt(e["none_auroc"]), _fmt(e["none_aupr"]),
-              _fmt(e["none_fpr_at_95_tpr"]), _fmt(e["ece"])]
+            [[display_name(m), stat_text(e["none_auroc"]), stat_text(e["none_aupr"]),
+              stat_text(e["none_fpr_at_95_tpr"]), stat_text(e["ece"])]
              for m, e in results["methods"].items()]),
         "",
     ]
@@ -362,15 +287,18 @@ def results_markdown(results: dict, title: str | None) -> str:
     parts += [
         "## Every variant (the alpha grid)",
         "",
-        _markdown(
-            ["Method", *_columns(results), *(["other"] if _has_other(results) else []),
+        "Every variant on all validation rows: no choice is made here.",
+        "",
+        markdown_table(
+            ["Method", *column_settings(results), *(["other"] if _has_other(results) else []),
              "members", "Weighted AUC", "Overall acc (%)", "None acc (%)", "None AUROC", "ECE"],
-            [[display_name(e["method"]), *(_fmt_param(e, k, results) for k in _columns(results)),
+            [[display_name(e["method"]),
+              *(_fmt_param(e, k, results) for k in column_settings(results)),
               *([_fmt_param(e, "other", results)] if _has_other(results) else []),
-              str(e["num_members"]), _fmt(e["weighted_auc"]),
-              _fmt(e["overall_accuracy"], scale=100, digits=2),
-              _fmt(e["none_accuracy"], scale=100, digits=2), _fmt(e["none_auroc"]),
-              _fmt(e["ece"])]
+              str(e["num_members"]), stat_text(e["weighted_auc"]),
+              stat_text(e["overall_accuracy"], scale=100, digits=2),
+              stat_text(e["none_accuracy"], scale=100, digits=2), stat_text(e["none_auroc"]),
+              stat_text(e["ece"])]
              for e in results["variants"].values()]),
         "",
     ]

@@ -363,7 +363,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             logging.info("%s is finished; re-reporting from %s", workdir, workdir.predictions)
             results = None
             if primary:
-                results = _report(config, workdir, report.load_predictions(workdir.predictions))
+                results = _report(config, workdir, report.load_predictions(workdir.predictions),
+                                  dataset)
             _wait_for_report(started)
             return results
         return _train_and_report(config, workdir, fingerprint, dataset, splits, data, segments,
@@ -439,7 +440,7 @@ def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, spli
         _wait_for_report(started)
         return None
 
-    results = _report(config, workdir, result)
+    results = _report(config, workdir, result, dataset)
     _wait_for_report(started)
     return results
 
@@ -451,8 +452,10 @@ def _wait_for_report(started: float) -> None:
     distributed.barrier("train: reported", distributed.patient_timeout(started))
 
 
-def _report(config, workdir: Workdir, result) -> dict:
-    return report.write_report(workdir, result, threshold=config.threshold, **config.report)
+def _report(config, workdir: Workdir, result, dataset) -> dict:
+    # The dataset gives the report the embeddings its distance detectors measure.
+    return report.write_report(workdir, result, threshold=config.threshold, dataset=dataset,
+                               head=config.model.head, **config.report)
 
 
 def _holdout(data_config) -> int | list[str]:
