@@ -86,6 +86,17 @@ def check() -> None:
         raise Interrupted(signum)
 
 
+def _in_gc_callback(frame) -> bool:
+    """Whether `frame` runs in a garbage-collection callback: one that lands before
+    `_on_gc_start` has marked the collection (in its own first line, say)."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks:
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Within the block, a first SIGINT or SIGTERM is held and raised as `Interrupted` when the
@@ -122,7 +133,7 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
         seen += 1
         if seen > 1:
             _exit_now(signum, label)
-        if _state.collecting or _state.deferring:
+        if _state.collecting or _state.deferring or _in_gc_callback(frame):
             _state.held = signum
         else:
             raise Interrupted(signum)
