@@ -3,7 +3,8 @@
 One process per host (or, for tests, several on one machine) runs the same `embaug` command.
 `initialize` joins them through `jax.distributed`; afterwards `jax.devices()` lists every
 process's devices, so a sweep's member axis spans them all. Process 0 is the primary: it alone
-writes the workdir's reports; checkpoints are written by orbax on every process.
+writes the workdir's files, checkpoints included. `check_same` refuses processes started with
+different configs before they issue any collective.
 
 Failures are bounded in time, never a hang: a process that does not join within
 `initialization_timeout` seconds, or stops sending heartbeats for `heartbeat_timeout` seconds
@@ -19,12 +20,17 @@ SIGINT or SIGTERM itself (`embaug_jax.interrupt`), and a rerun resumes from its 
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import sys
 import time
+from typing import Any, Sequence
 
 import jax
 from absl import logging
+
+from embaug_jax.util import UserError
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -94,6 +100,91 @@ def barrier(name: str, timeout_s: float) -> None:
             f"process {jax.process_index()} of {jax.process_count()} waited at barrier "
             f"{name!r} and not every process arrived within {timeout_s:g} s ({e}); check the "
             "other processes' logs for the one that failed or is stuck.") from e
+
+
+_CHECKS = itertools.count()  # every process checks in the same order: the keys match
+
+
+def check_same(what: str, value: Any, *, ignore: Sequence[str] = (),
+               timeout_s: float = 600) -> None:
+    """Goes on only if `value` (a JSON document: a config, a fingerprint) is the same on every
+    process; otherwise every process raises the same UserError. A no-op alone.
+
+    Processes started with different configs would issue different collectives and wait for
+    each other forever. Each process posts `value` to JAX's coordination service (no
+    collective) and compares every process's with process 0's.
+
+    Args:
+      what: what `value` is, for the message ("config").
+      ignore: dotted keys left out (e.g. "data.path": a location that may differ by host).
+      timeout_s: how long to wait for the others' values (a dead process is caught sooner,
+        by the heartbeat).
+
+    Raises:
+      UserError: naming each process that differs and the dotted keys whose values differ.
+      TimeoutError: a process did not post its value within `timeout_s`.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the coordination service's client
+
+    client = jax_distributed.global_state.client
+    key = f"embaug/check_same/{next(_CHECKS)}/{what}"
+    flat = {k: v for k, v in _flatten(value).items()
+            if not any(k == i or k.startswith(f"{i}.") for i in ignore)}
+    client.key_value_set(f"{key}/{jax.process_index()}", json.dumps(flat, sort_keys=True))
+    posted = []
+    for i in range(jax.process_count()):
+        try:
+            posted.append(json.loads(client.blocking_key_value_get(f"{key}/{i}",
+                                                                   int(timeout_s * 1000))))
+        except Exception as e:  # the client raises XlaRuntimeError (DEADLINE_EXCEEDED)
+            raise TimeoutError(f"process {i} of {jax.process_count()} did not post its {what} "
+                               f"within {timeout_s:g} s ({e}); check its log.") from e
+    differences = []
+    for i, other in enumerate(posted[1:], 1):
+        keys = sorted(k for k in set(posted[0]) | set(other) if posted[0].get(k) != other.get(k))
+        if keys:
+            shown = "; ".join(f"{k}: {_short(posted[0].get(k))} on process 0, "
+                              f"{_short(other.get(k))} on process {i}" for k in keys[:5])
+            more = f"; and {len(keys) - 5} more" if len(keys) > 5 else ""
+            differences.append(f"process {i} differs from process 0 in {', '.join(keys)} "
+                               f"({shown}{more})")
+    if not differences:
+        return
+    if jax.process_index() == 0:
+        # Process 0 hosts the coordination service: were it gone while another process still
+        # reads, that one would die of the lost connection instead of printing this message.
+        _wait_for_the_others(client, f"{key}/read", timeout_s=30)
+    else:
+        client.key_value_set(f"{key}/read/{jax.process_index()}", "1")
+    raise UserError(f"the {jax.process_count()} processes were started with different "
+                    f"{what}s: {'; '.join(differences)}. Start every process with the same "
+                    "command and files (only --process_id differs).")
+
+
+def _wait_for_the_others(client, key: str, timeout_s: float) -> None:
+    """Waits (up to `timeout_s`) until every other process has posted `key/<its index>`."""
+    deadline = time.monotonic() + timeout_s
+    for i in range(1, jax.process_count()):
+        left = max(1, int((deadline - time.monotonic()) * 1000))
+        try:
+            client.blocking_key_value_get(f"{key}/{i}", left)
+        except Exception:  # gone already: process 0 goes on regardless
+            return
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A JSON document as {dotted key: leaf}."""
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items()
+                for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
+def _short(value: Any) -> str:
+    text = "absent" if value is None else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def abandon(exit_code: int) -> None:

@@ -11,9 +11,11 @@ The exception is raised only when the main thread runs Python again, which a lon
 delay. Python ignores an exception raised in a garbage-collection callback or a finalizer (it
 prints "Exception ignored in ..." and goes on), and JAX runs one at each collection; so a signal
 that arrives during a collection is held, not raised, and the next `check()` raises it. The long
-loops (the sweep's chunks, the embedders' batches) call `check()`. A second signal does not wait: Python's low-level handler writes each signal to a pipe
-(`signal.set_wakeup_fd`) at once, and a small thread reading it ends the process (`os._exit`) on
-the second.
+loops (the sweep's chunks, the embedders' batches) call `check()`. A signal that arrives within
+`deferred()`, around a library call that would swallow it (orbax's checkpoint save), is held
+until the block ends. A second signal does not wait: Python's low-level handler writes each
+signal to a pipe (`signal.set_wakeup_fd`) at once, and a small thread reading it ends the
+process (`os._exit`) on the second.
 
 A signal ignored when the command starts stays ignored, as for any command: a shell script's
 background job (`embaug train ... &`) ignores SIGINT.
@@ -59,7 +61,8 @@ class _State:
     """The main thread's signal state while `handling_signals` is active."""
 
     collecting = False  # inside a garbage collection: an exception raised now would be lost
-    held: int | None = None  # a signal that arrived during a collection, for `check()`
+    deferring = 0  # the depth of `deferred()` blocks, where an exception would be swallowed
+    held: int | None = None  # a signal that arrived then, for `check()`
 
 
 _state = _State()
@@ -83,6 +86,35 @@ def check() -> None:
         raise Interrupted(signum)
 
 
+def _in_gc_callback(frame) -> bool:
+    """Whether `frame` runs in a garbage-collection callback: one that lands before
+    `_on_gc_start` has marked the collection (in its own first line, say)."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, a first SIGINT or SIGTERM is held and raised as `Interrupted` when the
+    block ends; a second still ends the process at once.
+
+    For library calls that catch BaseException: orbax's wait for its checkpoint-finishing
+    thread logs one and carries on, so a signal during a save would be lost and the run go on
+    to its end. Blocks nest.
+    """
+    _state.deferring += 1
+    try:
+        yield
+    finally:
+        _state.deferring -= 1
+    if not _state.deferring:
+        check()
+
+
 @contextlib.contextmanager
 def handling_signals(label: str = "embaug") -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise `Interrupted`; a second one exits at once,
@@ -101,7 +133,7 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
         seen += 1
         if seen > 1:
             _exit_now(signum, label)
-        if _state.collecting:
+        if _state.collecting or _state.deferring or _in_gc_callback(frame):
             _state.held = signum
         else:
             raise Interrupted(signum)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import numbers
 import os
 import shutil
 import socket
@@ -139,6 +140,20 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
                       replace: bool | Replaceable = True) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n",
                       replace=replace)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON document in the file `path`; a file that is not UTF-8 JSON is a ValueError
+    naming it and where it breaks, not the parser's bare "Expecting value: line 1 column 1"."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        where = f"{e.msg} at line {e.lineno}, column {e.colno}"
+    except UnicodeDecodeError as e:
+        where = f"byte {e.start} is not UTF-8"
+    raise ValueError(f"{path} is not a valid JSON file ({where}); restore it from where it "
+                     "came from.")
 
 
 def is_traced(value: Any) -> bool:
@@ -413,6 +428,22 @@ def reuse_freed_memory() -> bool:
           and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1)
     _MALLOC_TUNED = ok
     return ok
+
+
+# The largest seed: member seeds are int32 arrays, and a JAX key of a larger seed wraps around
+# without x64 (jax.random.key(2**32) is jax.random.key(0)).
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(value: Any, name: str) -> int:
+    """`value` as an int if it is a seed (a whole number in [0, MAX_SEED]), else a UserError
+    naming `name` (e.g. "config.seed")."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UserError(f"{name}={value!r} must be a whole number in [0, {MAX_SEED}].")
+    if not 0 <= int(value) <= MAX_SEED:
+        raise UserError(f"{name}={value} must be in [0, 2^31 - 1 = {MAX_SEED}] (seeds are int32; "
+                        "a larger one would wrap around onto a smaller one).")
+    return int(value)
 
 
 def check_cpu_devices(count) -> int:

@@ -119,6 +119,14 @@ class Workdir(os.PathLike):
         """Whether a sweep has written a checkpoint here (an empty folder is none)."""
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
+    def run_state(self) -> list[Path]:
+        """What a rerun of `embaug train` here resumes or re-reports from, where present: the
+        checkpoints and the saved predictions. `fingerprint.json` says whose they are; deleting
+        these starts the run over."""
+        return [path for path, present in ((self.checkpoints, self.has_checkpoints()),
+                                           (self.predictions, self.predictions.exists()))
+                if present]
+
     # An extraction.
     embeddings = _file("embeddings", "The dataset, when the extract config names no other output.")
     shards = _file("shards", "The finished shards of an unfinished extraction.")

@@ -28,8 +28,9 @@ import pytest
 
 from embaug_jax import augment, cli, configlib
 from embaug_jax.dataset import load_embeddings, save_embeddings
-from embaug_jax.train.synthetic import make_synthetic
 from embaug_jax.report import load_predictions
+from embaug_jax.train.splits import make_splits
+from embaug_jax.train.synthetic import make_synthetic
 from embaug_jax.util import DamagedOutput, UserError, atomic_path, workdir_lock
 from embaug_jax.workdir import Workdir
 
@@ -222,6 +223,78 @@ def damaged_predictions(tmp: Path, data: bytes | None = None) -> list[str]:
     return file_train(tmp, data=data_path)
 
 
+# Training runs and their workdirs, for the training side's rows.
+
+
+def one_class_in_training(tmp: Path) -> list[str]:
+    """Data of two classes, 98% class 'a', whose one trial's split trains on class 'a' alone:
+    a model of it scored 98% overall before it was refused."""
+    n, train_fraction = 400, 0.1
+    train = make_splits(np.zeros(n, int), 2, trials=1, train_fraction=train_fraction,
+                        seed=0).train_idx[0]
+    labels = np.zeros(n, int)
+    labels[np.setdiff1d(np.arange(n), train)[:8]] = 1
+    x = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32) + labels[:, None]
+    save_embeddings(tmp / "skewed", x, labels, ["a", "b"])
+    return file_train(tmp, f"--config.data.train_fraction={train_fraction}",
+                      "--config.data.holdout_classes=0", data=tmp / "skewed")
+
+
+def finished_run(tmp: Path, change: Callable[[Workdir], None], *, other_data: bool = False,
+                 extra: tuple[str, ...] = ()) -> list[str]:
+    """A finished training run, then `change` to its workdir; the argv of a rerun (on other
+    data of the same shape if `other_data`)."""
+    assert cli.main(file_train(tmp, *extra, data=dataset_dir(tmp))) == 0
+    change(Workdir(tmp / "w"))
+    return file_train(tmp, *extra, data=dataset_dir(tmp, "other", seed=1) if other_data
+                      else tmp / "data")
+
+
+def truncate_checkpoint_file(work: Workdir, epoch: int = 8) -> None:
+    """Cuts one data file of the checkpoint of `epoch` short, and drops the predictions, so the
+    rerun restores that checkpoint."""
+    data = sorted((work.checkpoints / str(epoch) / "default" / "d").iterdir())[0]
+    data.write_bytes(data.read_bytes()[:10])
+    work.predictions.unlink()
+
+
+def damaged_manifest(tmp: Path) -> list[str]:
+    """An unfinished extraction (one shard done) whose manifest.json is cut; the argv that
+    resumes it."""
+    shards = Workdir(tmp / "w").shards
+    shards.mkdir(parents=True)
+    np.save(shards / "shard_00000.npy", np.zeros((2, 384), np.float32))
+    (shards / "manifest.json").write_text('{"fingerprint": "3f2a')
+    Workdir(tmp / "w").lock_file.touch()  # as the interrupted run left it
+    return extract_argv(tmp, "--config.text_model.path=builtin:minilm",
+                        "--config.text_model.max_length=16")
+
+
+def bert_folder_with(tmp: Path, name: str, data: bytes) -> Path:
+    """The shipped MiniLM folder, copied, with its file `name` replaced by `data`."""
+    from embaug_jax.embed.extraction import resolve_model_path
+
+    folder = tmp / "bert"
+    folder.mkdir()
+    for f in Path(resolve_model_path("builtin:minilm")).iterdir():
+        if f.is_file():
+            (folder / f.name).write_bytes(data if f.name == name else f.read_bytes())
+    return folder
+
+
+def image_table(tmp: Path) -> Path:
+    """A table of four items with a text and an image column, the images on disk."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp / f"{i}.png")
+        rows.append({"sku": f"s{i}", "title": f"red shirt {i}", "description": f"cotton {i}",
+                     "photo": str(tmp / f"{i}.png"), "category": f"c{i % 2}"})
+    return table_csv(tmp, rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # The table: (id, argv builder, key words of the message, exit status, words it must not say).
 
@@ -325,6 +398,45 @@ CLI_CASES = [
         ("batch_size=64", "exceeds the 16 training rows")),
     Case("segments asked for but absent", lambda t: file_train(
         t, "--config.augment.use_segments=True"), ("use_segments=True", "no segments")),
+    # training: what the engine could not do, would count twice or would get wrong silently
+    Case("seed above 2^31", lambda t: train_argv(t, "--config.seed=2147483648"),
+         ("config.seed=2147483648", "2^31 - 1")),
+    Case("sweep seed that wraps onto 0", lambda t: train_argv(
+        t, "--config.sweep.seeds=(4294967296,)"), ("config.sweep.seeds", "4294967296", "2^31")),
+    Case("negative split_seed", lambda t: train_argv(t, "--config.data.split_seed=-1"),
+         ("config.data.split_seed=-1", "[0, 2^31 - 1")),
+    Case("device_data_bytes too small", lambda t: file_train(
+        t, "--config.device_data_bytes=100"), ("config.device_data_bytes=100", "raise it")),
+    Case("negative negative_mass", lambda t: train_argv(
+        t, "--config.augment.negative_mass=-1.0"),
+        ("config.augment.negative_mass", "finite number >= 0", "-1.0")),
+    Case("unknown label_weight", lambda t: train_argv(
+        t, "--config.augment.label_weight=sometimes"),
+        ("config.augment.label_weight", "unknown label_weight 'sometimes'", "'realized'")),
+    Case("an alpha listed twice", lambda t: train_argv(
+        t, "--config.sweep.methods=('e_mixup',)", "--config.sweep.alphas=(0.2,0.2)"),
+        ("config.sweep.alphas lists 0.2 more than once", "independent replicates")),
+    Case("a seed listed twice", lambda t: train_argv(t, "--config.sweep.seeds=(0,0)"),
+         ("config.sweep.seeds lists 0 more than once",)),
+    Case("one class in a trial's training rows", one_class_in_training,
+         ("trial 0", "only class 'a'", "at least two classes", "'a' 392, 'b' 8",
+          "config.data.train_fraction")),
+    Case("training diverges", lambda t: file_train(
+        t, "--config.optim.lr_max=1e6", "--config.optim.lr_min=1e5"),
+        ("training diverged", "not finite after epoch 4", "config.optim.lr_max=1000000.0",
+         "config.optim.lr_min=100000.0", "no checkpoint of the diverged state")),
+    Case("training diverges, learning rates swept", lambda t: file_train(
+        t, "--config.sweep.lr_max=(1e6,2e6)", "--config.sweep.lr_min=(1e5,)"),
+        ("training diverged", "lr_max=2e+06", "config.sweep.lr_max=(1000000.0,2000000.0)",
+         "--config.sweep.lr_max=(100000,200000)", "--config.sweep.lr_min=(10000,)")),
+    Case("fingerprint.json deleted, then other data", lambda t: finished_run(
+        t, lambda w: w.fingerprint.unlink(), other_data=True),
+        ("no fingerprint.json", "checkpoints and predictions.npz", "not reused",
+         f"Delete {os.sep}", f"w{os.sep}checkpoints and {os.sep}")),
+    Case("changed data after a finished run", lambda t: finished_run(
+        t, lambda w: None, other_data=True),
+        ("trained on other data", f"w{os.sep}checkpoints and {os.sep}",
+         f"w{os.sep}predictions.npz to start over")),
     Case("workdir is a file", lambda t: train_argv(t)[:3] + [f"--workdir={make_file(t)}"] + TINY,
          ("afile", "is a file")),
     # extract
@@ -385,6 +497,15 @@ CLI_CASES = [
     Case("refused pytorch_model.bin", lambda t: extract_argv(
         t, f"--config.text_model.path={bert_folder_with_pickle(t)}"),
         ("pytorch_model.bin", "refused", "safetensors")),
+    Case("broken config.json in the BERT folder", lambda t: extract_argv(
+        t, f"--config.text_model.path={bert_folder_with(t, 'config.json', b'{oops')}"),
+        ("config.text_model", f"bert{os.sep}config.json is not a valid JSON file",
+         "line 1, column 2")),
+    Case("builtin:lite0 with the default variant", lambda t: extract_argv(
+        t, "--config.source.image_columns=photo", "--config.fields=photo",
+        "--config.image_model.path=builtin:lite0", csv=image_table(t)),
+        ("config.image_model.variant='b4'", "EfficientNet-lite0",
+         "--config.image_model.variant=lite0"), absent=("--variant", "missing from")),
     # convert
     Case("convert: no checkpoint", lambda t: ["embaug", "convert", "efficientnet",
                                               f"{t}/none.pth", f"{t}/w/o.safetensors"],
@@ -422,6 +543,15 @@ CLI_CASES = [
     Case("predictions.npz replaced by a pickle", lambda t: damaged_predictions(
         t, pickle.dumps([1, 2])), ("predictions.npz", "pickle", "rerun the `embaug train`"),
         status=1, absent=("allow_pickle",)),
+    Case("damaged fingerprint.json", lambda t: finished_run(
+        t, lambda w: w.fingerprint.write_text('{"data": ')),
+        ("fingerprint.json is damaged", "Delete", "predictions.npz"), status=1),
+    Case("truncated checkpoint file", lambda t: finished_run(
+        t, truncate_checkpoint_file, extra=("--config.num_epochs=8",)),
+        (f"{os.sep}checkpoints{os.sep}8 (epoch 8) cannot be restored",
+         "changed since it was written", "to resume from epoch 4"), status=1),
+    Case("damaged shards/manifest.json", damaged_manifest,
+         ("manifest.json is damaged", "--config.overwrite=True"), status=1),
     # demo
     Case("demo: unknown key", lambda t: ["embaug", "demo", f"--config={DEMO}:smoke",
                                          f"--workdir={t / 'w'}", "--config.train.nope=1"],
@@ -548,6 +678,12 @@ API_CASES = [
     ("JSONL labels of booleans and strings", lambda t: _load_table(jsonl_table(
         t, [True, "yes", "no", False])), UserError,
      ("mixes value types", "booleans in rows 0, 3", "strings in rows 1, 2")),
+    # the sweep engine
+    ("the same member twice", lambda t: _sweep_of(lambda members: members[:1] * 2), UserError,
+     ("members 0 and 1 of the sweep are the same", "trial 0, seed 0", "count twice")),
+    ("a sweep seed that wraps onto 0", lambda t: make_splits(
+        np.arange(8) % 2, 2, trials=1, train_fraction=0.5, seed=2**32), UserError,
+     ("the split seed=4294967296", "2^31 - 1")),
 ]
 
 
@@ -580,6 +716,20 @@ def _load_table(path: Path):
     src.update(dict(path=str(path), text_columns="title", label_column="category",
                     id_column="sku"))
     return load_table(src)
+
+
+def _sweep_of(change):
+    """`run_sweep` of the smoke config's members as `change` makes them, on tiny data."""
+    from embaug_jax.train.driver import run_sweep
+    from embaug_jax.train.members import sweep_members
+    from embaug_jax.train.program import TrainData
+
+    config = configlib.get_config(DEFAULT + ":smoke")
+    ds = make_synthetic(0, 64, 4, 3)
+    splits = make_splits(ds.labels, 3, trials=1, train_fraction=0.5)
+    data = TrainData(ds.embeddings, ds.labels, splits.train_idx, splits.val_idx,
+                     splits.seen_mask)
+    return run_sweep(config, data, change(sweep_members(config)), progress=False)
 
 
 def _text_embedder(folder):
@@ -769,6 +919,36 @@ def test_a_signal_during_a_garbage_collection_is_held_not_lost(signum):
     assert proc.stdout.splitlines() == ["collected", f"interrupted {name}",
                                         "collected", "not interrupted", f"interrupted {name}"]
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_signal_during_a_checkpoint_save_is_not_swallowed(tmp_path, monkeypatch):
+    # orbax's wait for its checkpoint-finishing thread catches BaseException: a SIGINT that
+    # came then was logged and dropped, and the run went on to its end.
+    import orbax.checkpoint as ocp
+
+    from embaug_jax import interrupt
+    from embaug_jax.train import checkpoints
+
+    save = ocp.CheckpointManager.save
+
+    def save_that_swallows_a_signal(self, *args, **kwargs):
+        out = save(self, *args, **kwargs)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here, in the main thread
+        except BaseException:
+            pass
+        return out
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save_that_swallows_a_signal)
+    states = {"g": {"w": np.ones((2, 3), np.float32)}}
+    history = {"train_loss": np.zeros((2, 1), np.float32)}
+    with interrupt.handling_signals("embaug test"):
+        with checkpoints.checkpoint_manager(tmp_path / "c") as manager:
+            with pytest.raises(interrupt.Interrupted):
+                checkpoints.save(manager, 4, states, history)
+    # Raised once the checkpoint was complete, its digests included.
+    assert (tmp_path / "c" / "4" / checkpoints.DIGESTS).is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1044,3 +1224,170 @@ def test_checkpoints_of_the_old_kernel_layout_are_refused_with_what_to_do(
     assert cli.main(file_train(tmp_path, data=data)) == 0
     assert not work.checkpoints.exists()
     assert work.results_md.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The training side: divergence, full disks, damaged outputs, warnings, suggested keys.
+
+
+def test_a_run_that_diverges_keeps_no_checkpoint_and_a_smaller_learning_rate_starts_clean(
+        tmp_path, capsys, fast_compile):
+    # The cyclic learning rate climbs to 5e5 over 8 epochs: the loss is finite at the
+    # checkpoint of epoch 4 and NaN by epoch 8.
+    data = dataset_dir(tmp_path)
+    climbing = ("--config.num_epochs=8", "--config.optim.lr_min=1e-4",
+                "--config.optim.half_cycle_epochs=8")
+    capsys.readouterr()
+    assert cli.main(file_train(tmp_path, *climbing, "--config.optim.lr_max=5e5",
+                               data=data)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "not finite after epoch 8" in err
+    assert "--config.optim.lr_max=50000" in err and "config.optim.lr_min=0.0001" in err
+    assert "earlier checkpoints" in err and "removed" in err
+    work = Workdir(tmp_path / "w")
+    assert not work.checkpoints.exists() and not work.fingerprint.exists()
+    # Nothing of the diverged run is resumed: the smaller learning rate trains from epoch 0.
+    assert cli.main(file_train(tmp_path, *climbing, "--config.optim.lr_max=3e-3",
+                               data=data)) == 0
+    err = capsys.readouterr().err
+    assert "resumed from" not in err and "holds" not in err
+    assert sorted(p.name for p in work.checkpoints.iterdir()) == ["4", "8"]
+
+
+# What tensorstore raised when a tmpfs filled up during an orbax checkpoint write.
+_TENSORSTORE_DISK_FULL = (
+    'RESOURCE_EXHAUSTED: Error writing "state.stitchup.epoch/0" in OCDBT database at local file '
+    '"/w/checkpoints/8.orbax-checkpoint-tmp/default.orbax-checkpoint-tmp/ocdbt.process_0/": '
+    'Failed writing: "manifest.ocdbt.__lock": Failed to write 590 bytes to file 8: No space left '
+    "on device [os_error_code='28']")
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_message_and_the_rerun_resumes(
+        tmp_path, capsys, monkeypatch, fast_compile):
+    import orbax.checkpoint as ocp
+
+    save = ocp.CheckpointManager.save
+
+    def full_at_8(self, step, *args, **kwargs):
+        if step == 8:
+            raise ValueError(_TENSORSTORE_DISK_FULL)
+        return save(self, step, *args, **kwargs)
+
+    argv = file_train(tmp_path, "--config.num_epochs=8")
+    with monkeypatch.context() as m:
+        m.setattr(ocp.CheckpointManager, "save", full_at_8)
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len([ln for ln in err.splitlines() if "embaug" in ln]) == 1
+    work = Workdir(tmp_path / "w")
+    assert f"no space left on device writing {work.checkpoints}" in err
+    assert "run the same command again" in err
+    assert sorted(p.name for p in work.checkpoints.iterdir()) == ["4"]
+    assert cli.main(argv) == 0
+    assert "resumed from" in capsys.readouterr().err and work.results_json.exists()
+
+
+def test_a_really_full_disk_anywhere_in_a_run_is_one_message_and_freeing_space_finishes_it(
+        tmp_path, capsys, fast_compile):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(disk)],
+                           capture_output=True)
+    if mount.returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        data = dataset_dir(tmp_path)
+        argv = file_train(tmp_path, data=data)
+        argv[3] = f"--workdir={disk / 'w'}"
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "no space left on device writing" in err
+        subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+        assert cli.main(argv) == 0
+        assert cli.main(file_train(tmp_path, data=data)) == 0  # the same run, never interrupted
+        assert (Workdir(disk / "w").results_json.read_text()
+                == Workdir(tmp_path / "w").results_json.read_text())
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("how", ["deleted fingerprint", "changed data"])
+def test_doing_what_the_refusal_says_starts_the_run_over(how, tmp_path, capsys, fast_compile):
+    import re
+    import shutil
+
+    from embaug_jax.run.train import data_fingerprint
+
+    change = (lambda w: w.fingerprint.unlink()) if how == "deleted fingerprint" else None
+    argv = finished_run(tmp_path, change or (lambda w: None), other_data=True)
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    for path in map(Path, re.search(r"[Dd]elete (.+?) to start over", err).group(1)
+                    .split(" and ")):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert cli.main(argv) == 0
+    fingerprint = json.loads(Workdir(tmp_path / "w").fingerprint.read_text())
+    assert fingerprint["data_content"] == data_fingerprint(load_embeddings(tmp_path / "other"))
+
+
+@pytest.mark.parametrize("scale,same,words", [
+    (1e35, False, "have an RMS of 2.0"), (1e-6, False, "divide them by 2.0"),
+    (1.0, True, "every training row is the same vector"), (1.0, False, None)])
+def test_embeddings_that_train_to_chance_are_warned_about(scale, same, words, tmp_path, capsys,
+                                                         fast_compile):
+    ds = make_synthetic(0, 160, 8, 4, class_sep=2.0)
+    x = np.ones_like(ds.embeddings) if same else ds.embeddings * scale
+    save_embeddings(tmp_path / "d", x.astype(np.float32), ds.labels, ds.class_names)
+    capsys.readouterr()
+    assert cli.main(file_train(tmp_path, data=tmp_path / "d")) == 0
+    err = capsys.readouterr().err
+    if words is None:  # ordinary embeddings: no warning
+        assert "RMS of" not in err and "same vector" not in err
+    else:
+        assert words in err
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda p: p.write_bytes(p.read_bytes()[:-8]), "is truncated"),
+    (lambda p: p.write_bytes(b"not a numpy file"), "is damaged"),
+    (lambda p: np.save(p, np.zeros((2, 3), np.float32)), "not float32 (2, 4)"),
+])
+def test_a_damaged_kept_shard_is_embedded_again(damage, words, tmp_path, caplog):
+    import shutil
+
+    from embaug_jax.run import extract
+
+    c = configlib.get_config(TABLE)
+    c.source.path = str(table_csv(tmp_path))  # 6 rows in shards of 2: three shards
+    c.source.text_columns, c.source.label_column, c.source.id_column = "title", "category", "sku"
+    c.shard_size, c.progress, c.keep_shards = 2, False, True
+    out = extract.run_extraction(c, tmp_path / "w", text_embedder=_DeviceFake(4))
+    want = {p.name: p.read_bytes() for p in out.iterdir()}
+    shutil.rmtree(out)
+    damage(Workdir(tmp_path / "w").shards / "shard_00001.npy")
+    again = _DeviceFake(4)
+    caplog.clear()
+    out = extract.run_extraction(c, tmp_path / "w", text_embedder=again)
+    assert again.calls == 1 and words in caplog.text and "embedded again" in caplog.text
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == want
+
+
+def test_every_config_key_a_message_suggests_exists():
+    import re
+
+    def keys(config, prefix=""):
+        for k, v in config.items():
+            yield prefix + k
+            if hasattr(v, "items"):
+                yield from keys(v, f"{prefix}{k}.")
+
+    common = configlib.load_module(REPO / "configs" / "extract" / "common.py")
+    known = {k for path in (DEFAULT, TABLE, DEMO) for k in keys(configlib.get_config(path))}
+    known |= {f"source.{k}" for kind in ("table", "wordnet", "fashion_products", "tfds",
+                                         "fashion_mnist") for k in keys(common.source(kind))}
+    suggested = {k for f in (REPO / "embaug_jax").rglob("*.py")
+                 for k in re.findall(r"--config\.([a-z_][a-z0-9_.]*[a-z0-9_])", f.read_text())}
+    assert suggested - {"a.b"} and not suggested - {"a.b"} - known, suggested - known

@@ -278,6 +278,7 @@ def test_without_unseen_classes_the_report_says_so(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "metrics (\"none\" accuracy, \"none\" AUC" in md and "are absent" in md
     assert "--config.data.holdout_classes=K" in report.format_summary(results)
+    assert "--config.data.holdout_classes=a,b" in report.format_summary(results)
     entry = results["methods"]["control"]
     assert entry["none_weight"]["mean"] == 0 and entry["none_part"]["mean"] == 0
     assert entry["seen_auc"]["values"] == entry["weighted_auc"]["values"]

@@ -61,6 +61,16 @@ def test_figures_and_checkpoints_present(tmp_path):
     assert w.figures() == [w.figure("roc"), w.figure("reliability")]
 
 
+def test_run_state_is_what_a_rerun_resumes_from(tmp_path):
+    w = Workdir(tmp_path)
+    assert w.run_state() == []
+    w.checkpoints.mkdir()
+    w.predictions.write_bytes(b"npz")
+    assert w.run_state() == [w.predictions]  # an empty checkpoints folder holds nothing
+    (w.checkpoints / "8").mkdir()
+    assert w.run_state() == [w.checkpoints, w.predictions]
+
+
 def test_check_and_lock_are_utils(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):

@@ -59,7 +59,7 @@ from embaug_jax.augment.baselines import (
     smooth_labels,
     soft_control,
 )
-from embaug_jax.augment.checks import LABEL_WEIGHTS, PAIRINGS
+from embaug_jax.augment.checks import LABEL_WEIGHTS, PAIRINGS, check_options
 from embaug_jax.augment.methods import (
     METHOD_NAMES,
     METHODS,
@@ -103,6 +103,7 @@ __all__ = [
     "UnknownMethodError",
     "augment_batch",
     "augment_rows",
+    "check_options",
     "control",
     "draw_weights",
     "e_mixup",

@@ -75,6 +75,10 @@ def check_softness(softness: Any, negative_mass: Any) -> None:
                 f"softness must lie in [0, 1), got {s}; it is subtracted from every positive "
                 "class (the paper uses 0.05)"
             )
+    _check_negative_mass(negative_mass)
+
+
+def _check_negative_mass(negative_mass: Any) -> None:
     if negative_mass is not None:
         if np.ndim(negative_mass) != 0:
             raise ValueError(f"negative_mass must be a scalar or None, got shape {np.shape(negative_mass)}")
@@ -84,6 +88,16 @@ def check_softness(softness: Any, negative_mass: Any) -> None:
                 raise ValueError(
                     f"negative_mass must be a finite number >= 0 or None (mass-conserving), got {m}"
                 )
+
+
+def check_options(*, pairing: str = "halve", label_weight: str = "lambda",
+                  negative_mass: Any = 1.0) -> None:
+    """The options every method takes besides its settings: a known pairing and label weight,
+    and a negative_mass >= 0 or None. The named functions, the traced form and a training
+    config (`config.augment`) are all checked here."""
+    check_name("pairing", pairing, PAIRINGS)
+    check_name("label_weight", label_weight, LABEL_WEIGHTS)
+    _check_negative_mass(negative_mass)
 
 
 def check_x(x: Any) -> jax.Array:
@@ -215,8 +229,7 @@ def check_rate(name: str, value: Any, *, upper_open: bool) -> None:
 
 def prepare_inputs(x, y, *, num_classes=None, pairing="halve", label_weight="lambda", segments=None):
     """Every input check of a named method: (x, y as [B, C] float labels, segment sizes)."""
-    check_name("pairing", pairing, PAIRINGS)
-    check_name("label_weight", label_weight, LABEL_WEIGHTS)
+    check_options(pairing=pairing, label_weight=label_weight)
     x = check_x(x)
     y = labels_to_float(y, x.shape[0], num_classes)
     check_batch(x.shape[0], pairing)

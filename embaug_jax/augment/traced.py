@@ -36,6 +36,7 @@ from embaug_jax.augment.checks import (
     check_class_mask,
     check_key,
     check_name,
+    check_options,
     check_setting,
     check_softness,
     prepare_inputs,
@@ -364,8 +365,8 @@ def augment_rows(key, take: Callable, batch: int, params: MethodParams, *, kind:
     """The rows one member of a static `kind` trains on: no padding, no branch on the method.
 
     For the same key the rows equal `augment_batch`'s weight-1 rows (and the named function's
-    output). Traceable, vmappable over params and keys; nothing is checked beyond names, so
-    call it inside a program whose inputs were validated.
+    output). Traceable, vmappable over params and keys; nothing is checked beyond the kind and
+    the options (`check_options`), so call it inside a program whose inputs were validated.
 
     Args:
       take: `take(rows) -> (x[rows], y[rows] float)` for an index array or a slice of the
@@ -381,6 +382,7 @@ def augment_rows(key, take: Callable, batch: int, params: MethodParams, *, kind:
       `MLP(..., mix_with=x_b, mix_weights=(lam_a, lam_b))`.
     """
     check_name("kind", kind, KINDS)
+    check_options(pairing=pairing, label_weight=label_weight, negative_mass=negative_mass)
     if transforms is None:
         transforms = kind_transforms(kind, [name for name, _ in params.static])
     sizes = None if segments is None else tuple(int(v) for v in segments)

@@ -25,6 +25,7 @@ from absl import logging
 from embaug_jax.embed.bert.embedder import TextEmbedder
 from embaug_jax.embed.efficientnet.convert import convert_file
 from embaug_jax.embed.efficientnet.embedder import ImageEmbedder
+from embaug_jax.embed.efficientnet.model import check_variant
 from embaug_jax.embed.weights import hash_files
 from embaug_jax.sources.items import take
 from embaug_jax.util import UserError, list_first
@@ -110,20 +111,53 @@ def build_image_embedder(model_cfg: Any, devices, workdir: Path):
     if raw == "builtin:lite0":
         origin = origin or "lite"
     try:
+        variant = None if variant is None else check_variant(variant)
         if not _is_converted(path):
             name = f"{path.stem}.{hash_files([path])[:12]}.safetensors"
             converted = Workdir(workdir).models / name
             if not converted.is_file():
                 logging.info("extract: converting %s -> %s", path, converted)
-                convert_file(path, converted, origin=origin, variant=variant)
+                _convert(path, converted, origin, variant, raw)
             path, origin = converted, None
-        return ImageEmbedder.from_pretrained(
-            path, variant=variant, origin=origin, dtype=model_cfg.dtype,
+        # Loaded as whatever variant the weights are, then compared with the config's: a
+        # mismatch is named by its config key, not by the shapes that disagree.
+        embedder = ImageEmbedder.from_pretrained(
+            path, variant=None, origin=origin, dtype=model_cfg.dtype,
             batch_size=int(model_cfg.batch_size), devices=devices)
     except UserError:
         raise
     except ValueError as e:  # the weights or a setting: config.image_model, not a bug
         raise UserError(f"config.image_model (path {path}): {e}") from e
+    _check_variant(variant, embedder.info, raw)
+    return embedder
+
+
+class _VariantMismatch(UserError):
+    """The weights are of another variant than config.image_model.variant."""
+
+
+def _check_variant(variant: str | None, info, raw: str) -> None:
+    """The config's variant (None: any) is the weights' own, or an error naming its key."""
+    if variant is not None and variant != info.variant:
+        raise _VariantMismatch(
+            f"config.image_model.variant={variant!r}, but {raw} holds EfficientNet-"
+            f"{info.variant} weights; set --config.image_model.variant={info.variant} (or "
+            "--config.image_model.variant='' to take the weights' own).")
+
+
+def _convert(path: Path, converted: Path, origin: str | None, variant: str | None,
+             raw: str) -> None:
+    """Converts a checkpoint, its variant inferred from its shapes and compared with the
+    config's before anything is written; as `variant` only if the shapes match no variant."""
+    try:
+        convert_file(path, converted, origin=origin,
+                     check=lambda info: _check_variant(variant, info, raw))
+    except _VariantMismatch:
+        raise
+    except UserError:
+        if variant is None:
+            raise
+        convert_file(path, converted, origin=origin, variant=variant)
 
 
 def _is_converted(path: Path) -> bool:

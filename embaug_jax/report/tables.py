@@ -38,7 +38,7 @@ def no_none_note(results: dict) -> str:
             "\"none\" metrics (\"none\" accuracy, \"none\" AUC, the \"none\" part of the "
             "weighted AUC) are absent and the weighted AUC is the seen-class AUC alone. Hold "
             "classes out with --config.data.holdout_classes=K (K random classes per trial) or "
-            "--config.data.holdout_names=a,b (fixed classes).")
+            "--config.data.holdout_classes=a,b (these classes, by name, in every trial).")
 
 
 def format_table(results: dict) -> str:

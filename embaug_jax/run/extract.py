@@ -10,9 +10,9 @@ dataset stages around them in one workdir.
 
 Work is done in shards of `config.shard_size` items, each written atomically to
 `workdir/shards/shard_00000.npy`, so a run killed at any point and started again redoes no
-finished shard; the assembled dataset is byte-identical to that of an uninterrupted run. The
-output (`workdir/embeddings`, or `config.output`) is written atomically too; the shards are
-removed after assembly unless `config.keep_shards`.
+finished shard (and embeds a damaged one again); the assembled dataset is byte-identical to
+that of an uninterrupted run. The output (`workdir/embeddings`, or `config.output`) is written
+atomically too; the shards are removed after assembly unless `config.keep_shards`.
 
 A fingerprint -- sha256 over the embedders' own fingerprints (weights, tokenizer, pooling), their
 settings, the source's contents (ids, labels, texts, image bytes) and every config knob that
@@ -54,8 +54,8 @@ from embaug_jax.dataset import Segment, is_saved_dataset, load_embeddings, save_
 from embaug_jax.embed.extraction import (build_image_embedder, build_text_embedder,
                                          config_devices, embed_shard, model_fingerprint)
 from embaug_jax.embed.images import decode_image
-from embaug_jax.util import (UserError, atomic_path, check_input, check_workdir,
-                             reuse_freed_memory, workdir_lock, write_json_atomic)
+from embaug_jax.util import (DamagedOutput, UserError, atomic_path, check_input, check_workdir,
+                             read_json, reuse_freed_memory, workdir_lock, write_json_atomic)
 from embaug_jax.workdir import Workdir
 
 # Bumped when the pipeline changes what it writes for the same inputs.
@@ -64,6 +64,8 @@ MANIFEST = "manifest.json"
 # Keys of config.source that say where data lives, not what it is: the content hash covers the
 # data itself, so moving a data set does not invalidate its embeddings.
 _LOCATION_KEYS = ("path", "root", "data_dir")
+_CONFIG_LOCATIONS = (*(f"source.{k}" for k in _LOCATION_KEYS), "text_model.path",
+                     "image_model.path", "output")
 
 
 def _cfg_dict(cfg: Any) -> dict[str, Any]:
@@ -316,12 +318,23 @@ def _device_counts(text_embedder, image_embedder) -> dict[str, int]:
 
 def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any],
                   devices: Mapping[str, int], *, clean: bool = True) -> None:
-    """Errors on shards of other inputs; redoes those of another device count; drops the
-    temporaries of a run killed mid-write (if `clean`: one process does that)."""
+    """Errors on shards of other inputs or a damaged manifest; redoes those of another device
+    count, and damaged ones (truncated, overwritten); drops the temporaries of a run killed
+    mid-write (if `clean`: one process does that)."""
     if not shards_dir.exists():
         return
     manifest_path = shards_dir / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = {}
+    if manifest_path.is_file():
+        try:
+            manifest = read_json(manifest_path)
+        except (OSError, ValueError):
+            manifest = None
+        if not isinstance(manifest, dict):
+            raise DamagedOutput(
+                f"{manifest_path} is damaged (not the JSON object an extraction writes), so the "
+                f"unfinished shards in {shards_dir} cannot be matched to this run's inputs. Pass "
+                "--config.overwrite=True to redo them, or delete that folder.")
     if manifest.get("fingerprint") != fingerprint:
         raise _stale_error("Unfinished shards", shards_dir, manifest.get("fingerprint_parts"),
                            parts)
@@ -337,6 +350,36 @@ def _check_shards(shards_dir: Path, fingerprint: str, parts: Mapping[str, Any],
         return
     for tmp in shards_dir.glob(".*.tmp") if clean else ():
         _clear(tmp)
+    items, size, dim = (manifest.get(k) for k in ("items", "shard_size", "dim"))
+    if clean and all(isinstance(v, int) for v in (items, size, dim)):
+        for i, path in enumerate(_shard_paths(shards_dir, items, size)):
+            problem = _shard_problem(path, min(size, items - i * size), dim)
+            if problem:
+                logging.warning("extract: %s %s; it is embedded again.", path, problem)
+                path.unlink()
+
+
+def _shard_problem(path: Path, rows: int, dim: int) -> str | None:
+    """Why a finished shard cannot be assembled (truncated, overwritten, of another shape),
+    read from its header and size alone; None if it is intact or absent."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                return f"is in .npy format version {version}, which np.save does not write here"
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except (OSError, ValueError, EOFError) as e:
+        return f"is damaged ({e})"
+    if shape != (rows, dim) or dtype != np.float32 or fortran:
+        return f"holds a {dtype} array of shape {shape}, not float32 {(rows, dim)}"
+    if path.stat().st_size != offset + rows * dim * 4:
+        return f"is truncated ({path.stat().st_size} bytes, not {offset + rows * dim * 4})"
+    return None
 
 
 def _shard_paths(shards_dir: Path, num_items: int, shard_size: int) -> list[Path]:
@@ -389,6 +432,9 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     # First, before JAX starts its CPU backend: batches then reuse memory instead of faulting
     # fresh pages in (see util.reuse_freed_memory).
     reuse_freed_memory()
+    # Under --distributed every process runs this command, and each must run the same one
+    # (where the data and models live may differ by host).
+    distributed.check_same("config", _cfg_dict(config), ignore=_CONFIG_LOCATIONS)
     workdir = Path(workdir)
     output = Path(config.output or Workdir(workdir).embeddings)
     shard_size = int(config.shard_size)
@@ -459,6 +505,7 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
 
     parts = fingerprint_parts(config, data, text_fields, image_fields, text_embedder,
                               image_embedder)
+    distributed.check_same("extraction inputs", parts)
     fingerprint = _fingerprint(parts)
     # Under --distributed every process runs this function on the shared workdir: process 0
     # alone clears, writes the manifest and assembles; the shards are shared out between all.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,15 @@ from embaug_jax.report.tensorboard import TensorBoardLog
 from embaug_jax.report.statistics import check_bootstrap_resamples, check_selection_fraction
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.checkpoints import FINGERPRINT_KEYS
-from embaug_jax.train.driver import OnChunk, devices_per_member, members_at_once, run_sweep
+from embaug_jax.train.driver import (OnChunk, TrainingDiverged, devices_per_member,
+                                     members_at_once, run_sweep)
 from embaug_jax.train.members import sweep_members
 from embaug_jax.train.mlp import HEADS
 from embaug_jax.train.optim import OPTIMIZERS, sweep_grid
 from embaug_jax.train.program import TrainData
 from embaug_jax.train.splits import Splits, make_splits
-from embaug_jax.util import UserError, check_cpu_devices, write_json_atomic, write_text_atomic
+from embaug_jax.util import (DamagedOutput, UserError, check_cpu_devices, check_seed,
+                             write_json_atomic, write_text_atomic)
 from embaug_jax.workdir import Workdir
 
 DATA_SOURCES = ("file", "synthetic")
@@ -48,6 +51,15 @@ DATA_SOURCES = ("file", "synthetic")
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(f"bad config: {message}")
+
+
+def _require_distinct(grid: str, values: list) -> None:
+    """Each value of a grid makes members of its own: a repeated one would train the same
+    members twice and count them as independent replicates."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    _require(not repeated, f"{grid} lists {', '.join(f'{v:g}' for v in repeated)} more than "
+             "once; each value makes members of its own, so a repeat would train the same "
+             "members twice and count them as independent replicates. List each value once.")
 
 
 def _require_valid(check, value, name: str) -> None:
@@ -96,6 +108,7 @@ def validate_config(config) -> None:
         for v in values:
             _require(float(v) in setting.range, f"{setting.name}={v} in "
                      f"config.sweep.{setting.grid} must be {setting.text}.")
+        _require_distinct(f"config.sweep.{setting.grid}", [float(v) for v in values])
     lr_min, lr_max, half_cycle = (sweep_grid(config, registry.setting(n))
                                   for n in ("lr_min", "lr_max", "half_cycle_epochs"))
     _require(max(lr_min) <= min(lr_max), f"every lr_min ({_grid_text(config, 'lr_min')}) must "
@@ -104,6 +117,14 @@ def validate_config(config) -> None:
     _require(all(v == int(v) for v in half_cycle), f"half_cycle_epochs "
              f"({_grid_text(config, 'half_cycle_epochs')}) must be whole epochs.")
     _require(len(s.seeds) > 0, "config.sweep.seeds is empty.")
+    for seed in s.seeds:
+        check_seed(seed, "config.sweep.seeds: seed")
+    _require_distinct("config.sweep.seeds", [int(v) for v in s.seeds])
+    for name, value in (("config.seed", config.seed), ("config.data.split_seed", d.split_seed),
+                        ("config.report.seed", config.report.seed)):
+        check_seed(value, name)
+    if d.source == "synthetic":
+        check_seed(d.synthetic.seed, "config.data.synthetic.seed")
     _require(d.source in DATA_SOURCES, f"config.data.source={d.source!r}; choose one of "
              f"{DATA_SOURCES}.")
     # `:smoke` / `:synthetic` pick synthetic clusters; training on them while a data path is set
@@ -120,8 +141,12 @@ def validate_config(config) -> None:
              "positive widths.")
     _require(o.optimizer in OPTIMIZERS, f"config.optim.optimizer={o.optimizer!r}; choose one "
              f"of {OPTIMIZERS}.")
-    _require(a.pairing in augment.PAIRINGS, f"config.augment.pairing={a.pairing!r}; choose one of "
-             f"{augment.PAIRINGS}.")
+    # The check the augmentations make of their options: the two cannot disagree.
+    for option in ("pairing", "label_weight", "negative_mass"):
+        try:
+            augment.check_options(**{option: a[option]})
+        except ValueError as e:
+            raise UserError(f"bad config: config.augment.{option}: {e}.") from None
     bs = int(config.batch_size)
     _require(bs >= 2 and (bs % 2 == 0 or a.pairing != "halve"), f"config.batch_size={bs} must "
              "be >= 2 and even (halving pairs the two halves of a batch).")
@@ -225,18 +250,29 @@ def _same_run(previous: dict, fingerprint: dict) -> bool:
 
 
 def _check_fingerprint(workdir: Workdir, fingerprint: dict) -> None:
-    """Refuses to resume (or re-report) a run of another config or other data."""
-    ckpt_dir = workdir.checkpoints
-    started = workdir.has_checkpoints() or workdir.predictions.exists()
-    if not (started and workdir.fingerprint.exists()):
+    """Refuses to resume (or re-report) a run of another config or other data, or a run whose
+    fingerprint is gone; each message names everything to delete to start over."""
+    state = workdir.run_state()
+    if not state:
         return
+    remove = " and ".join(str(p) for p in state)
+    held = " and ".join(p.name for p in state)
+    if not workdir.fingerprint.is_file():
+        raise UserError(
+            f"{workdir} holds {held} but no {workdir.fingerprint.name}, so nothing says which "
+            f"config and data they belong to, and they are not reused. Delete {remove} to start "
+            "over, or use a new --workdir.")
     previous = _read_json(workdir.fingerprint)
     if not isinstance(previous, dict):
-        previous = {}
+        raise DamagedOutput(
+            f"{workdir.fingerprint} is damaged (not a JSON object), so nothing says which config "
+            f"and data {held} belong to, and they are not reused. Delete {remove} to start over, "
+            "or use a new --workdir.")
     if previous == fingerprint:
         return
     changed = sorted(k for k in set(previous) | set(fingerprint)
                      if previous.get(k) != fingerprint.get(k))
+    ckpt_dir = workdir.checkpoints
     if changed == ["state_layout"]:
         if not workdir.has_checkpoints():
             return  # a finished run without checkpoints: its report needs only the predictions
@@ -246,12 +282,12 @@ def _check_fingerprint(workdir: Workdir, fingerprint: dict) -> None:
             f"delete {ckpt_dir}: a finished run then re-reports from its predictions, an "
             "unfinished one starts over.")
     if changed == ["data_content"]:
-        raise UserError(f"{workdir} holds checkpoints trained on other data: the dataset's "
+        raise UserError(f"{workdir} holds {held} of a run trained on other data: the dataset's "
                         "contents differ from those of the run that wrote them (same config). "
-                        f"Use a new --workdir, or delete {ckpt_dir} to start over on this data.")
+                        f"Use a new --workdir, or delete {remove} to start over on this data.")
     raise UserError(
-        f"{workdir} holds checkpoints of a different run (it differs in: {', '.join(changed)}); "
-        f"use a new --workdir or delete {ckpt_dir} to start over.")
+        f"{workdir} holds {held} of a different run (it differs in: {', '.join(changed)}); "
+        f"use a new --workdir or delete {remove} to start over.")
 
 
 def _write_metrics_jsonl(path, members, history, eval_epochs, epochs_done):
@@ -305,16 +341,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     the sweep as if killed (returns None).
     """
     started = time.monotonic()
+    # Under --distributed every process runs this command, and each must run the same one:
+    # processes of different configs (or data) would wait for each other's collectives forever.
+    distributed.check_same("config", json.loads(config.to_json_best_effort()),
+                           ignore=("data.path",))
     validate_config(config)
     workdir = Workdir(workdir).check()
-    # Under --distributed every process runs this command; process 0 alone holds the workdir
-    # and writes its files (orbax coordinates the checkpoints itself).
+    # Process 0 alone holds the workdir and writes its files, the checkpoints included.
     primary = distributed.is_primary()
     with workdir.lock("train", take=primary):
         # Everything checkable is checked before anything is written: a run that fails here
         # leaves no config.json / fingerprint.json behind.
         dataset, splits, data, segments = prepare_data(config)
         fingerprint = _fingerprint(config, dataset)
+        distributed.check_same("dataset", {"data_content": fingerprint["data_content"]})
         _check_fingerprint(workdir, fingerprint)
         if workdir.predictions.exists() and workdir.fingerprint.exists() and (
                 _same_run(_read_json(workdir.fingerprint), fingerprint)):
@@ -369,6 +409,19 @@ def _train_and_report(config, workdir: Workdir, fingerprint: dict, dataset, spli
         result = run_sweep(config, data, members, class_names=dataset.class_names,
                            devices=devices, checkpoint_dir=workdir.checkpoints, segments=segments,
                            on_chunk=write_metrics, profile_dir=workdir.profile)
+    except TrainingDiverged as e:
+        # Its checkpoints hold a config that diverges again where it did: without them (and
+        # the fingerprint that claims them) the same command with a smaller learning rate
+        # starts afresh here. A fresh run leaves the workdir as it found it.
+        earlier = workdir.has_checkpoints()
+        if primary:
+            shutil.rmtree(workdir.checkpoints, ignore_errors=True)
+            for p in [workdir.fingerprint] + (written + [workdir.metrics] if fresh else []):
+                p.unlink(missing_ok=True)
+        if not earlier:
+            raise
+        raise TrainingDiverged(f"{e} Its earlier checkpoints ({workdir.checkpoints}) were "
+                               "removed as well, so that run starts afresh.") from None
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing that claims otherwise.
         if primary and fresh and not workdir.has_checkpoints():

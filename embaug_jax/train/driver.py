@@ -27,6 +27,16 @@ streams the validation rows; a chunk (a tqdm tick and an `on_chunk` call) ends e
 `chunk_epochs` epochs, an orbax checkpoint is written every `checkpoint_every` epochs
 (`train.checkpoints`), and the last epoch is always evaluated and checkpointed. An existing
 checkpoint is resumed. `report.write_report(workdir, result)` turns the result into the report.
+
+Several processes. Every collective -- each gather of counts, losses or states to the host -- is
+issued by the main thread at a fixed point of the loop, in the same order on every process;
+process 0 writes the checkpoints from the gathered states, and orbax issues no collective of
+its own. Processes whose collectives interleave differently would wait for each other forever.
+
+Checks. A member whose training loss is not finite stops the sweep (`TrainingDiverged`) before
+a checkpoint of it is written; identical members (counted twice as replicates) and a trial that
+trains on one class are refused; training rows all alike, or of a scale far from 1, are warned
+about (the model would train to chance without any error).
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from embaug_jax import interrupt
+from embaug_jax import interrupt, registry
 from embaug_jax.train import checkpoints
 from embaug_jax.train.cadence import Cadence
 from embaug_jax.train.members import (
@@ -51,6 +61,7 @@ from embaug_jax.train.members import (
     member_hparams,
     with_config_settings,
 )
+from embaug_jax.train.optim import sweep_grid
 from embaug_jax.train.profiling import StepTrace
 from embaug_jax.train.program import (
     DeviceData,
@@ -61,7 +72,8 @@ from embaug_jax.train.program import (
     metrics_from_counts,
 )
 from embaug_jax.train.result import SweepResult
-from embaug_jax.util import UserError, large_dot_compiler_options, on_cpus, reuse_freed_memory
+from embaug_jax.util import (UserError, large_dot_compiler_options, list_first, on_cpus,
+                             reuse_freed_memory)
 
 _METRIC_NAMES = ("overall_accuracy", "none_accuracy", "seen_accuracy", "train_loss")
 _MESH_AXES = ("members", "features")
@@ -174,7 +186,7 @@ def _eval_block_rows(config, data: TrainData, on_device_bytes: int) -> int:
     row_bytes = trials * (np.shape(data.x)[1] * 4 + 4)  # float32 embedding + int32 label
     fit = (budget - on_device_bytes) // row_bytes
     if fit < 1:
-        raise ValueError(
+        raise UserError(
             f"config.device_data_bytes={budget} cannot hold the training rows of every trial "
             f"({on_device_bytes} bytes) plus one validation row per trial ({row_bytes} bytes); "
             "raise it (0 = no cap) or train on fewer trials at once.")
@@ -315,13 +327,18 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     members = with_config_settings(config, members)
     num_members = len(members)
     groups = member_groups(members)
+    _check_distinct(members)
     hp = member_hparams(members)
     val_idx, train_idx = np.asarray(data.val_idx), np.asarray(data.train_idx)
     val_labels = np.asarray(data.labels)[val_idx]
     seen_mask = np.asarray(data.seen_mask)
     num_classes = seen_mask.shape[1]
+    class_names = (list(class_names) if class_names is not None
+                   else [str(i) for i in range(num_classes)])
+    _check_two_classes(seen_mask, np.asarray(data.labels), class_names)
     # Only what training gathers from goes to the devices; validation rows stream in blocks.
     host_part = device_data(data)
+    _warn_about_rows(host_part.x)
     placed = sum(a.nbytes for a in host_part)
     block_rows = _eval_block_rows(config, data, placed)
     placed += val_idx.shape[0] * block_rows * (np.shape(data.x)[1] * 4 + 4)
@@ -365,16 +382,21 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                     probs[g.members, start:start + n] = _host(p)[:len(g.members), :n]
         return {g.name: _host(counts[g.name])[:len(g.members)] for g in groups}, probs
 
+    # Under several processes every collective -- each gather to the host, and nothing else
+    # -- is issued by the main thread at a fixed point of this loop, in the same order on every
+    # process; process 0 alone writes checkpoints, from gathered host arrays (see
+    # `train.checkpoints`).
+    primary = jax.process_index() == 0
     trace = StepTrace(profile_dir, int(config.get("profile") or 0),
                       train_idx.shape[1] // int(config.batch_size))
-    with checkpoints.checkpoint_manager(checkpoint_dir) as manager, trace:
-        step = None if manager is None else manager.latest_step()
+    with checkpoints.checkpoint_manager(checkpoint_dir, writer=primary) as manager, trace:
+        step = _agreed_step(manager)
         if step is not None:
             states, history = checkpoints.restore(manager, step, states, history, groups)
             logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
         done = int(_host(states[groups[0].name].epoch)[0])
         bar = tqdm(total=num_epochs, initial=done, unit="epoch",
-                   disable=not progress or jax.process_index() != 0,
+                   disable=not progress or not primary,
                    desc=f"training {num_members} members on {len(devices)} device(s) "
                         f"({len(groups)} program{'s' * (len(groups) > 1)})")
         try:
@@ -398,8 +420,13 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                         metrics["train_loss"] = _host(losses[g.name])[:len(g.members)]
                         for k in _METRIC_NAMES:
                             history[k][g.members, column[done]] = np.asarray(metrics[k])
+                    # Before any checkpoint of it is written: a rerun must not resume NaNs.
+                    _check_finite(history["train_loss"][:, column[done]], members, done,
+                                  config)
                 if manager is not None and cadence.checkpoints_at(done):
-                    checkpoints.save(manager, done, states, history, groups)
+                    on_host = _host_states(states, groups)
+                    if primary:
+                        checkpoints.save(manager, done, on_host, history)
                 bar.update(done - start)
                 last = column[done]
                 bar.set_postfix(loss=f"{np.nanmean(history['train_loss'][:, last]):.4f}",
@@ -413,23 +440,149 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
     probs = evaluate(True)[1] if done >= num_epochs else None
     return SweepResult(
         members=members, eval_epochs=eval_epochs, history=history, val_probs=probs,
-        val_labels=val_labels, seen_mask=seen_mask,
-        class_names=(list(class_names) if class_names is not None
-                     else [str(i) for i in range(num_classes)]),
+        val_labels=val_labels, seen_mask=seen_mask, class_names=class_names,
         threshold=float(config.threshold), val_idx=val_idx, train_idx=train_idx,
-        epochs_done=done, state=_member_order(states, groups, num_members),
+        epochs_done=done, state=_member_order(_host_states(states, groups), groups, num_members),
         eval_block_rows=block_rows, device_data_bytes=int(placed))
 
 
-def _member_order(states, groups, num_members):
-    """The groups' states as one numpy tree with a leading [M] axis in member order."""
-    first = states[groups[0].name]
+def _agreed_step(manager) -> int | None:
+    """The epoch of the checkpoint to resume (None: start afresh), as process 0 reads it:
+    every process restores the same one even if a listing differed."""
+    step = None if manager is None else checkpoints.latest_step(manager)
+    if jax.process_count() == 1:
+        return step
+    from jax.experimental import multihost_utils
+
+    step = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if step is None else step)))
+    return None if step < 0 else step
+
+
+def _host_states(states: dict, groups) -> dict:
+    """Every group's state as numpy on this host, without the device padding (gathered from
+    every process under several)."""
+    return {g.name: jax.tree.map(lambda leaf: _host(leaf)[:len(g.members)], states[g.name])
+            for g in groups}
+
+
+def _check_distinct(members: Sequence[dict]) -> None:
+    """Two identical members train identically: a sweep counting both as replicates would
+    overstate its evidence, so it is refused."""
+    first: dict[tuple, int] = {}
+    for i, m in enumerate(members):
+        j = first.setdefault(tuple(sorted(m.items())), i)
+        if j != i:
+            raise UserError(f"members {j} and {i} of the sweep are the same, "
+                            f"{_describe(m, members)}: they would train identically and count "
+                            "twice; list each value of a grid (and each seed) once.")
+
+
+def _check_two_classes(seen_mask: np.ndarray, labels: np.ndarray,
+                       class_names: Sequence[str]) -> None:
+    """Refuses a trial whose training rows hold one class: every prediction would be that
+    class, and the accuracy that class's share of the validation rows (98% on data of 98%
+    one class)."""
+    for trial, seen in enumerate(seen_mask):
+        if seen.sum() >= 2:
+            continue
+        counts = np.bincount(labels, minlength=len(class_names))
+        only = [repr(class_names[c]) for c in np.flatnonzero(seen)]
+        held = f"only class {only[0]}" if only else "no class"
+        raise UserError(
+            f"trial {trial}: the training rows hold {held}; a classifier needs at least two "
+            "classes to learn from (the dataset's rows per class: "
+            f"{list_first([f'{class_names[c]!r} {counts[c]}' for c in np.argsort(-counts)], 5)}"
+            "). Raise config.data.train_fraction, hold out fewer classes "
+            "(config.data.holdout_classes), or train on data with more classes.")
+
+
+# The element RMS of embeddings the MLP's initialisation and learning rates suit (sentence
+# and image embeddings are of order 1); far outside it, training learns little or nothing.
+_TYPICAL_RMS = (1e-2, 1e2)
+
+
+def _warn_about_rows(x: np.ndarray) -> None:
+    """Warns when the training rows cannot train well: all the same vector, or of a scale far
+    from 1 (the model then trains to chance without any error)."""
+    if x.shape[0] > 1 and (x == x[:1]).all():
+        logging.warning("every training row is the same vector: the model can learn nothing "
+                        "but the class frequencies. Check how the embeddings were made (an "
+                        "empty text field, for one, embeds every item alike).")
+        return
+    squares = sum(float(np.square(x[i:i + 4096], dtype=np.float64).sum())
+                  for i in range(0, x.shape[0], 4096))
+    rms = float(np.sqrt(squares / max(1, x.size)))
+    low, high = _TYPICAL_RMS
+    if not low <= rms <= high:
+        logging.warning("the training rows' embeddings have an RMS of %.3g, far from 1: the "
+                        "MLP's initialisation and learning rate suit features of order 1, so it "
+                        "may train poorly or not at all. Standardise the embeddings (e.g. "
+                        "divide them by %.3g) before training.", rms, rms)
+
+
+class TrainingDiverged(UserError):
+    """Some member's training loss is no longer finite: the learning rate (or the data's scale)
+    is too large for it."""
+
+
+def _describe(member: dict, members: Sequence[dict]) -> str:
+    """A member in a message: its method, the settings it reads and those every method reads
+    that differ between `members`, its trial and seed."""
+    names = list(registry.method(member["method"]).reads) + [
+        s.name for s in registry.settings(every_method=True)
+        if len({m.get(s.name) for m in members}) > 1]
+    settings = "".join(f" {n}={member.get(n, 0.0):g}" for n in names)
+    return f"{member['method']}{settings}, trial {member['trial']}, seed {member['seed']}"
+
+
+def _learning_rate_keys(config) -> tuple[str, str]:
+    """The keys that set the learning-rate cycle's ends (config.optim's, or config.sweep's
+    grids where set), with their values: now, and a tenth of them to try."""
+    now, lower = [], []
+    for name in ("lr_max", "lr_min"):
+        setting = registry.setting(name)
+        values = sweep_grid(config, setting)
+        if config.sweep.get(setting.grid):
+            key = f"config.sweep.{setting.grid}"
+            now.append(f"{key}={_tuple_text(str(v) for v in values)}")
+            lower.append(f"--{key}={_tuple_text(f'{v / 10:g}' for v in values)}")
+        else:
+            key = f"config.{setting.config_key}"
+            now.append(f"{key}={values[0]}")
+            lower.append(f"--{key}={values[0] / 10:g}")
+    return " and ".join(now), " ".join(lower)
+
+
+def _tuple_text(items) -> str:
+    """A tuple as a --config override writes it: `(a,b)`, `(a,)`."""
+    items = list(items)
+    return f"({','.join(items)}{',' * (len(items) == 1)})"
+
+
+def _check_finite(losses: np.ndarray, members: Sequence[dict], epoch: int, config) -> None:
+    """Raises TrainingDiverged, naming the members and the learning-rate keys, if a member's
+    training loss up to `epoch` is not finite."""
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if not bad.size:
+        return
+    which = list_first([_describe(members[i], members) for i in bad], 3, sep="; ")
+    now, lower = _learning_rate_keys(config)
+    raise TrainingDiverged(
+        f"training diverged: the training loss of {len(bad)} of {len(losses)} member(s) is not "
+        f"finite after epoch {epoch} ({which}). Lower the learning rate, {now} (e.g. {lower}), "
+        "and run again; no checkpoint of the diverged state was written.")
+
+
+def _member_order(states: dict, groups, num_members: int):
+    """The groups' host states (`_host_states`) as one tree with a leading [M] axis in member
+    order."""
+    if len(groups) == 1:
+        return states[groups[0].name]
 
     def assemble(*leaves):
         out = np.empty((num_members,) + leaves[0].shape[1:], leaves[0].dtype)
         for g, leaf in zip(groups, leaves):
-            out[g.members] = _host(leaf)[:len(g.members)]
+            out[g.members] = leaf
         return out
 
-    return jax.tree.map(assemble, *[states[g.name] for g in groups]) if len(groups) > 1 else \
-        jax.tree.map(lambda leaf: _host(leaf)[:num_members], first)
+    return jax.tree.map(assemble, *[states[g.name] for g in groups])

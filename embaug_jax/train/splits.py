@@ -14,7 +14,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from embaug_jax.dataset import class_ids
-from embaug_jax.util import UserError
+from embaug_jax.util import UserError, check_seed
 
 
 class Splits(NamedTuple):
@@ -93,6 +93,7 @@ def make_splits(labels, num_classes: int, *, trials: int, train_fraction: float 
         raise UserError(f"trials={trials} must be >= 1.")
     if not 0.0 < float(train_fraction) < 1.0:
         raise UserError(f"train_fraction={train_fraction} must be in (0, 1) (the paper uses 0.1).")
+    check_seed(seed, "the split seed")
     n = labels.shape[0]
     n_train = int(round(float(train_fraction) * n))
     if n_train < 1 or n_train >= n:

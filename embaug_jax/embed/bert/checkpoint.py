@@ -11,7 +11,6 @@ ignored, as are the `position_ids`/`token_type_ids` buffers; everything under `e
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,7 +22,7 @@ from flax import traverse_util
 from embaug_jax.embed.bert.model import BertConfig, init_shapes
 from embaug_jax.embed.torch_files import torch_load_weights
 from embaug_jax.embed.weights import load_safetensors, merge_strict
-from embaug_jax.util import list_first
+from embaug_jax.util import list_first, read_json
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,7 +47,11 @@ def weight_files(folder: Path) -> list[Path]:
         if (folder / single).is_file():
             return [folder / single]
         if (folder / index).is_file():
-            weight_map = json.loads((folder / index).read_text()).get("weight_map", {})
+            index_json = read_json(folder / index)
+            weight_map = index_json.get("weight_map") if isinstance(index_json, dict) else None
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"{folder / index} names no weight files (it needs a "
+                                 "'weight_map' object of tensor names and files).")
             files = [folder / f for f in sorted(set(weight_map.values()))]
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
@@ -219,7 +222,9 @@ def load_tokenizer(path: str | os.PathLike, *, max_length: int):
         tokenizer = Tokenizer.from_file(str(files[0]))
     elif (folder / "vocab.txt").is_file():
         files = [folder / "vocab.txt"] + ([config_file] if config_file.is_file() else [])
-        options = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        options = read_json(config_file) if config_file.is_file() else {}
+        if not isinstance(options, dict):
+            raise ValueError(f"{config_file} holds no JSON object of tokenizer options.")
         lower = bool(options.get("do_lower_case", True))
         tokenizer = BertWordPieceTokenizer(
             str(files[0]),

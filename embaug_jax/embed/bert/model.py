@@ -19,7 +19,6 @@ benchmarks/README.md, section "bert").
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -29,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from embaug_jax.util import read_json
 
 # On CPUs, attention runs over as many rows at a time as keep their scores within this many
 # bytes (one MiniLM row of 256 tokens: 12 heads x 256^2 x 4 B = 3 MiB). On the 2-core test
@@ -121,7 +122,11 @@ class BertConfig:
         if not path.is_file():
             raise FileNotFoundError(
                 f"no BERT config file at {path} (expected a Hugging Face config.json)")
-        return cls.from_dict(json.loads(path.read_text()), source=str(path))
+        config = read_json(path)
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} holds a JSON {type(config).__name__}, not the object of "
+                             "a Hugging Face config.json.")
+        return cls.from_dict(config, source=str(path))
 
     @property
     def head_dim(self) -> int:

@@ -408,7 +408,8 @@ def convert_checkpoint(src: str | Path, *, origin: str | None = None,
 
 
 def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
-                 variant: str | None = None) -> WeightsInfo:
+                 variant: str | None = None,
+                 check: Callable[[WeightsInfo], None] | None = None) -> WeightsInfo:
     """Converts a checkpoint to a safetensors file that `ImageEmbedder.from_pretrained` reads.
 
     Args:
@@ -416,9 +417,13 @@ def convert_file(src: str | Path, dst: str | Path, *, origin: str | None = None,
       dst: output `.safetensors` path (written atomically).
       origin: "keras", "pytorch", "lite", "timm" or "timm_tf"; None guesses from the file.
       variant: "b0".."b7" / "lite0".."lite4"; None infers it from the shapes.
+      check: called with the converted weights' `WeightsInfo` before anything is written; an
+        exception it raises leaves `dst` untouched.
     """
     check_replaceable(dst, written_here)  # before the conversion's work, not after it
     flat, info = convert_checkpoint(src, origin=origin, variant=variant)
+    if check is not None:
+        check(info)
     meta = dict(info.to_metadata(), source=Path(src).name)
     save_safetensors(dst, flat, meta)
     return info
