@@ -233,6 +233,10 @@ def _run_config_command(name: str, cmd: Command, argv: Sequence[str], *,
         where = f"process {jax.process_index()} of {jax.process_count()}"
         others = (f"the other processes stop within --heartbeat_timeout={fv.heartbeat_timeout} "
                   "s")
+        if not isinstance(e, KeyboardInterrupt) and interrupt.received() is not None:
+            # Signalled while blocked in a collective that then failed: its peer stopped on
+            # the same signal first. The signal is the cause; the failure only its echo.
+            e = interrupt.Interrupted(interrupt.received())
         if isinstance(e, KeyboardInterrupt):
             distributed.abandon(_interrupted(name, e, verbose, f"{where} ", f" ({others})"))
         message = _user_message(e)

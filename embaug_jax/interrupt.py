@@ -63,6 +63,7 @@ class _State:
     collecting = False  # inside a garbage collection: an exception raised now would be lost
     deferring = 0  # the depth of `deferred()` blocks, where an exception would be swallowed
     held: int | None = None  # a signal that arrived then, for `check()`
+    received: int | None = None  # the first signal, raised or not, for `received()`
 
 
 _state = _State()
@@ -95,6 +96,17 @@ def _in_gc_callback(frame) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def received() -> int | None:
+    """The first SIGINT or SIGTERM the command received (None: none), whether or not Python
+    has raised it yet.
+
+    The operating system's delivery is recorded at once (by the thread that reads the wakeup
+    pipe), so it is known even while the main thread is blocked in a call that then fails
+    because of it: a collective whose peer process stopped on the same signal.
+    """
+    return _state.received
 
 
 @contextlib.contextmanager
@@ -131,6 +143,8 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
     def on_signal(signum, frame):
         nonlocal seen
         seen += 1
+        if _state.received is None:
+            _state.received = signum
         if seen > 1:
             _exit_now(signum, label)
         if _state.collecting or _state.deferring or _in_gc_callback(frame):
@@ -161,11 +175,11 @@ def handling_signals(label: str = "embaug") -> Iterator[None]:
             signal.signal(s, previous[s])
         gc.callbacks.remove(_on_gc_start)
         gc.callbacks.remove(_on_gc_stop)
-        _state.collecting, _state.held = False, None
         signal.set_wakeup_fd(old_wakeup)
         os.close(write_end)  # the watcher reads end-of-file and returns
         watcher.join()
         os.close(read_end)
+        _state.collecting, _state.held, _state.received = False, None, None
 
 
 def _watch(read_end: int, signals: set[int], label: str) -> None:
@@ -180,6 +194,8 @@ def _watch(read_end: int, signals: set[int], label: str) -> None:
             return
         for signum in data:
             if signum in signals:
+                if _state.received is None:
+                    _state.received = signum
                 seen += 1
                 if seen >= 2:
                     _exit_now(signum, label)

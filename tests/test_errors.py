@@ -951,6 +951,31 @@ def test_a_signal_during_a_checkpoint_save_is_not_swallowed(tmp_path, monkeypatc
     assert (tmp_path / "c" / "4" / checkpoints.DIGESTS).is_file()
 
 
+_RECEIVED = _DEFAULT_SIGNALS + """
+from embaug_jax import interrupt
+
+with interrupt.handling_signals("embaug test"):
+    print(interrupt.received())
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        for _ in range(1000):
+            pass
+    except interrupt.Interrupted:
+        pass
+    print(interrupt.received())
+print(interrupt.received())
+"""
+
+
+def test_the_received_signal_is_known_until_the_command_ends():
+    # What a process of a --distributed run reports when a collective fails under it because
+    # its peer stopped on the same signal first.
+    proc = subprocess.run([sys.executable, "-c", _RECEIVED], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["None", str(int(signal.SIGTERM)), "None"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Environment faults: read-only and full disks.
 
