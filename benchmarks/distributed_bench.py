@@ -1,7 +1,7 @@
 """Consecutive 2-process `embaug train --distributed` runs: does every one finish?
 
   python benchmarks/distributed_bench.py                      # 20 runs
-  python benchmarks/distributed_bench.py --runs=3             # what the slow tests run
+  python benchmarks/distributed_bench.py --runs=1             # what the tests run
 
 Each run starts 2 processes of 2 CPU devices each (jax.distributed over localhost, gloo
 collectives) on a fresh workdir: the smoke config's three programs (control, E-Mixup, Soft
