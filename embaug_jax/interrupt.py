@@ -58,7 +58,7 @@ def signal_of(error: KeyboardInterrupt) -> int:
 
 
 class _State:
-    """The main thread's signal state while `handling_signals` is active."""
+    """The command's signal state while `handling_signals` is active."""
 
     collecting = False  # inside a garbage collection: an exception raised now would be lost
     deferring = 0  # the depth of `deferred()` blocks, where an exception would be swallowed
@@ -81,7 +81,8 @@ def _on_gc_stop(phase: str, info: dict) -> None:
 
 def check() -> None:
     """Raises `Interrupted` for a signal that arrived while it could not be raised (during a
-    garbage collection); a no-op otherwise. Long loops call it once per step."""
+    garbage collection or a `deferred()` block); a no-op otherwise. Long loops call it once
+    per step."""
     signum, _state.held = _state.held, None
     if signum is not None:
         raise Interrupted(signum)
