@@ -88,5 +88,5 @@ def test_distance_detectors_refuse_bad_rows():
         evaluate.mahalanobis_scores(np.where(train_x > 1, np.nan, train_x), np.zeros(10), x)
     with pytest.raises(ValueError, match="labels for 10"):
         evaluate.mahalanobis_scores(train_x, np.zeros(9), x)
-    with pytest.raises(ValueError, match="do not vary within any class"):
+    with pytest.raises(evaluate.NoWithinClassSpread, match="do not vary within any class"):
         evaluate.mahalanobis_scores(np.ones((10, 4)), np.zeros(10), x)

@@ -28,7 +28,8 @@ from embaug_jax.evaluate.calibration import (BINNINGS, NUM_BINS, CalibrationBins
                                              calibration_bins, expected_calibration_error,
                                              scoring_rules)
 from embaug_jax.evaluate.detectors import (DETECTORS, EMBEDDING_DETECTORS, KNN_K,
-                                           OUTPUT_DETECTORS, detection_metrics, detector_keys,
+                                           OUTPUT_DETECTORS, NoWithinClassSpread,
+                                           detection_metrics, detector_keys,
                                            knn_scores, ledoit_wolf, mahalanobis_scores,
                                            output_scores)
 from embaug_jax.evaluate.inputs import sigmoid_logits, top_seen_prediction
@@ -53,7 +54,7 @@ from embaug_jax.evaluate.threshold import (COUNT_NAMES, THRESHOLDS, accuracies, 
 __all__ = [
     "AucParts", "BINNINGS", "CALIBRATION_METRICS", "CALIBRATION_SCORES", "COUNT_NAMES",
     "CalibrationBins", "DETECTORS", "EMBEDDING_DETECTORS", "FPR_GRID", "KNN_K", "NONE_NAME",
-    "NUM_BINS", "OPEN_SET_METRICS", "OUTPUT_DETECTORS", "OvrRoc", "OvrScores", "PostHoc",
+    "NUM_BINS", "NoWithinClassSpread", "OPEN_SET_METRICS", "OUTPUT_DETECTORS", "OvrRoc", "OvrScores", "PostHoc",
     "RESAMPLED_METRICS", "SCALINGS", "Scaling", "TABLE1_METRICS", "TEMPERATURE_RANGE",
     "THRESHOLDS", "TUNED_METRICS", "TiedGroups", "VECTOR_PENALTY", "accuracies",
     "auc_decomposition", "auc_parts", "average_precision", "best_detector", "binary_roc",

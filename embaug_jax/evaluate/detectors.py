@@ -31,6 +31,11 @@ KNN_K = 5  # fixed, not tuned on validation rows: ~20 training rows per class in
 _BLOCK_ROWS = 4096  # query rows per distance block: bounds the [rows, training rows] matrix
 
 
+class NoWithinClassSpread(ValueError):
+    """The training rows do not vary within any class: no covariance for a Mahalanobis
+    distance."""
+
+
 def detector_keys(name: str) -> dict[str, str]:
     """The scalar metric names of detector `name`: {"auroc": ..., "aupr": ...,
     "fpr_at_95_tpr": ...}; "msp" keeps the report's "none" names (none_auroc, ...)."""
@@ -131,8 +136,8 @@ def mahalanobis_scores(train_x, train_labels, x) -> np.ndarray:
     n, dim = centred.shape
     rho, mu = ledoit_wolf(centred)
     if mu == 0:
-        raise ValueError("mahalanobis_scores: the training rows do not vary within any class, "
-                         "so no covariance can be estimated.")
+        raise NoWithinClassSpread("mahalanobis_scores: the training rows do not vary within "
+                                  "any class, so no covariance can be estimated.")
     if n <= dim:
         eigval, u = np.linalg.eigh(centred @ centred.T)
         keep = eigval > eigval.max() * 1e-12

@@ -63,25 +63,19 @@ def embedding_scores(result: SweepResult, dataset: EmbeddingDataset
         val_order = np.argsort(result.val_idx[t])
         train_x = np.asarray(dataset.embeddings[train_rows])
         val_x = np.asarray(dataset.embeddings[result.val_idx[t][val_order]])
-        if not _varies_within_a_class(train_x, labels[train_rows]):
+        try:
+            scores = dict(mahalanobis=evaluate.mahalanobis_scores(train_x, labels[train_rows],
+                                                                  val_x),
+                          knn=evaluate.knn_scores(train_x, val_x))
+        except evaluate.NoWithinClassSpread:
             logging.warning("the report leaves out the embedding detectors (%s): trial %d's "
                             "training rows do not vary within any class.",
                             ", ".join(evaluate.EMBEDDING_DETECTORS), t)
             return None
-        scores = dict(mahalanobis=evaluate.mahalanobis_scores(train_x, labels[train_rows], val_x),
-                      knn=evaluate.knn_scores(train_x, val_x))
         unsort = np.empty_like(val_order)
         unsort[val_order] = np.arange(val_order.size)
         out.append({k: v[unsort] for k, v in scores.items()})
     return out
-
-
-def _varies_within_a_class(x: np.ndarray, labels: np.ndarray) -> bool:
-    """Whether two rows of one class differ anywhere."""
-    order = np.argsort(labels, kind="stable")
-    x, labels = x[order], labels[order]
-    same = labels[1:] == labels[:-1]
-    return bool(np.any(x[1:][same] != x[:-1][same]))
 
 
 def fit_members(result: SweepResult, members: Sequence[int], selection: np.ndarray, *,
