@@ -1,4 +1,4 @@
-"""Training speed of the sweep engine at the paper's shapes: figures 1-7, one run.
+"""Training speed of the sweep engine at the paper's shapes: figures 1-9, one run.
 
   python benchmarks/train_bench.py                              # the paper's shapes
   python benchmarks/train_bench.py --dim=512 --rounds=2         # a quicker look
@@ -31,6 +31,9 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
   8. the all-reduce over 2 devices that a split member pays each step: of the first layer's
      [64, 250] outputs (the features split the engine makes) against that of the 1.3M-float
      gradient (what splitting the batch instead would sum), in ms (no bound)
+  9. two E-Mixup members on 2 devices, one whole member each, against one member on 1:
+     examples/s ratio (no bound: what the two devices give work that needs no communication,
+     the yardstick for figure 5)
 FLOPs count the matmuls of a step: forward, and backward without the first layer's input
 gradient (which nothing needs). Every case runs the engine's own programs
 (`driver.compiled_group`) on the devices and mesh `embaug train` would use: figures 1-4 on all
@@ -320,6 +323,12 @@ def main(argv=None):
                 member_case(name, idx, on=devices[:n_dev], config=split)
             names.append(name)
         scaling[fig] = tuple(names)
+    if 5 in scaling:  # figure 9: two whole members on figure 5's two devices, one each
+        whole = c.copy_and_resolve_references()
+        whole.devices_per_member = 1
+        if "2 mixup-kind member(s), 2 device(s)" not in cases:
+            member_case("2 mixup-kind member(s), 2 device(s)", pair, on=devices[:2],
+                        config=whole)
 
     def sweep_case(name, config):
         sweep = [trainer(config, g.kind, args.classes, n_train, on_all, hp_of(g.members), E,
@@ -406,6 +415,11 @@ def main(argv=None):
         print(f"| 8 | all-reduce over 2 devices a step: the first layer's [64, {dims[1]}] "
               f"outputs vs the {params / 1e6:.2f}M-float gradient | {outputs:.3f} vs "
               f"{gradient:.3f} ms | |")
+    if 5 in scaling:
+        one = scaling[5][1]
+        print(f"| 9 | two whole E-Mixup members on 2 devices vs one on 1: examples/s (work "
+              f"needing no communication, figure 5's yardstick) | "
+              f"{2 * med[one] / med['2 mixup-kind member(s), 2 device(s)']:.2f}x | |")
 
 
 if __name__ == "__main__":
