@@ -66,9 +66,9 @@ from embaug_jax.util import large_dot_compiler_options, on_cpus, reuse_freed_mem
 
 POOLINGS = ("mean", "cls", "max")
 # LLVM's optimisation level for the embedder's programs on CPUs (XLA's default: 3). Level 1
-# compiled the demo's two MiniLM programs in 0.85x the time, gave the same vectors bit for bit
-# and ran as fast (benchmarks/README.md, "Compiles"); level 0 compiled in about half the time
-# but ran 2.4x slower.
+# compiled the demo's two MiniLM programs in 0.85x the time and ran as fast, its vectors the
+# same bit for bit (long texts' within 7.2e-7; benchmarks/README.md, "Compiles"); level 0
+# compiled in about half the time but ran 2.4x slower.
 _CPU_LLVM_OPT_LEVEL = 1
 # Bump when a change here alters the vectors for the same weights and settings, so caches keyed by
 # `TextEmbedder.fingerprint()` are invalidated.
