@@ -9,6 +9,7 @@ the table's texts, so a table larger than memory can be embedded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -83,17 +84,19 @@ class _Spool:
     would hold every batch and the whole at once, twice the array."""
 
     def __init__(self):
-        self._file = tempfile.TemporaryFile()
+        self._file = None  # opened by the first batch: a spool never used holds no file
         self._parts: list[tuple[np.dtype, int]] = []
 
     def append(self, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values)
+        if self._file is None:
+            self._file = tempfile.TemporaryFile()
         self._file.write(values.tobytes())
         self._parts.append((values.dtype, len(values)))
 
     def concatenate(self) -> np.ndarray:
-        """The batches as one array of their common dtype (a str array as wide as the
-        longest), as `np.concatenate` makes it; the spool is emptied."""
+        """The batches (at least one) as one array of their common dtype (a str array as
+        wide as the longest), as `np.concatenate` makes it; the spool is emptied."""
         dtypes = [dtype for dtype, _ in self._parts]
         out = np.empty(sum(n for _, n in self._parts), np.result_type(*dtypes))
         self._file.seek(0)
@@ -101,9 +104,14 @@ class _Spool:
         for dtype, n in self._parts:
             out[start:start + n] = np.frombuffer(self._file.read(n * dtype.itemsize), dtype)
             start += n
-        self._file.close()
-        self._parts = []
+        self.close()
         return out
+
+    def close(self) -> None:
+        """Drops the batches (and their file)."""
+        if self._file is not None:
+            self._file.close()
+        self._file, self._parts = None, []
 
 
 class _TextCounts:
@@ -129,6 +137,11 @@ class _Scan:
         self.empty_ids = _Rows()
         self.classes: dict[str, int] = {}
         self.kept_rows, self.kept_labels, self.kept_ids = _Spool(), _Spool(), _Spool()
+
+    def close(self) -> None:
+        """Drops the kept arrays not yet read back (a load that stopped at an error)."""
+        for spool in (self.kept_rows, self.kept_labels, self.kept_ids):
+            spool.close()
 
     def add(self, start: int, cells: dict[str, list[Any]], label_column: str) -> None:
         values = cells[label_column]
@@ -335,33 +348,34 @@ def load_table(src: Any) -> SourceData:
 
     if header is not None:
         check_columns(header)
-    scan = _Scan(text_columns, id_column, empty_policy)
-    seen: dict[str, None] = {}
-    read = list(dict.fromkeys([label_column, *([id_column] if id_column else []),
-                               *text_columns]))
-    for start, cells in reader.batches(read, seen_columns=seen):
-        scan.add(start, cells, label_column)
-        del cells  # before the next batch is read: one batch in memory at a time
-    available = header if header is not None else list(seen)
-    check_columns(available)
-    if scan.rows == 0:
-        raise UserError(f"{path} has a header ({', '.join(available)}) but no data rows.")
+    # The spools' temporary files are closed however the checks end.
+    with contextlib.closing(_Scan(text_columns, id_column, empty_policy)) as scan:
+        seen: dict[str, None] = {}
+        read = list(dict.fromkeys([label_column, *([id_column] if id_column else []),
+                                   *text_columns]))
+        for start, cells in reader.batches(read, seen_columns=seen):
+            scan.add(start, cells, label_column)
+            del cells  # before the next batch is read: one batch in memory at a time
+        available = header if header is not None else list(seen)
+        check_columns(available)
+        if scan.rows == 0:
+            raise UserError(f"{path} has a header ({', '.join(available)}) but no data rows.")
 
-    dropped: dict[str, int] = {}
-    notes: dict[str, int] = {}
-    _check_labels(scan, label_column, path, missing_policy)
-    add_count(dropped, "missing label", scan.missing.count)
-    _check_texts(scan, path, notes)
-    rows = scan.kept_rows.concatenate()
-    add_count(dropped, "empty text", scan.rows - scan.missing.count - len(rows))
-    if scan.empty_ids.count:
-        raise UserError(f"Id column {id_column!r} is empty in {scan.empty_ids.count} rows (data "
-                        f"rows {scan.empty_ids}, 0-based); every item needs an id.")
-    if id_column:
-        ids = scan.kept_ids.concatenate()
-    else:  # row numbers, as wide as the longest of them
-        ids = rows.astype(f"<U{len(str(int(rows.max()))) if len(rows) else 1}")
-    label_ids = scan.kept_labels.concatenate()
+        dropped: dict[str, int] = {}
+        notes: dict[str, int] = {}
+        _check_labels(scan, label_column, path, missing_policy)
+        add_count(dropped, "missing label", scan.missing.count)
+        _check_texts(scan, path, notes)
+        rows = scan.kept_rows.concatenate()
+        add_count(dropped, "empty text", scan.rows - scan.missing.count - len(rows))
+        if scan.empty_ids.count:
+            raise UserError(f"Id column {id_column!r} is empty in {scan.empty_ids.count} rows "
+                            f"(data rows {scan.empty_ids}, 0-based); every item needs an id.")
+        if id_column:
+            ids = scan.kept_ids.concatenate()
+        else:  # row numbers, as wide as the longest of them
+            ids = rows.astype(f"<U{len(str(int(rows.max()))) if len(rows) else 1}")
+        label_ids = scan.kept_labels.concatenate()
     # The classes of the kept items, in natural order; the scan numbered them as they came.
     names = list(scan.classes)
     present = np.flatnonzero(np.bincount(label_ids, minlength=len(names)))
