@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -60,7 +61,7 @@ from embaug_jax.embed.bert.model import (
     BertModel,
     gather_in_bounds,
 )
-from embaug_jax.embed.bert.packing import BatchPlanner
+from embaug_jax.embed.bert.packing import Batch, BatchPlanner
 from embaug_jax.embed.weights import hash_files
 from embaug_jax.util import large_dot_compiler_options, on_cpus, reuse_freed_memory
 
@@ -246,6 +247,8 @@ class TextEmbedder:
             jax.shard_map(self.forward, mesh=mesh, in_specs=(PartitionSpec(), *[batch_spec] * 5),
                           out_specs=batch_spec),
             compiler_options=options)
+        # `embed_batch` compiled ahead of time, by (row length, rows, stream tokens) per device.
+        self._programs: dict[tuple[int, int, int], Any] = {}
 
     def forward(self, params, input_ids: jax.Array, position_ids: jax.Array,
                 segment_ids: jax.Array, rows: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -346,10 +349,11 @@ class TextEmbedder:
         """Embeds texts; returns float32 [len(texts), dim] in the order given.
 
         Texts are tokenised a chunk at a time (bounded memory), sorted by token length within
-        it and packed into rows (`BatchPlanner.plan`), so each batch pads little. Batches are
-        dispatched without waiting for results; at most two are in flight before the oldest is
-        copied back. `on_batch(n)` is called as each batch's n texts are done (a caller's
-        progress bar).
+        it and packed into rows (`BatchPlanner.plan`), so each batch pads little. The batch
+        shapes a chunk needs are compiled first, side by side; then its
+        batches are dispatched without waiting for results; at most two are in flight before
+        the oldest is copied back. `on_batch(n)` is called as each batch's n texts are done (a
+        caller's progress bar).
         """
         from tqdm.auto import tqdm
 
@@ -368,17 +372,51 @@ class TextEmbedder:
 
             for offset in range(0, len(texts), chunk):
                 ids = [e.ids for e in self.tokenizer.encode_batch(texts[offset:offset + chunk])]
-                for batch in self.planner.plan([len(t) for t in ids]):
+                batches = self.planner.plan([len(t) for t in ids])
+                for batch, program in zip(batches, self._programs_for(batches)):
                     arrays, slot_of = self.planner.pack_batch(ids, batch)
                     where = offset + np.concatenate([np.asarray(r, np.int64) for r in batch])
                     arrays = jax.device_put(arrays, self._batch_sharding)
-                    pending.append((where, slot_of, self.embed_batch(self.params, *arrays)))
+                    pending.append((where, slot_of, program(self.params, *arrays)))
                     if len(pending) > 2:
                         collect()
             while pending:
                 collect()
         return out
 
+    def _programs_for(self, batches: Sequence[Batch]) -> list:
+        """`embed_batch` compiled for each batch's shape, the shapes not compiled yet side by side.
+
+        Each new shape is lowered and compiled in a thread of its own: XLA's compile releases
+        the GIL, so a chunk's full and small programs compile on two cores at once instead of
+        one after the other. A compile's error is raised here, in the caller.
+
+        Returns:
+            one executable per batch, called as `embed_batch` is: `(params, *arrays)` with the
+            arrays of `planner.pack_batch`, placed by the batch sharding.
+        """
+        keys = [(b.length, *self.planner.shape(b.length, packed=b.packed, small=b.small))
+                for b in batches]
+        new = list(dict.fromkeys(k for k in keys if k not in self._programs))
+        if len(new) == 1:
+            self._programs[new[0]] = self._compile(new[0])
+        elif new:
+            with ThreadPoolExecutor(min(len(new), os.cpu_count() or 1)) as pool:
+                self._programs.update(zip(new, pool.map(self._compile, new)))
+        return [self._programs[k] for k in keys]
+
+    def _compile(self, key: tuple[int, int, int]):
+        length, rows, stream = key
+        n_dev = len(self.devices)
+
+        def arg(shape):
+            return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self._batch_sharding)
+
+        # The arrays of `BatchPlanner.pack_batch`: input_ids, position_ids, segment_ids, rows,
+        # tokens.
+        stream_arg, grid_arg = arg((n_dev * stream,)), arg((n_dev * rows, length))
+        return self.embed_batch.lower(self.params, stream_arg, stream_arg, grid_arg, grid_arg,
+                                      stream_arg).compile()
 
 def _check_texts(texts) -> list[str]:
     if isinstance(texts, (str, bytes)):
