@@ -335,6 +335,24 @@ def test_a_chunks_programs_compile_side_by_side_before_its_batches_run(minilm, m
     np.testing.assert_array_equal(embedder.embed(texts), expected)
     assert events.count("compiled") == 2 and len(pools) == 1
 
+    # Short texts: a call in one packed full batch compiles the packed small batch its tail
+    # may need beside it, so a later call ending in one compiles nothing.
+    packer = _variant(minilm, devices=jax.devices()[:2], batch_size=16, pack=True)
+    short = [" ".join(["a"] * (8 + i % 8)) for i in range(64)]  # 10-17 tokens
+    full_only = packer.planner.plan([len(t) for t in packer.tokenize(short)])
+    tail_only = packer.planner.plan([len(t) for t in packer.tokenize(short[:9])])
+    assert [(b.length, b.packed, b.small) for b in full_only] == [(64, True, False)]
+    assert [(b.length, b.packed, b.small) for b in tail_only] == [(128, True, True)]
+    packer.embed(short)
+    assert len(packer._programs) == 2 and pools[-1] == min(2, os.cpu_count())
+    compiled = dict(packer._programs)
+    ids = packer.tokenize(short[:9])
+    arrays, slot_of = packer.planner.pack_batch(ids, tail_only[0])
+    plain = packer.embed_batch(packer.params, *jax.device_put(arrays, packer._batch_sharding))
+    np.testing.assert_array_equal(packer.embed(short[:9])[np.concatenate(tail_only[0].rows)],
+                                  np.asarray(plain)[slot_of])
+    assert packer._programs == compiled and len(pools) == 2
+
     # An error in a compile thread is raised in the caller, as itself.
     class Broken(Exception):
         pass
@@ -343,8 +361,11 @@ def test_a_chunks_programs_compile_side_by_side_before_its_batches_run(minilm, m
 
     class Failing:
         def lower(self, *args):
-            threads.append(threading.current_thread())
-            raise Broken("no compiler today")
+            class Lowered:
+                def compile(self):
+                    threads.append(threading.current_thread())
+                    raise Broken("no compiler today")
+            return Lowered()
 
     fresh = _variant(embedder, pack=False)
     fresh.embed_batch = Failing()

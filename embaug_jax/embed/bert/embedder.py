@@ -385,27 +385,39 @@ class TextEmbedder:
         return out
 
     def _programs_for(self, batches: Sequence[Batch]) -> list:
-        """`embed_batch` compiled for each batch's shape, the shapes not compiled yet side by side.
+        """`embed_batch` compiled for each batch's shape; the shapes not compiled yet are
+        compiled side by side, before any of the batches runs.
 
-        Each new shape is lowered and compiled in a thread of its own: XLA's compile releases
-        the GIL, so a chunk's full and small programs compile on two cores at once instead of
-        one after the other. A compile's error is raised here, in the caller.
+        The new shapes are traced and lowered here, one after another (that is Python, under
+        the GIL), and compiled by XLA each in a thread of its own: XLA's compile releases the
+        GIL, so two programs compile on two cores at once instead of one after the other. A
+        packed full batch brings the small batch its texts' call ends in (packed rows of at
+        least `small_capacity` tokens, `BatchPlanner.plan_batches`), which the first call of
+        short texts often does not need and the next one does: compiled beside it, not alone
+        later. A compile's error is raised here, in the caller.
 
         Returns:
             one executable per batch, called as `embed_batch` is: `(params, *arrays)` with the
             arrays of `planner.pack_batch`, placed by the batch sharding.
         """
-        keys = [(b.length, *self.planner.shape(b.length, packed=b.packed, small=b.small))
-                for b in batches]
-        new = list(dict.fromkeys(k for k in keys if k not in self._programs))
+        kinds = [(b.length, b.packed, b.small) for b in batches]
+        tails = [(max(length, self.planner.small_capacity), True, True)
+                 for length, packed, small in kinds if packed and not small]
+        keys = [self._program_key(*kind) for kind in kinds]
+        new = [k for k in dict.fromkeys(keys + [self._program_key(*t) for t in tails])
+               if k not in self._programs]
+        lowered = [self._lower(k) for k in new]
         if len(new) == 1:
-            self._programs[new[0]] = self._compile(new[0])
+            self._programs[new[0]] = lowered[0].compile()
         elif new:
             with ThreadPoolExecutor(min(len(new), os.cpu_count() or 1)) as pool:
-                self._programs.update(zip(new, pool.map(self._compile, new)))
+                self._programs.update(zip(new, pool.map(lambda lo: lo.compile(), lowered)))
         return [self._programs[k] for k in keys]
 
-    def _compile(self, key: tuple[int, int, int]):
+    def _program_key(self, length: int, packed: bool, small: bool) -> tuple[int, int, int]:
+        return (length, *self.planner.shape(length, packed=packed, small=small))
+
+    def _lower(self, key: tuple[int, int, int]):
         length, rows, stream = key
         n_dev = len(self.devices)
 
@@ -416,7 +428,8 @@ class TextEmbedder:
         # tokens.
         stream_arg, grid_arg = arg((n_dev * stream,)), arg((n_dev * rows, length))
         return self.embed_batch.lower(self.params, stream_arg, stream_arg, grid_arg, grid_arg,
-                                      stream_arg).compile()
+                                      stream_arg)
+
 
 def _check_texts(texts) -> list[str]:
     if isinstance(texts, (str, bytes)):
