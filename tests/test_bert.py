@@ -1,9 +1,7 @@
 """Tests for embaug_jax.embed.bert (model, checkpoint, embedder) against Hugging Face's PyTorch
 BertModel and tokenizers. The batch plans are tested in test_bert_packing.py."""
 
-import os
 import shutil
-import threading
 
 import chex
 import jax
@@ -286,92 +284,6 @@ def test_one_compile_per_batch_shape(minilm):
     embedder.embed(texts, on_batch=calls.append)
     batches = embedder.planner.plan([len(t) for t in embedder.tokenize(texts)])
     assert calls == [len(b) for b in batches] == [4, 2]
-
-
-def test_a_chunks_programs_compile_side_by_side_before_its_batches_run(minilm, monkeypatch):
-    embedder = _variant(minilm, devices=jax.devices()[:2], batch_size=2, pack=False)
-    texts = ["shirt", "red boots", "a blue dress", "wool hat", "green socks", TEXTS[-1]]
-    batches = embedder.planner.plan([len(t) for t in embedder.tokenize(texts)])
-    assert [(b.length, b.small) for b in batches] == [(48, False), (8, True)]  # two shapes
-    # The plain jit path, batch by batch: the vectors to match bit for bit.
-    ids = embedder.tokenize(texts)
-    expected = np.empty((len(texts), embedder.dim), np.float32)
-    for batch in batches:
-        arrays, slot_of = embedder.planner.pack_batch(ids, batch)
-        result = embedder.embed_batch(embedder.params,
-                                      *jax.device_put(arrays, embedder._batch_sharding))
-        expected[np.concatenate(batch.rows)] = np.asarray(result)[slot_of]
-
-    events, pools = [], []
-    jitted = embedder.embed_batch
-
-    class Recording:
-        def lower(self, *args):
-            lowered = jitted.lower(*args)
-
-            class Lowered:
-                def compile(self):
-                    program = lowered.compile()
-                    events.append("compiled")
-
-                    def run(*arrays):
-                        events.append("ran")
-                        return program(*arrays)
-                    return run
-            return Lowered()
-
-    class Pool(embedder_lib.ThreadPoolExecutor):
-        def map(self, fn, *iterables):
-            pools.append(self._max_workers)
-            return super().map(fn, *iterables)
-
-    embedder.embed_batch = Recording()
-    monkeypatch.setattr(embedder_lib, "ThreadPoolExecutor", Pool)
-    np.testing.assert_array_equal(embedder.embed(texts), expected)
-    # Both programs compiled, by one pool of a thread each (cores allowing), before the first
-    # batch ran.
-    assert events == ["compiled", "compiled", "ran", "ran"] and pools == [min(2, os.cpu_count())]
-    # Compiled once: the next call reuses both programs.
-    np.testing.assert_array_equal(embedder.embed(texts), expected)
-    assert events.count("compiled") == 2 and len(pools) == 1
-
-    # Short texts: a call in one packed full batch compiles the packed small batch its tail
-    # may need beside it, so a later call ending in one compiles nothing.
-    packer = _variant(minilm, devices=jax.devices()[:2], batch_size=16, pack=True)
-    short = [" ".join(["a"] * (8 + i % 8)) for i in range(64)]  # 10-17 tokens
-    full_only = packer.planner.plan([len(t) for t in packer.tokenize(short)])
-    tail_only = packer.planner.plan([len(t) for t in packer.tokenize(short[:9])])
-    assert [(b.length, b.packed, b.small) for b in full_only] == [(64, True, False)]
-    assert [(b.length, b.packed, b.small) for b in tail_only] == [(128, True, True)]
-    packer.embed(short)
-    assert len(packer._programs) == 2 and pools[-1] == min(2, os.cpu_count())
-    compiled = dict(packer._programs)
-    ids = packer.tokenize(short[:9])
-    arrays, slot_of = packer.planner.pack_batch(ids, tail_only[0])
-    plain = packer.embed_batch(packer.params, *jax.device_put(arrays, packer._batch_sharding))
-    np.testing.assert_array_equal(packer.embed(short[:9])[np.concatenate(tail_only[0].rows)],
-                                  np.asarray(plain)[slot_of])
-    assert packer._programs == compiled and len(pools) == 2
-
-    # An error in a compile thread is raised in the caller, as itself.
-    class Broken(Exception):
-        pass
-
-    threads = []
-
-    class Failing:
-        def lower(self, *args):
-            class Lowered:
-                def compile(self):
-                    threads.append(threading.current_thread())
-                    raise Broken("no compiler today")
-            return Lowered()
-
-    fresh = _variant(embedder, pack=False)
-    fresh.embed_batch = Failing()
-    with pytest.raises(Broken, match="no compiler today"):
-        fresh.embed(texts)
-    assert threads and threading.main_thread() not in threads
 
 
 # ---------------------------------------------------------------------------------------------

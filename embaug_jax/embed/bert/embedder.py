@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -61,7 +60,7 @@ from embaug_jax.embed.bert.model import (
     BertModel,
     gather_in_bounds,
 )
-from embaug_jax.embed.bert.packing import Batch, BatchPlanner
+from embaug_jax.embed.bert.packing import BatchPlanner
 from embaug_jax.embed.weights import hash_files
 from embaug_jax.util import large_dot_compiler_options, on_cpus, reuse_freed_memory
 
@@ -247,8 +246,6 @@ class TextEmbedder:
             jax.shard_map(self.forward, mesh=mesh, in_specs=(PartitionSpec(), *[batch_spec] * 5),
                           out_specs=batch_spec),
             compiler_options=options)
-        # `embed_batch` compiled ahead of time, by (row length, rows, stream tokens) per device.
-        self._programs: dict[tuple[int, int, int], Any] = {}
 
     def forward(self, params, input_ids: jax.Array, position_ids: jax.Array,
                 segment_ids: jax.Array, rows: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -349,11 +346,10 @@ class TextEmbedder:
         """Embeds texts; returns float32 [len(texts), dim] in the order given.
 
         Texts are tokenised a chunk at a time (bounded memory), sorted by token length within
-        it and packed into rows (`BatchPlanner.plan`), so each batch pads little. The batch
-        shapes a chunk needs are compiled first, side by side; then its
-        batches are dispatched without waiting for results; at most two are in flight before
-        the oldest is copied back. `on_batch(n)` is called as each batch's n texts are done (a
-        caller's progress bar).
+        it and packed into rows (`BatchPlanner.plan`), so each batch pads little. Batches are
+        dispatched without waiting for results; at most two are in flight before the oldest is
+        copied back. `on_batch(n)` is called as each batch's n texts are done (a caller's
+        progress bar).
         """
         from tqdm.auto import tqdm
 
@@ -372,63 +368,16 @@ class TextEmbedder:
 
             for offset in range(0, len(texts), chunk):
                 ids = [e.ids for e in self.tokenizer.encode_batch(texts[offset:offset + chunk])]
-                batches = self.planner.plan([len(t) for t in ids])
-                for batch, program in zip(batches, self._programs_for(batches)):
+                for batch in self.planner.plan([len(t) for t in ids]):
                     arrays, slot_of = self.planner.pack_batch(ids, batch)
                     where = offset + np.concatenate([np.asarray(r, np.int64) for r in batch])
                     arrays = jax.device_put(arrays, self._batch_sharding)
-                    pending.append((where, slot_of, program(self.params, *arrays)))
+                    pending.append((where, slot_of, self.embed_batch(self.params, *arrays)))
                     if len(pending) > 2:
                         collect()
             while pending:
                 collect()
         return out
-
-    def _programs_for(self, batches: Sequence[Batch]) -> list:
-        """`embed_batch` compiled for each batch's shape; the shapes not compiled yet are
-        compiled side by side, before any of the batches runs.
-
-        The new shapes are traced and lowered here, one after another (that is Python, under
-        the GIL), and compiled by XLA each in a thread of its own: XLA's compile releases the
-        GIL, so two programs compile on two cores at once instead of one after the other. A
-        packed full batch brings the small batch its texts' call ends in (packed rows of at
-        least `small_capacity` tokens, `BatchPlanner.plan_batches`), which the first call of
-        short texts often does not need and the next one does: compiled beside it, not alone
-        later. A compile's error is raised here, in the caller.
-
-        Returns:
-            one executable per batch, called as `embed_batch` is: `(params, *arrays)` with the
-            arrays of `planner.pack_batch`, placed by the batch sharding.
-        """
-        kinds = [(b.length, b.packed, b.small) for b in batches]
-        tails = [(max(length, self.planner.small_capacity), True, True)
-                 for length, packed, small in kinds if packed and not small]
-        keys = [self._program_key(*kind) for kind in kinds]
-        new = [k for k in dict.fromkeys(keys + [self._program_key(*t) for t in tails])
-               if k not in self._programs]
-        lowered = [self._lower(k) for k in new]
-        if len(new) == 1:
-            self._programs[new[0]] = lowered[0].compile()
-        elif new:
-            with ThreadPoolExecutor(min(len(new), os.cpu_count() or 1)) as pool:
-                self._programs.update(zip(new, pool.map(lambda lo: lo.compile(), lowered)))
-        return [self._programs[k] for k in keys]
-
-    def _program_key(self, length: int, packed: bool, small: bool) -> tuple[int, int, int]:
-        return (length, *self.planner.shape(length, packed=packed, small=small))
-
-    def _lower(self, key: tuple[int, int, int]):
-        length, rows, stream = key
-        n_dev = len(self.devices)
-
-        def arg(shape):
-            return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self._batch_sharding)
-
-        # The arrays of `BatchPlanner.pack_batch`: input_ids, position_ids, segment_ids, rows,
-        # tokens.
-        stream_arg, grid_arg = arg((n_dev * stream,)), arg((n_dev * rows, length))
-        return self.embed_batch.lower(self.params, stream_arg, stream_arg, grid_arg, grid_arg,
-                                      stream_arg)
 
 
 def _check_texts(texts) -> list[str]:
