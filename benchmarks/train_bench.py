@@ -1,4 +1,4 @@
-"""Training speed of the sweep engine at the paper's shapes: figures 1-7, one run.
+"""Training speed of the sweep engine at the paper's shapes: figures 1-9, one run.
 
   python benchmarks/train_bench.py                              # the paper's shapes
   python benchmarks/train_bench.py --dim=512 --rounds=2         # a quicker look
@@ -21,8 +21,8 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
      (bound <= 5%)
   4. useful FLOP rate of the sweep (every FLOP is useful: no padding rows) against the jnp.dot
      2048^3 float32 peak measured before and after in the same run (bound >= 50%)
-  5. one E-Mixup member on 2 devices (its batch split over both) against the same member on 1:
-     examples/s ratio (bound >= 1.4x; needs 2 devices)
+  5. one E-Mixup member on 2 devices (split over both by its features) against the same member
+     on 1: examples/s ratio (bound >= 1.4x; needs 2 devices)
   6. a 2-member sweep (E-Mixup and Soft E-Mixup: one program) on 4 devices (a 2 x 2 members x
      features mesh) against the same on 2 (one member each): examples/s ratio (bound >= 1.4x;
      needs 4 devices)
@@ -31,14 +31,18 @@ single-member call, no evaluation; the evaluation is timed by experiments/paper_
   8. the all-reduce over 2 devices that a split member pays each step: of the first layer's
      [64, 250] outputs (the features split the engine makes) against that of the 1.3M-float
      gradient (what splitting the batch instead would sum), in ms (no bound)
+  9. two E-Mixup members on 2 devices, one whole member each, against one member on 1:
+     examples/s ratio (no bound: what the two devices give work that needs no communication,
+     the yardstick for figure 5)
 FLOPs count the matmuls of a step: forward, and backward without the first layer's input
 gradient (which nothing needs). Every case runs the engine's own programs
 (`driver.compiled_group`) on the devices and mesh `embaug train` would use: figures 1-4 on all
-the process's devices (on a CPU one XLA device per core, `--cpu-devices`), figures 5 and 6 on
-the first 1, 2 or 4 of them, each group on the members x features mesh of
-`driver.devices_per_member` (so a lone member is split over the devices; members padded to the
-members axis skip the padding). More CPU devices than cores share the cores: figure 6 then
-measures the sharing, not the layout.
+the process's devices (on a CPU one XLA device per core, `--cpu-devices`), each group on the
+members x features mesh of `driver.devices_per_member` (on CPU devices every member whole;
+members padded to the members axis skip the padding); figures 5 and 6 on the first 1, 2 or 4
+of them, each member split over the devices its group leaves idle, as the automatic rule does
+on an accelerator. More CPU devices than cores share the cores: figure 6 then measures the
+sharing, not the layout.
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ def trainer(config, kind, num_classes, n_train, on_all, hp, epochs, *, devices=N
     their group's shared settings (`Group.fixed`: the program's constants)."""
     devices = jax.devices() if devices is None else list(devices)
     per_member = driver.devices_per_member(config, len(hp.trial), len(devices),
-                                           on_all.x.shape[1])
+                                           on_all.x.shape[1], platform=devices[0].platform)
     mesh = driver.group_mesh(devices, per_member)
     at_once = driver.members_at_once(config, devices)
     on_device = placed_on(on_all, devices)
@@ -290,9 +294,9 @@ def main(argv=None):
     pair = [mixup_member, find(method="soft_e_mixup", alpha=0.2, softness=0.05, trial=0, seed=0)]
     ME = args.member_epochs
 
-    def member_case(name, idx, *, on=devices, sliced=False):
-        cases[name], steps = trainer(c, "mixup", args.classes, n_train, on_all, hp_of(idx), ME,
-                                     devices=on, sliced=sliced, fixed=fixed_of(idx))
+    def member_case(name, idx, *, on=devices, sliced=False, config=c):
+        cases[name], steps = trainer(config, "mixup", args.classes, n_train, on_all, hp_of(idx),
+                                     ME, devices=on, sliced=sliced, fixed=fixed_of(idx))
         members_in[name] = len(idx)
         return steps
 
@@ -303,7 +307,9 @@ def main(argv=None):
         ds.embeddings, ds.labels, s.train_idx[0], s.seen_mask[0], c, ME, args.torch_device)
     cases["torch eager e_mixup member"]()  # warm-up
     members_in["torch eager e_mixup member"] = 1
-    # Figures 5 and 6: the same E-Mixup members on the first 1, 2 or 4 devices.
+    # Figures 5 and 6: the same E-Mixup members on the first 1, 2 or 4 devices, each member
+    # split over the devices the members leave idle (the accelerator rule; on CPU devices the
+    # automatic rule keeps members whole, so the split is set here).
     scaling = {}  # figure: (the case on more devices, the case on fewer)
     for fig, idx, (few, many) in ((5, [mixup_member], (1, 2)), (6, pair, (2, 4))):
         if len(devices) < many:
@@ -311,12 +317,18 @@ def main(argv=None):
         names = []
         for n_dev in (many, few):
             name = f"{len(idx)} mixup-kind member(s), {n_dev} device(s)"
-            if n_dev == len(devices) and len(idx) == 1:  # the figure 1 case itself
-                name = "e_mixup member"
-            elif name not in cases:
-                member_case(name, idx, on=devices[:n_dev])
+            if name not in cases:
+                split = c.copy_and_resolve_references()
+                split.devices_per_member = max(1, n_dev // len(idx))
+                member_case(name, idx, on=devices[:n_dev], config=split)
             names.append(name)
         scaling[fig] = tuple(names)
+    if 5 in scaling:  # figure 9: two whole members on figure 5's two devices, one each
+        whole = c.copy_and_resolve_references()
+        whole.devices_per_member = 1
+        if "2 mixup-kind member(s), 2 device(s)" not in cases:
+            member_case("2 mixup-kind member(s), 2 device(s)", pair, on=devices[:2],
+                        config=whole)
 
     def sweep_case(name, config):
         sweep = [trainer(config, g.kind, args.classes, n_train, on_all, hp_of(g.members), E,
@@ -403,6 +415,11 @@ def main(argv=None):
         print(f"| 8 | all-reduce over 2 devices a step: the first layer's [64, {dims[1]}] "
               f"outputs vs the {params / 1e6:.2f}M-float gradient | {outputs:.3f} vs "
               f"{gradient:.3f} ms | |")
+    if 5 in scaling:
+        one = scaling[5][1]
+        print(f"| 9 | two whole E-Mixup members on 2 devices vs one on 1: examples/s (work "
+              f"needing no communication, figure 5's yardstick) | "
+              f"{2 * med[one] / med['2 mixup-kind member(s), 2 device(s)']:.2f}x | |")
 
 
 if __name__ == "__main__":

@@ -97,12 +97,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Devices each member is split over by its embedding's features (each holds a block of the
     # first layer's input columns; one all-reduce of the first layer's outputs per step), per
     # group of members of one kind on N devices: a ("members", "features") mesh of
-    # N / devices_per_member x devices_per_member. None (auto) = the most that add no round of
-    # members: a group of M >= N members is sharded over members alone (1), M < N members get
-    # N / M devices each where M divides N (a lone member all N), within the divisors of N and
-    # of the embedding's dimension. Set k to force it (1 = members only: on the 2-core test CPU
-    # a split member was not faster, benchmarks/README.md). Results agree across layouts to
-    # float rounding.
+    # N / devices_per_member x devices_per_member. None (auto) = on CPU devices 1 (members
+    # only: on the 2-core test CPU a split member was slower, benchmarks/README.md); on
+    # accelerators the most that add no round of members: a group of M >= N members is sharded
+    # over members alone (1), M < N members get N / M devices each where M divides N (a lone
+    # member all N), within the divisors of N and of the embedding's dimension. Set k to force
+    # it. Results agree across layouts to float rounding.
     c.devices_per_member = ml_collections.FieldReference(None, field_type=int)
     # XLA CPU devices the CLI splits the host into before JAX starts (0 = one per core, at most
     # 8), so the members of a group train side by side on the cores; each holds a copy of the

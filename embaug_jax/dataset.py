@@ -38,6 +38,7 @@ from embaug_jax.util import (
     list_first,
     load_npy,
     load_npz,
+    repeated_values,
 )
 
 FORMAT_VERSION = 1
@@ -167,9 +168,9 @@ def _validate(ds: EmbeddingDataset, where: str, *, values: bool = True) -> None:
         if ids.ndim != 1 or ids.shape[0] != n:
             raise UserError(f"{where}: mismatched lengths: `ids` has shape {ids.shape} but there "
                             f"are {n} embeddings.")
-        uniq, counts = np.unique(ids, return_counts=True)
-        if uniq.size != n:
-            raise UserError(f"{where}: duplicate ids: {list_first(uniq[counts > 1])}.")
+        repeated = repeated_values(ids)  # no sorted copy of the ids, unlike np.unique
+        if repeated.size:
+            raise UserError(f"{where}: duplicate ids: {list_first(repeated)}.")
     if ds.segments is not None:
         seg_names = [s.name for s in ds.segments]
         if not ds.segments or any(s.size <= 0 for s in ds.segments):
@@ -357,9 +358,13 @@ def _save_blocks(path: Path, blocks: list[Path], labels, class_names, *, ids, se
 
 def _str_array(ids: Iterable) -> np.ndarray:
     """Ids as a str array as wide as the longest (as `np.asarray` of their strings makes it);
-    a str array is narrowed in place of a round trip through a list of Python strings."""
+    a str array is narrowed in place of a round trip through a list of Python strings, its
+    lengths measured a chunk at a time."""
     if isinstance(ids, np.ndarray) and ids.dtype.kind == "U" and ids.size:
-        return ids.astype(f"<U{max(1, int(np.char.str_len(ids).max()))}", copy=False)
+        flat = ids.reshape(-1)
+        width = max(int(np.char.str_len(flat[i:i + _CHUNK_ROWS]).max())
+                    for i in range(0, flat.size, _CHUNK_ROWS))
+        return ids.astype(f"<U{max(1, width)}", copy=False)
     return np.asarray([str(i) for i in ids])
 
 

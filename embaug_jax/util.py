@@ -171,6 +171,25 @@ def list_first(items: Iterable[Any], n: int = 10, *, sep: str = ", ") -> str:
     return shown + (f"{sep}... and {len(items) - n} more" if len(items) > n else "")
 
 
+def repeated_values(values: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
+    """The distinct values that occur more than once in `values`, sorted.
+
+    Compares neighbours in sorted order a chunk at a time, so memory beyond `values` is one
+    int64 order and a chunk's copies, not the sorted copies `np.unique` makes.
+    """
+    import numpy as np
+
+    values = np.asarray(values)
+    order = np.argsort(values, kind="stable")
+    found = []
+    for start in range(0, max(0, len(values) - 1), chunk):
+        here = values[order[start:start + chunk + 1]]
+        same = here[1:] == here[:-1]
+        if same.any():
+            found.append(here[1:][same])
+    return np.unique(np.concatenate(found)) if found else values[:0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Input files: only what can be read is opened, and numpy files are never unpickled.
 

@@ -373,6 +373,20 @@ def test_hf_bert_state_dict_names_transposes_and_ignores():
 # Strict merging and bad input
 
 
+@pytest.mark.parametrize("sizes", [{}, {"hidden_size": 48, "num_hidden_layers": 3,
+                                      "num_attention_heads": 4, "intermediate_size": 40,
+                                      "type_vocab_size": 1, "max_position_embeddings": 64}])
+def test_param_shapes_are_what_init_makes(minilm, sizes):
+    """The written-out parameter tree the strict merge checks against is the model's own."""
+    config = bert_model.BertConfig(**{**vars(minilm.config), **sizes})
+
+    def init():
+        ids = jax.numpy.zeros((1, 2), jax.numpy.int32)
+        return bert_model.BertModel(config).init(jax.random.key(0), ids, ids)["params"]
+
+    assert bert_model.param_shapes(config) == jax.eval_shape(init)
+
+
 def test_strict_merge_names_every_bad_leaf(tmp_path):
     _random_checkpoint(tmp_path)
     flat, metadata = load_safetensors(tmp_path / "model.safetensors")

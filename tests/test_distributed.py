@@ -184,16 +184,16 @@ def assert_same_results(workdir: Path, reference: Path):
 @pytest.fixture(scope="module")
 def train_reference(tmp_path_factory):
     """The uninterrupted 1-process run every multi-process run must match, each member on one
-    device (the members-only layout); the runs below split each member over every device."""
+    device (the members-only layout, the automatic one on CPU devices)."""
     workdir = tmp_path_factory.mktemp("train") / "one"
-    (_, _, err, _), = ok(launch("train", [*TRAIN, "--config.devices_per_member=1"], workdir,
-                                processes=1))
+    (_, _, err, _), = ok(launch("train", TRAIN, workdir, processes=1))
     assert "control: 1 member(s) on a 2 x 1 (members x features) mesh" in err
     return workdir
 
 
 def test_train_two_processes_equal_one(train_reference, tmp_path):
-    results = ok(launch("train", TRAIN, tmp_path / "two", processes=2))
+    split = [*TRAIN, "--config.devices_per_member=4"]  # every member over both processes
+    results = ok(launch("train", split, tmp_path / "two", processes=2))
     assert_same_results(tmp_path / "two", train_reference)
     (_, out0, err0, _), (_, out1, err1, _) = results
     # Every process trains its share of the four devices; process 0 alone reports. Each of the
@@ -205,7 +205,7 @@ def test_train_two_processes_equal_one(train_reference, tmp_path):
     assert "Soft E-Stitchup" not in out1 and "training 3 members" not in err1
     assert sorted(p.name for p in Workdir(tmp_path / "two").checkpoints.iterdir()) == ["12", "8"]
     # The same command on the finished workdir re-reports (it used to hang in the restore).
-    (_, out0, _, _), (_, out1, _, _) = ok(launch("train", TRAIN, tmp_path / "two", processes=2))
+    (_, out0, _, _), (_, out1, _, _) = ok(launch("train", split, tmp_path / "two", processes=2))
     assert "Soft E-Stitchup" in out0 and "Soft E-Stitchup" not in out1
     assert_same_results(tmp_path / "two", train_reference)
 

@@ -167,6 +167,34 @@ def test_resume_redoes_no_finished_shard_and_matches_byte_for_byte(tmp_path, mon
     assert dir_bytes(out) == dir_bytes(ref_out)
 
 
+def test_a_table_in_many_batches_and_shards_is_the_table_read_whole(tmp_path, monkeypatch):
+    from embaug_jax.sources import table_reader
+
+    # Batches of 3 rows, shards of 7 items: ids of every width, classes and missing labels
+    # cross both boundaries.
+    monkeypatch.setattr(table_reader, "_BATCH_CHARS", 1)
+    monkeypatch.setattr(table_reader, "_MIN_ROWS", 3)
+    rng = np.random.default_rng(0)
+    rows = [{"sku": "\u00e9" * (i % 5) + f"s{i}", "title": f"title {i}",
+             "description": " ".join(rng.choice(["red", "soft", "coat"], 3)),
+             "category": "" if i % 13 == 4 else f"c{rng.integers(0, 4)}"} for i in range(100)]
+    path = tmp_path / "items.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    out = extract.run_extraction(table_config(path, shard_size=7), tmp_path / "w",
+                                 text_embedder=FakeTextEmbedder())
+    ds = load_embeddings(out)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    whole = frame[frame.category != ""]
+    assert ds.ids.tolist() == whole.sku.tolist()
+    assert ds.ids.dtype == np.asarray(whole.sku.tolist()).dtype
+    assert [ds.class_names[i] for i in ds.labels] == whole.category.tolist()
+    assert ds.class_names == sorted(set(whole.category))
+    assert ds.labels.dtype == np.int64
+    np.testing.assert_array_equal(
+        ds.embeddings, [np.concatenate([text_vector(t, 6), text_vector(d, 6)])
+                        for t, d in zip(whole.title, whole.description)])
+
+
 class BatchedTextEmbedder(FakeTextEmbedder):
     """Reports its work in batches of 2 texts, as TextEmbedder does through `on_batch`."""
 

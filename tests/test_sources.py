@@ -543,3 +543,41 @@ def test_a_compressed_parquet_file_reads_as_the_plain_one(tmp_path, tiny_batches
     want, got = (sources.load_source(table_cfg(p)) for p in (plain, packed))
     assert got.info["compression"] == "gzip"
     assert got.ids.tolist() == want.ids.tolist() and got.texts == want.texts
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_reading_a_table_holds_one_batch_at_a_time(tmp_path, fmt, tiny_batches):
+    import gc
+    import sys
+
+    from embaug_jax.sources.table_reader import TableReader
+
+    path = write_table(tmp_path / f"items.{fmt}", many_rows(60), fmt)
+    batches = TableReader(path, fmt, None, "utf-8", "strict").batches(["sku", "title"])
+    _, before = next(batches)
+    count = 1
+    for start, cells in batches:
+        # Once the next batch is read, the one before is the caller's alone, and no frame
+        # the reader converted outlives its batch.
+        assert sys.getrefcount(before) == 2
+        assert [o.index[0] for o in gc.get_objects() if isinstance(o, pd.DataFrame)
+                ] in ([], [start])
+        before = cells
+        del cells
+        count += 1
+    assert count >= 10
+
+
+def test_ids_of_every_width_read_in_batches_are_the_ids_read_whole(tmp_path, tiny_batches):
+    # Each batch's ids are as wide as its longest; the whole is as wide as the longest of all.
+    rows = many_rows(200)
+    for i, row in enumerate(rows):
+        row["sku"] = "\u00e9" * (1 + i % 9) + ("x" * 40 if i == 150 else "") + str(i)
+    path = write_table(tmp_path / "items.csv", rows, "csv")
+    data = sources.load_source(table_cfg(path))
+    frame = read_whole(path, "csv")
+    kept = np.flatnonzero(frame.category.str.strip() != "")
+    np.testing.assert_array_equal(data.ids, np.asarray(frame.sku[kept].tolist()))
+    assert data.ids.dtype == np.asarray(frame.sku[kept].tolist()).dtype
+    assert data.labels.tolist() == frame.category[kept].tolist()
+    assert data.texts["title"] == frame.title[kept].tolist()

@@ -60,7 +60,7 @@ def _group_mesh(c, data, group, devices=None):
     """The ("members", "features") mesh `run_sweep` trains a `Group` on."""
     devices = jax.devices() if devices is None else devices
     return driver.group_mesh(devices, driver.devices_per_member(
-        c, len(group.members), len(devices), data.x.shape[1]))
+        c, len(group.members), len(devices), data.x.shape[1], platform=devices[0].platform))
 
 
 MEMBERS = [dict(method="control", alpha=0.0, softness=0.0, trial=0, seed=0),
@@ -133,21 +133,31 @@ def test_one_and_four_devices_agree(sweep4, fast_compile):
     (1, 4, 6, 2), (1, 3, 64, 1), (1, 6, 9, 3),  # within the divisors of the features
 ])
 def test_devices_per_member_adds_no_round_of_members(members, devices, features, want):
-    assert driver.devices_per_member(_config(), members, devices, features) == want
+    for platform in ("gpu", "tpu"):
+        assert driver.devices_per_member(_config(), members, devices, features,
+                                         platform=platform) == want
+    # On CPU devices, where a split member was slower, every member stays whole.
+    assert driver.devices_per_member(_config(), members, devices, features,
+                                     platform="cpu") == 1
     # The override wins wherever it divides the devices and the features.
-    assert driver.devices_per_member(_config(devices_per_member=1), members, devices,
-                                     features) == 1
+    for platform in ("cpu", "gpu"):
+        assert driver.devices_per_member(_config(devices_per_member=1), members, devices,
+                                         features, platform=platform) == 1
+        assert driver.devices_per_member(_config(devices_per_member=want), members, devices,
+                                         features, platform=platform) == want
 
 
 def test_devices_per_member_override_must_divide():
-    assert driver.devices_per_member(_config(devices_per_member=2), 7, 4, 64) == 2
-    assert driver.devices_per_member(_config(devices_per_member=4), 1, 4, None) == 4
+    assert driver.devices_per_member(_config(devices_per_member=2), 7, 4, 64, platform="gpu") == 2
+    assert driver.devices_per_member(_config(devices_per_member=4), 1, 4, None,
+                                     platform="cpu") == 4
     for value, devices, features, what in ((3, 4, 64, "4 device(s) and the embeddings' 64"),
                                            (0, 4, None, "4 device(s);"),
                                            (4, 4, 6, "4 device(s) and the embeddings' 6")):
         with pytest.raises(UserError, match=re.escape(
                 f"config.devices_per_member={value} must be >= 1 and divide the {what}")):
-            driver.devices_per_member(_config(devices_per_member=value), 1, devices, features)
+            driver.devices_per_member(_config(devices_per_member=value), 1, devices, features,
+                                      platform="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -159,22 +169,24 @@ def members_only(sweep4, fast_compiling):
 
 
 @pytest.mark.devices(4)
-@pytest.mark.parametrize("n,layout", [
-    (1, ["control: 1 member(s) on a 1 x 1", "mixup: 2 member(s) on a 1 x 1",
-         "stitchup: 1 member(s) on a 1 x 1"]),
-    (2, ["control: 1 member(s) on a 1 x 2", "mixup: 2 member(s) on a 2 x 1",
-         "stitchup: 1 member(s) on a 1 x 2"]),
-    (4, ["control: 1 member(s) on a 1 x 4", "mixup: 2 member(s) on a 2 x 2",
-         "stitchup: 1 member(s) on a 1 x 4"]),
+@pytest.mark.parametrize("n,per_member,layout", [
+    (1, None, ["control: 1 member(s) on a 1 x 1", "mixup: 2 member(s) on a 1 x 1",
+               "stitchup: 1 member(s) on a 1 x 1"]),
+    (2, 2, ["control: 1 member(s) on a 1 x 2", "mixup: 2 member(s) on a 1 x 2",
+            "stitchup: 1 member(s) on a 1 x 2"]),
+    (4, 2, ["control: 1 member(s) on a 2 x 2", "mixup: 2 member(s) on a 2 x 2",
+            "stitchup: 1 member(s) on a 2 x 2"]),
 ])
-def test_members_split_over_idle_devices_equal_members_only(sweep4, members_only, n, layout,
-                                                             caplog, fast_compile):
-    """A group with fewer members than devices splits each member over the devices the members
-    leave idle, by its embedding's features (a members x features mesh): every number is the
-    members-only layout's (4 devices, each member on one) to float rounding."""
+def test_members_split_over_idle_devices_equal_members_only(sweep4, members_only, n,
+                                                             per_member, layout, caplog,
+                                                             fast_compile):
+    """Each member split over `per_member` devices by its embedding's features (a members x
+    features mesh; a lone member padded to 2 x 2, two members taking turns on 1 x 2): every
+    number is the members-only layout's (4 devices, each member on one) to float rounding."""
     c, data, hp, _ = sweep4
     with caplog.at_level(logging.INFO):
-        r = driver.run_sweep(c, data, FOUR, devices=jax.devices()[:n], progress=False)
+        r = driver.run_sweep(_config(devices_per_member=per_member), data, FOUR,
+                             devices=jax.devices()[:n], progress=False)
     assert [m for m in layout if m in caplog.text] == layout, caplog.text
     for k in members_only.history:
         np.testing.assert_allclose(r.history[k], members_only.history[k], rtol=1e-5, atol=1e-6)
@@ -419,9 +431,9 @@ def test_every_chunk_runs_one_compiled_program(sweep4):
     c, data, hp, r = sweep4  # 24 epochs in chunks of 8: three calls of one executable per kind
     devices = jax.devices()
     for g in member_groups(with_config_settings(c, MEMBERS)):
-        spec = _group_spec(c, data, g)  # one member of each kind, split over every device
-        assert driver.devices_per_member(c, 1, len(devices), data.x.shape[1]) == len(devices)
+        spec = _group_spec(c, data, g)  # one member of each kind, whole on one CPU device
         mesh = _group_mesh(c, data, g)
+        assert mesh.shape == {"members": len(devices), "features": 1}
         _, run, _ = driver.compiled_group(spec, mesh, driver.members_at_once(c, devices))
         assert run._cache_size() == 1
 

@@ -386,11 +386,11 @@ def _shard_paths(shards_dir: Path, num_items: int, shard_size: int) -> list[Path
     return [shards_dir / f"shard_{i:05d}.npy" for i in range(-(-num_items // shard_size))]
 
 
-def _embed_shards(data, keep: np.ndarray, shards_dir: Path, shard_size: int, text_fields,
-                  image_fields, text_embedder, image_embedder, dim: int,
+def _embed_shards(data, keep: np.ndarray | range, shards_dir: Path, shard_size: int,
+                  text_fields, image_fields, text_embedder, image_embedder, dim: int,
                   progress: bool, todo: Sequence[int] | None = None) -> list[Path]:
-    """Embeds the unfinished shards of the items `keep` (only those numbered in `todo`, if
-    given); returns all shard paths in order."""
+    """Embeds the unfinished shards of the items `keep` (indices of `data`, an array or a
+    range; only the shards numbered in `todo`, if given); returns all shard paths in order."""
     from tqdm.auto import tqdm
 
     starts = range(0, len(keep), shard_size)
@@ -410,7 +410,7 @@ def _embed_shards(data, keep: np.ndarray, shards_dir: Path, shard_size: int, tex
         for i, (start, path) in enumerate(zip(starts, paths)):
             if path.is_file() or i not in todo:
                 continue
-            rows = keep[start:start + shard_size]
+            rows = np.asarray(keep[start:start + shard_size], np.int64)
             shard = embed_shard(data, rows, text_fields, image_fields, text_embedder,
                                  image_embedder, dim, bar)
             with atomic_path(path, replace=True) as tmp:
@@ -543,8 +543,9 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
         raise UserError(f"{len(bad)} item(s) have a missing, unreadable or corrupt image:\n"
                         f"{listing}\nFix or remove them, or pass "
                         "--config.skip_bad_images=True to leave those items out.")
-    keep = (np.flatnonzero(~np.isin(data.ids, list(bad))) if bad
-            else np.arange(len(data), dtype=np.int64))
+    # The items to embed: all of them as a range, no array of a million numbers, unless some
+    # are left out.
+    keep = np.flatnonzero(~np.isin(data.ids, list(bad))) if bad else range(len(data))
     if len(keep) == 0:
         raise UserError("Every item has a bad image; nothing to embed.")
     if bad:

@@ -82,7 +82,8 @@ def validate_config(config) -> None:
     check_cpu_devices(config.get("cpu_devices", 0))
     members_at_once(config, jax.devices())  # a UserError if the value is out of range
     # A UserError if a set value does not divide the devices (the features: once loaded).
-    devices_per_member(config, 1, n_dev or jax.device_count(), None)
+    devices_per_member(config, 1, n_dev or jax.device_count(), None,
+                       platform=jax.default_backend())
     _require(len(s.methods) > 0, "config.sweep.methods is empty; list at least one of "
              f"{registry.method_names()}.")
     for method in s.methods:

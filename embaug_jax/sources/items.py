@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from embaug_jax.util import UserError, list_first
+from embaug_jax.util import UserError, list_first, repeated_values
 
 
 # Values read from a streamed column at a time when it is iterated.
@@ -203,23 +203,6 @@ class SourceData:
         new_index = np.cumsum(counts > 0, dtype=np.int32) - 1
         self.class_names = [c for c, n in zip(self.class_names, counts) if n]
         self.label_ids = new_index[self.label_ids]
-
-
-def repeated_values(values: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
-    """The distinct values that occur more than once in `values`, sorted.
-
-    Compares neighbours in sorted order a chunk at a time, so memory beyond `values` is one
-    int64 order and a chunk's copies, not the sorted copies `np.unique` makes.
-    """
-    values = np.asarray(values)
-    order = np.argsort(values, kind="stable")
-    found = []
-    for start in range(0, max(0, len(values) - 1), chunk):
-        here = values[order[start:start + chunk + 1]]
-        same = here[1:] == here[:-1]
-        if same.any():
-            found.append(here[1:][same])
-    return np.unique(np.concatenate(found)) if found else values[:0]
 
 
 def add_count(counter: dict[str, int], reason: str, n: int = 1) -> None:

@@ -103,12 +103,14 @@ def _apply_classified(label_ids: np.ndarray, class_names: Sequence[str], src: An
 
 def finish(data: SourceData, src: Any) -> SourceData:
     """Applies the shared sampling knobs; classes left without items are removed."""
-    indices, dropped = _apply_classified(data.label_ids, data.class_names, src)
-    if len(indices) != len(data):
-        data = data.subset(indices)
+    # With every knob 0 all items are kept: the per-item orders a choice sorts are not built.
+    if any(int(v) for v in (src.min_class_size, src.per_class, src.max_items)):
+        indices, dropped = _apply_classified(data.label_ids, data.class_names, src)
+        if len(indices) != len(data):
+            data = data.subset(indices)
+        for reason, count in dropped.items():
+            add_count(data.dropped, reason, count)
     data.drop_empty_classes()
-    for reason, count in dropped.items():
-        add_count(data.dropped, reason, count)
     if len(data) == 0:
         raise UserError(f"The source has no items left (dropped: {data.dropped}). Loosen "
                         "min_class_size / the filters, or check the data.")

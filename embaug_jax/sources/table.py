@@ -9,7 +9,9 @@ the table's texts, so a table larger than memory can be embedded.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -76,6 +78,42 @@ class _Rows:
         return shown + (f", ... and {more} more" if more > 0 else "")
 
 
+class _Spool:
+    """A per-row array built a batch at a time: the batches wait in a temporary file, and
+    `concatenate` reads them back into the whole. `np.concatenate` of the batches in memory
+    would hold every batch and the whole at once, twice the array."""
+
+    def __init__(self):
+        self._file = None  # opened by the first batch: a spool never used holds no file
+        self._parts: list[tuple[np.dtype, int]] = []
+
+    def append(self, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values)
+        if self._file is None:
+            self._file = tempfile.TemporaryFile()
+        self._file.write(values.tobytes())
+        self._parts.append((values.dtype, len(values)))
+
+    def concatenate(self) -> np.ndarray:
+        """The batches (at least one) as one array of their common dtype (a str array as
+        wide as the longest), as `np.concatenate` makes it; the spool is emptied."""
+        dtypes = [dtype for dtype, _ in self._parts]
+        out = np.empty(sum(n for _, n in self._parts), np.result_type(*dtypes))
+        self._file.seek(0)
+        start = 0
+        for dtype, n in self._parts:
+            out[start:start + n] = np.frombuffer(self._file.read(n * dtype.itemsize), dtype)
+            start += n
+        self.close()
+        return out
+
+    def close(self) -> None:
+        """Drops the batches (and their file)."""
+        if self._file is not None:
+            self._file.close()
+        self._file, self._parts = None, []
+
+
 class _TextCounts:
     """What the empty-text policy needs of one text column, counted over the batches."""
 
@@ -98,9 +136,12 @@ class _Scan:
         self.texts = {c: _TextCounts() for c in text_columns}
         self.empty_ids = _Rows()
         self.classes: dict[str, int] = {}
-        self.kept_rows: list[np.ndarray] = []
-        self.kept_labels: list[np.ndarray] = []
-        self.kept_ids: list[np.ndarray] = []
+        self.kept_rows, self.kept_labels, self.kept_ids = _Spool(), _Spool(), _Spool()
+
+    def close(self) -> None:
+        """Drops the kept arrays not yet read back (a load that stopped at an error)."""
+        for spool in (self.kept_rows, self.kept_labels, self.kept_ids):
+            spool.close()
 
     def add(self, start: int, cells: dict[str, list[Any]], label_column: str) -> None:
         values = cells[label_column]
@@ -155,6 +196,7 @@ class _TableStore:
         self._next_batch()
 
     def _next_batch(self) -> None:
+        self._batch = None  # dropped before the next is read: one batch in memory at a time
         try:
             self._batch = next(self._batches)
         except StopIteration:
@@ -179,6 +221,7 @@ class _TableStore:
             start, cells = self._batch
             end = start + len(next(iter(cells.values())))
             if rows[i] >= end:
+                del cells
                 self._next_batch()
                 continue
             j = int(np.searchsorted(rows, end, side="left"))
@@ -305,36 +348,37 @@ def load_table(src: Any) -> SourceData:
 
     if header is not None:
         check_columns(header)
-    scan = _Scan(text_columns, id_column, empty_policy)
-    seen: dict[str, None] = {}
-    read = list(dict.fromkeys([label_column, *([id_column] if id_column else []),
-                               *text_columns]))
-    for start, cells in reader.batches(read, seen_columns=seen):
-        scan.add(start, cells, label_column)
-    available = header if header is not None else list(seen)
-    check_columns(available)
-    if scan.rows == 0:
-        raise UserError(f"{path} has a header ({', '.join(available)}) but no data rows.")
+    # The spools' temporary files are closed however the checks end.
+    with contextlib.closing(_Scan(text_columns, id_column, empty_policy)) as scan:
+        seen: dict[str, None] = {}
+        read = list(dict.fromkeys([label_column, *([id_column] if id_column else []),
+                                   *text_columns]))
+        for start, cells in reader.batches(read, seen_columns=seen):
+            scan.add(start, cells, label_column)
+            del cells  # before the next batch is read: one batch in memory at a time
+        available = header if header is not None else list(seen)
+        check_columns(available)
+        if scan.rows == 0:
+            raise UserError(f"{path} has a header ({', '.join(available)}) but no data rows.")
 
-    dropped: dict[str, int] = {}
-    notes: dict[str, int] = {}
-    _check_labels(scan, label_column, path, missing_policy)
-    add_count(dropped, "missing label", scan.missing.count)
-    _check_texts(scan, path, notes)
-    rows = np.concatenate(scan.kept_rows)
-    add_count(dropped, "empty text", scan.rows - scan.missing.count - len(rows))
-    if scan.empty_ids.count:
-        raise UserError(f"Id column {id_column!r} is empty in {scan.empty_ids.count} rows (data "
-                        f"rows {scan.empty_ids}, 0-based); every item needs an id.")
-    if id_column:
-        ids = np.concatenate(scan.kept_ids)
-    else:  # row numbers, as wide as the longest of them
-        ids = rows.astype(f"<U{len(str(int(rows.max()))) if len(rows) else 1}")
-    scan.kept_ids.clear()
-    label_ids = np.concatenate(scan.kept_labels)
+        dropped: dict[str, int] = {}
+        notes: dict[str, int] = {}
+        _check_labels(scan, label_column, path, missing_policy)
+        add_count(dropped, "missing label", scan.missing.count)
+        _check_texts(scan, path, notes)
+        rows = scan.kept_rows.concatenate()
+        add_count(dropped, "empty text", scan.rows - scan.missing.count - len(rows))
+        if scan.empty_ids.count:
+            raise UserError(f"Id column {id_column!r} is empty in {scan.empty_ids.count} rows "
+                            f"(data rows {scan.empty_ids}, 0-based); every item needs an id.")
+        if id_column:
+            ids = scan.kept_ids.concatenate()
+        else:  # row numbers, as wide as the longest of them
+            ids = rows.astype(f"<U{len(str(int(rows.max()))) if len(rows) else 1}")
+        label_ids = scan.kept_labels.concatenate()
     # The classes of the kept items, in natural order; the scan numbered them as they came.
     names = list(scan.classes)
-    present = np.unique(label_ids)
+    present = np.flatnonzero(np.bincount(label_ids, minlength=len(names)))
     class_names = sort_class_names([names[c] for c in present.tolist()])
     order = {name: i for i, name in enumerate(class_names)}
     position = np.zeros(max(1, len(names)), np.int32)

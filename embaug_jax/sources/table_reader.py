@@ -1,7 +1,8 @@
 """Table files read in batches of rows, so that no table has to fit in memory.
 
 `TableReader(path, fmt, compression, encoding, encoding_errors).batches(columns)` yields the
-cells of the named columns a few thousand rows at a time, however long the table is:
+cells of the named columns about a million characters at a time (a few thousand rows of
+product descriptions), however long the table is, and holds no batch once the next is read:
 
 - CSV / TSV: pandas' chunked reader (`read_csv(chunksize=...)`), every cell a string and empty
   cells "" (so ids like "007" survive), exactly as one `read_csv` of the whole file reads them.
@@ -51,8 +52,11 @@ _SAMPLE = 8192
 # Bytes read from the file at a time.
 _READ_BYTES = 1 << 20
 # Each batch holds about this many characters of cells (rows: at least _MIN_ROWS, at most
-# _MAX_ROWS), so that its memory is bounded however long a row's texts are.
-_BATCH_CHARS = 4 << 20
+# _MAX_ROWS), so that its memory is bounded however long a row's texts are. A batch takes about
+# ten bytes a character while it is parsed (pandas' parser, then a Python string per cell): one
+# of 4 Mi characters raised the RSS by 44 MiB, and reading a 100,000-row table peaked at 185 MiB
+# with batches of 4 Mi characters, 151 MiB with these (benchmarks/README.md, "Peak memory").
+_BATCH_CHARS = 1 << 20
 _MIN_ROWS, _MAX_ROWS = 16, 65536
 
 
@@ -330,7 +334,11 @@ class TableReader:
                 ) -> Iterator[tuple[int, dict[str, list[Any]]]]:
         """(first row number, {column: its cells}) for batches of rows in order; a column the
         table lacks reads as None (JSONL rows without the key). `seen_columns` collects every
-        column name met, in order."""
+        column name met, in order.
+
+        Nothing here refers to a batch once the next is asked for, so a caller that drops its
+        own (`del cells` at the end of its loop) holds one batch's cells at a time, not two.
+        """
         if self.format == "parquet":
             yield from self._parquet_batches(columns, seen_columns)
             return
@@ -343,8 +351,11 @@ class TableReader:
                 names = [str(c) for c in frame.columns]
                 if seen_columns is not None:
                     seen_columns.update(dict.fromkeys(names))
-                yield start, {c: (frame[c].tolist() if c in names else [None] * len(frame))
-                              for c in columns}
+                cells = {c: (frame[c].tolist() if c in names else [None] * len(frame))
+                         for c in columns}
+                del frame
+                yield start, cells
+                del cells
         finally:
             self._close(handle)
 
@@ -367,6 +378,7 @@ class TableReader:
                     start += len(frame)
                     if rows is None:
                         size = _next_batch_rows(frame, size)
+                    del frame
         except pd.errors.EmptyDataError:
             raise self._empty_error(whitespace=True) from None
         except pd.errors.ParserError as e:
@@ -480,9 +492,10 @@ class TableReader:
                 if c not in wanted:
                     cells[c] = [None] * n
                 else:
-                    values = frame[c].astype("float64") if c in gaps else frame[c]
-                    cells[c] = values.tolist()
+                    cells[c] = (frame[c].astype("float64") if c in gaps else frame[c]).tolist()
+            del batch, frame
             yield start, cells
+            del cells
             start += n
 
 

@@ -12,9 +12,10 @@ Devices. Each group trains on a ("members", "features") mesh of all the devices
 devices of the second by its embedding's features (`program.make_program`'s features axis:
 each device the gradient of its block of the first layer, one all-reduce of the first layer's
 [rows, hidden] outputs per step). `devices_per_member` picks the features axis from the
-group's size and the device count: a group with fewer members than devices lends the idle
-devices to its members (a lone member trains on every device), one with at least as many is
-sharded over members alone.
+group's size and the device count: on an accelerator a group with fewer members than devices
+lends the idle devices to its members (a lone member trains on every device), one with at
+least as many is sharded over members alone; on CPU devices, where a split member was
+slower, every member stays whole unless `config.devices_per_member` says otherwise.
 
 Data. Training gathers only from the training rows of every trial, so only those (their union)
 are placed on each device; evaluation computes only the validation rows, streamed from the host
@@ -128,18 +129,20 @@ def _pad(tree, multiple: int):
 
 
 def devices_per_member(config, num_members: int, num_devices: int,
-                       num_features: int | None) -> int:
+                       num_features: int | None, *, platform: str) -> int:
     """Devices each member is split over (the features axis of `group_mesh`) for a group of
     `num_members` members of `num_features`-dimensional embeddings on `num_devices` devices.
 
     `config.devices_per_member` when set (it must divide the device count and the features;
-    `num_features` None: not known yet, not checked). When None, the most devices that add no
-    round of members: the largest d dividing both num_devices and num_features for which each
-    device still trains ceil(M / N) members in turn, as sharded over members alone. So a group
-    of M < N members whose size divides N runs on N / M devices per member, a lone member on
-    all N (features permitting), and M >= N members on one device each (d = 1: the
-    members-only layout). A split never makes a device train more members than the
-    members-only layout would.
+    `num_features` None: not known yet, not checked). When None, on devices of `platform`
+    "cpu", 1 (each member whole: on the 2-core test CPU a lone member split over its two
+    devices trained at 0.84x its speed on one, benchmarks/README.md "train"); on an accelerator
+    the most devices that add no round of members: the largest d dividing both num_devices and
+    num_features for which each device still trains ceil(M / N) members in turn, as sharded
+    over members alone. So there a group of M < N members whose size divides N runs on N / M
+    devices per member, a lone member on all N (features permitting), and M >= N members on
+    one device each (d = 1: the members-only layout). A split never makes a device train more
+    members than the members-only layout would.
     """
     n = config.get("devices_per_member")
     divides_features = lambda d: num_features is None or num_features % d == 0
@@ -152,6 +155,8 @@ def devices_per_member(config, num_members: int, num_devices: int,
                                f" and the embeddings' {num_features} features")
                 + "; use None (auto), 1 (each member on one device) or a common divisor.")
         return n
+    if platform == "cpu":
+        return 1
     rounds = -(-num_members // num_devices)
     return max(d for d in range(1, num_devices + 1)
                if num_devices % d == 0 and divides_features(d)
@@ -350,7 +355,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                                        segments=segments, kind=g.kind, static=g.static,
                                        fixed=g.fixed)
         per_member = devices_per_member(config, len(g.members), len(devices),
-                                        np.shape(data.x)[1])
+                                        np.shape(data.x)[1], platform=devices[0].platform)
         mesh = group_mesh(devices, per_member)
         logging.info("%s: %d member(s) on a %d x %d (members x features) mesh", g.name,
                      len(g.members), *mesh.devices.shape)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from embaug_jax.embed.bert.model import BertConfig, init_shapes
+from embaug_jax.embed.bert.model import BertConfig, param_shapes
 from embaug_jax.embed.torch_files import torch_load_weights
 from embaug_jax.embed.weights import load_safetensors, merge_strict
 from embaug_jax.util import list_first, read_json
@@ -180,7 +180,7 @@ def load_pretrained(path: str | os.PathLike) -> tuple[BertConfig, dict]:
             f"are {list_first(sorted(state), 5)}"
         )
     # Merged per layer, so an error names the layer ("layer_3/query/kernel"), then stacked.
-    expected = traverse_util.flatten_dict(init_shapes(config), sep="/")
+    expected = traverse_util.flatten_dict(param_shapes(config), sep="/")
     per_layer = {k: v for k, v in expected.items() if not k.startswith("layers/")}
     for name, leaf in expected.items():
         if name.startswith("layers/"):

@@ -65,6 +65,11 @@ from embaug_jax.embed.weights import hash_files
 from embaug_jax.util import large_dot_compiler_options, on_cpus, reuse_freed_memory
 
 POOLINGS = ("mean", "cls", "max")
+# LLVM's optimisation level for the embedder's programs on CPUs (XLA's default: 3). Level 1
+# compiled the demo's two MiniLM programs in 0.85x the time and ran as fast, its vectors the
+# same bit for bit (long texts' within 7.2e-7; benchmarks/README.md, "Compiles"); level 0
+# compiled in about half the time but ran 2.4x slower.
+_CPU_LLVM_OPT_LEVEL = 1
 # Bump when a change here alters the vectors for the same weights and settings, so caches keyed by
 # `TextEmbedder.fingerprint()` are invalidated.
 _EMBEDDING_VERSION = "embaug_jax.bert/2"
@@ -234,10 +239,13 @@ class TextEmbedder:
         # own rows (shard_map): nothing crosses devices, and the attention's blocks of rows
         # are blocks of the device's rows.
         batch_spec = PartitionSpec("batch")
+        options = large_dot_compiler_options(self.devices)
+        if on_cpus(self.devices):
+            options = {**(options or {}), "xla_backend_optimization_level": _CPU_LLVM_OPT_LEVEL}
         self.embed_batch = jax.jit(
             jax.shard_map(self.forward, mesh=mesh, in_specs=(PartitionSpec(), *[batch_spec] * 5),
                           out_specs=batch_spec),
-            compiler_options=large_dot_compiler_options(self.devices))
+            compiler_options=options)
 
     def forward(self, params, input_ids: jax.Array, position_ids: jax.Array,
                 segment_ids: jax.Array, rows: jax.Array, tokens: jax.Array) -> jax.Array:
