@@ -2,17 +2,29 @@
 each other).
 
 Four host devices are forced before JAX is imported, so multi-device tests (sharded sweeps,
-sharded extraction) run in-process; single-device tests simply use the default device.
+sharded extraction) run in-process; single-device tests simply use the default device. The
+session and the processes its tests start share one persistent compilation cache, new each
+session, so a program is compiled once however many runs use it.
 Markers: `slow` (heavy end-to-end runs; `make test-fast` skips them), `needs_wordnet` and
 `needs_fashion_mnist` (skipped where Debian's data package is not installed), `devices(n)` (a
 test that needs n devices: skipped on an accelerator with fewer, as in
 benchmarks/device_check.py on one GPU; on a CPU, where four are forced, fewer is an error).
 """
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+# One persistent compilation cache for the session and every process it starts (they inherit
+# the environment): a program compiled once, in any of them, is read back by the others. The
+# folder is new each session, so no test sees programs an earlier session compiled.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="embaug_test_jax_cache.")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
@@ -48,6 +60,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "devices(n): needs n devices of the default backend")
 
 
+def pytest_unconfigure(config):
+    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+
+
 def pytest_runtest_setup(item):
     for name, (path, reason) in _NEEDS.items():
         if item.get_closest_marker(name) and not path.exists():
@@ -61,12 +77,28 @@ def pytest_runtest_setup(item):
         pytest.skip(message)
 
 
+@contextlib.contextmanager
+def _most_optimizations_off():
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture
 def fast_compile():
     """Turns most XLA optimisations off for tests where compile time dominates run time."""
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+    with _most_optimizations_off():
+        yield
+
+
+@pytest.fixture(scope="session")
+def fast_compiling():
+    """`with fast_compiling():` turns most XLA optimisations off inside the block: for a module
+    or session fixture's run, where the test-scoped `fast_compile` cannot reach."""
+    return _most_optimizations_off
 
 
 @pytest.fixture(scope="session")

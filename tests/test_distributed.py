@@ -30,9 +30,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 400  # per launch; a hang fails the test instead of stalling the suite
 HEARTBEAT_S = 10
-# A compilation cache shared by the module's launches: a launch compiles only what no earlier
-# one with the same process count did (about halves the module's time on a 2-core machine).
-_CACHE: dict[str, str] = {}
 
 # Three members (padded to four) over all four devices; 12 epochs in three checkpointed chunks.
 TRAIN = ["--config=configs/default.py:smoke", "--config.data.trials=1",
@@ -86,14 +83,6 @@ sys.exit(cli.main(["embaug", *sys.argv[1:]]))
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    _CACHE.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    yield
-    _CACHE.clear()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,10 +94,12 @@ def start(command: str, args: list[str], workdir: Path, *, processes: int,
           own_args: dict[int, list[str]] | None = None):
     """Starts `embaug command args` as `processes` processes of 2 CPU devices each; returns
     ({process id: Popen}, the folder of their stdout and stderr files). Processes numbered in
-    `missing` are not started (they never join); `own_args[i]` are added to process i's."""
+    `missing` are not started (they never join); `own_args[i]` are added to process i's.
+    They share the session's compilation cache (conftest.py): a launch compiles only what no
+    earlier one with the same process count did."""
     full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                     JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu",
-                    PYTHONPATH=str(REPO), **_CACHE, **(env or {}))
+                    PYTHONPATH=str(REPO), **(env or {}))
     port = _free_port()
     logs = Path(tempfile.mkdtemp(prefix="logs.", dir=workdir.parent))
     procs = {}

@@ -588,7 +588,7 @@ def _snapshot(tmp: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
-def test_a_bad_input_is_one_message_and_its_exit_status(case, tmp_path, capsys):
+def test_a_bad_input_is_one_message_and_its_exit_status(case, tmp_path, capsys, fast_compile):
     argv = case.argv(tmp_path)
     before = _snapshot(tmp_path)
     had_workdir = (tmp_path / "w").exists()
@@ -794,9 +794,7 @@ def _has_checkpoint(workdir: Workdir) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_train_in_one_line_and_the_same_command_resumes(signum, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     work = Workdir(tmp_path / "w")
     # The smoke config checkpoints every 8 epochs: 400 epochs leave time to interrupt it.
     argv = [sys.executable, "-c", _EMBAUG, "train", f"--config={DEFAULT}:smoke",

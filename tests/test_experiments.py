@@ -11,7 +11,9 @@ import pytest
 
 from embaug_jax.workdir import Workdir
 
-pytestmark = pytest.mark.slow
+# Compiling dominates these small runs; their checks compare the scripts' outputs with the
+# same run's results.json, never with numbers from elsewhere.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 

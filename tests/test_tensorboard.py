@@ -39,10 +39,15 @@ def _events(root: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
             for run, tags in mux.Runs().items()}
 
 
+# Compiling dominates these small runs; every run the tests compare is compiled alike.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory):
+def whole(tmp_path_factory, fast_compiling):
     workdir = tmp_path_factory.mktemp("whole")
-    run_train.train_and_evaluate(_config(), workdir)
+    with fast_compiling():
+        run_train.train_and_evaluate(_config(), workdir)
     return Workdir(workdir)
 
 

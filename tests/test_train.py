@@ -73,16 +73,13 @@ FOUR = MEMBERS + [dict(method="e_mixup", alpha=0.2, softness=0.0, trial=0, seed=
 
 
 @pytest.fixture(scope="module")
-def sweep4():
+def sweep4(fast_compiling):
     """The three members above on all 4 (forced) CPU devices: padded to 4 members."""
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
+    with fast_compiling():
         c = _config()
         data = _data(c)
         hp = member_hparams(with_config_settings(c, MEMBERS))
-        yield c, data, hp, driver.run_sweep(c, data, MEMBERS, progress=False)
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
+        return c, data, hp, driver.run_sweep(c, data, MEMBERS, progress=False)
 
 
 def test_loss_falls_and_clusters_are_learnt(sweep4):
@@ -164,10 +161,11 @@ def test_devices_per_member_override_must_divide():
 
 
 @pytest.fixture(scope="module")
-def members_only(sweep4):
+def members_only(sweep4, fast_compiling):
     """FOUR on all 4 devices, each member on one device (the members-only layout)."""
     c, data, hp, r = sweep4
-    return driver.run_sweep(_config(devices_per_member=1), data, FOUR, progress=False)
+    with fast_compiling():
+        return driver.run_sweep(_config(devices_per_member=1), data, FOUR, progress=False)
 
 
 @pytest.mark.devices(4)
