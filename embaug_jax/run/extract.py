@@ -463,8 +463,8 @@ _XLA_COMPILE = "/jax/core/compile/backend_compile_duration"
 def _compiling():
     """A clock of the time JAX spends compiling inside the block (tracing, lowering and XLA's
     compile, from `jax.monitoring`): yields a dict whose "seconds" (the wall time during which
-    some compile ran: programs compiled side by side count once) and "programs" (XLA
-    compiles) grow as compiles finish, and whose "start" is the block's start."""
+    some compile ran: compiles running at once, in several threads, count once) and "programs"
+    (XLA compiles) grow as compiles finish, and whose "start" is the block's start."""
     clock = {"seconds": 0.0, "programs": 0, "start": time.perf_counter()}
     spans, lock = [], threading.Lock()
 
