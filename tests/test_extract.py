@@ -5,6 +5,7 @@ configs."""
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -127,6 +128,26 @@ def test_the_summary_gives_the_time_spent_compiling(tmp_path, make_table, caplog
     [line] = [r.getMessage() for r in caplog.records if "extract: wrote" in r.getMessage()]
     # Shards of 3, 3, 3 and 2 texts: a program for each shape.
     assert "s of it (" in line and "compiling 2 XLA programs" in line, line
+
+
+def test_the_compile_clock_counts_overlapping_compiles_once():
+    assert extract._covered_seconds([]) == 0
+    assert extract._covered_seconds([(5.0, 6.0), (0.0, 2.0)]) == 3.0  # disjoint: the sum
+    assert extract._covered_seconds([(0.0, 2.0), (1.0, 3.0), (2.5, 2.75)]) == 3.0  # overlapping
+    assert extract._covered_seconds([(0.0, 4.0), (1.0, 2.0), (3.0, 5.0)]) == 5.0  # nested
+
+    # Each event ends as it is recorded and started `duration` earlier.
+    event = "/jax/core/compile/backend_compile_duration"
+    with extract._compiling() as clock:
+        jax.monitoring.record_event_duration_secs(event, 1.0)
+        jax.monitoring.record_event_duration_secs(event, 0.5)  # overlaps the first one
+    assert 1.0 <= clock["seconds"] < 1.2 and clock["programs"] == 2
+    with extract._compiling() as clock:
+        jax.monitoring.record_event_duration_secs(event, 0.05)
+        time.sleep(0.2)
+        jax.monitoring.record_event_duration_secs(event, 0.05)  # after the first one
+        jax.monitoring.record_event_duration_secs("/jax/other/event", 9.0)  # not a compile
+    assert clock["seconds"] == pytest.approx(0.1) and clock["programs"] == 2
 
 
 def test_resume_redoes_no_finished_shard_and_matches_byte_for_byte(tmp_path, monkeypatch,
