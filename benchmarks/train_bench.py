@@ -4,6 +4,7 @@
   python benchmarks/train_bench.py --dim=512 --rounds=2         # a quicker look
   python benchmarks/train_bench.py --cpu-devices=4              # figure 6 needs 4 devices
   python benchmarks/train_bench.py --at-once=auto,0,1           # figure 7: vmap / one at a time
+  python benchmarks/train_bench.py --skip=1,2,3,4               # figures 5, 8 and 9 alone
 
 The paper's MLP and batch (D -> 250 -> 250 -> C, batch 128, 4,400 training rows, AdamW on the
 cyclic lr), Gaussian-cluster data. Every case is timed in each of `--rounds` interleaved rounds
@@ -245,8 +246,9 @@ def main(argv=None):
                    help="figure 7: comma-separated config.members_at_once values the 25-member "
                         "sweep is also timed with (0: vmap, k: k at a time), against 'auto'")
     p.add_argument("--skip", default="",
-                   help="comma-separated figures not to measure (2: the members alone, 3: the "
-                        "plain slice), e.g. for a quick look")
+                   help="comma-separated figures not to measure (1: PyTorch, 2: the members "
+                        "alone, 3: the plain slice, 4: the sweep, where 2 and 7 do not need it), "
+                        "e.g. --skip=1,2,3,4 for figures 5, 8 and 9 alone")
     p.add_argument("--torch-device", default="cpu",
                    help="where the PyTorch eager member of figure 1 runs (cpu, cuda)")
     args = p.parse_args(argv)
@@ -303,10 +305,11 @@ def main(argv=None):
     steps = member_case("e_mixup member", [mixup_member])
     if 3 not in skip:
         member_case("same member, plain slice", [mixup_member], sliced=True)
-    cases["torch eager e_mixup member"] = torch_epochs(
-        ds.embeddings, ds.labels, s.train_idx[0], s.seen_mask[0], c, ME, args.torch_device)
-    cases["torch eager e_mixup member"]()  # warm-up
-    members_in["torch eager e_mixup member"] = 1
+    if 1 not in skip:
+        cases["torch eager e_mixup member"] = torch_epochs(
+            ds.embeddings, ds.labels, s.train_idx[0], s.seen_mask[0], c, ME, args.torch_device)
+        cases["torch eager e_mixup member"]()  # warm-up
+        members_in["torch eager e_mixup member"] = 1
     # Figures 5 and 6: the same E-Mixup members on the first 1, 2 or 4 devices, each member
     # split over the devices the members leave idle (the accelerator rule; on CPU devices the
     # automatic rule keeps members whole, so the split is set here).
@@ -336,7 +339,8 @@ def main(argv=None):
         cases[name] = lambda: [go() for go in sweep]
         members_in[name] = len(members)
 
-    sweep_case(sweep_name, c)
+    if not ({2, 4} <= skip and args.at_once.strip() in ("", "auto")):  # figures 2, 4 and 7
+        sweep_case(sweep_name, c)
     alone_name = f"{len(members)} members alone, one after another"
     if 2 not in skip:
         alone = [trainer(c, registry.method(m["method"]).kind, args.classes, n_train, on_all,
@@ -379,12 +383,12 @@ def main(argv=None):
 
     rows = [augment.kind_rows(registry.method(m["method"]).kind, c.batch_size) for m in members]
     useful = sum(step_flops(r, dims) for r in rows) * steps * E
-    f1 = med["torch eager e_mixup member"] / med["e_mixup member"]
-    rate = useful / med[sweep_name] / 1e9
     print("\n| # | figure | measured | bound |")
     print("|---|---|---|---|")
-    print(f"| 1 | E-Mixup member examples/s vs PyTorch eager ({args.torch_device}) | {f1:.2f}x "
-          "| >= 1.5x |")
+    if 1 not in skip:
+        f1 = med["torch eager e_mixup member"] / med["e_mixup member"]
+        print(f"| 1 | E-Mixup member examples/s vs PyTorch eager ({args.torch_device}) | "
+              f"{f1:.2f}x | >= 1.5x |")
     if 2 not in skip:
         f2 = med[sweep_name] / med[alone_name]
         print(f"| 2 | sweep cost per member-epoch vs members alone | {f2:.3f}x | <= 1.05x |")
@@ -393,8 +397,10 @@ def main(argv=None):
         f3_cpu = 1 - med_cpu["same member, plain slice"] / med_cpu["e_mixup member"]
         print(f"| 3 | augmentation's share of the E-Mixup member's time | {100 * f3:.1f}% "
               f"(CPU time: {100 * f3_cpu:.1f}%) | <= 5% |")
-    print(f"| 4 | sweep useful FLOP rate vs jnp.dot peak | {rate:.1f} / {peak:.1f} GFLOP/s = "
-          f"{100 * rate / peak:.0f}% | >= 50% |")
+    if 4 not in skip:
+        rate = useful / med[sweep_name] / 1e9
+        print(f"| 4 | sweep useful FLOP rate vs jnp.dot peak | {rate:.1f} / {peak:.1f} GFLOP/s "
+              f"= {100 * rate / peak:.0f}% | >= 50% |")
     cores = os.cpu_count() or 1
     for fig, need, what in ((5, 2, "one E-Mixup member examples/s, 2 devices vs 1"),
                             (6, 4, "2-member sweep examples/s, 4 devices vs 2")):

@@ -98,7 +98,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # first layer's input columns; one all-reduce of the first layer's outputs per step), per
     # group of members of one kind on N devices: a ("members", "features") mesh of
     # N / devices_per_member x devices_per_member. None (auto) = on CPU devices 1 (members
-    # only: on the 2-core test CPU a split member was slower, benchmarks/README.md); on
+    # only: on the 2-core test CPU a split member was no faster, benchmarks/README.md); on
     # accelerators the most that add no round of members: a group of M >= N members is sharded
     # over members alone (1), M < N members get N / M devices each where M divides N (a lone
     # member all N), within the divisors of N and of the embedding's dimension. Set k to force

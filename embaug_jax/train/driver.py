@@ -15,7 +15,7 @@ each device the gradient of its block of the first layer, one all-reduce of the 
 group's size and the device count: on an accelerator a group with fewer members than devices
 lends the idle devices to its members (a lone member trains on every device), one with at
 least as many is sharded over members alone; on CPU devices, where a split member was
-slower, every member stays whole unless `config.devices_per_member` says otherwise.
+no faster, every member stays whole unless `config.devices_per_member` says otherwise.
 
 Data. Training gathers only from the training rows of every trial, so only those (their union)
 are placed on each device; evaluation computes only the validation rows, streamed from the host
@@ -136,7 +136,8 @@ def devices_per_member(config, num_members: int, num_devices: int,
     `config.devices_per_member` when set (it must divide the device count and the features;
     `num_features` None: not known yet, not checked). When None, on devices of `platform`
     "cpu", 1 (each member whole: on the 2-core test CPU a lone member split over its two
-    devices trained at 0.84x its speed on one, benchmarks/README.md "train"); on an accelerator
+    devices trained at 0.84-1.06x its speed on one, for more CPU time, benchmarks/README.md
+    "train"); on an accelerator
     the most devices that add no round of members: the largest d dividing both num_devices and
     num_features for which each device still trains ceil(M / N) members in turn, as sharded
     over members alone. So there a group of M < N members whose size divides N runs on N / M
