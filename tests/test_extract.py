@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from embaug_jax import cli, configlib
+from embaug_jax import cli, compiles, configlib
 from embaug_jax.dataset import load_embeddings
 from embaug_jax.embed.extraction import resolve_model_path
 from embaug_jax.embed.images import decode_image
@@ -109,7 +109,7 @@ def test_output_layout_segments_and_values(tmp_path, make_table):
 def test_the_summary_gives_the_time_spent_compiling(tmp_path, make_table, caplog):
     import logging
 
-    with extract._compiling() as clock:
+    with compiles.clock() as clock:
         jax.jit(lambda x: x * 3 + 1)(np.ones(7))
     assert clock["programs"] >= 1 and clock["seconds"] > 0
     after = dict(clock)
@@ -131,18 +131,18 @@ def test_the_summary_gives_the_time_spent_compiling(tmp_path, make_table, caplog
 
 
 def test_the_compile_clock_counts_overlapping_compiles_once():
-    assert extract._covered_seconds([]) == 0
-    assert extract._covered_seconds([(5.0, 6.0), (0.0, 2.0)]) == 3.0  # disjoint: the sum
-    assert extract._covered_seconds([(0.0, 2.0), (1.0, 3.0), (2.5, 2.75)]) == 3.0  # overlapping
-    assert extract._covered_seconds([(0.0, 4.0), (1.0, 2.0), (3.0, 5.0)]) == 5.0  # nested
+    assert compiles.covered_seconds([]) == 0
+    assert compiles.covered_seconds([(5.0, 6.0), (0.0, 2.0)]) == 3.0  # disjoint: the sum
+    assert compiles.covered_seconds([(0.0, 2.0), (1.0, 3.0), (2.5, 2.75)]) == 3.0  # overlapping
+    assert compiles.covered_seconds([(0.0, 4.0), (1.0, 2.0), (3.0, 5.0)]) == 5.0  # nested
 
     # Each event ends as it is recorded and started `duration` earlier.
     event = "/jax/core/compile/backend_compile_duration"
-    with extract._compiling() as clock:
+    with compiles.clock() as clock:
         jax.monitoring.record_event_duration_secs(event, 1.0)
         jax.monitoring.record_event_duration_secs(event, 0.5)  # overlaps the first one
     assert 1.0 <= clock["seconds"] < 1.2 and clock["programs"] == 2
-    with extract._compiling() as clock:
+    with compiles.clock() as clock:
         jax.monitoring.record_event_duration_secs(event, 0.05)
         time.sleep(0.2)
         jax.monitoring.record_event_duration_secs(event, 0.05)  # after the first one

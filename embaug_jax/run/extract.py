@@ -35,12 +35,10 @@ one error, or, with `config.skip_bad_images=True`, those items are left out and 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -49,7 +47,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from embaug_jax import distributed
+from embaug_jax import compiles, distributed
 from embaug_jax import sources as sources_lib
 from embaug_jax.dataset import Segment, is_saved_dataset, load_embeddings, save_embeddings
 from embaug_jax.embed.extraction import (build_image_embedder, build_text_embedder,
@@ -449,56 +447,9 @@ def run_extraction(config: Any, workdir: str | os.PathLike, *, text_embedder=Non
     if config.overwrite:
         _overwritten(output, workdir)  # refused at once, before any model is loaded
     # Only process 0 of a multi-process run writes, so only it holds the workdir.
-    with workdir_lock(workdir, "extract", take=distributed.is_primary()), _compiling() as clock:
+    with workdir_lock(workdir, "extract", take=distributed.is_primary()), compiles.clock() as clock:
         return _run_extraction(config, workdir, output, shard_size, text_embedder,
                                image_embedder, clock)
-
-
-# The events JAX records the time of for each compile: tracing, lowering, XLA's compile.
-_COMPILE_EVENTS = "/jax/core/compile/"
-_XLA_COMPILE = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def _compiling():
-    """A clock of the time JAX spends compiling inside the block (tracing, lowering and XLA's
-    compile, from `jax.monitoring`): yields a dict whose "seconds" (the wall time during which
-    some compile ran: compiles running at once, in several threads, count once) and "programs"
-    (XLA compiles) grow as compiles finish, and whose "start" is the block's start."""
-    clock = {"seconds": 0.0, "programs": 0, "start": time.perf_counter()}
-    spans, lock = [], threading.Lock()
-
-    def record(event: str, duration: float, **_) -> None:
-        if event.startswith(_COMPILE_EVENTS):
-            end = time.perf_counter()  # JAX records an event as it ends
-            with lock:  # compiles may finish in several threads
-                spans.append((end - duration, end))
-                clock["seconds"] = _covered_seconds(spans)
-                clock["programs"] += event == _XLA_COMPILE
-
-    jax.monitoring.register_event_duration_secs_listener(record)
-    try:
-        yield clock
-    finally:
-        jax.monitoring.unregister_event_duration_listener(record)
-
-
-def _covered_seconds(spans: Iterable[tuple[float, float]]) -> float:
-    """The length of the union of (start, end) intervals: overlapping time counts once."""
-    total, reached = 0.0, -np.inf
-    for start, end in sorted(spans):
-        if end > reached:
-            total += end - max(start, reached)
-            reached = end
-    return total
-
-
-def _timing(clock: Mapping[str, float]) -> str:
-    """"123.4 s, 5.6 s of it (4.5%) compiling 7 XLA programs": the time since the clock
-    started, and the time in it during which some compile ran."""
-    spent = time.perf_counter() - clock["start"]
-    return (f"{spent:.1f} s, {clock['seconds']:.1f} s of it ({clock['seconds'] / spent:.1%}) "
-            f"compiling {clock['programs']} XLA programs")
 
 
 def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, text_embedder,
@@ -590,7 +541,7 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
     wait_for_all("embedded")
     if not primary:
         logging.info("extract: process %d embedded its shards; %s.", jax.process_index(),
-                     _timing(clock))
+                     compiles.summary(clock))
         wait_for_all("assembled")
         return output
 
@@ -619,7 +570,7 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
     save_embeddings(output, shard_paths, labels, class_names, ids=kept.ids, segments=segments,
                     info=info)
     logging.info("extract: wrote %s: %d items x %d (%s) in %s.", output, len(keep), dim,
-                 " | ".join(f"{s.name} {s.size}" for s in segments), _timing(clock))
+                 " | ".join(f"{s.name} {s.size}" for s in segments), compiles.summary(clock))
     if not keep_shards:
         shutil.rmtree(shards_dir)
     wait_for_all("assembled")
