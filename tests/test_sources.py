@@ -560,7 +560,9 @@ def test_reading_a_table_holds_one_batch_at_a_time(tmp_path, fmt, tiny_batches):
         # Once the next batch is read, the one before is the caller's alone, and no frame
         # the reader converted outlives its batch.
         assert sys.getrefcount(before) == 2
-        assert [o.index[0] for o in gc.get_objects() if isinstance(o, pd.DataFrame)
+        # (`type(o) is`, not isinstance: isinstance asks some objects' `__class__`, which
+        # warns and costs seconds over the whole session's heap.)
+        assert [o.index[0] for o in gc.get_objects() if type(o) is pd.DataFrame
                 ] in ([], [start])
         before = cells
         del cells
