@@ -91,21 +91,20 @@ def _water_fill(sizes: np.ndarray, total: int) -> np.ndarray:
 
 def apply_sampling(labels: Sequence[str], src: Any) -> tuple[np.ndarray, dict[str, int]]:
     """`select_items` with the sampling knobs of `config.source`."""
-    names, label_ids = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
-    return _apply_classified(label_ids, names.tolist(), src)
+    return select_items(labels, **_knobs(src))
 
 
-def _apply_classified(label_ids: np.ndarray, class_names: Sequence[str], src: Any):
-    return select_classified(label_ids, class_names, min_class_size=int(src.min_class_size),
-                             per_class=int(src.per_class), max_items=int(src.max_items),
-                             seed=int(src.seed))
+def _knobs(src: Any) -> dict[str, int]:
+    """The sampling knobs of `config.source`, as `select_items` takes them."""
+    return dict(min_class_size=int(src.min_class_size), per_class=int(src.per_class),
+                max_items=int(src.max_items), seed=int(src.seed))
 
 
 def finish(data: SourceData, src: Any) -> SourceData:
     """Applies the shared sampling knobs; classes left without items are removed."""
     # With every knob 0 all items are kept: the per-item orders a choice sorts are not built.
     if any(int(v) for v in (src.min_class_size, src.per_class, src.max_items)):
-        indices, dropped = _apply_classified(data.label_ids, data.class_names, src)
+        indices, dropped = select_classified(data.label_ids, data.class_names, **_knobs(src))
         if len(indices) != len(data):
             data = data.subset(indices)
         for reason, count in dropped.items():
