@@ -376,13 +376,12 @@ def load_table(src: Any) -> SourceData:
         else:  # row numbers, as wide as the longest of them
             ids = rows.astype(f"<U{len(str(int(rows.max()))) if len(rows) else 1}")
         label_ids = scan.kept_labels.concatenate()
-    # The classes of the kept items, in natural order; the scan numbered them as they came.
+    # The classes of the kept items (the scan numbers a class by its first kept item), in
+    # natural order.
     names = list(scan.classes)
-    present = np.flatnonzero(np.bincount(label_ids, minlength=len(names)))
-    class_names = sort_class_names([names[c] for c in present.tolist()])
+    class_names = sort_class_names(names)
     order = {name: i for i, name in enumerate(class_names)}
-    position = np.zeros(max(1, len(names)), np.int32)
-    position[present] = [order[names[c]] for c in present.tolist()]
+    position = np.array([order[name] for name in names], np.int32)
     store = _TableStore(reader, {**{c: _text for c in text_columns},
                                  **{c: _image_path(path) for c in image_columns}})
     data = SourceData(
