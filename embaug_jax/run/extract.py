@@ -560,15 +560,13 @@ def _run_extraction(config: Any, workdir: Path, output: Path, shard_size: int, t
         skipped_path.unlink()
     kept = data.subset(keep) if bad else data
     # A class left without items would be an empty row of every per-class metric.
-    counts = np.bincount(kept.label_ids, minlength=len(kept.class_names))
-    class_names = [c for c, n in zip(kept.class_names, counts) if n]
-    labels = (np.cumsum(counts > 0) - 1).astype(np.int64)[kept.label_ids]
+    kept.drop_empty_classes()
     info = {"fingerprint": fingerprint, "fingerprint_parts": parts,
             "source": _jsonable(data.info), "dropped": data.dropped, "notes": data.notes,
             "skipped_images": len(bad), "text_model": parts["text_model"],
             "image_model": parts["image_model"]}
-    save_embeddings(output, shard_paths, labels, class_names, ids=kept.ids, segments=segments,
-                    info=info)
+    save_embeddings(output, shard_paths, kept.label_ids.astype(np.int64), kept.class_names,
+                    ids=kept.ids, segments=segments, info=info)
     logging.info("extract: wrote %s: %d items x %d (%s) in %s.", output, len(keep), dim,
                  " | ".join(f"{s.name} {s.size}" for s in segments), compiles.summary(clock))
     if not keep_shards:
