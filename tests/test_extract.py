@@ -315,6 +315,9 @@ def write_image_table(tmp_path: Path) -> Path:
 
 def test_bad_images_are_listed_together_or_skipped(tmp_path):
     path = write_image_table(tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1]["label"] = "c"  # a class whose one item is skipped: dropped from the dataset
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = table_config(path, **{"source.text_columns": "title", "source.image_columns": "photo",
                                    "source.label_column": "label", "source.id_column": "id"})
     text, image = FakeTextEmbedder(), FakeImageEmbedder()
@@ -329,6 +332,7 @@ def test_bad_images_are_listed_together_or_skipped(tmp_path):
                                  image_embedder=image)
     ds = load_embeddings(out)
     assert ds.ids.tolist() == ["p0", "p3", "p5"]
+    assert ds.class_names == ["a", "b"] and ds.labels.tolist() == [0, 1, 1]
     assert [(s.name, s.size) for s in ds.segments] == [("title", 6), ("photo", 6)]
     report = json.loads((tmp_path / "w" / "skipped_images.json").read_text())
     assert report["count"] == 3 and sorted(report["items"]) == ["p1", "p2", "p4"]
