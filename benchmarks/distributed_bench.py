@@ -7,10 +7,9 @@ Each run starts 2 processes of 2 CPU devices each (jax.distributed over localhos
 collectives) on a fresh workdir: the smoke config's three programs (control, E-Mixup, Soft
 E-Stitchup) over all four devices, 8 epochs checkpointed every 2, so a run crosses 4 checkpoint
 saves and 4 evaluations. Processes that issue their collectives in different orders deadlock;
-before the driver fixed the order (train/driver.py, train/checkpoints.py) 3 of 5 such runs hung
-at a checkpoint save. A run that has not finished within `--timeout` seconds counts as hung: its
-processes dump every thread's stack (faulthandler, SIGUSR1) into the run's log folder and are
-killed. Prints a line per run and "N of M runs finished"; the exit status is 1 unless all did.
+the driver issues them in one fixed order (train/driver.py, train/checkpoints.py). A run that
+has not finished within `--timeout` seconds counts as hung: its processes dump every thread's
+stack (faulthandler, SIGUSR1) into the run's log folder and are killed. Prints a line per run and "N of M runs finished"; the exit status is 1 unless all did.
 """
 
 from __future__ import annotations

@@ -327,8 +327,7 @@ def test_extract_killed_on_one_resumes_on_two(extract_reference, tmp_path):
 def test_consecutive_two_process_runs_all_finish():
     # benchmarks/distributed_bench.py, one run instead of its 20 (benchmarks/README.md has
     # that figure; the other 2-process trainings here are more runs): processes that issue
-    # their collectives in different orders deadlock (3 of 5 runs hung at a checkpoint save
-    # before the driver fixed the order).
+    # their collectives in different orders deadlock.
     runs = 1
     done = subprocess.run([sys.executable, "benchmarks/distributed_bench.py", f"--runs={runs}",
                            f"--timeout={TIMEOUT_S}"], cwd=REPO, capture_output=True, text=True,
