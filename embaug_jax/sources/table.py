@@ -147,12 +147,15 @@ class _Scan:
         values = cells[label_column]
         n = len(values)
         labels = [_cell_text(v) for v in values]
+        rows_of_kind: dict[str, list[int]] = {}
         for row, (value, label) in enumerate(zip(values, labels)):
             if label is not None:  # missing labels are the missing_labels policy's
                 kind = _value_kind(value)
                 if kind == "list or object" and self.nested_example is None:
                     self.nested_example = value
-                self.kinds.setdefault(kind, _Rows()).add([start + row])
+                rows_of_kind.setdefault(kind, []).append(start + row)
+        for kind, rows in rows_of_kind.items():  # counted once a batch, not once a row
+            self.kinds.setdefault(kind, _Rows()).add(rows)
         labelled = np.array([label is not None for label in labels], bool)
         self.missing.add(start + np.flatnonzero(~labelled))
         keep = labelled
