@@ -401,6 +401,7 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
             states, history = checkpoints.restore(manager, step, states, history, groups)
             logging.info("resumed from %s at epoch %d", checkpoint_dir, step)
         done = int(_host(states[groups[0].name].epoch)[0])
+        gathered = None  # (epoch, the states on the host) of the last checkpoint's gather
         bar = tqdm(total=num_epochs, initial=done, unit="epoch",
                    disable=not progress or not primary,
                    desc=f"training {num_members} members on {len(devices)} device(s) "
@@ -430,9 +431,9 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
                     _check_finite(history["train_loss"][:, column[done]], members, done,
                                   config)
                 if manager is not None and cadence.checkpoints_at(done):
-                    on_host = _host_states(states, groups)
+                    gathered = done, _host_states(states, groups)
                     if primary:
-                        checkpoints.save(manager, done, on_host, history)
+                        checkpoints.save(manager, done, gathered[1], history)
                 bar.update(done - start)
                 last = column[done]
                 bar.set_postfix(loss=f"{np.nanmean(history['train_loss'][:, last]):.4f}",
@@ -444,11 +445,14 @@ def run_sweep(config, data: TrainData, members: Sequence[dict], *,
             bar.close()
 
     probs = evaluate(True)[1] if done >= num_epochs else None
+    # The last epoch is always checkpointed: its gather is reused, not issued again (the
+    # condition is the same on every process, so the collectives stay in step).
+    on_host = gathered[1] if gathered and gathered[0] == done else _host_states(states, groups)
     return SweepResult(
         members=members, eval_epochs=eval_epochs, history=history, val_probs=probs,
         val_labels=val_labels, seen_mask=seen_mask, class_names=class_names,
         threshold=float(config.threshold), val_idx=val_idx, train_idx=train_idx,
-        epochs_done=done, state=_member_order(_host_states(states, groups), groups, num_members),
+        epochs_done=done, state=_member_order(on_host, groups, num_members),
         eval_block_rows=block_rows, device_data_bytes=int(placed))
 
 
