@@ -74,12 +74,18 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=600,
                         help="seconds after which a run counts as hung")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="an empty folder for the runs' workdirs and logs (default: a new "
+                             "one in the system's temporary folder, kept for inspection)")
     args = parser.parse_args(argv)
-    logs = Path(tempfile.mkdtemp(prefix="distributed_bench."))
-    # One compilation cache for every run: after the first, a run compiles nothing.
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="distributed_bench."))
+    logs.mkdir(parents=True, exist_ok=True)
+    # One compilation cache for every run (the caller's, if it has one): after the first, a
+    # run compiles nothing.
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=str(REPO),
-               JAX_COMPILATION_CACHE_DIR=str(logs / "jax_cache"),
+               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR")
+               or str(logs / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     finished = 0
     for run in range(args.runs):

@@ -324,13 +324,15 @@ def test_extract_killed_on_one_resumes_on_two(extract_reference, tmp_path):
     assert dir_bytes(workdir / "embeddings") == want
 
 
-def test_consecutive_two_process_runs_all_finish():
+def test_consecutive_two_process_runs_all_finish(tmp_path):
     # benchmarks/distributed_bench.py, one run instead of its 20 (benchmarks/README.md has
     # that figure; the other 2-process trainings here are more runs): processes that issue
-    # their collectives in different orders deadlock.
+    # their collectives in different orders deadlock. Its logs go to tmp_path, and it uses the
+    # session's compilation cache.
     runs = 1
     done = subprocess.run([sys.executable, "benchmarks/distributed_bench.py", f"--runs={runs}",
-                           f"--timeout={TIMEOUT_S}"], cwd=REPO, capture_output=True, text=True,
+                           f"--timeout={TIMEOUT_S}", f"--logs={tmp_path / 'logs'}"], cwd=REPO,
+                          capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)),
                           timeout=runs * (TIMEOUT_S + 30))
     assert done.returncode == 0 and f"{runs} of {runs} runs finished" in done.stdout, (
