@@ -13,8 +13,7 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from embaug_jax.evaluate.calibration import (NUM_BINS, calibration_bins,
-                                             expected_calibration_error)
+from embaug_jax.evaluate.calibration import NUM_BINS
 from embaug_jax.evaluate.detectors import OUTPUT_DETECTORS
 from embaug_jax.evaluate.inputs import check_inputs, check_weights, sigmoid_logits
 from embaug_jax.evaluate.member import calibration_metrics, open_set_metrics, scalar_metrics
@@ -64,11 +63,11 @@ def resampled_metrics(probs, labels, seen_mask, counts, *, threshold, num_bins=N
     has_none = bool(np.any(~seen_mask[labels]))
     parts = auc_parts(*column_aucs(truth, scores, counts), has_none)
     accuracy = accuracies(threshold_counts(probs, labels, seen_mask, threshold, counts))
-    ece = expected_calibration_error(calibration_bins(probs, labels, seen_mask, counts, num_bins))
     logits = sigmoid_logits(probs)
-    return dict(**scalar_metrics(parts, accuracy, ece),
+    calibration = calibration_metrics(probs, labels, seen_mask, counts, num_bins=num_bins,
+                                      posthoc=posthoc, logits=logits)
+    return dict(**scalar_metrics(parts, accuracy, calibration.pop("ece")),
                 **open_set_metrics(probs, labels, seen_mask, counts, posthoc=posthoc,
                                    embedding_scores=embedding_scores, detectors=detectors,
                                    logits=logits),
-                **calibration_metrics(probs, labels, seen_mask, counts, num_bins=num_bins,
-                                      posthoc=posthoc, logits=logits))
+                **calibration)

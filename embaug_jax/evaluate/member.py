@@ -115,13 +115,12 @@ def _calibration_scores(probs, logits, labels, seen_mask, weights, num_bins) -> 
 
 def calibration_metrics(probs, labels, seen_mask, weights, *, num_bins=NUM_BINS,
                         posthoc: PostHoc | None = None, logits=None) -> dict[str, np.ndarray]:
-    """CALIBRATION_METRICS under each weighting (float64 [B] each): the outputs as they are
-    (their "ece" is Table 1's) and, with the member's post-hoc fits, after temperature and
-    after vector scaling (NaN without fits)."""
+    """CALIBRATION_METRICS and "ece" (Table 1's, the outputs' as they are) under each weighting
+    (float64 [B] each): the outputs as they are and, with the member's post-hoc fits, after
+    temperature and after vector scaling (NaN without fits)."""
     logits = sigmoid_logits(probs) if logits is None else logits
     weights = np.asarray(weights)
-    raw = _calibration_scores(np.asarray(probs), logits, labels, seen_mask, weights, num_bins)
-    out = {k: v for k, v in raw.items() if k != "ece"}
+    out = _calibration_scores(np.asarray(probs), logits, labels, seen_mask, weights, num_bins)
     for scaling in SCALINGS:
         if posthoc is None:
             out.update({f"{k}_{scaling}": np.full(weights.shape[0], np.nan)
@@ -172,6 +171,7 @@ def evaluate_member(probs, labels, seen_mask, *, threshold, thresholds=THRESHOLD
                                logits=logits)
     further.update(calibration_metrics(probs, labels, seen_mask, ones, num_bins=num_bins,
                                        posthoc=posthoc, logits=logits))
+    del further["ece"]  # Table 1's, computed with the bins the figures draw
     oscr_fpr, oscr_ccr = oscr_curve(probs, labels, seen_mask)
     return dict(
         **scalar_metrics(roc.parts, {k: float(v) for k, v in accuracy.items()}, calib["ece"]),
