@@ -86,12 +86,11 @@ def choose_threshold(probs, labels, seen_mask) -> float:
     """
     check_inputs(probs, labels, seen_mask, where="choose_threshold")
     is_none, correct, confidence = _accept_problem(probs, labels, seen_mask)
-    order = np.argsort(confidence, kind="stable")
-    ordered = confidence[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    values = ordered[starts]
-    none_per_group = np.add.reduceat(is_none[order].astype(np.int64), starts)
-    correct_per_group = np.add.reduceat(correct[order].astype(np.int64), starts)
+    # One group per distinct confidence: its correct seen rows (positive) and "none" rows
+    # (negative; the other rows weigh 0), as the OSCR curve groups them.
+    groups = tied_groups(correct, confidence, unit_weights(is_none.size) * (correct | is_none))
+    values, correct_per_group, none_per_group = (groups.scores, groups.positive[0],
+                                                 groups.negative[0])
     # Cut j rejects the groups below j: j = 0 accepts every row, j = G rejects every row.
     rejected_none = np.r_[0, np.cumsum(none_per_group)]
     accepted_correct = correct_per_group.sum() - np.r_[0, np.cumsum(correct_per_group)]
