@@ -129,7 +129,7 @@ def content_hash(data: sources_lib.SourceData, text_fields: Sequence[str],
         h.update(b"\0")
 
     put(data.class_names)
-    put_list(data.ids[i:i + _HASH_CHUNK].tolist() for i in range(0, len(data), _HASH_CHUNK))
+    put_list(_id_chunks(data))
     names = np.asarray(data.class_names, dtype=str)
     put_list(names[data.label_ids[i:i + _HASH_CHUNK]].tolist()
              for i in range(0, len(data), _HASH_CHUNK))
@@ -153,6 +153,11 @@ def content_hash(data: sources_lib.SourceData, text_fields: Sequence[str],
 
 # Items a content hash encodes at a time.
 _HASH_CHUNK = 4096
+
+
+def _id_chunks(data) -> Iterable[list[str]]:
+    """The items' ids as lists of Python strings, _HASH_CHUNK at a time (never all at once)."""
+    return (data.ids[i:i + _HASH_CHUNK].tolist() for i in range(0, len(data), _HASH_CHUNK))
 
 
 def _chunks(parts: Iterable[Any], size: int):
@@ -191,8 +196,7 @@ def find_bad_images(data: sources_lib.SourceData, image_fields: Sequence[str], *
         field = data.images[name]
         if field.paths is None:
             continue  # in-memory arrays: validated when the source built them
-        ids = (item_id for i in range(0, len(data), _HASH_CHUNK)
-               for item_id in data.ids[i:i + _HASH_CHUNK].tolist())
+        ids = (item_id for chunk in _id_chunks(data) for item_id in chunk)
         for item_id, p in tqdm(zip(ids, field.paths), total=len(field),
                                desc=f"check images '{name}'", unit="img", disable=not progress,
                                leave=False):
