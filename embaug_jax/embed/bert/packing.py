@@ -258,8 +258,9 @@ class BatchPlanner:
             if packed:  # a batch holds rows of one capacity
                 end = next((k for k in range(start, len(order)) if widths[order[k]] != length),
                            len(order))
-            full, stop = self._fill(rows, fills, order, start, end, length, packed, small=False)
-            if stop == end or small:  # the last rows: maybe cheaper as small batches
+            full, stop = ((None, None) if small else
+                          self._fill(rows, fills, order, start, end, length, packed, small=False))
+            if small or stop == end:  # the last rows: maybe cheaper as small batches
                 smalls, at = [], start
                 while at < end:
                     batch, at = self._fill(rows, fills, order, at, end,
