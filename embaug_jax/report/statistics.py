@@ -48,9 +48,7 @@ FAMILIES = {
     "answers": ("seen_auc", "oscr_auc", "ece_ts"),
     "open_set": ("oscr_auc", "none_aupr", "seen_aupr", "none_fpr_at_95_tpr",
                  "tuned_overall_accuracy", "tuned_none_accuracy", "tuned_seen_accuracy"),
-    "calibration": tuple(k if not scaling else f"{k}_{scaling}"
-                         for scaling in ("", *evaluate.SCALINGS)
-                         for k in evaluate.CALIBRATION_SCORES),
+    "calibration": ("ece",) + evaluate.CALIBRATION_METRICS,
     "detectors": ("best_detector_auroc", "best_detector_aupr", "best_detector_fpr_at_95_tpr"),
 }
 
