@@ -78,6 +78,8 @@ def main(argv=None) -> int:
                         help="an empty folder for the runs' workdirs and logs (default: a new "
                              "one in the system's temporary folder, kept for inspection)")
     args = parser.parse_args(argv)
+    if args.logs is not None and args.logs.exists() and any(args.logs.iterdir()):
+        parser.error(f"--logs={args.logs} is not empty; name a new or empty folder.")
     logs = args.logs or Path(tempfile.mkdtemp(prefix="distributed_bench."))
     logs.mkdir(parents=True, exist_ok=True)
     # One compilation cache for every run (the caller's, if it has one): after the first, a
