@@ -178,7 +178,9 @@ def test_attention_in_blocks_of_rows_matches_hf(minilm, hf_minilm):
     model, tokenizer = hf_minilm
     hidden, input_ids, mask = _hf_hidden_states(model, tokenizer, TEXTS)
     assert bert_model._rows_per_block(len(TEXTS), 12, input_ids.shape[1], 1) == 1
-    assert bert_model._rows_per_block(6, 12, 8, 4 * 12 * 64 * 4) == 3  # four fit, three divide six
+    assert bert_model._rows_per_block(6, 12, 8, 2 * 12 * 64 * 4) == 2  # two fit, two divide six
+    assert bert_model._rows_per_block(5, 12, 8, 2 * 12 * 64 * 4) == 1  # two fit, one divides five
+    assert bert_model._rows_per_block(6, 12, 8, 9 * 12 * 64 * 4) == 6  # nine fit: all at once
     assert bert_model._rows_per_block(6, 12, 8, None) == 6
     blocked = bert_model.BertModel(minilm.config, score_block_bytes=1)
 
@@ -191,6 +193,10 @@ def test_attention_in_blocks_of_rows_matches_hf(minilm, hf_minilm):
     # Through the embedder: on CPUs rows of 256 tokens run one at a time.
     assert minilm.model.score_block_bytes == bert_model.CPU_SCORE_BLOCK_BYTES
     assert bert_model._rows_per_block(8, 12, 256, bert_model.CPU_SCORE_BLOCK_BYTES) == 1
+    # Rows of up to 80 tokens run all at once, and the planner charges all of a shape's rows.
+    assert bert_model.score_block_rows(12, 88, bert_model.CPU_SCORE_BLOCK_BYTES) == 8
+    assert bert_model.score_block_rows(12, 80, bert_model.CPU_SCORE_BLOCK_BYTES) is None
+    assert minilm.planner.skips_unused_rows(88) and not minilm.planner.skips_unused_rows(80)
     rng = np.random.default_rng(1)
     words = TEXTS[-1].split()
     texts = [" ".join(rng.choice(words, rng.integers(150, 240))) for _ in range(4)]

@@ -103,6 +103,17 @@ def test_a_batch_streams_a_fixed_number_of_tokens_and_the_tail_runs_in_small_bat
     assert make_planner(num_devices=16).shape(512, packed=False, small=True) == (2, 512)
 
 
+def test_a_batch_costs_every_row_of_its_shape_where_attention_skips_no_rows():
+    lengths = [30] * 40
+    skipping = make_planner(skips_unused_rows=lambda length: True)
+    batch = skipping.plan_batches(lengths)[-1]  # 6 rows of a small shape of 20
+    rows, stream = skipping.shape(batch.length, packed=False, small=True)
+    assert (len(batch), rows, stream) == (6, 20, 512)
+    dense, attention = stream * 12 * 384, batch.length * (2 * 384 + 4 * batch.length)
+    assert skipping.batch_cost(batch) == dense + 6 * attention
+    assert make_planner().batch_cost(batch) == dense + 20 * attention
+
+
 def test_long_rows_come_in_batches_of_fewer_rows():
     planner = make_planner()
     assert [planner.shape(n, packed=False, small=False)[0] for n in (8, 64, 96, 128, 256, 512)

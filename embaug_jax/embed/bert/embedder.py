@@ -59,6 +59,7 @@ from embaug_jax.embed.bert.model import (
     BertConfig,
     BertModel,
     gather_in_bounds,
+    score_block_rows,
 )
 from embaug_jax.embed.bert.packing import BatchPlanner
 from embaug_jax.embed.weights import hash_files
@@ -210,11 +211,16 @@ class TextEmbedder:
         n_dev = len(self.devices)
         # Every batch must split evenly over the devices.
         self.batch_size = -(-int(batch_size) // n_dev) * n_dev
+        # On CPUs attention over long rows runs a few rows at a time, so that the scores stay
+        # in cache.
+        block_bytes = CPU_SCORE_BLOCK_BYTES if on_cpus(self.devices) else None
         # Max pooling over packed rows would hold [rows, length, slots, hidden] at once.
         self.planner = BatchPlanner(
             max_length=self.max_length, batch_size=self.batch_size, num_devices=n_dev,
             hidden_size=config.hidden_size, pad_token_id=config.pad_token_id,
-            pack=bool(pack) and pooling != "max")
+            pack=bool(pack) and pooling != "max",
+            skips_unused_rows=lambda length: score_block_rows(
+                config.num_attention_heads, length, block_bytes) is not None)
         # A private copy: truncation is tokenizer state, and embedders may share one tokenizer.
         from tokenizers import Tokenizer
 
@@ -227,9 +233,7 @@ class TextEmbedder:
         mesh = Mesh(np.asarray(self.devices), ("batch",))
         self._batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
         compute_dtype = jnp.dtype(dtype)
-        # On CPUs attention runs a few rows at a time, so that the scores stay in cache.
-        self.model = BertModel(config, dtype=compute_dtype, score_block_bytes=(
-            CPU_SCORE_BLOCK_BYTES if on_cpus(self.devices) else None))
+        self.model = BertModel(config, dtype=compute_dtype, score_block_bytes=block_bytes)
         self.params = jax.device_put(
             jax.tree.map(lambda p: jnp.asarray(p, compute_dtype), params),
             NamedSharding(mesh, PartitionSpec()),

@@ -37,6 +37,13 @@ from embaug_jax.util import read_json
 # with all rows at once, 24 x 176 9% and 32 x 128 5%; 1, 2 and 6 MiB did no better
 # (benchmarks/README.md, "text").
 CPU_SCORE_BLOCK_BYTES = 3 << 20
+# Blocks pay only for rows long enough that a block holds a few. All rows at once compiled
+# 0.1-0.2 s sooner; rows of 64 tokens (the demo's packed rows) ran as fast or faster at once
+# (0.88-0.99x), rows of 72-96 tokens within 8% either way, rows of 128-256 tokens 1.04-1.38x
+# slower than in blocks of four down to one (benchmarks/compile_bench.py; benchmarks/README.md,
+# "Compiles"). The cut: blocks where at most 8 rows fit one (MiniLM and BERT-base: rows of 88
+# tokens and more).
+_MAX_BLOCK_ROWS = 8
 
 
 def _gelu(x: jax.Array) -> jax.Array:
@@ -155,9 +162,9 @@ class BertEmbeddings(nn.Module):
 class BertLayer(nn.Module):
     """One post-LayerNorm transformer layer: masked self-attention, then the feed-forward block.
 
-    `score_block_bytes`: when set, attention runs over as many rows at a time as keep their
-    float32 scores (heads x length^2 each) within it, skipping blocks whose rows have no key to
-    attend to (see `BertModel`).
+    `score_block_bytes`: when set, attention over long rows runs over as many rows at a time as
+    keep their float32 scores (heads x length^2 each) within it, skipping blocks whose rows have
+    no key to attend to (`score_block_rows`; see `BertModel`).
     """
 
     config: BertConfig
@@ -246,12 +253,22 @@ def _row_max(x: jax.Array) -> jax.Array:
     return jax.lax.reduce(x, np.array(-np.inf, x.dtype), pick, (x.ndim - 1,))[..., None]
 
 
-def _rows_per_block(rows: int, heads: int, length: int, block_bytes: int | None) -> int:
-    """The most rows, a divisor of `rows`, whose float32 scores fit `block_bytes` (at least
-    one row); all `rows` when `block_bytes` is None."""
+def score_block_rows(heads: int, length: int, block_bytes: int | None) -> int | None:
+    """How many rows of `length` tokens attention takes at a time: as many as keep their float32
+    scores within `block_bytes` (at least one), or None (all rows at once) when `block_bytes`
+    is None or a block would hold more than `_MAX_BLOCK_ROWS` rows."""
     if block_bytes is None:
-        return rows
+        return None
     fit = max(1, int(block_bytes) // (4 * heads * length * length))
+    return fit if fit <= _MAX_BLOCK_ROWS else None
+
+
+def _rows_per_block(rows: int, heads: int, length: int, block_bytes: int | None) -> int:
+    """The rows of a block (`score_block_rows`), cut to a divisor of `rows`; all `rows` when
+    attention takes them at once."""
+    fit = score_block_rows(heads, length, block_bytes)
+    if fit is None:
+        return rows
     return max(d for d in range(1, min(fit, rows) + 1) if rows % d == 0)
 
 
@@ -268,9 +285,9 @@ class BertModel(nn.Module):
     several texts (packing) gives each text its own block of the mask and positions from 0.
 
     `score_block_bytes` (None: all rows at once) makes attention run over blocks of rows whose
-    float32 scores fit in that many bytes, one block after another; the embedder sets it on
-    CPUs, where scores that stay in cache make long rows faster (`CPU_SCORE_BLOCK_BYTES`). A
-    block of rows that attend to nothing (all keys masked: rows a batch leaves unused) is
+    float32 scores fit in that many bytes, one block after another, where a block holds at most
+    eight rows (`score_block_rows`); the embedder sets it on CPUs, where scores that stay in cache
+    make long rows faster (`CPU_SCORE_BLOCK_BYTES`). A block of rows that attend to nothing (all keys masked: rows a batch leaves unused) is
     skipped; its outputs are zeros, where all-masked rows otherwise get the mean of their
     values (meaningless either way, like every padding position).
 

@@ -131,6 +131,9 @@ class BatchPlanner:
         hidden_size: the model's width (the cost estimate counts in its multiply-adds).
         pad_token_id: the token id of stream padding.
         pack: whether short texts may share a row.
+        skips_unused_rows: whether attention over rows of a given length skips a batch's unused
+            rows (`bert.model.score_block_rows`: it runs in blocks, and skips empty ones);
+            where it does not, a batch's attention costs every row of its shape.
     """
 
     max_length: int
@@ -139,6 +142,7 @@ class BatchPlanner:
     hidden_size: int
     pad_token_id: int = 0
     pack: bool = True
+    skips_unused_rows: Callable[[int], bool] = lambda length: False
 
     @functools.cached_property
     def buckets(self) -> tuple[int, ...]:
@@ -188,12 +192,14 @@ class BatchPlanner:
 
     def batch_cost(self, batch: Batch) -> float:
         """Estimated time of `batch`, in multiply-adds of a hidden vector: the dense layers on
-        its whole stream, attention on the slots of its rows (attention skips blocks of
-        unused rows, `bert.model.BertLayer`)."""
-        _, stream = self.shape(batch.length, packed=batch.packed, small=batch.small)
+        its whole stream, attention on the slots of its rows, or of all its shape's rows where
+        attention does not skip unused ones (`skips_unused_rows`)."""
+        per_device, stream = self.shape(batch.length, packed=batch.packed, small=batch.small)
+        rows = (len(batch.rows) if self.skips_unused_rows(batch.length)
+                else self.num_devices * per_device)
         attention = _ATTENTION * self.hidden_size + _ATTENTION_PER_TOKEN * batch.length
         return (self.num_devices * stream * _DENSE * self.hidden_size
-                + len(batch.rows) * batch.length * attention)
+                + rows * batch.length * attention)
 
     def plan_cost(self, batches: Sequence[Batch]) -> float:
         """Estimated time of `batches` (`batch_cost` summed)."""
