@@ -6,6 +6,10 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.embaug-installed
 WORKDIR ?= workdir/demo
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): `auto` is one per usable core, capped by memory
+# (tests/conftest.py); 0 runs the suite in this process.
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: setup system-deps test test-fast demo bench device-check clean-venv
 
@@ -27,11 +31,11 @@ system-deps:
 
 # Everything (what CI runs).
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 # Everything but the heavy end-to-end runs marked `slow`.
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m embaug_jax demo --workdir=$(WORKDIR)

@@ -60,6 +60,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "devices(n): needs n devices of the default backend")
 
 
+# Memory one test process may hold at its peak: the largest seen in a full run on the 2-core
+# machine, with its device check, demo and EfficientNet runs (benchmarks/README.md, "tests"),
+# rounded up.
+_WORKER_BYTES = 4 << 30
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (`make test`): one test process per usable core, no more than memory holds.
+    Every process forces its own 4 CPU devices, whose XLA thread pools share the cores."""
+    cores = len(os.sched_getaffinity(0))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(cores, memory // _WORKER_BYTES))
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
