@@ -96,10 +96,14 @@ def barrier(name: str, timeout_s: float) -> None:
     try:
         multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
     except Exception as e:  # the client raises XlaRuntimeError (DEADLINE_EXCEEDED and others)
+        # Past the timeout the service answers DEADLINE_EXCEEDED; sooner, it fails the barrier
+        # for a process that stopped sending heartbeats.
+        why = (f"not every process arrived within {timeout_s:g} s"
+               if "DEADLINE_EXCEEDED" in str(e) else "the barrier failed")
         raise TimeoutError(
             f"process {jax.process_index()} of {jax.process_count()} waited at barrier "
-            f"{name!r} and not every process arrived within {timeout_s:g} s ({e}); check the "
-            "other processes' logs for the one that failed or is stuck.") from e
+            f"{name!r} and {why} ({e}); check the other processes' logs for the one that "
+            "failed or is stuck.") from e
 
 
 _CHECKS = itertools.count()  # every process checks in the same order: the keys match

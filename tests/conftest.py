@@ -60,10 +60,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "devices(n): needs n devices of the default backend")
 
 
-# Memory one test process may hold at its peak: the largest seen in a full run on the 2-core
-# machine, with its device check, demo and EfficientNet runs (benchmarks/README.md, "tests"),
-# rounded up.
-_WORKER_BYTES = 4 << 30
+# Memory one test process may hold at its peak: the largest process of a full run on the
+# 2-core machine was 5.0 GiB (benchmarks/README.md, "tests").
+_WORKER_BYTES = 6 << 30
 
 
 def pytest_xdist_auto_num_workers(config):

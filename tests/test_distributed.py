@@ -301,7 +301,9 @@ def test_extract_process_dies_others_stop_then_resume_on_one(extract_reference, 
         "failing_extract", _extract_args(table), workdir, processes=2,
         env={"FAIL_IN": "1", "FAIL_AFTER": "0"})
     assert code1 == 1 and "process 1 of 2 failed (RuntimeError: test: embedder killed)" in err1
-    assert code0 != 0 and "stopped sending heartbeats" in err0, err0[-3000:]
+    # XLA words the missed heartbeat by where it surfaces: its error poll, or the barrier.
+    assert code0 != 0 and re.search(r"stopped sending heartbeats|Task 1 heartbeat timeout",
+                                    err0), err0[-3000:]
     assert t1 < t0 < t1 + HEARTBEAT_S + 60, (t0, t1)
     shards = sorted(p.name for p in Workdir(workdir).shards.glob("shard_*.npy"))
     assert shards == ["shard_00000.npy", "shard_00002.npy", "shard_00004.npy"]
