@@ -3,8 +3,8 @@ each other).
 
 Four host devices are forced before JAX is imported, so multi-device tests (sharded sweeps,
 sharded extraction) run in-process; single-device tests simply use the default device. The
-session and the processes its tests start share one persistent compilation cache, new each
-session, so a program is compiled once however many runs use it.
+session, its test processes and the processes its tests start share one persistent compilation
+cache, new each session, so a program is compiled once however many runs use it.
 Markers: `slow` (heavy end-to-end runs; `make test-fast` skips them), `needs_wordnet` and
 `needs_fashion_mnist` (skipped where Debian's data package is not installed), `devices(n)` (a
 test that needs n devices: skipped on an accelerator with fewer, as in
@@ -18,11 +18,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# One persistent compilation cache for the session and every process it starts (they inherit
-# the environment): a program compiled once, in any of them, is read back by the others. The
-# folder is new each session, so no test sees programs an earlier session compiled.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="embaug_test_jax_cache.")
+# One persistent compilation cache for the session, its test processes (pytest-xdist) and every
+# process they start (they inherit the environment): a program compiled once, in any of them, is
+# read back by the others. The folder is new each session, so no test sees programs an earlier
+# session compiled; the process that made it removes it. A size limit turns on JAX's file lock
+# around each read and write (without one, a process could read another's half-written entry);
+# it is far above what a session writes, so nothing is evicted.
+_CACHE_OWNER = "EMBAUG_TEST_COMPILATION_CACHE"
+_COMPILATION_CACHE = os.environ.get(_CACHE_OWNER)
+_OWN_CACHE = _COMPILATION_CACHE is None
+if _OWN_CACHE:
+    _COMPILATION_CACHE = tempfile.mkdtemp(prefix="embaug_test_jax_cache.")
+    os.environ[_CACHE_OWNER] = _COMPILATION_CACHE
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(64 << 30)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 os.environ.setdefault("XLA_FLAGS", "")
@@ -74,7 +83,8 @@ def pytest_xdist_auto_num_workers(config):
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+    if _OWN_CACHE:
+        shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 def pytest_runtest_setup(item):
