@@ -80,8 +80,8 @@ def measure(path: str, spec: str, blocks: bool, runs: int, seed: int) -> dict:
         compiled(embedder.params, *arrays).block_until_ready()
         times.append(time.perf_counter() - t)
     rows, _ = embedder.planner.shape(length, packed=packed, small=small)
-    return {"rows": rows * len(embedder.devices), "lower": lowered_at - start, "compile": compiled_at - lowered_at,
-            "run": float(np.median(times))}
+    return {"rows": rows * len(embedder.devices), "lower": lowered_at - start,
+            "compile": compiled_at - lowered_at, "run": float(np.median(times))}
 
 
 def main(argv=None) -> int:

@@ -286,10 +286,11 @@ class BertModel(nn.Module):
 
     `score_block_bytes` (None: all rows at once) makes attention run over blocks of rows whose
     float32 scores fit in that many bytes, one block after another, where a block holds at most
-    eight rows (`score_block_rows`); the embedder sets it on CPUs, where scores that stay in cache
-    make long rows faster (`CPU_SCORE_BLOCK_BYTES`). A block of rows that attend to nothing (all keys masked: rows a batch leaves unused) is
-    skipped; its outputs are zeros, where all-masked rows otherwise get the mean of their
-    values (meaningless either way, like every padding position).
+    eight rows (`score_block_rows`); the embedder sets it on CPUs, where scores that stay in
+    cache make long rows faster (`CPU_SCORE_BLOCK_BYTES`). A block of rows that attend to
+    nothing (all keys masked: rows a batch leaves unused) is skipped; its outputs are zeros,
+    where all-masked rows otherwise get the mean of their values (meaningless either way, like
+    every padding position).
 
     Token stream (`layout` given): `input_ids`, `position_ids` (required) and `token_type_ids`
     are [tokens], the texts' tokens one after another, and everything but attention runs on
