@@ -289,15 +289,16 @@ def _read_idx(path: Path) -> np.ndarray:
 @pytest.mark.slow
 @pytest.mark.needs_fashion_mnist
 def test_lite0_fashion_mnist_linear_probe(lite0_file):
-    """ImageNet Lite0 features at the variant's own 224 px: a linear probe on 2,000 images."""
+    """ImageNet Lite0 features at the variant's own 224 px: a linear probe on 1,000 images,
+    scored on 500 others (0.84 there; 2,000 and 1,000 images gave 0.857)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x_train = _read_idx(FASHION_MNIST / "train-images-idx3-ubyte.gz")[:2000]
-    y_train = _read_idx(FASHION_MNIST / "train-labels-idx1-ubyte.gz")[:2000]
-    x_test = _read_idx(FASHION_MNIST / "t10k-images-idx3-ubyte.gz")[:1000]
-    y_test = _read_idx(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz")[:1000]
+    x_train = _read_idx(FASHION_MNIST / "train-images-idx3-ubyte.gz")[:1000]
+    y_train = _read_idx(FASHION_MNIST / "train-labels-idx1-ubyte.gz")[:1000]
+    x_test = _read_idx(FASHION_MNIST / "t10k-images-idx3-ubyte.gz")[:500]
+    y_test = _read_idx(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz")[:500]
     embedder = ImageEmbedder.from_pretrained(lite0_file[1], variant="lite0", batch_size=16)
     rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)  # noqa: E731  28x28 gray -> RGB
     f_train, f_test = embedder.embed(rgb(x_train)), embedder.embed(rgb(x_test))
