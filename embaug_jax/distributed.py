@@ -107,6 +107,8 @@ def barrier(name: str, timeout_s: float) -> None:
 
 
 _CHECKS = itertools.count()  # every process checks in the same order: the keys match
+# Keys `abandon` posts just before this process exits, after its message is printed.
+_FAREWELLS: list[str] = []
 
 
 def check_same(what: str, value: Any, *, ignore: Sequence[str] = (),
@@ -157,11 +159,12 @@ def check_same(what: str, value: Any, *, ignore: Sequence[str] = (),
     if not differences:
         return
     if jax.process_index() == 0:
-        # Process 0 hosts the coordination service: were it gone while another process still
-        # reads, that one would die of the lost connection instead of printing this message.
+        # Process 0 hosts the coordination service: were it gone before another process has
+        # printed this message and exited, that one would die of the lost connection instead
+        # (XLA aborts a process whose service is gone).
         _wait_for_the_others(client, f"{key}/read", timeout_s=30)
-    else:
-        client.key_value_set(f"{key}/read/{jax.process_index()}", "1")
+    else:  # posted as this process exits (`abandon`, which the command line calls)
+        _FAREWELLS.append(f"{key}/read/{jax.process_index()}")
     raise UserError(f"the {jax.process_count()} processes were started with different "
                     f"{what}s: {'; '.join(differences)}. Start every process with the same "
                     "command and files (only --process_id differs).")
@@ -196,8 +199,18 @@ def abandon(exit_code: int) -> None:
 
     After an error in one process the others may be blocked in a collective, so waiting for them
     at the shutdown barrier would only delay the exit; they are stopped by the coordination
-    service within the heartbeat timeout instead.
+    service within the heartbeat timeout instead. A process that `check_same` found different
+    first posts that it is leaving: process 0 waits for it before it exits and takes the
+    coordination service down.
     """
     sys.stdout.flush()
     sys.stderr.flush()
+    if _FAREWELLS:  # process 0 waits for these before it takes the coordination service down
+        from jax._src import distributed as jax_distributed
+
+        for key in _FAREWELLS:
+            try:
+                jax_distributed.global_state.client.key_value_set(key, "1")
+            except Exception:  # the service is gone already: nothing waits
+                pass
     os._exit(exit_code)
