@@ -9,7 +9,8 @@ E-Stitchup) over all four devices, 8 epochs checkpointed every 2, so a run cross
 saves and 4 evaluations. Processes that issue their collectives in different orders deadlock;
 the driver issues them in one fixed order (train/driver.py, train/checkpoints.py). A run that
 has not finished within `--timeout` seconds counts as hung: its processes dump every thread's
-stack (faulthandler, SIGUSR1) into the run's log folder and are killed. Prints a line per run and "N of M runs finished"; the exit status is 1 unless all did.
+stack (faulthandler, SIGUSR1) into the run's log folder and are killed. Prints a line per run
+and "N of M runs finished"; the exit status is 1 unless all did.
 """
 
 from __future__ import annotations

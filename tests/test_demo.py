@@ -14,7 +14,8 @@ from embaug_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parent.parent
 # Compiling dominates the smoke run; the two device counts are compared under the same flags.
-pytestmark = [pytest.mark.slow, pytest.mark.needs_wordnet, pytest.mark.usefixtures("fast_compile")]
+pytestmark = [pytest.mark.slow, pytest.mark.needs_wordnet,
+              pytest.mark.usefixtures("fast_compile")]
 METRICS = ("weighted_auc", "overall_accuracy", "none_accuracy", "ece")
 
 

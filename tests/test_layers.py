@@ -23,7 +23,8 @@ PACKAGE = "embaug_jax"
 # and packages (a package covers everything under it). `metrics` is the evaluate stage until
 # evaluate/ replaces it.
 LAYERS = (
-    ("foundation", ("util", "configlib", "compiles", "distributed", "interrupt", "registry", "workdir")),
+    ("foundation", ("util", "configlib", "compiles", "distributed", "interrupt", "registry",
+                    "workdir")),
     ("sources", ("sources",)),
     ("embed", ("embed",)),
     ("dataset", ("dataset",)),
