@@ -52,8 +52,8 @@ def decode_image(source: str | os.PathLike | bytes) -> np.ndarray:
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Center-crops the largest square and resizes it to size x size (bicubic, antialiased).
 
-    Equivalent to "resize the shorter side to `size`, then center-crop", without the
-    intermediate image. Accepts uint8 [H, W, 3] or [H, W] (grayscale) arrays.
+    The same region as "resize the shorter side to `size`, then center-crop", resampled once
+    instead of twice. Accepts uint8 [H, W, 3] or [H, W] (grayscale) arrays.
     """
     from PIL import Image
 
